@@ -1,0 +1,377 @@
+# An offline, nixpkgs-shaped package set for testing the registry without
+# nixpkgs or a binary cache. Everything is built from the host's static
+# busybox, so it evaluates and builds on a bare machine with only Nix.
+#
+#   import ./. { system = "x86_64-linux"; }
+#
+# Builds are deterministic: no timestamps, no randomness; the only host
+# inputs are the busybox binary (/usr/bin or /bin), the CA bundle (cacert) and /etc/{services,protocols}
+# (iana-etc).
+{ system ? builtins.currentSystem, ... }:
+
+let
+  # Host files are imported by content; a missing one should be an obvious
+  # evaluation error for the package that needs it, not a confusing build error.
+  hostFile = path: what:
+    if builtins.pathExists path
+    then builtins.path { inherit path; name = baseNameOf (toString path); }
+    else throw "demo-pkgs: ${what} needs the host file ${toString path}, which does not exist";
+
+  # The directory holding the host's busybox binary. It must be a real
+  # directory: builtins.path copies a symlinked /bin (merged /usr) as a
+  # dangling symlink. The busybox entry must be a regular file for the same
+  # reason.
+  isRealDir = d: ((builtins.readDir (dirOf d)).${baseNameOf d} or null) == "directory";
+  hasBusybox = d: builtins.pathExists d && isRealDir d
+    && ((builtins.readDir d).busybox or null) == "regular";
+  bootDirs = builtins.filter hasBusybox [ /usr/bin /bin /usr/local/bin /sbin /usr/sbin ];
+  bootDir =
+    if bootDirs != [ ] then builtins.head bootDirs
+    else throw "demo-pkgs: needs a static busybox binary at /bin/busybox or /usr/bin/busybox";
+
+  # Only the busybox binary is copied, so the store path depends on its
+  # content alone. The basename must stay `busybox` because busybox picks
+  # its applet from argv[0].
+  boot = builtins.path {
+    path = bootDir;
+    name = "bootstrap-busybox";
+    filter = p: t: baseNameOf p == "busybox";
+  };
+
+  # Every derivation below (except busybox itself) runs busybox's ash with
+  # all applets on PATH.
+  mkDrv = { name, script, ... }@attrs:
+    derivation ((removeAttrs attrs [ "script" "meta" ]) // {
+      inherit name system;
+      builder = "${busybox}/bin/sh";
+      args = [ "-e" "-c" script ];
+      PATH = "${busybox}/bin";
+    }) // { meta = attrs.meta or { }; };
+
+  # Writes each attribute of `scripts` to $out/bin/<name> (executable). The
+  # texts travel as environment variables so no shell quoting is involved.
+  mkScripts = { name, scripts, extra ? "", meta ? { } }:
+    mkDrv ({
+      inherit name meta;
+      scriptNames = builtins.attrNames scripts;
+      script = ''
+        mkdir -p "$out/bin"
+        for n in $scriptNames; do
+          eval "printf '%s' \"\$script_$n\"" > "$out/bin/$n"
+          chmod 0555 "$out/bin/$n"
+        done
+      '' + extra;
+    } // builtins.listToAttrs (map (n: {
+      name = "script_${n}";
+      value = scripts.${n};
+    }) (builtins.attrNames scripts)));
+
+  # A stand-in for a real package: a runnable bin/<pname>, the store paths
+  # of its dependencies (so Nix records them as references and
+  # `nix-store -qR` shows the chains), and `size` KiB of payload that
+  # compresses like a real binary: chunks of the busybox binary, each
+  # behind a per-package, per-chunk header so no two packages are identical.
+  # gzip's 32 KiB window cannot exploit the ~2 MB repeats.
+  mkPkg = { pname, version, deps ? [ ], size ? 64, aliases ? [ ]
+          , payloadDir ? "lib", payloadName ? "lib${pname}.so"
+          , description ? "demo stand-in for ${pname}", extra ? "" }:
+    mkDrv {
+      name = "${pname}-${version}";
+      inherit pname version deps aliases payloadDir payloadName;
+      size = size * 1024;
+      bb = "${busybox}/bin/busybox";
+      shell = "${busybox}/bin/sh";
+      meta = { inherit description; };
+      script = ''
+        mkdir -p "$out/bin" "$out/nix-support" "$out/$payloadDir" "$out/share/doc/$pname"
+
+        : > "$out/nix-support/propagated-deps"
+        for d in $deps; do echo "$d" >> "$out/nix-support/propagated-deps"; done
+
+        bbsize=$(wc -c < "$bb")
+        left=$size
+        i=0
+        while [ "$left" -gt 0 ]; do
+          i=$((i + 1))
+          n=$left
+          if [ "$n" -gt "$bbsize" ]; then n=$bbsize; fi
+          f="$out/$payloadDir/$payloadName.$i"
+          printf '## demo-pkgs payload: %s-%s part %d (%d bytes) ##\n' "$pname" "$version" "$i" "$n" > "$f"
+          head -c "$n" "$bb" >> "$f"
+          left=$((left - n))
+        done
+
+        # The script checks its dependencies are present, so running it
+        # inside an image tests that the image carries the whole closure.
+        {
+          echo "#!$shell"
+          echo "# $pname $version (demo-pkgs)"
+          echo "for d in $deps; do"
+          echo "  [ -e \"\$d\" ] || { echo \"$pname: missing dependency \$d\" >&2; exit 1; }"
+          echo "done"
+          echo "echo '$pname $version'"
+        } > "$out/bin/$pname"
+        chmod 0555 "$out/bin/$pname"
+        for a in $aliases; do ln -s "$pname" "$out/bin/$a"; done
+
+        printf '%s %s\nA generated stand-in package from demo-pkgs.\n' "$pname" "$version" \
+          > "$out/share/doc/$pname/README"
+      '' + extra;
+    };
+
+  busybox = derivation {
+    name = "busybox-1.35.0";
+    inherit system;
+    builder = "${boot}/busybox";
+    args = [ "sh" "-e" "-c" ''
+      b=${boot}/busybox
+      $b mkdir -p "$out/bin"
+      $b cp "$b" "$out/bin/busybox"
+      cd "$out/bin"
+      set -f  # applet names include `[` and `[[`
+      # Relative symlinks: argv[0]'s basename selects the applet.
+      for a in $($b --list); do
+        if [ "$a" != busybox ]; then $b ln -s busybox "$a"; fi
+      done
+    '' ];
+  } // { meta.description = "the host's static busybox with applet symlinks"; };
+
+  # GNU coreutils program names; only those busybox implements are linked.
+  coreutilsNames = [
+    "[" "arch" "base32" "base64" "basename" "cat" "chgrp" "chmod" "chown"
+    "chroot" "cksum" "comm" "cp" "csplit" "cut" "date" "dd" "df" "dirname"
+    "du" "echo" "env" "expand" "expr" "factor" "false" "fold" "groups" "head"
+    "hostid" "id" "install" "join" "link" "ln" "logname" "ls" "md5sum"
+    "mkdir" "mkfifo" "mknod" "mktemp" "mv" "nice" "nl" "nohup" "nproc" "od"
+    "paste" "printenv" "printf" "pwd" "readlink" "realpath" "rm" "rmdir"
+    "seq" "sha1sum" "sha256sum" "sha512sum" "shred" "shuf" "sleep" "sort"
+    "split" "stat" "stty" "sum" "sync" "tac" "tail" "tee" "test" "timeout"
+    "touch" "tr" "true" "truncate" "tsort" "tty" "uname" "unexpand" "uniq"
+    "unlink" "users" "wc" "who" "whoami" "yes"
+  ];
+
+  self = rec {
+    inherit busybox;
+
+    # bash is really busybox ash; enough for `bash -c` and an interactive shell.
+    bashInteractive = mkScripts {
+      name = "bash-interactive-5.2-p15";
+      meta.description = "bash and sh that run busybox ash";
+      scripts = {
+        bash = ''
+          #!${busybox}/bin/sh
+          exec ${busybox}/bin/sh "$@"
+        '';
+      };
+      extra = ''ln -s bash "$out/bin/sh"'';
+    };
+
+    coreutils = mkDrv {
+      name = "coreutils-9.3";
+      names = coreutilsNames;
+      bb = "${busybox}/bin/busybox";
+      meta.description = "GNU coreutils names as symlinks to busybox";
+      script = ''
+        set -f  # the name list contains `[`
+        mkdir -p "$out/bin"
+        "$bb" --list > applets
+        for n in $names; do
+          if grep -qxF -- "$n" applets; then ln -s "$bb" "$out/bin/$n"; fi
+        done
+        # Images link /usr/bin/env to this package; refuse to build without it.
+        [ -L "$out/bin/env" ]
+      '';
+    };
+
+    moreutils = mkScripts {
+      name = "moreutils-0.67";
+      meta.description = "sponge, ts, chronic and ifne as busybox sh scripts";
+      scripts = {
+        sponge = ''
+          #!${busybox}/bin/sh
+          # sponge [-a] [FILE]: soak up stdin, then write it out.
+          PATH=${busybox}/bin:$PATH
+          append=
+          if [ "$1" = -a ]; then append=1; shift; fi
+          tmp=$(mktemp) || exit 1
+          cat > "$tmp"
+          if [ $# -eq 0 ]; then cat "$tmp"
+          elif [ -n "$append" ]; then cat "$tmp" >> "$1"
+          else cat "$tmp" > "$1"
+          fi
+          rc=$?
+          rm -f "$tmp"
+          exit $rc
+        '';
+        ts = ''
+          #!${busybox}/bin/sh
+          # ts [FORMAT]: prefix each input line with a timestamp.
+          PATH=${busybox}/bin:$PATH
+          fmt=''${1:-%b %d %H:%M:%S}
+          while IFS= read -r line || [ -n "$line" ]; do
+            printf '%s %s\n' "$(date +"$fmt")" "$line"
+          done
+        '';
+        chronic = ''
+          #!${busybox}/bin/sh
+          # chronic CMD...: show CMD's output only if it fails.
+          PATH=${busybox}/bin:$PATH
+          out=$(mktemp) || exit 1
+          "$@" > "$out" 2>&1
+          rc=$?
+          if [ $rc -ne 0 ]; then cat "$out"; fi
+          rm -f "$out"
+          exit $rc
+        '';
+        ifne = ''
+          #!${busybox}/bin/sh
+          # ifne CMD...: run CMD with stdin only if stdin is not empty.
+          PATH=${busybox}/bin:$PATH
+          if IFS= read -r first || [ -n "$first" ]; then
+            { printf '%s\n' "$first"; cat; } | "$@"
+          fi
+        '';
+      };
+    };
+
+    nano = mkScripts {
+      name = "nano-7.2";
+      meta.description = "nano that runs busybox vi";
+      scripts.nano = ''
+        #!${busybox}/bin/sh
+        exec ${busybox}/bin/vi "$@"
+      '';
+    };
+
+    hello = mkScripts {
+      name = "hello-2.12.1";
+      meta.description = "prints Hello, world! like GNU hello";
+      scripts.hello = ''
+        #!${busybox}/bin/sh
+        # Referencing glibc, like the real hello, gives it a shared dependency.
+        # glibc: ${glibc}
+        case "$1" in
+          --version|-v) echo "hello (GNU Hello) 2.12.1" ;;
+          --help|-h) echo "Usage: hello [-g TEXT | --greeting=TEXT]" ;;
+          -g) echo "$2" ;;
+          --greeting=*) echo "''${1#--greeting=}" ;;
+          *) echo "Hello, world!" ;;
+        esac
+      '';
+      extra = ''
+        mkdir -p "$out/share/man/man1"
+        cat > "$out/share/man/man1/hello.1" <<'EOF'
+        .TH HELLO 1 "2022" "hello 2.12.1" "User Commands"
+        .SH NAME
+        hello \- friendly greeting program
+        .SH SYNOPSIS
+        .B hello
+        [\fB\-g\fR \fITEXT\fR]
+        .SH DESCRIPTION
+        Print "Hello, world!" or the given greeting.
+        EOF
+      '';
+    };
+
+    cacert = mkDrv {
+      name = "nss-cacert-3.92";
+      src = hostFile /etc/ssl/certs/ca-certificates.crt "cacert";
+      meta.description = "the host's CA bundle";
+      script = ''
+        mkdir -p "$out/etc/ssl/certs"
+        cp "$src" "$out/etc/ssl/certs/ca-bundle.crt"
+        ln -s ca-bundle.crt "$out/etc/ssl/certs/ca-certificates.crt"
+      '';
+    };
+
+    iana-etc = mkDrv {
+      name = "iana-etc-20230316";
+      services = hostFile /etc/services "iana-etc";
+      protocols = hostFile /etc/protocols "iana-etc";
+      meta.description = "the host's /etc/services and /etc/protocols";
+      script = ''
+        mkdir -p "$out/etc"
+        cp "$services" "$out/etc/services"
+        cp "$protocols" "$out/etc/protocols"
+      '';
+    };
+
+    # Generated packages with shared dependency chains. Sizes in KiB.
+    glibc = mkPkg { pname = "glibc"; version = "2.37-8"; size = 8192; aliases = [ "ldd" "locale" "getconf" ]; payloadName = "libc.so"; };
+    zlib = mkPkg { pname = "zlib"; version = "1.3"; size = 120; deps = [ glibc ]; payloadName = "libz.so"; };
+    libffi = mkPkg { pname = "libffi"; version = "3.4.4"; size = 100; deps = [ glibc ]; };
+    expat = mkPkg { pname = "expat"; version = "2.5.0"; size = 300; deps = [ glibc ]; aliases = [ "xmlwf" ]; };
+    ncurses = mkPkg { pname = "ncurses"; version = "6.4"; size = 2500; deps = [ glibc ]; aliases = [ "tput" "clear" ]; };
+    readline = mkPkg { pname = "readline"; version = "8.2p1"; size = 500; deps = [ ncurses ]; };
+    pcre2 = mkPkg { pname = "pcre2"; version = "10.42"; size = 800; deps = [ glibc ]; };
+    oniguruma = mkPkg { pname = "oniguruma"; version = "6.9.8"; size = 600; deps = [ glibc ]; };
+    openssl = mkPkg { pname = "openssl"; version = "3.0.10"; size = 5000; deps = [ glibc ]; payloadName = "libcrypto.so"; };
+    curl = mkPkg { pname = "curl"; version = "8.3.0"; size = 1200; deps = [ openssl zlib glibc ]; };
+    perl = mkPkg { pname = "perl"; version = "5.38.0"; size = 6000; deps = [ glibc zlib ]; aliases = [ "perl5.38.0" ]; };
+    git = mkPkg { pname = "git"; version = "2.42.0"; size = 8000; deps = [ curl openssl zlib perl expat pcre2 glibc ]; };
+    gitMinimal = mkPkg { pname = "git-minimal"; version = "2.42.0"; size = 5000; deps = [ curl openssl zlib expat glibc ]; aliases = [ "git" ]; };
+    python3 = mkPkg {
+      pname = "python3"; version = "3.11.5"; size = 15000;
+      deps = [ glibc openssl zlib ncurses readline libffi expat ];
+      aliases = [ "python" "python3.11" ];
+      payloadName = "libpython3.11.so";
+    };
+    htop = mkPkg { pname = "htop"; version = "3.2.2"; size = 300; deps = [ ncurses ]; };
+    vim = mkPkg { pname = "vim"; version = "9.0.1897"; size = 3500; deps = [ ncurses glibc ]; aliases = [ "vi" "xxd" ]; };
+    jq = mkPkg { pname = "jq"; version = "1.7"; size = 400; deps = [ oniguruma glibc ]; };
+    ripgrep = mkPkg { pname = "ripgrep"; version = "13.0.0"; size = 4500; deps = [ pcre2 glibc ]; aliases = [ "rg" ]; };
+
+    # A statically linked tool: no glibc, only busybox (via the shebang).
+    # The attribute starts with `_` because Nix names cannot start with a digit.
+    _1password = mkPkg {
+      pname = "1password"; version = "2.21.0"; size = 2500;
+      aliases = [ "op" ];
+      description = "digit-leading name, exposed as _1password";
+    };
+
+    # A nested set (not itself a derivation), like nixpkgs' python3Packages.
+    python3Packages = let
+      mkPy = { pname, version, size, deps ? [ ], mod ? pname }: mkPkg {
+        inherit pname version size;
+        deps = [ python3 ] ++ deps;
+        payloadDir = "lib/python3.11/site-packages/${mod}";
+        payloadName = "_${mod}.cpython-311-x86_64-linux-gnu.so";
+        extra = ''
+          printf '__version__ = "%s"\n' "$version" > "$out/$payloadDir/__init__.py"
+        '';
+      };
+    in rec {
+      certifi = mkPy { pname = "certifi"; version = "2023.7.22"; size = 300; };
+      idna = mkPy { pname = "idna"; version = "3.4"; size = 250; };
+      urllib3 = mkPy { pname = "urllib3"; version = "2.0.4"; size = 900; };
+      charset-normalizer = mkPy { pname = "charset-normalizer"; version = "3.2.0"; size = 400; mod = "charset_normalizer"; };
+      requests = mkPy { pname = "requests"; version = "2.31.0"; size = 400; deps = [ certifi idna urllib3 charset-normalizer ]; };
+      numpy = mkPy { pname = "numpy"; version = "1.25.2"; size = 5000; deps = [ zlib ]; };
+    };
+
+    # Fails at build time with a clear message.
+    broken = mkDrv {
+      name = "broken-1.0";
+      meta.description = "build always fails";
+      script = ''
+        echo "error: broken is broken on purpose" >&2
+        exit 1
+      '';
+    };
+
+    # Fails at evaluation time.
+    throwing = throw "throwing: this package refuses to evaluate";
+
+    # Builds for ten minutes, to trip build timeouts.
+    slow = mkDrv {
+      name = "slow-1.0";
+      meta.description = "build sleeps 600 s";
+      script = ''
+        echo "slow: sleeping 600 seconds" >&2
+        sleep 600
+        mkdir -p "$out"
+      '';
+    };
+  };
+in
+self

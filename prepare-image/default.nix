@@ -1,0 +1,89 @@
+# Resolves the package names of an image request against a package set and
+# prints the derivations to build. Used by the registry as:
+#
+#   nix-instantiate --eval --strict --json --read-write-mode \
+#     prepare-image/default.nix -A plan \
+#     --argstr srcPath /abs/path/to/package-set \
+#     --argstr packages '["hello","python3packages.requests"]' \
+#     --argstr system x86_64-linux
+#
+# The package list arrives as JSON data and is never spliced into Nix code.
+# Only builtins are used, so this works with nixpkgs and the demo set alike.
+#
+# Output (JSON):
+#   { "missing": [ <names not found, input order> ], "packages": [] }
+# or, when nothing is missing,
+#   { "missing": [], "packages": [ { name, attrPath, drvPath, out }, ... ] }
+# `out` is the default output's store path. It cannot be called `outPath`:
+# Nix's JSON printer replaces any attribute set that has an `outPath` with
+# that string.
+# --read-write-mode makes forcing drvPath write the .drv files to the store,
+# so they can be realised afterwards.
+{ srcPath, packages, system ? builtins.currentSystem, ... }:
+
+let
+  pkgs = import srcPath { inherit system; };
+  names = builtins.fromJSON packages;
+
+  upperChars = builtins.genList (i: builtins.substring i 1 "ABCDEFGHIJKLMNOPQRSTUVWXYZ") 26;
+  lowerChars = builtins.genList (i: builtins.substring i 1 "abcdefghijklmnopqrstuvwxyz") 26;
+  toLower = builtins.replaceStrings upperChars lowerChars;
+
+  # builtins.split also returns the separators (as lists); keep the strings.
+  splitDots = s: builtins.filter builtins.isString (builtins.split "\\." s);
+
+  # One step of the walk. `state` is { ok, throws, path, value }:
+  #  - ok = false: not found (stays not found);
+  #  - throws = true: some value on the way throws; stop walking and keep it
+  #    so that evaluating drvPath later reports Nix's own error.
+  step = state: seg:
+    if !state.ok || state.throws then state
+    else
+      let
+        isSet = builtins.tryEval (builtins.isAttrs state.value);
+        set = state.value;
+        # Case-insensitive fallback; attrNames is sorted, so the first match
+        # is deterministic.
+        matches = builtins.filter (n: toLower n == toLower seg) (builtins.attrNames set);
+        found = attr: state // {
+          path = state.path ++ [ attr ];
+          value = set.${attr};
+        };
+      in
+      if !isSet.success then state // { throws = true; }
+      else if seg == "" || !isSet.value then state // { ok = false; }
+      else if builtins.hasAttr seg set then found seg
+      else if matches != [ ] then found (builtins.head matches)
+      else state // { ok = false; };
+
+  resolve = name:
+    let
+      walked = builtins.foldl' step
+        { ok = true; throws = false; path = [ ]; value = pkgs; }
+        (splitDots name);
+      # A value that throws counts as present: its error surfaces when its
+      # drvPath is forced below instead of being hidden as "missing".
+      isDrv = builtins.tryEval
+        (builtins.isAttrs walked.value && (walked.value.type or null) == "derivation");
+    in {
+      inherit name;
+      inherit (walked) path value;
+      ok = walked.ok && (walked.throws || !isDrv.success || isDrv.value);
+    };
+
+  resolved = map resolve names;
+  missing = map (r: r.name) (builtins.filter (r: !r.ok) resolved);
+in
+{
+  plan = {
+    inherit missing;
+    packages =
+      if missing != [ ] then [ ]
+      else map (r: {
+        inherit (r) name;
+        attrPath = r.path;
+        drvPath = r.value.drvPath;
+        out = r.value.outPath;
+      }) resolved;
+  };
+}

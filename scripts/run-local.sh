@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up and starts a local registry on 127.0.0.1:8080 serving the offline demo package set.
+# Any `nixery serve` flag may follow, e.g. --port 5000 or --pkgs-repo file:///path/to/repo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export STORAGE_PATH="${STORAGE_PATH:-$PWD/var/storage}"
+if [[ -z "${NIXERY_PKGS_REPO:-}${NIXERY_CHANNEL:-}" ]]; then
+  export NIXERY_PKGS_PATH="${NIXERY_PKGS_PATH:-$PWD/examples/demo-pkgs}"
+fi
+exec .venv/bin/nixery serve "$@"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sets up a Debian 12 machine for Nixery: Nix (offline-capable), the demo set's bootstrap
+# busybox, and a Python virtualenv in .venv. With --test, also the registry clients the tests
+# pull with (skopeo, podman, runc) and the test dependencies. Idempotent; run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(nix-bin busybox-static git ca-certificates netbase python3 python3-venv)
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(skopeo podman runc uidmap)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Builds run as root without the Nix daemon, so there are no build users.
+if ! grep -qs '^build-users-group *= *$' /etc/nix/nix.conf; then
+  mkdir -p /etc/nix
+  echo 'build-users-group =' >>/etc/nix/nix.conf
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e "shared${extras}"
+echo "setup: done"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need and runs the whole suite (lint included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,57 @@
+"""The ``nixery`` command. Flags override the environment variables of the same meaning."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import config, logs
+
+# flag -> environment variable
+_FLAGS = {
+    "--port": "PORT",
+    "--host": "NIXERY_HOST",
+    "--storage-path": "STORAGE_PATH",
+    "--web-dir": "WEB_DIR",
+    "--channel": "NIXERY_CHANNEL",
+    "--pkgs-repo": "NIXERY_PKGS_REPO",
+    "--pkgs-path": "NIXERY_PKGS_PATH",
+    "--nix-timeout": "NIX_TIMEOUT",
+    "--popularity-url": "NIX_POPULARITY_URL",
+    "--layer-budget": "NIXERY_LAYER_BUDGET",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nixery", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run registry and builder locally, in one process")
+    for flag, variable in _FLAGS.items():
+        serve.add_argument(flag, help=f"overrides {variable}")
+    serve.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    env.setdefault("NIXERY_STORAGE_BACKEND", "filesystem")
+    for flag, variable in _FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            env[variable] = value
+    logs.setup(args.log_level)
+    try:
+        cfg = config.load(env)
+    except config.ConfigError as e:
+        print(f"nixery: configuration error: {e}", file=sys.stderr)
+        return 2
+    if cfg.storage_backend != "filesystem":
+        print("nixery: `nixery serve` runs with NIXERY_STORAGE_BACKEND=filesystem", file=sys.stderr)
+        return 2
+    from .local.serve import serve as run
+
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adapters for local mode: one process, blobs in files, state in SQLite, builds on threads."""

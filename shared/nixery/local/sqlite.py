@@ -1,0 +1,86 @@
+"""Registry state in one SQLite file: survives restarts, safe for the server's threads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from ..archives import LayerBlob
+from ..manifests import Manifest
+from ..state import Failure
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS manifests (
+    digest TEXT PRIMARY KEY, media_type TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    key TEXT NOT NULL, media_type TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (key, media_type));
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY, status INTEGER NOT NULL, message TEXT NOT NULL,
+    detail TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (
+    key TEXT PRIMARY KEY, digest TEXT NOT NULL, diff_id TEXT NOT NULL, size INTEGER NOT NULL);
+"""
+
+
+class SqliteState:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def _one(self, sql: str, *args: object) -> tuple | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def image(self, key: str) -> dict[str, str] | None:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT media_type, digest FROM images WHERE key = ?", (key,)
+            ).fetchall()
+        return dict(rows) or None
+
+    def manifest(self, digest: str) -> Manifest | None:
+        row = self._one("SELECT media_type, body FROM manifests WHERE digest = ?", digest)
+        return Manifest(row[0], bytes(row[1])) if row else None
+
+    def publish(self, key: str, manifests: list[Manifest]) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for m in manifests:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?)",
+                    (m.digest, m.media_type, m.body),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (key, m.media_type, m.digest)
+                )
+            self._db.execute("DELETE FROM failures WHERE key = ?", (key,))
+
+    def failure(self, key: str) -> Failure | None:
+        row = self._one("SELECT status, message, detail, at FROM failures WHERE key = ?", key)
+        return Failure(row[0], row[1], json.loads(row[2]), row[3]) if row else None
+
+    def record_failure(self, key: str, failure: Failure) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+                (key, failure.status, failure.message, json.dumps(failure.detail), failure.at),
+            )
+
+    def layer(self, layer_key: str) -> LayerBlob | None:
+        row = self._one("SELECT digest, diff_id, size FROM layers WHERE key = ?", layer_key)
+        return LayerBlob(*row) if row else None
+
+    def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?)",
+                (layer_key, layer.digest, layer.diff_id, layer.size),
+            )

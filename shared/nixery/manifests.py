@@ -1,0 +1,113 @@
+"""Manifests: the image config and the OCI and Docker schema2 manifests that point at it.
+
+Both formats are produced for every image and stored under their own digests; a request
+gets the one its Accept headers prefer. JSON is serialised canonically (sorted keys, no
+spaces) so the same layers always give the same bytes and therefore the same digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .archives import LayerBlob
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+_FORMATS = {
+    OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER),
+    DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER),
+}
+# Fixed, so that configs are reproducible; the same choice as nixpkgs' dockerTools.
+CREATED = "1970-01-01T00:00:01Z"
+PATH = "/bin:/sbin:/usr/bin"
+CA_BUNDLE = "/etc/ssl/certs/ca-bundle.crt"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    media_type: str
+    body: bytes
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.body)
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def image_config(arch: str, layers: Sequence[LayerBlob], *, has_bash: bool) -> bytes:
+    config: dict[str, Any] = {"Env": [f"PATH={PATH}", f"SSL_CERT_FILE={CA_BUNDLE}"]}
+    if has_bash:
+        config["Cmd"] = ["bash"]
+    return canonical_json(
+        {
+            "architecture": arch,
+            "os": "linux",
+            "created": CREATED,
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        }
+    )
+
+
+def image_manifests(config: bytes, layers: Sequence[LayerBlob]) -> list[Manifest]:
+    """The same image in each manifest format."""
+    manifests = []
+    for media_type, (config_type, layer_type) in _FORMATS.items():
+        body = {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": config_type,
+                "digest": sha256_digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": layer_type, "digest": layer.digest, "size": layer.size}
+                for layer in layers
+            ],
+        }
+        manifests.append(Manifest(media_type, canonical_json(body)))
+    return manifests
+
+
+def preferred_type(accept: Iterable[str]) -> str:
+    """The manifest format to answer with, given every Accept header line of a request.
+
+    OCI when the client names it; Docker schema2 otherwise, including for clients that send
+    no Accept or only wildcards, since every Docker-era client reads schema2.
+    """
+    accepted = set()
+    for line in accept:
+        for item in line.split(","):
+            media, *params = item.split(";")
+            if not any(_refused(param) for param in params):
+                accepted.add(media.strip().lower())
+    return OCI_MANIFEST if OCI_MANIFEST in accepted else DOCKER_MANIFEST
+
+
+def _refused(param: str) -> bool:
+    """True for ``q=0``: the client says it does NOT accept that type."""
+    key, _, value = param.partition("=")
+    if key.strip().lower() != "q":
+        return False
+    try:
+        return float(value) <= 0
+    except ValueError:
+        return False

@@ -1,0 +1,108 @@
+"""Image names -> image requests.
+
+A name like ``shell/git/htop`` lists packages. Registry names must match the OCI repository
+grammar, which is lower case only, so the real attribute names (``bashInteractive``,
+``python3Packages``) are recovered later by Nix, case-insensitively, from the package set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from .errors import DigestInvalid, ManifestUnknown, NameInvalid
+
+# OCI distribution spec, "Pulling manifests": <name> and <reference> grammars.
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+# Docker refuses repository names longer than this; a request for more packages than
+# MAX_PACKAGES is more likely abuse than an image anyone needs.
+MAX_NAME_LENGTH = 255
+MAX_PACKAGES = 64
+
+# Bumped whenever a change to the pipeline changes what an image key produces, so that
+# images published by an older version are rebuilt rather than served stale.
+FORMAT_VERSION = 1
+
+ALWAYS_INCLUDED = ("cacert", "iana-etc")
+SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    nix_system: str
+    oci_arch: str
+
+
+AMD64 = Architecture("x86_64-linux", "amd64")
+ARM64 = Architecture("aarch64-linux", "arm64")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """What an image name asks for: a sorted set of package attribute paths and a target."""
+
+    packages: tuple[str, ...]
+    arch: Architecture
+
+    def key(self, revision: str) -> str:
+        """The cache key of this request built from one exact source revision."""
+        material = json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "revision": revision,
+                "packages": self.packages,
+                "system": self.arch.nix_system,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _fix_segment(segment: str) -> str:
+    # Nix attribute names cannot start with a digit: nixpkgs spells `1password` `_1password`.
+    return "_" + segment if segment[0].isdigit() else segment
+
+
+def parse_name(name: str) -> ImageRequest:
+    """Turns a repository name into the request it stands for, or raises NAME_INVALID."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise NameInvalid(f"repository name longer than {MAX_NAME_LENGTH} characters")
+    if not NAME_RE.fullmatch(name):
+        raise NameInvalid(
+            "invalid repository name: components are lower-case letters and digits, "
+            "separated by '.', '_', '__' or '-'",
+            {"name": name},
+        )
+    arch = AMD64
+    packages: set[str] = set(ALWAYS_INCLUDED)
+    for component in name.split("/"):
+        if component == "shell":
+            packages.update(SHELL_PACKAGES)
+        elif component == "arm64":
+            arch = ARM64
+        else:
+            packages.add(".".join(_fix_segment(s) for s in component.split(".")))
+    if len(packages) > MAX_PACKAGES:
+        raise NameInvalid(f"an image may hold at most {MAX_PACKAGES} packages")
+    return ImageRequest(tuple(sorted(packages)), arch)
+
+
+def check_tag(tag: str) -> None:
+    # A reference that is no valid tag cannot name a manifest here: the spec's answer is 404.
+    if not TAG_RE.fullmatch(tag):
+        raise ManifestUnknown("invalid tag", {"tag": tag})
+
+
+DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
+
+
+def check_digest(digest: str) -> str:
+    """Only sha256 digests exist here; anything else cannot name a blob or manifest."""
+    if not DIGEST_RE.fullmatch(digest):
+        raise DigestInvalid("invalid or unsupported digest", {"digest": digest[:200]})
+    return digest

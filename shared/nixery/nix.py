@@ -1,0 +1,171 @@
+"""Nix: evaluate a package list against a package set, build it, and read its closure graph.
+
+User input reaches Nix only as data: the package names travel as a JSON string through
+``--argstr`` into ``prepare-image/default.nix``, which never splices them into code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# How many lines of Nix's output an error keeps: enough for the failing builder's message.
+LOG_TAIL = 40
+# Evaluation of real nixpkgs takes seconds; minutes mean something is wrong.
+EVAL_TIMEOUT = 600.0
+# A guard against a Nix that hangs outside any builder (NIX_TIMEOUT bounds each builder).
+REALISE_DEADLINE = 6 * 3600.0
+
+_NIX_COMMAND = ("--extra-experimental-features", "nix-command")
+
+
+class NixError(Exception):
+    """Nix could not evaluate or build the request; retrying gives the same answer."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_tail = log_tail
+
+
+class UnknownPackages(NixError):
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__("unknown packages: " + ", ".join(names))
+        self.names = list(names)
+
+
+class NixTimeout(NixError):
+    pass
+
+
+@dataclass(frozen=True)
+class StorePath:
+    """One node of the runtime closure graph."""
+
+    path: str
+    references: tuple[str, ...]
+    nar_size: int
+    nar_hash: str
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The built packages (name -> output path, in request order) and their whole closure."""
+
+    outputs: dict[str, str]
+    closure: dict[str, StorePath]
+
+
+def parse_path_info(text: str) -> dict[str, StorePath]:
+    """Reads ``nix path-info --json``: a list up to Nix 2.18, an object keyed by path since."""
+    data = json.loads(text)
+    items: Iterable[tuple[str, Mapping[str, Any]]] = (
+        ((entry["path"], entry) for entry in data) if isinstance(data, list) else data.items()
+    )
+    closure = {}
+    for path, info in items:
+        if info is None:
+            raise NixError(f"store path {path} is not valid")
+        refs = tuple(sorted(r for r in info.get("references", ()) if r != path))
+        closure[path] = StorePath(path, refs, int(info["narSize"]), str(info["narHash"]))
+    return closure
+
+
+class Nix:
+    """Runs the Nix commands of one build; holds no state between builds."""
+
+    def __init__(self, prepare_image: Path, timeout: int) -> None:
+        self.expression = prepare_image / "default.nix"
+        self.timeout = timeout
+
+    def build(self, source: Path, packages: Sequence[str], system: str) -> BuildResult:
+        plan = self._plan(source, packages, system)
+        if plan["missing"]:
+            raise UnknownPackages(plan["missing"])
+        outputs = {p["name"]: p["out"] for p in plan["packages"]}
+        self._realise(sorted({p["drvPath"] for p in plan["packages"]}))
+        return BuildResult(outputs, self.closure(sorted(set(outputs.values()))))
+
+    def closure(self, paths: Sequence[str]) -> dict[str, StorePath]:
+        cmd = ["nix", *_NIX_COMMAND, "path-info", "--json", "--recursive", *paths]
+        return parse_path_info(self._run(cmd, "reading the closure", EVAL_TIMEOUT))
+
+    def _plan(self, source: Path, packages: Sequence[str], system: str) -> dict[str, Any]:
+        cmd = [
+            "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
+            str(self.expression), "-A", "plan",
+            "--argstr", "srcPath", str(source.resolve()),
+            "--argstr", "packages", json.dumps(list(packages)),
+            "--argstr", "system", system,
+        ]  # fmt: skip
+        return json.loads(self._run(cmd, "evaluating the package set", EVAL_TIMEOUT))
+
+    def _realise(self, drvs: Sequence[str]) -> None:
+        cmd = ["nix-store", "--realise", "--timeout", str(self.timeout), *drvs]
+        self._run(cmd, "building", REALISE_DEADLINE)
+
+    def _run(self, cmd: list[str], what: str, deadline: float) -> str:
+        """Runs a Nix command, streaming its log into ours, and returns its stdout."""
+        started = time.monotonic()
+        tail: deque[str] = deque(maxlen=LOG_TAIL)
+        stdout: list[str] = []
+        with subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        ) as proc:
+            # stdout is small (JSON or paths): read it aside so that stderr streams here.
+            reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()))
+            killer = threading.Timer(deadline, os.killpg, (proc.pid, signal.SIGKILL))
+            reader.start()
+            killer.start()
+            try:
+                for line in proc.stderr:
+                    if line.strip():
+                        tail.append(line.rstrip())
+                        log.info("nix: %s", tail[-1])
+                code = proc.wait()
+            finally:
+                killer.cancel()
+                reader.join()
+        elapsed = time.monotonic() - started
+        if code != 0:
+            if elapsed >= deadline:
+                raise NixTimeout(f"{what} took longer than {deadline:.0f}s", "\n".join(tail))
+            message = _error_message(tail)
+            if "timed out after" in message:
+                raise NixTimeout(message, "\n".join(tail))
+            raise NixError(f"{what} failed: {message}", "\n".join(tail))
+        log.debug("%s took %.2fs", what, elapsed)
+        return "".join(stdout)
+
+
+_ERROR_RE = re.compile(r"^error:\s*(.*)$")
+
+
+def _error_message(lines: Iterable[str]) -> str:
+    """The first ``error:`` line of Nix's output, without ANSI colours."""
+    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
+    for i, line in enumerate(plain):
+        match = _ERROR_RE.match(line.strip())
+        if match:
+            rest = [match.group(1), *(x.strip() for x in plain[i + 1 : i + 4])]
+            return " ".join(x for x in rest if x)[:1000]
+    return plain[-1].strip()[:1000] if plain else "no output"

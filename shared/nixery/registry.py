@@ -1,0 +1,126 @@
+"""The registry protocol over HTTP: the pull side of the OCI distribution spec.
+
+A Flask app around an ImageService; both entry points (local mode, the Cloud Function) serve
+this same app. Every error under ``/v2/`` is a JSON error body with a registry error code,
+never an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from flask import Flask, Response, redirect, request, send_file, send_from_directory
+from werkzeug.exceptions import HTTPException, NotFound
+
+from .errors import NameUnknown, RegistryError, Unsupported
+from .images import ImageService
+from .names import parse_name
+
+log = logging.getLogger(__name__)
+
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_READ = {"GET", "HEAD"}
+
+_UPLOADS = re.compile(r"(?P<name>.+)/blobs/uploads(?:/.*)?")
+_MANIFEST = re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
+_BLOB = re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)")
+_TAGS = re.compile(r"(?P<name>.+)/tags/list")
+
+
+def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
+    app = Flask(__name__, static_folder=None)
+
+    @app.route("/v2/", methods=_ALL_METHODS)
+    def ping() -> Response:
+        if request.method not in _READ:
+            raise Unsupported("this registry is read-only")
+        return Response(b"{}", content_type="application/json")
+
+    @app.route("/v2/<path:path>", methods=_ALL_METHODS)
+    def dispatch(path: str) -> Response:
+        if _UPLOADS.fullmatch(path):
+            raise Unsupported("this registry builds its images; pushing is not supported")
+        if request.method not in _READ:
+            raise Unsupported(f"{request.method} is not supported: this registry is read-only")
+        if match := _MANIFEST.fullmatch(path):
+            return _manifest(service, match["name"], match["reference"])
+        if match := _BLOB.fullmatch(path):
+            return _blob(service, match["name"], match["digest"])
+        if match := _TAGS.fullmatch(path):
+            return _tags(match["name"])
+        raise NameUnknown("no such endpoint", {"path": path[:200]})
+
+    @app.route("/", defaults={"path": "index.html"})
+    @app.route("/<path:path>")
+    def web(path: str) -> Response:
+        if web_dir is None:
+            raise NotFound()
+        if (web_dir / path).is_dir():
+            path = path.rstrip("/") + "/index.html"
+        return send_from_directory(web_dir, path)
+
+    @app.errorhandler(RegistryError)
+    def registry_error(e: RegistryError) -> Response:
+        return _error_response(e)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> Response | HTTPException:
+        if not request.path.startswith("/v2/"):
+            return e
+        wrapped = RegistryError(e.description or e.name)
+        wrapped.status = e.code or 500
+        wrapped.code = "UNSUPPORTED" if e.code == 405 else "UNKNOWN"
+        return _error_response(wrapped)
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception) -> Response:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _error_response(RegistryError("internal error"))
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        if request.path.startswith("/v2/"):
+            response.headers[API_VERSION[0]] = API_VERSION[1]
+        return response
+
+    return app
+
+
+def _error_response(e: RegistryError) -> Response:
+    response = Response(e.body(), status=e.status, content_type="application/json")
+    response.headers.update(e.headers)
+    return response
+
+
+def _manifest(service: ImageService, name: str, reference: str) -> Response:
+    manifest = service.manifest(name, reference, request.headers.getlist("Accept"))
+    response = Response(manifest.body, content_type=manifest.media_type)
+    response.headers["Docker-Content-Digest"] = manifest.digest
+    return response
+
+
+def _blob(service: ImageService, name: str, digest: str) -> Response:
+    location = service.blob(name, digest)
+    if location.url and request.method == "GET":
+        response = redirect(location.url, code=307)
+    elif request.method == "HEAD":
+        response = Response(content_type="application/octet-stream")
+        response.content_length = location.size
+    else:
+        response = send_file(
+            service.blobs.open(digest),
+            mimetype="application/octet-stream",
+            conditional=True,
+            etag=digest,
+            max_age=31536000,
+        )
+    response.headers["Docker-Content-Digest"] = digest
+    return response
+
+
+def _tags(name: str) -> Response:
+    parse_name(name)
+    return Response(f'{{"name":"{name}","tags":["latest"]}}', content_type="application/json")

@@ -1,0 +1,48 @@
+"""Real registry clients (skopeo, podman) configured to run as root in a scratch directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+class Clients:
+    def __init__(self, root: Path, registry: str) -> None:
+        self.registry = registry
+        root.mkdir(parents=True, exist_ok=True)
+        storage = root / "storage.conf"
+        storage.write_text(
+            f'[storage]\ndriver = "vfs"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n'
+        )
+        containers = root / "containers.conf"
+        containers.write_text(
+            "[containers]\n"
+            'netns = "host"\ncgroupns = "host"\n'
+            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            "[engine]\n"
+            'cgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+            f'events_logfile_path = "{root}/events.log"\nruntime = "runc"\n'
+            f'tmp_dir = "{root}/tmp"\nimage_copy_tmp_dir = "{root}/copytmp"\n'
+        )
+        (root / "copytmp").mkdir(exist_ok=True)
+        registries = root / "registries.conf"
+        registries.write_text(f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
+        self.env = {
+            **os.environ,
+            "CONTAINERS_STORAGE_CONF": str(storage),
+            "CONTAINERS_CONF": str(containers),
+            "CONTAINERS_REGISTRIES_CONF": str(registries),
+            "TMPDIR": str(root / "copytmp"),
+        }
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            args, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def skopeo(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run("skopeo", *args)
+
+    def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run("podman", *args)

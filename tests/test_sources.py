@@ -1,0 +1,499 @@
+"""Tests of the package-set sources against real directories, git repositories and HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from nixery.sources import (
+    ChannelSource,
+    GitSource,
+    PathSource,
+    Revision,
+    Source,
+    SourceError,
+    _public_url,
+    open_source,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- PathSource -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pkgs(tmp_path: Path) -> Path:
+    root = tmp_path / "pkgs"
+    (root / "sub").mkdir(parents=True)
+    (root / "default.nix").write_text("{ }: { hello = ./sub/hello.nix; }\n")
+    (root / "sub" / "hello.nix").write_text("{ }\n")
+    return root
+
+
+def test_path_latest_resolves_and_other_tags_do_not(pkgs: Path) -> None:
+    source = PathSource(pkgs)
+    revision = source.resolve("latest")
+    assert revision is not None
+    assert revision.source == f"path:{pkgs}"
+    assert len(revision.value) == 64
+    assert str(revision) == f"path:{pkgs}@{revision.value}"
+    assert source.resolve("v1") is None
+    assert source.checkout(revision) == pkgs
+
+
+def test_path_hash_is_stable_and_follows_changes_after_ttl(pkgs: Path) -> None:
+    clock = FakeClock()
+    source = PathSource(pkgs, ttl=10, clock=clock)
+    first = source.resolve("latest")
+    assert first is not None
+    # A fresh source computes the same hash for the same tree.
+    assert PathSource(pkgs).resolve("latest") == first
+
+    (pkgs / "sub" / "hello.nix").write_text("{ changed = true; }\n")
+    clock.now += 5
+    assert source.resolve("latest") == first, "recomputed before the ttl ran out"
+    assert source.checkout(first) == pkgs
+
+    clock.now += 6
+    second = source.resolve("latest")
+    assert second is not None and second != first
+    with pytest.raises(SourceError):
+        source.checkout(first)
+    assert source.checkout(second) == pkgs
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda root: (root / "sub" / "hello.nix").chmod(0o755),
+        lambda root: (root / "link").symlink_to("sub"),
+        lambda root: (root / "empty").mkdir(),
+        lambda root: (root / "sub" / "hello.nix").rename(root / "sub" / "other.nix"),
+    ],
+    ids=["executable-bit", "symlink", "directory", "rename"],
+)
+def test_path_hash_sees_metadata(pkgs: Path, change: Callable[[Path], object]) -> None:
+    before = PathSource(pkgs).resolve("latest")
+    change(pkgs)
+    assert PathSource(pkgs).resolve("latest") != before
+
+
+def test_path_hash_ignores_git_metadata(pkgs: Path) -> None:
+    before = PathSource(pkgs).resolve("latest")
+    (pkgs / ".git").mkdir()
+    (pkgs / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert PathSource(pkgs).resolve("latest") == before
+
+
+def test_path_missing_directory_is_a_source_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError):
+        PathSource(tmp_path / "absent").resolve("latest")
+
+
+# --- GitSource --------------------------------------------------------------------------------
+
+
+def git(repo: Path, *args: str) -> str:
+    result = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(repo),
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.org",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip()
+
+
+def commit(repo: Path, files: dict[str, str], message: str) -> str:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git(repo, "add", "--all")
+    git(repo, "commit", "--quiet", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@dataclass
+class Repo:
+    path: Path
+    url: str
+    first: str
+    second: str
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    path = tmp_path / "remote"
+    path.mkdir()
+    git(path, "init", "--quiet", "--initial-branch=main")
+    first = commit(path, {"default.nix": "1\n"}, "first")
+    git(path, "tag", "--annotate", "v1", "-m", "version 1")
+    git(path, "branch", "stable")
+    second = commit(path, {"default.nix": "2\n", "pkgs/hello.nix": "hello\n"}, "second")
+    git(path, "tag", "v2")
+    return Repo(path, f"file://{path}", first, second)
+
+
+def test_git_tags_branches_and_head(repo: Repo, tmp_path: Path) -> None:
+    source = GitSource(repo.url, tmp_path / "cache")
+    v1, v2 = source.resolve("v1"), source.resolve("v2")
+    # The annotated tag resolves to its commit, not to the tag object.
+    assert v1 == Revision(f"git:{repo.url}", repo.first)
+    assert v2 == Revision(f"git:{repo.url}", repo.second)
+    assert str(v2) == f"git:{repo.url}@{repo.second}"
+    assert source.resolve("stable") == v1
+    assert source.resolve("main") == v2
+    assert source.resolve("latest") == v2
+
+    old, new = source.checkout(v1), source.checkout(v2)
+    assert old == tmp_path / "cache" / "git" / repo.first
+    assert (old / "default.nix").read_text() == "1\n"
+    assert not (old / "pkgs").exists()
+    assert (new / "default.nix").read_text() == "2\n"
+    assert (new / "pkgs" / "hello.nix").read_text() == "hello\n"
+
+
+def test_git_tag_wins_over_branch_of_same_name(repo: Repo, tmp_path: Path) -> None:
+    git(repo.path, "tag", "both", repo.first)
+    git(repo.path, "branch", "both", repo.second)
+    revision = GitSource(repo.url, tmp_path / "cache").resolve("both")
+    assert revision is not None and revision.value == repo.first
+
+
+def test_git_commit_tags(repo: Repo, tmp_path: Path) -> None:
+    source = GitSource(repo.url, tmp_path / "cache")
+    revision = source.resolve(repo.first)
+    assert revision is not None and revision.value == repo.first
+    assert source.resolve(repo.first.upper()) == revision
+    assert (source.checkout(revision) / "default.nix").read_text() == "1\n"
+
+
+def test_git_unknown_names_are_not_found(repo: Repo, tmp_path: Path) -> None:
+    source = GitSource(repo.url, tmp_path / "cache")
+    assert source.resolve("v3") is None
+    assert source.resolve("0123456789abcdef0123456789abcdef01234567") is None
+
+
+def test_git_unreachable_remote_is_a_source_error(tmp_path: Path) -> None:
+    source = GitSource(f"file://{tmp_path}/absent", tmp_path / "cache")
+    with pytest.raises(SourceError):
+        source.resolve("latest")
+    with pytest.raises(SourceError):
+        source.resolve("0123456789abcdef0123456789abcdef01234567")
+
+
+def test_git_resolution_is_cached_for_ttl(repo: Repo, tmp_path: Path) -> None:
+    clock = FakeClock()
+    source = GitSource(repo.url, tmp_path / "cache", ttl=60, clock=clock)
+    assert source.resolve("main") == source.resolve("latest")
+    assert source.resolve("v3") is None
+    third = commit(repo.path, {"default.nix": "3\n"}, "third")
+    git(repo.path, "tag", "v3")
+
+    clock.now += 59
+    main = source.resolve("main")
+    assert main is not None and main.value == repo.second
+    assert source.resolve("v3") is None
+
+    clock.now += 2
+    main = source.resolve("main")
+    assert main is not None and main.value == third
+    assert source.resolve("latest") == main
+    assert source.resolve("v3") == main
+
+
+def test_git_concurrent_checkouts_share_one_directory(repo: Repo, tmp_path: Path) -> None:
+    source = GitSource(repo.url, tmp_path / "cache")
+    revision = source.resolve("v2")
+    assert revision is not None
+    barrier = threading.Barrier(8)
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            results.append(source.checkout(revision))
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(results) == 8 and len(set(results)) == 1
+    assert (results[0] / "pkgs" / "hello.nix").read_text() == "hello\n"
+    entries = sorted(p.name for p in (tmp_path / "cache" / "git").iterdir())
+    assert [name for name in entries if not name.startswith("mirror-")] == [repo.second]
+
+
+def test_git_credentials_stay_out_of_source_ids() -> None:
+    assert _public_url("https://user:secret@example.org/pkgs.git") == "https://example.org/pkgs.git"
+    assert _public_url("git@example.org:pkgs.git") == "git@example.org:pkgs.git"
+
+
+def test_checkout_refuses_revisions_of_another_source(repo: Repo, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        GitSource(repo.url, tmp_path / "cache").checkout(Revision("git:file:///other", "0" * 40))
+
+
+# --- ChannelSource ----------------------------------------------------------------------------
+
+COMMIT = hashlib.sha1(b"nixpkgs").hexdigest()
+BROKEN = hashlib.sha1(b"broken").hexdigest()
+
+
+def tarball(members: dict[str, str | None]) -> bytes:
+    """A gzipped tarball; None marks a directory."""
+    buffer = io.BytesIO()
+    # Like GitHub's, with a pax global header naming the commit.
+    with tarfile.open(
+        fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT, pax_headers={"comment": COMMIT}
+    ) as tar:
+        for name, text in members.items():
+            info = tarfile.TarInfo(name)
+            if text is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                data = text.encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclass
+class Server:
+    url: str
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    failing: bool = False
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state = Server(url="")
+    state.files = {
+        "/channels/nixos-unstable/git-revision": f"{COMMIT}\n".encode(),
+        f"/codeload/{COMMIT}.tar.gz": tarball(
+            {
+                f"nixpkgs-{COMMIT}/": None,
+                f"nixpkgs-{COMMIT}/default.nix": "{ }: { }\n",
+                f"nixpkgs-{COMMIT}/pkgs/hello.nix": "hello\n",
+            }
+        ),
+        f"/codeload/{BROKEN}.tar.gz": tarball({"one/default.nix": "1\n", "two/x": "2\n"}),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.answer(send_body=False)
+
+        def do_GET(self) -> None:
+            self.answer(send_body=True)
+
+        def answer(self, send_body: bool) -> None:
+            state.requests.append((self.command, self.path))
+            if state.failing:
+                self.send_error(500)
+                return
+            # Like GitHub, archive URLs redirect to another host.
+            if self.path.startswith("/archive/"):
+                self.send_response(302)
+                self.send_header("Location", self.path.replace("/archive/", "/codeload/"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def channel_source(
+    server: Server,
+    tmp_path: Path,
+    channel: str = "nixos-unstable",
+    ttl: float = 300.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> ChannelSource:
+    return ChannelSource(
+        channel,
+        tmp_path / "cache",
+        channel_url=f"{server.url}/channels",
+        archive_url=f"{server.url}/archive",
+        ttl=ttl,
+        clock=clock,
+        timeout=5,
+    )
+
+
+def test_channel_latest_resolves_and_checks_out(server: Server, tmp_path: Path) -> None:
+    source = channel_source(server, tmp_path)
+    revision = source.resolve("latest")
+    assert revision == Revision(f"nixpkgs:{server.url}/archive", COMMIT)
+    assert source.resolve("nixos-unstable") == revision
+
+    path = source.checkout(revision)
+    assert path == tmp_path / "cache" / "channel" / COMMIT
+    assert sorted(p.name for p in path.iterdir()) == ["default.nix", "pkgs"]
+    assert (path / "pkgs" / "hello.nix").read_text() == "hello\n"
+    downloads = len(server.requests)
+    assert source.checkout(revision) == path
+    assert len(server.requests) == downloads
+    assert sorted(p.name for p in path.parent.iterdir()) == [COMMIT]
+
+
+def test_channel_commit_tags_are_checked_with_head(server: Server, tmp_path: Path) -> None:
+    source = channel_source(server, tmp_path)
+    revision = source.resolve(COMMIT)
+    assert revision is not None and revision.value == COMMIT
+    # The redirect is followed as a HEAD too: the archive itself is not downloaded.
+    assert server.requests == [
+        ("HEAD", f"/archive/{COMMIT}.tar.gz"),
+        ("HEAD", f"/codeload/{COMMIT}.tar.gz"),
+    ]
+    assert source.resolve("0123456789abcdef0123456789abcdef01234567") is None
+
+
+def test_channel_unknown_channel_is_not_found(server: Server, tmp_path: Path) -> None:
+    assert channel_source(server, tmp_path).resolve("nixos-99.99") is None
+
+
+def test_channel_pinned_commit_needs_no_request(server: Server, tmp_path: Path) -> None:
+    revision = channel_source(server, tmp_path, channel=COMMIT).resolve("latest")
+    assert revision is not None and revision.value == COMMIT
+    assert server.requests == []
+
+
+def test_channel_server_errors_are_source_errors_and_not_cached(
+    server: Server, tmp_path: Path
+) -> None:
+    source = channel_source(server, tmp_path)
+    server.failing = True
+    with pytest.raises(SourceError):
+        source.resolve("latest")
+    with pytest.raises(SourceError):
+        source.resolve(COMMIT)
+    server.failing = False
+    revision = source.resolve("latest")
+    assert revision is not None and revision.value == COMMIT
+
+
+def test_channel_resolution_is_cached_for_ttl(server: Server, tmp_path: Path) -> None:
+    clock = FakeClock()
+    source = channel_source(server, tmp_path, ttl=300, clock=clock)
+    assert source.resolve("nixos-24.05") is None
+    server.files["/channels/nixos-24.05/git-revision"] = f"{COMMIT}\n".encode()
+    clock.now += 299
+    assert source.resolve("nixos-24.05") is None
+    clock.now += 2
+    assert source.resolve("nixos-24.05") is not None
+
+
+def test_channel_bad_names_never_reach_the_server(server: Server, tmp_path: Path) -> None:
+    source = channel_source(server, tmp_path)
+    for tag in ("../secret", "a/b", "x?y=1", ".hidden", "-rf"):
+        assert source.resolve(tag) is None
+    assert server.requests == []
+    with pytest.raises(ValueError):
+        channel_source(server, tmp_path, channel="../etc")
+
+
+def test_channel_bad_archive_leaves_nothing_behind(server: Server, tmp_path: Path) -> None:
+    source = channel_source(server, tmp_path)
+    revision = source.resolve(BROKEN)
+    assert revision is not None
+    with pytest.raises(SourceError):
+        source.checkout(revision)
+    assert list((tmp_path / "cache" / "channel").iterdir()) == []
+
+
+def test_channel_garbage_revision_is_a_source_error(server: Server, tmp_path: Path) -> None:
+    server.files["/channels/odd/git-revision"] = b"<html>not a commit</html>"
+    with pytest.raises(SourceError):
+        channel_source(server, tmp_path).resolve("odd")
+
+
+# --- open_source ------------------------------------------------------------------------------
+
+
+def open_with(
+    tmp_path: Path,
+    pkgs_path: str | None = None,
+    pkgs_repo: str | None = None,
+    channel: str | None = None,
+    ttl: float | None = None,
+) -> Source:
+    return open_source(
+        pkgs_path=pkgs_path,
+        pkgs_repo=pkgs_repo,
+        channel=channel,
+        cache_dir=tmp_path,
+        channel_url="https://channels.example.org",
+        archive_url="https://archive.example.org",
+        ttl=ttl,
+    )
+
+
+def test_open_source_picks_the_configured_kind(pkgs: Path, tmp_path: Path) -> None:
+    assert isinstance(open_with(tmp_path, pkgs_path=str(pkgs)), PathSource)
+    assert isinstance(open_with(tmp_path, pkgs_repo="file:///x", channel=""), GitSource)
+    assert isinstance(open_with(tmp_path, channel="nixos-24.05"), ChannelSource)
+    assert isinstance(open_with(tmp_path), ChannelSource)
+
+
+def test_open_source_rejects_several_sources(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"NIXERY_PKGS_PATH.*NIXERY_CHANNEL"):
+        open_with(tmp_path, pkgs_path="/x", channel="nixos-unstable")
+
+
+def test_open_source_passes_ttl(pkgs: Path, tmp_path: Path) -> None:
+    source = open_with(tmp_path, pkgs_path=str(pkgs), ttl=0)
+    first = source.resolve("latest")
+    (pkgs / "default.nix").write_text("{ }: { }\n")
+    assert source.resolve("latest") != first
