@@ -26,15 +26,21 @@ class Clients:
             f'tmp_dir = "{root}/tmp"\nimage_copy_tmp_dir = "{root}/copytmp"\n'
         )
         (root / "copytmp").mkdir(exist_ok=True)
-        registries = root / "registries.conf"
-        registries.write_text(f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
+        self._registries = root / "registries.conf"
+        self._registries.write_text("")
+        self.trust(registry)
         self.env = {
             **os.environ,
             "CONTAINERS_STORAGE_CONF": str(storage),
             "CONTAINERS_CONF": str(containers),
-            "CONTAINERS_REGISTRIES_CONF": str(registries),
+            "CONTAINERS_REGISTRIES_CONF": str(self._registries),
             "TMPDIR": str(root / "copytmp"),
         }
+
+    def trust(self, host: str) -> None:
+        """Lets podman use plain HTTP with another registry on this machine."""
+        with self._registries.open("a") as f:
+            f.write(f'[[registry]]\nlocation = "{host}"\ninsecure = true\n')
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -1,0 +1,114 @@
+"""Fixtures that run real registries: `nixery serve` subprocesses building with real Nix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent))
+from clients import Clients
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "examples" / "demo-pkgs"
+NIXERY = Path(sys.executable).parent / "nixery"
+
+# The demo set has no binary cache; without this Nix tries cache.nixos.org on every build.
+NIX_CONFIG = "substituters =\nbuild-users-group =\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """A `nixery serve` process on 127.0.0.1, with its log kept in a file."""
+
+    def __init__(self, storage: Path, **env: str) -> None:
+        self.storage = storage
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}"
+        self.log_path = storage.parent / f"{storage.name}-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "NIX_CONFIG": NIX_CONFIG,
+            "STORAGE_PATH": str(storage),
+            "PORT": str(self.port),
+            **env,
+        }
+        if not any(k in env for k in ("NIXERY_PKGS_REPO", "NIXERY_CHANNEL")):
+            self.env.setdefault("NIXERY_PKGS_PATH", str(DEMO))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Registry:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(NIXERY), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nixery serve exited:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/v2/", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"nixery serve did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def builds_started(self) -> int:
+        return self.log().count(": starting ")
+
+    def get(self, path: str, method: str = "GET", **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 300)
+        kwargs.setdefault("allow_redirects", False)
+        return requests.request(method, self.url + path, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("registry") / "storage", NIX_TIMEOUT="3").start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def make_registry(tmp_path: Path) -> Iterator:
+    """Starts extra registries for one test; all are stopped after it."""
+    started: list[Registry] = []
+
+    def make(storage: Path | None = None, **env: str) -> Registry:
+        reg = Registry(storage or tmp_path / f"storage{len(started)}", **env).start()
+        started.append(reg)
+        return reg
+
+    yield make
+    for reg in started:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def clients(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Clients:
+    for tool in ("skopeo", "podman", "runc"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run scripts/setup.sh --test")
+    return Clients(tmp_path_factory.mktemp("clients"), registry.host)
