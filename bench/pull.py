@@ -1,0 +1,131 @@
+"""Cold build and warm pull of one image from a local registry, with skopeo.
+
+    .venv/bin/python bench/pull.py [IMAGE] [--runs N]
+
+Cold: fresh storage and the image's store paths deleted from the Nix store first, so the
+time covers evaluation, the Nix build, layering, archiving and the pull. Warm: the same
+image pulled again into a fresh directory (manifest and blobs cached). Prints medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NIXERY = Path(sys.executable).parent / "nixery"
+ENV = {**os.environ, "NIX_CONFIG": "substituters =\nbuild-users-group =\n"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **ENV,
+        "STORAGE_PATH": str(storage),
+        "PORT": str(port),
+        "NIXERY_PKGS_PATH": str(REPO / "examples" / "demo-pkgs"),
+    }
+    proc = subprocess.Popen([str(NIXERY), "serve"], env=env, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("registry did not start")
+
+
+def pull(host: str, image: str, dest: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            f"docker://{host}/{image}",
+            f"oci:{dest}:x",
+        ],
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+def delete_from_store(image_paths: list[str]) -> None:
+    """Deletes the image's store paths, and everything referring to them, so that Nix must
+    build them again. Only unrooted paths (garbage) can go; the check below says if not."""
+    referrers = subprocess.run(
+        ["nix-store", "--query", "--referrers-closure", *image_paths],
+        capture_output=True, text=True, env=ENV, check=True,
+    ).stdout.split()  # fmt: skip
+    subprocess.run(["nix-store", "--delete", *referrers], env=ENV, capture_output=True, check=True)
+    if any(Path(p).exists() for p in image_paths):
+        raise RuntimeError("could not delete the image's store paths (are they GC roots?)")
+
+
+def store_paths(oci_dir: Path) -> list[str]:
+    """The store paths in the pulled image, read from its layers' file names."""
+    paths = set()
+    for blob in (oci_dir / "blobs" / "sha256").iterdir():
+        if blob.stat().st_size > 1000:
+            listing = subprocess.run(
+                ["tar", "-tzf", str(blob)], capture_output=True, text=True, check=False
+            ).stdout.split()
+            parts = (n.split("/") for n in listing)
+            paths |= {
+                f"/nix/store/{p[2]}"
+                for p in parts
+                if p[:2] == ["nix", "store"] and p[2:3] != [""] and len(p) > 2
+            }
+    return sorted(p for p in paths if p.startswith("/nix/store/") and Path(p).exists())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("image", nargs="?", default="shell/hello")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nixery-bench-"))
+    cold, warm = [], []
+    try:
+        for run in range(args.runs + 1):
+            proc, host = start(work / f"storage{run}")
+            try:
+                seconds = pull(host, args.image, work / f"cold{run}")
+                if run:  # run 0 only finds the image's store paths for the next ones
+                    cold.append(seconds)
+                    warm.append(pull(host, args.image, work / f"warm{run}"))
+            finally:
+                proc.terminate()
+                proc.wait()
+            delete_from_store(store_paths(work / f"cold{run}"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"image {args.image}, {args.runs} runs, skopeo copy to oci: on 127.0.0.1")
+    print(
+        f"cold build + pull: median {statistics.median(cold):.2f}s "
+        f"(runs: {', '.join(f'{t:.2f}' for t in cold)})"
+    )
+    print(
+        f"warm pull:         median {statistics.median(warm):.2f}s "
+        f"(runs: {', '.join(f'{t:.2f}' for t in warm)})"
+    )
+
+
+if __name__ == "__main__":
+    main()

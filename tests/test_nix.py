@@ -1,0 +1,41 @@
+"""Reading Nix's output: both JSON shapes of `nix path-info`, and its error messages."""
+
+import json
+
+from nixery.nix import _error_message, parse_path_info
+
+A = "/nix/store/" + "a" * 32 + "-a-1.0"
+B = "/nix/store/" + "b" * 32 + "-b-1.0"
+
+
+def test_path_info_list_shape_of_nix_2_8():
+    text = json.dumps(
+        [
+            {"path": A, "narHash": "sha256:x", "narSize": 10, "references": [A, B]},
+            {"path": B, "narHash": "sha256:y", "narSize": 20, "references": []},
+        ]
+    )
+    closure = parse_path_info(text)
+    assert closure[A].references == (B,), "self-references are dropped"
+    assert closure[B].nar_size == 20
+
+
+def test_path_info_object_shape_of_nix_2_19():
+    text = json.dumps(
+        {
+            A: {"narHash": "sha256-x", "narSize": 10, "references": [B]},
+            B: {"narHash": "sha256-y", "narSize": 20, "references": []},
+        }
+    )
+    closure = parse_path_info(text)
+    assert set(closure) == {A, B}
+    assert closure[A].references == (B,)
+
+
+def test_error_message_takes_the_error_line():
+    lines = [
+        "building '/nix/store/x-broken-1.0.drv'...",
+        "error: broken is broken on purpose",
+        "\x1b[31;1merror:\x1b[0m builder for '/nix/store/x-broken-1.0.drv' failed with exit code 1",
+    ]
+    assert _error_message(lines).startswith("broken is broken on purpose")
