@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export STORAGE_PATH="${STORAGE_PATH:-$PWD/var/storage}"
-if [[ -z "${NIXERY_PKGS_REPO:-}${NIXERY_CHANNEL:-}" ]]; then
-  export NIXERY_PKGS_PATH="${NIXERY_PKGS_PATH:-$PWD/examples/demo-pkgs}"
+if [[ -z "${NIXERY_PKGS_REPO:-}${NIXERY_CHANNEL:-}${NIXERY_PKGS_PATH:-}" ]]; then
+  export NIXERY_PKGS_PATH="$PWD/examples/demo-pkgs"
+  # No binary cache holds the demo set: do not ask one on every build.
+  export NIX_CONFIG="${NIX_CONFIG:-}"$'\nsubstituters ='
 fi
 exec .venv/bin/nixery serve "$@"

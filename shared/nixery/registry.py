@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
-from flask import Flask, Response, redirect, request, send_from_directory
+from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.wsgi import wrap_file
 
@@ -82,10 +83,20 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return _error_response(RegistryError("internal error"))
 
+    @app.before_request
+    def started() -> None:
+        g.started = time.perf_counter()
+
     @app.after_request
     def headers(response: Response) -> Response:
         if request.path.startswith("/v2/"):
             response.headers[API_VERSION[0]] = API_VERSION[1]
+        ms = (time.perf_counter() - g.started) * 1000
+        log.info(
+            "%s %s %d %.1fms", request.method, request.path, response.status_code, ms,
+            extra={"http_method": request.method, "path": request.path,
+                   "status": response.status_code, "ms": round(ms, 1)},
+        )  # fmt: skip
         return response
 
     return app
