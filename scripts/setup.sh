@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 packages=(nix-bin busybox-static git ca-certificates netbase python3 python3-venv)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo podman runc uidmap)
+  packages+=(skopeo podman runc uidmap default-jre-headless)
 fi
 
 missing=()
@@ -29,7 +29,19 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test]"
+extras="[gcp]"
+[[ "${1:-}" == "--test" ]] && extras="[gcp,test]"
 .venv/bin/pip install -q --disable-pip-version-check -e "shared${extras}"
+
+if [[ "${1:-}" == "--test" ]]; then
+  # The Cloud Tasks emulator pins protobuf<5, so it gets a virtualenv of its own.
+  if [[ ! -x .venv-tasks/bin/gcloud-tasks-emulator ]]; then
+    python3 -m venv .venv-tasks
+    .venv-tasks/bin/pip install -q --disable-pip-version-check gcloud-tasks-emulator==0.6.2
+  fi
+  # Google's Firestore emulator ships only with the Google Cloud SDK, not from the
+  # registries this machine reaches; the machine image provides it.
+  jar=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
+  [[ -f "$jar" ]] || echo "setup: WARNING: $jar is missing; the Google Cloud mode tests will fail" >&2
+fi
 echo "setup: done"

@@ -112,3 +112,7 @@ def clients(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Cli
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run scripts/setup.sh --test")
     return Clients(tmp_path_factory.mktemp("clients"), registry.host)
+
+
+# Google Cloud mode's fixtures (emulators, gcp_registry) live in their own module.
+pytest_plugins = ["emulators"]

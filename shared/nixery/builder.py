@@ -18,13 +18,14 @@ from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import archives
 from .archives import Entry, LayerBlob
 from .imageroot import image_root
 from .layers import plan_layers
 from .manifests import Manifest, image_config, image_manifests, sha256_digest
-from .names import ImageRequest
+from .names import ARCHITECTURES, ImageRequest
 from .nix import Nix, NixError, UnknownPackages
 from .sources import Revision, Source
 from .state import Failure, State
@@ -43,6 +44,31 @@ class BuildJob:
     key: str
     request: ImageRequest
     revision: Revision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "packages": list(self.request.packages),
+            "system": self.request.arch.nix_system,
+            "revision": {"source": self.revision.source, "value": self.revision.value},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BuildJob:
+        """The job a task carries. Its key is recomputed, so a forged task cannot publish an
+        image under a key other than its own content's."""
+        arch = next((a for a in ARCHITECTURES if a.nix_system == data["system"]), None)
+        if arch is None:
+            raise ValueError(f"unknown system {data['system']!r}")
+        packages = data["packages"]
+        if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+            raise ValueError("packages must be a list of names")
+        request = ImageRequest(tuple(sorted(set(packages))), arch)
+        revision = Revision(str(data["revision"]["source"]), str(data["revision"]["value"]))
+        job = cls(request.key(str(revision)), request, revision)
+        if job.key != data.get("key"):
+            raise ValueError("the job's key does not match its content")
+        return job
 
 
 @contextmanager

@@ -43,7 +43,7 @@ class Config:
     cache_dir: Path
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -56,7 +56,7 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+def env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -69,7 +69,10 @@ def _float(env: Mapping[str, str], name: str, default: float | None) -> float | 
     return value
 
 
-def load(env: Mapping[str, str] = os.environ) -> Config:
+def load(env: Mapping[str, str] = os.environ, *, runs_nix: bool = True) -> Config:
+    """Reads the configuration; ``runs_nix`` is False for the registry function, which
+    never runs Nix and so needs no prepare-image/ nor a local package set."""
+
     def get(name: str) -> str | None:
         return env.get(name) or None
 
@@ -87,7 +90,7 @@ def load(env: Mapping[str, str] = os.environ) -> Config:
     if (path := get("NIXERY_PKGS_PATH")) and not Path(path, "default.nix").is_file():
         raise ConfigError(f"NIXERY_PKGS_PATH: no default.nix in {path}")
     prepare_image = Path(get("NIXERY_PREPARE_IMAGE") or _REPO / "prepare-image")
-    if not (prepare_image / "default.nix").is_file():
+    if runs_nix and not (prepare_image / "default.nix").is_file():
         raise ConfigError(f"NIXERY_PREPARE_IMAGE: no default.nix in {prepare_image}")
     web_dir = get("WEB_DIR")
     default_state = storage_path / "state.sqlite3" if storage_path else None
@@ -96,7 +99,7 @@ def load(env: Mapping[str, str] = os.environ) -> Config:
         storage_backend=backend,
         storage_path=storage_path,
         gcs_bucket=get("GCS_BUCKET"),
-        port=_int(env, "PORT", 8080, 1, 65535),
+        port=env_int(env, "PORT", 8080, 1, 65535),
         host=get("NIXERY_HOST") or "127.0.0.1",
         web_dir=Path(web_dir) if web_dir else (_REPO / "web" if (_REPO / "web").is_dir() else None),
         channel=get("NIXERY_CHANNEL"),
@@ -104,14 +107,17 @@ def load(env: Mapping[str, str] = os.environ) -> Config:
         pkgs_path=path,
         channel_url=get("NIXERY_CHANNEL_URL") or "https://channels.nixos.org",
         archive_url=get("NIXERY_ARCHIVE_URL") or "https://github.com/NixOS/nixpkgs/archive",
-        nix_timeout=_int(env, "NIX_TIMEOUT", 60, 1, 86400),
+        nix_timeout=env_int(env, "NIX_TIMEOUT", 60, 1, 86400),
         popularity_url=get("NIX_POPULARITY_URL"),
         prepare_image=prepare_image,
-        revision_ttl=_float(env, "NIXERY_REVISION_TTL", None),
-        failure_ttl=_float(env, "NIXERY_FAILURE_TTL", 300.0) or 0.0,
-        build_wait=_float(env, "NIXERY_BUILD_WAIT", 600.0) or 0.0,
-        layer_budget=_int(env, "NIXERY_LAYER_BUDGET", 100, 2, 125),
-        build_workers=_int(env, "NIXERY_BUILD_WORKERS", 2, 1, 64),
+        # Unset: each source kind's own default.
+        revision_ttl=env_seconds(env, "NIXERY_REVISION_TTL", 0.0)
+        if get("NIXERY_REVISION_TTL")
+        else None,
+        failure_ttl=env_seconds(env, "NIXERY_FAILURE_TTL", 300.0),
+        build_wait=env_seconds(env, "NIXERY_BUILD_WAIT", 600.0),
+        layer_budget=env_int(env, "NIXERY_LAYER_BUDGET", 100, 2, 125),
+        build_workers=env_int(env, "NIXERY_BUILD_WORKERS", 2, 1, 64),
         state_path=Path(p) if (p := get("NIXERY_STATE_PATH")) else default_state,
         cache_dir=Path(p) if (p := get("NIXERY_CACHE_DIR")) else default_cache,
     )

@@ -40,6 +40,7 @@ class Architecture:
 
 AMD64 = Architecture("x86_64-linux", "amd64")
 ARM64 = Architecture("aarch64-linux", "arm64")
+ARCHITECTURES = (AMD64, ARM64)
 
 
 @dataclass(frozen=True)

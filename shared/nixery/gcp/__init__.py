@@ -1,0 +1,1 @@
+"""Adapters for Google Cloud: GCS blobs, Firestore state, Cloud Tasks builds, signed URLs."""

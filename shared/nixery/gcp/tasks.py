@@ -1,0 +1,94 @@
+"""Builds through Cloud Tasks: the registry records the build and enqueues one task for the
+builder service, then waits for the record to say the build finished.
+
+Cloud Tasks is not trusted to de-duplicate (its emulator does not, and task names only help
+for a while): the build record in Firestore decides who enqueues, and the builder's lease
+decides who builds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from google.cloud import tasks_v2
+
+from ..builder import BuildJob
+from .firestore import FirestoreState
+
+log = logging.getLogger(__name__)
+
+# Seconds Cloud Tasks waits for the builder to answer before it retries (the maximum is 30
+# minutes); a build that runs longer keeps its lease and later deliveries find it busy.
+DISPATCH_DEADLINE = 1800
+
+
+class TaskQueue:
+    def __init__(
+        self,
+        client: tasks_v2.CloudTasksClient,
+        queue: str,
+        builder_url: str,
+        service_account: str | None,
+    ) -> None:
+        self.client = client
+        self.queue = queue
+        self.builder_url = builder_url
+        self.service_account = service_account
+
+    def enqueue(self, job: BuildJob) -> None:
+        request: dict[str, object] = {
+            "http_method": tasks_v2.HttpMethod.POST,
+            "url": self.builder_url,
+            "headers": {"Content-Type": "application/json"},
+            "body": json.dumps(job.to_dict()).encode(),
+        }
+        if self.service_account:
+            # Cloud Run checks this token: only the queue may call the builder.
+            request["oidc_token"] = {
+                "service_account_email": self.service_account,
+                "audience": self.builder_url,
+            }
+        task = {"http_request": request, "dispatch_deadline": {"seconds": DISPATCH_DEADLINE}}
+        self.client.create_task(parent=self.queue, task=task)
+
+
+class TaskBuildQueue:
+    """The BuildQueue of Google Cloud mode."""
+
+    def __init__(
+        self,
+        state: FirestoreState,
+        tasks: TaskQueue,
+        pickup: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.state = state
+        self.tasks = tasks
+        self.pickup = pickup
+        self.clock = clock
+        self.sleep = sleep
+
+    def build(self, job: BuildJob, wait: float) -> bool:
+        deadline = self.clock() + wait
+        self._start(job)
+        delay = 0.2
+        while True:
+            record = self.state.record(job.key) or {}
+            status = record.get("status")
+            if status in ("done", "failed"):
+                return True
+            if status is None or record["lease_expires"] < self.clock():
+                self._start(job)  # the builder died, or the task was lost: build again
+            if self.clock() + delay > deadline:
+                return False
+            self.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    def _start(self, job: BuildJob) -> None:
+        if self.state.start(job, self.pickup):
+            log.info("build %s: enqueued", job.key[:12], extra={"build_key": job.key})
+            self.tasks.enqueue(job)

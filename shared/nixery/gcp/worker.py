@@ -1,0 +1,79 @@
+"""The builder service: runs the build tasks that Cloud Tasks delivers.
+
+A delivery first claims the build's lease. A build that finished already, or that another
+builder holds a live lease on, is answered at once (2xx and 503 respectively, so Cloud Tasks
+forgets the task or comes back later). While it builds, a heartbeat keeps the lease; if this
+process dies the lease lapses and the next delivery or request takes the build over.
+Permanent failures are recorded and answered 2xx; anything else is answered 500 for a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from flask import Flask, Response, request
+
+from ..builder import Builder, BuildJob
+from .firestore import FirestoreState
+
+log = logging.getLogger(__name__)
+
+
+class BuildWorker:
+    def __init__(self, builder: Builder, state: FirestoreState, lease: float) -> None:
+        self.builder = builder
+        self.state = state
+        self.lease = lease
+        self.owner = f"builder-{uuid.uuid4().hex[:12]}"
+
+    def handle(self, job: BuildJob) -> tuple[int, str]:
+        claim = self.state.claim(job, self.owner, self.lease)
+        if claim == "done":
+            return 200, "already built"
+        if claim == "busy":
+            return 503, "another builder holds the lease"
+        stop = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job.key, stop), daemon=True)
+        heartbeat.start()
+        try:
+            self.builder.run(job)
+        except Exception:
+            log.exception("build %s: failed, to be retried", job.key[:12],
+                          extra={"build_key": job.key})  # fmt: skip
+            stop.set()
+            self.state.release(job.key, self.owner)
+            return 500, "build failed; it will be retried"
+        finally:
+            stop.set()
+            heartbeat.join()
+        return 200, "built"
+
+    def _heartbeat(self, key: str, stop: threading.Event) -> None:
+        while not stop.wait(self.lease / 3):
+            if not self.state.renew(key, self.owner, self.lease):
+                log.warning("build %s: lease lost to another builder", key[:12],
+                            extra={"build_key": key})  # fmt: skip
+                return
+
+
+def create_builder_app(worker: BuildWorker) -> Flask:
+    app = Flask(__name__)
+
+    @app.post("/")
+    def build() -> Response:
+        try:
+            job = BuildJob.from_dict(request.get_json(force=True))
+        except (ValueError, KeyError, TypeError) as e:
+            # A malformed task can never succeed: 2xx so Cloud Tasks drops it.
+            log.error("rejected task: %s", e)
+            return Response(f"rejected: {e}", status=202)
+        status, message = worker.handle(job)
+        return Response(message, status=status)
+
+    @app.get("/healthz")
+    def health() -> str:
+        return "ok"
+
+    return app

@@ -1,0 +1,193 @@
+"""Google Cloud mode end to end, against the emulators: the registry function, Cloud Tasks,
+the Cloud Run builder, Firestore and GCS, pulled through by real clients."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+from conftest import DEMO
+from emulators import GcpRegistry
+
+pytestmark = pytest.mark.e2e
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+
+
+def manifest(reg, name, ref="latest", method="GET"):
+    return reg.get(f"/v2/{name}/manifests/{ref}", method, headers={"Accept": OCI})
+
+
+def test_ping_answers_without_loading_the_backends(gcp_registry):
+    response = gcp_registry.get("/v2/")
+    assert response.status_code == 200
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+def test_skopeo_and_podman_pull_and_run_through_signed_urls(gcp_registry, clients, tmp_path):
+    clients.trust(gcp_registry.host)
+    copied = clients.skopeo(
+        "copy", "--src-tls-verify=false",
+        f"docker://{gcp_registry.host}/shell/hello", f"oci:{tmp_path}/img:latest",
+    )  # fmt: skip
+    assert copied.returncode == 0, copied.stderr
+    for blob in (tmp_path / "img" / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    ran = clients.podman("run", "--rm", f"{gcp_registry.host}/shell/hello", "hello")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "Hello, world!"
+
+
+def test_blobs_redirect_to_signed_urls_and_head_does_not(gcp_registry):
+    layer = manifest(gcp_registry, "shell/hello").json()["layers"][0]
+    path = f"/v2/shell/hello/blobs/{layer['digest']}"
+    redirect = gcp_registry.get(path)
+    assert redirect.status_code == 307
+    url = urlparse(redirect.headers["Location"])
+    query = parse_qs(url.query)
+    assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"]
+    assert query["X-Goog-Expires"] == ["300"]
+    assert url.path.endswith(layer["digest"].split(":")[1])
+    fetched = requests.get(redirect.headers["Location"], timeout=30)
+    assert "sha256:" + hashlib.sha256(fetched.content).hexdigest() == layer["digest"]
+    head = gcp_registry.get(path, "HEAD")
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == layer["size"]
+    missing = gcp_registry.get(f"/v2/shell/hello/blobs/sha256:{'0' * 64}")
+    assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+def test_same_digests_as_local_mode(gcp_registry, registry):
+    gcp = manifest(gcp_registry, "shell/hello")
+    local = manifest(registry, "shell/hello")
+    assert gcp.headers["Docker-Content-Digest"] == local.headers["Docker-Content-Digest"]
+
+
+def test_twenty_concurrent_pulls_cause_one_build(gcp_registry):
+    before = gcp_registry.builds_started()
+    results = []
+
+    def pull():
+        results.append(manifest(gcp_registry, "jq/htop"))
+
+    threads = [threading.Thread(target=pull) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 20
+    assert len({r.headers["Docker-Content-Digest"] for r in results}) == 1
+    assert gcp_registry.builds_started() == before + 1
+
+
+def test_unknown_packages_and_failed_builds(gcp_registry):
+    unknown = manifest(gcp_registry, "hello/nope-one/nope-two")
+    assert unknown.status_code == 404
+    assert unknown.json()["errors"][0]["detail"]["packages"] == ["nope-one", "nope-two"]
+    broken = manifest(gcp_registry, "broken")
+    assert broken.status_code == 500
+    assert "broken is broken on purpose" in json.dumps(broken.json())
+    builds = gcp_registry.builds_started()
+    assert manifest(gcp_registry, "broken").status_code == 500
+    assert gcp_registry.builds_started() == builds, "the failure is remembered"
+
+
+def test_builder_logs_are_structured_json(gcp_registry):
+    assert manifest(gcp_registry, "shell/hello").status_code == 200
+    entries = [json.loads(line) for line in gcp_registry.builder_log.read_text().splitlines()
+               if line.startswith("{")]  # fmt: skip
+    steps = [e for e in entries if e.get("step")]
+    assert steps, "each build step is logged with its timing"
+    assert all(e["severity"] in ("INFO", "WARNING", "ERROR") for e in entries)
+    assert all(e["build_key"] and isinstance(e["seconds"], float) for e in steps)
+
+
+def test_duplicate_task_delivery_is_harmless(gcp_registry, firestore_client):
+    assert manifest(gcp_registry, "shell/hello").status_code == 200
+    record = _records(firestore_client, gcp_registry, "done")[0]
+    builds = gcp_registry.builds_started()
+    for _ in range(2):
+        again = requests.post(
+            gcp_registry.env["NIXERY_BUILDER_URL"], json=record["job"], timeout=60
+        )
+        assert again.status_code == 200 and "already built" in again.text
+    assert gcp_registry.builds_started() == builds
+
+
+def _records(client, reg, status):
+    docs = client.collection(reg.env["NIXERY_FIRESTORE_PREFIX"] + "builds").stream()
+    return [d.to_dict() for d in docs if d.to_dict()["status"] == status]
+
+
+@pytest.fixture
+def sleepy_set(tmp_path):
+    """The demo set plus `sleepy`, whose build takes 8 s and is new on every run (a nonce)."""
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    (pkgs / "default.nix").write_text(
+        "{ system ? builtins.currentSystem, ... }:\n"
+        f"let demo = import {DEMO} {{ inherit system; }}; in\n"
+        "demo // { sleepy = derivation {\n"
+        '  name = "sleepy-1.0"; inherit system; builder = "${demo.busybox}/bin/sh";\n'
+        f'  args = [ "-c" "sleep 8; echo {uuid.uuid4().hex} > $out" ]; }}; }}\n'
+    )
+    return pkgs
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_killed_builder_is_taken_over_and_nothing_half_built_is_served(
+    emulators, sleepy_set, tmp_path, firestore_client
+):
+    reg = GcpRegistry(
+        tmp_path / "r", emulators, NIXERY_PKGS_PATH=str(sleepy_set),
+        NIXERY_LEASE_TTL="3", NIX_TIMEOUT="120",
+    ).start()  # fmt: skip
+    try:
+        result = {}
+        pull = threading.Thread(target=lambda: result.update(r=manifest(reg, "sleepy")))
+        pull.start()
+        wait_for(lambda: reg.builds_started() == 1)
+        records = _records(firestore_client, reg, "building")
+        assert len(records) == 1 and records[0]["lease_owner"]
+        reg.builder.kill(signal.SIGKILL)
+        reg.start_builder()  # on the same URL: Cloud Tasks' retries reach it
+        pull.join(timeout=180)
+        response = result["r"]
+        assert response.status_code == 200, response.text
+        assert reg.builds_started() == 2, "the new builder ran the build again"
+        done = _records(firestore_client, reg, "done")
+        assert len(done) == 1 and done[0]["lease_owner"] is None
+        assert done[0]["attempt"] >= 1
+        for layer in response.json()["layers"]:
+            blob = reg.get(f"/v2/sleepy/blobs/{layer['digest']}", "HEAD")
+            assert blob.status_code == 200, "every blob of a served manifest exists"
+    finally:
+        reg.stop()
+
+
+def test_a_build_that_outlasts_the_wait_is_503_then_served(emulators, sleepy_set, tmp_path):
+    reg = GcpRegistry(
+        tmp_path / "r", emulators, NIXERY_PKGS_PATH=str(sleepy_set),
+        NIXERY_BUILD_WAIT="2", NIX_TIMEOUT="120",
+    ).start()  # fmt: skip
+    try:
+        first = manifest(reg, "sleepy")
+        assert first.status_code == 503
+        assert first.headers["Retry-After"].isdigit()
+        assert first.json()["errors"][0]["code"] == "UNAVAILABLE"
+        wait_for(lambda: manifest(reg, "sleepy").status_code == 200, timeout=120)
+        assert reg.builds_started() == 1
+    finally:
+        reg.stop()
