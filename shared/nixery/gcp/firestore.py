@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from google.api_core import exceptions
 from google.cloud import firestore
@@ -24,6 +24,17 @@ from ..manifests import Manifest
 from ..state import Failure
 
 Claim = Literal["taken", "done", "busy"]
+T = TypeVar("T")
+
+# Entries kept in memory per cache; manifests are ~1 KB, so this bounds memory to a few MB.
+_CACHE_SIZE = 4096
+
+
+def _keep(cache: dict[str, T], key: str, value: T) -> T:
+    if len(cache) >= _CACHE_SIZE:
+        cache.pop(next(iter(cache)))  # the oldest entry: dicts keep insertion order
+    cache[key] = value
+    return value
 
 
 class FirestoreState:
@@ -38,6 +49,9 @@ class FirestoreState:
         self.manifests = client.collection(prefix + "manifests")
         self.layers = client.collection(prefix + "layers")
         self.clock = clock
+        # A published image and a manifest never change: once read, they are kept.
+        self._images: dict[str, dict[str, str]] = {}
+        self._manifests: dict[str, Manifest] = {}
 
     # --- State -------------------------------------------------------------------------
 
@@ -45,12 +59,20 @@ class FirestoreState:
         return self.builds.document(key).get().to_dict()
 
     def image(self, key: str) -> dict[str, str] | None:
+        if key in self._images:
+            return self._images[key]
         record = self.record(key)
-        return record["manifests"] if record and record["status"] == "done" else None
+        if not record or record["status"] != "done":
+            return None
+        return _keep(self._images, key, record["manifests"])
 
     def manifest(self, digest: str) -> Manifest | None:
+        if digest in self._manifests:
+            return self._manifests[digest]
         doc = self.manifests.document(digest).get().to_dict()
-        return Manifest(doc["media_type"], doc["body"]) if doc else None
+        if not doc:
+            return None
+        return _keep(self._manifests, digest, Manifest(doc["media_type"], doc["body"]))
 
     def publish(self, key: str, manifests: list[Manifest]) -> None:
         # The manifests are written before the record points at them; a batch is atomic.
