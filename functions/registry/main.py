@@ -11,6 +11,9 @@ import threading
 import functions_framework
 from flask import Flask, Request, Response
 
+from nixery.gcp.settings import load_config
+
+load_config("registry")  # a missing or bad setting stops the function here, naming it
 _app: Flask | None = None
 _lock = threading.Lock()
 

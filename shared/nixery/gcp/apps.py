@@ -7,10 +7,8 @@ builder service runs them. Both use the same core as local mode.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from flask import Flask
 from google.cloud import firestore, storage, tasks_v2
@@ -24,19 +22,10 @@ from ..registry import create_app
 from ..sources import Source, open_source
 from .firestore import FirestoreState
 from .gcs import GcsBlobStore
-from .settings import GcpConfig, load_gcp
+from .settings import SCRATCH, GcpConfig, load_config
 from .signing import runtime_signer
 from .tasks import TaskBuildQueue, TaskQueue
 from .worker import BuildWorker, create_builder_app
-
-_SCRATCH = Path(tempfile.gettempdir()) / "nixery"
-
-
-def _load(env: Mapping[str, str], runs_nix: bool) -> base.Config:
-    env = {**env, "NIXERY_STORAGE_BACKEND": "gcs"}
-    if env.get("STORAGE_PATH") is None:
-        env["NIXERY_CACHE_DIR"] = env.get("NIXERY_CACHE_DIR") or str(_SCRATCH / "sources")
-    return base.load(env, runs_nix=runs_nix)
 
 
 def _source(cfg: base.Config) -> Source:
@@ -74,12 +63,11 @@ def _bucket(cfg: base.Config, gcp: GcpConfig) -> storage.Bucket:
 
 
 def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
-    cfg = _load(env, runs_nix=False)
-    gcp = load_gcp("registry", env)
+    cfg, gcp = load_config("registry", env)
     state = _state(gcp)
     blobs = GcsBlobStore(
         _bucket(cfg, gcp),
-        _SCRATCH,
+        SCRATCH,
         signer=runtime_signer(gcp.iam_endpoint),
         url_ttl=gcp.url_ttl,
         public_endpoint=gcp.storage_public_url,
@@ -100,13 +88,12 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
 
 
 def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
-    cfg = _load(env, runs_nix=True)
-    gcp = load_gcp("builder", env)
+    cfg, gcp = load_config("builder", env)
     state = _state(gcp)
     builder = Builder(
         source=_source(cfg),
         nix=Nix(cfg.prepare_image, cfg.nix_timeout),
-        blobs=GcsBlobStore(_bucket(cfg, gcp), _SCRATCH / "layers", signer=None, url_ttl=60),
+        blobs=GcsBlobStore(_bucket(cfg, gcp), SCRATCH / "layers", signer=None, url_ttl=60),
         state=state,
         popularity=load_popularity(cfg.popularity_url),
         budget=cfg.layer_budget,

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from .. import config as base
 from ..config import ConfigError, env_seconds
 
 Role = Literal["registry", "builder"]
+
+# Local scratch space: layers on their way to GCS, source checkouts.
+SCRATCH = Path(tempfile.gettempdir()) / "nixery"
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,12 @@ def load_gcp(role: Role, env: Mapping[str, str] = os.environ) -> GcpConfig:
         # Signed URLs must name the host clients reach: the emulator's, when there is one.
         storage_public_url=emulator,
     )
+
+
+def load_config(role: Role, env: Mapping[str, str] = os.environ) -> tuple[base.Config, GcpConfig]:
+    """Both parts of a service's configuration. Cheap (no Google Cloud imports), so that the
+    registry function can check it when it starts rather than on its first request."""
+    env = {**env, "NIXERY_STORAGE_BACKEND": "gcs"}
+    if not env.get("NIXERY_CACHE_DIR"):
+        env["NIXERY_CACHE_DIR"] = str(SCRATCH / "sources")
+    return base.load(env, runs_nix=role == "builder"), load_gcp(role, env)
