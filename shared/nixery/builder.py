@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +22,13 @@ from typing import Any
 
 from . import archives
 from .archives import Entry, LayerBlob
+from .config import Config
 from .imageroot import image_root
 from .layers import plan_layers
 from .manifests import Manifest, image_config, image_manifests, sha256_digest
 from .names import ARCHITECTURES, ImageRequest
 from .nix import Nix, NixError, UnknownPackages
+from .popularity import load_popularity
 from .sources import Revision, Source
 from .state import Failure, State
 from .storage import BlobStore
@@ -114,6 +116,21 @@ class Builder:
         self.pool = pool
         self.gzip_level = gzip_level
         self.clock = clock
+
+    @classmethod
+    def from_config(
+        cls, config: Config, *, source: Source, blobs: BlobStore, state: State
+    ) -> Builder:
+        """A builder as a service's configuration describes it, on the given adapters."""
+        return cls(
+            source=source,
+            nix=Nix(config.prepare_image, config.nix_timeout),
+            blobs=blobs,
+            state=state,
+            popularity=load_popularity(config.popularity_url),
+            budget=config.layer_budget,
+            pool=ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="archive"),
+        )
 
     def run(self, job: BuildJob) -> None:
         """Builds and publishes the image, or records why it cannot be built.

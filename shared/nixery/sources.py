@@ -26,7 +26,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Generic, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from .config import Config
 
 Clock = Callable[[], float]
 _T = TypeVar("_T")
@@ -555,4 +558,17 @@ def open_source(
         channel_url=channel_url,
         archive_url=archive_url,
         ttl=_CHANNEL_TTL if ttl is None else ttl,
+    )
+
+
+def configured_source(config: Config) -> Source:
+    """The source a service's configuration names."""
+    return open_source(
+        pkgs_path=config.pkgs_path,
+        pkgs_repo=config.pkgs_repo,
+        channel=config.channel,
+        cache_dir=config.cache_dir,
+        channel_url=config.channel_url,
+        archive_url=config.archive_url,
+        ttl=config.revision_ttl,
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
 from google.cloud import firestore, storage, tasks_v2
@@ -16,28 +15,14 @@ from google.cloud import firestore, storage, tasks_v2
 from .. import config as base
 from ..builder import Builder
 from ..images import ImageService
-from ..nix import Nix
-from ..popularity import load_popularity
 from ..registry import create_app
-from ..sources import Source, open_source
+from ..sources import configured_source
 from .firestore import FirestoreState
 from .gcs import GcsBlobStore
 from .settings import SCRATCH, GcpConfig, load_config
 from .signing import runtime_signer
 from .tasks import TaskBuildQueue, TaskQueue
 from .worker import BuildWorker, create_builder_app
-
-
-def _source(cfg: base.Config) -> Source:
-    return open_source(
-        pkgs_path=cfg.pkgs_path,
-        pkgs_repo=cfg.pkgs_repo,
-        channel=cfg.channel,
-        cache_dir=cfg.cache_dir,
-        channel_url=cfg.channel_url,
-        archive_url=cfg.archive_url,
-        ttl=cfg.revision_ttl,
-    )
 
 
 def _state(gcp: GcpConfig) -> FirestoreState:
@@ -77,7 +62,7 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
         _tasks_client(gcp), gcp.tasks_queue, gcp.builder_url, gcp.tasks_service_account
     )
     service = ImageService(
-        source=_source(cfg),
+        source=configured_source(cfg),
         state=state,
         blobs=blobs,
         builds=TaskBuildQueue(state, tasks, pickup=gcp.lease),
@@ -90,13 +75,6 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
 def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
     cfg, gcp = load_config("builder", env)
     state = _state(gcp)
-    builder = Builder(
-        source=_source(cfg),
-        nix=Nix(cfg.prepare_image, cfg.nix_timeout),
-        blobs=GcsBlobStore(_bucket(cfg, gcp), SCRATCH / "layers", signer=None, url_ttl=60),
-        state=state,
-        popularity=load_popularity(cfg.popularity_url),
-        budget=cfg.layer_budget,
-        pool=ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="archive"),
-    )
+    blobs = GcsBlobStore(_bucket(cfg, gcp), SCRATCH / "layers", signer=None, url_ttl=60)
+    builder = Builder.from_config(cfg, source=configured_source(cfg), blobs=blobs, state=state)
     return create_builder_app(BuildWorker(builder, state, gcp.lease))

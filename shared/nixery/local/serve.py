@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import waitress
 from flask import Flask
@@ -13,10 +11,8 @@ from waitress.channel import HTTPChannel
 from ..builder import Builder
 from ..config import Config
 from ..images import ImageService
-from ..nix import Nix
-from ..popularity import load_popularity
 from ..registry import create_app
-from ..sources import open_source
+from ..sources import configured_source
 from .files import FileBlobStore
 from .sqlite import SqliteState
 from .threads import ThreadBuildQueue
@@ -49,28 +45,12 @@ class _PlainHttpChannel(HTTPChannel):
 
 def create_local_app(config: Config) -> Flask:
     assert config.storage_path is not None and config.state_path is not None
-    source = open_source(
-        pkgs_path=config.pkgs_path,
-        pkgs_repo=config.pkgs_repo,
-        channel=config.channel,
-        cache_dir=config.cache_dir,
-        channel_url=config.channel_url,
-        archive_url=config.archive_url,
-        ttl=config.revision_ttl,
-    )
+    source = configured_source(config)
     blobs = FileBlobStore(config.storage_path)
     for leftover in blobs.scratch.iterdir():  # from a process that died mid-build
         leftover.unlink()
     state = SqliteState(config.state_path)
-    builder = Builder(
-        source=source,
-        nix=Nix(config.prepare_image, config.nix_timeout),
-        blobs=blobs,
-        state=state,
-        popularity=load_popularity(config.popularity_url),
-        budget=config.layer_budget,
-        pool=ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="archive"),
-    )
+    builder = Builder.from_config(config, source=source, blobs=blobs, state=state)
     service = ImageService(
         source=source,
         state=state,
