@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine for Nixery: Nix (offline-capable), the demo set's bootstrap
 # busybox, and a Python virtualenv in .venv. With --test, also the registry clients the tests
-# pull with (skopeo, podman, runc) and the test dependencies. Idempotent; run as root.
+# pull with (skopeo, podman, containerd, runc) and the test dependencies. Idempotent; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nix-bin busybox-static git ca-certificates netbase python3 python3-venv)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(skopeo podman runc uidmap default-jre-headless)
+  packages+=(skopeo podman runc uidmap containerd default-jre-headless)
 fi
 
 missing=()

@@ -60,6 +60,18 @@ class Unsupported(RegistryError):
     status, code = 405, "UNSUPPORTED"
 
 
+class PaginationNumberInvalid(RegistryError):
+    """A tags/list ``n`` that is no count; the code is the reference registry's."""
+
+    status, code = 400, "PAGINATION_NUMBER_INVALID"
+
+
+class RangeInvalid(RegistryError):
+    """A blob Range that cannot be served; the code is the reference registry's."""
+
+    status, code = 416, "RANGE_INVALID"
+
+
 class BuildFailed(RegistryError):
     """Nix could not build the image; retrying the same request gives the same answer."""
 

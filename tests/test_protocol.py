@@ -1,0 +1,501 @@
+"""The pull side of the OCI distribution spec, and the Docker Registry HTTP API v2 behaviour
+that Docker, containerd, podman and skopeo rely on, checked over HTTP one requirement a test.
+
+Written from the specification (github.com/opencontainers/distribution-spec, spec.md: "Pull",
+"Content Discovery", "Error Codes") and the reference registry's behaviour. Everything goes
+through the `target` fixture, and only over HTTP, so every test runs against each mode: the
+local-mode session registry and the Google Cloud one on the emulators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import threading
+import urllib.parse
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+# What containerd 1.6 sends when it resolves a tag: one comma-joined line.
+CONTAINERD_ACCEPT = f"{DOCKER}, {DOCKER_LIST}, {OCI}, {OCI_INDEX}, */*"
+
+# The spec's error codes, and those the reference registry adds (errcode/register.go and
+# registry/api/v2/errors.go); clients treat any other code as UNKNOWN.
+SPEC_CODES = {
+    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+    "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
+}  # fmt: skip
+ERROR_CODES = SPEC_CODES | {
+    "UNKNOWN", "UNAVAILABLE", "RANGE_INVALID", "PAGINATION_NUMBER_INVALID", "TAG_INVALID",
+    "MANIFEST_UNVERIFIED",
+}  # fmt: skip
+
+IMAGE = "shell/hello"
+MISSING = "sha256:" + "0" * 64
+BAD_NAMES = (
+    "Shell/Hello",  # upper case
+    "shell//hello",  # empty component
+    "-shell",  # leading separator
+    "shell/hello.",  # trailing separator
+    "a" * 256,  # longer than 255
+    "/".join(f"p{i}" for i in range(70)),  # more packages than an image may hold
+)
+
+
+@pytest.fixture(scope="module", params=["local", "gcp"])
+def target(request):
+    """The registry under test: anything with `url`, `host`, `get(path, method, **kwargs)`
+    (requests' keyword arguments, redirects not followed) and `builds_started()`. Local mode
+    is the session `registry`; Google Cloud mode is `gcp_registry`, on the emulators."""
+    return request.getfixturevalue({"local": "registry", "gcp": "gcp_registry"}[request.param])
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def get_manifest(target, reference="latest", accept=OCI, method="GET", name=IMAGE):
+    headers = {} if accept is None else {"Accept": accept}
+    return target.get(f"/v2/{name}/manifests/{reference}", method, headers=headers)
+
+
+def fetch_blob(target, digest, method="GET", name=IMAGE, **kwargs) -> requests.Response:
+    """A blob request that follows a redirect, as clients do (a registry may hand blobs to a
+    storage service); the registry's own first answer is in `response.history`."""
+    kwargs["allow_redirects"] = True
+    return target.get(f"/v2/{name}/blobs/{digest}", method, **kwargs)
+
+
+def raw(target, method: str, path: str, headers: list[tuple[str, str]]):
+    """A request with repeated header lines, which requests cannot send."""
+    url = urllib.parse.urlsplit(target.url)
+    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = cls(url.netloc, timeout=300)
+    try:
+        conn.putrequest(method, path)
+        for key, value in headers:
+            conn.putheader(key, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+def assert_error(response: requests.Response, status: int, code: str) -> dict:
+    """A registry error: the status, a JSON body {"errors": [{code, message, detail?}]} (none
+    on HEAD), and the API version header every /v2/ response carries."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    if response.request.method == "HEAD":
+        assert response.content == b""
+        return {}
+    body = response.json()
+    assert set(body) == {"errors"} and len(body["errors"]) >= 1
+    for error in body["errors"]:
+        assert error["code"] in ERROR_CODES
+        assert isinstance(error["message"], str)
+        assert set(error) <= {"code", "message", "detail"}
+    assert body["errors"][0]["code"] == code
+    return body["errors"][0]
+
+
+@pytest.fixture(scope="module")
+def pulled(target):
+    """The OCI manifest of IMAGE by tag: (response, parsed body)."""
+    response = get_manifest(target)
+    assert response.status_code == 200, response.text
+    return response, response.json()
+
+
+# API version check
+
+
+@pytest.mark.parametrize("path", ["/v2/", "/v2"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_ping_answers_200_with_the_api_version(target, path, method):
+    response = target.get(path, method)
+    assert response.status_code == 200
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+# Pulling manifests
+
+
+def test_get_manifest_by_tag_serves_the_manifest_with_its_digest_type_and_length(pulled):
+    response, body = pulled
+    assert response.headers["Docker-Content-Digest"] == sha256(response.content)
+    assert response.headers["Content-Type"] == body["mediaType"] == OCI
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert body["schemaVersion"] == 2
+
+
+def test_head_manifest_by_tag_has_no_body_and_the_headers_of_get(target, pulled):
+    got, _ = pulled
+    head = get_manifest(target, method="HEAD")
+    assert head.status_code == 200
+    assert head.content == b""
+    for header in ("Docker-Content-Digest", "Content-Type", "Content-Length"):
+        assert head.headers[header] == got.headers[header], header
+
+
+def test_get_manifest_by_digest_is_byte_identical(target, pulled):
+    got, _ = pulled
+    digest = got.headers["Docker-Content-Digest"]
+    by_digest = get_manifest(target, digest)
+    assert by_digest.status_code == 200
+    assert by_digest.content == got.content
+    assert by_digest.headers["Docker-Content-Digest"] == digest
+    assert by_digest.headers["Content-Type"] == OCI
+
+
+def test_head_manifest_by_digest(target, pulled):
+    got, _ = pulled
+    digest = got.headers["Docker-Content-Digest"]
+    head = get_manifest(target, digest, method="HEAD")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Docker-Content-Digest"] == digest
+    assert int(head.headers["Content-Length"]) == len(got.content)
+    assert head.headers["Content-Type"] == OCI
+
+
+def test_manifest_by_digest_ignores_accept(target, pulled):
+    """A digest names exact bytes: they are served whatever the client says it accepts."""
+    got, _ = pulled
+    digest = got.headers["Docker-Content-Digest"]
+    for accept in (DOCKER, "*/*", None, "text/plain"):
+        response = get_manifest(target, digest, accept=accept)
+        assert response.status_code == 200, accept
+        assert response.content == got.content, accept
+        assert response.headers["Content-Type"] == OCI, accept
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_missing_tag_is_404_manifest_unknown(target, method):
+    assert_error(get_manifest(target, "no-such-tag", method=method), 404, "MANIFEST_UNKNOWN")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_missing_manifest_digest_is_404_manifest_unknown(target, method):
+    assert_error(get_manifest(target, MISSING, method=method), 404, "MANIFEST_UNKNOWN")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_malformed_manifest_digest_is_400_digest_invalid(target, method):
+    response = get_manifest(target, "sha256:totallywrong", method=method)
+    assert_error(response, 400, "DIGEST_INVALID")
+
+
+def test_unknown_packages_are_404_manifest_unknown(target):
+    assert_error(get_manifest(target, name="no-such-package"), 404, "MANIFEST_UNKNOWN")
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=range(len(BAD_NAMES)))
+def test_bad_name_is_400_name_invalid_on_every_endpoint(target, name):
+    assert_error(get_manifest(target, name=name), 400, "NAME_INVALID")
+    assert_error(get_manifest(target, MISSING, name=name), 400, "NAME_INVALID")
+    assert_error(target.get(f"/v2/{name}/blobs/{MISSING}"), 400, "NAME_INVALID")
+    assert_error(target.get(f"/v2/{name}/tags/list"), 400, "NAME_INVALID")
+
+
+def test_head_of_an_unbuilt_image_builds_it_once_and_get_by_digest_builds_nothing(target):
+    """containerd's resolution: HEAD by tag for the digest, then GET by that digest."""
+    name = "expat/libffi"
+    before = target.builds_started()
+    head = get_manifest(target, accept=CONTAINERD_ACCEPT, method="HEAD", name=name)
+    assert head.status_code == 200 and head.content == b""
+    assert target.builds_started() - before <= 1
+    after_head = target.builds_started()
+    digest = head.headers["Docker-Content-Digest"]
+    got = get_manifest(target, digest, accept=CONTAINERD_ACCEPT, name=name)
+    again = get_manifest(target, accept=CONTAINERD_ACCEPT, name=name)
+    assert got.status_code == again.status_code == 200
+    assert sha256(got.content) == digest == again.headers["Docker-Content-Digest"]
+    assert int(head.headers["Content-Length"]) == len(got.content)
+    assert target.builds_started() == after_head, "HEAD's build serves every later request"
+
+
+def test_concurrent_head_and_get_of_an_unbuilt_image_share_one_build(target):
+    name = "oniguruma/zlib"
+    before = target.builds_started()
+    results: list[requests.Response] = []
+
+    def pull(method: str) -> None:
+        results.append(get_manifest(target, method=method, name=name))
+
+    threads = [threading.Thread(target=pull, args=(m,)) for m in ["HEAD", "GET"] * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 8
+    assert len({r.headers["Docker-Content-Digest"] for r in results}) == 1
+    assert all(r.content == b"" for r in results if r.request.method == "HEAD")
+    assert target.builds_started() - before <= 1
+
+
+# Pulling blobs
+
+
+def test_every_blob_the_manifest_names_exists_with_its_size(target, pulled):
+    _, body = pulled
+    for descriptor in [body["config"], *body["layers"]]:
+        head = fetch_blob(target, descriptor["digest"], "HEAD")
+        assert head.status_code == 200, descriptor
+        assert head.content == b""
+        assert int(head.headers["Content-Length"]) == descriptor["size"]
+
+
+def test_get_blob_serves_bytes_matching_its_digest(target, pulled):
+    _, body = pulled
+    for descriptor in (body["config"], body["layers"][0]):
+        response = fetch_blob(target, descriptor["digest"])
+        assert response.status_code == 200
+        assert sha256(response.content) == descriptor["digest"]
+        assert int(response.headers["Content-Length"]) == descriptor["size"]
+        first = (response.history or [response])[0]
+        assert first.headers["Docker-Content-Digest"] == descriptor["digest"]
+        assert first.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+def test_head_blob_gives_length_and_digest_without_body(target, pulled):
+    _, body = pulled
+    layer = body["layers"][0]
+    head = target.get(f"/v2/{IMAGE}/blobs/{layer['digest']}", "HEAD")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert int(head.headers["Content-Length"]) == layer["size"]
+    assert head.headers["Docker-Content-Digest"] == layer["digest"]
+
+
+def test_blob_range_is_206_with_content_range(target, pulled):
+    _, body = pulled
+    layer = body["layers"][0]
+    size = layer["size"]
+    full = fetch_blob(target, layer["digest"]).content
+    ranges = [("bytes=10-109", 10, 109), ("bytes=-16", size - 16, size - 1)]
+    ranges.append((f"bytes={size - 5}-", size - 5, size - 1))
+    for header, start, end in ranges:
+        part = fetch_blob(target, layer["digest"], headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.content == full[start : end + 1], header
+        assert part.headers["Content-Range"] == f"bytes {start}-{end}/{size}"
+        assert int(part.headers["Content-Length"]) == end - start + 1
+
+
+def test_blob_range_past_the_end_is_416(target, pulled):
+    _, body = pulled
+    layer = body["layers"][0]
+    response = fetch_blob(target, layer["digest"], headers={"Range": "bytes=999999999-"})
+    assert response.status_code == 416
+    if not response.history:  # served by the registry itself, not by a storage service
+        assert response.headers["Content-Range"] == f"bytes */{layer['size']}"
+        assert_error(response, 416, "RANGE_INVALID")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_missing_blob_is_404_blob_unknown(target, method):
+    assert_error(target.get(f"/v2/{IMAGE}/blobs/{MISSING}", method), 404, "BLOB_UNKNOWN")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("digest", ["sha256:totallywrong", "sha256:" + "A" * 64, "md5:abc", "x"])
+def test_malformed_blob_digest_is_400_digest_invalid(target, method, digest):
+    assert_error(target.get(f"/v2/{IMAGE}/blobs/{digest}", method), 400, "DIGEST_INVALID")
+
+
+# Accept negotiation
+
+
+def test_accept_oci_alone_gets_oci(target):
+    response = get_manifest(target, accept=OCI)
+    assert response.headers["Content-Type"] == response.json()["mediaType"] == OCI
+
+
+def test_accept_docker_alone_gets_docker_schema2(target):
+    response = get_manifest(target, accept=DOCKER)
+    assert response.headers["Content-Type"] == response.json()["mediaType"] == DOCKER
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/*", "application/json"])
+def test_wildcard_or_missing_accept_gets_docker_schema2(target, accept):
+    response = get_manifest(target, accept=accept)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == response.json()["mediaType"] == DOCKER
+
+
+def test_several_accept_lines_prefer_oci(target):
+    """skopeo, podman and regctl send one Accept line per type."""
+    headers = [("Accept", DOCKER), ("Accept", DOCKER_LIST), ("Accept", OCI), ("Accept", "*/*")]
+    status, response_headers, body = raw(target, "GET", f"/v2/{IMAGE}/manifests/latest", headers)
+    assert status == 200
+    assert response_headers["Content-Type"] == json.loads(body)["mediaType"] == OCI
+    assert response_headers["Docker-Content-Digest"] == sha256(body)
+
+
+def test_one_comma_joined_accept_line_prefers_oci(target):
+    """containerd sends every type in one line."""
+    response = get_manifest(target, accept=CONTAINERD_ACCEPT)
+    assert response.headers["Content-Type"] == response.json()["mediaType"] == OCI
+
+
+def test_accept_with_q_zero_refuses_oci(target):
+    response = get_manifest(target, accept=f"{OCI};q=0, {DOCKER}")
+    assert response.headers["Content-Type"] == DOCKER
+
+
+def test_both_formats_describe_the_same_image(target):
+    oci = get_manifest(target, accept=OCI).json()
+    docker = get_manifest(target, accept=DOCKER).json()
+    assert oci["config"]["digest"] == docker["config"]["digest"]
+    assert [layer["digest"] for layer in oci["layers"]] == [
+        layer["digest"] for layer in docker["layers"]
+    ]
+
+
+def test_a_digest_one_client_was_given_serves_identical_bytes_to_every_client(target):
+    accepts = [OCI, DOCKER, CONTAINERD_ACCEPT, "*/*", None]
+    given = {accept: get_manifest(target, accept=accept) for accept in accepts}
+    for response in given.values():
+        digest = response.headers["Docker-Content-Digest"]
+        for accept in accepts:
+            for method in ("GET", "HEAD"):
+                again = get_manifest(target, digest, accept=accept, method=method)
+                assert again.status_code == 200
+                assert again.headers["Docker-Content-Digest"] == digest
+                assert again.headers["Content-Type"] == response.headers["Content-Type"]
+                if method == "GET":
+                    assert again.content == response.content
+
+
+def test_repeated_requests_give_the_same_digests(target, pulled):
+    """Reproducible: the same request and source revision always name the same bytes (across
+    restarts and fresh storage too: test_local_e2e's restart test)."""
+    got, body = pulled
+    again = get_manifest(target)
+    assert again.content == got.content
+    config = fetch_blob(target, body["config"]["digest"]).content
+    assert json.loads(config)["created"] == "1970-01-01T00:00:01Z"
+
+
+# Listing tags
+
+
+def list_tags(target, query: str = "", name: str = IMAGE) -> requests.Response:
+    return target.get(f"/v2/{name}/tags/list{query}")
+
+
+def test_tags_list_names_latest(target):
+    response = list_tags(target)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == {"name": IMAGE, "tags": ["latest"]}
+
+
+def test_tags_list_answers_for_every_valid_name(target):
+    """Every valid name is a potential image: its tags are listed without building it."""
+    before = target.builds_started()
+    response = list_tags(target, name="no-such-package/another")
+    assert response.json() == {"name": "no-such-package/another", "tags": ["latest"]}
+    assert target.builds_started() == before
+
+
+def test_tags_list_n_zero_is_an_empty_list_without_link(target):
+    response = list_tags(target, "?n=0")
+    assert response.status_code == 200
+    assert response.json()["tags"] == []
+    assert "Link" not in response.headers
+
+
+def test_tags_list_n_caps_the_count(target):
+    response = list_tags(target, "?n=1")
+    assert response.json()["tags"] == ["latest"]
+    assert "Link" not in response.headers, "no further page"
+    assert list_tags(target, "?n=1000").json()["tags"] == ["latest"]
+    assert list_tags(target, "?n=").json()["tags"] == ["latest"], "an empty n is no n"
+
+
+def test_tags_list_last_starts_after_it(target):
+    assert list_tags(target, "?last=latest").json()["tags"] == []
+    assert list_tags(target, "?n=10&last=latest").json()["tags"] == []
+    assert list_tags(target, "?n=10&last=a").json()["tags"] == ["latest"]
+    assert list_tags(target, "?last=zzz").json()["tags"] == []
+
+
+def test_tags_list_tags_are_sorted_and_valid(target):
+    tags = list_tags(target).json()["tags"]
+    assert tags == sorted(tags)
+    assert "latest" in tags
+
+
+@pytest.mark.parametrize("n", ["-1", "abc", "1.5", "9" * 5000], ids=["-1", "abc", "1.5", "huge"])
+def test_tags_list_invalid_n_is_400(target, n):
+    assert_error(list_tags(target, f"?n={n}"), 400, "PAGINATION_NUMBER_INVALID")
+
+
+# Push and delete: a read-only registry
+
+
+# Every push and delete endpoint of the spec; D is a digest, U an upload session.
+PUSH_AND_DELETE = [
+    ("POST", "blobs/uploads/"),
+    ("POST", "blobs/uploads/?digest=D"),
+    ("POST", "blobs/uploads/?mount=D&from=hello"),
+    ("GET", "blobs/uploads/U"),
+    ("PATCH", "blobs/uploads/U"),
+    ("PUT", "blobs/uploads/U?digest=D"),
+    ("DELETE", "blobs/uploads/U"),
+    ("PUT", "manifests/latest"),
+    ("PUT", "manifests/D"),
+    ("DELETE", "manifests/latest"),
+    ("DELETE", "manifests/D"),
+    ("DELETE", "blobs/D"),
+    ("POST", "tags/list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "endpoint"), PUSH_AND_DELETE, ids=[" ".join(r) for r in PUSH_AND_DELETE]
+)
+def test_push_and_delete_endpoints_are_405_unsupported(target, method, endpoint):
+    endpoint = endpoint.replace("D", MISSING).replace("U", "0d9a3ec4-6ec1-4e2a-9f56-8c2a3b1f4e11")
+    response = target.get(f"/v2/{IMAGE}/{endpoint}", method, data=b"{}")
+    assert_error(response, 405, "UNSUPPORTED")
+    assert "Allow" in response.headers
+
+
+def test_push_with_a_malformed_digest_is_400(target):
+    """The conformance suite's error-body check: a PUT of sha256:totallywrong is 400 or 404
+    with a spec error code (the request is malformed before it is unsupported)."""
+    response = target.get(
+        f"/v2/{IMAGE}/manifests/sha256:totallywrong",
+        "PUT",
+        data=b'{"schemaVersion": 2}',
+        headers={"Content-Type": OCI},
+    )
+    assert_error(response, 400, "DIGEST_INVALID")
+
+
+@pytest.mark.parametrize("method", ["DELETE", "OPTIONS", "PROPFIND"])
+def test_other_methods_on_the_ping_are_405_unsupported(target, method):
+    response = target.get("/v2/", method)
+    assert_error(response, 405, "UNSUPPORTED")
+    assert response.headers["Allow"] == "GET, HEAD"
+
+
+def test_unknown_endpoint_is_a_json_404(target):
+    response = target.get(f"/v2/{IMAGE}/referrers/{MISSING}")
+    assert response.status_code == 404
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["errors"][0]["code"] in ERROR_CODES
