@@ -2,6 +2,7 @@ import gzip
 import hashlib
 import io
 import os
+import random
 import tarfile
 
 from nixery.archives import Entry, write_entries_layer, write_store_layer
@@ -78,3 +79,26 @@ def test_entry_layers_put_parents_first():
         assert tar.getnames() == ["bin", "bin/sh", "etc", "etc/passwd", "tmp"]
         assert tar.getmember("tmp").mode == 0o1777
         assert tar.extractfile("etc/passwd").read().startswith(b"root:")
+
+
+def test_multi_chunk_layers_are_valid_gzip_and_independent_of_threads(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nixery import archives
+
+    store = tmp_path / "nix" / "store"
+    big = store / ("c" * 32 + "-big-1.0")
+    big.mkdir(parents=True)
+    rng = random.Random(1)
+    for i in range(3):  # past several 1 MiB chunks, compressible like code
+        words = [rng.choice([b"mov", b"call", b"ret", b"push", b"%rax"]) for _ in range(400_000)]
+        (big / f"part{i}").write_bytes(b" ".join(words))
+    blob, data = archive([str(big)])
+    assert blob.diff_id == "sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.extractfile(big.as_posix().lstrip("/") + "/part2").read() == (
+            (big / "part2").read_bytes()
+        )
+    with ThreadPoolExecutor(max_workers=1) as single:
+        monkeypatch.setattr(archives, "_POOL", single)
+        assert archive([str(big)]) == (blob, data)

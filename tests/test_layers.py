@@ -79,3 +79,33 @@ def test_store_name():
 def test_rejects_empty_budget():
     with pytest.raises(ValueError):
         plan_layers(graph(SPEC), [path("hello-2.12")], {}, 0)
+
+
+def test_over_budget_the_biggest_paths_get_their_own_layers():
+    closure = graph(SPEC)
+    layers = plan_layers(closure, [path("git-2.45"), path("htop-3.3")], {}, 3)
+    assert [path("git-2.45")] in layers and [path("glibc-2.40")] in layers
+    rest = next(layer for layer in layers if len(layer) > 1)
+    assert len(rest) == len(closure) - 2
+
+
+def test_free_riders_join_their_only_referrer():
+    closure = graph(SPEC)
+    popularity = {"ncurses-6.4": 1, "glibc-2.40": 50}
+    layers = plan_layers(closure, [path("git-2.45"), path("htop-3.3")], popularity, 5)
+    assert sorted([path("htop-3.3"), path("ncurses-6.4")]) in layers
+
+
+def test_order_is_intrinsic_so_images_share_a_prefix():
+    popularity = {"glibc-2.40": 500, "zlib-1.3": 200, "openssl-3.0": 100}
+    a = plan_layers(graph(SPEC), [path("git-2.45")], popularity, 10)
+    b = plan_layers(graph(SPEC), [path("curl-8.0"), path("hello-2.12")], popularity, 10)
+    assert a[:3] == b[:3] == [[path("glibc-2.40")], [path("zlib-1.3")], [path("openssl-3.0")]]
+
+
+def test_units_that_fit_the_budget_are_layers_with_no_empty_rest():
+    closure = graph(SPEC)
+    popularity = {store_name(p): 1 for p in closure} | {"glibc-2.40": 9}
+    layers = plan_layers(closure, [path("git-2.45"), path("htop-3.3")], popularity, 6)
+    assert all(layers) and len(layers) <= 6
+    assert sorted(p for layer in layers for p in layer) == sorted(closure)

@@ -36,7 +36,7 @@ from .storage import BlobStore
 log = logging.getLogger(__name__)
 
 # Part of every layer-cache key: a change to how layers are archived must not reuse old ones.
-ARCHIVE_FORMAT = 1
+ARCHIVE_FORMAT = 2
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 from . import config, logs
 
@@ -30,7 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     for flag, variable in _FLAGS.items():
         serve.add_argument(flag, help=f"overrides {variable}")
     serve.add_argument("--log-level", default="INFO")
+    pop = commands.add_parser(
+        "popcount", help="compute popularity data for a package set (for NIX_POPULARITY_URL)"
+    )
+    pop.add_argument("pkgs_path", type=Path, help="a package set: a directory with default.nix")
+    pop.add_argument("-o", "--output", type=Path, help="the JSON file to write (default: stdout)")
+    pop.add_argument("--timeout", type=int, default=600, help="seconds any one build may run")
+    pop.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.command == "popcount":
+        return _popcount(args)
 
     env = dict(os.environ)
     env.setdefault("NIXERY_STORAGE_BACKEND", "filesystem")
@@ -50,6 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     from .local.serve import serve as run
 
     run(cfg)
+    return 0
+
+
+def _popcount(args: argparse.Namespace) -> int:
+    from .popcount import popcount
+
+    logs.setup(args.log_level)
+    try:
+        counts = popcount(args.pkgs_path, args.timeout)
+    except RuntimeError as e:
+        print(f"nixery popcount: {e}", file=sys.stderr)
+        return 1
+    text = json.dumps(counts, indent=0, sort_keys=True) + "\n"
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

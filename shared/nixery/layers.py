@@ -1,26 +1,32 @@
 """Layers: group a closure into at most ``budget`` layers so that images share them.
 
-This is Nixery's popularity/dominator grouping with its defects fixed: every order is total
-(ties broken by store path), sizes are narSize (not closureSize, which counts shared
-dependencies many times over), and nothing depends on hash-map iteration order, so the same
-closure gives the same layers on any machine.
+A client downloads a layer when it has never seen that layer's digest, that is its exact set
+of store paths. So the question for each layer is not "what belongs together in this image"
+but "will this exact set of paths turn up again". A single store path is the only set that
+surely does; any group depends on the image. Hence (docs/layering.md has the measurements):
 
-A store path's layer is its subtree in the dominator tree of the closure graph seen from a
-synthetic root that points at the requested packages, and at every popular or big path so
-those get layers of their own, shared across images.
+1. If the closure fits the budget, every store path is a layer: perfect sharing.
+2. Otherwise, units: a path that only one derivation of the package set refers to
+   (popularity 1) travels with its referrer, so it joins the referrer's unit at almost no
+   cost (it is lost only when requested on its own). Without popularity data, no merging.
+3. The budget - 1 units rated highest by narSize x log2(2 + popularity) get a layer
+   each, and everything else shares the last layer. That last layer is specific to the
+   image and is downloaded again whenever the image differs, so it should hold the bytes
+   least likely to be seen again: small, unpopular paths. Finer groupings of the rest
+   (Nixery's dominator subtrees, auto-layer's "one layer per set of roots using them")
+   cost single-path layers and measured worse.
+4. Layers are ordered by intrinsic keys (most popular first, then by path), never by
+   anything image-specific, so images that share their base share a prefix of layers.
+
+Every order is total (ties broken by store path), so the same input
+gives the same layers on any machine.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-# Nixery's thresholds: a store name referenced by this many derivations is "popular"...
-POPULAR = 100
-# ...and a path this large gets its own layer whatever its popularity.
-BIG = 100 * 1024 * 1024
-
-_ROOT = ""
 
 
 def store_name(path: str) -> str:
@@ -40,96 +46,43 @@ def plan_layers(
         raise ValueError("the layer budget must be at least 1")
     if not closure:
         return []
+    pop = {p: popularity.get(store_name(p)) for p in closure}
+    if len(closure) <= budget:
+        return _ordered([[p] for p in closure], pop)
 
-    def pop(path: str) -> int:
-        return popularity.get(store_name(path), 1)
+    # Free riders (popularity 1: only their referrer uses them) join the referrer's unit.
+    referrers: dict[str, list[str]] = {p: [] for p in closure}
+    for p, info in closure.items():
+        for r in set(info["references"]):
+            if r != p and r in closure:
+                referrers[r].append(p)
+    requested = set(roots)
 
-    successors: dict[str, list[str]] = {
-        path: sorted({r for r in info["references"] if r != path and r in closure})
-        for path, info in closure.items()
-    }
-    extra = [p for p in closure if pop(p) >= POPULAR or closure[p]["narSize"] >= BIG]
-    successors[_ROOT] = sorted(set(roots) | set(extra))
-    unreached = set(closure) - _reachable(successors)
-    # Anything not reachable from a root is still in the closure: hang it off the root too.
-    successors[_ROOT] = sorted(set(successors[_ROOT]) | unreached)
+    def head(p: str) -> str:
+        seen = {p}
+        while pop[p] == 1 and p not in requested and len(referrers[p]) == 1:
+            p = referrers[p][0]
+            if p in seen:
+                break  # a reference cycle: stop anywhere, deterministically
+            seen.add(p)
+        return p
 
-    idom = _dominators(successors)
-    groups: dict[str, list[str]] = {}
-    for path in closure:
-        top = path
-        while idom[top] != _ROOT:
-            top = idom[top]
-        groups.setdefault(top, []).append(path)
+    units: dict[str, list[str]] = {}
+    for p in sorted(closure):
+        units.setdefault(head(p), []).append(p)
+    if len(units) <= budget:
+        return _ordered(list(units.values()), pop)
 
-    def size(paths: list[str]) -> int:
-        return sum(int(closure[p]["narSize"]) for p in paths)
+    # The best-rated units get a layer each; everything else shares the last one.
+    def rating(u: str) -> float:
+        return sum(int(closure[p]["narSize"]) for p in units[u]) * math.log2(2 + (pop[u] or 0))
 
-    # (rating, top path, paths): ratings tie often, the top path makes the order total.
-    rated = sorted(
-        ((pop(top) * size(paths), top, sorted(paths)) for top, paths in groups.items()),
-        key=lambda item: (-item[0], item[1]),
-    )
-    if len(rated) > budget:
-        keep, merge = rated[: budget - 1], rated[budget - 1 :]
-        merged = sorted(p for _, _, paths in merge for p in paths)
-        rated = [*keep, (0, merged[0], merged)]
-    return [paths for _, _, paths in rated]
-
-
-def _reachable(successors: Mapping[str, Sequence[str]]) -> set[str]:
-    seen = {_ROOT}
-    stack = [_ROOT]
-    while stack:
-        for nxt in successors[stack.pop()]:
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return seen
+    ranked = sorted(units, key=lambda u: (-rating(u), u))
+    rest = [p for u in ranked[budget - 1 :] for p in units[u]]
+    return _ordered([*(units[u] for u in ranked[: budget - 1]), rest], pop)
 
 
-def _dominators(successors: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    """Immediate dominators (Cooper, Harvey & Kennedy's iterative algorithm)."""
-    order: list[str] = []  # postorder
-    seen = {_ROOT}
-    stack: list[tuple[str, int]] = [(_ROOT, 0)]
-    while stack:
-        node, i = stack.pop()
-        succ = successors[node]
-        if i < len(succ):
-            stack.append((node, i + 1))
-            if succ[i] not in seen:
-                seen.add(succ[i])
-                stack.append((succ[i], 0))
-        else:
-            order.append(node)
-    index = {node: i for i, node in enumerate(order)}
-    predecessors: dict[str, list[str]] = {node: [] for node in order}
-    for node in order:
-        for nxt in successors[node]:
-            predecessors[nxt].append(node)
-
-    idom = {_ROOT: _ROOT}
-
-    def intersect(a: str, b: str) -> str:
-        while a != b:
-            while index[a] < index[b]:
-                a = idom[a]
-            while index[b] < index[a]:
-                b = idom[b]
-        return a
-
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(order):
-            if node == _ROOT:
-                continue
-            preds = [p for p in predecessors[node] if p in idom]
-            new = preds[0]
-            for p in preds[1:]:
-                new = intersect(p, new)
-            if idom.get(node) != new:
-                idom[node] = new
-                changed = True
-    return idom
+def _ordered(layers: list[list[str]], pop: Mapping[str, int | None]) -> list[list[str]]:
+    """Most popular layers first (the base of every image), then by content."""
+    sorted_layers = [sorted(layer) for layer in layers]
+    return sorted(sorted_layers, key=lambda layer: (-max(pop[p] or 0 for p in layer), layer))

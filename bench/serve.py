@@ -1,0 +1,127 @@
+"""Serving a cached image: local mode against the Go reference registry, same run, same client.
+
+    .venv/bin/python bench/serve.py [IMAGE] [--runs 5] [--seconds 10] [--connections 16]
+
+The image is built by a local registry (demo set), pulled out with skopeo and pushed into
+Debian's `docker-registry` (distribution/distribution, filesystem storage), so both serve the
+same bytes. Then, alternating between them: end-to-end `skopeo copy` into a fresh OCI
+directory (median of --runs), and manifest GETs by tag under concurrent load with wrk
+(requests per second and latency percentiles), then with a single connection (latency
+without queueing). Needs skopeo, wrk and docker-registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from incremental import Server
+from pull import free_port
+
+ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+
+
+def reference_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, "
+        "cache: {blobdescriptor: inmemory}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("docker-registry did not start")
+
+
+def skopeo(src: str, dest: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false", src, dest],
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+def wrk(host: str, image: str, seconds: int, connections: int) -> tuple[float, str, str]:
+    """Requests per second, p50 and p99 latency of manifest GETs by tag."""
+    out = subprocess.run(
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-H", f"Accept: {ACCEPT}", f"http://{host}/v2/{image}/manifests/latest"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
+    return rps, p50, p99
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", nargs="?", default="shell/git/htop")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nixery-serve-"))
+    ours = Server(work / "storage")
+    ref, ref_host = reference_registry(work)
+    try:
+        hosts = {"nixery (local mode)": f"127.0.0.1:{ours.port}", "docker-registry": ref_host}
+        skopeo(f"docker://{hosts['nixery (local mode)']}/{args.image}", f"oci:{work / 'img'}:x")
+        skopeo(f"oci:{work / 'img'}:x", f"docker://{ref_host}/{args.image}:latest")
+        pulls: dict[str, list[float]] = {name: [] for name in hosts}
+        for run in range(args.runs + 1):  # run 0 warms both: not counted
+            for name, host in hosts.items():
+                dest = work / f"pull-{run}-{len(pulls[name])}-{host.replace(':', '_')}"
+                seconds = skopeo(f"docker://{host}/{args.image}", f"oci:{dest}:x")
+                if run:
+                    pulls[name].append(seconds)
+                shutil.rmtree(dest)
+        load = {name: wrk(host, args.image, args.seconds, args.connections)
+                for name, host in hosts.items()}  # fmt: skip
+        alone = {name: wrk(host, args.image, args.seconds, 1) for name, host in hosts.items()}
+    finally:
+        ours.stop()
+        ref.terminate()
+        ref.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"image {args.image} (demo set); skopeo copy median of {args.runs}; "
+          f"wrk {args.seconds}s, {args.connections} connections, 2 threads")  # fmt: skip
+    for name in hosts:
+        rps, p50, p99 = load[name]
+        rps1, p50_1, p99_1 = alone[name]
+        print(f"  {name:20} pull {statistics.median(pulls[name]):.3f} s   "
+              f"manifests: {rps:6.0f} req/s, p50 {p50:>7}, p99 {p99:>7}; "
+              f"1 connection: {rps1:5.0f} req/s, p50 {p50_1:>7}, p99 {p99_1:>7}")  # fmt: skip
+    ratio = statistics.median(pulls["nixery (local mode)"]) / statistics.median(
+        pulls["docker-registry"]
+    )
+    rps_ratio = load["nixery (local mode)"][0] / load["docker-registry"][0]
+    print(f"  pull time ratio (ours / reference): {ratio:.2f}; "
+          f"manifest throughput ratio: {rps_ratio:.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Popularity data for a package set: how many store paths refer to each store name.
+
+This is Nixery's definition (its popcount tool reads the same counts from a binary cache's
+narinfo files): for every package of the set, the runtime closure is taken, and each store
+path in it adds one to the count of every store name it references. Layering uses exact
+counts only to find popularity 1 and otherwise weighs them by their logarithm (layers.py),
+so counting the closures of the set's packages, rather than every derivation, is enough.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from .layers import store_name
+from .nix import StorePath, parse_path_info
+
+log = logging.getLogger(__name__)
+
+_NIX_COMMAND = ("--extra-experimental-features", "nix-command")
+
+# Every derivation at the top level of the set and one level down (python3Packages.*);
+# attributes that throw are skipped.
+_PACKAGES = """
+pkgsPath:
+let
+  pkgs = import pkgsPath { };
+  ok = v: (builtins.tryEval v).success;
+  isDrv = v: ok v && builtins.isAttrs v && (v.type or null) == "derivation" && ok v.drvPath;
+  drvsIn = set: builtins.filter (v: v != null) (map (n:
+    let v = set.${n}; in if isDrv v then v.drvPath else null) (builtins.attrNames set));
+  nested = builtins.concatMap (n:
+    let v = pkgs.${n}; in
+    if ok v && builtins.isAttrs v && !(isDrv v) && (ok (builtins.attrNames v))
+    then drvsIn v else [ ]) (builtins.attrNames pkgs);
+in drvsIn pkgs ++ nested
+"""
+
+
+def count(closure: Mapping[str, StorePath]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in sorted(closure):
+        for ref in closure[path].references:
+            name = store_name(ref)
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def popcount(pkgs_path: Path, timeout: int = 600) -> dict[str, int]:
+    """Builds every package of the set (or substitutes it) and counts references.
+
+    Packages that fail to build within ``timeout`` seconds are left out, with a warning:
+    a package set always has a few, and partial counts are still useful.
+    """
+    expression = f"({_PACKAGES}) {json.dumps(str(pkgs_path.resolve()))}"
+    drvs = sorted(set(json.loads(_run(["nix-instantiate", "--eval", "--strict", "--json",
+                                       "--read-write-mode", "--expr", expression]))))  # fmt: skip
+    log.info("popcount: %d derivations in %s", len(drvs), pkgs_path)
+    built = subprocess.run(
+        ["nix-store", "--realise", "--keep-going", "--timeout", str(timeout), *drvs],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if built.returncode != 0:
+        log.warning("popcount: some packages failed to build and are not counted")
+    outputs = sorted(set(_run(["nix-store", "--query", "--outputs", *drvs]).split()))
+    invalid = set(_run(["nix-store", "--check-validity", "--print-invalid", *outputs]).split())
+    outputs = [p for p in outputs if p not in invalid]
+    closure = parse_path_info(
+        _run(["nix", *_NIX_COMMAND, "path-info", "--json", "--recursive", *outputs])
+    )
+    log.info("popcount: %d store paths in their closure", len(closure))
+    return count(closure)
+
+
+def _run(cmd: list[str]) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed:\n{result.stderr[-4000:]}")
+    return result.stdout

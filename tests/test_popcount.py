@@ -1,0 +1,41 @@
+import json
+import logging
+
+from conftest import DEMO, NIX_CONFIG
+
+from nixery.cli import main
+from nixery.nix import StorePath
+from nixery.popcount import count
+from nixery.popularity import load_popularity
+
+
+def sp(name, *refs):
+    def path(n):
+        return f"/nix/store/{'0' * 32}-{n}"
+
+    return StorePath(path(name), tuple(path(r) for r in refs), 1, "")
+
+
+def test_counts_referrers_per_store_name():
+    paths = [sp("glibc-2.40"), sp("zlib-1.3", "glibc-2.40"), sp("curl-8", "zlib-1.3", "glibc-2.40")]
+    assert count({p.path: p for p in paths}) == {"glibc-2.40": 2, "zlib-1.3": 1}
+
+
+def test_popcount_command_on_the_demo_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    out = tmp_path / "popularity.json"
+    assert main(["popcount", str(DEMO), "--timeout", "2", "-o", str(out)]) == 0
+    counts = json.loads(out.read_text())
+    assert counts["glibc-2.37-8"] > counts["readline-8.2p1"] == 1
+    assert load_popularity(str(out)) == counts
+
+
+def test_missing_or_bad_data_degrades_with_a_warning(tmp_path, caplog):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"glibc": "many"}')
+    with caplog.at_level(logging.WARNING):
+        assert load_popularity(None) == {}
+        assert load_popularity(str(tmp_path / "missing.json")) == {}
+        assert load_popularity(str(bad)) == {}
+        assert load_popularity("http://127.0.0.1:9/popularity.json", timeout=2) == {}
+    assert len(caplog.records) == 4
