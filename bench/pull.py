@@ -12,42 +12,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NIXERY = Path(sys.executable).parent / "nixery"
-ENV = {**os.environ, "NIX_CONFIG": "substituters =\nbuild-users-group =\n"}
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import NIX_CONFIG, Registry  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(storage: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **ENV,
-        "STORAGE_PATH": str(storage),
-        "PORT": str(port),
-        "NIXERY_PKGS_PATH": str(REPO / "examples" / "demo-pkgs"),
-    }
-    proc = subprocess.Popen([str(NIXERY), "serve"], env=env, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("registry did not start")
+ENV = {**os.environ, "NIX_CONFIG": NIX_CONFIG}
 
 
 def pull(host: str, image: str, dest: Path) -> float:
@@ -104,15 +80,14 @@ def main() -> None:
     cold, warm = [], []
     try:
         for run in range(args.runs + 1):
-            proc, host = start(work / f"storage{run}")
+            registry = Registry(work / f"storage{run}").start()
             try:
-                seconds = pull(host, args.image, work / f"cold{run}")
+                seconds = pull(registry.host, args.image, work / f"cold{run}")
                 if run:  # run 0 only finds the image's store paths for the next ones
                     cold.append(seconds)
-                    warm.append(pull(host, args.image, work / f"warm{run}"))
+                    warm.append(pull(registry.host, args.image, work / f"warm{run}"))
             finally:
-                proc.terminate()
-                proc.wait()
+                registry.stop()
             delete_from_store(store_paths(work / f"cold{run}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
