@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from clients import Clients
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "demo-pkgs"
 NIXERY = Path(sys.executable).parent / "nixery"
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
 
 # The demo set has no binary cache; without this Nix tries cache.nixos.org on every build.
 NIX_CONFIG = "substituters =\nbuild-users-group =\n"
@@ -82,6 +85,13 @@ class Registry:
         kwargs.setdefault("timeout", 300)
         kwargs.setdefault("allow_redirects", False)
         return requests.request(method, self.url + path, **kwargs)
+
+
+def pull_concurrently(reg: Registry, name: str, count: int) -> list[requests.Response]:
+    """The OCI manifest of `name`, asked for by `count` clients at once."""
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: reg.get(f"/v2/{name}/manifests/latest",
+                                               headers={"Accept": OCI}), range(count)))  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
-from conftest import DEMO
+from conftest import DEMO, pull_concurrently
 from emulators import GcpRegistry
 
 pytestmark = pytest.mark.e2e
@@ -71,16 +71,7 @@ def test_same_digests_as_local_mode(gcp_registry, registry):
 
 def test_twenty_concurrent_pulls_cause_one_build(gcp_registry):
     before = gcp_registry.builds_started()
-    results = []
-
-    def pull():
-        results.append(manifest(gcp_registry, "jq/htop"))
-
-    threads = [threading.Thread(target=pull) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = pull_concurrently(gcp_registry, "jq/htop", 20)
     assert [r.status_code for r in results] == [200] * 20
     assert len({r.headers["Docker-Content-Digest"] for r in results}) == 1
     assert gcp_registry.builds_started() == before + 1

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import DEMO, Registry
+from conftest import DEMO, Registry, pull_concurrently
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +39,6 @@ def test_ping(registry):
     response = registry.get("/v2/")
     assert response.status_code == 200
     assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
-
-
-def test_podman_pulls_and_runs_hello(registry, clients):
-    pulled = clients.podman("pull", f"{registry.host}/shell/hello")
-    assert pulled.returncode == 0, pulled.stderr
-    ran = clients.podman("run", "--rm", f"{registry.host}/shell/hello", "hello")
-    assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip() == "Hello, world!"
 
 
 def test_image_root_is_a_usable_filesystem(registry, clients):
@@ -172,16 +164,7 @@ def test_nix_timeout_bounds_the_build(registry):
 
 def test_concurrent_pulls_share_one_build(registry):
     before = registry.builds_started()
-    results: list = []
-
-    def pull():
-        results.append(manifest(registry, "jq/htop/ripgrep"))
-
-    threads = [threading.Thread(target=pull) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = pull_concurrently(registry, "jq/htop/ripgrep", 12)
     assert all(r.status_code == 200 for r in results)
     assert len({r.headers["Docker-Content-Digest"] for r in results}) == 1
     assert registry.builds_started() == before + 1
