@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     pop.add_argument("pkgs_path", type=Path, help="a package set: a directory with default.nix")
     pop.add_argument("-o", "--output", type=Path, help="the JSON file to write (default: stdout)")
     pop.add_argument("--timeout", type=int, default=600, help="seconds any one build may run")
+    pop.add_argument(
+        "--store",
+        help="read references from this binary cache (e.g. https://cache.nixos.org) "
+        "instead of building the set",
+    )
     pop.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.command == "popcount":
@@ -69,7 +74,7 @@ def _popcount(args: argparse.Namespace) -> int:
 
     logs.setup(args.log_level)
     try:
-        counts = popcount(args.pkgs_path, args.timeout)
+        counts = popcount(args.pkgs_path, args.timeout, args.store)
     except RuntimeError as e:
         print(f"nixery popcount: {e}", file=sys.stderr)
         return 1

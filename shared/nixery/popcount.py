@@ -49,27 +49,36 @@ def count(closure: Mapping[str, StorePath]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def popcount(pkgs_path: Path, timeout: int = 600) -> dict[str, int]:
-    """Builds every package of the set (or substitutes it) and counts references.
+def popcount(pkgs_path: Path, timeout: int = 600, store: str | None = None) -> dict[str, int]:
+    """Counts references in the closures of every package of the set.
 
-    Packages that fail to build within ``timeout`` seconds are left out, with a warning:
-    a package set always has a few, and partial counts are still useful.
+    With ``store`` (a binary cache such as ``https://cache.nixos.org``), the references come
+    from its narinfo files and nothing is built or downloaded, as Nixery's popcount does: the
+    only practical way for nixpkgs. Without it, the packages are built here. Either way a
+    package that is not in the cache or fails to build within ``timeout`` seconds is left out,
+    with a warning: a package set always has a few, and partial counts are still useful.
     """
     expression = f"({_PACKAGES}) {json.dumps(str(pkgs_path.resolve()))}"
     drvs = sorted(set(json.loads(_run(["nix-instantiate", "--eval", "--strict", "--json",
                                        "--read-write-mode", "--expr", expression]))))  # fmt: skip
     log.info("popcount: %d derivations in %s", len(drvs), pkgs_path)
-    built = subprocess.run(
-        ["nix-store", "--realise", "--keep-going", "--timeout", str(timeout), *drvs],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if built.returncode != 0:
-        log.warning("popcount: some packages failed to build and are not counted")
+    where = ["--store", store] if store else []
+    if store is None:
+        built = subprocess.run(
+            ["nix-store", "--realise", "--keep-going", "--timeout", str(timeout), *drvs],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if built.returncode != 0:
+            log.warning("popcount: some packages failed to build and are not counted")
     outputs = sorted(set(_run(["nix-store", "--query", "--outputs", *drvs]).split()))
-    invalid = set(_run(["nix-store", "--check-validity", "--print-invalid", *outputs]).split())
+    invalid = set(
+        _run(["nix-store", *where, "--check-validity", "--print-invalid", *outputs]).split()
+    )
+    if store and invalid:
+        log.warning("popcount: %d outputs are not in %s and are not counted", len(invalid), store)
     outputs = [p for p in outputs if p not in invalid]
     closure = parse_path_info(
-        _run(["nix", *_NIX_COMMAND, "path-info", "--json", "--recursive", *outputs])
+        _run(["nix", *_NIX_COMMAND, "path-info", *where, "--json", "--recursive", *outputs])
     )
     log.info("popcount: %d store paths in their closure", len(closure))
     return count(closure)
