@@ -215,6 +215,8 @@ def test_git_source_tags_give_different_images(make_registry, clients, tmp_path)
     latest = manifest(reg, "hello", "latest")
     assert latest.headers["Docker-Content-Digest"] == v2.headers["Docker-Content-Digest"]
     assert_error(manifest(reg, "hello", "v3"), 404, "MANIFEST_UNKNOWN")
+    listed = reg.get("/v2/hello/tags/list").json()
+    assert listed == {"name": "hello", "tags": ["latest", "main", "v1", "v2"]}
     commit = git(repo, "rev-parse", "v1")
     assert (
         manifest(reg, "hello", commit).headers["Docker-Content-Digest"]

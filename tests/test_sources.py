@@ -56,6 +56,7 @@ def test_path_latest_resolves_and_other_tags_do_not(pkgs: Path) -> None:
     assert str(revision) == f"path:{pkgs}@{revision.value}"
     assert source.resolve("v1") is None
     assert source.checkout(revision) == pkgs
+    assert source.tags() == ["latest"]
 
 
 def test_path_hash_is_stable_and_follows_changes_after_ttl(pkgs: Path) -> None:
@@ -176,6 +177,12 @@ def test_git_tags_branches_and_head(repo: Repo, tmp_path: Path) -> None:
     assert not (old / "pkgs").exists()
     assert (new / "default.nix").read_text() == "2\n"
     assert (new / "pkgs" / "hello.nix").read_text() == "hello\n"
+
+
+def test_git_lists_branches_and_tags_that_are_valid_image_tags(repo: Repo, tmp_path: Path) -> None:
+    git(repo.path, "branch", "feature/slash")  # not a valid image tag: not listed
+    source = GitSource(repo.url, tmp_path / "cache")
+    assert source.tags() == ["latest", "main", "stable", "v1", "v2"]
 
 
 def test_git_tag_wins_over_branch_of_same_name(repo: Repo, tmp_path: Path) -> None:

@@ -67,6 +67,15 @@ class ImageService:
             raise RegistryError("a published image lost its manifest", {"key": key})
         return found
 
+    def tags(self, name: str) -> list[str]:
+        """The tags listed for a valid name, without building it: whether its packages exist
+        is only known once its manifest is asked for."""
+        parse_name(name)
+        try:
+            return self.source.tags()
+        except SourceError as e:
+            raise self._unavailable(f"the package source is unavailable: {e}") from e
+
     def blob(self, name: str, digest: str) -> BlobLocation:
         parse_name(name)
         size = self.blobs.size(check_digest(digest))

@@ -4,9 +4,10 @@ A Flask app around an ImageService; both entry points (local mode, the Cloud Fun
 this same app. Every error under ``/v2/`` is a JSON error body with a registry error code,
 never an HTML page or a traceback.
 
-``tags/list`` answers ``latest`` for every valid name: each valid name is a potential image,
-whether its packages exist is only known once its manifest is asked for (an evaluation), and
-the other tags a source accepts (git refs, channels, any nixpkgs commit) cannot be enumerated.
+``tags/list`` answers for every valid name what the source can enumerate (``latest``, and a
+git source's branches and tags): each valid name is a potential image, whether its packages
+exist is only known once its manifest is asked for (an evaluation), and the other tags a
+source accepts (other channels, any commit) cannot be enumerated.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _READ = {"GET", "HEAD"}
 _ALLOW = ", ".join(sorted(_READ))
-_TAG_LIST = ("latest",)
 # More digits than any real page size; also keeps int() far from its 4300-digit limit.
 _PAGE_SIZE = re.compile(r"[0-9]{1,9}")
 
@@ -82,7 +82,7 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
         if match := _TAGS.fullmatch(path):
             parse_name(match["name"])
             _only_read()
-            return _tags(match["name"])
+            return _tags(service, match["name"])
         raise NameUnknown("no such endpoint", {"path": path[:200]})
 
     @app.route("/", defaults={"path": "index.html"})
@@ -183,8 +183,8 @@ def _blob(service: ImageService, name: str, digest: str) -> Response:
     return response
 
 
-def _tags(name: str) -> Response:
-    tags, next_last = page_tags(_TAG_LIST, request.args.get("n"), request.args.get("last"))
+def _tags(service: ImageService, name: str) -> Response:
+    tags, next_last = page_tags(service.tags(name), request.args.get("n"), request.args.get("last"))
     response = Response(json.dumps({"name": name, "tags": tags}), content_type="application/json")
     if next_last is not None:
         query = urllib.parse.urlencode({"last": next_last, "n": len(tags)})

@@ -37,6 +37,7 @@ _T = TypeVar("_T")
 _COMMIT = re.compile(r"[0-9a-fA-F]{40}")
 # A leading letter, digit or "_" keeps "." and ".." (and option-like names) out of URLs.
 _CHANNEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # the image tag grammar
 _GIT_QUERY_TIMEOUT = 120.0
 # Fetching a large set such as nixpkgs, even shallowly, can take minutes on a slow link.
 _GIT_FETCH_TIMEOUT = 1800.0
@@ -71,6 +72,10 @@ class Source(Protocol):
 
     def checkout(self, revision: Revision) -> Path:
         """A directory holding the set at exactly `revision`, its default.nix at the top."""
+        ...
+
+    def tags(self) -> list[str]:
+        """The tags worth listing (tags/list): `latest`, and whatever else can be enumerated."""
         ...
 
 
@@ -222,6 +227,9 @@ class PathSource:
             raise SourceError(f"{self._path} changed since {revision} was resolved")
         return self._path
 
+    def tags(self) -> list[str]:
+        return ["latest"]
+
     def _content_hash(self) -> str:
         return self._hashes.get("", lambda: _tree_hash(self._path))
 
@@ -287,9 +295,19 @@ class GitSource:
         self._mirror = self._dir / f"mirror-{url_hash}.git"
         self._fetch_lock = threading.Lock()
         self._revisions: _TTLCache[Revision | None] = _TTLCache(ttl, clock)
+        self._refs: _TTLCache[list[str]] = _TTLCache(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
         return self._revisions.get(tag, lambda: self._lookup(tag))
+
+    def tags(self) -> list[str]:
+        """`latest` and the remote's branches and tags whose names are valid image tags."""
+        return self._refs.get("", self._list_refs)
+
+    def _list_refs(self) -> list[str]:
+        refs = self._ls_remote("refs/heads/*", "refs/tags/*")
+        names = {ref.split("/", 2)[2].removesuffix("^{}") for ref in refs}
+        return sorted({"latest", *(n for n in names if _TAG.fullmatch(n))})
 
     def checkout(self, revision: Revision) -> Path:
         _check_source(self._id, revision)
@@ -460,6 +478,10 @@ class ChannelSource:
     def checkout(self, revision: Revision) -> Path:
         _check_source(self._id, revision)
         return _materialise(self._dir / revision.value, lambda dest: self._download(revision, dest))
+
+    def tags(self) -> list[str]:
+        """Only `latest`: other channels and every nixpkgs commit are tags too, but uncountable."""
+        return ["latest"]
 
     def _lookup(self, tag: str) -> Revision | None:
         name = self._channel if tag == "latest" else tag
