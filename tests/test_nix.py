@@ -1,8 +1,12 @@
-"""Reading Nix's output: both JSON shapes of `nix path-info`, and its error messages."""
+"""Nix: both JSON shapes of `nix path-info`, its error messages, and real builds."""
 
 import json
+import subprocess
 
-from nixery.nix import _error_message, parse_path_info
+import pytest
+from conftest import DEMO, NIX_CONFIG, REPO
+
+from nixery.nix import Nix, UnknownPackages, _error_message, parse_path_info
 
 A = "/nix/store/" + "a" * 32 + "-a-1.0"
 B = "/nix/store/" + "b" * 32 + "-b-1.0"
@@ -39,3 +43,30 @@ def test_error_message_takes_the_error_line():
         "\x1b[31;1merror:\x1b[0m builder for '/nix/store/x-broken-1.0.drv' failed with exit code 1",
     ]
     assert _error_message(lines).startswith("broken is broken on purpose")
+
+
+def test_outputs_are_gc_roots_while_the_image_is_made(monkeypatch):
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    nix = Nix(REPO / "prepare-image", timeout=60)
+
+    def roots(path: str) -> str:
+        return subprocess.run(
+            ["nix-store", "--query", "--roots", path], capture_output=True, text=True, check=True
+        ).stdout
+
+    with nix.build(DEMO, ["hello"], "x86_64-linux") as result:
+        hello = result.outputs["hello"]
+        assert "nixery-roots-" in roots(hello)
+        assert any(p.endswith("-glibc-2.37-8") for p in result.closure)
+    assert "nixery-roots-" not in roots(hello)
+
+
+def test_unknown_packages_are_reported_together(monkeypatch):
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    nix = Nix(REPO / "prepare-image", timeout=60)
+    with (
+        pytest.raises(UnknownPackages) as raised,
+        nix.build(DEMO, ["hello", "nope-a", "nope-b"], "x86_64-linux"),
+    ):
+        pass
+    assert raised.value.names == ["nope-a", "nope-b"]

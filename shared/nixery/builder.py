@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,22 +170,26 @@ class Builder:
         key = job.key
         with step("checkout", key):
             source_dir = self.source.checkout(job.revision)
-        with step("nix", key) as record:
-            result = self.nix.build(source_dir, job.request.packages, job.request.arch.nix_system)
-            record["paths"] = len(result.closure)
-        with step("layering", key) as record:
-            closure = {
-                p.path: {"narSize": p.nar_size, "references": p.references}
-                for p in result.closure.values()
-            }
-            roots = sorted(set(result.outputs.values()))
-            groups = plan_layers(closure, roots, self.popularity, self.budget - 1)
-            record["layers"] = len(groups) + 1
-        with step("archives", key) as record:
-            layers, fresh = self._store_layers(groups)
-            root_entries = image_root(list(result.outputs.values()))
-            layers.append(self._archive(archives.write_entries_layer, root_entries))
-            record.update(new=fresh, reused=len(groups) - fresh)
+        with ExitStack() as built:  # the Nix outputs stay GC roots until the image is made
+            with step("nix", key) as record:
+                system = job.request.arch.nix_system
+                result = built.enter_context(
+                    self.nix.build(source_dir, job.request.packages, system)
+                )
+                record["paths"] = len(result.closure)
+            with step("layering", key) as record:
+                closure = {
+                    p.path: {"narSize": p.nar_size, "references": p.references}
+                    for p in result.closure.values()
+                }
+                roots = sorted(set(result.outputs.values()))
+                groups = plan_layers(closure, roots, self.popularity, self.budget - 1)
+                record["layers"] = len(groups) + 1
+            with step("archives", key) as record:
+                layers, fresh = self._store_layers(groups)
+                root_entries = image_root(list(result.outputs.values()))
+                layers.append(self._archive(archives.write_entries_layer, root_entries))
+                record.update(new=fresh, reused=len(groups) - fresh)
         with step("manifests", key):
             has_bash = any(e.path == "bin/bash" for e in root_entries)
             config = image_config(job.request.arch.oci_arch, layers, has_bash=has_bash)

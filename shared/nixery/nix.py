@@ -12,10 +12,12 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,13 +93,19 @@ class Nix:
         self.expression = prepare_image / "default.nix"
         self.timeout = timeout
 
-    def build(self, source: Path, packages: Sequence[str], system: str) -> BuildResult:
+    @contextmanager
+    def build(self, source: Path, packages: Sequence[str], system: str) -> Iterator[BuildResult]:
+        """Builds the packages; their outputs stay garbage-collector roots until the block
+        ends, so that a `nix-collect-garbage` meanwhile cannot delete what is being archived."""
         plan = self._plan(source, packages, system)
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
-        self._realise(sorted({p["drvPath"] for p in plan["packages"]}))
-        return BuildResult(outputs, self.closure(sorted(set(outputs.values()))))
+        with tempfile.TemporaryDirectory(prefix="nixery-roots-") as roots:
+            drvs = sorted({p["drvPath"] for p in plan["packages"]})
+            cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
+            self._run([*cmd, "--add-root", f"{roots}/out", *drvs], "building", REALISE_DEADLINE)
+            yield BuildResult(outputs, self.closure(sorted(set(outputs.values()))))
 
     def closure(self, paths: Sequence[str]) -> dict[str, StorePath]:
         cmd = ["nix", *_NIX_COMMAND, "path-info", "--json", "--recursive", *paths]
@@ -112,10 +120,6 @@ class Nix:
             "--argstr", "system", system,
         ]  # fmt: skip
         return json.loads(self._run(cmd, "evaluating the package set", EVAL_TIMEOUT))
-
-    def _realise(self, drvs: Sequence[str]) -> None:
-        cmd = ["nix-store", "--realise", "--timeout", str(self.timeout), *drvs]
-        self._run(cmd, "building", REALISE_DEADLINE)
 
     def _run(self, cmd: list[str], what: str, deadline: float) -> str:
         """Runs a Nix command, streaming its log into ours, and returns its stdout."""
