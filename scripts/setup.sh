@@ -33,7 +33,7 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-extras="[gcp]"
+extras=""
 [[ "${1:-}" == "--test" ]] && extras="[gcp,test]"
 .venv/bin/pip install -q --disable-pip-version-check -e "shared${extras}"
 
