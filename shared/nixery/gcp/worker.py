@@ -42,12 +42,16 @@ class BuildWorker:
         except Exception:
             log.exception("build %s: failed, to be retried", job.key[:12],
                           extra={"build_key": job.key})  # fmt: skip
-            stop.set()
-            self.state.release(job.key, self.owner)
-            return 500, "build failed; it will be retried"
+            failed = True
+        else:
+            failed = False
         finally:
             stop.set()
             heartbeat.join()
+        if failed:
+            # Only once the heartbeat has stopped, so it cannot renew what is given up.
+            self.state.release(job.key, self.owner)
+            return 500, "build failed; it will be retried"
         return 200, "built"
 
     def _heartbeat(self, key: str, stop: threading.Event) -> None:
