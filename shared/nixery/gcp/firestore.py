@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from google.api_core import exceptions
 from google.cloud import firestore
@@ -22,19 +22,9 @@ from ..archives import LayerBlob
 from ..builder import BuildJob
 from ..manifests import Manifest
 from ..state import Failure
+from .memory import keep
 
 Claim = Literal["taken", "done", "busy"]
-T = TypeVar("T")
-
-# Entries kept in memory per cache; manifests are ~1 KB, so this bounds memory to a few MB.
-_CACHE_SIZE = 4096
-
-
-def _keep(cache: dict[str, T], key: str, value: T) -> T:
-    if len(cache) >= _CACHE_SIZE:
-        cache.pop(next(iter(cache)))  # the oldest entry: dicts keep insertion order
-    cache[key] = value
-    return value
 
 
 class FirestoreState:
@@ -64,7 +54,7 @@ class FirestoreState:
         record = self.record(key)
         if not record or record["status"] != "done":
             return None
-        return _keep(self._images, key, record["manifests"])
+        return keep(self._images, key, record["manifests"])
 
     def manifest(self, digest: str) -> Manifest | None:
         if digest in self._manifests:
@@ -72,7 +62,7 @@ class FirestoreState:
         doc = self.manifests.document(digest).get().to_dict()
         if not doc:
             return None
-        return _keep(self._manifests, digest, Manifest(doc["media_type"], doc["body"]))
+        return keep(self._manifests, digest, Manifest(doc["media_type"], doc["body"]))
 
     def publish(self, key: str, manifests: list[Manifest]) -> None:
         # The manifests are written before the record points at them; a batch is atomic.

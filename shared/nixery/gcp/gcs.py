@@ -7,7 +7,6 @@ Objects are named ``blobs/sha256/<hex>``. An upload becomes visible only when co
 from __future__ import annotations
 
 import contextlib
-import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -15,6 +14,7 @@ from typing import BinaryIO
 from google.api_core import exceptions
 from google.cloud import storage
 
+from .memory import keep
 from .signing import SignedUrls
 
 
@@ -41,18 +41,14 @@ class GcsBlobStore:
         self._urls = SignedUrls(self._sign, url_ttl)
         # Blobs never change, so a size once seen stays true; misses are not remembered.
         self._sizes: dict[str, int] = {}
-        self._lock = threading.Lock()
 
     def size(self, digest: str) -> int | None:
-        with self._lock:
-            if digest in self._sizes:
-                return self._sizes[digest]
+        if (size := self._sizes.get(digest)) is not None:
+            return size
         blob = self.bucket.get_blob(object_name(digest))
         if blob is None or blob.size is None:
             return None
-        with self._lock:
-            self._sizes[digest] = blob.size
-        return blob.size
+        return keep(self._sizes, digest, blob.size)
 
     def put_file(self, digest: str, path: Path) -> None:
         try:
