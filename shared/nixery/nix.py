@@ -31,7 +31,8 @@ EVAL_TIMEOUT = 600.0
 # A guard against a Nix that hangs outside any builder (NIX_TIMEOUT bounds each builder).
 REALISE_DEADLINE = 6 * 3600.0
 
-_NIX_COMMAND = ("--extra-experimental-features", "nix-command")
+# The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
+NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 
 
 class NixError(Exception):
@@ -108,7 +109,7 @@ class Nix:
             yield BuildResult(outputs, self.closure(sorted(set(outputs.values()))))
 
     def closure(self, paths: Sequence[str]) -> dict[str, StorePath]:
-        cmd = ["nix", *_NIX_COMMAND, "path-info", "--json", "--recursive", *paths]
+        cmd = ["nix", *NIX_COMMAND, "path-info", "--json", "--recursive", *paths]
         return parse_path_info(self._run(cmd, "reading the closure", EVAL_TIMEOUT))
 
     def _plan(self, source: Path, packages: Sequence[str], system: str) -> dict[str, Any]:

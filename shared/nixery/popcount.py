@@ -16,11 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .layers import store_name
-from .nix import StorePath, parse_path_info
+from .nix import NIX_COMMAND, StorePath, parse_path_info
 
 log = logging.getLogger(__name__)
-
-_NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 
 # Every derivation at the top level of the set and one level down (python3Packages.*);
 # attributes that throw are skipped.
@@ -78,7 +76,7 @@ def popcount(pkgs_path: Path, timeout: int = 600, store: str | None = None) -> d
         log.warning("popcount: %d outputs are not in %s and are not counted", len(invalid), store)
     outputs = [p for p in outputs if p not in invalid]
     closure = parse_path_info(
-        _run(["nix", *_NIX_COMMAND, "path-info", *where, "--json", "--recursive", *outputs])
+        _run(["nix", *NIX_COMMAND, "path-info", *where, "--json", "--recursive", *outputs])
     )
     log.info("popcount: %d store paths in their closure", len(closure))
     return count(closure)
