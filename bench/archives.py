@@ -1,13 +1,14 @@
 """Archive throughput: our layer writer against `tar -c PATHS | pigz -p N` on the same files.
 
-    .venv/bin/python bench/archives.py [--gb 1] [--levels 1,6,9] [--runs 3] [--rss-gb 2]
+    .venv/bin/python bench/archives.py [--gb 1] [--levels 1,6,9] [--runs 3] [--rss-gb 2] [--smoke]
 
 The input is real software (directories of /usr/lib, taken in name order until --gb is
 reached), read from the page cache (one warm-up pass first) and archived to /dev/null. For
 each gzip level it prints both throughputs (MB of input per second; median of --runs, the
 two taking turns so that other load on the machine hits both alike), their ratio, both
 compressed sizes, and whether our blob is byte-identical when compressed on one thread. Then
-it archives --rss-gb of input in a fresh process and prints that process's peak RSS.
+it archives --rss-gb of input in a fresh process and prints that process's peak RSS. One
+``Compressor`` (as many threads as pigz gets) serves all of a run's turns, as in the registry.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
+from common import parse_args
+
 from nixery import archives
+from nixery.manifests import LayerBlob
 
 
 def tree_size(path: Path) -> int:
@@ -46,10 +50,10 @@ def pick_paths(gb: float) -> tuple[list[str], int]:
     return paths, total
 
 
-def ours(paths: list[str], level: int) -> tuple[float, archives.LayerBlob]:
+def ours(paths: list[str], level: int, compressor: archives.Compressor) -> tuple[float, LayerBlob]:
     with open(os.devnull, "wb") as out:
         started = time.perf_counter()
-        blob = archives.write_store_layer(paths, out, level)
+        blob = archives.write_store_layer(paths, out, compressor, level)
         return time.perf_counter() - started, blob
 
 
@@ -70,7 +74,8 @@ def pigz(paths: list[str], level: int, threads: int) -> tuple[float, int]:
 def peak_rss(gb: float, level: int) -> None:
     """Runs in a fresh process: archives `gb` of input and prints the peak RSS."""
     paths, total = pick_paths(gb)
-    seconds, blob = ours(paths, level)
+    with closing(archives.Compressor()) as compressor:
+        seconds, blob = ours(paths, level, compressor)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"archived {total / 1e9:.2f} GB of files (blob {blob.size / 1e9:.2f} GB) in "
           f"{seconds:.1f} s; peak RSS {rss:.0f} MB")  # fmt: skip
@@ -83,7 +88,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss-gb", type=float, default=2.0)
     parser.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, gb=0.005, levels="2", runs=1, rss_gb=0.005)
     levels = [int(x) for x in args.levels.split(",")]
     if args.rss_only:
         peak_rss(args.rss_gb, levels[0])
@@ -95,24 +100,22 @@ def main() -> None:
           f"{threads} threads for both")  # fmt: skip
     print(f"{'level':>5} {'ours MB/s':>10} {'pigz MB/s':>10} {'ratio':>6} "
           f"{'ours MB':>8} {'pigz MB':>8} {'1-thread identical':>19}")  # fmt: skip
-    for level in levels:
-        pigz_runs, our_runs = [], []
-        for _ in range(args.runs):
-            t_pigz, size_pigz = pigz(paths, level, threads)
-            pigz_runs.append(t_pigz)
-            t_ours, blob = ours(paths, level)
-            our_runs.append(t_ours)
-        t_pigz, t_ours = statistics.median(pigz_runs), statistics.median(our_runs)
-        pool = archives._POOL
-        archives._POOL = ThreadPoolExecutor(max_workers=1)
-        try:
-            _, single = ours(paths, level)
-        finally:
-            archives._POOL.shutdown()
-            archives._POOL = pool
-        print(f"{level:5} {total / 1e6 / t_ours:10.1f} {total / 1e6 / t_pigz:10.1f} "
-              f"{t_pigz / t_ours:6.2f} {blob.size / 1e6:8.1f} {size_pigz / 1e6:8.1f} "
-              f"{'yes' if single == blob else 'NO':>19}")  # fmt: skip
+    with (
+        closing(archives.Compressor(threads)) as compressor,
+        closing(archives.Compressor(threads=1)) as one_thread,
+    ):
+        for level in levels:
+            pigz_runs, our_runs = [], []
+            for _ in range(args.runs):
+                t_pigz, size_pigz = pigz(paths, level, threads)
+                pigz_runs.append(t_pigz)
+                t_ours, blob = ours(paths, level, compressor)
+                our_runs.append(t_ours)
+            t_pigz, t_ours = statistics.median(pigz_runs), statistics.median(our_runs)
+            _, single = ours(paths, level, one_thread)
+            print(f"{level:5} {total / 1e6 / t_ours:10.1f} {total / 1e6 / t_pigz:10.1f} "
+                  f"{t_pigz / t_ours:6.2f} {blob.size / 1e6:8.1f} {size_pigz / 1e6:8.1f} "
+                  f"{'yes' if single == blob else 'NO':>19}")  # fmt: skip
     subprocess.run(
         [sys.executable, __file__, "--rss-only", "--rss-gb", str(args.rss_gb),
          "--levels", str(archives.GZIP_LEVEL)],

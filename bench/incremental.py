@@ -1,6 +1,6 @@
 """Cold build of an image whose layers mostly exist already: time must follow the NEW bytes.
 
-    .venv/bin/python bench/incremental.py [--runs 3]
+    .venv/bin/python bench/incremental.py [--runs 3] [--base IMAGE] [--extra PACKAGE] [--smoke]
 
 With a local registry (demo set), BASE is built first; then BASE plus one small package is
 requested, and its build is timed (manifest request to response) and compared with the same
@@ -15,91 +15,71 @@ import argparse
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pull import ENV, NIXERY, REPO, free_port
+from common import OCI, Registry, parse_args
 
 BASE = "shell/git/python3/perl/vim/ripgrep/1password/python3packages.numpy"
 EXTRA = "htop"
-ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 
-class Server:
-    def __init__(self, storage: Path) -> None:
-        self.port = free_port()
-        self.log = storage.with_suffix(".log")
-        env = {**ENV, "STORAGE_PATH": str(storage), "PORT": str(self.port),
-               "NIXERY_PKGS_PATH": str(REPO / "examples" / "demo-pkgs")}  # fmt: skip
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([str(NIXERY), "serve"], env=env, stderr=log)
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("registry did not start")
+def build(registry: Registry, image: str) -> float:
+    """Seconds from the manifest request to its response: the whole build when not cached."""
+    started = time.perf_counter()
+    registry.get(
+        f"/v2/{image}/manifests/latest", headers={"Accept": OCI}, timeout=600
+    ).raise_for_status()
+    return time.perf_counter() - started
 
-    def build(self, image: str) -> float:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/v2/{image}/manifests/latest", headers={"Accept": ACCEPT}
-        )
-        started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=600) as response:
-            response.read()
-        return time.perf_counter() - started
 
-    def archive_step(self) -> tuple[float, str]:
-        """The last build's archive step: seconds, and its new/reused counts."""
-        found = re.findall(r"archives done in ([\d.]+)s (new=\d+ reused=\d+)", self.log.read_text())
-        return float(found[-1][0]), found[-1][1]
+def archive_step(registry: Registry) -> tuple[float, str]:
+    """The last build's archive step, from the registry's log: seconds, new/reused counts."""
+    found = re.findall(r"archives done in ([\d.]+)s (new=\d+ reused=\d+)", registry.log())
+    if not found:
+        raise RuntimeError(f"no archive step in the registry's log:\n{registry.log()}")
+    return float(found[-1][0]), found[-1][1]
 
-    def blob_bytes(self, storage: Path) -> int:
-        return sum(f.stat().st_size for f in storage.rglob("*") if f.is_file())
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+def stored_bytes(registry: Registry) -> int:
+    return sum(f.stat().st_size for f in registry.storage.rglob("*") if f.is_file())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    image = f"{BASE}/{EXTRA}"
+    parser.add_argument("--base", default=BASE, help="the image built first")
+    parser.add_argument("--extra", default=EXTRA, help="the package then added to it")
+    args = parse_args(parser, runs=1, base="shell", extra="hello")
+    image = f"{args.base}/{args.extra}"
     work = Path(tempfile.mkdtemp(prefix="nixery-incremental-"))
     cold, warm = [], []
     try:
         for run in range(args.runs + 1):  # run 0 builds the Nix store paths: not counted
-            server = Server(work / f"cold{run}")
+            registry = Registry(work / f"cold{run}").start()
             try:
-                total = server.build(image)
-                cold.append((total, *server.archive_step()))
-                cold_bytes = server.blob_bytes(work / f"cold{run}")
+                total = build(registry, image)
+                cold.append((total, *archive_step(registry)))
+                cold_bytes = stored_bytes(registry)
             finally:
-                server.stop()
-            server = Server(work / f"warm{run}")
+                registry.stop()
+            registry = Registry(work / f"warm{run}").start()
             try:
-                server.build(BASE)
-                before = server.blob_bytes(work / f"warm{run}")
-                total = server.build(image)
-                warm.append((total, *server.archive_step()))
-                new_bytes = server.blob_bytes(work / f"warm{run}") - before
+                build(registry, args.base)
+                before = stored_bytes(registry)
+                total = build(registry, image)
+                warm.append((total, *archive_step(registry)))
+                new_bytes = stored_bytes(registry) - before
             finally:
-                server.stop()
+                registry.stop()
         cold, warm = cold[1:], warm[1:]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"image {image} (demo set), {args.runs} runs, medians")
     for label, runs, size in (
         ("empty storage", cold, cold_bytes),
-        (f"{BASE} built", warm, new_bytes),
+        (f"{args.base} built", warm, new_bytes),
     ):
         print(f"  {label:>60}: build {statistics.median(r[0] for r in runs):.2f} s, "
               f"archives {statistics.median(r[1] for r in runs):.2f} s ({runs[-1][2]}), "

@@ -1,6 +1,6 @@
 """Layering benchmark: bytes one client downloads over a sequence of image pulls.
 
-    .venv/bin/python bench/layers.py [--budget 100] [--no-demo]
+    .venv/bin/python bench/layers.py [--budget 100] [--no-demo] [--smoke]
 
 For each workload (a sequence of image requests over a package set) and each algorithm, one
 simulated client pulls the images in order and keeps every layer it has seen; a layer is
@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 import graphs
 import rivals
+from common import parse_args
 
 from nixery.layers import plan_layers
 
@@ -78,8 +76,9 @@ def simulate(work: Workload, plan: Planner, popularity: Mapping[str, int]) -> Re
     return result
 
 
-def synthetic_workloads(budget: int) -> list[Workload]:
-    pkgs = graphs.synthetic()
+def synthetic_workloads(budget: int, paths: int = 4000, scale: float = 1.0) -> list[Workload]:
+    """The synthetic package set of `paths` store paths; `scale` multiplies image counts."""
+    pkgs = graphs.synthetic(paths)
     rng = random.Random(7)
     names = sorted(pkgs.packages)
     ranked = names[:]
@@ -94,20 +93,28 @@ def synthetic_workloads(budget: int) -> list[Workload]:
 
     big = [n for n in names if csize(n) >= 300]
     rng.shuffle(big)
+    tools, grows, apps, stack, bigs = (max(1, round(n * scale)) for n in (150, 30, 40, 60, 20))
     base = pick(3)
     grow: list[list[str]] = [pick(1)]
-    for _ in range(29):
+    for _ in range(grows - 1):
         grow.append(grow[-1] + pick(1))
+    tools_images = [pick(rng.randint(1, 3)) for _ in range(tools)]
+    stack_images = [[*base, n] for n in pick(stack)]
+    big_images = [rng.sample(big, 6) for _ in range(bigs)]
+    spans = [
+        len(pkgs.closure([*(pkgs.packages[n] for n in image), *pkgs.always]))
+        for image in big_images
+    ]
     return [
-        Workload("tools (150 images of 1-3 Zipf-popular packages)", pkgs,
-                 [pick(rng.randint(1, 3)) for _ in range(150)], budget),
-        Workload("grow (one image, a package added 30 times)", pkgs, grow, budget),
-        Workload("apps (40 packages with 300+ path closures)", pkgs,
-                 [[n] for n in big[:40]], budget),
-        Workload("stack (3 fixed packages + 1 varying, 60 images)", pkgs,
-                 [[*base, n] for n in pick(60)], budget),
-        Workload("big (20 images of 6 large packages, 1,500-3,000 paths)", pkgs,
-                 [rng.sample(big, 6) for _ in range(20)], budget),
+        Workload(f"tools ({tools} images of 1-3 Zipf-popular packages)", pkgs, tools_images,
+                 budget),
+        Workload(f"grow (one image, a package added {grows} times)", pkgs, grow, budget),
+        Workload(f"apps ({apps} packages with 300+ path closures)", pkgs,
+                 [[n] for n in big[:apps]], budget),
+        Workload(f"stack (3 fixed packages + 1 varying, {stack} images)", pkgs, stack_images,
+                 budget),
+        Workload(f"big ({bigs} images of 6 large packages, {min(spans):,}-{max(spans):,} "
+                 "paths)", pkgs, big_images, budget),
     ]  # fmt: skip
 
 
@@ -125,17 +132,23 @@ def demo_workloads(budget: int) -> list[Workload]:
     ]
 
 
-def timing(pkgs: graphs.PackageSet, popularity: Mapping[str, int], budget: int) -> None:
+def timing(
+    pkgs: graphs.PackageSet,
+    popularity: Mapping[str, int],
+    budget: int,
+    paths: int = 3000,
+    repeats: int = 5,
+) -> None:
     rng = random.Random(3)
     roots: list[str] = []
     names = sorted(pkgs.packages)
-    while len(pkgs.closure(roots)) < 3000:
+    while len(pkgs.closure(roots)) < paths:
         roots.append(pkgs.packages[rng.choice(names)])
     closure = pkgs.closure(roots)
-    print(f"\nplanning time for one {len(closure)}-path closure (median of 5):")
+    print(f"\nplanning time for one {len(closure)}-path closure (median of {repeats}):")
     for name, plan in ALGORITHMS.items():
         runs = []
-        for _ in range(5):
+        for _ in range(repeats):
             started = time.perf_counter()
             plan(closure, roots, popularity, budget - 1)
             runs.append(time.perf_counter() - started)
@@ -146,8 +159,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--no-demo", action="store_true", help="skip the Nix-built demo set")
-    args = parser.parse_args()
-    works = synthetic_workloads(args.budget)
+    parser.add_argument("--paths", type=int, default=4000, help="synthetic package set's size")
+    parser.add_argument("--scale", type=float, default=1.0, help="times the images per workload")
+    parser.add_argument("--plan-paths", type=int, default=3000, help="closure planned for timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed plans per algorithm")
+    args = parse_args(parser, paths=500, scale=0.1, plan_paths=300, repeats=1)
+    works = synthetic_workloads(args.budget, args.paths, args.scale)
     if not args.no_demo:
         works += demo_workloads(args.budget)
     verdicts = []
@@ -169,7 +186,7 @@ def main() -> None:
         share = f"{ours / rival:.2f}x" if rival > 0 else "n/a"
         print(f"  excess over 1: ours {ours:.4f}, best rival {rival:.4f} ({share}): "
               f"{'met' if ok else 'MISSED'}")  # fmt: skip
-    timing(works[0].pkgs, works[0].pkgs.popularity(), args.budget)
+    timing(works[0].pkgs, works[0].pkgs.popularity(), args.budget, args.plan_paths, args.repeats)
     print(f"\ntarget (excess <= 0.9x the better rival's) met on {sum(verdicts)}/{len(verdicts)}")
 
 

@@ -1,6 +1,6 @@
 """Serving a cached image: local mode against the Go reference registry, same run, same client.
 
-    .venv/bin/python bench/serve.py [IMAGE] [--runs 5] [--seconds 10] [--connections 16]
+    .venv/bin/python bench/serve.py [IMAGE] [--runs 5] [--seconds 10] [--connections 16] [--smoke]
 
 The image is built by a local registry (demo set), pulled out with skopeo and pushed into
 Debian's `docker-registry` (distribution/distribution, filesystem storage), so both serve the
@@ -17,17 +17,12 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from incremental import Server
-from pull import free_port
-
-ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+from common import OCI, Registry, free_port, parse_args, skopeo_copy
 
 
 def reference_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -50,23 +45,16 @@ def reference_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
             return proc, f"127.0.0.1:{port}"
         except OSError:
             time.sleep(0.1)
+    proc.kill()
+    proc.wait()
     raise RuntimeError("docker-registry did not start")
-
-
-def skopeo(src: str, dest: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false", src, dest],
-        check=True,
-    )
-    return time.perf_counter() - started
 
 
 def wrk(host: str, image: str, seconds: int, connections: int) -> tuple[float, str, str]:
     """Requests per second, p50 and p99 latency of manifest GETs by tag."""
     out = subprocess.run(
         ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency",
-         "-H", f"Accept: {ACCEPT}", f"http://{host}/v2/{image}/manifests/latest"],
+         "-H", f"Accept: {OCI}", f"http://{host}/v2/{image}/manifests/latest"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     if "Non-2xx" in out:
@@ -83,19 +71,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    args = parser.parse_args()
+    args = parse_args(parser, image="shell/hello", runs=1, seconds=1, connections=2)
     work = Path(tempfile.mkdtemp(prefix="nixery-serve-"))
-    ours = Server(work / "storage")
-    ref, ref_host = reference_registry(work)
+    ours = Registry(work / "storage").start()
+    ref: subprocess.Popen[bytes] | None = None
     try:
-        hosts = {"nixery (local mode)": f"127.0.0.1:{ours.port}", "docker-registry": ref_host}
-        skopeo(f"docker://{hosts['nixery (local mode)']}/{args.image}", f"oci:{work / 'img'}:x")
-        skopeo(f"oci:{work / 'img'}:x", f"docker://{ref_host}/{args.image}:latest")
+        ref, ref_host = reference_registry(work)
+        hosts = {"nixery (local mode)": ours.host, "docker-registry": ref_host}
+        skopeo_copy(f"docker://{ours.host}/{args.image}", f"oci:{work / 'img'}:x")
+        skopeo_copy(f"oci:{work / 'img'}:x", f"docker://{ref_host}/{args.image}:latest")
         pulls: dict[str, list[float]] = {name: [] for name in hosts}
         for run in range(args.runs + 1):  # run 0 warms both: not counted
             for name, host in hosts.items():
                 dest = work / f"pull-{run}-{len(pulls[name])}-{host.replace(':', '_')}"
-                seconds = skopeo(f"docker://{host}/{args.image}", f"oci:{dest}:x")
+                seconds = skopeo_copy(f"docker://{host}/{args.image}", f"oci:{dest}:x")
                 if run:
                     pulls[name].append(seconds)
                 shutil.rmtree(dest)
@@ -104,8 +93,9 @@ def main() -> None:
         alone = {name: wrk(host, args.image, args.seconds, 1) for name, host in hosts.items()}
     finally:
         ours.stop()
-        ref.terminate()
-        ref.wait()
+        if ref:
+            ref.terminate()
+            ref.wait()
         shutil.rmtree(work, ignore_errors=True)
     print(f"image {args.image} (demo set); skopeo copy median of {args.runs}; "
           f"wrk {args.seconds}s, {args.connections} connections, 2 threads")  # fmt: skip

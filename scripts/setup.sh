@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine for Nixery: Nix (offline-capable), the demo set's bootstrap
 # busybox, and a Python virtualenv in .venv. With --test, also the registry clients the tests
-# pull with (skopeo, podman, containerd, runc) and the test dependencies; with --bench, the
-# tools the benchmarks compare against (pigz, wrk, docker-registry). Idempotent; run as root.
+# pull with (skopeo, podman, containerd, runc), the test dependencies, and the tools the
+# benchmarks compare against (pigz, wrk, docker-registry), since the tests run every benchmark
+# in its smoke mode; with --bench, only those tools. Idempotent; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(nix-bin busybox-static git ca-certificates netbase python3 python3-venv)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(skopeo podman runc uidmap containerd default-jre-headless)
+  packages+=(pigz wrk docker-registry)  # tests/test_bench.py: the benchmarks' smoke runs
 fi
 if [[ "${1:-}" == "--bench" ]]; then  # bench/: the reference tools they compare against
   packages+=(skopeo pigz wrk docker-registry)

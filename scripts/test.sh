@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+(cd shared && ../.venv/bin/mypy)  # strict; configured in shared/pyproject.toml
 exec .venv/bin/python -m pytest "$@"

@@ -53,12 +53,15 @@ class Registry:
         if not any(k in env for k in ("NIXERY_PKGS_REPO", "NIXERY_CHANNEL")):
             self.env.setdefault("NIXERY_PKGS_PATH", str(DEMO))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.nixery = NIXERY  # another installation's command may be tested
+        self.cwd: Path | None = None
 
     def start(self) -> Registry:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [str(NIXERY), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+                [str(self.nixery), "serve"],
+                env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -5,7 +5,9 @@ import os
 import random
 import tarfile
 
-from nixery.archives import Entry, write_entries_layer, write_store_layer
+from nixery.archives import Compressor, Entry, write_entries_layer, write_store_layer
+
+COMPRESSOR = Compressor()
 
 
 def make_tree(root):
@@ -25,7 +27,7 @@ def make_tree(root):
 
 def archive(paths):
     out = io.BytesIO()
-    blob = write_store_layer(paths, out)
+    blob = write_store_layer(paths, out, COMPRESSOR)
     return blob, out.getvalue()
 
 
@@ -74,18 +76,14 @@ def test_entry_layers_put_parents_first():
         Entry("bin/sh", "symlink", target="/nix/store/x-bash/bin/sh"),
     ]
     out = io.BytesIO()
-    write_entries_layer(entries, out)
+    write_entries_layer(entries, out, COMPRESSOR)
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
         assert tar.getnames() == ["bin", "bin/sh", "etc", "etc/passwd", "tmp"]
         assert tar.getmember("tmp").mode == 0o1777
         assert tar.extractfile("etc/passwd").read().startswith(b"root:")
 
 
-def test_multi_chunk_layers_are_valid_gzip_and_independent_of_threads(tmp_path, monkeypatch):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from nixery import archives
-
+def test_multi_chunk_layers_are_valid_gzip_and_independent_of_threads(tmp_path):
     store = tmp_path / "nix" / "store"
     big = store / ("c" * 32 + "-big-1.0")
     big.mkdir(parents=True)
@@ -99,6 +97,34 @@ def test_multi_chunk_layers_are_valid_gzip_and_independent_of_threads(tmp_path, 
         assert tar.extractfile(big.as_posix().lstrip("/") + "/part2").read() == (
             (big / "part2").read_bytes()
         )
-    with ThreadPoolExecutor(max_workers=1) as single:
-        monkeypatch.setattr(archives, "_POOL", single)
-        assert archive([str(big)]) == (blob, data)
+    single = Compressor(threads=1, in_flight=1)
+    out = io.BytesIO()
+    assert (write_store_layer([str(big)], out, single), out.getvalue()) == (blob, data)
+    single.close()
+
+
+def test_layers_written_at_once_share_a_small_compressor(tmp_path):
+    """More writers than slots: each makes room from its own chunks, so none waits forever."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [str(p) for p in _big_files(tmp_path, 4)]
+    alone = [archive([p]) for p in paths]
+    tight = Compressor(threads=2, in_flight=2)
+
+    def write(path: str):
+        out = io.BytesIO()
+        return write_store_layer([path], out, tight), out.getvalue()
+
+    with ThreadPoolExecutor(4) as writers:
+        assert list(writers.map(write, paths)) == alone
+    tight.close()
+
+
+def _big_files(tmp_path, count):
+    store = tmp_path / "nix" / "store"
+    rng = random.Random(2)
+    for i in range(count):
+        path = store / (str(i) * 32 + "-blob")
+        path.mkdir(parents=True)
+        (path / "data").write_bytes(rng.randbytes(3 << 20))
+        yield path

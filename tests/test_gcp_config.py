@@ -1,10 +1,11 @@
 import pytest
 
 from nixery.config import ConfigError
-from nixery.gcp.settings import load_gcp
+from nixery.gcp.settings import builder_settings, registry_settings
 
 REGISTRY = {
     "GOOGLE_CLOUD_PROJECT": "p",
+    "GCS_BUCKET": "b",
     "NIXERY_TASKS_LOCATION": "europe-west1",
     "NIXERY_TASKS_QUEUE": "builds",
     "NIXERY_BUILDER_URL": "https://builder.example/",
@@ -12,15 +13,16 @@ REGISTRY = {
 
 
 def test_registry_configuration():
-    cfg = load_gcp("registry", REGISTRY)
-    assert cfg.tasks_queue == "projects/p/locations/europe-west1/queues/builds"
-    assert cfg.url_ttl == 300 and cfg.lease == 60
+    settings = registry_settings(REGISTRY)
+    assert settings.tasks_queue == "projects/p/locations/europe-west1/queues/builds"
+    assert settings.url_ttl == 300 and settings.gcp.lease == 60
 
 
 @pytest.mark.parametrize(
     ("missing", "named"),
     [
         ("GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"),
+        ("GCS_BUCKET", "GCS_BUCKET"),
         ("NIXERY_TASKS_QUEUE", "NIXERY_TASKS_QUEUE"),
         ("NIXERY_BUILDER_URL", "NIXERY_BUILDER_URL"),
     ],
@@ -28,11 +30,24 @@ def test_registry_configuration():
 def test_missing_settings_are_named(missing, named):
     env = {k: v for k, v in REGISTRY.items() if k != missing}
     with pytest.raises(ConfigError, match=named):
-        load_gcp("registry", env)
+        registry_settings(env)
 
 
 def test_the_builder_needs_no_queue():
-    assert load_gcp("builder", {"GOOGLE_CLOUD_PROJECT": "p"}).tasks_queue is None
+    settings = builder_settings({"GOOGLE_CLOUD_PROJECT": "p", "GCS_BUCKET": "b"})
+    assert settings.gcp.bucket == "b" and not hasattr(settings, "tasks_queue")
+
+
+def test_each_role_reads_only_its_own_settings():
+    registry = registry_settings(REGISTRY)
+    assert not hasattr(registry, "build"), "the registry runs no Nix"
+    builder = builder_settings({"GOOGLE_CLOUD_PROJECT": "p", "GCS_BUCKET": "b"})
+    assert not hasattr(builder, "serve"), "the builder answers no manifest requests"
+
+
+def test_a_filesystem_backend_is_refused():
+    with pytest.raises(ConfigError, match="NIXERY_STORAGE_BACKEND"):
+        registry_settings({**REGISTRY, "NIXERY_STORAGE_BACKEND": "filesystem"})
 
 
 @pytest.mark.parametrize(
@@ -42,4 +57,4 @@ def test_the_builder_needs_no_queue():
 )  # fmt: skip
 def test_bad_values_are_named(name, value):
     with pytest.raises(ConfigError, match=name):
-        load_gcp("registry", {**REGISTRY, name: value})
+        registry_settings({**REGISTRY, name: value})

@@ -1,9 +1,9 @@
 import json
 
-from nixery.archives import LayerBlob
 from nixery.manifests import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
+    LayerBlob,
     image_config,
     image_manifests,
     preferred_type,

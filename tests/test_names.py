@@ -1,7 +1,11 @@
 import pytest
 
-from nixery.errors import DigestInvalid, ManifestUnknown, NameInvalid
-from nixery.names import AMD64, ARM64, check_digest, check_tag, parse_name
+from nixery.errors import InvalidDigest, InvalidName, InvalidTag
+from nixery.job import BuildJob, image_key
+from nixery.names import AMD64, ARM64, Tag, parse_digest, parse_name, parse_reference
+from nixery.sources import Revision
+
+R = Revision("path:/x", "r")
 
 
 def test_packages_are_sorted_deduplicated_and_always_include_the_basics():
@@ -12,7 +16,7 @@ def test_packages_are_sorted_deduplicated_and_always_include_the_basics():
 
 def test_order_does_not_matter():
     assert parse_name("hello/shell") == parse_name("shell/hello")
-    assert parse_name("hello/shell").key("r") == parse_name("shell/hello").key("r")
+    assert image_key(parse_name("hello/shell"), R) == image_key(parse_name("shell/hello"), R)
 
 
 def test_meta_packages_anywhere():
@@ -23,11 +27,12 @@ def test_meta_packages_anywhere():
 
 
 def test_architecture_is_part_of_the_key():
-    assert parse_name("hello").key("r") != parse_name("arm64/hello").key("r")
+    assert image_key(parse_name("hello"), R) != image_key(parse_name("arm64/hello"), R)
 
 
 def test_revision_is_part_of_the_key():
-    assert parse_name("hello").key("a") != parse_name("hello").key("b")
+    other = Revision("path:/x", "s")
+    assert image_key(parse_name("hello"), R) != image_key(parse_name("hello"), other)
 
 
 def test_dotted_paths_and_leading_digits():
@@ -42,21 +47,31 @@ def test_dotted_paths_and_leading_digits():
     ["", "Hello", "hello/", "/hello", "a//b", "a..b", "-a", "a-", "a b", "a/../b", "x" * 256],
 )
 def test_invalid_names(name):
-    with pytest.raises(NameInvalid):
+    with pytest.raises(InvalidName):
         parse_name(name)
 
 
 def test_too_many_packages():
-    with pytest.raises(NameInvalid):
+    with pytest.raises(InvalidName):
         parse_name("/".join(f"p{i}" for i in range(70)))
 
 
 def test_tags_and_digests():
-    check_tag("latest")
-    check_tag("v1.2_3-rc")
-    with pytest.raises(ManifestUnknown):
-        check_tag("-bad")
-    check_digest("sha256:" + "a" * 64)
+    assert parse_reference("latest") == Tag("latest")
+    assert parse_reference("v1.2_3-rc") == Tag("v1.2_3-rc")
+    with pytest.raises(InvalidTag):
+        parse_reference("-bad")
+    digest = "sha256:" + "a" * 64
+    assert parse_reference(digest) == parse_digest(digest) == digest
     for bad in ["sha256:totallywrong", "sha512:" + "a" * 128, "sha256:" + "A" * 64, "md5:x"]:
-        with pytest.raises(DigestInvalid):
-            check_digest(bad)
+        with pytest.raises(InvalidDigest):
+            parse_reference(bad)
+
+
+def test_jobs_round_trip_and_refuse_forgeries():
+    job = BuildJob.of(parse_name("shell/hello"), R)
+    assert BuildJob.from_dict(job.to_dict()) == job
+    forged = {**job.to_dict(), "packages": ["evil"]}
+    for bad in (forged, {}, [], {**job.to_dict(), "system": "mips-linux"}, None):
+        with pytest.raises(ValueError):
+            BuildJob.from_dict(bad)

@@ -2,11 +2,20 @@
 
 import json
 import subprocess
+import threading
+import time
 
 import pytest
 from conftest import DEMO, NIX_CONFIG, REPO
 
-from nixery.nix import Nix, UnknownPackages, _error_message, parse_path_info
+from nixery.errors import (
+    BuildFailed,
+    BuildInterrupted,
+    BuildTimedOut,
+    Transient,
+    UnknownPackages,
+)
+from nixery.nix import Nix, _classify, _error_message, parse_path_info
 
 A = "/nix/store/" + "a" * 32 + "-a-1.0"
 B = "/nix/store/" + "b" * 32 + "-b-1.0"
@@ -70,3 +79,65 @@ def test_unknown_packages_are_reported_together(monkeypatch):
     ):
         pass
     assert raised.value.names == ["nope-a", "nope-b"]
+
+
+# Lines as Nix 2.8 and 2.26 print them; the first two cannot be produced offline here (no
+# substituter, no full disk), the others are also produced for real below and in e2e tests.
+TRANSIENT_LOGS = [
+    "error: unable to download 'https://cache.nixos.org/nar/x.nar.xz': HTTP error 503",
+    "error: writing to file: No space left on device",
+    "error: builder for '/nix/store/x-big.drv' failed due to signal 9 (Killed)",
+    "\x1b[31;1merror:\x1b[0m std::bad_alloc",
+]
+PERMANENT_LOGS = [
+    "error: builder for '/nix/store/x-broken-1.0.drv' failed with exit code 1",
+    "error: attribute 'nope' missing",
+    # A package's own output is not Nix's verdict: only error lines are read.
+    "checking for out of memory handling... yes\nerror: builder for 'x' failed with exit code 2",
+]
+
+
+@pytest.mark.parametrize("line", TRANSIENT_LOGS)
+def test_trouble_outside_the_package_set_is_transient(line):
+    error = _classify("building", 1, False, 60, line.split("\n"))
+    assert isinstance(error, BuildInterrupted) and isinstance(error, Transient)
+
+
+@pytest.mark.parametrize("line", PERMANENT_LOGS)
+def test_failed_derivations_and_evaluation_errors_are_permanent(line):
+    assert type(_classify("building", 1, False, 60, line.split("\n"))) is BuildFailed
+
+
+def test_timeouts_are_permanent_and_a_killed_nix_is_not():
+    timed_out = ["error: builder for '/nix/store/x-slow-1.0.drv' timed out after 3 seconds"]
+    assert isinstance(_classify("building", 1, False, 60, timed_out), BuildTimedOut)
+    assert isinstance(_classify("building", -9, True, 60, []), BuildTimedOut), "our deadline"
+    assert isinstance(_classify("building", -9, False, 60, []), BuildInterrupted), "OOM killer"
+
+
+def test_a_nix_killed_from_outside_is_transient(monkeypatch):
+    """As the OOM killer would: SIGKILL to the running nix-store, not by our deadline."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    nix = Nix(REPO / "prepare-image", timeout=600)
+    raised: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            with nix.build(DEMO, ["slow"], "x86_64-linux"):
+                pass
+        except BaseException as e:
+            raised.append(e)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pkill", "-KILL", "-f", "nix-store --realise"]).returncode != 0:
+        assert time.monotonic() < deadline, "nix-store never started"
+        time.sleep(0.2)
+    builder.join(60)
+    # The builder outlives a killed nix-store (as it would in production); end its session.
+    leaders = subprocess.run(["pgrep", "-f", "slow: sleeping"], capture_output=True, text=True)
+    for leader in leaders.stdout.split():
+        subprocess.run(["pkill", "-KILL", "-s", leader], check=False)
+    assert len(raised) == 1 and isinstance(raised[0], BuildInterrupted), raised
+    assert "signal 9" in raised[0].message

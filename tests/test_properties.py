@@ -22,13 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_protocol import DOCKER, DOCKER_LIST, ERROR_CODES, OCI, OCI_INDEX, raw
 
-from nixery.errors import PaginationNumberInvalid
+from nixery.errors import InvalidPageSize
 from nixery.images import ImageService
 from nixery.local.files import FileBlobStore
 from nixery.local.sqlite import SqliteState
 from nixery.manifests import sha256_digest
 from nixery.registry import create_app, page_tags
 from nixery.sources import PathSource
+from nixery.storage import store_bytes
 
 # Derandomized, with no example database: CI runs the same examples every time, so a failure
 # reproduces, and nothing is written into the working tree.
@@ -48,7 +49,7 @@ class RefusingBuilds:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
-    def build(self, job, wait: float) -> bool:
+    def build(self, job, wait: float) -> None:
         self.asked.append(job.key)
         raise AssertionError("a property test asked for a build")
 
@@ -57,7 +58,7 @@ class RefusingBuilds:
 def app(tmp_path_factory: pytest.TempPathFactory):
     storage = tmp_path_factory.mktemp("properties")
     blobs = FileBlobStore(storage)
-    blobs.put_bytes(sha256_digest(BLOB), BLOB)
+    store_bytes(blobs, sha256_digest(BLOB), BLOB)
     builds = RefusingBuilds()
     service = ImageService(
         source=PathSource(DEMO),
@@ -233,7 +234,7 @@ def test_paging_through_any_tag_list_gives_each_tag_once_in_order(tag_set, n, la
 @given(n=ascii_text.filter(lambda n: n and not n.isdecimal()))
 @FAST
 def test_page_size_that_is_no_count_is_refused(n):
-    with pytest.raises(PaginationNumberInvalid):
+    with pytest.raises(InvalidPageSize):
         page_tags(["latest"], n, None)
 
 

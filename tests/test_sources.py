@@ -15,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from nixery.sources import (
-    ChannelSource,
-    GitSource,
-    PathSource,
-    Revision,
-    Source,
-    SourceError,
-    _public_url,
-    open_source,
-)
+from nixery.config import ConfigError, Env, source_settings
+from nixery.errors import SourceUnavailable
+from nixery.sources import ChannelSource, GitSource, PathSource, Revision, Source, open_source
+from nixery.sources.base import public_url
 
 
 class FakeClock:
@@ -75,7 +69,7 @@ def test_path_hash_is_stable_and_follows_changes_after_ttl(pkgs: Path) -> None:
     clock.now += 6
     second = source.resolve("latest")
     assert second is not None and second != first
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         source.checkout(first)
     assert source.checkout(second) == pkgs
 
@@ -104,7 +98,7 @@ def test_path_hash_ignores_git_metadata(pkgs: Path) -> None:
 
 
 def test_path_missing_directory_is_a_source_error(tmp_path: Path) -> None:
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         PathSource(tmp_path / "absent").resolve("latest")
 
 
@@ -208,9 +202,9 @@ def test_git_unknown_names_are_not_found(repo: Repo, tmp_path: Path) -> None:
 
 def test_git_unreachable_remote_is_a_source_error(tmp_path: Path) -> None:
     source = GitSource(f"file://{tmp_path}/absent", tmp_path / "cache")
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         source.resolve("latest")
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         source.resolve("0123456789abcdef0123456789abcdef01234567")
 
 
@@ -262,8 +256,8 @@ def test_git_concurrent_checkouts_share_one_directory(repo: Repo, tmp_path: Path
 
 
 def test_git_credentials_stay_out_of_source_ids() -> None:
-    assert _public_url("https://user:secret@example.org/pkgs.git") == "https://example.org/pkgs.git"
-    assert _public_url("git@example.org:pkgs.git") == "git@example.org:pkgs.git"
+    assert public_url("https://user:secret@example.org/pkgs.git") == "https://example.org/pkgs.git"
+    assert public_url("git@example.org:pkgs.git") == "git@example.org:pkgs.git"
 
 
 def test_checkout_refuses_revisions_of_another_source(repo: Repo, tmp_path: Path) -> None:
@@ -422,9 +416,9 @@ def test_channel_server_errors_are_source_errors_and_not_cached(
 ) -> None:
     source = channel_source(server, tmp_path)
     server.failing = True
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         source.resolve("latest")
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         source.resolve(COMMIT)
     server.failing = False
     revision = source.resolve("latest")
@@ -447,60 +441,71 @@ def test_channel_bad_names_never_reach_the_server(server: Server, tmp_path: Path
     for tag in ("../secret", "a/b", "x?y=1", ".hidden", "-rf"):
         assert source.resolve(tag) is None
     assert server.requests == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="NIXERY_CHANNEL"):
         channel_source(server, tmp_path, channel="../etc")
+
+
+def test_channel_refuses_urls_that_are_not_http(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NIXERY_CHANNEL_URL"):
+        ChannelSource("nixos-unstable", tmp_path, channel_url="file:///etc")
+    with pytest.raises(ConfigError, match="NIXERY_ARCHIVE_URL"):
+        ChannelSource("nixos-unstable", tmp_path, archive_url="ftp://example.org/archive")
+
+
+def test_git_refuses_urls_read_as_options(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NIXERY_PKGS_REPO"):
+        GitSource("--upload-pack=evil", tmp_path)
 
 
 def test_channel_bad_archive_leaves_nothing_behind(server: Server, tmp_path: Path) -> None:
     source = channel_source(server, tmp_path)
     revision = source.resolve(BROKEN)
     assert revision is not None
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         source.checkout(revision)
     assert list((tmp_path / "cache" / "channel").iterdir()) == []
 
 
 def test_channel_garbage_revision_is_a_source_error(server: Server, tmp_path: Path) -> None:
     server.files["/channels/odd/git-revision"] = b"<html>not a commit</html>"
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceUnavailable):
         channel_source(server, tmp_path).resolve("odd")
 
 
 # --- open_source ------------------------------------------------------------------------------
 
 
-def open_with(
-    tmp_path: Path,
-    pkgs_path: str | None = None,
-    pkgs_repo: str | None = None,
-    channel: str | None = None,
-    ttl: float | None = None,
-) -> Source:
-    return open_source(
-        pkgs_path=pkgs_path,
-        pkgs_repo=pkgs_repo,
-        channel=channel,
-        cache_dir=tmp_path,
-        channel_url="https://channels.example.org",
-        archive_url="https://archive.example.org",
-        ttl=ttl,
-    )
+def open_with(tmp_path: Path, **env: str) -> Source:
+    """The source an environment names, read as every role reads it."""
+    return open_source(source_settings(Env(env), tmp_path))
 
 
 def test_open_source_picks_the_configured_kind(pkgs: Path, tmp_path: Path) -> None:
-    assert isinstance(open_with(tmp_path, pkgs_path=str(pkgs)), PathSource)
-    assert isinstance(open_with(tmp_path, pkgs_repo="file:///x", channel=""), GitSource)
-    assert isinstance(open_with(tmp_path, channel="nixos-24.05"), ChannelSource)
+    assert isinstance(open_with(tmp_path, NIXERY_PKGS_PATH=str(pkgs)), PathSource)
+    repo = open_with(tmp_path, NIXERY_PKGS_REPO="file:///x", NIXERY_CHANNEL="")
+    assert isinstance(repo, GitSource)
+    assert isinstance(open_with(tmp_path, NIXERY_CHANNEL="nixos-24.05"), ChannelSource)
     assert isinstance(open_with(tmp_path), ChannelSource)
 
 
-def test_open_source_rejects_several_sources(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"NIXERY_PKGS_PATH.*NIXERY_CHANNEL"):
-        open_with(tmp_path, pkgs_path="/x", channel="nixos-unstable")
+def test_several_sources_are_refused_naming_them(pkgs: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"NIXERY_CHANNEL, .*NIXERY_PKGS_PATH"):
+        open_with(tmp_path, NIXERY_PKGS_PATH=str(pkgs), NIXERY_CHANNEL="nixos-unstable")
+
+
+def test_bad_source_settings_are_refused_naming_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NIXERY_PKGS_PATH"):
+        open_with(tmp_path, NIXERY_PKGS_PATH=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="NIXERY_PKGS_REPO"):
+        open_with(tmp_path, NIXERY_PKGS_REPO="--upload-pack=evil")
+    with pytest.raises(ConfigError, match="NIXERY_CHANNEL"):
+        open_with(tmp_path, NIXERY_CHANNEL="../etc")
+    with pytest.raises(ConfigError, match="NIXERY_CHANNEL_URL"):
+        open_with(tmp_path, NIXERY_CHANNEL_URL="file:///etc")
 
 
 def test_open_source_passes_ttl(pkgs: Path, tmp_path: Path) -> None:
-    source = open_with(tmp_path, pkgs_path=str(pkgs), ttl=0)
+    source = open_with(tmp_path, NIXERY_PKGS_PATH=str(pkgs), NIXERY_REVISION_TTL="0")
     first = source.resolve("latest")
     (pkgs / "default.nix").write_text("{ }: { }\n")
     assert source.resolve("latest") != first

@@ -4,7 +4,7 @@ Run as ``gunicorn --bind :$PORT --threads 4 --timeout 0 main:app``.
 """
 
 from nixery import logs
-from nixery.gcp.apps import builder_app
+from nixery.gcp.builder_app import builder_app
 
 logs.setup()
 app = builder_app()

@@ -11,9 +11,9 @@ import threading
 import functions_framework
 from flask import Flask, Request, Response
 
-from nixery.gcp.settings import load_config
+from nixery.gcp.settings import registry_settings
 
-load_config("registry")  # a missing or bad setting stops the function here, naming it
+registry_settings()  # a missing or bad setting stops the function here, naming it
 _app: Flask | None = None
 _lock = threading.Lock()
 
@@ -23,7 +23,7 @@ def _registry() -> Flask:
     with _lock:
         if _app is None:
             from nixery import logs
-            from nixery.gcp.apps import registry_app
+            from nixery.gcp.registry_app import registry_app
 
             logs.setup()
             _app = registry_app()

@@ -10,7 +10,8 @@ Compression runs on every core the way pigz does it: the tar stream is cut into 
 chunks, each deflated on its own thread (zlib releases the GIL) with the previous 32 KiB as
 its dictionary and ended with a sync flush, and the pieces are concatenated under one gzip
 header and trailer. Chunk boundaries depend only on the tar bytes, so the blob is the same
-whatever the thread count or timing; at most a few chunks per thread are in flight.
+whatever the thread count or timing. One ``Compressor`` per process bounds the chunks held in
+memory by all the layers being written at once.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ import os
 import stat
 import struct
 import tarfile
+import threading
 import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import Literal, Protocol
+
+from .manifests import LayerBlob
 
 # Level 2: as fast as level 1 and 2% smaller; level 6 (gzip's default) is 2.7x slower for
 # 8% fewer bytes (docs/benchmarks.md). A cold pull should wait for Nix, not for gzip.
@@ -36,28 +40,52 @@ _BLOCK = 512
 _WINDOW = 32 * 1024  # deflate's window: the dictionary each chunk inherits
 # magic, deflate, no flags (so no name), mtime 0, no extra flags, OS unknown
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-# One pool for all layers, so parallel layers share the cores instead of multiplying threads.
-_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="deflate")
-_IN_FLIGHT = 2 * (os.cpu_count() or 1)
 
 
 def _deflate(data: bytes, window: bytes, level: int, last: bool) -> bytes:
     """One chunk as raw deflate (-15: no wrapper), primed with the bytes before it: the
     dictionary keeps the ratio of one long stream, the sync flush ends on a byte boundary."""
-    options = {"zdict": window} if window else {}
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, **options)
+    compressor = (
+        zlib.compressobj(level, zlib.DEFLATED, -15, zdict=window)
+        if window
+        else zlib.compressobj(level, zlib.DEFLATED, -15)
+    )
     return compressor.compress(data) + compressor.flush(
         zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH
     )
 
 
-@dataclass(frozen=True)
-class LayerBlob:
-    """A layer as the manifest and config need it."""
+class Sink(Protocol):
+    """Where a layer's bytes go: a file, or a blob store's writer."""
 
-    digest: str  # sha256 of the gzip blob
-    diff_id: str  # sha256 of the uncompressed tar
-    size: int  # bytes of the gzip blob
+    def write(self, data: bytes, /) -> object: ...
+
+
+class Compressor:
+    """Deflates chunks on one thread pool, with a bound on the chunks in memory at once.
+
+    Shared by every layer a process writes, so that parallel layers share the cores rather
+    than multiplying threads, and memory stays near ``in_flight`` MiB however many run.
+    """
+
+    def __init__(self, threads: int | None = None, in_flight: int | None = None) -> None:
+        threads = threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
+        self._slots = threading.BoundedSemaphore(in_flight or 4 * threads)
+
+    def reserve(self, wait: bool) -> bool:
+        """Takes a slot for one chunk; a writer holding chunks of its own does not wait."""
+        return self._slots.acquire(blocking=wait)
+
+    def submit(self, chunk: bytes, window: bytes, level: int, last: bool) -> Future[bytes]:
+        """Deflates a chunk in a reserved slot; ``done`` frees it once the result is taken."""
+        return self._pool.submit(_deflate, chunk, window, level, last)
+
+    def done(self) -> None:
+        self._slots.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -74,8 +102,9 @@ class Entry:
 class _LayerWriter:
     """Hashes tar bytes, compresses them in parallel, hashes and writes the result: one pass."""
 
-    def __init__(self, out: BinaryIO, level: int) -> None:
+    def __init__(self, out: Sink, compressor: Compressor, level: int) -> None:
         self.out = out
+        self.compressor = compressor
         self.level = level
         self.tar_hash = hashlib.sha256()
         self.gz_hash = hashlib.sha256()
@@ -97,10 +126,25 @@ class _LayerWriter:
         self.tar_hash.update(chunk)
         self.crc = zlib.crc32(chunk, self.crc)
         self.length += len(chunk)
-        self.pending.append(_POOL.submit(_deflate, chunk, self.window, self.level, last))
+        # Waiting for a slot while holding finished chunks of our own could wait forever
+        # (other writers may do the same), so make room ourselves first.
+        while not self.compressor.reserve(wait=not self.pending):
+            self._emit_oldest()
+        self.pending.append(self.compressor.submit(chunk, self.window, self.level, last))
         self.window = chunk[-_WINDOW:]
-        while len(self.pending) > _IN_FLIGHT:
-            self._emit(self.pending.popleft().result())
+
+    def _emit_oldest(self) -> None:
+        data = self.pending.popleft().result()
+        self.compressor.done()
+        self._emit(data)
+
+    def discard(self) -> None:
+        """Frees the slots of an abandoned layer."""
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.cancel():
+                future.exception()  # wait: the pool still holds the chunk
+            self.compressor.done()
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -122,7 +166,7 @@ class _LayerWriter:
         self.write(bytes(2 * _BLOCK))  # end-of-archive marker
         self._submit(bytes(self.buffer), last=True)
         while self.pending:
-            self._emit(self.pending.popleft().result())
+            self._emit_oldest()
         self._emit(struct.pack("<II", self.crc, self.length & 0xFFFFFFFF))
         return LayerBlob(
             "sha256:" + self.gz_hash.hexdigest(), "sha256:" + self.tar_hash.hexdigest(), self.size
@@ -138,14 +182,20 @@ def _info(name: str, kind: bytes, mode: int, size: int = 0, target: str = "") ->
     return info
 
 
-def write_store_layer(paths: Sequence[str], out: BinaryIO, level: int = GZIP_LEVEL) -> LayerBlob:
+def write_store_layer(
+    paths: Sequence[str], out: Sink, compressor: Compressor, level: int = GZIP_LEVEL
+) -> LayerBlob:
     """Writes the store paths (absolute, ``/nix/store/...``) as one gzipped tar layer."""
-    writer = _LayerWriter(out, level)
-    writer.header(_info("nix", tarfile.DIRTYPE, 0o755))
-    writer.header(_info("nix/store", tarfile.DIRTYPE, 0o755))
-    for path in sorted(paths):
-        _write_tree(writer, path)
-    return writer.finish()
+    writer = _LayerWriter(out, compressor, level)
+    try:
+        writer.header(_info("nix", tarfile.DIRTYPE, 0o755))
+        writer.header(_info("nix/store", tarfile.DIRTYPE, 0o755))
+        for path in sorted(paths):
+            _write_tree(writer, path)
+        return writer.finish()
+    except BaseException:
+        writer.discard()
+        raise
 
 
 def _write_tree(writer: _LayerWriter, path: str) -> None:
@@ -176,17 +226,21 @@ def _write_tree(writer: _LayerWriter, path: str) -> None:
 
 
 def write_entries_layer(
-    entries: Iterable[Entry], out: BinaryIO, level: int = GZIP_LEVEL
+    entries: Iterable[Entry], out: Sink, compressor: Compressor, level: int = GZIP_LEVEL
 ) -> LayerBlob:
     """Writes synthetic entries, sorted so that parents come before their children."""
-    writer = _LayerWriter(out, level)
-    for e in sorted(entries, key=lambda e: e.path.split("/")):
-        if e.kind == "dir":
-            writer.header(_info(e.path, tarfile.DIRTYPE, e.mode))
-        elif e.kind == "symlink":
-            writer.header(_info(e.path, tarfile.SYMTYPE, 0o777, target=e.target))
-        else:
-            writer.header(_info(e.path, tarfile.REGTYPE, e.mode, len(e.data)))
-            writer.write(e.data)
-            writer.pad(len(e.data))
-    return writer.finish()
+    writer = _LayerWriter(out, compressor, level)
+    try:
+        for e in sorted(entries, key=lambda e: e.path.split("/")):
+            if e.kind == "dir":
+                writer.header(_info(e.path, tarfile.DIRTYPE, e.mode))
+            elif e.kind == "symlink":
+                writer.header(_info(e.path, tarfile.SYMTYPE, 0o777, target=e.target))
+            else:
+                writer.header(_info(e.path, tarfile.REGTYPE, e.mode, len(e.data)))
+                writer.write(e.data)
+                writer.pad(len(e.data))
+        return writer.finish()
+    except BaseException:
+        writer.discard()
+        raise

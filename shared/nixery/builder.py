@@ -11,66 +11,28 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from . import archives
-from .archives import Entry, LayerBlob
-from .config import Config
+from .archives import Compressor, Sink
+from .config import BuildSettings
+from .errors import BuildError
 from .imageroot import image_root
+from .job import BuildJob
 from .layers import plan_layers
-from .manifests import Manifest, image_config, image_manifests, sha256_digest
-from .names import ARCHITECTURES, ImageRequest
-from .nix import Nix, NixError, UnknownPackages
-from .popularity import load_popularity
-from .sources import Revision, Source
-from .state import Failure, State
-from .storage import BlobStore
+from .manifests import LayerBlob, Manifest, image_config, image_manifests, sha256_digest
+from .nix import Nix
+from .sources import Source
+from .state import Failure, Published, State
+from .storage import BlobStore, store_bytes
 
 log = logging.getLogger(__name__)
 
 # Part of every layer-cache key: a change to how layers are archived must not reuse old ones.
 ARCHIVE_FORMAT = 2
-
-
-@dataclass(frozen=True)
-class BuildJob:
-    """One image to build: everything a builder needs, and nothing it must look up."""
-
-    key: str
-    request: ImageRequest
-    revision: Revision
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "packages": list(self.request.packages),
-            "system": self.request.arch.nix_system,
-            "revision": {"source": self.revision.source, "value": self.revision.value},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BuildJob:
-        """The job a task carries. Its key is recomputed, so a forged task cannot publish an
-        image under a key other than its own content's."""
-        arch = next((a for a in ARCHITECTURES if a.nix_system == data["system"]), None)
-        if arch is None:
-            raise ValueError(f"unknown system {data['system']!r}")
-        packages = data["packages"]
-        if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
-            raise ValueError("packages must be a list of names")
-        request = ImageRequest(tuple(sorted(set(packages))), arch)
-        revision = Revision(str(data["revision"]["source"]), str(data["revision"]["value"]))
-        job = cls(request.key(str(revision)), request, revision)
-        if job.key != data.get("key"):
-            raise ValueError("the job's key does not match its content")
-        return job
 
 
 @contextmanager
@@ -104,9 +66,12 @@ class Builder:
         popularity: Mapping[str, int],
         budget: int,
         pool: Executor,
+        compressor: Compressor,
         gzip_level: int = archives.GZIP_LEVEL,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``pool`` runs layers in parallel and ``compressor`` their chunks: both are the
+        process's, shared by all builds, so that concurrent builds share the cores."""
         self.source = source
         self.nix = nix
         self.blobs = blobs
@@ -114,31 +79,40 @@ class Builder:
         self.popularity = popularity
         self.budget = budget
         self.pool = pool
+        self.compressor = compressor
         self.gzip_level = gzip_level
         self.clock = clock
 
     @classmethod
-    def from_config(
-        cls, config: Config, *, source: Source, blobs: BlobStore, state: State
+    def from_settings(
+        cls,
+        settings: BuildSettings,
+        *,
+        source: Source,
+        blobs: BlobStore,
+        state: State,
+        popularity: Mapping[str, int],
     ) -> Builder:
-        """A builder as a service's configuration describes it, on the given adapters."""
+        """A builder on the given adapters, with a pool and a compressor sized to the machine."""
+        cores = os.cpu_count() or 1
         return cls(
             source=source,
-            nix=Nix(config.prepare_image, config.nix_timeout),
+            nix=Nix(settings.prepare_image, settings.nix_timeout),
             blobs=blobs,
             state=state,
-            popularity=load_popularity(config.popularity_url),
-            budget=config.layer_budget,
-            pool=ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="archive"),
+            popularity=popularity,
+            budget=settings.layer_budget,
+            pool=ThreadPoolExecutor(cores, thread_name_prefix="archive"),
+            compressor=Compressor(cores),
         )
 
     def run(self, job: BuildJob) -> None:
         """Builds and publishes the image, or records why it cannot be built.
 
-        Failures that a retry would repeat (unknown packages, Nix errors) are recorded in the
-        state; anything else (I/O, an unreachable source) propagates to be retried.
+        Failures that a retry would repeat (a ``BuildError``) are recorded in the state;
+        anything else (``Transient`` trouble, I/O) propagates to be retried.
         """
-        if self.state.image(job.key):
+        if isinstance(self.state.status(job.key), Published):
             return  # built already: a duplicate delivery, or a request that raced the build
         started = time.monotonic()
         log.info(
@@ -148,11 +122,8 @@ class Builder:
         )  # fmt: skip
         try:
             manifests = self._build(job)
-        except UnknownPackages as e:
-            self._fail(job, Failure(404, e.message, {"packages": e.names}, self.clock()))
-            return
-        except NixError as e:
-            self._fail(job, Failure(500, e.message, {"log": e.log_tail}, self.clock()))
+        except BuildError as e:
+            self._fail(job, Failure.of(e, self.clock()))
             return
         self.state.publish(job.key, manifests)
         log.info(
@@ -188,12 +159,18 @@ class Builder:
             with step("archives", key) as record:
                 layers, fresh = self._store_layers(groups)
                 root_entries = image_root(list(result.outputs.values()))
-                layers.append(self._archive(archives.write_entries_layer, root_entries))
+                layers.append(
+                    self._archive(
+                        lambda out: archives.write_entries_layer(
+                            root_entries, out, self.compressor, self.gzip_level
+                        )
+                    )
+                )
                 record.update(new=fresh, reused=len(groups) - fresh)
         with step("manifests", key):
             has_bash = any(e.path == "bin/bash" for e in root_entries)
             config = image_config(job.request.arch.oci_arch, layers, has_bash=has_bash)
-            self.blobs.put_bytes(sha256_digest(config), config)
+            store_bytes(self.blobs, sha256_digest(config), config)
             return image_manifests(config, layers)
 
     def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
@@ -204,7 +181,7 @@ class Builder:
             if cached and self.blobs.size(cached.digest) == cached.size:
                 found[i] = cached
         pending = {
-            i: self.pool.submit(self._archive, archives.write_store_layer, paths)
+            i: self.pool.submit(self._store_layer, paths)
             for i, paths in enumerate(groups)
             if i not in found
         }
@@ -213,17 +190,17 @@ class Builder:
             self.state.record_layer(layer_key(groups[i], self.gzip_level), found[i])
         return [found[i] for i in range(len(groups))], len(pending)
 
-    def _archive(
-        self,
-        write: Callable[..., LayerBlob],
-        content: Sequence[str] | Sequence[Entry],
-    ) -> LayerBlob:
-        fd, name = tempfile.mkstemp(dir=self.blobs.scratch, suffix=".layer")
-        path = Path(name)
+    def _archive(self, write: Callable[[Sink], LayerBlob]) -> LayerBlob:
+        """Streams a layer straight into the blob store: no local copy, even of a large one."""
+        writer = self.blobs.writer()
         try:
-            with os.fdopen(fd, "wb") as out:
-                layer = write(content, out, self.gzip_level)
-            self.blobs.put_file(layer.digest, path)
+            layer = write(writer)
+            writer.commit(layer.digest)
         finally:
-            path.unlink(missing_ok=True)
+            writer.cancel()
         return layer
+
+    def _store_layer(self, paths: Sequence[str]) -> LayerBlob:
+        return self._archive(
+            lambda out: archives.write_store_layer(paths, out, self.compressor, self.gzip_level)
+        )

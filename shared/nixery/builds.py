@@ -1,21 +1,29 @@
-"""The build queue: how a manifest request gets an image built, exactly once per key.
+"""Build coordination: how a manifest request gets its image built, exactly once per key.
 
 Local mode runs builds on a thread pool in the registry's own process; Google Cloud mode
-enqueues a task for the builder service. Either way the state store holds the outcome, and
-the queue only answers whether the build finished within the caller's patience.
+enqueues a task for the builder service. Either way the state store holds the outcome; the
+queue answers it as soon as it is known, or ``None`` when the caller's patience runs out.
+The one policy both modes share, how long a failure is remembered, is here too.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from .builder import BuildJob
+from .job import BuildJob
+from .state import Failure, Published
 
 
 class BuildQueue(Protocol):
-    def build(self, job: BuildJob, wait: float) -> bool:
+    def build(self, job: BuildJob, wait: float) -> Published | Failure | None:
         """Starts the job unless a build of its key runs already, then waits for it.
 
-        Returns True once the build has finished (its outcome is in the state store), False
-        when ``wait`` seconds pass first; the build goes on either way.
+        Returns the outcome once the build has finished, or None when ``wait`` seconds pass
+        first; the build goes on either way. A transient failure raises ``Transient``.
         """
+        ...
+
+
+def remembered(failure: Failure, now: float, ttl: float) -> bool:
+    """Whether a failure still answers requests, or is old enough to try the build again."""
+    return now - failure.at < ttl

@@ -49,23 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         return _popcount(args)
 
     env = dict(os.environ)
-    env.setdefault("NIXERY_STORAGE_BACKEND", "filesystem")
     for flag, variable in _FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             env[variable] = value
     logs.setup(args.log_level)
+    from .local.serve import serve as run
+
     try:
-        cfg = config.load(env)
+        run(config.local_settings(env))  # returns only when the server stops
     except config.ConfigError as e:
         print(f"nixery: configuration error: {e}", file=sys.stderr)
         return 2
-    if cfg.storage_backend != "filesystem":
-        print("nixery: `nixery serve` runs with NIXERY_STORAGE_BACKEND=filesystem", file=sys.stderr)
-        return 2
-    from .local.serve import serve as run
-
-    run(cfg)
     return 0
 
 

@@ -1,123 +1,190 @@
 """Configuration from Nixery's environment variables (and ours, prefixed ``NIXERY_``).
 
-Invalid or contradictory settings fail at start, with a message that names the variable.
+Each role reads only what it uses: the local server (``LocalSettings``, here), the registry
+function and the builder service (``nixery.gcp.settings``) are built from the shared parts
+below. Invalid or contradictory settings fail at start, with a message that names the
+variable; an empty variable counts as unset, as it usually means "not configured".
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-# The repository's own prepare-image/, used when NIXERY_PREPARE_IMAGE is not set.
-_REPO = Path(__file__).resolve().parents[2]
+SOURCE_VARIABLES = ("NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_PKGS_PATH")
 
 
 class ConfigError(Exception):
     pass
 
 
+def package_dir(name: str) -> Path:
+    """A directory shipped inside the installed package (``web``, ``prepare-image``)."""
+    return Path(str(resources.files("nixery") / name))
+
+
+class Env:
+    """Typed reads of the environment; every error names its variable."""
+
+    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
+        self._env = env
+
+    def get(self, name: str) -> str | None:
+        return self._env.get(name) or None
+
+    def need(self, name: str, why: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise ConfigError(f"{name} must be set {why}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
+        return value
+
+    def seconds(self, name: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise ConfigError(f"{name} must be between {low:g} and {high:g} seconds, not {raw}")
+        return value
+
+    def url(self, name: str, default: str) -> str:
+        value = self.get(name) or default
+        if not value.startswith(("https://", "http://")):
+            raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
+        return value.rstrip("/")
+
+    def directory(self, name: str, default: Path, marker: str) -> Path:
+        """A directory holding ``marker``, e.g. a package set's default.nix."""
+        path = Path(self.get(name) or default)
+        if not (path / marker).is_file():
+            raise ConfigError(f"{name}: no {marker} in {path}")
+        return path
+
+
+# --- Shared parts --------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class Config:
-    storage_backend: str
-    storage_path: Path | None
-    gcs_bucket: str | None
-    port: int
-    host: str
-    web_dir: Path | None
+class SourceSettings:
+    """Where the package set comes from; exactly one of the three kinds is set."""
+
     channel: str | None
     pkgs_repo: str | None
-    pkgs_path: str | None
+    pkgs_path: Path | None
     channel_url: str
     archive_url: str
+    revision_ttl: float | None  # None: each source kind's own default
+    cache_dir: Path  # checkouts of git and channel revisions
+
+
+def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
+    chosen = [name for name in SOURCE_VARIABLES if env.get(name)]
+    if len(chosen) > 1:
+        raise ConfigError(f"set only one of {', '.join(chosen)}")
+    pkgs_path = env.get("NIXERY_PKGS_PATH")
+    return SourceSettings(
+        channel=env.get("NIXERY_CHANNEL"),
+        pkgs_repo=env.get("NIXERY_PKGS_REPO"),
+        pkgs_path=env.directory("NIXERY_PKGS_PATH", Path(), "default.nix") if pkgs_path else None,
+        channel_url=env.url("NIXERY_CHANNEL_URL", "https://channels.nixos.org"),
+        archive_url=env.url("NIXERY_ARCHIVE_URL", "https://github.com/NixOS/nixpkgs/archive"),
+        revision_ttl=env.seconds("NIXERY_REVISION_TTL", 0.0)
+        if env.get("NIXERY_REVISION_TTL")
+        else None,
+        cache_dir=Path(env.get("NIXERY_CACHE_DIR") or cache_dir),
+    )
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What the pipeline needs: Nix, layering data and limits."""
+
     nix_timeout: int
     popularity_url: str | None
     prepare_image: Path
-    revision_ttl: float | None
+    layer_budget: int
+
+
+def build_settings(env: Env) -> BuildSettings:
+    return BuildSettings(
+        nix_timeout=env.integer("NIX_TIMEOUT", 60, 1, 86400),
+        popularity_url=env.get("NIX_POPULARITY_URL"),
+        prepare_image=env.directory(
+            "NIXERY_PREPARE_IMAGE", package_dir("prepare-image"), "default.nix"
+        ),
+        layer_budget=env.integer("NIXERY_LAYER_BUDGET", 100, 2, 125),
+    )
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What the protocol side needs: how long to wait and to remember, and the web page."""
+
     failure_ttl: float
     build_wait: float
-    layer_budget: int
+    web_dir: Path | None
+
+
+def serve_settings(env: Env) -> ServeSettings:
+    web = env.get("WEB_DIR")
+    return ServeSettings(
+        failure_ttl=env.seconds("NIXERY_FAILURE_TTL", 300.0),
+        build_wait=env.seconds("NIXERY_BUILD_WAIT", 600.0),
+        web_dir=Path(web) if web else package_dir("web"),
+    )
+
+
+def check_backend(env: Env, expected: str) -> None:
+    backend = env.get("NIXERY_STORAGE_BACKEND") or expected
+    if backend != expected:
+        raise ConfigError(f"NIXERY_STORAGE_BACKEND must be {expected!r} here, not {backend!r}")
+
+
+# --- The local server ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    source: SourceSettings
+    build: BuildSettings
+    serve: ServeSettings
+    storage_path: Path
+    state_path: Path
+    host: str
+    port: int
     build_workers: int
-    state_path: Path | None
-    cache_dir: Path
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
-    return value
-
-
-def env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return value
-
-
-def load(env: Mapping[str, str] = os.environ, *, runs_nix: bool = True) -> Config:
-    """Reads the configuration; ``runs_nix`` is False for the registry function, which
-    never runs Nix and so needs no prepare-image/ nor a local package set."""
-
-    def get(name: str) -> str | None:
-        return env.get(name) or None
-
-    backend = get("NIXERY_STORAGE_BACKEND") or "filesystem"
-    if backend not in ("filesystem", "gcs"):
-        raise ConfigError(f"NIXERY_STORAGE_BACKEND must be 'filesystem' or 'gcs', not {backend!r}")
-    storage_path = Path(p) if (p := get("STORAGE_PATH")) else None
-    if backend == "filesystem" and storage_path is None:
-        raise ConfigError("STORAGE_PATH must be set when NIXERY_STORAGE_BACKEND is filesystem")
-    if backend == "gcs" and not get("GCS_BUCKET"):
-        raise ConfigError("GCS_BUCKET must be set when NIXERY_STORAGE_BACKEND is gcs")
-    sources = [n for n in ("NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_PKGS_PATH") if get(n)]
-    if len(sources) > 1:
-        raise ConfigError(f"set only one of {', '.join(sources)}")
-    if (path := get("NIXERY_PKGS_PATH")) and not Path(path, "default.nix").is_file():
-        raise ConfigError(f"NIXERY_PKGS_PATH: no default.nix in {path}")
-    prepare_image = Path(get("NIXERY_PREPARE_IMAGE") or _REPO / "prepare-image")
-    if runs_nix and not (prepare_image / "default.nix").is_file():
-        raise ConfigError(f"NIXERY_PREPARE_IMAGE: no default.nix in {prepare_image}")
-    web_dir = get("WEB_DIR")
-    default_state = storage_path / "state.sqlite3" if storage_path else None
-    default_cache = (storage_path or Path("/tmp/nixery")) / "sources"
-    return Config(
-        storage_backend=backend,
-        storage_path=storage_path,
-        gcs_bucket=get("GCS_BUCKET"),
-        port=env_int(env, "PORT", 8080, 1, 65535),
-        host=get("NIXERY_HOST") or "127.0.0.1",
-        web_dir=Path(web_dir) if web_dir else (_REPO / "web" if (_REPO / "web").is_dir() else None),
-        channel=get("NIXERY_CHANNEL"),
-        pkgs_repo=get("NIXERY_PKGS_REPO"),
-        pkgs_path=path,
-        channel_url=get("NIXERY_CHANNEL_URL") or "https://channels.nixos.org",
-        archive_url=get("NIXERY_ARCHIVE_URL") or "https://github.com/NixOS/nixpkgs/archive",
-        nix_timeout=env_int(env, "NIX_TIMEOUT", 60, 1, 86400),
-        popularity_url=get("NIX_POPULARITY_URL"),
-        prepare_image=prepare_image,
-        # Unset: each source kind's own default.
-        revision_ttl=env_seconds(env, "NIXERY_REVISION_TTL", 0.0)
-        if get("NIXERY_REVISION_TTL")
-        else None,
-        failure_ttl=env_seconds(env, "NIXERY_FAILURE_TTL", 300.0),
-        build_wait=env_seconds(env, "NIXERY_BUILD_WAIT", 600.0),
-        layer_budget=env_int(env, "NIXERY_LAYER_BUDGET", 100, 2, 125),
-        build_workers=env_int(env, "NIXERY_BUILD_WORKERS", 2, 1, 64),
-        state_path=Path(p) if (p := get("NIXERY_STATE_PATH")) else default_state,
-        cache_dir=Path(p) if (p := get("NIXERY_CACHE_DIR")) else default_cache,
+def local_settings(environ: Mapping[str, str] = os.environ) -> LocalSettings:
+    env = Env(environ)
+    check_backend(env, "filesystem")
+    storage = Path(env.need("STORAGE_PATH", "for local mode (NIXERY_STORAGE_BACKEND=filesystem)"))
+    return LocalSettings(
+        source=source_settings(env, storage / "sources"),
+        build=build_settings(env),
+        serve=serve_settings(env),
+        storage_path=storage,
+        state_path=Path(env.get("NIXERY_STATE_PATH") or storage / "state.sqlite3"),
+        host=env.get("NIXERY_HOST") or "127.0.0.1",
+        port=env.integer("PORT", 8080, 1, 65535),
+        build_workers=env.integer("NIXERY_BUILD_WORKERS", 2, 1, 64),
     )

@@ -1,84 +1,114 @@
-"""Registry errors, in the shape every registry client understands.
+"""Domain errors: what can go wrong, in the core's own terms.
 
-The distribution spec fixes the JSON body (``{"errors": [{"code", "message", "detail"}]}``) and
-the codes; clients decide whether to retry from the status alone (502/503/504 are retryable,
-other 5xx are final), so each error carries both.
+Names, sources, Nix, the pipeline and the stores raise these; none of them knows HTTP. The
+registry protocol (``registry.py``) alone turns each kind into a status and a registry error
+code, in one table, as distribution's ``errcode`` package does for the reference registry.
+
+Two families matter beyond the message: a ``BuildError`` is permanent (the same request
+would fail the same way, so the failure is remembered), a ``Transient`` error is not (the
+request is retried, and nothing about it is remembered).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from typing import Any
 
 
-class RegistryError(Exception):
-    """An error answered to the client; raising one anywhere in a request is safe."""
+class NixeryError(Exception):
+    """An error a client may see: a message for people and an optional detail for programs."""
 
-    status = 500
-    code = "UNKNOWN"
-
-    def __init__(
-        self,
-        message: str,
-        detail: Any = None,
-        *,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str, detail: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
-        self.headers = headers or {}
-
-    def body(self) -> bytes:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.detail is not None:
-            error["detail"] = self.detail
-        return json.dumps({"errors": [error]}).encode()
 
 
-class BlobUnknown(RegistryError):
-    status, code = 404, "BLOB_UNKNOWN"
+# --- The request itself is wrong -------------------------------------------------------
 
 
-class DigestInvalid(RegistryError):
-    status, code = 400, "DIGEST_INVALID"
+class InvalidName(NixeryError):
+    """The repository name breaks the OCI grammar or our limits."""
 
 
-class ManifestUnknown(RegistryError):
-    status, code = 404, "MANIFEST_UNKNOWN"
+class InvalidDigest(NixeryError):
+    """A digest that is malformed or of an algorithm not used here."""
 
 
-class NameInvalid(RegistryError):
-    status, code = 400, "NAME_INVALID"
+class InvalidTag(NixeryError):
+    """A reference that is neither a digest nor a valid tag: it cannot name a manifest."""
 
 
-class NameUnknown(RegistryError):
-    status, code = 404, "NAME_UNKNOWN"
+class InvalidPageSize(NixeryError):
+    """A ``tags/list`` ``n`` that is no count."""
 
 
-class Unsupported(RegistryError):
-    status, code = 405, "UNSUPPORTED"
+class Unsupported(NixeryError):
+    """A push, delete or other write: this registry builds its images and takes none."""
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
-class PaginationNumberInvalid(RegistryError):
-    """A tags/list ``n`` that is no count; the code is the reference registry's."""
-
-    status, code = 400, "PAGINATION_NUMBER_INVALID"
+class UnknownEndpoint(NixeryError):
+    """A path under ``/v2/`` that names no endpoint of the protocol."""
 
 
-class RangeInvalid(RegistryError):
-    """A blob Range that cannot be served; the code is the reference registry's."""
-
-    status, code = 416, "RANGE_INVALID"
+# --- What was asked for does not exist -------------------------------------------------
 
 
-class BuildFailed(RegistryError):
-    """Nix could not build the image; retrying the same request gives the same answer."""
-
-    status, code = 500, "UNKNOWN"
+class UnknownTag(NixeryError):
+    """The package source has no version by that tag."""
 
 
-class Unavailable(RegistryError):
-    """A transient condition (build still running, source unreachable); clients retry 503."""
+class UnknownManifest(NixeryError):
+    """No manifest has that digest here."""
 
-    status, code = 503, "UNAVAILABLE"
+
+class UnknownBlob(NixeryError):
+    """No blob has that digest here."""
+
+
+# --- Permanent build failures: remembered for a while, not rebuilt on every pull ------
+
+
+class BuildError(NixeryError):
+    """The image cannot be built: retrying the same request gives the same answer."""
+
+
+class UnknownPackages(BuildError):
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__("unknown packages: " + ", ".join(names), {"packages": list(names)})
+        self.names = list(names)
+
+
+class BuildFailed(BuildError):
+    """Nix failed to evaluate the package set or to build a derivation."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message, {"log": log_tail})
+        self.log_tail = log_tail
+
+
+class BuildTimedOut(BuildFailed):
+    """A Nix builder ran past ``NIX_TIMEOUT``, or Nix past its own deadline."""
+
+
+# --- Transient trouble: retried, never remembered -------------------------------------
+
+
+class Transient(NixeryError):
+    """Something outside the request failed for now; the same request may succeed later."""
+
+
+class SourceUnavailable(Transient):
+    """The package source could not be reached or read."""
+
+
+class BuildInterrupted(Transient):
+    """Nix stopped for reasons outside the package set: a download, a full disk, a kill."""
+
+
+class StillBuilding(Transient):
+    """The build goes on past the time a request may wait for it."""

@@ -13,8 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .archives import LayerBlob
-
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -31,6 +29,15 @@ _FORMATS = {
 CREATED = "1970-01-01T00:00:01Z"
 PATH = "/bin:/sbin:/usr/bin"
 CA_BUNDLE = "/etc/ssl/certs/ca-bundle.crt"
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """A layer as the manifest and config name it (written by ``archives``)."""
+
+    digest: str  # sha256 of the gzip blob
+    diff_id: str  # sha256 of the uncompressed tar
+    size: int  # bytes of the gzip blob
 
 
 @dataclass(frozen=True)

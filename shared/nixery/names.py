@@ -1,18 +1,19 @@
-"""Image names -> image requests.
+"""Image names -> image requests, and the grammars of everything a client names.
 
-A name like ``shell/git/htop`` lists packages. Registry names must match the OCI repository
+The protocol layer parses a request's name and reference here, once: the rest of the code
+takes an ``ImageRequest`` and a ``Tag`` or ``Digest``, never raw strings. A name like
+``shell/git/htop`` lists packages. Registry names must match the OCI repository
 grammar, which is lower case only, so the real attribute names (``bashInteractive``,
 ``python3Packages``) are recovered later by Nix, case-insensitively, from the package set.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
+from typing import NewType
 
-from .errors import DigestInvalid, ManifestUnknown, NameInvalid
+from .errors import InvalidDigest, InvalidName, InvalidTag
 
 # OCI distribution spec, "Pulling manifests": <name> and <reference> grammars.
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -23,10 +24,6 @@ TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 # MAX_PACKAGES is more likely abuse than an image anyone needs.
 MAX_NAME_LENGTH = 255
 MAX_PACKAGES = 64
-
-# Bumped whenever a change to the pipeline changes what an image key produces, so that
-# images published by an older version are rebuilt rather than served stale.
-FORMAT_VERSION = 1
 
 ALWAYS_INCLUDED = ("cacert", "iana-etc")
 SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
@@ -50,19 +47,6 @@ class ImageRequest:
     packages: tuple[str, ...]
     arch: Architecture
 
-    def key(self, revision: str) -> str:
-        """The cache key of this request built from one exact source revision."""
-        material = json.dumps(
-            {
-                "format": FORMAT_VERSION,
-                "revision": revision,
-                "packages": self.packages,
-                "system": self.arch.nix_system,
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(material.encode()).hexdigest()
-
 
 def _fix_segment(segment: str) -> str:
     # Nix attribute names cannot start with a digit: nixpkgs spells `1password` `_1password`.
@@ -72,9 +56,9 @@ def _fix_segment(segment: str) -> str:
 def parse_name(name: str) -> ImageRequest:
     """Turns a repository name into the request it stands for, or raises NAME_INVALID."""
     if len(name) > MAX_NAME_LENGTH:
-        raise NameInvalid(f"repository name longer than {MAX_NAME_LENGTH} characters")
+        raise InvalidName(f"repository name longer than {MAX_NAME_LENGTH} characters")
     if not NAME_RE.fullmatch(name):
-        raise NameInvalid(
+        raise InvalidName(
             "invalid repository name: components are lower-case letters and digits, "
             "separated by '.', '_', '__' or '-'",
             {"name": name},
@@ -89,21 +73,31 @@ def parse_name(name: str) -> ImageRequest:
         else:
             packages.add(".".join(_fix_segment(s) for s in component.split(".")))
     if len(packages) > MAX_PACKAGES:
-        raise NameInvalid(f"an image may hold at most {MAX_PACKAGES} packages")
+        raise InvalidName(f"an image may hold at most {MAX_PACKAGES} packages")
     return ImageRequest(tuple(sorted(packages)), arch)
 
 
-def check_tag(tag: str) -> None:
-    # A reference that is no valid tag cannot name a manifest here: the spec's answer is 404.
-    if not TAG_RE.fullmatch(tag):
-        raise ManifestUnknown("invalid tag", {"tag": tag})
-
+Digest = NewType("Digest", str)
+"""A well-formed ``sha256:<64 hex>`` digest: the only algorithm used here."""
 
 DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 
 
-def check_digest(digest: str) -> str:
-    """Only sha256 digests exist here; anything else cannot name a blob or manifest."""
+@dataclass(frozen=True)
+class Tag:
+    name: str
+
+
+def parse_digest(digest: str) -> Digest:
     if not DIGEST_RE.fullmatch(digest):
-        raise DigestInvalid("invalid or unsupported digest", {"digest": digest[:200]})
-    return digest
+        raise InvalidDigest("invalid or unsupported digest", {"digest": digest[:200]})
+    return Digest(digest)
+
+
+def parse_reference(reference: str) -> Tag | Digest:
+    """A manifest reference: a digest if it has the algorithm's colon, else a tag."""
+    if ":" in reference:
+        return parse_digest(reference)
+    if not TAG_RE.fullmatch(reference):
+        raise InvalidTag("invalid tag", {"tag": reference[:200]})
+    return Tag(reference)

@@ -2,6 +2,12 @@
 
 User input reaches Nix only as data: the package names travel as a JSON string through
 ``--argstr`` into ``prepare-image/default.nix``, which never splices them into code.
+
+A failure is classified from Nix's exit and log, because the answer differs: a failed
+derivation or an evaluation error is permanent (``BuildFailed``, remembered), a builder past
+``NIX_TIMEOUT`` too (``BuildTimedOut``), while a failed download from a substituter, a full
+disk, memory exhaustion or a killed Nix say nothing about the request (``BuildInterrupted``,
+retried).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import BuildFailed, BuildInterrupted, BuildTimedOut, UnknownPackages
+
 log = logging.getLogger(__name__)
 
 # How many lines of Nix's output an error keeps: enough for the failing builder's message.
@@ -33,25 +41,6 @@ REALISE_DEADLINE = 6 * 3600.0
 
 # The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
-
-
-class NixError(Exception):
-    """Nix could not evaluate or build the request; retrying gives the same answer."""
-
-    def __init__(self, message: str, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.log_tail = log_tail
-
-
-class UnknownPackages(NixError):
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__("unknown packages: " + ", ".join(names))
-        self.names = list(names)
-
-
-class NixTimeout(NixError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -81,7 +70,7 @@ def parse_path_info(text: str) -> dict[str, StorePath]:
     closure = {}
     for path, info in items:
         if info is None:
-            raise NixError(f"store path {path} is not valid")
+            raise BuildFailed(f"store path {path} is not valid")
         refs = tuple(sorted(r for r in info.get("references", ()) if r != path))
         closure[path] = StorePath(path, refs, int(info["narSize"]), str(info["narHash"]))
     return closure
@@ -120,7 +109,10 @@ class Nix:
             "--argstr", "packages", json.dumps(list(packages)),
             "--argstr", "system", system,
         ]  # fmt: skip
-        return json.loads(self._run(cmd, "evaluating the package set", EVAL_TIMEOUT))
+        plan: dict[str, Any] = json.loads(
+            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT)
+        )
+        return plan
 
     def _run(self, cmd: list[str], what: str, deadline: float) -> str:
         """Runs a Nix command, streaming its log into ours, and returns its stdout."""
@@ -136,13 +128,15 @@ class Nix:
             errors="replace",
             start_new_session=True,
         ) as proc:
+            out, err = proc.stdout, proc.stderr
+            assert out is not None and err is not None
             # stdout is small (JSON or paths): read it aside so that stderr streams here.
-            reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()))
+            reader = threading.Thread(target=lambda: stdout.append(out.read()))
             killer = threading.Timer(deadline, os.killpg, (proc.pid, signal.SIGKILL))
             reader.start()
             killer.start()
             try:
-                for line in proc.stderr:
+                for line in err:
                     if line.strip():
                         tail.append(line.rstrip())
                         log.info("nix: %s", tail[-1])
@@ -152,25 +146,49 @@ class Nix:
                 reader.join()
         elapsed = time.monotonic() - started
         if code != 0:
-            if elapsed >= deadline:
-                raise NixTimeout(f"{what} took longer than {deadline:.0f}s", "\n".join(tail))
-            message = _error_message(tail)
-            if "timed out after" in message:
-                raise NixTimeout(message, "\n".join(tail))
-            raise NixError(f"{what} failed: {message}", "\n".join(tail))
+            raise _classify(what, code, elapsed >= deadline, deadline, list(tail))
         log.debug("%s took %.2fs", what, elapsed)
         return "".join(stdout)
 
 
 _ERROR_RE = re.compile(r"^error:\s*(.*)$")
+# Nix's words for trouble outside the package set (2.8 to 2.26): substituter downloads,
+# the disk, memory, and builders killed from outside (the OOM killer sends SIGKILL).
+_TRANSIENT_RE = re.compile(
+    r"unable to download|cannot download|error: download of|does not exist in binary cache"
+    r"|No space left on device|Cannot allocate memory|out of memory|std::bad_alloc"
+    r"|due to signal 9\b|killed by signal 9\b",
+    re.IGNORECASE,
+)
+
+
+def _classify(
+    what: str, code: int, past_deadline: bool, deadline: float, tail: list[str]
+) -> Exception:
+    log_tail = "\n".join(tail)
+    if past_deadline:
+        return BuildTimedOut(f"{what} took longer than {deadline:.0f}s", log_tail)
+    if code < 0:
+        return BuildInterrupted(f"{what}: Nix was killed by signal {-code}", {"log": log_tail})
+    message = _error_message(tail)
+    if "timed out after" in message:  # Nix killed a builder past NIX_TIMEOUT
+        return BuildTimedOut(message, log_tail)
+    if any(_TRANSIENT_RE.search(line) for line in _plain(tail) if _ERROR_RE.match(line)):
+        return BuildInterrupted(f"{what} failed: {message}", {"log": log_tail})
+    return BuildFailed(f"{what} failed: {message}", log_tail)
+
+
+def _plain(lines: Iterable[str]) -> list[str]:
+    """Nix's lines without ANSI colours or indentation."""
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in lines]
 
 
 def _error_message(lines: Iterable[str]) -> str:
     """The first ``error:`` line of Nix's output, without ANSI colours."""
-    plain = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines]
+    plain = _plain(lines)
     for i, line in enumerate(plain):
-        match = _ERROR_RE.match(line.strip())
+        match = _ERROR_RE.match(line)
         if match:
-            rest = [match.group(1), *(x.strip() for x in plain[i + 1 : i + 4])]
+            rest = [match.group(1), *plain[i + 1 : i + 4]]
             return " ".join(x for x in rest if x)[:1000]
-    return plain[-1].strip()[:1000] if plain else "no output"
+    return plain[-1][:1000] if plain else "no output"

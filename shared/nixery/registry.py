@@ -1,8 +1,9 @@
 """The registry protocol over HTTP: the pull side of the OCI distribution spec.
 
 A Flask app around an ImageService; both entry points (local mode, the Cloud Function) serve
-this same app. Every error under ``/v2/`` is a JSON error body with a registry error code,
-never an HTML page or a traceback.
+this same app. Names and references are parsed here, once. Every error under ``/v2/`` is a
+JSON error body with a registry error code, never an HTML page or a traceback: the domain
+errors raised anywhere below become a status and a code in one table, ``ERRORS``.
 
 ``tags/list`` answers for every valid name what the source can enumerate (``latest``, and a
 git source's branches and tags): each valid name is a potential image, whether its packages
@@ -19,20 +20,30 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.wsgi import wrap_file
 
 from .errors import (
-    NameUnknown,
-    PaginationNumberInvalid,
-    RangeInvalid,
-    RegistryError,
+    BuildError,
+    InvalidDigest,
+    InvalidName,
+    InvalidPageSize,
+    InvalidTag,
+    NixeryError,
+    Transient,
+    UnknownBlob,
+    UnknownEndpoint,
+    UnknownManifest,
+    UnknownPackages,
+    UnknownTag,
     Unsupported,
 )
 from .images import ImageService
-from .names import check_digest, parse_name
+from .names import Digest, ImageRequest, Tag, parse_digest, parse_name, parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +51,26 @@ API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _READ = {"GET", "HEAD"}
 _ALLOW = ", ".join(sorted(_READ))
+# Seconds a client is asked to wait before retrying a transient error.
+RETRY_AFTER = 10
+
+# Domain error -> (status, registry error code). The most specific class listed wins.
+# Clients retry 502/503/504 and treat other 5xx as final.
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    InvalidName: (400, "NAME_INVALID"),
+    InvalidDigest: (400, "DIGEST_INVALID"),
+    InvalidPageSize: (400, "PAGINATION_NUMBER_INVALID"),  # the reference registry's code
+    InvalidTag: (404, "MANIFEST_UNKNOWN"),  # no manifest can have that reference
+    UnknownEndpoint: (404, "NAME_UNKNOWN"),
+    UnknownTag: (404, "MANIFEST_UNKNOWN"),
+    UnknownManifest: (404, "MANIFEST_UNKNOWN"),
+    UnknownBlob: (404, "BLOB_UNKNOWN"),
+    UnknownPackages: (404, "MANIFEST_UNKNOWN"),
+    Unsupported: (405, "UNSUPPORTED"),
+    BuildError: (500, "UNKNOWN"),  # failed or timed-out builds: final, and remembered
+    Transient: (503, "UNAVAILABLE"),
+    Exception: (500, "UNKNOWN"),  # our own bugs
+}
 # More digits than any real page size; also keeps int() far from its 4300-digit limit.
 _PAGE_SIZE = re.compile(r"[0-9]{1,9}")
 
@@ -59,31 +90,27 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
         return Response(b"{}", content_type="application/json")
 
     @app.route("/v2/<path:path>", methods=_ALL_METHODS)
-    def dispatch(path: str) -> Response:
+    def dispatch(path: str) -> BaseResponse:
         # A malformed name or digest is reported before the method is refused, whatever the
         # method: the request is wrong either way, and conformance tests expect the 400.
         if match := _UPLOADS.fullmatch(path):
             parse_name(match["name"])
-            raise Unsupported(
-                "this registry builds its images; pushing is not supported",
-                headers={"Allow": ""},
-            )
+            raise Unsupported("this registry builds its images; pushing is not supported", allow="")
         if match := _MANIFEST.fullmatch(path):
-            parse_name(match["name"])
-            if ":" in match["reference"]:
-                check_digest(match["reference"])
+            image = parse_name(match["name"])
+            reference = parse_reference(match["reference"])
             _only_read()
-            return _manifest(service, match["name"], match["reference"])
+            return _manifest(service, image, reference)
         if match := _BLOB.fullmatch(path):
             parse_name(match["name"])
-            check_digest(match["digest"])
+            digest = parse_digest(match["digest"])
             _only_read()
-            return _blob(service, match["name"], match["digest"])
+            return _blob(service, digest)
         if match := _TAGS.fullmatch(path):
             parse_name(match["name"])
             _only_read()
             return _tags(service, match["name"])
-        raise NameUnknown("no such endpoint", {"path": path[:200]})
+        raise UnknownEndpoint("no such endpoint", {"path": path[:200]})
 
     @app.route("/", defaults={"path": "index.html"})
     @app.route("/<path:path>")
@@ -94,9 +121,9 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
             path = path.rstrip("/") + "/index.html"
         return send_from_directory(web_dir, path)
 
-    @app.errorhandler(RegistryError)
-    def registry_error(e: RegistryError) -> Response:
-        return _error_response(e)
+    @app.errorhandler(NixeryError)
+    def domain_error(e: NixeryError) -> Response:
+        return error_response(e)
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Response | HTTPException:
@@ -106,15 +133,14 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
         headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
         if e.code == 405:  # a method no route knows; werkzeug's Allow lists every route's
             headers["Allow"] = _ALLOW
-        error_type = {405: Unsupported, 416: RangeInvalid}.get(e.code or 500, RegistryError)
-        wrapped = error_type(e.description or e.name, headers=headers)
-        wrapped.status = e.code or 500
-        return _error_response(wrapped)
+        # 416's code is the reference registry's.
+        code = {405: "UNSUPPORTED", 416: "RANGE_INVALID"}.get(e.code or 500, "UNKNOWN")
+        return _json_error(e.code or 500, code, e.description or e.name, None, headers)
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception) -> Response:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return _error_response(RegistryError("internal error"))
+        return error_response(e)
 
     @app.before_request
     def started() -> None:
@@ -143,26 +169,44 @@ def _only_read() -> None:
     """Refuses every method but GET and HEAD: nothing can be pushed or deleted here."""
     if request.method not in _READ:
         raise Unsupported(
-            f"{request.method} is not supported: this registry is read-only",
-            headers={"Allow": _ALLOW},
+            f"{request.method} is not supported: this registry is read-only", allow=_ALLOW
         )
 
 
-def _error_response(e: RegistryError) -> Response:
-    response = Response(e.body(), status=e.status, content_type="application/json")
-    response.headers.update(e.headers)
+def error_response(e: Exception) -> Response:
+    """The one mapping of errors to the wire; anything unknown is a 500 with no detail."""
+    status, code = next(ERRORS[t] for t in type(e).__mro__ if t in ERRORS)
+    headers: dict[str, str] = {}
+    if isinstance(e, Unsupported):
+        headers["Allow"] = e.allow
+    if isinstance(e, Transient):
+        headers["Retry-After"] = str(RETRY_AFTER)
+    if not isinstance(e, NixeryError):
+        return _json_error(status, code, "internal error", None, headers)
+    return _json_error(status, code, e.message, e.detail, headers)
+
+
+def _json_error(
+    status: int, code: str, message: str, detail: Any, headers: dict[str, str]
+) -> Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if detail is not None:
+        error["detail"] = detail
+    body = json.dumps({"errors": [error]}).encode()
+    response = Response(body, status=status, content_type="application/json")
+    response.headers.update(headers)
     return response
 
 
-def _manifest(service: ImageService, name: str, reference: str) -> Response:
-    manifest = service.manifest(name, reference, request.headers.getlist("Accept"))
+def _manifest(service: ImageService, image: ImageRequest, reference: Tag | Digest) -> Response:
+    manifest = service.manifest(image, reference, request.headers.getlist("Accept"))
     response = Response(manifest.body, content_type=manifest.media_type)
     response.headers["Docker-Content-Digest"] = manifest.digest
     return response
 
 
-def _blob(service: ImageService, name: str, digest: str) -> Response:
-    location = service.blob(name, digest)
+def _blob(service: ImageService, digest: Digest) -> BaseResponse:
+    location = service.blob(digest)
     if location.url and request.method == "GET":
         response = redirect(location.url, code=307)
     elif request.method == "HEAD":
@@ -184,7 +228,7 @@ def _blob(service: ImageService, name: str, digest: str) -> Response:
 
 
 def _tags(service: ImageService, name: str) -> Response:
-    tags, next_last = page_tags(service.tags(name), request.args.get("n"), request.args.get("last"))
+    tags, next_last = page_tags(service.tags(), request.args.get("n"), request.args.get("last"))
     response = Response(json.dumps({"name": name, "tags": tags}), content_type="application/json")
     if next_last is not None:
         query = urllib.parse.urlencode({"last": next_last, "n": len(tags)})
@@ -202,6 +246,6 @@ def page_tags(tags: Iterable[str], n: str | None, last: str | None) -> tuple[lis
     if not n:
         return after, None
     if not _PAGE_SIZE.fullmatch(n):
-        raise PaginationNumberInvalid("n must be a non-negative integer", {"n": n[:100]})
+        raise InvalidPageSize("n must be a non-negative integer", {"n": n[:100]})
     page = after[: int(n)]
     return page, page[-1] if page and len(page) < len(after) else None

@@ -1,42 +1,88 @@
-"""Registry state: published images, manifests, failed builds and the layer cache.
+"""Registry state: published images, manifests, remembered failures and the layer cache.
 
 The state store is the authority on what exists: a manifest is visible only once every blob
-it references is stored, and an image only once its manifests are.
+it references is stored, and an image only once its manifests are. One read of an image key
+answers everything a request needs to decide: published, failed, being built, or unknown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from enum import StrEnum
+from typing import Any, Protocol
 
-from .archives import LayerBlob
-from .manifests import Manifest
+from .errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
+from .manifests import LayerBlob, Manifest
+
+
+class FailureKind(StrEnum):
+    """Why an image could not be built; what is stored, never an HTTP status."""
+
+    UNKNOWN_PACKAGES = "unknown_packages"
+    BUILD_ERROR = "build_error"
+    TIMEOUT = "timeout"
 
 
 @dataclass(frozen=True)
 class Failure:
     """A finished build that produced no image, remembered so it is not retried every pull."""
 
-    status: int  # 404 for unknown packages, 500 for build errors
+    kind: FailureKind
     message: str
-    detail: dict[str, object]
+    detail: Mapping[str, Any]
     at: float  # time.time() when it failed
+
+    @classmethod
+    def of(cls, error: BuildError, at: float) -> Failure:
+        if isinstance(error, UnknownPackages):
+            kind = FailureKind.UNKNOWN_PACKAGES
+        elif isinstance(error, BuildTimedOut):
+            kind = FailureKind.TIMEOUT
+        else:
+            kind = FailureKind.BUILD_ERROR
+        return cls(kind, error.message, dict(error.detail or {}), at)
+
+    def error(self) -> BuildError:
+        """The error this failure answers, as it was raised when the build failed."""
+        if self.kind is FailureKind.UNKNOWN_PACKAGES:
+            return UnknownPackages(list(self.detail.get("packages", [])))
+        error_type = BuildTimedOut if self.kind is FailureKind.TIMEOUT else BuildFailed
+        return error_type(self.message, str(self.detail.get("log", "")))
+
+
+@dataclass(frozen=True)
+class Published:
+    """A built image: its manifests' digests by media type."""
+
+    manifests: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A build under way (only where builds outlive a request: Google Cloud mode)."""
+
+    lease_expires: float
+
+
+ImageStatus = Published | Failure | Pending | None
 
 
 class State(Protocol):
-    def image(self, key: str) -> dict[str, str] | None:
-        """The published image for a key: manifest media type -> digest."""
+    def status(self, key: str) -> ImageStatus:
+        """Everything known about an image key, from a single read."""
+        ...
 
     def manifest(self, digest: str) -> Manifest | None: ...
 
     def publish(self, key: str, manifests: list[Manifest]) -> None:
         """Stores the manifests and makes the image visible, atomically; clears any failure."""
-
-    def failure(self, key: str) -> Failure | None: ...
+        ...
 
     def record_failure(self, key: str, failure: Failure) -> None: ...
 
     def layer(self, layer_key: str) -> LayerBlob | None:
         """A layer archived before for the same store-path set (and archive format)."""
+        ...
 
     def record_layer(self, layer_key: str, layer: LayerBlob) -> None: ...

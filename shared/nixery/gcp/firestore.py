@@ -12,19 +12,54 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from google.api_core import exceptions
 from google.cloud import firestore
 
-from ..archives import LayerBlob
-from ..builder import BuildJob
-from ..manifests import Manifest
-from ..state import Failure
-from .memory import keep
+from ..job import BuildJob
+from ..manifests import LayerBlob, Manifest
+from ..state import Failure, FailureKind, ImageStatus, Pending, Published
+from .memory import BoundedCache
 
 Claim = Literal["taken", "done", "busy"]
+
+
+@dataclass
+class _BuildRecord:
+    """A document of ``builds``, as stored; absent fields take these defaults."""
+
+    status: Literal["building", "done", "failed"]
+    job: dict[str, Any] = field(default_factory=dict)
+    lease_owner: str | None = None
+    lease_expires: float = 0.0
+    attempt: int = 0
+    updated: float = 0.0
+    manifests: dict[str, str] = field(default_factory=dict)  # when done
+    failure_kind: str = ""  # when failed
+    failure_message: str = ""
+    failure_detail: str = "{}"  # JSON, so that Firestore need not index its fields
+
+    @classmethod
+    def read(cls, data: Mapping[str, Any] | None) -> _BuildRecord | None:
+        if data is None:
+            return None
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def status_of(self) -> ImageStatus:
+        if self.status == "done":
+            return Published(self.manifests)
+        if self.status == "failed":
+            return Failure(
+                FailureKind(self.failure_kind or FailureKind.BUILD_ERROR),
+                self.failure_message,
+                json.loads(self.failure_detail),
+                self.updated,
+            )
+        return Pending(self.lease_expires)
 
 
 class FirestoreState:
@@ -40,29 +75,27 @@ class FirestoreState:
         self.layers = client.collection(prefix + "layers")
         self.clock = clock
         # A published image and a manifest never change: once read, they are kept.
-        self._images: dict[str, dict[str, str]] = {}
-        self._manifests: dict[str, Manifest] = {}
+        self._published: BoundedCache[Published] = BoundedCache()
+        self._manifests: BoundedCache[Manifest] = BoundedCache()
 
     # --- State -------------------------------------------------------------------------
 
-    def record(self, key: str) -> dict[str, Any] | None:
-        return self.builds.document(key).get().to_dict()
-
-    def image(self, key: str) -> dict[str, str] | None:
-        if key in self._images:
-            return self._images[key]
-        record = self.record(key)
-        if not record or record["status"] != "done":
-            return None
-        return keep(self._images, key, record["manifests"])
+    def status(self, key: str) -> ImageStatus:
+        if (published := self._published.get(key)) is not None:
+            return published
+        record = _BuildRecord.read(self.builds.document(key).get().to_dict())
+        status = record.status_of() if record else None
+        if isinstance(status, Published):
+            self._published.keep(key, status)
+        return status
 
     def manifest(self, digest: str) -> Manifest | None:
-        if digest in self._manifests:
-            return self._manifests[digest]
+        if (manifest := self._manifests.get(digest)) is not None:
+            return manifest
         doc = self.manifests.document(digest).get().to_dict()
         if not doc:
             return None
-        return keep(self._manifests, digest, Manifest(doc["media_type"], doc["body"]))
+        return self._manifests.keep(digest, Manifest(doc["media_type"], doc["body"]))
 
     def publish(self, key: str, manifests: list[Manifest]) -> None:
         # The manifests are written before the record points at them; a batch is atomic.
@@ -71,52 +104,44 @@ class FirestoreState:
             batch.set(
                 self.manifests.document(m.digest), {"media_type": m.media_type, "body": m.body}
             )
-        batch.set(
-            self.builds.document(key),
-            {
-                "status": "done",
-                "manifests": {m.media_type: m.digest for m in manifests},
-                "lease_owner": None,
-                "lease_expires": 0.0,
-                "updated": self.clock(),
-            },
-            merge=True,
-        )
+        done = {
+            "status": "done",
+            "manifests": {m.media_type: m.digest for m in manifests},
+            "lease_owner": None,
+            "lease_expires": 0.0,
+            "updated": self.clock(),
+        }
+        batch.set(self.builds.document(key), done, merge=True)
         batch.commit()
 
-    def failure(self, key: str) -> Failure | None:
-        record = self.record(key)
-        if not record or record["status"] != "failed":
-            return None
-        return Failure(
-            record["failure_status"],
-            record["failure_message"],
-            json.loads(record["failure_detail"]),
-            record["updated"],
-        )
-
     def record_failure(self, key: str, failure: Failure) -> None:
-        self.builds.document(key).set(
-            {
-                "status": "failed",
-                "failure_status": failure.status,
-                "failure_message": failure.message,
-                "failure_detail": json.dumps(failure.detail),
-                "lease_owner": None,
-                "lease_expires": 0.0,
-                "updated": failure.at,
-            },
-            merge=True,
-        )
+        """Records a failure, unless the image was published meanwhile (by a builder that
+        took over a lapsed lease): a late failure never takes a published image back."""
+        ref = self.builds.document(key)
+        failed = {
+            "status": "failed",
+            "failure_kind": failure.kind.value,
+            "failure_message": failure.message,
+            "failure_detail": json.dumps(failure.detail),
+            "lease_owner": None,
+            "lease_expires": 0.0,
+            "updated": failure.at,
+        }
+
+        @firestore.transactional
+        def record(transaction: firestore.Transaction) -> None:
+            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            if not record or record.status != "done":
+                transaction.set(ref, failed, merge=True)
+
+        record(self.client.transaction())
 
     def layer(self, layer_key: str) -> LayerBlob | None:
         doc = self.layers.document(layer_key).get().to_dict()
         return LayerBlob(doc["digest"], doc["diff_id"], doc["size"]) if doc else None
 
     def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
-        self.layers.document(layer_key).set(
-            {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size}
-        )
+        self.layers.document(layer_key).set(asdict(layer))
 
     # --- Build records -----------------------------------------------------------------
 
@@ -127,32 +152,26 @@ class FirestoreState:
         created, and a failed one, or one whose lease lapsed, is taken over.
         """
         ref = self.builds.document(job.key)
-        fresh = {
-            "status": "building",
-            "job": job.to_dict(),
-            "lease_owner": None,
-            "lease_expires": self.clock() + pickup,
-            "attempt": 1,
-            "updated": self.clock(),
-        }
+        now = self.clock()
+        fresh = _BuildRecord("building", job.to_dict(), None, now + pickup, 1, now)
         try:
-            ref.create(fresh)
+            ref.create(asdict(fresh))
             return True
         except exceptions.Conflict:
             pass
 
         @firestore.transactional
         def take_over(transaction: firestore.Transaction) -> bool:
-            record = ref.get(transaction=transaction).to_dict() or {}
-            if record.get("status") == "done":
+            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            if record and record.status == "done":
                 return False
-            if record.get("status") == "building" and record["lease_expires"] > self.clock():
+            if record and record.status == "building" and record.lease_expires > self.clock():
                 return False
-            attempt = record.get("attempt", 0) + 1
-            transaction.set(ref, {**fresh, "attempt": attempt}, merge=True)
+            fresh.attempt = (record.attempt if record else 0) + 1
+            transaction.set(ref, asdict(fresh), merge=True)
             return True
 
-        return take_over(self.client.transaction())
+        return bool(take_over(self.client.transaction()))
 
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Claim:
         """A builder's claim on a job: run it ("taken"), or leave it to whoever has it."""
@@ -160,30 +179,24 @@ class FirestoreState:
 
         @firestore.transactional
         def claim(transaction: firestore.Transaction) -> Claim:
-            record = ref.get(transaction=transaction).to_dict()
+            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
             now = self.clock()
-            if record and record["status"] in ("done", "failed"):
+            if record and record.status in ("done", "failed"):
                 return "done"
-            if (
-                record
-                and record.get("lease_owner") not in (None, owner)
-                and (record["lease_expires"] > now)
-            ):
+            if record and record.lease_owner not in (None, owner) and record.lease_expires > now:
                 return "busy"
-            transaction.set(
-                ref,
-                {
-                    "status": "building",
-                    "job": job.to_dict(),
-                    "lease_owner": owner,
-                    "lease_expires": now + ttl,
-                    "updated": now,
-                },
-                merge=True,
-            )
+            lease = {
+                "status": "building",
+                "job": job.to_dict(),
+                "lease_owner": owner,
+                "lease_expires": now + ttl,
+                "updated": now,
+            }
+            transaction.set(ref, lease, merge=True)
             return "taken"
 
-        return claim(self.client.transaction())
+        result: Claim = claim(self.client.transaction())
+        return result
 
     def renew(self, key: str, owner: str, ttl: float) -> bool:
         """Extends the lease while the owner still holds it; False once it was lost."""
@@ -191,13 +204,13 @@ class FirestoreState:
 
         @firestore.transactional
         def renew(transaction: firestore.Transaction) -> bool:
-            record = ref.get(transaction=transaction).to_dict() or {}
-            if record.get("status") != "building" or record.get("lease_owner") != owner:
+            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            if not record or record.status != "building" or record.lease_owner != owner:
                 return False
             transaction.update(ref, {"lease_expires": self.clock() + ttl})
             return True
 
-        return renew(self.client.transaction())
+        return bool(renew(self.client.transaction()))
 
     def release(self, key: str, owner: str) -> None:
         """Gives the lease up after a transient failure, so a retry need not wait it out."""
@@ -205,8 +218,8 @@ class FirestoreState:
 
         @firestore.transactional
         def release(transaction: firestore.Transaction) -> None:
-            record = ref.get(transaction=transaction).to_dict() or {}
-            if record.get("status") == "building" and record.get("lease_owner") == owner:
+            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            if record and record.status == "building" and record.lease_owner == owner:
                 transaction.update(ref, {"lease_owner": None, "lease_expires": 0.0})
 
         release(self.client.transaction())

@@ -1,83 +1,130 @@
 """Blobs in a private Google Cloud Storage bucket, served by redirects to signed URLs.
 
-Objects are named ``blobs/sha256/<hex>``. An upload becomes visible only when complete, and
-``if_generation_match=0`` keeps an existing blob from being written again.
+Objects are named ``blobs/sha256/<hex>``. A writer streams a resumable upload to a staging
+object (``staging/<random>``) and, once its bytes match the digest, copies it under the
+digest's name with ``if_generation_match=0``, so a blob is never written over, and deletes
+the staging object. Nothing is held whole in memory or on a local disk (on Cloud Run the
+disk is memory); an abandoned staging object is left to the bucket's lifecycle rule. A blob
+smaller than one upload chunk goes straight to its name in a single request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import BinaryIO
 
 from google.api_core import exceptions
-from google.cloud import storage
+from google.cloud.storage import Bucket
+from google.cloud.storage.fileio import BlobWriter
 
-from .memory import keep
+from ..storage import Hasher, blob_path
+from .memory import BoundedCache
 from .signing import SignedUrls
 
+# Bytes per resumable-upload request: a multiple of 256 KiB, held in memory per writer.
+UPLOAD_CHUNK = 16 << 20
+STAGING = "staging/"
+_TYPE = "application/octet-stream"
 
-def object_name(digest: str) -> str:
-    algorithm, _, hexdigest = digest.partition(":")
-    return f"blobs/{algorithm}/{hexdigest}"
+
+class GcsBlobWriter:
+    def __init__(self, store: GcsBlobStore) -> None:
+        self._store = store
+        self._staging = store.bucket.blob(STAGING + uuid.uuid4().hex)
+        self._upload: BlobWriter | None = None  # started once a chunk's worth has come
+        self._buffer = bytearray()
+        self._hash = Hasher()
+        self._open = True
+        self._staged = False  # the staging object exists
+
+    def write(self, data: bytes | memoryview) -> int:
+        assert self._open, "write after commit or cancel"
+        self._hash.update(data)
+        if self._upload is None:
+            self._buffer += data
+            if len(self._buffer) >= UPLOAD_CHUNK:
+                self._upload = self._staging.open("wb", chunk_size=UPLOAD_CHUNK, content_type=_TYPE)
+                self._upload.write(bytes(self._buffer))
+                self._buffer = bytearray()
+        else:
+            self._upload.write(data)
+        return len(data)
+
+    def commit(self, digest: str) -> None:
+        assert self._open, "commit after commit or cancel"
+        self._hash.check(digest)
+        if self._store.size(digest) is not None:
+            self.cancel()
+            return
+        final = self._store.bucket.blob(blob_path(digest))
+        try:
+            if self._upload is None:
+                final.upload_from_string(
+                    bytes(self._buffer), content_type=_TYPE, if_generation_match=0
+                )
+            else:
+                self._upload.close()  # the staging object is complete
+                self._upload, self._staged = None, True
+                token: str | None = None
+                while True:  # a large copy may take several calls
+                    token, _, _ = final.rewrite(self._staging, token=token, if_generation_match=0)
+                    if token is None:
+                        break
+        except exceptions.PreconditionFailed:
+            pass  # another builder stored the same bytes first
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._buffer = bytearray()
+        with contextlib.suppress(exceptions.GoogleAPICallError, OSError, ValueError):
+            if self._upload is not None:
+                self._upload.terminate()  # ends the resumable session; no object remains
+            elif self._staged:
+                self._staging.delete()
 
 
 class GcsBlobStore:
     def __init__(
         self,
-        bucket: storage.Bucket,
-        scratch: Path,
+        bucket: Bucket,
         *,
         signer: object | None,
         url_ttl: float,
         public_endpoint: str | None = None,
     ) -> None:
         self.bucket = bucket
-        self.scratch = scratch
-        scratch.mkdir(parents=True, exist_ok=True)
         self._signer = signer
         self._endpoint = public_endpoint
         self._urls = SignedUrls(self._sign, url_ttl)
         # Blobs never change, so a size once seen stays true; misses are not remembered.
-        self._sizes: dict[str, int] = {}
+        self._sizes: BoundedCache[int] = BoundedCache()
+
+    def writer(self) -> GcsBlobWriter:
+        return GcsBlobWriter(self)
 
     def size(self, digest: str) -> int | None:
         if (size := self._sizes.get(digest)) is not None:
             return size
-        blob = self.bucket.get_blob(object_name(digest))
+        blob = self.bucket.get_blob(blob_path(digest))
         if blob is None or blob.size is None:
             return None
-        return keep(self._sizes, digest, blob.size)
-
-    def put_file(self, digest: str, path: Path) -> None:
-        try:
-            if self.size(digest) is None:
-                blob = self.bucket.blob(object_name(digest))
-                blob.upload_from_filename(
-                    str(path), content_type="application/octet-stream", if_generation_match=0
-                )
-        except exceptions.PreconditionFailed:
-            pass  # another builder stored the same bytes first
-        finally:
-            path.unlink(missing_ok=True)
-
-    def put_bytes(self, digest: str, data: bytes) -> None:
-        if self.size(digest) is not None:
-            return
-        with contextlib.suppress(exceptions.PreconditionFailed):  # stored by another builder
-            self.bucket.blob(object_name(digest)).upload_from_string(
-                data, content_type="application/octet-stream", if_generation_match=0
-            )
+        return self._sizes.keep(digest, blob.size)
 
     def url(self, digest: str) -> str | None:
-        return self._urls.url(object_name(digest))
+        return self._urls.url(blob_path(digest))
 
     def open(self, digest: str) -> BinaryIO:
-        return self.bucket.blob(object_name(digest)).open("rb")  # type: ignore[return-value]
+        return self.bucket.blob(blob_path(digest)).open("rb")  # type: ignore[no-any-return]
 
     def _sign(self, name: str, ttl: timedelta) -> str:
         kwargs = {"api_access_endpoint": self._endpoint} if self._endpoint else {}
-        return self.bucket.blob(name).generate_signed_url(
+        url: str = self.bucket.blob(name).generate_signed_url(
             version="v4", expiration=ttl, method="GET", credentials=self._signer, **kwargs
         )
+        return url

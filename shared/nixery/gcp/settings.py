@@ -1,4 +1,8 @@
-"""Google Cloud mode's own configuration, beside the common one in ``nixery.config``."""
+"""Google Cloud mode's two roles and what each reads, from the shared parts in ``config``.
+
+Cheap to load (no Google Cloud imports), so that the registry function checks its settings
+when it starts rather than on its first request.
+"""
 
 from __future__ import annotations
 
@@ -7,77 +11,93 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from .. import config as base
-from ..config import ConfigError, env_seconds
+from ..config import (
+    BuildSettings,
+    Env,
+    ServeSettings,
+    SourceSettings,
+    build_settings,
+    check_backend,
+    serve_settings,
+    source_settings,
+)
 
-Role = Literal["registry", "builder"]
-
-# Local scratch space: layers on their way to GCS, source checkouts.
-SCRATCH = Path(tempfile.gettempdir()) / "nixery"
+# Source checkouts: on Cloud Run and Cloud Functions the only writable disk is in memory.
+SOURCE_CACHE = Path(tempfile.gettempdir()) / "nixery" / "sources"
 
 
 @dataclass(frozen=True)
-class GcpConfig:
+class GcpSettings:
+    """What both roles share: the project's Firestore, the bucket, the build lease."""
+
     project: str
     database: str
-    prefix: str
-    tasks_queue: str | None  # projects/P/locations/L/queues/Q
-    builder_url: str | None
-    tasks_service_account: str | None
-    tasks_emulator: str | None
-    url_ttl: float
-    lease: float
-    iam_endpoint: str
-    storage_public_url: str | None
+    prefix: str  # of the Firestore collections, so that deployments can share a database
+    bucket: str
+    lease: float  # seconds a builder's claim lasts without a heartbeat
 
 
-def load_gcp(role: Role, env: Mapping[str, str] = os.environ) -> GcpConfig:
-    def get(name: str) -> str | None:
-        return env.get(name) or None
-
-    def need(name: str) -> str:
-        value = get(name)
-        if value is None:
-            raise ConfigError(f"{name} must be set for the {role}")
-        return value
-
-    project = get("GOOGLE_CLOUD_PROJECT") or need("GCP_PROJECT")
-    queue = None
-    if role == "registry":
-        location, name = need("NIXERY_TASKS_LOCATION"), need("NIXERY_TASKS_QUEUE")
-        queue = f"projects/{project}/locations/{location}/queues/{name}"
-        url = need("NIXERY_BUILDER_URL")
-        if not url.startswith(("https://", "http://")):
-            raise ConfigError("NIXERY_BUILDER_URL must be an http(s) URL")
-    url_ttl = env_seconds(env, "NIXERY_URL_TTL", 300.0)
-    if not 1 <= url_ttl <= 7 * 24 * 3600:
-        raise ConfigError("NIXERY_URL_TTL must be between 1 second and 7 days (V4 signing)")
-    lease = env_seconds(env, "NIXERY_LEASE_TTL", 60.0)
-    if lease < 3:
-        raise ConfigError("NIXERY_LEASE_TTL must be at least 3 seconds")
-    emulator = get("STORAGE_EMULATOR_HOST")
-    return GcpConfig(
-        project=project,
-        database=get("NIXERY_FIRESTORE_DATABASE") or "(default)",
-        prefix=get("NIXERY_FIRESTORE_PREFIX") or "nixery_",
-        tasks_queue=queue,
-        builder_url=get("NIXERY_BUILDER_URL"),
-        tasks_service_account=get("NIXERY_TASKS_SERVICE_ACCOUNT"),
-        tasks_emulator=get("NIXERY_TASKS_EMULATOR_HOST"),
-        url_ttl=url_ttl,
+def gcp_settings(env: Env, role: str) -> GcpSettings:
+    check_backend(env, "gcs")
+    why = f"for the {role}"
+    lease = env.seconds("NIXERY_LEASE_TTL", 60.0, low=3.0)
+    return GcpSettings(
+        project=env.get("GOOGLE_CLOUD_PROJECT") or env.need("GCP_PROJECT", why),
+        database=env.get("NIXERY_FIRESTORE_DATABASE") or "(default)",
+        prefix=env.get("NIXERY_FIRESTORE_PREFIX") or "nixery_",
+        bucket=env.need("GCS_BUCKET", why),
         lease=lease,
-        iam_endpoint=get("NIXERY_IAM_ENDPOINT") or "https://iamcredentials.googleapis.com",
-        # Signed URLs must name the host clients reach: the emulator's, when there is one.
-        storage_public_url=emulator,
     )
 
 
-def load_config(role: Role, env: Mapping[str, str] = os.environ) -> tuple[base.Config, GcpConfig]:
-    """Both parts of a service's configuration. Cheap (no Google Cloud imports), so that the
-    registry function can check it when it starts rather than on its first request."""
-    env = {**env, "NIXERY_STORAGE_BACKEND": "gcs"}
-    if not env.get("NIXERY_CACHE_DIR"):
-        env["NIXERY_CACHE_DIR"] = str(SCRATCH / "sources")
-    return base.load(env, runs_nix=role == "builder"), load_gcp(role, env)
+@dataclass(frozen=True)
+class RegistrySettings:
+    source: SourceSettings
+    serve: ServeSettings
+    gcp: GcpSettings
+    tasks_queue: str  # projects/P/locations/L/queues/Q
+    builder_url: str
+    tasks_service_account: str | None  # signs the tasks' OIDC tokens for the builder
+    tasks_emulator: str | None
+    url_ttl: float
+    iam_endpoint: str
+    storage_public_url: str | None  # the host signed URLs name, where it is not Google's
+
+
+def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettings:
+    env = Env(environ)
+    why = "for the registry"
+    gcp = gcp_settings(env, "registry")
+    location = env.need("NIXERY_TASKS_LOCATION", why)
+    queue = env.need("NIXERY_TASKS_QUEUE", why)
+    env.need("NIXERY_BUILDER_URL", why)
+    return RegistrySettings(
+        source=source_settings(env, SOURCE_CACHE),
+        serve=serve_settings(env),
+        gcp=gcp,
+        tasks_queue=f"projects/{gcp.project}/locations/{location}/queues/{queue}",
+        builder_url=env.url("NIXERY_BUILDER_URL", ""),
+        tasks_service_account=env.get("NIXERY_TASKS_SERVICE_ACCOUNT"),
+        tasks_emulator=env.get("NIXERY_TASKS_EMULATOR_HOST"),
+        # V4 signatures last at most 7 days.
+        url_ttl=env.seconds("NIXERY_URL_TTL", 300.0, low=1.0, high=7 * 24 * 3600.0),
+        iam_endpoint=env.url("NIXERY_IAM_ENDPOINT", "https://iamcredentials.googleapis.com"),
+        storage_public_url=env.get("STORAGE_EMULATOR_HOST"),
+    )
+
+
+@dataclass(frozen=True)
+class BuilderSettings:
+    source: SourceSettings
+    build: BuildSettings
+    gcp: GcpSettings
+
+
+def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings:
+    env = Env(environ)
+    return BuilderSettings(
+        source=source_settings(env, SOURCE_CACHE),
+        build=build_settings(env),
+        gcp=gcp_settings(env, "builder"),
+    )

@@ -72,7 +72,7 @@ def runtime_signer(endpoint: str = IAM_ENDPOINT) -> ga_credentials.Signing:
     def token() -> str:
         with lock:
             if not creds.valid:
-                creds.refresh(google.auth.transport.requests.Request())
+                creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
             return str(creds.token)
 
     token()  # metadata-server credentials learn their email on refresh

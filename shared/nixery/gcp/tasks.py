@@ -12,11 +12,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from google.cloud import tasks_v2
 
-from ..builder import BuildJob
-from .firestore import FirestoreState
+from ..job import BuildJob
+from ..state import Failure, ImageStatus, Pending, Published
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,19 @@ class TaskQueue:
                 "audience": self.builder_url,
             }
         task = {"http_request": request, "dispatch_deadline": {"seconds": DISPATCH_DEADLINE}}
-        self.client.create_task(parent=self.queue, task=task)
+        self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]
+
+
+class BuildRecords(Protocol):
+    """What the queue needs of the state store (``FirestoreState`` has it)."""
+
+    def status(self, key: str) -> ImageStatus: ...
+
+    def start(self, job: BuildJob, pickup: float) -> bool: ...
+
+
+class Enqueue(Protocol):
+    def enqueue(self, job: BuildJob) -> None: ...
 
 
 class TaskBuildQueue:
@@ -60,8 +73,8 @@ class TaskBuildQueue:
 
     def __init__(
         self,
-        state: FirestoreState,
-        tasks: TaskQueue,
+        state: BuildRecords,
+        tasks: Enqueue,
         pickup: float,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -72,19 +85,19 @@ class TaskBuildQueue:
         self.clock = clock
         self.sleep = sleep
 
-    def build(self, job: BuildJob, wait: float) -> bool:
+    def build(self, job: BuildJob, wait: float) -> Published | Failure | None:
+        """Records and enqueues the build, then polls its record: one read per poll."""
         deadline = self.clock() + wait
         self._start(job)
         delay = 0.2
         while True:
-            record = self.state.record(job.key) or {}
-            status = record.get("status")
-            if status in ("done", "failed"):
-                return True
-            if status is None or record["lease_expires"] < self.clock():
+            status = self.state.status(job.key)
+            if isinstance(status, Published | Failure):
+                return status
+            if not isinstance(status, Pending) or status.lease_expires < self.clock():
                 self._start(job)  # the builder died, or the task was lost: build again
             if self.clock() + delay > deadline:
-                return False
+                return None
             self.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 

@@ -9,10 +9,11 @@ from flask import Flask
 from waitress.channel import HTTPChannel
 
 from ..builder import Builder
-from ..config import Config
+from ..config import LocalSettings
 from ..images import ImageService
+from ..popularity import load_popularity
 from ..registry import create_app
-from ..sources import configured_source
+from ..sources import open_source
 from .files import FileBlobStore
 from .sqlite import SqliteState
 from .threads import ThreadBuildQueue
@@ -43,33 +44,37 @@ class _PlainHttpChannel(HTTPChannel):
         return super().received(data)
 
 
-def create_local_app(config: Config) -> Flask:
-    assert config.storage_path is not None and config.state_path is not None
-    source = configured_source(config)
-    blobs = FileBlobStore(config.storage_path)
-    for leftover in blobs.scratch.iterdir():  # from a process that died mid-build
-        leftover.unlink()
-    state = SqliteState(config.state_path)
-    builder = Builder.from_config(config, source=source, blobs=blobs, state=state)
+def create_local_app(settings: LocalSettings) -> Flask:
+    source = open_source(settings.source)
+    blobs = FileBlobStore(settings.storage_path)
+    blobs.remove_leftovers()
+    state = SqliteState(settings.state_path)
+    builder = Builder.from_settings(
+        settings.build,
+        source=source,
+        blobs=blobs,
+        state=state,
+        popularity=load_popularity(settings.build.popularity_url),
+    )
     service = ImageService(
         source=source,
         state=state,
         blobs=blobs,
-        builds=ThreadBuildQueue(builder, config.build_workers),
-        wait=config.build_wait,
-        failure_ttl=config.failure_ttl,
+        builds=ThreadBuildQueue(builder, state, settings.build_workers),
+        wait=settings.serve.build_wait,
+        failure_ttl=settings.serve.failure_ttl,
     )
-    return create_app(service, config.web_dir)
+    return create_app(service, settings.serve.web_dir)
 
 
-def serve(config: Config) -> None:
-    app = create_local_app(config)
+def serve(settings: LocalSettings) -> None:
+    app = create_local_app(settings)
     log.info(
         "serving on http://%s:%d (blobs and state in %s)",
-        config.host, config.port, config.storage_path,
+        settings.host, settings.port, settings.storage_path,
     )  # fmt: skip
-    server = waitress.create_server(
-        app, host=config.host, port=config.port, threads=SERVER_THREADS, ident="nixery"
+    server = waitress.create_server(  # type: ignore[attr-defined]
+        app, host=settings.host, port=settings.port, threads=SERVER_THREADS, ident="nixery"
     )
-    server.channel_class = _PlainHttpChannel  # type: ignore[union-attr]
+    server.channel_class = _PlainHttpChannel
     server.run()

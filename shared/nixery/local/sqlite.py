@@ -6,10 +6,10 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
-from ..archives import LayerBlob
-from ..manifests import Manifest
-from ..state import Failure
+from ..manifests import LayerBlob, Manifest
+from ..state import Failure, FailureKind, ImageStatus, Published
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (
@@ -17,8 +17,9 @@ CREATE TABLE IF NOT EXISTS manifests (
 CREATE TABLE IF NOT EXISTS images (
     key TEXT NOT NULL, media_type TEXT NOT NULL, digest TEXT NOT NULL,
     PRIMARY KEY (key, media_type));
-CREATE TABLE IF NOT EXISTS failures (
-    key TEXT PRIMARY KEY, status INTEGER NOT NULL, message TEXT NOT NULL,
+DROP TABLE IF EXISTS failures;  -- stored an HTTP status until 2026-12; failures are short-lived
+CREATE TABLE IF NOT EXISTS failed_builds (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, message TEXT NOT NULL,
     detail TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS layers (
     key TEXT PRIMARY KEY, digest TEXT NOT NULL, diff_id TEXT NOT NULL, size INTEGER NOT NULL);
@@ -35,16 +36,23 @@ class SqliteState:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
 
-    def _one(self, sql: str, *args: object) -> tuple | None:
+    def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
             return self._db.execute(sql, args).fetchone()
 
-    def image(self, key: str) -> dict[str, str] | None:
+    def status(self, key: str) -> ImageStatus:
         with self._lock:
             rows = self._db.execute(
                 "SELECT media_type, digest FROM images WHERE key = ?", (key,)
             ).fetchall()
-        return dict(rows) or None
+            failed = self._db.execute(
+                "SELECT kind, message, detail, at FROM failed_builds WHERE key = ?", (key,)
+            ).fetchone()
+        if rows:
+            return Published(dict(rows))
+        if failed:
+            return Failure(FailureKind(failed[0]), failed[1], json.loads(failed[2]), failed[3])
+        return None
 
     def manifest(self, digest: str) -> Manifest | None:
         row = self._one("SELECT media_type, body FROM manifests WHERE digest = ?", digest)
@@ -61,17 +69,13 @@ class SqliteState:
                 self._db.execute(
                     "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (key, m.media_type, m.digest)
                 )
-            self._db.execute("DELETE FROM failures WHERE key = ?", (key,))
-
-    def failure(self, key: str) -> Failure | None:
-        row = self._one("SELECT status, message, detail, at FROM failures WHERE key = ?", key)
-        return Failure(row[0], row[1], json.loads(row[2]), row[3]) if row else None
+            self._db.execute("DELETE FROM failed_builds WHERE key = ?", (key,))
 
     def record_failure(self, key: str, failure: Failure) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
-                (key, failure.status, failure.message, json.dumps(failure.detail), failure.at),
+                "INSERT OR REPLACE INTO failed_builds VALUES (?, ?, ?, ?, ?)",
+                (key, failure.kind.value, failure.message, json.dumps(failure.detail), failure.at),
             )
 
     def layer(self, layer_key: str) -> LayerBlob | None:

@@ -1,4 +1,4 @@
-"""The builder service: runs the build tasks that Cloud Tasks delivers.
+"""The builder service's app: runs the build tasks that Cloud Tasks delivers.
 
 A delivery first claims the build's lease. A build that finished already, or that another
 builder holds a live lease on, is answered at once (2xx and 503 respectively, so Cloud Tasks
@@ -10,13 +10,21 @@ Permanent failures are recorded and answered 2xx; anything else is answered 500 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
+from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from ..builder import Builder, BuildJob
+from ..builder import Builder
+from ..job import BuildJob
+from ..popularity import load_popularity
+from ..sources import open_source
+from .clients import bucket, firestore_state
 from .firestore import FirestoreState
+from .gcs import GcsBlobStore
+from .settings import builder_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +76,8 @@ def create_builder_app(worker: BuildWorker) -> Flask:
     @app.post("/")
     def build() -> Response:
         try:
-            job = BuildJob.from_dict(request.get_json(force=True))
-        except (ValueError, KeyError, TypeError) as e:
+            job = BuildJob.from_dict(request.get_json(force=True, silent=True))
+        except ValueError as e:
             # A malformed task can never succeed: 2xx so Cloud Tasks drops it.
             log.error("rejected task: %s", e)
             return Response(f"rejected: {e}", status=202)
@@ -81,3 +89,16 @@ def create_builder_app(worker: BuildWorker) -> Flask:
         return "ok"
 
     return app
+
+
+def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
+    settings = builder_settings(env)
+    state = firestore_state(settings.gcp)
+    builder = Builder.from_settings(
+        settings.build,
+        source=open_source(settings.source),
+        blobs=GcsBlobStore(bucket(settings.gcp), signer=None, url_ttl=60),
+        state=state,
+        popularity=load_popularity(settings.build.popularity_url),
+    )
+    return create_builder_app(BuildWorker(builder, state, settings.gcp.lease))

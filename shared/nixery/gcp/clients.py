@@ -1,0 +1,35 @@
+"""The Google Cloud clients both roles use, from their settings.
+
+Constructed on first use rather than at import, so that the registry function answers its
+ping before any of them loads.
+"""
+
+from __future__ import annotations
+
+from google.cloud import firestore, tasks_v2
+from google.cloud.storage import Bucket, Client
+
+from .firestore import FirestoreState
+from .settings import GcpSettings
+
+
+def firestore_state(gcp: GcpSettings) -> FirestoreState:
+    client = firestore.Client(project=gcp.project, database=gcp.database)
+    return FirestoreState(client, gcp.prefix)
+
+
+def bucket(gcp: GcpSettings) -> Bucket:
+    return Client(project=gcp.project).bucket(gcp.bucket)
+
+
+def tasks_client(emulator: str | None) -> tasks_v2.CloudTasksClient:
+    """A Cloud Tasks client; with ``emulator`` (host:port), one for the local emulator."""
+    if emulator:
+        import grpc
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+            CloudTasksGrpcTransport,
+        )
+
+        channel = grpc.insecure_channel(emulator)
+        return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    return tasks_v2.CloudTasksClient()

@@ -1,0 +1,46 @@
+"""The registry function's app: the protocol, answered from Firestore and GCS.
+
+Loads no part of the build pipeline (Nix, layering, archives): a miss only enqueues a job.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from ..images import ImageService
+from ..registry import create_app
+from ..sources import open_source
+from .clients import bucket, firestore_state, tasks_client
+from .gcs import GcsBlobStore
+from .settings import registry_settings
+from .signing import runtime_signer
+from .tasks import TaskBuildQueue, TaskQueue
+
+
+def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
+    settings = registry_settings(env)
+    state = firestore_state(settings.gcp)
+    blobs = GcsBlobStore(
+        bucket(settings.gcp),
+        signer=runtime_signer(settings.iam_endpoint),
+        url_ttl=settings.url_ttl,
+        public_endpoint=settings.storage_public_url,
+    )
+    tasks = TaskQueue(
+        tasks_client(settings.tasks_emulator),
+        settings.tasks_queue,
+        settings.builder_url,
+        settings.tasks_service_account,
+    )
+    service = ImageService(
+        source=open_source(settings.source),
+        state=state,
+        blobs=blobs,
+        builds=TaskBuildQueue(state, tasks, pickup=settings.gcp.lease),
+        wait=settings.serve.build_wait,
+        failure_ttl=settings.serve.failure_ttl,
+    )
+    return create_app(service, settings.serve.web_dir)

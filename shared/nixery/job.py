@@ -1,0 +1,79 @@
+"""Build jobs: one image to build, as the registry hands it to a builder.
+
+A job is what crosses from the registry to the builder (a thread in local mode, a Cloud Task
+on Google Cloud), so it lives apart from the pipeline: enqueuing one must not load Nix or the
+archive code. Its key is the image's cache key, derived from its content alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .names import ARCHITECTURES, ImageRequest
+from .sources import Revision
+
+# Bumped whenever a change to the pipeline changes what an image key produces, so that
+# images published by an older version are rebuilt rather than served stale.
+FORMAT_VERSION = 1
+
+
+def image_key(request: ImageRequest, revision: Revision) -> str:
+    """The cache key of a request built from one exact source revision."""
+    material = json.dumps(
+        {
+            "format": FORMAT_VERSION,
+            "revision": str(revision),
+            "packages": request.packages,
+            "system": request.arch.nix_system,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything a builder needs, and nothing it must look up."""
+
+    key: str
+    request: ImageRequest
+    revision: Revision
+
+    @classmethod
+    def of(cls, request: ImageRequest, revision: Revision) -> BuildJob:
+        return cls(image_key(request, revision), request, revision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "packages": list(self.request.packages),
+            "system": self.request.arch.nix_system,
+            "revision": {"source": self.revision.source, "value": self.revision.value},
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> BuildJob:
+        """The job a task carries. Its key is recomputed, so a forged task cannot publish an
+        image under a key other than its own content's; anything malformed is ValueError."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a job is a JSON object")
+        try:
+            system, packages, revision = data["system"], data["packages"], data["revision"]
+            source, value = revision["source"], revision["value"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed job: missing {e}") from None
+        arch = next((a for a in ARCHITECTURES if a.nix_system == system), None)
+        if arch is None:
+            raise ValueError(f"unknown system {system!r}")
+        if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+            raise ValueError("packages must be a list of names")
+        job = cls.of(
+            ImageRequest(tuple(sorted(set(packages))), arch), Revision(str(source), str(value))
+        )
+        if job.key != data.get("key"):
+            raise ValueError("the job's key does not match its content")
+        return job

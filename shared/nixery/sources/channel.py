@@ -1,0 +1,157 @@
+"""Nixpkgs as NixOS channels publish it (NIXERY_CHANNEL)."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from ..config import ConfigError
+from ..errors import SourceUnavailable
+from .base import COMMIT_RE, Revision, check_source, public_url
+from .cache import Clock, TTLCache
+from .files import extract, materialise
+
+# A leading letter, digit or "_" keeps "." and ".." (and option-like names) out of URLs.
+CHANNEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+DEFAULT_TTL = 300.0
+_USER_AGENT = "nixery"
+_COPY_CHUNK = 1 << 20
+
+
+class _SameMethodRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib turns a redirected HEAD into a GET; GitHub redirects archive URLs, so without this
+    checking that a commit exists would start downloading its whole tarball."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.method = req.get_method()
+        return new
+
+
+class ChannelSource:
+    """Nixpkgs as published by NixOS channels (NIXERY_CHANNEL).
+
+    Tags: `latest` is the configured channel (or the configured commit, if that is what it is);
+    40 hex digits are a nixpkgs commit; anything else is the name of a channel. Revisions are
+    nixpkgs commits, so their id names the archive host rather than a channel: the same commit
+    reached through two channels is the same set, and shares one cache key.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        cache_dir: Path,
+        channel_url: str = "https://channels.nixos.org",
+        archive_url: str = "https://github.com/NixOS/nixpkgs/archive",
+        ttl: float = DEFAULT_TTL,
+        clock: Clock = time.monotonic,
+        timeout: float = 30.0,
+    ) -> None:
+        if not CHANNEL_RE.fullmatch(channel):
+            raise ConfigError(f"NIXERY_CHANNEL: invalid channel name {channel!r}")
+        for name, url in (("NIXERY_CHANNEL_URL", channel_url), ("NIXERY_ARCHIVE_URL", archive_url)):
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                raise ConfigError(f"{name} must be an http(s) URL, not {url!r}")
+        self._channel = channel
+        self._channel_url = channel_url.rstrip("/")
+        self._archive_url = archive_url.rstrip("/")
+        self._id = f"nixpkgs:{public_url(self._archive_url)}"
+        self._dir = Path(cache_dir) / "channel"
+        # Per socket operation, not for a whole download: a large archive may take longer.
+        self._timeout = timeout
+        self._opener = urllib.request.build_opener(_SameMethodRedirects)
+        self._revisions: TTLCache[Revision | None] = TTLCache(ttl, clock)
+
+    def resolve(self, tag: str) -> Revision | None:
+        return self._revisions.get(tag, lambda: self._lookup(tag))
+
+    def checkout(self, revision: Revision) -> Path:
+        check_source(self._id, revision)
+        return materialise(self._dir / revision.value, lambda dest: self._download(revision, dest))
+
+    def tags(self) -> list[str]:
+        """Only `latest`: other channels and every nixpkgs commit are tags too, but uncountable."""
+        return ["latest"]
+
+    def _lookup(self, tag: str) -> Revision | None:
+        name = self._channel if tag == "latest" else tag
+        if tag == "latest" and COMMIT_RE.fullmatch(name):
+            # The operator's own pin is trusted; a commit from an image tag is checked.
+            commit: str | None = name.lower()
+        elif COMMIT_RE.fullmatch(name):
+            commit = self._commit_exists(name.lower())
+        elif CHANNEL_RE.fullmatch(name):
+            commit = self._channel_commit(name)
+        else:
+            return None
+        return None if commit is None else Revision(self._id, commit)
+
+    def _channel_commit(self, channel: str) -> str | None:
+        url = f"{self._channel_url}/{channel}/git-revision"
+        with self._open("GET", url) as response:
+            if response is None:
+                return None
+            body = self._read(url, response, 1024).decode(errors="replace").strip()
+        if not COMMIT_RE.fullmatch(body):
+            raise SourceUnavailable(f"{url} did not answer a commit: {body[:80]!r}")
+        return body.lower()
+
+    def _commit_exists(self, commit: str) -> str | None:
+        with self._open("HEAD", f"{self._archive_url}/{commit}.tar.gz") as response:
+            return None if response is None else commit
+
+    def _download(self, revision: Revision, dest: Path) -> None:
+        url = f"{self._archive_url}/{revision.value}.tar.gz"
+        # Spooled to disk: a nixpkgs archive is tens of megabytes.
+        with tempfile.TemporaryFile(dir=self._dir) as archive:
+            with self._open("GET", url) as response:
+                if response is None:
+                    raise SourceUnavailable(f"{url} is gone")
+                while chunk := self._read(url, response, _COPY_CHUNK):
+                    archive.write(chunk)
+            archive.seek(0)
+            extract(archive, dest, strip_top=True)
+
+    @contextmanager
+    def _open(self, method: str, url: str) -> Iterator[http.client.HTTPResponse | None]:
+        """The response to `method url`, or None on 404; any other failure is SourceUnavailable."""
+        request = urllib.request.Request(url, method=method, headers={"User-Agent": _USER_AGENT})
+        try:
+            response = self._opener.open(request, timeout=self._timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code != 404:
+                raise SourceUnavailable(f"{method} {url}: HTTP {e.code} {e.reason}") from e
+            response = None
+        except (OSError, http.client.HTTPException) as e:
+            raise SourceUnavailable(f"{method} {url}: {e}") from e
+        if response is None:
+            yield None
+            return
+        with response:
+            yield response
+
+    @staticmethod
+    def _read(url: str, response: http.client.HTTPResponse, size: int) -> bytes:
+        try:
+            return response.read(size)
+        except (OSError, http.client.HTTPException) as e:
+            raise SourceUnavailable(f"GET {url}: {e}") from e

@@ -1,0 +1,168 @@
+"""A package set in a git repository (NIXERY_PKGS_REPO)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from ..config import ConfigError
+from ..errors import SourceUnavailable
+from ..names import TAG_RE
+from .base import COMMIT_RE, Revision, check_source, public_url
+from .cache import Clock, TTLCache
+from .files import extract, materialise
+
+DEFAULT_TTL = 60.0
+_QUERY_TIMEOUT = 120.0
+# Fetching a large set such as nixpkgs, even shallowly, can take minutes on a slow link.
+_FETCH_TIMEOUT = 1800.0
+
+
+class GitSource:
+    """A package set in a git repository (NIXERY_PKGS_REPO).
+
+    Tags: `latest` is the remote's HEAD; 40 hex digits are a commit; anything else is a tag or
+    branch name, and when both exist the tag wins, as in git's own ref disambiguation. Branch
+    names containing "/" cannot be named, since image tags cannot contain it.
+    """
+
+    def __init__(
+        self, url: str, cache_dir: Path, ttl: float = DEFAULT_TTL, clock: Clock = time.monotonic
+    ) -> None:
+        if url.startswith("-"):
+            raise ConfigError(f"NIXERY_PKGS_REPO: {url!r} could be read as an option")
+        self._url = url
+        self._id = f"git:{public_url(url)}"
+        self._dir = Path(cache_dir) / "git"
+        url_hash = hashlib.sha256(url.encode()).hexdigest()[:32]
+        self._mirror = self._dir / f"mirror-{url_hash}.git"
+        self._fetch_lock = threading.Lock()
+        self._revisions: TTLCache[Revision | None] = TTLCache(ttl, clock)
+        self._refs: TTLCache[list[str]] = TTLCache(ttl, clock)
+
+    def resolve(self, tag: str) -> Revision | None:
+        return self._revisions.get(tag, lambda: self._lookup(tag))
+
+    def tags(self) -> list[str]:
+        """`latest` and the remote's branches and tags whose names are valid image tags."""
+        return self._refs.get("", self._list_refs)
+
+    def _list_refs(self) -> list[str]:
+        refs = self._ls_remote("refs/heads/*", "refs/tags/*")
+        names = {ref.split("/", 2)[2].removesuffix("^{}") for ref in refs}
+        return sorted({"latest", *(n for n in names if TAG_RE.fullmatch(n))})
+
+    def checkout(self, revision: Revision) -> Path:
+        check_source(self._id, revision)
+        return materialise(self._dir / revision.value, lambda dest: self._export(revision, dest))
+
+    def _lookup(self, tag: str) -> Revision | None:
+        if COMMIT_RE.fullmatch(tag):
+            commit = self._fetch(tag.lower())
+        elif tag == "latest":
+            commit = self._ls_remote("HEAD").get("HEAD")
+        else:
+            refs = self._ls_remote(f"refs/tags/{tag}", f"refs/tags/{tag}^{{}}", f"refs/heads/{tag}")
+            # An annotated tag is listed twice; the peeled ("^{}") line names its commit.
+            commit = (
+                refs.get(f"refs/tags/{tag}^{{}}")
+                or refs.get(f"refs/tags/{tag}")
+                or refs.get(f"refs/heads/{tag}")
+            )
+        return None if commit is None else Revision(self._id, commit)
+
+    def _ls_remote(self, *patterns: str) -> dict[str, str]:
+        """The remote's refs matching `patterns` (tail globs, filtered exactly by the caller)."""
+        out = _git("ls-remote", "--", self._url, *patterns, timeout=_QUERY_TIMEOUT)
+        refs = {}
+        for line in out.splitlines():
+            commit, _, ref = line.partition("\t")
+            refs[ref] = commit
+        return refs
+
+    def _fetch(self, commit: str) -> str | None:
+        """Make `commit` present in the local mirror and return it, or None if the remote
+        does not have it. Shallow, because the full history of a set like nixpkgs is gigabytes;
+        fetched into a ref, so that the objects stay reachable."""
+        found = self._local_commit(commit)
+        if found is not None:
+            return found
+        mirror = materialise(
+            self._mirror,
+            lambda dest: _git("init", "--quiet", "--bare", dest, timeout=_QUERY_TIMEOUT),
+        )
+        # Concurrent shallow fetches into one repository fail on its shallow.lock.
+        with self._fetch_lock:
+            found = self._local_commit(commit)
+            if found is not None:
+                return found
+            try:
+                _git(
+                    *("-C", mirror, "-c", "gc.auto=0", "-c", "maintenance.auto=false", "fetch"),
+                    *("--quiet", "--depth=1", "--no-tags", "--no-write-fetch-head"),
+                    *("--", self._url, f"+{commit}:refs/nixery/{commit}"),
+                    timeout=_FETCH_TIMEOUT,
+                )
+            except SourceUnavailable:
+                # The remote's message for an unknown commit differs between servers and
+                # versions, so ask whether it is reachable at all: if so, the commit is unknown.
+                self._ls_remote("HEAD")
+                return None
+            return self._local_commit(commit)
+
+    def _local_commit(self, commit: str) -> str | None:
+        """The commit `commit` names in the mirror (an annotated tag's id names its commit), or
+        None if the mirror lacks it or it names no commit."""
+        if not self._mirror.is_dir():
+            return None
+        try:
+            out = _git(
+                *("-C", self._mirror, "rev-parse", "--quiet", "--verify", f"{commit}^{{commit}}"),
+                timeout=_QUERY_TIMEOUT,
+            )
+        except SourceUnavailable:
+            return None
+        return out.strip()
+
+    def _export(self, revision: Revision, dest: Path) -> None:
+        if self._fetch(revision.value) is None:
+            raise SourceUnavailable(f"{revision} is no longer available from the remote")
+        with tempfile.TemporaryFile(dir=self._dir) as archive:
+            _git(
+                *("-C", self._mirror, "archive", "--format=tar", revision.value),
+                stdout=archive,
+                timeout=_FETCH_TIMEOUT,
+            )
+            archive.seek(0)
+            extract(archive, dest, strip_top=False)
+
+
+def _git(*args: str | Path, timeout: float, stdout: IO[bytes] | None = None) -> str:
+    """Run git without ever prompting (a server has nobody to answer); failures, including
+    a remote that cannot be reached, become SourceUnavailable. Returns stdout unless redirected."""
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    try:
+        result = subprocess.run(
+            ["git", *map(str, args)],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    # Messages leave out the command line: it holds the URL, which may carry credentials.
+    except subprocess.TimeoutExpired as e:
+        raise SourceUnavailable(f"git timed out after {timeout:g}s") from e
+    except OSError as e:
+        raise SourceUnavailable(f"cannot run git: {e}") from e
+    if result.returncode != 0:
+        raise SourceUnavailable(f"git: {result.stderr.decode(errors='replace').strip()}")
+    return "" if stdout is not None else result.stdout.decode()

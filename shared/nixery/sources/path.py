@@ -1,0 +1,75 @@
+"""A package set in a local directory (NIXERY_PKGS_PATH)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from ..errors import SourceUnavailable
+from .base import Revision, check_source
+from .cache import Clock, TTLCache
+
+DEFAULT_TTL = 10.0
+
+
+class PathSource:
+    """A package set in a local directory (NIXERY_PKGS_PATH). It has a single version, `latest`,
+    identified by a hash of its contents so that editing the directory changes the cache key."""
+
+    def __init__(self, path: Path, ttl: float = DEFAULT_TTL, clock: Clock = time.monotonic) -> None:
+        # Not resolved: a symlink that is re-pointed on deploy should be followed each time.
+        self._path = Path(path).absolute()
+        self._id = f"path:{self._path}"
+        self._hashes: TTLCache[str] = TTLCache(ttl, clock)
+
+    def resolve(self, tag: str) -> Revision | None:
+        if tag != "latest":
+            return None
+        return Revision(self._id, self._content_hash())
+
+    def checkout(self, revision: Revision) -> Path:
+        check_source(self._id, revision)
+        if self._content_hash() != revision.value:
+            raise SourceUnavailable(f"{self._path} changed since {revision} was resolved")
+        return self._path
+
+    def tags(self) -> list[str]:
+        return ["latest"]
+
+    def _content_hash(self) -> str:
+        return self._hashes.get("", lambda: _tree_hash(self._path))
+
+
+def _tree_hash(root: Path) -> str:
+    """Hash what a Nix evaluation can see: names, contents, executable bits and symlink targets.
+    Each record is NUL-framed (NUL cannot occur in names or link targets) and file contents enter
+    as fixed-size digests, so two different trees cannot produce the same byte stream."""
+    digest = hashlib.sha256()
+
+    def walk(directory: str, prefix: bytes) -> None:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda entry: entry.name)
+        for entry in entries:
+            if entry.name == ".git":
+                continue
+            name = prefix + os.fsencode(entry.name)
+            if entry.is_symlink():
+                digest.update(b"l\0" + name + b"\0" + os.fsencode(os.readlink(entry.path)) + b"\0")
+            elif entry.is_dir():
+                digest.update(b"d\0" + name + b"\0")
+                walk(entry.path, name + b"/")
+            elif entry.is_file():
+                executable = entry.stat().st_mode & 0o100
+                with open(entry.path, "rb") as f:
+                    content = hashlib.file_digest(f, "sha256").digest()
+                digest.update(b"f\0" + name + b"\0" + (b"x" if executable else b"-") + content)
+
+    try:
+        if not root.is_dir():
+            raise SourceUnavailable(f"{root} is not a directory")
+        walk(str(root), b"")
+    except OSError as e:
+        raise SourceUnavailable(f"cannot read {root}: {e}") from e
+    return digest.hexdigest()

@@ -1,0 +1,287 @@
+"""In-memory fakes of the core's seams, for unit tests only.
+
+They stand in for the state store, the blob store, the clock, the package source, the build
+queue and the builder, so that the image service and the build queues can be tested without
+Nix, HTTP or emulators. They are never a backend of the registry: nothing here persists, and
+``MemoryState`` and ``MemoryBlobStore`` are held to the real adapters' contracts by
+``test_state_contract`` and ``test_blobstore_contract``.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from nixery.errors import BuildError, BuildFailed, BuildTimedOut, Transient, UnknownPackages
+from nixery.job import BuildJob
+from nixery.manifests import LayerBlob, Manifest, canonical_json, image_manifests
+from nixery.names import AMD64, ImageRequest
+from nixery.sources import Revision
+from nixery.state import Failure, ImageStatus, Pending, Published
+from nixery.storage import Hasher
+
+REVISION = Revision("test", "0" * 40)
+
+# One error of each kind a failed build is remembered as.
+BUILD_ERRORS: list[BuildError] = [
+    UnknownPackages(["nosuch", "nothere"]),
+    BuildFailed("builder for hello failed", "error: line 1\nline 2"),
+    BuildTimedOut("a builder ran past 3 seconds", "still building"),
+]
+
+
+def sample_job(*packages: str) -> BuildJob:
+    """A job for the given packages (``hello`` by default) at a fixed revision."""
+    return BuildJob.of(ImageRequest(tuple(sorted(packages or ("hello",))), AMD64), REVISION)
+
+
+def sample_manifests(seed: str = "image") -> list[Manifest]:
+    """One image in both manifest formats; another seed gives other bytes and digests."""
+    return image_manifests(canonical_json({"seed": seed}), [])
+
+
+def all_at_once(calls: Sequence[Callable[[], object]], timeout: float = 120) -> list[Exception]:
+    """Runs the calls on threads released together, as racing requests or builders would;
+    returns what they raised."""
+    barrier = threading.Barrier(len(calls))
+    errors: list[Exception] = []
+
+    def run(call: Callable[[], object]) -> None:
+        try:
+            barrier.wait(timeout=30)
+            call()
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(call,), daemon=True) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), f"still running after {timeout} s"
+    return errors
+
+
+class FakeClock:
+    """``time.time`` under the test's control; ``sleep`` passes fake time and returns at once.
+
+    ``after(seconds, action)`` runs an action once fake time has passed that point, which is
+    how a test scripts what the world does while the code under test sleeps.
+    """
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+        self._due: list[tuple[float, Callable[[], None]]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [action for at, action in self._due if at <= self.now]
+        self._due = [(at, action) for at, action in self._due if at > self.now]
+        for action in due:
+            action()
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
+
+    def after(self, seconds: float, action: Callable[[], None]) -> None:
+        self._due.append((self.now + seconds, action))
+
+
+class MemoryState:
+    """The ``State`` protocol in dicts, plus the build records (``start``, ``claim``) that
+    ``TaskBuildQueue`` and builders use, with ``FirestoreState``'s lease rules.
+
+    ``reads`` counts ``status`` calls and ``attempts`` the builds started per key.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.reads = 0
+        self.attempts: Counter[str] = Counter()
+        self._images: dict[str, Published | Failure | Pending] = {}
+        self._owners: dict[str, str | None] = {}
+        self._manifests: dict[str, Manifest] = {}
+        self._layers: dict[str, LayerBlob] = {}
+        self._lock = threading.Lock()
+
+    def status(self, key: str) -> ImageStatus:
+        with self._lock:
+            self.reads += 1
+            return self._images.get(key)
+
+    def manifest(self, digest: str) -> Manifest | None:
+        with self._lock:
+            return self._manifests.get(digest)
+
+    def publish(self, key: str, manifests: list[Manifest]) -> None:
+        with self._lock:
+            for m in manifests:
+                self._manifests.setdefault(m.digest, m)
+            self._images[key] = Published({m.media_type: m.digest for m in manifests})
+            self._owners.pop(key, None)
+
+    def record_failure(self, key: str, failure: Failure) -> None:
+        with self._lock:
+            if not isinstance(self._images.get(key), Published):
+                self._images[key] = failure
+            self._owners.pop(key, None)
+
+    def layer(self, layer_key: str) -> LayerBlob | None:
+        with self._lock:
+            return self._layers.get(layer_key)
+
+    def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
+        with self._lock:
+            self._layers[layer_key] = layer
+
+    def start(self, job: BuildJob, pickup: float) -> bool:
+        with self._lock:
+            current = self._images.get(job.key)
+            if isinstance(current, Published):
+                return False
+            if isinstance(current, Pending) and current.lease_expires > self.clock():
+                return False
+            self._images[job.key] = Pending(self.clock() + pickup)
+            self._owners[job.key] = None
+            self.attempts[job.key] += 1
+            return True
+
+    def claim(self, job: BuildJob, owner: str, ttl: float) -> Literal["taken", "done", "busy"]:
+        with self._lock:
+            current = self._images.get(job.key)
+            if isinstance(current, Published | Failure):
+                return "done"
+            holder = self._owners.get(job.key)
+            live = isinstance(current, Pending) and current.lease_expires > self.clock()
+            if holder not in (None, owner) and live:
+                return "busy"
+            self._images[job.key] = Pending(self.clock() + ttl)
+            self._owners[job.key] = owner
+            return "taken"
+
+
+class MemoryBlobWriter:
+    def __init__(self, store: MemoryBlobStore) -> None:
+        self._store = store
+        self._buffer: bytearray | None = bytearray()
+        self._hash = Hasher()
+        store.staged[id(self)] = self._buffer
+
+    def write(self, data: bytes | memoryview) -> int:
+        assert self._buffer is not None, "write after commit or cancel"
+        self._hash.update(data)
+        self._buffer += data
+        return len(data)
+
+    def commit(self, digest: str) -> None:
+        assert self._buffer is not None, "commit after commit or cancel"
+        self._hash.check(digest)
+        with self._store.lock:
+            self._store.blobs.setdefault(digest, bytes(self._buffer))
+        self.cancel()
+
+    def cancel(self) -> None:
+        self._buffer = None
+        self._store.staged.pop(id(self), None)
+
+
+class MemoryBlobStore:
+    """The ``BlobStore`` protocol in a dict; ``staged`` holds the open writers' bytes."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.staged: dict[int, bytearray] = {}
+        self.lock = threading.Lock()
+
+    def writer(self) -> MemoryBlobWriter:
+        return MemoryBlobWriter(self)
+
+    def size(self, digest: str) -> int | None:
+        blob = self.blobs.get(digest)
+        return None if blob is None else len(blob)
+
+    def url(self, digest: str) -> str | None:
+        return None
+
+    def open(self, digest: str) -> BinaryIO:
+        return io.BytesIO(self.blobs[digest])
+
+
+class StaticSource:
+    """A package source with fixed tags; ``resolved`` lists the tags looked up."""
+
+    def __init__(self, tags: Mapping[str, Revision]) -> None:
+        self.revisions = dict(tags)
+        self.resolved: list[str] = []
+
+    def resolve(self, tag: str) -> Revision | None:
+        self.resolved.append(tag)
+        return self.revisions.get(tag)
+
+    def checkout(self, revision: Revision) -> Path:
+        raise AssertionError("a unit test checked a source out")
+
+    def tags(self) -> list[str]:
+        return sorted(self.revisions)
+
+
+Outcome = Published | Failure | None | Exception
+
+
+class ScriptedQueue:
+    """A ``BuildQueue`` answering each ``build`` with the next scripted outcome (an exception
+    is raised); ``calls`` lists the jobs and waits it was given."""
+
+    def __init__(self, *outcomes: Outcome) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[BuildJob, float]] = []
+
+    def build(self, job: BuildJob, wait: float) -> Published | Failure | None:
+        self.calls.append((job, wait))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+class FakeBuilder:
+    """Stands in for ``Builder.run``: records the job, waits for ``release`` and ``seconds``,
+    then publishes the manifests, records the failure or raises the transient error given."""
+
+    def __init__(
+        self,
+        state: MemoryState,
+        outcome: list[Manifest] | Failure | Transient,
+        seconds: float = 0.1,
+    ) -> None:
+        self.state = state
+        self.outcome = outcome
+        self.seconds = seconds
+        self.calls: list[BuildJob] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self._lock = threading.Lock()
+
+    def run(self, job: BuildJob) -> None:
+        with self._lock:
+            self.calls.append(job)
+        self.started.set()
+        assert self.release.wait(timeout=30), "the test never released the build"
+        time.sleep(self.seconds)
+        if isinstance(self.outcome, Transient):
+            raise self.outcome
+        if isinstance(self.outcome, Failure):
+            self.state.record_failure(job.key, self.outcome)
+        else:
+            self.state.publish(job.key, self.outcome)

@@ -1,0 +1,233 @@
+"""The State contract: one suite, run against every adapter (as distribution runs one storage
+driver suite against every driver), so that local mode, Google Cloud mode and the unit
+tests' fake all answer alike. Firestore runs against its emulator, hence the e2e mark.
+
+Firestore's build records (leases) are Google Cloud mode's alone; their tests follow the
+suite, with a fake clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from functools import partial
+
+import pytest
+from fakes import (
+    BUILD_ERRORS,
+    FakeClock,
+    MemoryState,
+    all_at_once,
+    sample_job,
+    sample_manifests,
+)
+
+from nixery.errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
+from nixery.gcp.firestore import FirestoreState
+from nixery.local.sqlite import SqliteState
+from nixery.manifests import DOCKER_MANIFEST, OCI_MANIFEST, LayerBlob
+from nixery.state import Failure, FailureKind, Pending, Published, State
+
+KEY = sample_job().key
+AT = 1_700_000_123.25  # not a whole number, to see that fractions survive
+
+
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.e2e), "memory"])
+def state(request: pytest.FixtureRequest, tmp_path) -> State:
+    if request.param == "sqlite":
+        return SqliteState(tmp_path / "state.db")
+    if request.param == "firestore":
+        client = request.getfixturevalue("firestore_client")
+        return FirestoreState(client, prefix=f"t{uuid.uuid4().hex}_")
+    return MemoryState()
+
+
+def test_an_unknown_key_digest_and_layer_are_none(state: State) -> None:
+    assert state.status(KEY) is None
+    assert state.manifest(sample_manifests()[0].digest) is None
+    assert state.layer("no-such-layer") is None
+
+
+def test_publish_makes_the_image_published_with_its_manifests_by_type(state: State) -> None:
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+    assert set(state.status(KEY).manifests) == {OCI_MANIFEST, DOCKER_MANIFEST}
+    for m in manifests:
+        found = state.manifest(m.digest)
+        assert found is not None
+        assert (found.media_type, found.body) == (m.media_type, m.body)
+        assert isinstance(found.body, bytes)
+
+
+def test_publish_touches_no_other_key(state: State) -> None:
+    state.publish(KEY, sample_manifests())
+    assert state.status(sample_job("other").key) is None
+
+
+@pytest.mark.parametrize("error", BUILD_ERRORS, ids=lambda e: type(e).__name__)
+def test_a_failure_round_trips_with_its_kind_message_detail_and_time(
+    state: State, error: BuildError
+) -> None:
+    failure = Failure.of(error, AT)
+    state.record_failure(KEY, failure)
+    found = state.status(KEY)
+    assert found == failure
+    assert isinstance(found, Failure)
+    assert isinstance(found.kind, FailureKind)
+    assert found.at == AT
+    again = found.error()
+    assert type(again) is type(error)
+    assert (again.message, again.detail) == (error.message, error.detail)
+
+
+def test_every_failure_kind_is_covered() -> None:
+    assert {Failure.of(e, AT).kind for e in BUILD_ERRORS} == set(FailureKind)
+
+
+def test_a_later_failure_replaces_an_earlier_one(state: State) -> None:
+    state.record_failure(KEY, Failure.of(BuildFailed("first"), AT))
+    later = Failure.of(UnknownPackages(["gone"]), AT + 60)
+    state.record_failure(KEY, later)
+    assert state.status(KEY) == later
+
+
+def test_publish_clears_a_failure(state: State) -> None:
+    state.record_failure(KEY, Failure.of(BuildTimedOut("slow"), AT))
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+
+
+def test_a_failure_recorded_after_publish_leaves_the_image_published(state: State) -> None:
+    """A second builder of the key (one that took a lapsed lease over) may fail after the
+    first published: the image is out, and its manifests are served by digest already."""
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    state.record_failure(KEY, Failure.of(BuildTimedOut("the slower twin timed out"), AT))
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+
+
+def test_a_manifest_published_twice_keeps_its_bytes(state: State) -> None:
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    state.publish(sample_job("again").key, manifests)
+    for m in manifests:
+        assert state.manifest(m.digest) == m
+    assert state.status(KEY) == state.status(sample_job("again").key)
+
+
+def test_a_missing_manifest_digest_is_none_even_beside_others(state: State) -> None:
+    state.publish(KEY, sample_manifests())
+    assert state.manifest(sample_manifests("other")[0].digest) is None
+
+
+def test_the_layer_cache_round_trips_and_misses(state: State) -> None:
+    layer = LayerBlob("sha256:" + "a" * 64, "sha256:" + "b" * 64, 123_456_789_012)
+    state.record_layer("paths-1", layer)
+    assert state.layer("paths-1") == layer
+    assert state.layer("paths-2") is None
+
+
+def test_concurrent_publishes_of_one_key_end_consistent(state: State) -> None:
+    """Builders racing on one key (each with its own bytes) leave one builder's image whole,
+    never a mix, and every digest it names resolves."""
+    sets = [sample_manifests(f"build-{i}") for i in range(8)]
+    assert all_at_once([partial(state.publish, KEY, manifests) for manifests in sets]) == []
+    status = state.status(KEY)
+    assert isinstance(status, Published)
+    assert dict(status.manifests) in [{m.media_type: m.digest for m in s} for s in sets]
+    for media_type, digest in status.manifests.items():
+        found = state.manifest(digest)
+        assert found is not None and found.media_type == media_type
+
+
+# --- Firestore's build records ---------------------------------------------------------
+
+PICKUP = 30.0
+TTL = 60.0
+
+
+@pytest.mark.e2e
+class TestFirestoreBuildRecords:
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def records(self, firestore_client, clock: FakeClock) -> FirestoreState:
+        return FirestoreState(firestore_client, prefix=f"t{uuid.uuid4().hex}_", clock=clock)
+
+    @pytest.fixture
+    def attempt(self, records: FirestoreState) -> Callable[[], int]:
+        return lambda: records.builds.document(KEY).get().to_dict()["attempt"]
+
+    def test_start_creates_once_while_the_lease_is_live(self, records, clock, attempt) -> None:
+        job = sample_job()
+        assert records.start(job, PICKUP) is True
+        assert records.status(KEY) == Pending(clock() + PICKUP)
+        clock.advance(PICKUP - 1)
+        assert records.start(job, PICKUP) is False
+        assert attempt() == 1
+
+    def test_a_lapsed_lease_is_taken_over_with_the_next_attempt(self, records, clock, attempt):
+        job = sample_job()
+        assert records.start(job, PICKUP)
+        clock.advance(PICKUP + 1)
+        assert records.start(job, PICKUP) is True
+        assert attempt() == 2
+        assert records.status(KEY) == Pending(clock() + PICKUP)
+        assert records.start(job, PICKUP) is False
+
+    def test_start_leaves_a_published_image_and_takes_a_failed_one_over(self, records, attempt):
+        job = sample_job()
+        records.record_failure(KEY, Failure.of(BuildFailed("broken"), AT))
+        assert records.start(job, PICKUP) is True
+        assert isinstance(records.status(KEY), Pending)
+        records.publish(KEY, sample_manifests())
+        assert records.start(job, PICKUP) is False
+        assert isinstance(records.status(KEY), Published)
+
+    def test_claim_is_taken_then_busy_for_others_then_done(self, records, clock) -> None:
+        job = sample_job()
+        records.start(job, PICKUP)
+        assert records.claim(job, "builder-a", TTL) == "taken"
+        assert records.status(KEY) == Pending(clock() + TTL)
+        assert records.claim(job, "builder-b", TTL) == "busy"
+        assert records.claim(job, "builder-a", TTL) == "taken"  # a redelivery to the owner
+        records.publish(KEY, sample_manifests())
+        assert records.claim(job, "builder-b", TTL) == "done"
+
+    def test_claim_of_a_failed_build_is_done(self, records) -> None:
+        records.record_failure(KEY, Failure.of(UnknownPackages(["nosuch"]), AT))
+        assert records.claim(sample_job(), "builder-a", TTL) == "done"
+
+    def test_a_lapsed_claim_is_taken_over_and_its_owner_cannot_renew(self, records, clock):
+        job = sample_job()
+        records.start(job, PICKUP)
+        assert records.claim(job, "builder-a", TTL) == "taken"
+        clock.advance(TTL / 2)
+        assert records.renew(KEY, "builder-a", TTL) is True
+        assert records.status(KEY) == Pending(clock() + TTL)
+        clock.advance(TTL + 1)
+        assert records.claim(job, "builder-b", TTL) == "taken"
+        assert records.renew(KEY, "builder-a", TTL) is False
+        assert records.renew(KEY, "builder-b", TTL) is True
+
+    def test_renew_fails_once_the_build_finished(self, records) -> None:
+        job = sample_job()
+        records.claim(job, "builder-a", TTL)
+        records.publish(KEY, sample_manifests())
+        assert records.renew(KEY, "builder-a", TTL) is False
+
+    def test_release_lets_a_retry_start_at_once(self, records, clock, attempt) -> None:
+        job = sample_job()
+        records.start(job, PICKUP)
+        records.claim(job, "builder-a", TTL)
+        assert records.start(job, PICKUP) is False
+        records.release(KEY, "builder-b")  # not the owner: nothing happens
+        assert records.start(job, PICKUP) is False
+        records.release(KEY, "builder-a")
+        assert records.start(job, PICKUP) is True
+        assert attempt() == 2
+        assert records.status(KEY) == Pending(clock() + PICKUP)
