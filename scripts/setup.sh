@@ -11,6 +11,7 @@ packages=(nix-bin busybox-static git ca-certificates netbase python3 python3-ven
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(skopeo podman runc uidmap containerd default-jre-headless)
   packages+=(pigz wrk docker-registry)  # tests/test_bench.py: the benchmarks' smoke runs
+  packages+=(mmdebstrap)  # scripts/build-builder-image.sh: the builder image's base, made locally
 fi
 if [[ "${1:-}" == "--bench" ]]; then  # bench/: the reference tools they compare against
   packages+=(skopeo pigz wrk docker-registry)

@@ -157,6 +157,7 @@ class GcpRegistry(Registry):
         self.log_path = root / "registry.log"
         self.builder_log = root / "builder.log"
         self.key = service_account_key(root / "key.json")
+        self.emulators_env = list(emulators.env())
         self.env = {
             **os.environ,
             **emulators.env(),
@@ -199,6 +200,61 @@ class GcpRegistry(Registry):
 
     def builds_started(self) -> int:
         return self.builder_log.read_text(errors="replace").count(": starting ")
+
+
+class ContainerBuilderRegistry(GcpRegistry):
+    """The registry function as above, with the builder run AS the builder image (podman, host
+    network): what is tested is what would be deployed, Nix 2.26 included. The demo set, the
+    host's busybox, CA bundle and /etc/services are mounted at the host's paths, so that the
+    image's store paths, and so its digests, are the host's."""
+
+    def __init__(self, root: Path, emulators: Emulators, image: str, **env: str) -> None:
+        super().__init__(root, emulators, **env)
+        self.image = image
+        self.container = f"nixery-builder-{self.builder_port}"
+
+    def start_builder(self) -> None:
+        passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_FIRESTORE_PREFIX",
+                  "NIX_TIMEOUT", "K_SERVICE"]  # fmt: skip
+        mounts = {
+            str(DEMO): str(DEMO),
+            "/bin/busybox": "/usr/local/bin/busybox",
+            "/etc/ssl/certs/ca-certificates.crt": "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/services": "/etc/services",
+            "/etc/protocols": "/etc/protocols",
+        }
+        self.builder = Process("builder container", [
+            "podman", "run", "--rm", "--network", "host", "--name", self.container,
+            *(f"--env={name}={self.env[name]}" for name in passed),
+            f"--env=PORT={self.builder_port}",
+            *(f"--volume={host}:{inside}:ro" for host, inside in mounts.items()),
+            self.image,
+        ], self.builder_log, {**os.environ, **podman_env()})  # fmt: skip
+        self.builder.wait_until(
+            lambda: _ok(f"http://127.0.0.1:{self.builder_port}/healthz"), timeout=120
+        )
+
+    def stop(self) -> None:
+        super().stop()
+        subprocess.run(["podman", "rm", "--force", self.container], env={**os.environ,
+                       **podman_env()}, capture_output=True, check=False)  # fmt: skip
+
+
+def podman_env() -> dict[str, str]:
+    """The project's container storage (var/containers), as scripts/podman-env.sh sets it."""
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "podman-env.sh")], capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+
+
+@pytest.fixture(scope="session")
+def builder_image() -> str:
+    """The builder image, built from functions/builder/Dockerfile for this test session."""
+    tag = "localhost/nixery-builder:test"
+    subprocess.run([str(REPO / "scripts" / "build-builder-image.sh"), tag], check=True)
+    return tag
 
 
 @pytest.fixture(scope="session")

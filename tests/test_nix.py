@@ -15,7 +15,7 @@ from nixery.errors import (
     Transient,
     UnknownPackages,
 )
-from nixery.nix import Nix, _classify, _error_message, parse_path_info
+from nixery.nix import Nix, _classify, _error_message, check_nix_version, parse_path_info
 
 A = "/nix/store/" + "a" * 32 + "-a-1.0"
 B = "/nix/store/" + "b" * 32 + "-b-1.0"
@@ -141,3 +141,24 @@ def test_a_nix_killed_from_outside_is_transient(monkeypatch):
         subprocess.run(["pkill", "-KILL", "-s", leader], check=False)
     assert len(raised) == 1 and isinstance(raised[0], BuildInterrupted), raised
     assert "signal 9" in raised[0].message
+
+
+def test_the_running_nix_is_recent_enough():
+    assert check_nix_version().split(".")[:2] >= ["2", "8"]
+
+
+def test_a_set_that_needs_a_newer_nix_fails_naming_both_versions(monkeypatch, tmp_path):
+    """nixpkgs declares its minimum in lib/minver.nix; it is checked before the set is read."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    pkgs = tmp_path / "pkgs"
+    (pkgs / "lib").mkdir(parents=True)
+    (pkgs / "default.nix").write_text(f"import {DEMO}\n")
+    nix = Nix(REPO / "prepare-image", timeout=60)
+    (pkgs / "lib" / "minver.nix").write_text('"99.1"\n')
+    with pytest.raises(BuildFailed) as raised, nix.build(pkgs, ["hello"], "x86_64-linux"):
+        pass
+    running = check_nix_version()
+    assert "99.1" in raised.value.message and running in raised.value.message
+    (pkgs / "lib" / "minver.nix").write_text('"2.0"\n')
+    with nix.build(pkgs, ["hello"], "x86_64-linux") as result:
+        assert "hello" in result.outputs

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError
 from .errors import BuildFailed, BuildInterrupted, BuildTimedOut, UnknownPackages
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,29 @@ REALISE_DEADLINE = 6 * 3600.0
 
 # The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
+# The oldest Nix this code is tested with (Debian 12's); the builder image has 2.26.
+MIN_NIX_VERSION = "2.8"
+
+
+def check_nix_version() -> str:
+    """The running Nix's version, or ConfigError at start if it is too old or missing."""
+    try:
+        out = subprocess.run(
+            ["nix", "--version"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ConfigError(f"cannot run `nix --version`: {e}") from e
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    if match is None:
+        raise ConfigError(f"cannot read Nix's version from {out.strip()!r}")
+    version = tuple(int(n or 0) for n in match.groups())
+    minimum = tuple(int(n) for n in MIN_NIX_VERSION.split("."))
+    if version < minimum:
+        raise ConfigError(
+            f"Nix {match.group(0)} is older than {MIN_NIX_VERSION}, the oldest this builder "
+            "supports: install a newer Nix"
+        )
+    return match.group(0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,11 @@ class Nix:
         """Builds the packages; their outputs stay garbage-collector roots until the block
         ends, so that a `nix-collect-garbage` meanwhile cannot delete what is being archived."""
         plan = self._plan(source, packages, system)
+        if too_old := plan.get("nixTooOld"):
+            raise BuildFailed(
+                f"the package set needs Nix >= {too_old['required']}, "
+                f"and this builder runs Nix {too_old['running']}"
+            )
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
         outputs = {p["name"]: p["out"] for p in plan["packages"]}

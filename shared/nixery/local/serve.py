@@ -11,6 +11,7 @@ from waitress.channel import HTTPChannel
 from ..builder import Builder
 from ..config import LocalSettings
 from ..images import ImageService
+from ..nix import check_nix_version
 from ..popularity import load_popularity
 from ..registry import create_app
 from ..sources import open_source
@@ -49,6 +50,7 @@ def create_local_app(settings: LocalSettings) -> Flask:
     blobs = FileBlobStore(settings.storage_path)
     blobs.remove_leftovers()
     state = SqliteState(settings.state_path)
+    log.info("building with Nix %s", check_nix_version())
     builder = Builder.from_settings(
         settings.build,
         source=source,

@@ -11,6 +11,9 @@
 # Only builtins are used, so this works with nixpkgs and the demo set alike.
 #
 # Output (JSON):
+#   { "nixTooOld": { required, running } } when the set's lib/minver.nix (as
+#     nixpkgs has) asks for a newer Nix than this one: checked before the set
+#     is imported, whose own check would only abort;
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
 #   { "missing": [], "packages": [ { name, attrPath, drvPath, out }, ... ] }
@@ -73,9 +76,15 @@ let
 
   resolved = map resolve names;
   missing = map (r: r.name) (builtins.filter (r: !r.ok) resolved);
+
+  minverFile = srcPath + "/lib/minver.nix";
+  minver = if builtins.pathExists minverFile then import minverFile else null;
+  tooOld = minver != null && builtins.compareVersions minver builtins.nixVersion > 0;
 in
 {
-  plan = {
+  plan = if tooOld then {
+    nixTooOld = { required = minver; running = builtins.nixVersion; };
+  } else {
     inherit missing;
     packages =
       if missing != [ ] then [ ]

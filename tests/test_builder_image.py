@@ -1,0 +1,54 @@
+"""Google Cloud mode with the builder run as its image: the Dockerfile built here with podman
+(base image made from Debian's archive), Nix 2.26 inside, pulled through by a real client."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+from conftest import OCI
+from emulators import ContainerBuilderRegistry, podman_env
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def container_registry(emulators, builder_image, tmp_path_factory):
+    reg = ContainerBuilderRegistry(tmp_path_factory.mktemp("container"), emulators, builder_image)
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+def test_the_image_has_a_current_nix_and_an_installed_package(builder_image):
+    out = subprocess.run(
+        ["podman", "run", "--rm", builder_image, "sh", "-c",
+         "nix --version; /venv/bin/python -c 'import nixery; print(nixery.__file__)'"],
+        env={**os.environ, **podman_env()}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "nix (Nix) 2.26" in out
+    assert "/site-packages/nixery/" in out, "installed, not editable"
+
+
+def test_a_pull_is_served_by_the_containers_nix(container_registry, registry, clients, tmp_path):
+    clients.trust(container_registry.host)
+    copied = clients.skopeo(
+        "copy", "--src-tls-verify=false",
+        f"docker://{container_registry.host}/shell/hello", f"oci:{tmp_path}/img:latest",
+    )  # fmt: skip
+    assert copied.returncode == 0, copied.stderr + container_registry.builder_log.read_text()
+    for blob in (tmp_path / "img" / "blobs" / "sha256").iterdir():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    log = container_registry.builder_log.read_text()
+    assert "building with Nix 2.26" in log and ": starting " in log
+    # Nix 2.26 in the image and Nix 2.8 on the host give the same store paths, so the same
+    # image: path-info's JSON is read in both shapes.
+    via_container = container_registry.get(
+        "/v2/shell/hello/manifests/latest", headers={"Accept": OCI}
+    )
+    via_host = registry.get("/v2/shell/hello/manifests/latest", headers={"Accept": OCI})
+    assert (
+        via_container.headers["Docker-Content-Digest"] == via_host.headers["Docker-Content-Digest"]
+    )
