@@ -9,6 +9,7 @@ REGISTRY = {
     "NIXERY_TASKS_LOCATION": "europe-west1",
     "NIXERY_TASKS_QUEUE": "builds",
     "NIXERY_BUILDER_URL": "https://builder.example/",
+    "NIXERY_TASKS_SERVICE_ACCOUNT": "tasks@p.iam.gserviceaccount.com",
 }
 
 
@@ -23,6 +24,7 @@ def test_registry_configuration():
     [
         ("GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"),
         ("GCS_BUCKET", "GCS_BUCKET"),
+        ("NIXERY_TASKS_SERVICE_ACCOUNT", "NIXERY_TASKS_SERVICE_ACCOUNT.*OIDC"),
         ("NIXERY_TASKS_QUEUE", "NIXERY_TASKS_QUEUE"),
         ("NIXERY_BUILDER_URL", "NIXERY_BUILDER_URL"),
     ],
@@ -58,3 +60,9 @@ def test_a_filesystem_backend_is_refused():
 def test_bad_values_are_named(name, value):
     with pytest.raises(ConfigError, match=name):
         registry_settings({**REGISTRY, name: value})
+
+
+def test_only_the_emulator_may_go_without_oidc_tokens():
+    env = {k: v for k, v in REGISTRY.items() if k != "NIXERY_TASKS_SERVICE_ACCOUNT"}
+    settings = registry_settings({**env, "NIXERY_TASKS_EMULATOR_HOST": "127.0.0.1:9"})
+    assert settings.tasks_service_account is None

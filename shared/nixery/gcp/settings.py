@@ -72,6 +72,10 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
     location = env.need("NIXERY_TASKS_LOCATION", why)
     queue = env.need("NIXERY_TASKS_QUEUE", why)
     env.need("NIXERY_BUILDER_URL", why)
+    emulator = env.get("NIXERY_TASKS_EMULATOR_HOST")
+    if not emulator:
+        # Tasks without an OIDC token could only reach a builder open to everyone.
+        env.need("NIXERY_TASKS_SERVICE_ACCOUNT", "so that the tasks carry an OIDC token")
     return RegistrySettings(
         source=source_settings(env, SOURCE_CACHE),
         serve=serve_settings(env),
@@ -79,7 +83,7 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
         tasks_queue=f"projects/{gcp.project}/locations/{location}/queues/{queue}",
         builder_url=env.url("NIXERY_BUILDER_URL", ""),
         tasks_service_account=env.get("NIXERY_TASKS_SERVICE_ACCOUNT"),
-        tasks_emulator=env.get("NIXERY_TASKS_EMULATOR_HOST"),
+        tasks_emulator=emulator,
         # V4 signatures last at most 7 days.
         url_ttl=env.seconds("NIXERY_URL_TTL", 300.0, low=1.0, high=7 * 24 * 3600.0),
         iam_endpoint=env.url("NIXERY_IAM_ENDPOINT", "https://iamcredentials.googleapis.com"),
