@@ -144,17 +144,17 @@ class MemoryState:
         with self._lock:
             self._layers[layer_key] = layer
 
-    def start(self, job: BuildJob, pickup: float) -> bool:
+    def start(self, job: BuildJob, pickup: float) -> int | None:
         with self._lock:
             current = self._images.get(job.key)
             if isinstance(current, Published):
-                return False
+                return None
             if isinstance(current, Pending) and current.lease_expires > self.clock():
-                return False
+                return None
             self._images[job.key] = Pending(self.clock() + pickup)
             self._owners[job.key] = None
             self.attempts[job.key] += 1
-            return True
+            return self.attempts[job.key]
 
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Literal["taken", "done", "busy"]:
         with self._lock:

@@ -227,3 +227,18 @@ def test_gcs_stages_a_blob_larger_than_one_upload_chunk(gcs_store: Store, monkey
     stream(gcs_store, data).commit(digest)
     assert staged and all(name.startswith(gcs.STAGING) for name in staged)
     assert_holds_only(gcs_store, data, digest)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("size", list(SIZES))
+def test_gcs_blobs_are_stored_as_immutable_for_caches(gcs_store: Store, size: str) -> None:
+    """Both paths, the single request (small) and the staging copy (large), leave the blob
+    with a year-long, immutable Cache-Control, as read back from the emulator."""
+    data, digest = random_blob(SIZES[size])
+    stream(gcs_store, data).commit(digest)
+    assert isinstance(gcs_store.blobs, gcs.GcsBlobStore)
+    stored = gcs_store.blobs.bucket.get_blob(blob_path(digest))
+    assert stored is not None
+    assert stored.cache_control == "public, max-age=31536000, immutable"
+    assert stored.content_type == "application/octet-stream"
+    assert_holds_only(gcs_store, data, digest)

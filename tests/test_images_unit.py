@@ -333,9 +333,11 @@ class RecordingTasks:
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.enqueued: list[tuple[float, BuildJob]] = []
+        self.attempts: list[int] = []
 
-    def enqueue(self, job: BuildJob) -> None:
+    def enqueue(self, job: BuildJob, attempt: int) -> None:
         self.enqueued.append((self.clock(), job))
+        self.attempts.append(attempt)
 
 
 @pytest.fixture
@@ -394,6 +396,7 @@ def test_tasks_restart_a_build_whose_builder_died(task_queue, state, tasks, cloc
     assert all(later - earlier >= PICKUP for earlier, later in itertools.pairwise(times[1:]))
     assert len(times) >= 3
     assert state.attempts[JOB.key] == len(times)
+    assert tasks.attempts == list(range(1, len(times) + 1)), "each attempt its own task name"
     assert state.reads == len(clock.slept) + 1
 
 

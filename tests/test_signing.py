@@ -9,6 +9,8 @@ import binascii
 import http.server
 import json
 import threading
+import time
+import urllib.error
 from datetime import timedelta
 from urllib.parse import parse_qs, urlparse
 
@@ -20,6 +22,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.oauth2 import service_account
 
+from nixery.gcp import signing
 from nixery.gcp.signing import IamSigner, SignedUrls
 
 EMAIL = "registry@nixery-test.iam.gserviceaccount.com"
@@ -79,11 +82,22 @@ def test_key_file_signing_verifies_and_expires_as_set(tmp_path):
 def fake_iam():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     calls: list[dict] = []
+    refusals: list[int | float] = []  # answered first, in turn: a status, or seconds to hang
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             calls.append({"path": self.path, "auth": self.headers["Authorization"]})
+            if refusals:
+                refusal = refusals.pop(0)
+                if isinstance(refusal, float):
+                    time.sleep(refusal)
+                    return
+                self.send_response(refusal)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps({"error": {"code": refusal}}).encode())
+                return
             if self.headers["Authorization"] != "Bearer token-1":
                 self.send_response(401)
                 self.end_headers()
@@ -102,12 +116,12 @@ def fake_iam():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", key, calls
+    yield f"http://127.0.0.1:{server.server_address[1]}", key, calls, refusals
     server.shutdown()
 
 
 def test_iam_signing_calls_sign_blob_and_is_reused(fake_iam):
-    endpoint, key, calls = fake_iam
+    endpoint, key, calls, _ = fake_iam
     signer = IamSigner(EMAIL, lambda: "token-1", endpoint)
     urls = sign_with(signer, ttl=300)
     url = urls.url("blobs/sha256/abc")
@@ -135,3 +149,67 @@ def test_signed_urls_are_renewed_after_half_their_life():
     assert urls.url("x") == first
     now[0] += 2
     assert urls.url("x") != first
+
+
+def test_iam_signing_retries_429_and_5xx_with_growing_waits(fake_iam):
+    endpoint, key, calls, refusals = fake_iam
+    refusals += [429, 503, 500]
+    waits: list[float] = []
+    signer = IamSigner(EMAIL, lambda: "token-1", endpoint, backoff=0.01, sleep=waits.append)
+    assert_signed_by(sign_with(signer).url("blobs/sha256/abc"), key)
+    assert len(calls) == 4
+    assert len(waits) == 3
+    assert all(0.005 * 2**i <= wait <= 0.01 * 2**i for i, wait in enumerate(waits))
+
+
+@pytest.mark.parametrize(
+    ("status", "calls_made"),
+    [(400, 1), (403, 1), (503, 3)],
+    ids=["a client error is not retried", "nor a refusal", "a 5xx until the attempts end"],
+)
+def test_iam_signing_raises_the_last_error(fake_iam, status: int, calls_made: int):
+    endpoint, _, calls, refusals = fake_iam
+    refusals += [status] * 10
+    signer = IamSigner(EMAIL, lambda: "token-1", endpoint, attempts=3, sleep=lambda _: None)
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        sign_with(signer).url("blobs/sha256/abc")
+    assert raised.value.code == status
+    assert len(calls) == calls_made
+
+
+def test_iam_signing_gives_up_by_its_deadline(fake_iam):
+    """Refused without end, or left unanswered, signing fails within its deadline."""
+    endpoint, _, calls, refusals = fake_iam
+    refusals += [503] * 100
+    signer = IamSigner(EMAIL, lambda: "token-1", endpoint, attempts=100, deadline=0.5)
+    start = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError):
+        sign_with(signer).url("blobs/sha256/abc")
+    # Not a timing test: without the deadline, 100 attempts would wait for minutes.
+    assert time.monotonic() - start < 10
+    assert 2 <= len(calls) < 10  # waits of 0.25s at most, then doubling
+
+    refusals[:] = [20.0]  # a call that hangs
+    calls.clear()
+    signer = IamSigner(EMAIL, lambda: "token-1", endpoint, timeout=30, deadline=0.5)
+    start = time.monotonic()
+    with pytest.raises((urllib.error.URLError, TimeoutError)):
+        sign_with(signer).url("blobs/sha256/abc")
+    assert time.monotonic() - start < 10, "the call was cut off, not waited out"
+    assert len(calls) == 1
+
+
+def test_urls_signed_through_iam_live_at_most_12_hours(fake_iam, tmp_path, caplog):
+    endpoint, key, _, _ = fake_iam
+    signer = IamSigner(EMAIL, lambda: "token-1", endpoint)
+    assert signing.IAM_MAX_TTL == 12 * 3600
+    assert signing.url_ttl_for(signer, 300) == 300
+    week = 7 * 24 * 3600
+    assert signing.url_ttl_for(signer, week) == 12 * 3600
+    assert "NIXERY_URL_TTL" in caplog.text
+    url = sign_with(signer, ttl=signing.url_ttl_for(signer, week)).url("blobs/sha256/abc")
+    assert parse_qs(urlparse(url).query)["X-Goog-Expires"] == ["43200"]
+    assert_signed_by(url, key)
+    service_account_key(tmp_path / "key.json")
+    creds = service_account.Credentials.from_service_account_file(str(tmp_path / "key.json"))
+    assert signing.url_ttl_for(creds, week) == week, "a key file signs for up to 7 days"

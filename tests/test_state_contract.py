@@ -23,10 +23,10 @@ from fakes import (
 )
 
 from nixery.errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
-from nixery.gcp.firestore import FirestoreState
+from nixery.gcp.firestore import MAX_ATTEMPTS, FirestoreState
 from nixery.local.sqlite import SqliteState
 from nixery.manifests import DOCKER_MANIFEST, OCI_MANIFEST, LayerBlob
-from nixery.state import Failure, FailureKind, Pending, Published, State
+from nixery.state import MAX_LOG, MAX_MESSAGE, Failure, FailureKind, Pending, Published, State
 
 KEY = sample_job().key
 AT = 1_700_000_123.25  # not a whole number, to see that fractions survive
@@ -164,29 +164,46 @@ class TestFirestoreBuildRecords:
 
     def test_start_creates_once_while_the_lease_is_live(self, records, clock, attempt) -> None:
         job = sample_job()
-        assert records.start(job, PICKUP) is True
+        assert records.start(job, PICKUP) == 1
         assert records.status(KEY) == Pending(clock() + PICKUP)
         clock.advance(PICKUP - 1)
-        assert records.start(job, PICKUP) is False
+        assert records.start(job, PICKUP) is None
         assert attempt() == 1
 
     def test_a_lapsed_lease_is_taken_over_with_the_next_attempt(self, records, clock, attempt):
         job = sample_job()
         assert records.start(job, PICKUP)
         clock.advance(PICKUP + 1)
-        assert records.start(job, PICKUP) is True
+        assert records.start(job, PICKUP) == 2
         assert attempt() == 2
         assert records.status(KEY) == Pending(clock() + PICKUP)
-        assert records.start(job, PICKUP) is False
+        assert records.start(job, PICKUP) is None
 
     def test_start_leaves_a_published_image_and_takes_a_failed_one_over(self, records, attempt):
         job = sample_job()
         records.record_failure(KEY, Failure.of(BuildFailed("broken"), AT))
-        assert records.start(job, PICKUP) is True
+        assert records.start(job, PICKUP) == 1
         assert isinstance(records.status(KEY), Pending)
         records.publish(KEY, sample_manifests())
-        assert records.start(job, PICKUP) is False
+        assert records.start(job, PICKUP) is None
         assert isinstance(records.status(KEY), Published)
+
+    def test_builders_that_keep_dying_end_in_a_failure(self, records, clock, attempt) -> None:
+        """Each start gets a new attempt (a task name of its own); after MAX_ATTEMPTS starts
+        whose builders all stopped, the build is recorded as failed, not started again. A
+        start after that failure begins a new round, still with new attempt numbers."""
+        job = sample_job()
+        starts = []
+        for _ in range(MAX_ATTEMPTS):
+            starts.append(records.start(job, PICKUP))
+            assert records.claim(job, "builder", TTL) == "taken"
+            clock.advance(TTL + 1)  # the builder died with its lease
+        assert starts == list(range(1, MAX_ATTEMPTS + 1))
+        assert records.start(job, PICKUP) is None
+        failed = records.status(KEY)
+        assert isinstance(failed, Failure) and failed.kind is FailureKind.BUILD_ERROR
+        assert f"started {MAX_ATTEMPTS} times" in failed.message
+        assert records.start(job, PICKUP) == MAX_ATTEMPTS + 1, "a new round, a new task name"
 
     def test_claim_is_taken_then_busy_for_others_then_done(self, records, clock) -> None:
         job = sample_job()
@@ -224,10 +241,35 @@ class TestFirestoreBuildRecords:
         job = sample_job()
         records.start(job, PICKUP)
         records.claim(job, "builder-a", TTL)
-        assert records.start(job, PICKUP) is False
+        assert records.start(job, PICKUP) is None
         records.release(KEY, "builder-b")  # not the owner: nothing happens
-        assert records.start(job, PICKUP) is False
+        assert records.start(job, PICKUP) is None
         records.release(KEY, "builder-a")
-        assert records.start(job, PICKUP) is True
+        assert records.start(job, PICKUP) == 2
         assert attempt() == 2
         assert records.status(KEY) == Pending(clock() + PICKUP)
+
+
+@pytest.mark.parametrize("error_type", [BuildFailed, BuildTimedOut])
+def test_a_huge_failure_is_stored_bounded_keeping_the_end_of_its_log(
+    state: State, error_type: type[BuildFailed]
+) -> None:
+    """A Firestore document holds at most 1 MiB: a 5 MB log and a 1 MB message are stored
+    cut, in every store alike, the log keeping its end (where Nix puts the error)."""
+    lines = [f'building step {i}: "quoted" \\ é ✓' for i in range(150_000)]
+    log = "\n".join([*lines, "error: builder for '/nix/store/x.drv' failed with exit code 1"])
+    assert len(log.encode()) > 5_000_000, "a 5 MB log"
+    state.record_failure(KEY, Failure.of(error_type("m" * 1_000_000, log), AT))
+    found = state.status(KEY)
+    assert isinstance(found, Failure) and found.at == AT
+    again = found.error()
+    assert type(again) is error_type
+    assert len(again.log_tail) < MAX_LOG + 100 and again.log_tail.endswith(log[-MAX_LOG:])
+    assert again.log_tail.startswith("[nixery: ")
+    assert len(found.message) < MAX_MESSAGE + 100 and found.message.startswith("mmm")
+
+
+def test_a_failure_within_bounds_is_stored_unchanged(state: State) -> None:
+    failure = Failure.of(BuildFailed("m" * MAX_MESSAGE, "x" * MAX_LOG), AT)
+    state.record_failure(KEY, failure)
+    assert state.status(KEY) == failure

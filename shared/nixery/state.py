@@ -15,6 +15,20 @@ from typing import Any, Protocol
 from .errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
 from .manifests import LayerBlob, Manifest
 
+# What is kept of a failure, in every store: a Firestore document holds at most 1 MiB, and
+# nobody reads more of a log in an error reply. JSON may escape a character into 6 bytes, so
+# even a worst-case log stays far below that. A log keeps its end, where Nix puts the error.
+MAX_MESSAGE = 4096
+MAX_LOG = 32 << 10
+
+
+def _bounded(text: str, limit: int, keep_end: bool) -> str:
+    if len(text) <= limit:
+        return text
+    if keep_end:
+        return f"[nixery: {len(text) - limit} characters cut]\n" + text[-limit:]
+    return text[:limit] + f" [nixery: {len(text) - limit} characters cut]"
+
 
 class FailureKind(StrEnum):
     """Why an image could not be built; what is stored, never an HTTP status."""
@@ -35,13 +49,18 @@ class Failure:
 
     @classmethod
     def of(cls, error: BuildError, at: float) -> Failure:
+        """The failure to remember for an error, its message and log bounded in size."""
+        detail = dict(error.detail or {})
+        if isinstance(detail.get("log"), str):
+            detail["log"] = _bounded(detail["log"], MAX_LOG, keep_end=True)
+        message = _bounded(error.message, MAX_MESSAGE, keep_end=False)
         if isinstance(error, UnknownPackages):
             kind = FailureKind.UNKNOWN_PACKAGES
         elif isinstance(error, BuildTimedOut):
             kind = FailureKind.TIMEOUT
         else:
             kind = FailureKind.BUILD_ERROR
-        return cls(kind, error.message, dict(error.detail or {}), at)
+        return cls(kind, message, detail, at)
 
     def error(self) -> BuildError:
         """The error this failure answers, as it was raised when the build failed."""

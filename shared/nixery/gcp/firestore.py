@@ -25,6 +25,21 @@ from ..state import Failure, FailureKind, ImageStatus, Pending, Published
 from .memory import BoundedCache
 
 Claim = Literal["taken", "done", "busy"]
+# Starts of one build whose builder stopped without an outcome, before it counts as failed.
+MAX_ATTEMPTS = 3
+
+
+def _failed(failure: Failure) -> dict[str, Any]:
+    """The fields of a build record that say it failed, and why."""
+    return {
+        "status": "failed",
+        "failure_kind": failure.kind.value,
+        "failure_message": failure.message,
+        "failure_detail": json.dumps(failure.detail),
+        "lease_owner": None,
+        "lease_expires": 0.0,
+        "updated": failure.at,
+    }
 
 
 @dataclass
@@ -35,7 +50,8 @@ class _BuildRecord:
     job: dict[str, Any] = field(default_factory=dict)
     lease_owner: str | None = None
     lease_expires: float = 0.0
-    attempt: int = 0
+    attempt: int = 0  # counts every start, so that each has a task name of its own
+    round_start: int = 1  # the attempt that began this round (a fresh start after a failure)
     updated: float = 0.0
     manifests: dict[str, str] = field(default_factory=dict)  # when done
     failure_kind: str = ""  # when failed
@@ -118,21 +134,12 @@ class FirestoreState:
         """Records a failure, unless the image was published meanwhile (by a builder that
         took over a lapsed lease): a late failure never takes a published image back."""
         ref = self.builds.document(key)
-        failed = {
-            "status": "failed",
-            "failure_kind": failure.kind.value,
-            "failure_message": failure.message,
-            "failure_detail": json.dumps(failure.detail),
-            "lease_owner": None,
-            "lease_expires": 0.0,
-            "updated": failure.at,
-        }
 
         @firestore.transactional
         def record(transaction: firestore.Transaction) -> None:
             record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
             if not record or record.status != "done":
-                transaction.set(ref, failed, merge=True)
+                transaction.set(ref, _failed(failure), merge=True)
 
         record(self.client.transaction())
 
@@ -145,33 +152,51 @@ class FirestoreState:
 
     # --- Build records -----------------------------------------------------------------
 
-    def start(self, job: BuildJob, pickup: float) -> bool:
-        """Records that the job must be built; True if this caller must enqueue it.
+    def start(self, job: BuildJob, pickup: float) -> int | None:
+        """Records that the job must be built; the attempt this caller must enqueue, if any.
 
         A build that is running (a live lease) or finished is left alone; an absent record is
-        created, and a failed one, or one whose lease lapsed, is taken over.
+        created, a failed one is started afresh, and one whose lease lapsed (its builder died,
+        or its task was lost) is taken over, up to ``MAX_ATTEMPTS`` times: a build whose
+        builders keep dying (killed for memory, say) is then recorded as failed, not retried
+        forever at a builder's cost each time.
         """
         ref = self.builds.document(job.key)
         now = self.clock()
-        fresh = _BuildRecord("building", job.to_dict(), None, now + pickup, 1, now)
+        fresh = _BuildRecord(
+            "building", job.to_dict(), lease_expires=now + pickup, attempt=1, updated=now
+        )
         try:
             ref.create(asdict(fresh))
-            return True
+            return 1
         except exceptions.Conflict:
             pass
 
         @firestore.transactional
-        def take_over(transaction: firestore.Transaction) -> bool:
+        def take_over(transaction: firestore.Transaction) -> int | None:
             record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
             if record and record.status == "done":
-                return False
-            if record and record.status == "building" and record.lease_expires > self.clock():
-                return False
+                return None
             fresh.attempt = (record.attempt if record else 0) + 1
+            fresh.round_start = fresh.attempt
+            if record and record.status == "building":
+                if record.lease_expires > self.clock():
+                    return None
+                starts = record.attempt - record.round_start + 1
+                if starts >= MAX_ATTEMPTS:
+                    message = (
+                        f"the build was started {starts} times and each time its builder "
+                        "stopped before it finished (killed, e.g. for lack of memory)"
+                    )
+                    failed = Failure(FailureKind.BUILD_ERROR, message, {}, self.clock())
+                    transaction.set(ref, _failed(failed), merge=True)
+                    return None
+                fresh.round_start = record.round_start
             transaction.set(ref, asdict(fresh), merge=True)
-            return True
+            return fresh.attempt
 
-        return bool(take_over(self.client.transaction()))
+        attempt: int | None = take_over(self.client.transaction())
+        return attempt
 
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Claim:
         """A builder's claim on a job: run it ("taken"), or leave it to whoever has it."""

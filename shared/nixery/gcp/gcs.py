@@ -5,7 +5,9 @@ object (``staging/<random>``) and, once its bytes match the digest, copies it un
 digest's name with ``if_generation_match=0``, so a blob is never written over, and deletes
 the staging object. Nothing is held whole in memory or on a local disk (on Cloud Run the
 disk is memory); an abandoned staging object is left to the bucket's lifecycle rule. A blob
-smaller than one upload chunk goes straight to its name in a single request.
+smaller than one upload chunk goes straight to its name in a single request. Either way
+the blob is stored with ``Cache-Control: public, max-age=31536000, immutable``: its name is
+its digest, so its bytes never change and any cache may keep it for a year.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from google.cloud.storage.fileio import BlobWriter
 
 from ..storage import Hasher, blob_path
 from .memory import BoundedCache
-from .signing import SignedUrls
+from .signing import SignedUrls, url_ttl_for
 
 # Bytes per resumable-upload request: a multiple of 256 KiB, held in memory per writer.
 UPLOAD_CHUNK = 16 << 20
 STAGING = "staging/"
 _TYPE = "application/octet-stream"
+# Content-addressed, so never stale. Set on the final object's properties before the upload
+# or the rewrite: a rewrite applies the destination's properties sent with it (rather than
+# copying the staging object's), so the metadata is set on both paths alike.
+CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
 class GcsBlobWriter:
@@ -59,6 +65,8 @@ class GcsBlobWriter:
             self.cancel()
             return
         final = self._store.bucket.blob(blob_path(digest))
+        final.cache_control = CACHE_CONTROL
+        final.content_type = _TYPE
         try:
             if self._upload is None:
                 final.upload_from_string(
@@ -101,7 +109,7 @@ class GcsBlobStore:
         self.bucket = bucket
         self._signer = signer
         self._endpoint = public_endpoint
-        self._urls = SignedUrls(self._sign, url_ttl)
+        self._urls = SignedUrls(self._sign, url_ttl_for(signer, url_ttl))
         # Blobs never change, so a size once seen stays true; misses are not remembered.
         self._sizes: BoundedCache[int] = BoundedCache()
 

@@ -8,12 +8,14 @@ decides who builds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
 
+from google.api_core import exceptions
 from google.cloud import tasks_v2
 
 from ..job import BuildJob
@@ -39,7 +41,9 @@ class TaskQueue:
         self.builder_url = builder_url
         self.service_account = service_account
 
-    def enqueue(self, job: BuildJob) -> None:
+    def enqueue(self, job: BuildJob, attempt: int) -> None:
+        """Enqueues one attempt of a build. The task's name carries the key and the attempt,
+        so Cloud Tasks refuses a second enqueue of the same attempt (a retried call)."""
         request: dict[str, object] = {
             "http_method": tasks_v2.HttpMethod.POST,
             "url": self.builder_url,
@@ -52,8 +56,13 @@ class TaskQueue:
                 "service_account_email": self.service_account,
                 "audience": self.builder_url,
             }
-        task = {"http_request": request, "dispatch_deadline": {"seconds": DISPATCH_DEADLINE}}
-        self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]
+        task = {
+            "name": f"{self.queue}/tasks/{job.key}-{attempt}",
+            "http_request": request,
+            "dispatch_deadline": {"seconds": DISPATCH_DEADLINE},
+        }
+        with contextlib.suppress(exceptions.AlreadyExists):  # enqueued already
+            self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]
 
 
 class BuildRecords(Protocol):
@@ -61,11 +70,11 @@ class BuildRecords(Protocol):
 
     def status(self, key: str) -> ImageStatus: ...
 
-    def start(self, job: BuildJob, pickup: float) -> bool: ...
+    def start(self, job: BuildJob, pickup: float) -> int | None: ...
 
 
 class Enqueue(Protocol):
-    def enqueue(self, job: BuildJob) -> None: ...
+    def enqueue(self, job: BuildJob, attempt: int) -> None: ...
 
 
 class TaskBuildQueue:
@@ -102,6 +111,7 @@ class TaskBuildQueue:
             delay = min(delay * 1.5, 2.0)
 
     def _start(self, job: BuildJob) -> None:
-        if self.state.start(job, self.pickup):
-            log.info("build %s: enqueued", job.key[:12], extra={"build_key": job.key})
-            self.tasks.enqueue(job)
+        if attempt := self.state.start(job, self.pickup):
+            log.info("build %s: enqueued, attempt %d", job.key[:12], attempt,
+                     extra={"build_key": job.key, "attempt": attempt})  # fmt: skip
+            self.tasks.enqueue(job, attempt)
