@@ -66,3 +66,11 @@ def test_only_the_emulator_may_go_without_oidc_tokens():
     env = {k: v for k, v in REGISTRY.items() if k != "NIXERY_TASKS_SERVICE_ACCOUNT"}
     settings = registry_settings({**env, "NIXERY_TASKS_EMULATOR_HOST": "127.0.0.1:9"})
     assert settings.tasks_service_account is None
+
+
+def test_the_build_wait_ends_before_the_functions_timeout():
+    settings = registry_settings({**REGISTRY, "NIXERY_FUNCTION_TIMEOUT": "300",
+                                  "NIXERY_BUILD_WAIT": "270"})  # fmt: skip
+    assert settings.function_timeout == 300
+    with pytest.raises(ConfigError, match=r"NIXERY_BUILD_WAIT.*NIXERY_FUNCTION_TIMEOUT"):
+        registry_settings({**REGISTRY, "NIXERY_FUNCTION_TIMEOUT": "300"})  # the 600 s default

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import (
     BuildSettings,
+    ConfigError,
     Env,
     ServeSettings,
     SourceSettings,
@@ -61,6 +62,7 @@ class RegistrySettings:
     tasks_service_account: str | None  # signs the tasks' OIDC tokens for the builder
     tasks_emulator: str | None
     url_ttl: float
+    function_timeout: float  # the platform's request timeout, as deployed
     iam_endpoint: str
     storage_public_url: str | None  # the host signed URLs name, where it is not Google's
 
@@ -72,13 +74,23 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
     location = env.need("NIXERY_TASKS_LOCATION", why)
     queue = env.need("NIXERY_TASKS_QUEUE", why)
     env.need("NIXERY_BUILDER_URL", why)
+    serve = serve_settings(env)
+    # The runtime does not tell a function its timeout: the deployment passes it. A request
+    # cut off by the platform gets a bare 5xx; one that stops waiting first gets a 503 with
+    # Retry-After that clients understand, so the wait must end with time to answer.
+    timeout = env.seconds("NIXERY_FUNCTION_TIMEOUT", 3600.0, low=1.0, high=3600.0)
+    if serve.build_wait > timeout - 30:
+        raise ConfigError(
+            f"NIXERY_BUILD_WAIT ({serve.build_wait:g} s) must be at least 30 s shorter than "
+            f"NIXERY_FUNCTION_TIMEOUT ({timeout:g} s), the function's request timeout"
+        )
     emulator = env.get("NIXERY_TASKS_EMULATOR_HOST")
     if not emulator:
         # Tasks without an OIDC token could only reach a builder open to everyone.
         env.need("NIXERY_TASKS_SERVICE_ACCOUNT", "so that the tasks carry an OIDC token")
     return RegistrySettings(
         source=source_settings(env, SOURCE_CACHE),
-        serve=serve_settings(env),
+        serve=serve,
         gcp=gcp,
         tasks_queue=f"projects/{gcp.project}/locations/{location}/queues/{queue}",
         builder_url=env.url("NIXERY_BUILDER_URL", ""),
@@ -86,6 +98,7 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
         tasks_emulator=emulator,
         # V4 signatures last at most 7 days.
         url_ttl=env.seconds("NIXERY_URL_TTL", 300.0, low=1.0, high=7 * 24 * 3600.0),
+        function_timeout=timeout,
         iam_endpoint=env.url("NIXERY_IAM_ENDPOINT", "https://iamcredentials.googleapis.com"),
         storage_public_url=env.get("STORAGE_EMULATOR_HOST"),
     )
