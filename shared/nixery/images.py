@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .builds import BuildQueue, remembered
@@ -97,10 +98,8 @@ class ImageService:
     def tags(self) -> list[str]:
         """The tags listed for a valid name, without building it: whether its packages exist
         is only known once its manifest is asked for."""
-        try:
+        with _source_unavailable():
             return self.source.tags()
-        except SourceUnavailable as e:
-            raise SourceUnavailable(f"the package source is unavailable: {e}") from e
 
     def blob(self, digest: Digest) -> BlobLocation:
         size = self.blobs.size(digest)
@@ -109,11 +108,18 @@ class ImageService:
         return BlobLocation(size, self.blobs.url(digest))
 
     def _resolve(self, tag: Tag) -> Revision:
-        try:
+        with _source_unavailable():
             revision = self.source.resolve(tag.name)
-        except SourceUnavailable as e:
-            log.warning("cannot resolve tag %s: %s", tag.name, e)
-            raise SourceUnavailable(f"the package source is unavailable: {e}") from e
         if revision is None:
             raise UnknownTag("unknown tag", {"tag": tag.name})
         return revision
+
+
+@contextmanager
+def _source_unavailable() -> Iterator[None]:
+    """Says, in a source's failure, that the package source is what is unavailable."""
+    try:
+        yield
+    except SourceUnavailable as e:
+        log.warning("the package source is unavailable: %s", e)
+        raise SourceUnavailable(f"the package source is unavailable: {e}") from e

@@ -72,9 +72,7 @@ class Hasher:
 
 
 def store_bytes(blobs: BlobStore, digest: str, data: bytes) -> None:
-    """Stores a small blob held in memory (a config)."""
-    if blobs.size(digest) is not None:
-        return
+    """Stores a small blob held in memory (a config); one that exists is kept, by commit."""
     writer = blobs.writer()
     try:
         writer.write(data)
