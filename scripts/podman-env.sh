@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sourced (or run, to print the exports): podman and buildah settings for the project's own
-# container storage in var/containers, as root, on this kind of machine (vfs storage,
-# cgroupfs, runc, host network), so that no command touches /var/lib/containers.
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/var/containers"
+# Sourced (or run, to print the exports): podman and buildah settings for a container storage
+# of our own, as root, on this kind of machine (vfs storage, cgroupfs, runc, host network),
+# so that no command touches /var/lib/containers. The storage is the project's var/containers,
+# or the directory NIXERY_CONTAINERS names (the tests' clients use a scratch one).
+root="${NIXERY_CONTAINERS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/var/containers}"
 mkdir -p "$root/tmp"
 cat >"$root/storage.conf" <<EOF
 [storage]

@@ -9,36 +9,26 @@ import subprocess
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def podman_env(root: Path | None = None) -> dict[str, str]:
+    """podman's settings for a storage of our own: var/containers, or ``root``, as
+    scripts/podman-env.sh writes them (the builder image is built with the same)."""
+    extra = {"NIXERY_CONTAINERS": str(root)} if root else {}
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "podman-env.sh")],
+        env={**os.environ, **extra}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+
 
 class Clients:
     def __init__(self, root: Path, registry: str) -> None:
         self.registry = registry
-        root.mkdir(parents=True, exist_ok=True)
-        storage = root / "storage.conf"
-        storage.write_text(
-            f'[storage]\ndriver = "vfs"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n'
-        )
-        containers = root / "containers.conf"
-        containers.write_text(
-            "[containers]\n"
-            'netns = "host"\ncgroupns = "host"\n'
-            'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
-            "[engine]\n"
-            'cgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-            f'events_logfile_path = "{root}/events.log"\nruntime = "runc"\n'
-            f'tmp_dir = "{root}/tmp"\nimage_copy_tmp_dir = "{root}/copytmp"\n'
-        )
-        (root / "copytmp").mkdir(exist_ok=True)
-        self._registries = root / "registries.conf"
-        self._registries.write_text("")
+        self.env = {**os.environ, **podman_env(root)}
+        self._registries = Path(self.env["CONTAINERS_REGISTRIES_CONF"])
         self.trust(registry)
-        self.env = {
-            **os.environ,
-            "CONTAINERS_STORAGE_CONF": str(storage),
-            "CONTAINERS_CONF": str(containers),
-            "CONTAINERS_REGISTRIES_CONF": str(self._registries),
-            "TMPDIR": str(root / "copytmp"),
-        }
 
     def trust(self, host: str) -> None:
         """Lets podman use plain HTTP with another registry on this machine."""

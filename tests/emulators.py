@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from clients import podman_env
 from conftest import DEMO, NIX_CONFIG, REPO, Registry, free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -238,15 +239,6 @@ class ContainerBuilderRegistry(GcpRegistry):
         super().stop()
         subprocess.run(["podman", "rm", "--force", self.container], env={**os.environ,
                        **podman_env()}, capture_output=True, check=False)  # fmt: skip
-
-
-def podman_env() -> dict[str, str]:
-    """The project's container storage (var/containers), as scripts/podman-env.sh sets it."""
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "podman-env.sh")], capture_output=True, text=True,
-        check=True,
-    ).stdout  # fmt: skip
-    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ import os
 import subprocess
 
 import pytest
+from clients import podman_env
 from conftest import OCI
-from emulators import ContainerBuilderRegistry, podman_env
+from emulators import ContainerBuilderRegistry
 
 pytestmark = pytest.mark.e2e
 
