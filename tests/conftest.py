@@ -24,6 +24,9 @@ NIXERY = Path(sys.executable).parent / "nixery"
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 
+# What would let an installed package use the repository's files instead of its own.
+REPOSITORY_LEAKS = ("PYTHONPATH", "PYTHONHOME", "WEB_DIR", "NIXERY_PREPARE_IMAGE")
+
 # The demo set has no binary cache; without this Nix tries cache.nixos.org on every build.
 NIX_CONFIG = "substituters =\nbuild-users-group =\n"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import OCI, REPO
+from conftest import OCI, REPO, REPOSITORY_LEAKS
 from emulators import Emulators, GcpRegistry, Process, _ok
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ class PackagedRegistry(GcpRegistry):
 
     def __init__(self, root: Path, emulators: Emulators, app: Path, venv: Path) -> None:
         super().__init__(root, emulators)
-        for leak in ("PYTHONPATH", "PYTHONHOME", "WEB_DIR", "NIXERY_PREPARE_IMAGE"):
+        for leak in REPOSITORY_LEAKS:
             self.env.pop(leak, None)
         self.app, self.venv = app, venv
 

@@ -4,13 +4,13 @@ outside the repository. It must carry its web page and its Nix expressions."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import OCI, REPO, Registry
+from conftest import OCI, REPO, REPOSITORY_LEAKS, Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +22,14 @@ print(json.dumps([nixery.__file__, str(c.package_dir("web")), str(c.package_dir(
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("installed")
-    # A copy, as the Cloud Functions build gets: pip builds in the source tree (build/), which
-    # must not race with other runs nor bring stale files along; nothing outside shared/ helps.
-    shared = shutil.copytree(
-        REPO / "shared", root / "shared",
-        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".mypy_cache"),
-    )  # fmt: skip
+    # The copy the Cloud Functions build gets, from the script that makes its archive: pip
+    # builds in the source tree (build/), which must not race with other runs nor bring stale
+    # files along, and nothing outside shared/ may help.
+    archive = root / "function.zip"
+    subprocess.run([sys.executable, REPO / "scripts" / "package-function.py", archive], check=True)
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(root, [n for n in zipped.namelist() if n.startswith("shared/")])
+    shared = root / "shared"
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
@@ -56,8 +58,8 @@ def test_the_installed_package_is_a_copy_in_site_packages(installed: Path, tmp_p
 
 def test_the_installed_package_serves_its_page_and_builds(installed: Path, tmp_path: Path):
     reg = Registry(tmp_path / "storage")
-    for leak in ("PYTHONPATH", "PYTHONHOME", "WEB_DIR", "NIXERY_PREPARE_IMAGE"):
-        reg.env.pop(leak, None)  # only the package's own files may be used
+    for leak in REPOSITORY_LEAKS:
+        reg.env.pop(leak, None)
     reg.nixery = installed / "bin" / "nixery"
     reg.cwd = tmp_path  # outside the repository
     reg.start()
