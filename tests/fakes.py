@@ -108,8 +108,8 @@ class MemoryState:
         self.clock = clock
         self.reads = 0
         self.attempts: Counter[str] = Counter()
-        self._images: dict[str, Published | Failure | Pending] = {}
-        self._owners: dict[str, str | None] = {}
+        self._images: dict[str, Published | Failure] = {}
+        self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
         self._manifests: dict[str, Manifest] = {}
         self._layers: dict[str, LayerBlob] = {}
         self._lock = threading.Lock()
@@ -117,6 +117,8 @@ class MemoryState:
     def status(self, key: str) -> ImageStatus:
         with self._lock:
             self.reads += 1
+            if key in self._leases:
+                return Pending(self._leases[key][1] - self.clock())
             return self._images.get(key)
 
     def manifest(self, digest: str) -> Manifest | None:
@@ -128,13 +130,13 @@ class MemoryState:
             for m in manifests:
                 self._manifests.setdefault(m.digest, m)
             self._images[key] = Published({m.media_type: m.digest for m in manifests})
-            self._owners.pop(key, None)
+            self._leases.pop(key, None)
 
     def record_failure(self, key: str, failure: Failure) -> None:
         with self._lock:
             if not isinstance(self._images.get(key), Published):
                 self._images[key] = failure
-            self._owners.pop(key, None)
+                self._leases.pop(key, None)
 
     def layer(self, layer_key: str) -> LayerBlob | None:
         with self._lock:
@@ -146,27 +148,23 @@ class MemoryState:
 
     def start(self, job: BuildJob, pickup: float) -> int | None:
         with self._lock:
-            current = self._images.get(job.key)
-            if isinstance(current, Published):
+            if isinstance(self._images.get(job.key), Published):
                 return None
-            if isinstance(current, Pending) and current.lease_expires > self.clock():
+            if self._leases.get(job.key, (None, 0.0))[1] > self.clock():
                 return None
-            self._images[job.key] = Pending(self.clock() + pickup)
-            self._owners[job.key] = None
+            self._images.pop(job.key, None)
+            self._leases[job.key] = (None, self.clock() + pickup)
             self.attempts[job.key] += 1
             return self.attempts[job.key]
 
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Literal["taken", "done", "busy"]:
         with self._lock:
-            current = self._images.get(job.key)
-            if isinstance(current, Published | Failure):
+            if job.key in self._images:
                 return "done"
-            holder = self._owners.get(job.key)
-            live = isinstance(current, Pending) and current.lease_expires > self.clock()
-            if holder not in (None, owner) and live:
+            holder, expires = self._leases.get(job.key, (None, 0.0))
+            if holder not in (None, owner) and expires > self.clock():
                 return "busy"
-            self._images[job.key] = Pending(self.clock() + ttl)
-            self._owners[job.key] = owner
+            self._leases[job.key] = (owner, self.clock() + ttl)
             return "taken"
 
 

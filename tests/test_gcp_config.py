@@ -1,7 +1,7 @@
 import pytest
 
-from nixery.config import ConfigError
-from nixery.gcp.settings import builder_settings, registry_settings
+from nixery.config import ARCHIVE_SHARE, BUILD_WAIT, ConfigError
+from nixery.gcp.settings import MAX_DISPATCH_DEADLINE, builder_settings, registry_settings
 
 REGISTRY = {
     "GOOGLE_CLOUD_PROJECT": "p",
@@ -11,6 +11,7 @@ REGISTRY = {
     "NIXERY_BUILDER_URL": "https://builder.example/",
     "NIXERY_TASKS_SERVICE_ACCOUNT": "tasks@p.iam.gserviceaccount.com",
 }
+BUILDER = {"GOOGLE_CLOUD_PROJECT": "p", "GCS_BUCKET": "b"}
 
 
 def test_registry_configuration():
@@ -36,14 +37,14 @@ def test_missing_settings_are_named(missing, named):
 
 
 def test_the_builder_needs_no_queue():
-    settings = builder_settings({"GOOGLE_CLOUD_PROJECT": "p", "GCS_BUCKET": "b"})
+    settings = builder_settings(BUILDER)
     assert settings.gcp.bucket == "b" and not hasattr(settings, "tasks_queue")
 
 
 def test_each_role_reads_only_its_own_settings():
     registry = registry_settings(REGISTRY)
     assert not hasattr(registry, "build"), "the registry runs no Nix"
-    builder = builder_settings({"GOOGLE_CLOUD_PROJECT": "p", "GCS_BUCKET": "b"})
+    builder = builder_settings(BUILDER)
     assert not hasattr(builder, "serve"), "the builder answers no manifest requests"
 
 
@@ -72,5 +73,37 @@ def test_the_build_wait_ends_before_the_functions_timeout():
     settings = registry_settings({**REGISTRY, "NIXERY_FUNCTION_TIMEOUT": "300",
                                   "NIXERY_BUILD_WAIT": "270"})  # fmt: skip
     assert settings.function_timeout == 300
+    assert registry_settings(REGISTRY).serve.build_wait == BUILD_WAIT
     with pytest.raises(ConfigError, match=r"NIXERY_BUILD_WAIT.*NIXERY_FUNCTION_TIMEOUT"):
-        registry_settings({**REGISTRY, "NIXERY_FUNCTION_TIMEOUT": "300"})  # the 600 s default
+        registry_settings({**REGISTRY, "NIXERY_FUNCTION_TIMEOUT": str(BUILD_WAIT + 29)})
+
+
+def test_one_deadline_sets_the_tasks_and_the_builders_limits():
+    """NIXERY_BUILD_DEADLINE is the tasks' dispatch deadline (at most Cloud Tasks' 30
+    minutes) and the builder's whole time for one build, of which Nix gets its share."""
+    deadline = {"NIXERY_BUILD_DEADLINE": "900"}
+    assert registry_settings({**REGISTRY, **deadline}).build_deadline == 900
+    build = builder_settings({**BUILDER, **deadline}).build
+    assert build.deadline == 900 and build.nix_budget == 900 * (1 - ARCHIVE_SHARE)
+    assert registry_settings(REGISTRY).build_deadline == 1800 == MAX_DISPATCH_DEADLINE
+    for settings in (registry_settings, builder_settings):
+        with pytest.raises(ConfigError, match="NIXERY_BUILD_DEADLINE must be between 60 and 1800"):
+            settings({**REGISTRY, "NIXERY_BUILD_DEADLINE": "1801"})
+
+
+def test_a_nix_timeout_the_deadline_cannot_honour_is_refused():
+    ok = builder_settings({**BUILDER, "NIXERY_BUILD_DEADLINE": "600", "NIX_TIMEOUT": "480"})
+    assert ok.build.nix_timeout == 480
+    with pytest.raises(ConfigError, match=r"NIX_TIMEOUT \(481 s\).*NIXERY_BUILD_DEADLINE"):
+        builder_settings({**BUILDER, "NIXERY_BUILD_DEADLINE": "600", "NIX_TIMEOUT": "481"})
+
+
+def test_a_lease_as_long_as_the_build_is_refused():
+    with pytest.raises(ConfigError, match=r"NIXERY_LEASE_TTL.*half of NIXERY_BUILD_DEADLINE"):
+        builder_settings({**BUILDER, "NIXERY_BUILD_DEADLINE": "120", "NIXERY_LEASE_TTL": "60"})
+
+
+def test_the_pickup_wait_is_not_the_lease():
+    settings = registry_settings({**REGISTRY, "NIXERY_PICKUP_WAIT": "900"})
+    assert settings.pickup == 900 and settings.gcp.lease == 60
+    assert registry_settings(REGISTRY).pickup == 300

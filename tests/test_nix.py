@@ -162,3 +162,28 @@ def test_a_set_that_needs_a_newer_nix_fails_naming_both_versions(monkeypatch, tm
     (pkgs / "lib" / "minver.nix").write_text('"2.0"\n')
     with nix.build(pkgs, ["hello"], "x86_64-linux") as result:
         assert "hello" in result.outputs
+
+
+def test_a_build_past_its_deadline_times_out_and_leaves_no_builder(monkeypatch):
+    """The build's deadline (NIXERY_BUILD_DEADLINE) cuts Nix off even while NIX_TIMEOUT would
+    still let the builder run; Nix is stopped so that it stops its builder too."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    nix = Nix(REPO / "prepare-image", timeout=600)
+    with (
+        pytest.raises(BuildTimedOut, match="NIXERY_BUILD_DEADLINE") as raised,
+        nix.build(DEMO, ["slow"], "x86_64-linux", time.monotonic() + 5),
+    ):
+        pass
+    assert "slow: sleeping" in raised.value.log_tail
+    left = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True)
+    assert left.stdout == "", "the builder outlived Nix"
+
+
+def test_a_build_out_of_time_does_not_start_nix(monkeypatch):
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    nix = Nix(REPO / "prepare-image", timeout=60)
+    with (
+        pytest.raises(BuildTimedOut, match="ran out of time"),
+        nix.build(DEMO, ["hello"], "x86_64-linux", time.monotonic() - 1),
+    ):
+        pass

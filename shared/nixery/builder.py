@@ -67,11 +67,13 @@ class Builder:
         budget: int,
         pool: Executor,
         compressor: Compressor,
+        nix_budget: float,
         gzip_level: int = archives.GZIP_LEVEL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``pool`` runs layers in parallel and ``compressor`` their chunks: both are the
-        process's, shared by all builds, so that concurrent builds share the cores."""
+        process's, shared by all builds, so that concurrent builds share the cores.
+        ``nix_budget`` is the seconds a build has, from its start, until Nix must be done."""
         self.source = source
         self.nix = nix
         self.blobs = blobs
@@ -80,6 +82,7 @@ class Builder:
         self.budget = budget
         self.pool = pool
         self.compressor = compressor
+        self.nix_budget = nix_budget
         self.gzip_level = gzip_level
         self.clock = clock
 
@@ -104,6 +107,7 @@ class Builder:
             budget=settings.layer_budget,
             pool=ThreadPoolExecutor(cores, thread_name_prefix="archive"),
             compressor=Compressor(cores),
+            nix_budget=settings.nix_budget,
         )
 
     def run(self, job: BuildJob) -> None:
@@ -121,7 +125,7 @@ class Builder:
             extra={"build_key": job.key},
         )  # fmt: skip
         try:
-            manifests = self._build(job)
+            manifests = self._build(job, started + self.nix_budget)
         except BuildError as e:
             self._fail(job, Failure.of(e, self.clock()))
             return
@@ -137,7 +141,7 @@ class Builder:
                     extra={"build_key": job.key})  # fmt: skip
         self.state.record_failure(job.key, failure)
 
-    def _build(self, job: BuildJob) -> list[Manifest]:
+    def _build(self, job: BuildJob, nix_deadline: float) -> list[Manifest]:
         key = job.key
         with step("checkout", key):
             source_dir = self.source.checkout(job.revision)
@@ -145,7 +149,7 @@ class Builder:
             with step("nix", key) as record:
                 system = job.request.arch.nix_system
                 result = built.enter_context(
-                    self.nix.build(source_dir, job.request.packages, system)
+                    self.nix.build(source_dir, job.request.packages, system, nix_deadline)
                 )
                 record["paths"] = len(result.closure)
             with step("layering", key) as record:

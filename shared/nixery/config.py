@@ -114,25 +114,60 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
     )
 
 
+# A build's time after Nix (layering, archiving, uploading) is kept out of Nix's share.
+ARCHIVE_SHARE = 0.2
+# What one build may take by default: Cloud Tasks' longest dispatch deadline.
+BUILD_DEADLINE = 1800.0
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """What the pipeline needs: Nix, layering data and limits."""
 
     nix_timeout: int
+    deadline: float  # seconds one build may take, from its checkout to its publication
     popularity_url: str | None
     prepare_image: Path
     layer_budget: int
 
+    @property
+    def nix_budget(self) -> float:
+        """Seconds Nix may take in one build: what the deadline leaves after archiving."""
+        return self.deadline * (1 - ARCHIVE_SHARE)
 
-def build_settings(env: Env) -> BuildSettings:
-    return BuildSettings(
+
+def build_deadline(env: Env, high: float = 86400.0) -> float:
+    """One build's time, read by every part whose limits follow from it: the builder (Nix's
+    share, archiving's) and, in Google Cloud mode, the registry (the tasks' deadline)."""
+    return env.seconds("NIXERY_BUILD_DEADLINE", BUILD_DEADLINE, 60.0, high)
+
+
+def build_settings(env: Env, max_deadline: float = 86400.0) -> BuildSettings:
+    """Refuses a ``NIX_TIMEOUT`` (one derivation's limit) that the deadline could not honour:
+    such a build would be cut off by the deadline instead, after spending all of it."""
+    settings = BuildSettings(
         nix_timeout=env.integer("NIX_TIMEOUT", 60, 1, 86400),
+        deadline=build_deadline(env, max_deadline),
         popularity_url=env.get("NIX_POPULARITY_URL"),
         prepare_image=env.directory(
             "NIXERY_PREPARE_IMAGE", package_dir("prepare-image"), "default.nix"
         ),
         layer_budget=env.integer("NIXERY_LAYER_BUDGET", 100, 2, 125),
     )
+    if settings.nix_timeout > settings.nix_budget:
+        raise ConfigError(
+            f"NIX_TIMEOUT ({settings.nix_timeout} s) must not exceed the "
+            f"{settings.nix_budget:g} s that NIXERY_BUILD_DEADLINE ({settings.deadline:g} s) "
+            f"leaves for Nix (the rest is for archiving and uploading)"
+        )
+    return settings
+
+
+# How long a manifest request waits for its build before a 503 with Retry-After: under the
+# 5 minutes without progress after which containerd's CRI plugin (Kubernetes) cancels a
+# pull. Docker, podman and skopeo set no response timeout, but none retries a 5xx on a
+# manifest, so the wait is as long as containerd allows (README, "Waiting for a build").
+BUILD_WAIT = 240.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +183,7 @@ def serve_settings(env: Env) -> ServeSettings:
     web = env.get("WEB_DIR")
     return ServeSettings(
         failure_ttl=env.seconds("NIXERY_FAILURE_TTL", 300.0),
-        build_wait=env.seconds("NIXERY_BUILD_WAIT", 600.0),
+        build_wait=env.seconds("NIXERY_BUILD_WAIT", BUILD_WAIT),
         web_dir=Path(web) if web else package_dir("web"),
     )
 

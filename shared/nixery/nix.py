@@ -12,8 +12,10 @@ retried).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -37,8 +39,8 @@ log = logging.getLogger(__name__)
 LOG_TAIL = 40
 # Evaluation of real nixpkgs takes seconds; minutes mean something is wrong.
 EVAL_TIMEOUT = 600.0
-# A guard against a Nix that hangs outside any builder (NIX_TIMEOUT bounds each builder).
-REALISE_DEADLINE = 6 * 3600.0
+# Seconds Nix gets to stop its builders when told to, before it is killed.
+STOP_GRACE = 10.0
 
 # The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
@@ -108,10 +110,13 @@ class Nix:
         self.timeout = timeout
 
     @contextmanager
-    def build(self, source: Path, packages: Sequence[str], system: str) -> Iterator[BuildResult]:
-        """Builds the packages; their outputs stay garbage-collector roots until the block
-        ends, so that a `nix-collect-garbage` meanwhile cannot delete what is being archived."""
-        plan = self._plan(source, packages, system)
+    def build(
+        self, source: Path, packages: Sequence[str], system: str, deadline: float = math.inf
+    ) -> Iterator[BuildResult]:
+        """Builds the packages by ``deadline`` (a ``time.monotonic()`` value), or raises
+        ``BuildTimedOut``; their outputs stay garbage-collector roots until the block ends,
+        so that a `nix-collect-garbage` meanwhile cannot delete what is being archived."""
+        plan = self._plan(source, packages, system, deadline)
         if too_old := plan.get("nixTooOld"):
             raise BuildFailed(
                 f"the package set needs Nix >= {too_old['required']}, "
@@ -123,14 +128,17 @@ class Nix:
         with tempfile.TemporaryDirectory(prefix="nixery-roots-") as roots:
             drvs = sorted({p["drvPath"] for p in plan["packages"]})
             cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
-            self._run([*cmd, "--add-root", f"{roots}/out", *drvs], "building", REALISE_DEADLINE)
-            yield BuildResult(outputs, self.closure(sorted(set(outputs.values()))))
+            self._run([*cmd, "--add-root", f"{roots}/out", *drvs], "building", math.inf, deadline)
+            closure = self.closure(sorted(set(outputs.values())), deadline)
+            yield BuildResult(outputs, closure)
 
-    def closure(self, paths: Sequence[str]) -> dict[str, StorePath]:
+    def closure(self, paths: Sequence[str], deadline: float) -> dict[str, StorePath]:
         cmd = ["nix", *NIX_COMMAND, "path-info", "--json", "--recursive", *paths]
-        return parse_path_info(self._run(cmd, "reading the closure", EVAL_TIMEOUT))
+        return parse_path_info(self._run(cmd, "reading the closure", EVAL_TIMEOUT, deadline))
 
-    def _plan(self, source: Path, packages: Sequence[str], system: str) -> dict[str, Any]:
+    def _plan(
+        self, source: Path, packages: Sequence[str], system: str, deadline: float
+    ) -> dict[str, Any]:
         cmd = [
             "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
             str(self.expression), "-A", "plan",
@@ -139,13 +147,18 @@ class Nix:
             "--argstr", "system", system,
         ]  # fmt: skip
         plan: dict[str, Any] = json.loads(
-            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT)
+            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
         )
         return plan
 
-    def _run(self, cmd: list[str], what: str, deadline: float) -> str:
-        """Runs a Nix command, streaming its log into ours, and returns its stdout."""
+    def _run(self, cmd: list[str], what: str, cap: float, build_deadline: float) -> str:
+        """Runs a Nix command for at most ``cap`` seconds and the time the build has left,
+        streaming its log into ours, and returns its stdout."""
         started = time.monotonic()
+        left = build_deadline - started
+        if left <= 0:
+            raise BuildTimedOut(f"{what} could not start: the build ran out of time", "")
+        deadline = min(cap, left)
         tail: deque[str] = deque(maxlen=LOG_TAIL)
         stdout: list[str] = []
         with subprocess.Popen(
@@ -161,7 +174,7 @@ class Nix:
             assert out is not None and err is not None
             # stdout is small (JSON or paths): read it aside so that stderr streams here.
             reader = threading.Thread(target=lambda: stdout.append(out.read()))
-            killer = threading.Timer(deadline, os.killpg, (proc.pid, signal.SIGKILL))
+            killer = threading.Timer(deadline, _stop, (proc,))
             reader.start()
             killer.start()
             try:
@@ -175,9 +188,20 @@ class Nix:
                 reader.join()
         elapsed = time.monotonic() - started
         if code != 0:
-            raise _classify(what, code, elapsed >= deadline, deadline, list(tail))
+            raise _classify(what, code, elapsed >= deadline, deadline, list(tail), left <= cap)
         log.debug("%s took %.2fs", what, elapsed)
         return "".join(stdout)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stops a Nix command past its deadline. SIGTERM first: Nix then kills its builders,
+    which run in sessions of their own that SIGKILL on Nix's group would leave running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 _ERROR_RE = re.compile(r"^error:\s*(.*)$")
@@ -192,11 +216,18 @@ _TRANSIENT_RE = re.compile(
 
 
 def _classify(
-    what: str, code: int, past_deadline: bool, deadline: float, tail: list[str]
+    what: str,
+    code: int,
+    past_deadline: bool,
+    deadline: float,
+    tail: list[str],
+    builds: bool = False,
 ) -> Exception:
+    """``builds`` says the deadline was the build's (NIXERY_BUILD_DEADLINE), not the step's."""
     log_tail = "\n".join(tail)
     if past_deadline:
-        return BuildTimedOut(f"{what} took longer than {deadline:.0f}s", log_tail)
+        whose = "the time the build had left (NIXERY_BUILD_DEADLINE)" if builds else "its limit"
+        return BuildTimedOut(f"{what} took longer than {deadline:.0f}s, {whose}", log_tail)
     if code < 0:
         return BuildInterrupted(f"{what}: Nix was killed by signal {-code}", {"log": log_tail})
     message = _error_message(tail)

@@ -81,7 +81,7 @@ class Published:
 class Pending:
     """A build under way (only where builds outlive a request: Google Cloud mode)."""
 
-    lease_expires: float
+    lease_left: float  # seconds, by the store's clock when it answered; <= 0 once lapsed
 
 
 ImageStatus = Published | Failure | Pending | None

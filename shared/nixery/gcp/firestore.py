@@ -1,19 +1,26 @@
 """Registry state and build records in Firestore, shared by every instance.
 
 One document per image key in ``builds`` holds the build's status (``building``, ``done``,
-``failed``), the job, and a lease: the builder working on it (``lease_owner``) and when its
-claim lapses (``lease_expires``). A record whose lease has lapsed may be taken over, by a
-registry instance (which enqueues the build again) or by a builder (which runs it). All
-takeovers happen in transactions; creation is a single create() that fails if the record
-exists, so any number of concurrent requests on any number of instances start ONE build.
+``failed``), the job, and a lease: the builder working on it (``lease_owner``, none while
+the task waits for a builder) and when its claim lapses (``lease_expires``). A record whose
+lease has lapsed may be taken over, by a registry instance (which enqueues the build again)
+or by a builder (which runs it). Creation is a create() that fails if the record exists and
+every takeover a transaction, so any number of concurrent requests on any number of
+instances start ONE build.
+
+Leases run on the database's clock, not on each machine's: a lease is set and judged from
+the time at which Firestore read the record (``read_time``), so an instance whose clock is
+off can neither steal a live lease nor keep a dead one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from google.api_core import exceptions
@@ -25,8 +32,17 @@ from ..state import Failure, FailureKind, ImageStatus, Pending, Published
 from .memory import BoundedCache
 
 Claim = Literal["taken", "done", "busy"]
-# Starts of one build whose builder stopped without an outcome, before it counts as failed.
+# Builders that may stop holding a build's lease (killed, e.g. for memory) before the build
+# counts as failed. A task that waits long for a builder is enqueued again, but not counted.
 MAX_ATTEMPTS = 3
+
+
+def _lease(owner: str | None, now: datetime, ttl: float) -> dict[str, Any]:
+    """The fields of a lease that lasts ``ttl`` seconds from ``now``, the database's time."""
+    return {"lease_owner": owner, "lease_expires": now + timedelta(seconds=ttl)}
+
+
+_NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires": None}
 
 
 def _failed(failure: Failure) -> dict[str, Any]:
@@ -36,8 +52,7 @@ def _failed(failure: Failure) -> dict[str, Any]:
         "failure_kind": failure.kind.value,
         "failure_message": failure.message,
         "failure_detail": json.dumps(failure.detail),
-        "lease_owner": None,
-        "lease_expires": 0.0,
+        **_NO_LEASE,
         "updated": failure.at,
     }
 
@@ -49,9 +64,9 @@ class _BuildRecord:
     status: Literal["building", "done", "failed"]
     job: dict[str, Any] = field(default_factory=dict)
     lease_owner: str | None = None
-    lease_expires: float = 0.0
+    lease_expires: datetime | None = None  # by the database's clock
     attempt: int = 0  # counts every start, so that each has a task name of its own
-    round_start: int = 1  # the attempt that began this round (a fresh start after a failure)
+    deaths: int = 0  # builders that lost their lease since the build last started afresh
     updated: float = 0.0
     manifests: dict[str, str] = field(default_factory=dict)  # when done
     failure_kind: str = ""  # when failed
@@ -65,7 +80,13 @@ class _BuildRecord:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def status_of(self) -> ImageStatus:
+    def lease_left(self, now: datetime) -> float:
+        """Seconds the lease has left at ``now`` (the database's time); negative once lapsed."""
+        if self.lease_expires is None:
+            return -math.inf
+        return (self.lease_expires - now).total_seconds()
+
+    def status_of(self, now: datetime) -> ImageStatus:
         if self.status == "done":
             return Published(self.manifests)
         if self.status == "failed":
@@ -75,7 +96,7 @@ class _BuildRecord:
                 json.loads(self.failure_detail),
                 self.updated,
             )
-        return Pending(self.lease_expires)
+        return Pending(self.lease_left(now))
 
 
 class FirestoreState:
@@ -84,12 +105,16 @@ class FirestoreState:
         client: firestore.Client,
         prefix: str = "nixery_",
         clock: Callable[[], float] = time.time,
+        skew: Callable[[], float] = lambda: 0.0,
     ) -> None:
+        """``clock`` dates publications and failures; leases use the database's clock, plus
+        ``skew`` seconds (how tests let time pass)."""
         self.client = client
         self.builds = client.collection(prefix + "builds")
         self.manifests = client.collection(prefix + "manifests")
         self.layers = client.collection(prefix + "layers")
         self.clock = clock
+        self.skew = skew
         # A published image and a manifest never change: once read, they are kept.
         self._published: BoundedCache[Published] = BoundedCache()
         self._manifests: BoundedCache[Manifest] = BoundedCache()
@@ -99,8 +124,9 @@ class FirestoreState:
     def status(self, key: str) -> ImageStatus:
         if (published := self._published.get(key)) is not None:
             return published
-        record = _BuildRecord.read(self.builds.document(key).get().to_dict())
-        status = record.status_of() if record else None
+        snapshot = self.builds.document(key).get()
+        record = _BuildRecord.read(snapshot.to_dict())
+        status = record.status_of(self._now(snapshot)) if record else None
         if isinstance(status, Published):
             self._published.keep(key, status)
         return status
@@ -123,8 +149,7 @@ class FirestoreState:
         done = {
             "status": "done",
             "manifests": {m.media_type: m.digest for m in manifests},
-            "lease_owner": None,
-            "lease_expires": 0.0,
+            **_NO_LEASE,
             "updated": self.clock(),
         }
         batch.set(self.builds.document(key), done, merge=True)
@@ -152,48 +177,64 @@ class FirestoreState:
 
     # --- Build records -----------------------------------------------------------------
 
+    def _now(self, snapshot: firestore.DocumentSnapshot[Any]) -> datetime:
+        """The database's time when it read the snapshot."""
+        read_time: datetime = snapshot.read_time
+        return read_time + timedelta(seconds=self.skew())
+
     def start(self, job: BuildJob, pickup: float) -> int | None:
         """Records that the job must be built; the attempt this caller must enqueue, if any.
 
         A build that is running (a live lease) or finished is left alone; an absent record is
-        created, a failed one is started afresh, and one whose lease lapsed (its builder died,
-        or its task was lost) is taken over, up to ``MAX_ATTEMPTS`` times: a build whose
-        builders keep dying (killed for memory, say) is then recorded as failed, not retried
-        forever at a builder's cost each time.
+        created, a failed one is started afresh, and one whose lease lapsed is taken over:
+        ``pickup`` seconds after it was enqueued if no builder took it, or when its builder
+        died. After ``MAX_ATTEMPTS`` deaths (builders killed for memory, say) the build is
+        recorded as failed, not retried forever at a builder's cost each time.
         """
         ref = self.builds.document(job.key)
-        now = self.clock()
-        fresh = _BuildRecord(
-            "building", job.to_dict(), lease_expires=now + pickup, attempt=1, updated=now
-        )
-        try:
-            ref.create(asdict(fresh))
-            return 1
-        except exceptions.Conflict:
-            pass
+
+        def fresh(now: datetime, attempt: int) -> dict[str, Any]:
+            record = _BuildRecord("building", job.to_dict(), attempt=attempt, updated=self.clock())
+            return {**asdict(record), **_lease(None, now, pickup)}
+
+        # Outside a transaction first: concurrent requests for one new image then contend
+        # only for the create, not for locks on the record (which make transactions fail).
+        snapshot = ref.get()
+        record = _BuildRecord.read(snapshot.to_dict())
+        if record is None:
+            try:
+                ref.create(fresh(self._now(snapshot), 1))
+                return 1
+            except exceptions.Conflict:
+                pass  # another request created it meanwhile
+        elif record.status == "done" or record.lease_left(self._now(snapshot)) > 0:
+            return None
 
         @firestore.transactional
         def take_over(transaction: firestore.Transaction) -> int | None:
-            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            snapshot = ref.get(transaction=transaction)
+            now = self._now(snapshot)
+            record = _BuildRecord.read(snapshot.to_dict())
             if record and record.status == "done":
                 return None
-            fresh.attempt = (record.attempt if record else 0) + 1
-            fresh.round_start = fresh.attempt
+            started = fresh(now, (record.attempt if record else 0) + 1)
             if record and record.status == "building":
-                if record.lease_expires > self.clock():
+                if record.lease_left(now) > 0:
                     return None
-                starts = record.attempt - record.round_start + 1
-                if starts >= MAX_ATTEMPTS:
+                # A lapsed lease with an owner is a builder that died; without one, a task
+                # that waited for a builder (the queue was busy) or was given back.
+                started["deaths"] = record.deaths + (record.lease_owner is not None)
+                if started["deaths"] >= MAX_ATTEMPTS:
                     message = (
-                        f"the build was started {starts} times and each time its builder "
-                        "stopped before it finished (killed, e.g. for lack of memory)"
+                        f"the build's builder stopped {started['deaths']} times before it "
+                        "finished (killed, e.g. for lack of memory)"
                     )
                     failed = Failure(FailureKind.BUILD_ERROR, message, {}, self.clock())
                     transaction.set(ref, _failed(failed), merge=True)
                     return None
-                fresh.round_start = record.round_start
-            transaction.set(ref, asdict(fresh), merge=True)
-            return fresh.attempt
+            transaction.set(ref, started, merge=True)
+            attempt: int = started["attempt"]
+            return attempt
 
         attempt: int | None = take_over(self.client.transaction())
         return attempt
@@ -204,20 +245,16 @@ class FirestoreState:
 
         @firestore.transactional
         def claim(transaction: firestore.Transaction) -> Claim:
-            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
-            now = self.clock()
+            snapshot = ref.get(transaction=transaction)
+            record = _BuildRecord.read(snapshot.to_dict())
             if record and record.status in ("done", "failed"):
                 return "done"
-            if record and record.lease_owner not in (None, owner) and record.lease_expires > now:
+            now = self._now(snapshot)
+            live = record and record.lease_left(now) > 0
+            if record and record.lease_owner not in (None, owner) and live:
                 return "busy"
-            lease = {
-                "status": "building",
-                "job": job.to_dict(),
-                "lease_owner": owner,
-                "lease_expires": now + ttl,
-                "updated": now,
-            }
-            transaction.set(ref, lease, merge=True)
+            lease = {"status": "building", "job": job.to_dict(), **_lease(owner, now, ttl)}
+            transaction.set(ref, {**lease, "updated": self.clock()}, merge=True)
             return "taken"
 
         result: Claim = claim(self.client.transaction())
@@ -229,10 +266,11 @@ class FirestoreState:
 
         @firestore.transactional
         def renew(transaction: firestore.Transaction) -> bool:
-            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            snapshot = ref.get(transaction=transaction)
+            record = _BuildRecord.read(snapshot.to_dict())
             if not record or record.status != "building" or record.lease_owner != owner:
                 return False
-            transaction.update(ref, {"lease_expires": self.clock() + ttl})
+            transaction.update(ref, _lease(owner, self._now(snapshot), ttl))
             return True
 
         return bool(renew(self.client.transaction()))
@@ -245,6 +283,6 @@ class FirestoreState:
         def release(transaction: firestore.Transaction) -> None:
             record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
             if record and record.status == "building" and record.lease_owner == owner:
-                transaction.update(ref, {"lease_owner": None, "lease_expires": 0.0})
+                transaction.update(ref, _NO_LEASE)
 
         release(self.client.transaction())

@@ -34,12 +34,13 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
         settings.tasks_queue,
         settings.builder_url,
         settings.tasks_service_account,
+        settings.build_deadline,
     )
     service = ImageService(
         source=open_source(settings.source),
         state=state,
         blobs=blobs,
-        builds=TaskBuildQueue(state, tasks, pickup=settings.gcp.lease),
+        builds=TaskBuildQueue(state, tasks, pickup=settings.pickup),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
     )

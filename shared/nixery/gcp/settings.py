@@ -18,6 +18,7 @@ from ..config import (
     Env,
     ServeSettings,
     SourceSettings,
+    build_deadline,
     build_settings,
     check_backend,
     serve_settings,
@@ -26,6 +27,8 @@ from ..config import (
 
 # Source checkouts: on Cloud Run and Cloud Functions the only writable disk is in memory.
 SOURCE_CACHE = Path(tempfile.gettempdir()) / "nixery" / "sources"
+# Cloud Tasks' longest dispatch deadline: no build request may outlast it.
+MAX_DISPATCH_DEADLINE = 1800.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class RegistrySettings:
     tasks_emulator: str | None
     url_ttl: float
     function_timeout: float  # the platform's request timeout, as deployed
+    pickup: float  # seconds a queued build may wait for a builder before it is enqueued again
+    build_deadline: float  # the tasks' dispatch deadline: what one build may take
     iam_endpoint: str
     storage_public_url: str | None  # the host signed URLs name, where it is not Google's
 
@@ -99,6 +104,8 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
         # V4 signatures last at most 7 days.
         url_ttl=env.seconds("NIXERY_URL_TTL", 300.0, low=1.0, high=7 * 24 * 3600.0),
         function_timeout=timeout,
+        pickup=env.seconds("NIXERY_PICKUP_WAIT", 300.0, low=10.0),
+        build_deadline=build_deadline(env, MAX_DISPATCH_DEADLINE),
         iam_endpoint=env.url("NIXERY_IAM_ENDPOINT", "https://iamcredentials.googleapis.com"),
         storage_public_url=env.get("STORAGE_EMULATOR_HOST"),
     )
@@ -113,8 +120,13 @@ class BuilderSettings:
 
 def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings:
     env = Env(environ)
-    return BuilderSettings(
-        source=source_settings(env, SOURCE_CACHE),
-        build=build_settings(env),
-        gcp=gcp_settings(env, "builder"),
-    )
+    build = build_settings(env, max_deadline=MAX_DISPATCH_DEADLINE)
+    gcp = gcp_settings(env, "builder")
+    if gcp.lease >= build.deadline / 2:
+        # A heartbeat renews the lease every third of it; a lease near the deadline would
+        # leave a dead builder's build waiting about as long as the build itself.
+        raise ConfigError(
+            f"NIXERY_LEASE_TTL ({gcp.lease:g} s) must be under half of "
+            f"NIXERY_BUILD_DEADLINE ({build.deadline:g} s)"
+        )
+    return BuilderSettings(source=source_settings(env, SOURCE_CACHE), build=build, gcp=gcp)

@@ -23,10 +23,6 @@ from ..state import Failure, ImageStatus, Pending, Published
 
 log = logging.getLogger(__name__)
 
-# Seconds Cloud Tasks waits for the builder to answer before it retries (the maximum is 30
-# minutes); a build that runs longer keeps its lease and later deliveries find it busy.
-DISPATCH_DEADLINE = 1800
-
 
 class TaskQueue:
     def __init__(
@@ -35,11 +31,16 @@ class TaskQueue:
         queue: str,
         builder_url: str,
         service_account: str | None,
+        deadline: float,
     ) -> None:
+        """``deadline``: NIXERY_BUILD_DEADLINE, which the builder keeps to. Cloud Tasks waits
+        that long for its answer before it retries; a build still running then keeps its
+        lease, so the retry finds it busy rather than running it twice."""
         self.client = client
         self.queue = queue
         self.builder_url = builder_url
         self.service_account = service_account
+        self.deadline = deadline
 
     def enqueue(self, job: BuildJob, attempt: int) -> None:
         """Enqueues one attempt of a build. The task's name carries the key and the attempt,
@@ -59,7 +60,7 @@ class TaskQueue:
         task = {
             "name": f"{self.queue}/tasks/{job.key}-{attempt}",
             "http_request": request,
-            "dispatch_deadline": {"seconds": DISPATCH_DEADLINE},
+            "dispatch_deadline": {"seconds": int(self.deadline)},
         }
         with contextlib.suppress(exceptions.AlreadyExists):  # enqueued already
             self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]
@@ -103,7 +104,7 @@ class TaskBuildQueue:
             status = self.state.status(job.key)
             if isinstance(status, Published | Failure):
                 return status
-            if not isinstance(status, Pending) or status.lease_expires < self.clock():
+            if not isinstance(status, Pending) or status.lease_left <= 0:
                 self._start(job)  # the builder died, or the task was lost: build again
             if self.clock() + delay > deadline:
                 return None
