@@ -216,7 +216,7 @@ class ContainerBuilderRegistry(GcpRegistry):
 
     def start_builder(self) -> None:
         passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_FIRESTORE_PREFIX",
-                  "NIX_TIMEOUT", "K_SERVICE"]  # fmt: skip
+                  "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT"]  # fmt: skip
         mounts = {
             str(DEMO): str(DEMO),
             "/bin/busybox": "/usr/local/bin/busybox",
@@ -226,7 +226,7 @@ class ContainerBuilderRegistry(GcpRegistry):
         }
         self.builder = Process("builder container", [
             "podman", "run", "--rm", "--network", "host", "--name", self.container,
-            *(f"--env={name}={self.env[name]}" for name in passed),
+            *(f"--env={name}={self.env[name]}" for name in passed if name in self.env),
             f"--env=PORT={self.builder_port}",
             *(f"--volume={host}:{inside}:ro" for host, inside in mounts.items()),
             self.image,

@@ -30,10 +30,13 @@ def test_the_benchmarks_are_found() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_smoke(script: str) -> None:
+def test_smoke(script: str, request: pytest.FixtureRequest) -> None:
+    extra = []
+    if script == "builder_store.py":  # runs the builder image: the session's, built once
+        extra = ["--image", request.getfixturevalue("builder_image")]
     try:
         run = subprocess.run(
-            [sys.executable, str(BENCH / script), "--smoke"],
+            [sys.executable, str(BENCH / script), "--smoke", *extra],
             capture_output=True, text=True, timeout=300, cwd=BENCH.parent,
         )  # fmt: skip
     except subprocess.TimeoutExpired as e:

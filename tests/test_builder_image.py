@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
+import time
 
 import pytest
 from clients import podman_env
@@ -53,3 +55,38 @@ def test_a_pull_is_served_by_the_containers_nix(container_registry, registry, cl
     assert (
         via_container.headers["Docker-Content-Digest"] == via_host.headers["Docker-Content-Digest"]
     )
+
+
+@pytest.fixture(scope="module")
+def bounded_registry(emulators, builder_image, tmp_path_factory):
+    reg = ContainerBuilderRegistry(
+        tmp_path_factory.mktemp("bounded"), emulators, builder_image, NIXERY_STORE_LIMIT="1M"
+    )
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+def store_bytes(reg: ContainerBuilderRegistry) -> int:
+    out = subprocess.run(
+        ["podman", "exec", reg.container, "nix", "--extra-experimental-features", "nix-command",
+         "path-info", "--all", "--json"],
+        env={**os.environ, **podman_env()}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return sum(info["narSize"] for info in json.loads(out).values() if info)
+
+
+def test_the_store_is_collected_down_to_its_limit_between_builds(bounded_registry):
+    """With NIXERY_STORE_LIMIT far below one image's closure, every build ends with a
+    collection (the outputs are roots only while their image is made), and the next build,
+    whose paths were collected, builds them again."""
+    log = bounded_registry.builder_log
+    for collections, name in enumerate(("shell/hello", "git", "shell/hello/jq"), 1):
+        found = bounded_registry.get(f"/v2/{name}/manifests/latest", headers={"Accept": OCI})
+        assert found.status_code == 200, found.text + log.read_text()
+        # The image is published first; the collection follows.
+        deadline = time.monotonic() + 60
+        while log.read_text().count("over its 1 MB limit") < collections:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert store_bytes(bounded_registry) <= 1 << 20

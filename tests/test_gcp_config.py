@@ -107,3 +107,11 @@ def test_the_pickup_wait_is_not_the_lease():
     settings = registry_settings({**REGISTRY, "NIXERY_PICKUP_WAIT": "900"})
     assert settings.pickup == 900 and settings.gcp.lease == 60
     assert registry_settings(REGISTRY).pickup == 300
+
+
+def test_the_platforms_own_timeout_wins():
+    """The functions runtime passes its request timeout as CLOUD_RUN_TIMEOUT_SECONDS."""
+    env = {**REGISTRY, "CLOUD_RUN_TIMEOUT_SECONDS": "300", "NIXERY_FUNCTION_TIMEOUT": "3600"}
+    assert registry_settings(env).function_timeout == 300
+    with pytest.raises(ConfigError, match=r"NIXERY_BUILD_WAIT \(280 s\).*CLOUD_RUN_TIMEOUT"):
+        registry_settings({**env, "NIXERY_BUILD_WAIT": "280"})

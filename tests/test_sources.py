@@ -255,6 +255,34 @@ def test_git_concurrent_checkouts_share_one_directory(repo: Repo, tmp_path: Path
     assert [name for name in entries if not name.startswith("mirror-")] == [repo.second]
 
 
+def test_git_keeps_the_newest_checkouts_once_no_build_can_use_the_others(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """Beyond the newest ``keep``, a checkout goes once it was last handed out longer ago
+    than a build may take (``busy``); the mirror and a crash's leftovers are handled apart."""
+    cache = tmp_path / "cache"
+    third = commit(repo.path, {"default.nix": "3\n"}, "third")
+    commits = [repo.first, repo.second, third]
+    busy = GitSource(repo.url, cache, keep=1, busy=3600)
+    for c in commits:
+        busy.checkout(busy.resolve(c))
+
+    def checkouts() -> list[str]:
+        return sorted(p.name for p in (cache / "git").iterdir() if len(p.name) == 40)
+
+    assert checkouts() == sorted(commits), "all three may still be in a build's hands"
+
+    idle = GitSource(repo.url, cache, keep=1, busy=0)
+    leftover = cache / "git" / ".tmp-crashed"
+    leftover.mkdir()
+    assert idle.checkout(idle.resolve(repo.first)) == cache / "git" / repo.first
+    assert checkouts() == [repo.first], "the one just handed out stays, however old"
+    assert not leftover.exists()
+    assert any(p.name.startswith("mirror-") for p in (cache / "git").iterdir())
+    assert (idle.checkout(idle.resolve(third)) / "default.nix").read_text() == "3\n"
+    assert checkouts() == [third]
+
+
 def test_git_credentials_stay_out_of_source_ids() -> None:
     assert public_url("https://user:secret@example.org/pkgs.git") == "https://example.org/pkgs.git"
     assert public_url("git@example.org:pkgs.git") == "git@example.org:pkgs.git"

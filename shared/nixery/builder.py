@@ -25,6 +25,7 @@ from .job import BuildJob
 from .layers import plan_layers
 from .manifests import LayerBlob, Manifest, image_config, image_manifests, sha256_digest
 from .nix import Nix
+from .nixstore import StoreKeeper
 from .sources import Source
 from .state import Failure, Published, State
 from .storage import BlobStore, store_bytes
@@ -68,12 +69,14 @@ class Builder:
         pool: Executor,
         compressor: Compressor,
         nix_budget: float,
+        store: StoreKeeper,
         gzip_level: int = archives.GZIP_LEVEL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``pool`` runs layers in parallel and ``compressor`` their chunks: both are the
         process's, shared by all builds, so that concurrent builds share the cores.
-        ``nix_budget`` is the seconds a build has, from its start, until Nix must be done."""
+        ``nix_budget`` is the seconds a build has, from its start, until Nix must be done;
+        ``store`` keeps the Nix store bounded between builds."""
         self.source = source
         self.nix = nix
         self.blobs = blobs
@@ -83,6 +86,7 @@ class Builder:
         self.pool = pool
         self.compressor = compressor
         self.nix_budget = nix_budget
+        self.store = store
         self.gzip_level = gzip_level
         self.clock = clock
 
@@ -108,6 +112,7 @@ class Builder:
             pool=ThreadPoolExecutor(cores, thread_name_prefix="archive"),
             compressor=Compressor(cores),
             nix_budget=settings.nix_budget,
+            store=StoreKeeper(settings.store_limit),
         )
 
     def run(self, job: BuildJob) -> None:
@@ -124,17 +129,18 @@ class Builder:
             job.key[:12], "/".join(job.request.packages), job.revision,
             extra={"build_key": job.key},
         )  # fmt: skip
-        try:
-            manifests = self._build(job, started + self.nix_budget)
-        except BuildError as e:
-            self._fail(job, Failure.of(e, self.clock()))
-            return
-        self.state.publish(job.key, manifests)
-        log.info(
-            "build %s: published in %.2fs",
-            job.key[:12], time.monotonic() - started,
-            extra={"build_key": job.key, "seconds": time.monotonic() - started},
-        )  # fmt: skip
+        with self.store.build():  # the store is tidied after the outcome is recorded
+            try:
+                manifests = self._build(job, started + self.nix_budget)
+            except BuildError as e:
+                self._fail(job, Failure.of(e, self.clock()))
+                return
+            self.state.publish(job.key, manifests)
+            log.info(
+                "build %s: published in %.2fs",
+                job.key[:12], time.monotonic() - started,
+                extra={"build_key": job.key, "seconds": time.monotonic() - started},
+            )  # fmt: skip
 
     def _fail(self, job: BuildJob, failure: Failure) -> None:
         log.warning("build %s: failed: %s", job.key[:12], failure.message,

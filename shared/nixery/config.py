@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -54,6 +55,17 @@ class Env:
             raise ConfigError(f"{name} must be between {low} and {high}, not {value}")
         return value
 
+    def size(self, name: str, default: int | None) -> int | None:
+        """Bytes, with an optional K, M, G or T suffix (powers of 1024); 0 means none."""
+        raw = self.get(name)
+        if raw is None:
+            return default
+        match = re.fullmatch(r"(\d+)\s*([KMGT]?)i?B?", raw.strip(), re.IGNORECASE)
+        if match is None:
+            raise ConfigError(f"{name} must be a size such as 4G or 500M, not {raw!r}")
+        value = int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " ")
+        return value or None
+
     def seconds(self, name: str, default: float, low: float = 0.0, high: float = math.inf) -> float:
         raw = self.get(name)
         if raw is None:
@@ -83,6 +95,23 @@ class Env:
 # --- Shared parts --------------------------------------------------------------------
 
 
+# A build's time after Nix (layering, archiving, uploading) is kept out of Nix's share.
+ARCHIVE_SHARE = 0.2
+# What one build may take by default: Cloud Tasks' longest dispatch deadline.
+BUILD_DEADLINE = 1800.0
+
+
+def build_deadline(env: Env, high: float = 86400.0) -> float:
+    """One build's time, read by every part whose limits follow from it: the builder (Nix's
+    share, archiving's), the sources (how long a checkout may be in use) and, in Google Cloud
+    mode, the registry (the tasks' deadline)."""
+    return env.seconds("NIXERY_BUILD_DEADLINE", BUILD_DEADLINE, 60.0, high)
+
+
+# A checkout of nixpkgs takes a few hundred MB, on the builder's in-memory disk.
+KEEP_CHECKOUTS = 2
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     """Where the package set comes from; exactly one of the three kinds is set."""
@@ -94,6 +123,8 @@ class SourceSettings:
     archive_url: str
     revision_ttl: float | None  # None: each source kind's own default
     cache_dir: Path  # checkouts of git and channel revisions
+    keep_checkouts: int  # the newest few; older ones are deleted once no build can use them
+    checkout_busy: float  # how long a build may use a checkout: NIXERY_BUILD_DEADLINE
 
 
 def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
@@ -111,13 +142,9 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
         if env.get("NIXERY_REVISION_TTL")
         else None,
         cache_dir=Path(env.get("NIXERY_CACHE_DIR") or cache_dir),
+        keep_checkouts=env.integer("NIXERY_CHECKOUTS_KEEP", KEEP_CHECKOUTS, 1, 1000),
+        checkout_busy=build_deadline(env),
     )
-
-
-# A build's time after Nix (layering, archiving, uploading) is kept out of Nix's share.
-ARCHIVE_SHARE = 0.2
-# What one build may take by default: Cloud Tasks' longest dispatch deadline.
-BUILD_DEADLINE = 1800.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,7 @@ class BuildSettings:
 
     nix_timeout: int
     deadline: float  # seconds one build may take, from its checkout to its publication
+    store_limit: int | None  # bytes the Nix store is kept under, if any
     popularity_url: str | None
     prepare_image: Path
     layer_budget: int
@@ -136,18 +164,16 @@ class BuildSettings:
         return self.deadline * (1 - ARCHIVE_SHARE)
 
 
-def build_deadline(env: Env, high: float = 86400.0) -> float:
-    """One build's time, read by every part whose limits follow from it: the builder (Nix's
-    share, archiving's) and, in Google Cloud mode, the registry (the tasks' deadline)."""
-    return env.seconds("NIXERY_BUILD_DEADLINE", BUILD_DEADLINE, 60.0, high)
-
-
-def build_settings(env: Env, max_deadline: float = 86400.0) -> BuildSettings:
-    """Refuses a ``NIX_TIMEOUT`` (one derivation's limit) that the deadline could not honour:
-    such a build would be cut off by the deadline instead, after spending all of it."""
+def build_settings(
+    env: Env, max_deadline: float = 86400.0, store_limit: int | None = None
+) -> BuildSettings:
+    """``store_limit`` is the mode's default. Refuses a ``NIX_TIMEOUT`` (one derivation's
+    limit) that the deadline could not honour: such a build would be cut off by the deadline
+    instead, after spending all of it."""
     settings = BuildSettings(
         nix_timeout=env.integer("NIX_TIMEOUT", 60, 1, 86400),
         deadline=build_deadline(env, max_deadline),
+        store_limit=env.size("NIXERY_STORE_LIMIT", store_limit),
         popularity_url=env.get("NIX_POPULARITY_URL"),
         prepare_image=env.directory(
             "NIXERY_PREPARE_IMAGE", package_dir("prepare-image"), "default.nix"

@@ -29,6 +29,9 @@ from ..config import (
 SOURCE_CACHE = Path(tempfile.gettempdir()) / "nixery" / "sources"
 # Cloud Tasks' longest dispatch deadline: no build request may outlast it.
 MAX_DISPATCH_DEADLINE = 1800.0
+# The builder's Nix store, on Cloud Run's in-memory disk: half of the 8 GiB it is deployed
+# with (README), leaving the rest to Nix, Python, archiving and checkouts.
+STORE_LIMIT = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,19 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
     queue = env.need("NIXERY_TASKS_QUEUE", why)
     env.need("NIXERY_BUILDER_URL", why)
     serve = serve_settings(env)
-    # The runtime does not tell a function its timeout: the deployment passes it. A request
-    # cut off by the platform gets a bare 5xx; one that stops waiting first gets a 503 with
-    # Retry-After that clients understand, so the wait must end with time to answer.
-    timeout = env.seconds("NIXERY_FUNCTION_TIMEOUT", 3600.0, low=1.0, high=3600.0)
+    # A request cut off by the platform gets a bare 5xx; one that stops waiting first gets a
+    # 503 with Retry-After that clients understand, so the wait must end with time to answer.
+    # The functions runtime passes its timeout as CLOUD_RUN_TIMEOUT_SECONDS (functions-framework
+    # reads it too); elsewhere the deployment says it.
+    timeout_from = "CLOUD_RUN_TIMEOUT_SECONDS"
+    timeout = env.seconds(timeout_from, 0.0, low=0.0, high=3600.0)
+    if not timeout:
+        timeout_from = "NIXERY_FUNCTION_TIMEOUT"
+        timeout = env.seconds(timeout_from, 3600.0, low=1.0, high=3600.0)
     if serve.build_wait > timeout - 30:
         raise ConfigError(
             f"NIXERY_BUILD_WAIT ({serve.build_wait:g} s) must be at least 30 s shorter than "
-            f"NIXERY_FUNCTION_TIMEOUT ({timeout:g} s), the function's request timeout"
+            f"{timeout_from} ({timeout:g} s), the function's request timeout"
         )
     emulator = env.get("NIXERY_TASKS_EMULATOR_HOST")
     if not emulator:
@@ -120,7 +128,7 @@ class BuilderSettings:
 
 def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings:
     env = Env(environ)
-    build = build_settings(env, max_deadline=MAX_DISPATCH_DEADLINE)
+    build = build_settings(env, MAX_DISPATCH_DEADLINE, store_limit=STORE_LIMIT)
     gcp = gcp_settings(env, "builder")
     if gcp.lease >= build.deadline / 2:
         # A heartbeat renews the lease every third of it; a lease near the deadline would

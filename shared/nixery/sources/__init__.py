@@ -28,7 +28,11 @@ def open_source(settings: SourceSettings) -> Source:
         return PathSource(settings.pkgs_path, ttl=path.DEFAULT_TTL if ttl is None else ttl)
     if settings.pkgs_repo:
         return GitSource(
-            settings.pkgs_repo, settings.cache_dir, ttl=git.DEFAULT_TTL if ttl is None else ttl
+            settings.pkgs_repo,
+            settings.cache_dir,
+            ttl=git.DEFAULT_TTL if ttl is None else ttl,
+            keep=settings.keep_checkouts,
+            busy=settings.checkout_busy,
         )
     return ChannelSource(
         settings.channel or "nixos-unstable",
@@ -36,4 +40,6 @@ def open_source(settings: SourceSettings) -> Source:
         channel_url=settings.channel_url,
         archive_url=settings.archive_url,
         ttl=channel.DEFAULT_TTL if ttl is None else ttl,
+        keep=settings.keep_checkouts,
+        busy=settings.checkout_busy,
     )

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from ..config import ConfigError
+from ..config import BUILD_DEADLINE, KEEP_CHECKOUTS, ConfigError
 from ..errors import SourceUnavailable
 from .base import COMMIT_RE, Revision, check_source, public_url
 from .cache import Clock, TTLCache
-from .files import extract, materialise
+from .files import Checkouts, extract
 
 # A leading letter, digit or "_" keeps "." and ".." (and option-like names) out of URLs.
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -64,6 +64,8 @@ class ChannelSource:
         ttl: float = DEFAULT_TTL,
         clock: Clock = time.monotonic,
         timeout: float = 30.0,
+        keep: int = KEEP_CHECKOUTS,
+        busy: float = BUILD_DEADLINE,
     ) -> None:
         if not CHANNEL_RE.fullmatch(channel):
             raise ConfigError(f"NIXERY_CHANNEL: invalid channel name {channel!r}")
@@ -75,6 +77,7 @@ class ChannelSource:
         self._archive_url = archive_url.rstrip("/")
         self._id = f"nixpkgs:{public_url(self._archive_url)}"
         self._dir = Path(cache_dir) / "channel"
+        self._checkouts = Checkouts(self._dir, keep, busy)
         # Per socket operation, not for a whole download: a large archive may take longer.
         self._timeout = timeout
         self._opener = urllib.request.build_opener(_SameMethodRedirects)
@@ -85,7 +88,7 @@ class ChannelSource:
 
     def checkout(self, revision: Revision) -> Path:
         check_source(self._id, revision)
-        return materialise(self._dir / revision.value, lambda dest: self._download(revision, dest))
+        return self._checkouts.get(revision.value, lambda dest: self._download(revision, dest))
 
     def tags(self) -> list[str]:
         """Only `latest`: other channels and every nixpkgs commit are tags too, but uncountable."""

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import IO
 
-from ..config import ConfigError
+from ..config import BUILD_DEADLINE, KEEP_CHECKOUTS, ConfigError
 from ..errors import SourceUnavailable
 from ..names import TAG_RE
 from .base import COMMIT_RE, Revision, check_source, public_url
 from .cache import Clock, TTLCache
-from .files import extract, materialise
+from .files import Checkouts, extract, materialise
 
 DEFAULT_TTL = 60.0
 _QUERY_TIMEOUT = 120.0
@@ -33,7 +33,13 @@ class GitSource:
     """
 
     def __init__(
-        self, url: str, cache_dir: Path, ttl: float = DEFAULT_TTL, clock: Clock = time.monotonic
+        self,
+        url: str,
+        cache_dir: Path,
+        ttl: float = DEFAULT_TTL,
+        clock: Clock = time.monotonic,
+        keep: int = KEEP_CHECKOUTS,
+        busy: float = BUILD_DEADLINE,
     ) -> None:
         if url.startswith("-"):
             raise ConfigError(f"NIXERY_PKGS_REPO: {url!r} could be read as an option")
@@ -42,6 +48,7 @@ class GitSource:
         self._dir = Path(cache_dir) / "git"
         url_hash = hashlib.sha256(url.encode()).hexdigest()[:32]
         self._mirror = self._dir / f"mirror-{url_hash}.git"
+        self._checkouts = Checkouts(self._dir, keep, busy)
         self._fetch_lock = threading.Lock()
         self._revisions: TTLCache[Revision | None] = TTLCache(ttl, clock)
         self._refs: TTLCache[list[str]] = TTLCache(ttl, clock)
@@ -60,7 +67,7 @@ class GitSource:
 
     def checkout(self, revision: Revision) -> Path:
         check_source(self._id, revision)
-        return materialise(self._dir / revision.value, lambda dest: self._export(revision, dest))
+        return self._checkouts.get(revision.value, lambda dest: self._export(revision, dest))
 
     def _lookup(self, tag: str) -> Revision | None:
         if COMMIT_RE.fullmatch(tag):
