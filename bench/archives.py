@@ -1,14 +1,16 @@
-"""Archive throughput: our layer writer against `tar -c PATHS | pigz -p N` on the same files.
+"""Archive throughput: our layer writer against `tar -c PATHS | pigz -p N -6` on the same files.
 
-    .venv/bin/python bench/archives.py [--gb 1] [--levels 1,6,9] [--runs 3] [--rss-gb 2] [--smoke]
+    .venv/bin/python bench/archives.py [--gb 1] [--levels 1,2,3] [--runs 3] [--rss-gb 2] [--smoke]
 
 The input is real software (directories of /usr/lib, taken in name order until --gb is
-reached), read from the page cache (one warm-up pass first) and archived to /dev/null. For
-each gzip level it prints both throughputs (MB of input per second; median of --runs, the
-two taking turns so that other load on the machine hits both alike), their ratio, both
-compressed sizes, and whether our blob is byte-identical when compressed on one thread. Then
-it archives --rss-gb of input in a fresh process and prints that process's peak RSS. One
-``Compressor`` (as many threads as pigz gets) serves all of a run's turns, as in the registry.
+reached), read from the page cache (one warm-up pass first) and archived to /dev/null. The
+writers take turns in every run, so that other load on the machine hits them alike: ours at
+each ISA-L level in --levels, ours as it was before ISA-L (zlib level 2) and pigz -6. Each
+row prints the throughput (MB of input per second, median of --runs) and its ratio to
+pigz -6's, the compressed size and its ratio to pigz -6's, and for ISA-L whether the blob is
+byte-identical when compressed on one thread. Then it archives --rss-gb of input in a fresh
+process and prints that process's peak RSS. One ``Compressor`` per deflate (as many threads
+as pigz gets) serves all of a run's turns, as in the registry.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
+from collections.abc import Callable
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 from common import parse_args
@@ -57,6 +62,14 @@ def ours(paths: list[str], level: int, compressor: archives.Compressor) -> tuple
         return time.perf_counter() - started, blob
 
 
+def zlib_deflate(data: bytes, window: bytes, level: int, last: bool) -> bytes:
+    """The deflate of our writer before ISA-L."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15, zdict=window)
+    return compressor.compress(data) + compressor.flush(
+        zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH
+    )
+
+
 def pigz(paths: list[str], level: int, threads: int) -> tuple[float, int]:
     tar = ["tar", "-c", "--sort=name", "--owner=0", "--group=0", "--numeric-owner",
            "--mtime=@1", "-f", "-", *paths]  # fmt: skip
@@ -69,6 +82,10 @@ def pigz(paths: list[str], level: int, threads: int) -> tuple[float, int]:
     t.wait()
     z.wait()
     return time.perf_counter() - started, int(size)
+
+
+def size_of(result: LayerBlob | int) -> int:
+    return result if isinstance(result, int) else result.size
 
 
 def peak_rss(gb: float, level: int) -> None:
@@ -84,7 +101,7 @@ def peak_rss(gb: float, level: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gb", type=float, default=1.0)
-    parser.add_argument("--levels", default="1,6,9")
+    parser.add_argument("--levels", default="1,2,3", help="ISA-L levels (0-3)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss-gb", type=float, default=2.0)
     parser.add_argument("--rss-only", action="store_true", help=argparse.SUPPRESS)
@@ -97,25 +114,35 @@ def main() -> None:
     paths, total = pick_paths(args.gb)
     subprocess.run(["tar", "-cf", "/dev/null", *paths], check=True)  # warm the page cache
     print(f"input: {len(paths)} directories of /usr/lib, {total / 1e6:.0f} MB of files; "
-          f"{threads} threads for both")  # fmt: skip
-    print(f"{'level':>5} {'ours MB/s':>10} {'pigz MB/s':>10} {'ratio':>6} "
-          f"{'ours MB':>8} {'pigz MB':>8} {'1-thread identical':>19}")  # fmt: skip
+          f"{threads} threads for each")  # fmt: skip
     with (
-        closing(archives.Compressor(threads)) as compressor,
+        closing(archives.Compressor(threads)) as isal,
+        closing(archives.Compressor(threads, deflate=zlib_deflate)) as old,
         closing(archives.Compressor(threads=1)) as one_thread,
     ):
-        for level in levels:
-            pigz_runs, our_runs = [], []
-            for _ in range(args.runs):
-                t_pigz, size_pigz = pigz(paths, level, threads)
-                pigz_runs.append(t_pigz)
-                t_ours, blob = ours(paths, level, compressor)
-                our_runs.append(t_ours)
-            t_pigz, t_ours = statistics.median(pigz_runs), statistics.median(our_runs)
-            _, single = ours(paths, level, one_thread)
-            print(f"{level:5} {total / 1e6 / t_ours:10.1f} {total / 1e6 / t_pigz:10.1f} "
-                  f"{t_pigz / t_ours:6.2f} {blob.size / 1e6:8.1f} {size_pigz / 1e6:8.1f} "
-                  f"{'yes' if single == blob else 'NO':>19}")  # fmt: skip
+        writers: dict[str, Callable[[], tuple[float, LayerBlob | int]]] = {
+            f"isal {level}": partial(ours, paths, level, isal) for level in levels
+        }
+        writers["zlib 2 (before)"] = partial(ours, paths, 2, old)
+        writers["pigz -6"] = partial(pigz, paths, 6, threads)
+        times: dict[str, list[float]] = {name: [] for name in writers}
+        results: dict[str, LayerBlob | int] = {}
+        for _ in range(args.runs):
+            for name, write in writers.items():
+                seconds, results[name] = write()
+                times[name].append(seconds)
+        print(f"{'writer':<16} {'MB/s':>7} {'x pigz -6':>9} {'blob MB':>8} {'/ pigz -6':>9} "
+              f"{'1-thread identical':>19}")  # fmt: skip
+        identical = {
+            f"isal {level}": ours(paths, level, one_thread)[1] == results[f"isal {level}"]
+            for level in levels
+        }
+        t_pigz, size_pigz = statistics.median(times["pigz -6"]), size_of(results["pigz -6"])
+        for name, result in results.items():
+            seconds, size = statistics.median(times[name]), size_of(result)
+            same = {True: "yes", False: "NO", None: ""}[identical.get(name)]
+            print(f"{name:<16} {total / 1e6 / seconds:7.1f} {t_pigz / seconds:9.2f} "
+                  f"{size / 1e6:8.1f} {size / size_pigz:9.3f} {same:>19}")  # fmt: skip
     subprocess.run(
         [sys.executable, __file__, "--rss-only", "--rss-gb", str(args.rss_gb),
          "--levels", str(archives.GZIP_LEVEL)],

@@ -651,8 +651,9 @@ def measure_memory(emulators: Emulators, work: Path, mib: int) -> dict[str, Any]
     pkgs = big_set(work / "big-pkgs", part)
     reg = start(
         work / "memory", emulators,
-        # As long as a function may wait (its 3600 s maximum, less 30 s to answer).
-        NIXERY_PKGS_PATH=str(pkgs), NIXERY_BUILD_WAIT="3570", NIX_TIMEOUT="86400",
+        # As long as a function may wait (its 3600 s maximum, less 30 s to answer), and all
+        # of Nix's share of the default 1800 s build deadline.
+        NIXERY_PKGS_PATH=str(pkgs), NIXERY_BUILD_WAIT="3570", NIX_TIMEOUT="1440",
     )  # fmt: skip
     try:
         assert reg.builder is not None

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine for Nixery: Nix (offline-capable), the demo set's bootstrap
 # busybox, and a Python virtualenv in .venv. With --test, also the registry clients the tests
-# pull with (skopeo, podman, containerd, runc), the test dependencies, and the tools the
-# benchmarks compare against (pigz, wrk, docker-registry), since the tests run every benchmark
-# in its smoke mode; with --bench, only those tools. Idempotent; run as root.
+# pull with (skopeo, podman, containerd, runc), the test dependencies (qemu-user among them),
+# and the tools the benchmarks compare against (pigz, wrk, docker-registry), since the tests
+# run every benchmark in its smoke mode; with --bench, only those tools. Idempotent; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,7 @@ if [[ "${1:-}" == "--test" ]]; then
   packages+=(skopeo podman runc uidmap containerd default-jre-headless)
   packages+=(pigz wrk docker-registry)  # tests/test_bench.py: the benchmarks' smoke runs
   packages+=(mmdebstrap)  # scripts/build-builder-image.sh: the builder image's base, made locally
+  packages+=(qemu-user)  # tests/test_archives_cpu.py: older CPUs, emulated
 fi
 if [[ "${1:-}" == "--bench" ]]; then  # bench/: the reference tools they compare against
   packages+=(skopeo pigz wrk docker-registry)

@@ -7,11 +7,17 @@ has no name and a zero mtime. One pass computes the uncompressed ``diff_id`` and
 compressed digest while the blob is written, so memory does not grow with the layer.
 
 Compression runs on every core the way pigz does it: the tar stream is cut into fixed 1 MiB
-chunks, each deflated on its own thread (zlib releases the GIL) with the previous 32 KiB as
+chunks, each deflated on its own thread (ISA-L releases the GIL) with the previous 32 KiB as
 its dictionary and ended with a sync flush, and the pieces are concatenated under one gzip
 header and trailer. Chunk boundaries depend only on the tar bytes, so the blob is the same
 whatever the thread count or timing. One ``Compressor`` per process bounds the chunks held in
 memory by all the layers being written at once.
+
+Deflate is ISA-L's (``isal``, pinned), several times zlib's speed, so that a cold pull waits
+for Nix, not for gzip. ISA-L picks its code at run time from the CPU's features: at levels 0-2
+its SSE4.2, AVX, AVX2 and AVX-512 paths give the same bytes (at level 3 they do not), but its
+generic path, taken by CPUs without SSE4.2 (made before 2008), does not, so a ``Compressor``
+refuses to run there. tests/test_archives_cpu.py checks both under emulated CPUs.
 """
 
 from __future__ import annotations
@@ -22,37 +28,53 @@ import stat
 import struct
 import tarfile
 import threading
-import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from isal import isal_zlib
+
 from .manifests import LayerBlob
 
-# Level 2: as fast as level 1 and 2% smaller; level 6 (gzip's default) is 2.7x slower for
-# 8% fewer bytes (docs/benchmarks.md). A cold pull should wait for Nix, not for gzip.
+# ISA-L level 2 (of 0-3), blocks of 16 Ki tokens (memLevel 2-3): 7.3x pigz -6's throughput on
+# 2 cores for blobs 8.5% larger, 3.3x zlib level 2's (the writer before) for 1.6% larger.
+# Level 1 is no faster and 1.1% larger; level 3 differs between CPUs (docs/benchmarks.md).
 GZIP_LEVEL = 2
+_MEM_LEVEL = 3
 CHUNK = 1 << 20
 MTIME = 1
 _BLOCK = 512
 _WINDOW = 32 * 1024  # deflate's window: the dictionary each chunk inherits
 # magic, deflate, no flags (so no name), mtime 0, no extra flags, OS unknown
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# Text whose deflate differs on ISA-L's generic path, and its digest on the others.
+_PROBE = b"".join(b"%d %x\n" % (i, i * i) for i in range(2000))
+_PROBE_SHA256 = "3c80fe47dd6ae408ed700a134f036ada99d0688cddcda6d4a4f004053457804c"
+
+Deflate = Callable[[bytes, bytes, int, bool], bytes]
+"""Deflates one chunk: (chunk, the bytes before it, level, whether it ends the stream)."""
 
 
-def _deflate(data: bytes, window: bytes, level: int, last: bool) -> bytes:
+def deflate(data: bytes, window: bytes, level: int, last: bool) -> bytes:
     """One chunk as raw deflate (-15: no wrapper), primed with the bytes before it: the
     dictionary keeps the ratio of one long stream, the sync flush ends on a byte boundary."""
-    compressor = (
-        zlib.compressobj(level, zlib.DEFLATED, -15, zdict=window)
-        if window
-        else zlib.compressobj(level, zlib.DEFLATED, -15)
+    compressor = isal_zlib.compressobj(
+        level, isal_zlib.DEFLATED, -15, memLevel=_MEM_LEVEL, zdict=window
     )
     return compressor.compress(data) + compressor.flush(
-        zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH
+        isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH
     )
+
+
+def _check_deflate() -> None:
+    probe = deflate(_PROBE, _PROBE[-_WINDOW:], GZIP_LEVEL, True)
+    if hashlib.sha256(probe).hexdigest() != _PROBE_SHA256:
+        raise RuntimeError(
+            "ISA-L deflates differently here (a CPU without SSE4.2, or another isal version):"
+            " layers made here would not match those made elsewhere"
+        )
 
 
 class Sink(Protocol):
@@ -68,8 +90,13 @@ class Compressor:
     than multiplying threads, and memory stays near ``in_flight`` MiB however many run.
     """
 
-    def __init__(self, threads: int | None = None, in_flight: int | None = None) -> None:
+    def __init__(
+        self, threads: int | None = None, in_flight: int | None = None, deflate: Deflate = deflate
+    ) -> None:
+        """``deflate`` is ISA-L's; bench/archives.py passes the zlib writer it compares with."""
+        _check_deflate()
         threads = threads or os.cpu_count() or 1
+        self._deflate = deflate
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
         self._slots = threading.BoundedSemaphore(in_flight or 4 * threads)
 
@@ -79,7 +106,7 @@ class Compressor:
 
     def submit(self, chunk: bytes, window: bytes, level: int, last: bool) -> Future[bytes]:
         """Deflates a chunk in a reserved slot; ``done`` frees it once the result is taken."""
-        return self._pool.submit(_deflate, chunk, window, level, last)
+        return self._pool.submit(self._deflate, chunk, window, level, last)
 
     def done(self) -> None:
         self._slots.release()
@@ -124,7 +151,7 @@ class _LayerWriter:
 
     def _submit(self, chunk: bytes, last: bool) -> None:
         self.tar_hash.update(chunk)
-        self.crc = zlib.crc32(chunk, self.crc)
+        self.crc = isal_zlib.crc32(chunk, self.crc)
         self.length += len(chunk)
         # Waiting for a slot while holding finished chunks of our own could wait forever
         # (other writers may do the same), so make room ourselves first.

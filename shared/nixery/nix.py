@@ -174,9 +174,11 @@ class Nix:
             assert out is not None and err is not None
             # stdout is small (JSON or paths): read it aside so that stderr streams here.
             reader = threading.Thread(target=lambda: stdout.append(out.read()))
+            # No timer without a deadline: Timer(inf) fails in its thread (time_t overflow).
             killer = threading.Timer(deadline, _stop, (proc,))
             reader.start()
-            killer.start()
+            if math.isfinite(deadline):
+                killer.start()
             try:
                 for line in err:
                     if line.strip():
