@@ -33,7 +33,7 @@ from .storage import BlobStore, store_bytes
 log = logging.getLogger(__name__)
 
 # Part of every layer-cache key: a change to how layers are archived must not reuse old ones.
-ARCHIVE_FORMAT = 2
+ARCHIVE_FORMAT = 3  # 3: ISA-L deflate
 
 
 @contextmanager
