@@ -7,6 +7,8 @@ scripts/setup.sh
 export STORAGE_PATH="${STORAGE_PATH:-$PWD/var/storage}"
 if [[ -z "${NIXERY_PKGS_REPO:-}${NIXERY_CHANNEL:-}${NIXERY_PKGS_PATH:-}" ]]; then
   export NIXERY_PKGS_PATH="$PWD/examples/demo-pkgs"
+  # The host files the demo set imports (examples/demo-pkgs/README.md).
+  export NIXERY_EVAL_ALLOW="${NIXERY_EVAL_ALLOW:-/usr/bin:/usr/local/bin:/bin:/etc/ssl/certs/ca-certificates.crt:/etc/services:/etc/protocols}"
   # No binary cache holds the demo set: do not ask one on every build.
   export NIX_CONFIG="${NIX_CONFIG:-}"$'\nsubstituters ='
 fi

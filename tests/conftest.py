@@ -29,6 +29,12 @@ REPOSITORY_LEAKS = ("PYTHONPATH", "PYTHONHOME", "WEB_DIR", "NIXERY_PREPARE_IMAGE
 
 # The demo set has no binary cache; without this Nix tries cache.nixos.org on every build.
 NIX_CONFIG = "substituters =\nbuild-users-group =\n"
+# The host files the demo set imports, which a restricted evaluation may then read, and the
+# set itself for the tests' sets that import it.
+DEMO_EVAL_ALLOW = ":".join([
+    "/usr/bin", "/usr/local/bin", "/bin",
+    "/etc/ssl/certs/ca-certificates.crt", "/etc/services", "/etc/protocols", str(DEMO),
+])  # fmt: skip
 
 
 def free_port() -> int:
@@ -49,6 +55,7 @@ class Registry:
         self.env = {
             **os.environ,
             "NIX_CONFIG": NIX_CONFIG,
+            "NIXERY_EVAL_ALLOW": DEMO_EVAL_ALLOW,
             "STORAGE_PATH": str(storage),
             "PORT": str(self.port),
             **env,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 from clients import podman_env
-from conftest import DEMO, NIX_CONFIG, REPO, Registry, free_port
+from conftest import DEMO, DEMO_EVAL_ALLOW, NIX_CONFIG, REPO, Registry, free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -163,6 +163,7 @@ class GcpRegistry(Registry):
             **os.environ,
             **emulators.env(),
             "NIX_CONFIG": NIX_CONFIG,
+            "NIXERY_EVAL_ALLOW": DEMO_EVAL_ALLOW,
             "NIXERY_PKGS_PATH": str(DEMO),
             "NIXERY_BUILDER_URL": f"http://127.0.0.1:{self.builder_port}/",
             "NIXERY_FIRESTORE_PREFIX": f"t{self.port}_",
@@ -216,7 +217,8 @@ class ContainerBuilderRegistry(GcpRegistry):
 
     def start_builder(self) -> None:
         passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_FIRESTORE_PREFIX",
-                  "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT"]  # fmt: skip
+                  "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT",
+                  "NIXERY_EVAL_ALLOW"]  # fmt: skip
         mounts = {
             str(DEMO): str(DEMO),
             "/bin/busybox": "/usr/local/bin/busybox",

@@ -9,6 +9,7 @@ Nix, HTTP or emulators. They are never a backend of the registry: nothing here p
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -40,9 +41,14 @@ def sample_job(*packages: str) -> BuildJob:
     return BuildJob.of(ImageRequest(tuple(sorted(packages or ("hello",))), AMD64), REVISION)
 
 
+def sample_config(seed: str = "image") -> bytes:
+    """The config blob of ``sample_manifests(seed)``: its only blob."""
+    return canonical_json({"seed": seed})
+
+
 def sample_manifests(seed: str = "image") -> list[Manifest]:
     """One image in both manifest formats; another seed gives other bytes and digests."""
-    return image_manifests(canonical_json({"seed": seed}), [])
+    return image_manifests(sample_config(seed), [])
 
 
 def all_at_once(calls: Sequence[Callable[[], object]], timeout: float = 120) -> list[Exception]:
@@ -132,6 +138,11 @@ class MemoryState:
             self._images[key] = Published({m.media_type: m.digest for m in manifests})
             self._leases.pop(key, None)
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            if isinstance(self._images.get(key), Published):
+                del self._images[key]
+
     def record_failure(self, key: str, failure: Failure) -> None:
         with self._lock:
             if not isinstance(self._images.get(key), Published):
@@ -207,6 +218,15 @@ class MemoryBlobStore:
     def size(self, digest: str) -> int | None:
         blob = self.blobs.get(digest)
         return None if blob is None else len(blob)
+
+    def intact(self, digest: str) -> bool:
+        blob = self.blobs.get(digest)
+        if blob is None:
+            return False
+        if "sha256:" + hashlib.sha256(blob).hexdigest() != digest:
+            del self.blobs[digest]
+            return False
+        return True
 
     def url(self, digest: str) -> str | None:
         return None

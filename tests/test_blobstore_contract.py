@@ -162,6 +162,40 @@ def test_a_missing_digest_has_no_size(store: Store) -> None:
     assert store.blobs.size("sha256:" + "0" * 64) is None
 
 
+def test_a_stored_blob_is_intact_and_a_missing_one_is_not(store: Store, blob) -> None:
+    data, digest = blob
+    assert not store.blobs.intact(digest)
+    stream(store, data).commit(digest)
+    assert store.blobs.intact(digest) and store.blobs.intact(digest)
+    assert_holds_only(store, data, digest)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "emptied"])
+def test_a_damaged_file_is_found_removed_and_replaced_by_a_rebuild(tmp_path: Path, damage: str):
+    """A disk may damage a blob after it was written: it is hashed before it is first served,
+    in each process and whenever its file changed; a damaged one is removed, never served,
+    and the next commit of its digest stores good bytes again."""
+    data, digest = random_blob(SIZES["large"])
+    store = FileBlobStore(tmp_path / "storage")
+    store_bytes(store, digest, data)
+    assert store.intact(digest)
+    path = store.path(digest)
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "flipped": data[:1000] + bytes([data[1000] ^ 1]) + data[1001:],  # the same size
+        "emptied": b"",
+    }[damage]
+    path.write_bytes(damaged)
+    assert not store.intact(digest)
+    assert not path.exists() and store.size(digest) is None
+
+    path.write_bytes(damaged)
+    store_bytes(store, digest, data)  # a rebuild: the damaged file is not kept
+    assert path.read_bytes() == data
+    fresh = FileBlobStore(tmp_path / "storage")  # another process hashes it again
+    assert fresh.intact(digest)
+
+
 def test_committing_an_existing_blob_keeps_the_first(store: Store, blob) -> None:
     data, digest = blob
     stream(store, data).commit(digest)

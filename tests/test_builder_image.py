@@ -28,11 +28,27 @@ def container_registry(emulators, builder_image, tmp_path_factory):
 def test_the_image_has_a_current_nix_and_an_installed_package(builder_image):
     out = subprocess.run(
         ["podman", "run", "--rm", builder_image, "sh", "-c",
-         "nix --version; /venv/bin/python -c 'import nixery; print(nixery.__file__)'"],
+         "nix --version; /venv/bin/python -c 'import nixery; print(nixery.__file__)';"
+         "id -u; stat -c %U /nix/store /nix/var/nix"],
         env={**os.environ, **podman_env()}, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "nix (Nix) 2.26" in out
     assert "/site-packages/nixery/" in out, "installed, not editable"
+    assert out.split()[-3:] == ["1000", "nixery", "nixery"], "Nix runs unprivileged, owning /nix"
+
+
+@pytest.mark.parametrize("confined", [False, True])
+def test_the_builder_knows_whether_its_builds_are_sandboxed(builder_image, confined):
+    """Under podman's defaults (/proc partly masked) Nix cannot make its sandbox and quietly
+    builds without it; with /proc unmasked it can. The probe the builder runs at start tells
+    the two apart, by a build that fails where it sees the machine."""
+    unconfined = ["--security-opt", "unmask=ALL", "--security-opt", "seccomp=unconfined"]
+    out = subprocess.run(
+        ["podman", "run", "--rm", *(unconfined if confined else []), builder_image,
+         "/venv/bin/python", "-c", "from nixery.nix import builds_are_sandboxed as b; print(b())"],
+        env={**os.environ, **podman_env()}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert out.strip() == str(confined)
 
 
 def test_a_pull_is_served_by_the_containers_nix(container_registry, registry, clients, tmp_path):
@@ -46,6 +62,7 @@ def test_a_pull_is_served_by_the_containers_nix(container_registry, registry, cl
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
     log = container_registry.builder_log.read_text()
     assert "building with Nix 2.26" in log and ": starting " in log
+    assert "builds run WITHOUT Nix's sandbox" in log, "podman's defaults allow none"
     # Nix 2.26 in the image and Nix 2.8 on the host give the same store paths, so the same
     # image: path-info's JSON is read in both shapes.
     via_container = container_registry.get(

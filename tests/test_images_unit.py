@@ -19,6 +19,7 @@ from fakes import (
     MemoryState,
     ScriptedQueue,
     StaticSource,
+    sample_config,
     sample_job,
     sample_manifests,
 )
@@ -28,6 +29,7 @@ from nixery.errors import (
     BuildError,
     BuildFailed,
     BuildInterrupted,
+    ImageLost,
     SourceUnavailable,
     StillBuilding,
     Transient,
@@ -71,7 +73,10 @@ def source() -> StaticSource:
 
 @pytest.fixture
 def blobs() -> MemoryBlobStore:
-    return MemoryBlobStore()
+    """Holding the sample image's config, so that a published sample image is whole."""
+    store = MemoryBlobStore()
+    store_bytes(store, sha256_digest(sample_config()), sample_config())
+    return store
 
 
 @pytest.fixture
@@ -111,6 +116,57 @@ def test_a_published_image_is_served_without_touching_the_queue(service, state) 
     docker = images.manifest(JOB.request, LATEST, [])
     assert docker.media_type == DOCKER_MANIFEST
     assert queue.calls == []
+
+
+CONFIG = sha256_digest(sample_config())
+
+
+class RestoringBuilder(FakeBuilder):
+    """A build that stores the image's config blob before it publishes, as a real one does."""
+
+    def __init__(self, state: MemoryState, blobs: MemoryBlobStore) -> None:
+        super().__init__(state, MANIFESTS)
+        self.blobs = blobs
+
+    def run(self, job: BuildJob) -> None:
+        store_bytes(self.blobs, CONFIG, sample_config())
+        super().run(job)
+
+
+@pytest.mark.parametrize("loss", ["blob deleted", "blob damaged", "manifest deleted"])
+def test_a_published_image_that_lost_a_part_is_built_again(
+    service, state, blobs, thread_queue, loss: str
+) -> None:
+    """Never a manifest whose blobs cannot be pulled, nor a 500 for a manifest that an
+    in-memory answer says exists: the image is forgotten and built again."""
+    state.publish(JOB.key, MANIFESTS)
+    if loss == "blob deleted":
+        del blobs.blobs[CONFIG]
+    elif loss == "blob damaged":
+        blobs.blobs[CONFIG] = b"damaged"
+    else:
+        state._manifests.clear()
+    builder = RestoringBuilder(state, blobs)
+    images = service(thread_queue(builder))
+    assert within(30, lambda: images.manifest(JOB.request, LATEST, [OCI_MANIFEST])) == OCI
+    assert builder.calls == [JOB]
+    assert blobs.blobs[CONFIG] == sample_config()
+
+
+def test_an_image_still_lost_after_its_rebuild_is_transient(service, state, blobs) -> None:
+    state.publish(JOB.key, MANIFESTS)
+    del blobs.blobs[CONFIG]
+    queue = ScriptedQueue(PUBLISHED)  # "built", yet the blob is still missing
+    with pytest.raises(ImageLost):
+        service(queue).manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.status(JOB.key) is None, "forgotten, so that the next request builds it"
+
+
+def test_a_damaged_blob_is_never_served(service, blobs) -> None:
+    blobs.blobs[CONFIG] = b"damaged"
+    with pytest.raises(UnknownBlob):
+        service(ScriptedQueue()).blob(Digest(CONFIG))
+    assert CONFIG not in blobs.blobs
 
 
 @pytest.mark.parametrize("error", BUILD_ERRORS, ids=lambda e: type(e).__name__)

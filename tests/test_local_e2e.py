@@ -7,8 +7,6 @@ import http.client
 import http.server
 import json
 import subprocess
-import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -226,50 +224,3 @@ def test_git_source_tags_give_different_images(make_registry, clients, tmp_path)
         ran = clients.podman("run", "--rm", f"{reg.host}/hello:{tag}", "hello")
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout.strip() == greeting
-
-
-@pytest.fixture
-def channel_server(tmp_path):
-    """A loopback stand-in for channels.nixos.org and GitHub's archive: the demo set as a
-    tarball of commit COMMIT, with the single top-level directory GitHub puts in it."""
-    commit = "c0ffee" + "0" * 34
-    tarball = tmp_path / f"{commit}.tar.gz"
-    with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(DEMO, arcname=f"nixpkgs-{commit}")
-    routes = {
-        "/nixos-unstable/git-revision": commit.encode(),
-        f"/{commit}.tar.gz": tarball.read_bytes(),
-    }
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = routes.get(self.path)
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            if self.command == "GET" and body:
-                self.wfile.write(body)
-
-        do_HEAD = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", commit
-    server.shutdown()
-
-
-def test_channel_source(make_registry, channel_server, registry):
-    url, commit = channel_server
-    reg = make_registry(
-        NIXERY_CHANNEL="nixos-unstable", NIXERY_CHANNEL_URL=url, NIXERY_ARCHIVE_URL=url
-    )
-    latest = manifest(reg, "shell/hello")
-    assert latest.status_code == 200, latest.text
-    by_commit = manifest(reg, "shell/hello", commit)
-    assert by_commit.headers["Docker-Content-Digest"] == latest.headers["Docker-Content-Digest"]
-    assert reg.builds_started() == 1, "the channel and its commit are one revision"
-    assert_error(manifest(reg, "shell/hello", "nixos-00.00"), 404, "MANIFEST_UNKNOWN")
-    assert_error(manifest(reg, "shell/hello", "f" * 40), 404, "MANIFEST_UNKNOWN")

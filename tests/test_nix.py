@@ -4,9 +4,10 @@ import json
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from conftest import DEMO, NIX_CONFIG, REPO
+from conftest import DEMO, DEMO_EVAL_ALLOW, NIX_CONFIG, REPO
 
 from nixery.errors import (
     BuildFailed,
@@ -16,6 +17,8 @@ from nixery.errors import (
     UnknownPackages,
 )
 from nixery.nix import Nix, _classify, _error_message, check_nix_version, parse_path_info
+
+DEMO_PATHS = [Path(p) for p in DEMO_EVAL_ALLOW.split(":")]
 
 A = "/nix/store/" + "a" * 32 + "-a-1.0"
 B = "/nix/store/" + "b" * 32 + "-b-1.0"
@@ -56,7 +59,7 @@ def test_error_message_takes_the_error_line():
 
 def test_outputs_are_gc_roots_while_the_image_is_made(monkeypatch):
     monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
-    nix = Nix(REPO / "prepare-image", timeout=60)
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)
 
     def roots(path: str) -> str:
         return subprocess.run(
@@ -72,7 +75,7 @@ def test_outputs_are_gc_roots_while_the_image_is_made(monkeypatch):
 
 def test_unknown_packages_are_reported_together(monkeypatch):
     monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
-    nix = Nix(REPO / "prepare-image", timeout=60)
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)
     with (
         pytest.raises(UnknownPackages) as raised,
         nix.build(DEMO, ["hello", "nope-a", "nope-b"], "x86_64-linux"),
@@ -118,7 +121,7 @@ def test_timeouts_are_permanent_and_a_killed_nix_is_not():
 def test_a_nix_killed_from_outside_is_transient(monkeypatch):
     """As the OOM killer would: SIGKILL to the running nix-store, not by our deadline."""
     monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
-    nix = Nix(REPO / "prepare-image", timeout=600)
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=600)
     raised: list[BaseException] = []
 
     def build() -> None:
@@ -153,7 +156,7 @@ def test_a_set_that_needs_a_newer_nix_fails_naming_both_versions(monkeypatch, tm
     pkgs = tmp_path / "pkgs"
     (pkgs / "lib").mkdir(parents=True)
     (pkgs / "default.nix").write_text(f"import {DEMO}\n")
-    nix = Nix(REPO / "prepare-image", timeout=60)
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)
     (pkgs / "lib" / "minver.nix").write_text('"99.1"\n')
     with pytest.raises(BuildFailed) as raised, nix.build(pkgs, ["hello"], "x86_64-linux"):
         pass
@@ -168,7 +171,7 @@ def test_a_build_past_its_deadline_times_out_and_leaves_no_builder(monkeypatch):
     """The build's deadline (NIXERY_BUILD_DEADLINE) cuts Nix off even while NIX_TIMEOUT would
     still let the builder run; Nix is stopped so that it stops its builder too."""
     monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
-    nix = Nix(REPO / "prepare-image", timeout=600)
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=600)
     with (
         pytest.raises(BuildTimedOut, match="NIXERY_BUILD_DEADLINE") as raised,
         nix.build(DEMO, ["slow"], "x86_64-linux", time.monotonic() + 5),
@@ -181,9 +184,77 @@ def test_a_build_past_its_deadline_times_out_and_leaves_no_builder(monkeypatch):
 
 def test_a_build_out_of_time_does_not_start_nix(monkeypatch):
     monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
-    nix = Nix(REPO / "prepare-image", timeout=60)
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)
     with (
         pytest.raises(BuildTimedOut, match="ran out of time"),
         nix.build(DEMO, ["hello"], "x86_64-linux", time.monotonic() - 1),
     ):
         pass
+
+
+def hostile_set(tmp_path: Path, body: str) -> Path:
+    """A package set whose ``pwn`` package does what ``body`` says, beside the demo set's."""
+    pkgs = tmp_path / "hostile"
+    pkgs.mkdir()
+    (pkgs / "default.nix").write_text(
+        f'args: import {DEMO} args // {{\n  pwn = derivation {{ name = "pwn";'
+        f' system = "x86_64-linux"; builder = "/bin/sh"; got = {body}; }};\n}}\n'
+    )
+    return pkgs
+
+
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [
+        ('builtins.readFile "/etc/hostname"', "forbidden in restricted mode"),
+        ("builtins.readDir /root", "forbidden in restricted mode"),
+        ('builtins.fetchurl "http://127.0.0.1:9/x"', "forbidden in restricted mode"),
+        ('builtins.readFile "${<nixpkgs>}/x"', "not found in the Nix search path"),
+        ('builtins.getEnv "HOME"', None),  # reads as "" in restricted mode
+    ],
+)
+def test_evaluation_reads_only_the_set_and_fetches_nothing(monkeypatch, tmp_path, body, refused):
+    """Even a trusted set, should it turn hostile, cannot read the server's files, fetch
+    URLs or find paths through NIX_PATH while it is evaluated."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    monkeypatch.setenv("NIX_PATH", "nixpkgs=/etc")
+    monkeypatch.setenv("HOME", "/root")
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)
+    pkgs = hostile_set(tmp_path, body)
+    if refused is None:
+        plan = nix._plan(pkgs, ["pwn"], "x86_64-linux", time.monotonic() + 60)
+        drv = subprocess.run(
+            ["nix", "--extra-experimental-features", "nix-command", "show-derivation",
+             plan["packages"][0]["drvPath"]], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert '"got": ""' in drv
+        return
+    with pytest.raises(BuildFailed, match=refused), nix.build(pkgs, ["pwn"], "x86_64-linux"):
+        pass
+
+
+# Nix syntax, path tricks and control characters as package names: they reach Nix only as
+# JSON data, so each is a name that does not exist, never code.
+HOSTILE_NAMES = [
+    '${builtins.readFile "/etc/passwd"}',
+    '"; builtins.abort "pwned',
+    'hello" + builtins.readFile "/etc/passwd" + "',
+    "hello.${builtins.currentTime}",
+    "(import /etc/passwd)",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "<nixpkgs>",
+    "hello\nabort",
+    "__functor",
+    "x.y.z.w.v.u.t.s.r.q.p",
+    "let a = 1; in a",
+    "builtins",
+]
+
+
+def test_hostile_package_names_are_unknown_packages(monkeypatch):
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)
+    with pytest.raises(UnknownPackages) as raised, nix.build(DEMO, HOSTILE_NAMES, "x86_64-linux"):
+        pass
+    assert raised.value.names == HOSTILE_NAMES

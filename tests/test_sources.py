@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import io
 import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from nixery.config import ConfigError, Env, source_settings
-from nixery.errors import SourceUnavailable
-from nixery.sources import ChannelSource, GitSource, PathSource, Revision, Source, open_source
+from nixery.errors import SourceUnavailable, UntrustedRevision
+from nixery.sources import (
+    ChannelSource,
+    GitSource,
+    PathSource,
+    Revision,
+    Source,
+    channel,
+    open_source,
+)
 from nixery.sources.base import public_url
 
 
@@ -194,6 +201,27 @@ def test_git_commit_tags(repo: Repo, tmp_path: Path) -> None:
     assert (source.checkout(revision) / "default.nix").read_text() == "1\n"
 
 
+def test_git_commit_tags_must_be_reachable_from_trusted_refs(repo: Repo, tmp_path: Path) -> None:
+    """A pull request's commit is served by the remote like any other, but no branch or tag
+    reaches it: its code is never fetched as a checkout, let alone evaluated."""
+    git(repo.path, "checkout", "--quiet", "-b", "fork", repo.first)
+    fork = commit(repo.path, {"default.nix": 'builtins.readFile "/etc/passwd"\n'}, "evil")
+    git(repo.path, "update-ref", "refs/pull/1/head", fork)
+    git(repo.path, "checkout", "--quiet", "main")
+    git(repo.path, "branch", "--quiet", "-D", "fork")
+    source = GitSource(repo.url, tmp_path / "cache")
+    with pytest.raises(UntrustedRevision, match=f"{fork}.*no trusted ref"):
+        source.resolve(fork)
+    assert not list((tmp_path / "cache" / "git").glob("mirror-*")), "nothing was checked out"
+
+    listed = GitSource(repo.url, tmp_path / "cache2", trusted_commits=[fork])
+    assert listed.resolve(fork) == Revision(f"git:{repo.url}", fork)
+    tags_only = GitSource(repo.url, tmp_path / "cache3", trusted_refs=["refs/tags/v1"])
+    assert tags_only.resolve(repo.first) == Revision(f"git:{repo.url}", repo.first)
+    with pytest.raises(UntrustedRevision):
+        tags_only.resolve(repo.second)
+
+
 def test_git_unknown_names_are_not_found(repo: Repo, tmp_path: Path) -> None:
     source = GitSource(repo.url, tmp_path / "cache")
     assert source.resolve("v3") is None
@@ -295,16 +323,44 @@ def test_checkout_refuses_revisions_of_another_source(repo: Repo, tmp_path: Path
 
 # --- ChannelSource ----------------------------------------------------------------------------
 
-COMMIT = hashlib.sha1(b"nixpkgs").hexdigest()
-BROKEN = hashlib.sha1(b"broken").hexdigest()
+
+@dataclass
+class Nixpkgs:
+    """A stand-in for nixpkgs' repository: channel branches, and a fork's commit that the
+    archive host serves all the same, as a public code host serves forks' commits."""
+
+    url: str
+    head: str  # nixos-unstable's head: the channel's revision
+    older: str  # in nixos-unstable's history
+    broken: str  # nixos-24.05's head, whose archive is broken
+    master: str  # on master only: merged, but on no channel yet
+    fork: str  # reachable only from refs/pull/1/head
 
 
-def tarball(members: dict[str, str | None]) -> bytes:
+@pytest.fixture(scope="module")
+def nixpkgs(tmp_path_factory: pytest.TempPathFactory) -> Nixpkgs:
+    path = tmp_path_factory.mktemp("nixpkgs")
+    git(path, "init", "--quiet", "--initial-branch=master")
+    older = commit(path, {"default.nix": "{ }: { }\n"}, "older")
+    head = commit(path, {"pkgs/hello.nix": "hello\n"}, "head")
+    git(path, "branch", "nixos-unstable")
+    broken = commit(path, {"pkgs/broken.nix": "1\n"}, "broken")
+    git(path, "branch", "nixos-24.05")
+    master = commit(path, {"pkgs/new.nix": "1\n"}, "master")
+    git(path, "checkout", "--quiet", "-b", "fork", older)
+    fork = commit(path, {"default.nix": '{ }: builtins.readFile "/etc/passwd"\n'}, "evil")
+    git(path, "update-ref", "refs/pull/1/head", fork)
+    git(path, "checkout", "--quiet", "master")
+    git(path, "branch", "--quiet", "-D", "fork")
+    return Nixpkgs(f"file://{path}", head, older, broken, master, fork)
+
+
+def tarball(members: dict[str, str | None], commit: str) -> bytes:
     """A gzipped tarball; None marks a directory."""
     buffer = io.BytesIO()
     # Like GitHub's, with a pax global header naming the commit.
     with tarfile.open(
-        fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT, pax_headers={"comment": COMMIT}
+        fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT, pax_headers={"comment": commit}
     ) as tar:
         for name, text in members.items():
             info = tarfile.TarInfo(name)
@@ -321,34 +377,31 @@ def tarball(members: dict[str, str | None]) -> bytes:
 @dataclass
 class Server:
     url: str
+    nixpkgs: Nixpkgs
     requests: list[tuple[str, str]] = field(default_factory=list)
     failing: bool = False
     files: dict[str, bytes] = field(default_factory=dict)
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server(url="")
+def server(nixpkgs: Nixpkgs) -> Iterator[Server]:
+    state = Server(url="", nixpkgs=nixpkgs)
     state.files = {
-        "/channels/nixos-unstable/git-revision": f"{COMMIT}\n".encode(),
-        f"/codeload/{COMMIT}.tar.gz": tarball(
-            {
-                f"nixpkgs-{COMMIT}/": None,
-                f"nixpkgs-{COMMIT}/default.nix": "{ }: { }\n",
-                f"nixpkgs-{COMMIT}/pkgs/hello.nix": "hello\n",
-            }
+        "/channels/nixos-unstable/git-revision": f"{nixpkgs.head}\n".encode(),
+        "/channels/nixos-24.05/git-revision": f"{nixpkgs.broken}\n".encode(),
+        f"/codeload/{nixpkgs.broken}.tar.gz": tarball(
+            {"one/default.nix": "1\n", "two/x": "2\n"}, nixpkgs.broken
         ),
-        f"/codeload/{BROKEN}.tar.gz": tarball({"one/default.nix": "1\n", "two/x": "2\n"}),
     }
+    for commit in (nixpkgs.head, nixpkgs.older, nixpkgs.master, nixpkgs.fork):
+        top = f"nixpkgs-{commit}"
+        state.files[f"/codeload/{commit}.tar.gz"] = tarball(
+            {f"{top}/": None, f"{top}/default.nix": "{ }: { }\n", f"{top}/pkgs/hello.nix": "hi\n"},
+            commit,
+        )
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_HEAD(self) -> None:
-            self.answer(send_body=False)
-
         def do_GET(self) -> None:
-            self.answer(send_body=True)
-
-        def answer(self, send_body: bool) -> None:
             state.requests.append((self.command, self.path))
             if state.failing:
                 self.send_error(500)
@@ -367,8 +420,7 @@ def server() -> Iterator[Server]:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -389,6 +441,8 @@ def channel_source(
     channel: str = "nixos-unstable",
     ttl: float = 300.0,
     clock: Callable[[], float] = time.monotonic,
+    trusted_refs: Sequence[str] = channel.TRUSTED_REFS,
+    trusted_commits: Sequence[str] = (),
 ) -> ChannelSource:
     return ChannelSource(
         channel,
@@ -398,35 +452,55 @@ def channel_source(
         ttl=ttl,
         clock=clock,
         timeout=5,
+        repo_url=server.nixpkgs.url,
+        trusted_refs=trusted_refs,
+        trusted_commits=trusted_commits,
     )
 
 
 def test_channel_latest_resolves_and_checks_out(server: Server, tmp_path: Path) -> None:
+    head = server.nixpkgs.head
     source = channel_source(server, tmp_path)
     revision = source.resolve("latest")
-    assert revision == Revision(f"nixpkgs:{server.url}/archive", COMMIT)
+    assert revision == Revision(f"nixpkgs:{server.url}/archive", head)
     assert source.resolve("nixos-unstable") == revision
 
     path = source.checkout(revision)
-    assert path == tmp_path / "cache" / "channel" / COMMIT
+    assert path == tmp_path / "cache" / "channel" / head
     assert sorted(p.name for p in path.iterdir()) == ["default.nix", "pkgs"]
-    assert (path / "pkgs" / "hello.nix").read_text() == "hello\n"
+    assert (path / "pkgs" / "hello.nix").read_text() == "hi\n"
     downloads = len(server.requests)
     assert source.checkout(revision) == path
     assert len(server.requests) == downloads
-    assert sorted(p.name for p in path.parent.iterdir()) == [COMMIT]
+    assert sorted(p.name for p in path.parent.iterdir()) == [head]
 
 
-def test_channel_commit_tags_are_checked_with_head(server: Server, tmp_path: Path) -> None:
+def test_channel_commit_tags_must_be_in_a_channels_history(server: Server, tmp_path: Path) -> None:
+    """The archive host serves every commit, a fork's too: only the channel branches' history
+    says which ones are nixpkgs'. Nothing of an untrusted commit is downloaded."""
+    nixpkgs = server.nixpkgs
     source = channel_source(server, tmp_path)
-    revision = source.resolve(COMMIT)
-    assert revision is not None and revision.value == COMMIT
-    # The redirect is followed as a HEAD too: the archive itself is not downloaded.
-    assert server.requests == [
-        ("HEAD", f"/archive/{COMMIT}.tar.gz"),
-        ("HEAD", f"/codeload/{COMMIT}.tar.gz"),
-    ]
+    for trusted in (nixpkgs.head, nixpkgs.older, nixpkgs.broken, nixpkgs.head.upper()):
+        revision = source.resolve(trusted)
+        assert revision is not None and revision.value == trusted.lower()
+    for untrusted in (nixpkgs.fork, nixpkgs.master):
+        with pytest.raises(UntrustedRevision, match=f"{untrusted}.*no channel branch"):
+            source.resolve(untrusted)
     assert source.resolve("0123456789abcdef0123456789abcdef01234567") is None
+    assert server.requests == []
+
+    listed = channel_source(server, tmp_path / "2", trusted_commits=[nixpkgs.fork.upper()])
+    assert listed.resolve(nixpkgs.fork) == Revision(f"nixpkgs:{server.url}/archive", nixpkgs.fork)
+    only_stable = channel_source(server, tmp_path / "3", trusted_refs=["refs/heads/nixos-24.05"])
+    assert only_stable.resolve(nixpkgs.older) is not None
+    with pytest.raises(UntrustedRevision):
+        only_stable.resolve(nixpkgs.master)
+
+
+def test_channel_history_unreachable_is_a_source_error(server: Server, tmp_path: Path) -> None:
+    server.nixpkgs = Nixpkgs(f"file://{tmp_path}/absent", *["0" * 40] * 5)
+    with pytest.raises(SourceUnavailable):
+        channel_source(server, tmp_path).resolve("1" * 40)
 
 
 def test_channel_unknown_channel_is_not_found(server: Server, tmp_path: Path) -> None:
@@ -434,8 +508,9 @@ def test_channel_unknown_channel_is_not_found(server: Server, tmp_path: Path) ->
 
 
 def test_channel_pinned_commit_needs_no_request(server: Server, tmp_path: Path) -> None:
-    revision = channel_source(server, tmp_path, channel=COMMIT).resolve("latest")
-    assert revision is not None and revision.value == COMMIT
+    pinned = server.nixpkgs.master  # the operator's own pin is trusted as it is
+    revision = channel_source(server, tmp_path, channel=pinned).resolve("latest")
+    assert revision is not None and revision.value == pinned
     assert server.requests == []
 
 
@@ -446,22 +521,20 @@ def test_channel_server_errors_are_source_errors_and_not_cached(
     server.failing = True
     with pytest.raises(SourceUnavailable):
         source.resolve("latest")
-    with pytest.raises(SourceUnavailable):
-        source.resolve(COMMIT)
     server.failing = False
     revision = source.resolve("latest")
-    assert revision is not None and revision.value == COMMIT
+    assert revision is not None and revision.value == server.nixpkgs.head
 
 
 def test_channel_resolution_is_cached_for_ttl(server: Server, tmp_path: Path) -> None:
     clock = FakeClock()
     source = channel_source(server, tmp_path, ttl=300, clock=clock)
-    assert source.resolve("nixos-24.05") is None
-    server.files["/channels/nixos-24.05/git-revision"] = f"{COMMIT}\n".encode()
+    assert source.resolve("nixos-25.05") is None
+    server.files["/channels/nixos-25.05/git-revision"] = f"{server.nixpkgs.head}\n".encode()
     clock.now += 299
-    assert source.resolve("nixos-24.05") is None
+    assert source.resolve("nixos-25.05") is None
     clock.now += 2
-    assert source.resolve("nixos-24.05") is not None
+    assert source.resolve("nixos-25.05") is not None
 
 
 def test_channel_bad_names_never_reach_the_server(server: Server, tmp_path: Path) -> None:
@@ -487,11 +560,12 @@ def test_git_refuses_urls_read_as_options(tmp_path: Path) -> None:
 
 def test_channel_bad_archive_leaves_nothing_behind(server: Server, tmp_path: Path) -> None:
     source = channel_source(server, tmp_path)
-    revision = source.resolve(BROKEN)
+    revision = source.resolve("nixos-24.05")
     assert revision is not None
     with pytest.raises(SourceUnavailable):
         source.checkout(revision)
-    assert list((tmp_path / "cache" / "channel").iterdir()) == []
+    left = [p.name for p in (tmp_path / "cache" / "channel").iterdir()]
+    assert [name for name in left if not name.startswith("history-")] == []
 
 
 def test_channel_garbage_revision_is_a_source_error(server: Server, tmp_path: Path) -> None:

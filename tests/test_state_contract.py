@@ -108,6 +108,23 @@ def test_a_failure_recorded_after_publish_leaves_the_image_published(state: Stat
     assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
 
 
+def test_forget_makes_a_published_image_unknown_and_keeps_its_manifests(state: State) -> None:
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    state.forget(KEY)
+    assert state.status(KEY) is None
+    assert state.manifest(manifests[0].digest) == manifests[0]
+    state.publish(KEY, manifests)
+    assert isinstance(state.status(KEY), Published)
+
+
+def test_forget_leaves_a_failure_alone(state: State) -> None:
+    failure = Failure.of(BuildFailed("broken", "log"), 1000.0)
+    state.record_failure(KEY, failure)
+    state.forget(KEY)
+    assert state.status(KEY) == failure
+
+
 def test_a_manifest_published_twice_keeps_its_bytes(state: State) -> None:
     manifests = sample_manifests()
     state.publish(KEY, manifests)

@@ -19,15 +19,16 @@ let
 
   # The directory holding the host's busybox binary. It must be a real
   # directory: builtins.path copies a symlinked /bin (merged /usr) as a
-  # dangling symlink. The busybox entry must be a regular file for the same
-  # reason.
-  isRealDir = d: ((builtins.readDir (dirOf d)).${baseNameOf d} or null) == "directory";
-  hasBusybox = d: builtins.pathExists d && isRealDir d
+  # dangling symlink, so the /usr directories come first. The busybox entry
+  # must be a regular file for the same reason. Under restricted evaluation
+  # (as the registry evaluates) a directory it may not read does not exist.
+  hasBusybox = d: builtins.pathExists (d + "/busybox")
     && ((builtins.readDir d).busybox or null) == "regular";
-  bootDirs = builtins.filter hasBusybox [ /usr/bin /bin /usr/local/bin /sbin /usr/sbin ];
+  bootDirs = builtins.filter hasBusybox [ /usr/bin /usr/local/bin /bin /usr/sbin /sbin ];
   bootDir =
     if bootDirs != [ ] then builtins.head bootDirs
-    else throw "demo-pkgs: needs a static busybox binary at /bin/busybox or /usr/bin/busybox";
+    else throw ("demo-pkgs: needs a static busybox binary in /usr/bin, /usr/local/bin or /bin"
+      + " (and, evaluated by the registry, that directory in NIXERY_EVAL_ALLOW)");
 
   # Only the busybox binary is copied, so the store path depends on its
   # content alone. The basename must stay `busybox` because busybox picks

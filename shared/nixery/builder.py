@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 
 from . import archives
@@ -104,7 +104,7 @@ class Builder:
         cores = os.cpu_count() or 1
         return cls(
             source=source,
-            nix=Nix(settings.prepare_image, settings.nix_timeout),
+            nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
             blobs=blobs,
             state=state,
             popularity=popularity,
@@ -188,13 +188,16 @@ class Builder:
         found: dict[int, LayerBlob] = {}
         for i, paths in enumerate(groups):
             cached = self.state.layer(layer_key(paths, self.gzip_level))
-            if cached and self.blobs.size(cached.digest) == cached.size:
+            if cached and self.blobs.intact(cached.digest):
                 found[i] = cached
         pending = {
             i: self.pool.submit(self._store_layer, paths)
             for i, paths in enumerate(groups)
             if i not in found
         }
+        # All of them end before the first failure is raised: none keeps writing after its
+        # build has failed.
+        wait(pending.values())
         for i, future in pending.items():
             found[i] = future.result()
             self.state.record_layer(layer_key(groups[i], self.gzip_level), found[i])

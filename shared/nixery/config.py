@@ -78,6 +78,17 @@ class Env:
             raise ConfigError(f"{name} must be between {low:g} and {high:g} seconds, not {raw}")
         return value
 
+    def words(self, name: str, pattern: str, sep: str = r"[\s,]+") -> tuple[str, ...] | None:
+        """A list separated by spaces or commas (or ``sep``), each word matching ``pattern``."""
+        raw = self.get(name)
+        if raw is None:
+            return None
+        words = tuple(w for w in re.split(sep, raw.strip()) if w)
+        for word in words:
+            if not re.fullmatch(pattern, word):
+                raise ConfigError(f"{name}: {word!r} is not valid here")
+        return words
+
     def url(self, name: str, default: str) -> str:
         value = self.get(name) or default
         if not value.startswith(("https://", "http://")):
@@ -125,6 +136,9 @@ class SourceSettings:
     cache_dir: Path  # checkouts of git and channel revisions
     keep_checkouts: int  # the newest few; older ones are deleted once no build can use them
     checkout_busy: float  # how long a build may use a checkout: NIXERY_BUILD_DEADLINE
+    channel_repo: str | None  # the repository whose channel branches say which commits to trust
+    trusted_refs: tuple[str, ...] | None  # None: each source kind's own default
+    trusted_commits: tuple[str, ...]
 
 
 def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
@@ -144,6 +158,9 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
         cache_dir=Path(env.get("NIXERY_CACHE_DIR") or cache_dir),
         keep_checkouts=env.integer("NIXERY_CHECKOUTS_KEEP", KEEP_CHECKOUTS, 1, 1000),
         checkout_busy=build_deadline(env),
+        channel_repo=env.get("NIXERY_CHANNEL_REPO"),
+        trusted_refs=env.words("NIXERY_TRUSTED_REFS", r"refs/[A-Za-z0-9._/*-]+"),
+        trusted_commits=env.words("NIXERY_TRUSTED_COMMITS", r"[0-9a-fA-F]{40}") or (),
     )
 
 
@@ -157,6 +174,7 @@ class BuildSettings:
     popularity_url: str | None
     prepare_image: Path
     layer_budget: int
+    eval_allow: tuple[Path, ...]  # host paths a restricted evaluation may read
 
     @property
     def nix_budget(self) -> float:
@@ -179,6 +197,7 @@ def build_settings(
             "NIXERY_PREPARE_IMAGE", package_dir("prepare-image"), "default.nix"
         ),
         layer_budget=env.integer("NIXERY_LAYER_BUDGET", 100, 2, 125),
+        eval_allow=tuple(map(Path, env.words("NIXERY_EVAL_ALLOW", r"/[^:]*", sep=":") or ())),
     )
     if settings.nix_timeout > settings.nix_budget:
         raise ConfigError(

@@ -62,6 +62,10 @@ class UnknownTag(NixeryError):
     """The package source has no version by that tag."""
 
 
+class UntrustedRevision(NixeryError):
+    """The tag names a commit the operator does not trust: its code is never evaluated."""
+
+
 class UnknownManifest(NixeryError):
     """No manifest has that digest here."""
 
@@ -112,3 +116,19 @@ class BuildInterrupted(Transient):
 
 class StillBuilding(Transient):
     """The build goes on past the time a request may wait for it."""
+
+
+class StorageUnavailable(Transient):
+    """The blob store did not answer in time, or failed."""
+
+
+class DatabaseUnavailable(Transient):
+    """The state store did not answer in time, or failed."""
+
+
+class QueueUnavailable(Transient):
+    """The build queue did not take the build in time, or failed."""
+
+
+class ImageLost(Transient):
+    """A published image lost its manifest or a blob, and its rebuild is not done yet."""

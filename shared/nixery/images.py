@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .builds import BuildQueue, remembered
 from .errors import (
+    ImageLost,
     SourceUnavailable,
     StillBuilding,
     Transient,
@@ -67,11 +68,25 @@ class ImageService:
                 raise UnknownManifest("manifest unknown", {"digest": reference})
             return found
         job = BuildJob.of(request, self._resolve(reference))
-        digest = self.image(job).manifests[preferred_type(accept)]
-        found = self.state.manifest(digest)
+        media_type = preferred_type(accept)
+        found = self._whole(self.image(job), media_type)
         if found is None:
-            raise RuntimeError(f"published image {job.key} lost its manifest {digest}")
+            # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
+            # rather than hand out an image that cannot be pulled.
+            log.warning("image %s lost its manifest or a blob: building it again", job.key[:12],
+                        extra={"build_key": job.key})  # fmt: skip
+            self.state.forget(job.key)
+            found = self._whole(self.image(job), media_type)
+            if found is None:
+                raise ImageLost("the image was lost and is being built again; retry later")
         return found
+
+    def _whole(self, image: Published, media_type: str) -> Manifest | None:
+        """The image's manifest, if it and every blob it names are intact."""
+        manifest = self.state.manifest(image.manifests[media_type])
+        if manifest is None or not all(self.blobs.intact(d) for d in manifest.blobs()):
+            return None
+        return manifest
 
     def image(self, job: BuildJob) -> Published:
         """The published image of a job, building it if need be."""
@@ -103,7 +118,7 @@ class ImageService:
 
     def blob(self, digest: Digest) -> BlobLocation:
         size = self.blobs.size(digest)
-        if size is None:
+        if size is None or not self.blobs.intact(digest):
             raise UnknownBlob("blob unknown", {"digest": digest})
         return BlobLocation(size, self.blobs.url(digest))
 

@@ -49,6 +49,11 @@ class Manifest:
     def digest(self) -> str:
         return sha256_digest(self.body)
 
+    def blobs(self) -> list[str]:
+        """The digests of the blobs the manifest names: its config, then its layers."""
+        body = json.loads(self.body)
+        return [body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]
+
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()

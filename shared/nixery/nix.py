@@ -3,6 +3,13 @@
 User input reaches Nix only as data: the package names travel as a JSON string through
 ``--argstr`` into ``prepare-image/default.nix``, which never splices them into code.
 
+Evaluation is restricted (``restrict-eval``): it may read the package set's checkout, the
+``prepare-image`` expression and the host paths the operator allows (NIXERY_EVAL_ALLOW, for
+sets that import host files, like the demo set), and no URL at all; no search path comes from
+the environment, and nothing is built during evaluation (no import from derivation). Only
+trusted revisions are evaluated in the first place (``sources.history``): this is the second
+wall, should one of them read the server's files or fetch what it likes.
+
 A failure is classified from Nix's exit and log, because the answer differs: a failed
 derivation or an evaluation error is permanent (``BuildFailed``, remembered), a builder past
 ``NIX_TIMEOUT`` too (``BuildTimedOut``), while a failed download from a substituter, a full
@@ -44,6 +51,12 @@ STOP_GRACE = 10.0
 
 # The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
+# Evaluation sees only the paths given with -I, fetches no URL and builds nothing.
+RESTRICTED = (
+    *("--option", "restrict-eval", "true"),
+    *("--option", "allowed-uris", ""),
+    *("--option", "allow-import-from-derivation", "false"),
+)
 # The oldest Nix this code is tested with (Debian 12's); the builder image has 2.26.
 MIN_NIX_VERSION = "2.8"
 
@@ -67,6 +80,40 @@ def check_nix_version() -> str:
             "supports: install a newer Nix"
         )
     return match.group(0)
+
+
+# A build that fails where it can see the machine's /usr: only a sandboxed build succeeds.
+# The nonce makes a new derivation each time, so that an old result never answers.
+_SANDBOX_PROBE = """derivation {{
+  name = "nixery-sandbox-probe"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "if [ -e /usr ]; then exit 1; fi; echo > $out" ]; nonce = "{nonce}";
+}}"""
+
+
+def builds_are_sandboxed() -> bool:
+    """Whether Nix runs builds in its sandbox here: asked of Nix itself with a tiny build, since
+    with ``sandbox-fallback`` it quietly builds without one where the kernel refuses it."""
+    probe = _SANDBOX_PROBE.format(nonce=time.time_ns())
+    try:
+        done = subprocess.run(
+            ["nix-build", "--no-out-link", "--option", "substituters", "", "-E", probe],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def report_sandbox() -> None:
+    """Says at start whether builds are confined, so that an operator knows what runs how."""
+    if builds_are_sandboxed():
+        log.info("builds run in Nix's sandbox")
+    else:
+        log.warning(
+            "builds run WITHOUT Nix's sandbox (turned off, or the kernel refuses its "
+            "namespaces here): they see this machine as the Nix user does; only trusted "
+            "revisions are built (README, Security)"
+        )
 
 
 @dataclass(frozen=True)
@@ -105,9 +152,11 @@ def parse_path_info(text: str) -> dict[str, StorePath]:
 class Nix:
     """Runs the Nix commands of one build; holds no state between builds."""
 
-    def __init__(self, prepare_image: Path, timeout: int) -> None:
-        self.expression = prepare_image / "default.nix"
+    def __init__(self, prepare_image: Path, timeout: int, eval_allow: Sequence[Path] = ()) -> None:
+        # Resolved: a restricted evaluation compares real paths with the allowed ones.
+        self.expression = (prepare_image / "default.nix").resolve()
         self.timeout = timeout
+        self.eval_allow = tuple(eval_allow)
 
     @contextmanager
     def build(
@@ -139,10 +188,13 @@ class Nix:
     def _plan(
         self, source: Path, packages: Sequence[str], system: str, deadline: float
     ) -> dict[str, Any]:
+        source = source.resolve()
+        allowed = [source, self.expression.parent, *self.eval_allow]
         cmd = [
             "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
+            *RESTRICTED, *(arg for path in allowed for arg in ("-I", str(path))),
             str(self.expression), "-A", "plan",
-            "--argstr", "srcPath", str(source.resolve()),
+            "--argstr", "srcPath", str(source),
             "--argstr", "packages", json.dumps(list(packages)),
             "--argstr", "system", system,
         ]  # fmt: skip
@@ -162,7 +214,11 @@ class Nix:
         tail: deque[str] = deque(maxlen=LOG_TAIL)
         stdout: list[str] = []
         with subprocess.Popen(
-            cmd,
+            # Should this process die, even by SIGKILL, the kernel sends Nix SIGTERM, and Nix
+            # stops its builders: no build outlives the server that wanted it.
+            ["setpriv", "--pdeathsig", "TERM", "--", *cmd],
+            # NIX_PATH would widen what a restricted evaluation may read.
+            env={k: v for k, v in os.environ.items() if k != "NIX_PATH"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

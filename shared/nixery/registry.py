@@ -41,6 +41,7 @@ from .errors import (
     UnknownPackages,
     UnknownTag,
     Unsupported,
+    UntrustedRevision,
 )
 from .images import ImageService
 from .names import Digest, ImageRequest, Tag, parse_digest, parse_name, parse_reference
@@ -63,6 +64,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidTag: (404, "MANIFEST_UNKNOWN"),  # no manifest can have that reference
     UnknownEndpoint: (404, "NAME_UNKNOWN"),
     UnknownTag: (404, "MANIFEST_UNKNOWN"),
+    UntrustedRevision: (404, "MANIFEST_UNKNOWN"),  # as if it did not exist: it is not served
     UnknownManifest: (404, "MANIFEST_UNKNOWN"),
     UnknownBlob: (404, "BLOB_UNKNOWN"),
     UnknownPackages: (404, "MANIFEST_UNKNOWN"),

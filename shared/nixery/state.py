@@ -98,6 +98,11 @@ class State(Protocol):
         """Stores the manifests and makes the image visible, atomically; clears any failure."""
         ...
 
+    def forget(self, key: str) -> None:
+        """Makes a published image unknown again (its manifests stay), so that it is built
+        anew: it lost its manifest or a blob."""
+        ...
+
     def record_failure(self, key: str, failure: Failure) -> None: ...
 
     def layer(self, layer_key: str) -> LayerBlob | None:

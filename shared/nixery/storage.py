@@ -45,6 +45,11 @@ class BlobStore(Protocol):
         """The blob's size in bytes, or None when it does not exist."""
         ...
 
+    def intact(self, digest: str) -> bool:
+        """Whether the blob is stored whole, its bytes the ones its digest names. A store that
+        finds a blob damaged removes it, so that it is rebuilt rather than served."""
+        ...
+
     def url(self, digest: str) -> str | None:
         """A URL to redirect clients to, or None when the registry serves the bytes itself."""
         ...

@@ -19,7 +19,7 @@ from flask import Flask, Response, request
 
 from ..builder import Builder
 from ..job import BuildJob
-from ..nix import check_nix_version
+from ..nix import check_nix_version, report_sandbox
 from ..popularity import load_popularity
 from ..sources import open_source
 from .clients import bucket, firestore_state
@@ -95,6 +95,7 @@ def create_builder_app(worker: BuildWorker) -> Flask:
 def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
     settings = builder_settings(env)
     log.info("building with Nix %s", check_nix_version())
+    report_sandbox()
     state = firestore_state(settings.gcp)
     builder = Builder.from_settings(
         settings.build,

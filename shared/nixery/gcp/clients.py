@@ -15,7 +15,7 @@ from .settings import GcpSettings
 
 def firestore_state(gcp: GcpSettings) -> FirestoreState:
     client = firestore.Client(project=gcp.project, database=gcp.database)
-    return FirestoreState(client, gcp.prefix)
+    return FirestoreState(client, gcp.prefix, timeout=gcp.backend_timeout)
 
 
 def bucket(gcp: GcpSettings) -> Bucket:

@@ -26,15 +26,19 @@ from typing import Any, Literal
 from google.api_core import exceptions
 from google.cloud import firestore
 
+from ..errors import DatabaseUnavailable
 from ..job import BuildJob
 from ..manifests import LayerBlob, Manifest
 from ..state import Failure, FailureKind, ImageStatus, Pending, Published
+from .deadline import BACKEND_TIMEOUT, Deadline, bounded
 from .memory import BoundedCache
 
 Claim = Literal["taken", "done", "busy"]
 # Builders that may stop holding a build's lease (killed, e.g. for memory) before the build
 # counts as failed. A task that waits long for a builder is enqueued again, but not counted.
 MAX_ATTEMPTS = 3
+# Seconds an instance trusts its memory that an image is published.
+PUBLISHED_TTL = 600.0
 
 
 def _lease(owner: str | None, now: datetime, ttl: float) -> dict[str, Any]:
@@ -106,17 +110,21 @@ class FirestoreState:
         prefix: str = "nixery_",
         clock: Callable[[], float] = time.time,
         skew: Callable[[], float] = lambda: 0.0,
+        timeout: float = BACKEND_TIMEOUT,
     ) -> None:
         """``clock`` dates publications and failures; leases use the database's clock, plus
-        ``skew`` seconds (how tests let time pass)."""
+        ``skew`` seconds (how tests let time pass). Each call gives up after ``timeout``
+        seconds with ``DatabaseUnavailable``."""
         self.client = client
+        self.deadline = Deadline("Firestore", DatabaseUnavailable, timeout)
         self.builds = client.collection(prefix + "builds")
         self.manifests = client.collection(prefix + "manifests")
         self.layers = client.collection(prefix + "layers")
         self.clock = clock
         self.skew = skew
-        # A published image and a manifest never change: once read, they are kept.
-        self._published: BoundedCache[Published] = BoundedCache()
+        # A manifest never changes: once read, it is kept. A published image is kept for a
+        # while only, so that one that was collected or forgotten elsewhere is seen to be.
+        self._published: BoundedCache[Published] = BoundedCache(ttl=PUBLISHED_TTL)
         self._manifests: BoundedCache[Manifest] = BoundedCache()
 
     # --- State -------------------------------------------------------------------------
@@ -124,6 +132,10 @@ class FirestoreState:
     def status(self, key: str) -> ImageStatus:
         if (published := self._published.get(key)) is not None:
             return published
+        return self._read_status(key)
+
+    @bounded
+    def _read_status(self, key: str) -> ImageStatus:
         snapshot = self.builds.document(key).get()
         record = _BuildRecord.read(snapshot.to_dict())
         status = record.status_of(self._now(snapshot)) if record else None
@@ -134,11 +146,16 @@ class FirestoreState:
     def manifest(self, digest: str) -> Manifest | None:
         if (manifest := self._manifests.get(digest)) is not None:
             return manifest
+        return self._read_manifest(digest)
+
+    @bounded
+    def _read_manifest(self, digest: str) -> Manifest | None:
         doc = self.manifests.document(digest).get().to_dict()
         if not doc:
             return None
         return self._manifests.keep(digest, Manifest(doc["media_type"], doc["body"]))
 
+    @bounded
     def publish(self, key: str, manifests: list[Manifest]) -> None:
         # The manifests are written before the record points at them; a batch is atomic.
         batch = self.client.batch()
@@ -155,6 +172,22 @@ class FirestoreState:
         batch.set(self.builds.document(key), done, merge=True)
         batch.commit()
 
+    @bounded
+    def forget(self, key: str) -> None:
+        """Deletes the build record only if it still says published, so that a build that
+        started meanwhile is left alone."""
+        self._published.drop(key)
+        ref = self.builds.document(key)
+
+        @firestore.transactional
+        def forget(transaction: firestore.Transaction) -> None:
+            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            if record and record.status == "done":
+                transaction.delete(ref)
+
+        forget(self.client.transaction())
+
+    @bounded
     def record_failure(self, key: str, failure: Failure) -> None:
         """Records a failure, unless the image was published meanwhile (by a builder that
         took over a lapsed lease): a late failure never takes a published image back."""
@@ -168,10 +201,12 @@ class FirestoreState:
 
         record(self.client.transaction())
 
+    @bounded
     def layer(self, layer_key: str) -> LayerBlob | None:
         doc = self.layers.document(layer_key).get().to_dict()
         return LayerBlob(doc["digest"], doc["diff_id"], doc["size"]) if doc else None
 
+    @bounded
     def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
         self.layers.document(layer_key).set(asdict(layer))
 
@@ -182,6 +217,7 @@ class FirestoreState:
         read_time: datetime = snapshot.read_time
         return read_time + timedelta(seconds=self.skew())
 
+    @bounded
     def start(self, job: BuildJob, pickup: float) -> int | None:
         """Records that the job must be built; the attempt this caller must enqueue, if any.
 
@@ -239,6 +275,7 @@ class FirestoreState:
         attempt: int | None = take_over(self.client.transaction())
         return attempt
 
+    @bounded
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Claim:
         """A builder's claim on a job: run it ("taken"), or leave it to whoever has it."""
         ref = self.builds.document(job.key)
@@ -260,6 +297,7 @@ class FirestoreState:
         result: Claim = claim(self.client.transaction())
         return result
 
+    @bounded
     def renew(self, key: str, owner: str, ttl: float) -> bool:
         """Extends the lease while the owner still holds it; False once it was lost."""
         ref = self.builds.document(key)
@@ -275,6 +313,7 @@ class FirestoreState:
 
         return bool(renew(self.client.transaction()))
 
+    @bounded
     def release(self, key: str, owner: str) -> None:
         """Gives the lease up after a transient failure, so a retry need not wait it out."""
         ref = self.builds.document(key)

@@ -21,7 +21,9 @@ from google.api_core import exceptions
 from google.cloud.storage import Bucket
 from google.cloud.storage.fileio import BlobWriter
 
+from ..errors import StorageUnavailable
 from ..storage import Hasher, blob_path
+from .deadline import BACKEND_TIMEOUT, Deadline, bounded
 from .memory import BoundedCache
 from .signing import SignedUrls, url_ttl_for
 
@@ -33,6 +35,9 @@ _TYPE = "application/octet-stream"
 # or the rewrite: a rewrite applies the destination's properties sent with it (rather than
 # copying the staging object's), so the metadata is set on both paths alike.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+# Seconds an instance trusts its memory that a blob exists: blobs never change, but
+# `nixery gc` may delete one that no image uses any more.
+SIZE_TTL = 600.0
 
 
 class GcsBlobWriter:
@@ -105,13 +110,17 @@ class GcsBlobStore:
         signer: object | None,
         url_ttl: float,
         public_endpoint: str | None = None,
+        timeout: float = BACKEND_TIMEOUT,
     ) -> None:
+        """The registry's reads (sizes, signed URLs) give up after ``timeout`` seconds with
+        ``StorageUnavailable``; the builder's uploads keep the library's own timeouts."""
         self.bucket = bucket
+        self.deadline = Deadline("Cloud Storage", StorageUnavailable, timeout)
         self._signer = signer
         self._endpoint = public_endpoint
         self._urls = SignedUrls(self._sign, url_ttl_for(signer, url_ttl))
-        # Blobs never change, so a size once seen stays true; misses are not remembered.
-        self._sizes: BoundedCache[int] = BoundedCache()
+        # A size once seen stays true while the blob exists; misses are not remembered.
+        self._sizes: BoundedCache[int] = BoundedCache(ttl=SIZE_TTL)
 
     def writer(self) -> GcsBlobWriter:
         return GcsBlobWriter(self)
@@ -119,11 +128,21 @@ class GcsBlobStore:
     def size(self, digest: str) -> int | None:
         if (size := self._sizes.get(digest)) is not None:
             return size
+        return self._read_size(digest)
+
+    @bounded
+    def _read_size(self, digest: str) -> int | None:
         blob = self.bucket.get_blob(blob_path(digest))
         if blob is None or blob.size is None:
             return None
         return self._sizes.keep(digest, blob.size)
 
+    def intact(self, digest: str) -> bool:
+        """Present means intact here: the writer checked the bytes against the digest before
+        the object got its name, GCS checks each upload's checksum, and objects never change."""
+        return self.size(digest) is not None
+
+    @bounded
     def url(self, digest: str) -> str | None:
         return self._urls.url(blob_path(digest))
 

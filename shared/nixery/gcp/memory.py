@@ -1,4 +1,4 @@
-"""Keeping immutable answers (published images, manifests, blob sizes) in memory, bounded.
+"""Keeping answers (published images, manifests, blob sizes) in memory, bounded.
 
 A function instance lives long and sees many digests: an unbounded cache would grow with the
 registry, so the least recently used entry goes when a cache is full. Server threads share
@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Generic, TypeVar
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache, TTLCache
 
 T = TypeVar("T")
 
@@ -19,8 +19,9 @@ CACHE_SIZE = 4096
 
 
 class BoundedCache(Generic[T]):
-    def __init__(self, size: int = CACHE_SIZE) -> None:
-        self._entries: LRUCache[str, T] = LRUCache(size)
+    def __init__(self, size: int = CACHE_SIZE, ttl: float | None = None) -> None:
+        """``ttl``: seconds an entry is kept, for answers that are true only for a while."""
+        self._entries: Cache[str, T] = TTLCache(size, ttl) if ttl else LRUCache(size)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> T | None:
@@ -31,3 +32,7 @@ class BoundedCache(Generic[T]):
         with self._lock:
             self._entries[key] = value
         return value
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)

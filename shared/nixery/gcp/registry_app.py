@@ -28,6 +28,7 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
         signer=runtime_signer(settings.iam_endpoint),
         url_ttl=settings.url_ttl,
         public_endpoint=settings.storage_public_url,
+        timeout=settings.gcp.backend_timeout,
     )
     tasks = TaskQueue(
         tasks_client(settings.tasks_emulator),
@@ -35,6 +36,7 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
         settings.builder_url,
         settings.tasks_service_account,
         settings.build_deadline,
+        timeout=settings.gcp.backend_timeout,
     )
     service = ImageService(
         source=open_source(settings.source),

@@ -43,6 +43,7 @@ class GcpSettings:
     prefix: str  # of the Firestore collections, so that deployments can share a database
     bucket: str
     lease: float  # seconds a builder's claim lasts without a heartbeat
+    backend_timeout: float  # seconds a call to Firestore, GCS or Cloud Tasks may take
 
 
 def gcp_settings(env: Env, role: str) -> GcpSettings:
@@ -55,6 +56,9 @@ def gcp_settings(env: Env, role: str) -> GcpSettings:
         prefix=env.get("NIXERY_FIRESTORE_PREFIX") or "nixery_",
         bucket=env.need("GCS_BUCKET", why),
         lease=lease,
+        # Under the seconds a client waits for an answer; long enough for a contended
+        # Firestore transaction, whose lock waits are a few seconds.
+        backend_timeout=env.seconds("NIXERY_BACKEND_TIMEOUT", 10.0, low=1.0, high=120.0),
     )
 
 

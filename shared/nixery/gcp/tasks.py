@@ -18,8 +18,10 @@ from typing import Protocol
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
+from ..errors import QueueUnavailable
 from ..job import BuildJob
 from ..state import Failure, ImageStatus, Pending, Published
+from .deadline import BACKEND_TIMEOUT, Deadline, bounded
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +33,21 @@ class TaskQueue:
         queue: str,
         builder_url: str,
         service_account: str | None,
-        deadline: float,
+        build_deadline: float,
+        timeout: float = BACKEND_TIMEOUT,
     ) -> None:
-        """``deadline``: NIXERY_BUILD_DEADLINE, which the builder keeps to. Cloud Tasks waits
-        that long for its answer before it retries; a build still running then keeps its
-        lease, so the retry finds it busy rather than running it twice."""
+        """``build_deadline``: NIXERY_BUILD_DEADLINE, which the builder keeps to. Cloud Tasks
+        waits that long for its answer before it retries; a build still running then keeps
+        its lease, so the retry finds it busy rather than running it twice. An enqueue gives
+        up after ``timeout`` seconds with ``QueueUnavailable``."""
         self.client = client
         self.queue = queue
         self.builder_url = builder_url
         self.service_account = service_account
-        self.deadline = deadline
+        self.build_deadline = build_deadline
+        self.deadline = Deadline("Cloud Tasks", QueueUnavailable, timeout)
 
+    @bounded
     def enqueue(self, job: BuildJob, attempt: int) -> None:
         """Enqueues one attempt of a build. The task's name carries the key and the attempt,
         so Cloud Tasks refuses a second enqueue of the same attempt (a retried call)."""
@@ -60,7 +66,7 @@ class TaskQueue:
         task = {
             "name": f"{self.queue}/tasks/{job.key}-{attempt}",
             "http_request": request,
-            "dispatch_deadline": {"seconds": int(self.deadline)},
+            "dispatch_deadline": {"seconds": int(self.build_deadline)},
         }
         with contextlib.suppress(exceptions.AlreadyExists):  # enqueued already
             self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]

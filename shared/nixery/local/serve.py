@@ -11,7 +11,7 @@ from waitress.channel import HTTPChannel
 from ..builder import Builder
 from ..config import LocalSettings
 from ..images import ImageService
-from ..nix import check_nix_version
+from ..nix import check_nix_version, report_sandbox
 from ..popularity import load_popularity
 from ..registry import create_app
 from ..sources import open_source
@@ -51,6 +51,7 @@ def create_local_app(settings: LocalSettings) -> Flask:
     blobs.remove_leftovers()
     state = SqliteState(settings.state_path)
     log.info("building with Nix %s", check_nix_version())
+    report_sandbox()
     builder = Builder.from_settings(
         settings.build,
         source=source,

@@ -71,6 +71,10 @@ class SqliteState:
                 )
             self._db.execute("DELETE FROM failed_builds WHERE key = ?", (key,))
 
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM images WHERE key = ?", (key,))
+
     def record_failure(self, key: str, failure: Failure) -> None:
         with self._lock:
             self._db.execute(

@@ -33,6 +33,8 @@ def open_source(settings: SourceSettings) -> Source:
             ttl=git.DEFAULT_TTL if ttl is None else ttl,
             keep=settings.keep_checkouts,
             busy=settings.checkout_busy,
+            trusted_refs=settings.trusted_refs or git.TRUSTED_REFS,
+            trusted_commits=settings.trusted_commits,
         )
     return ChannelSource(
         settings.channel or "nixos-unstable",
@@ -42,4 +44,7 @@ def open_source(settings: SourceSettings) -> Source:
         ttl=channel.DEFAULT_TTL if ttl is None else ttl,
         keep=settings.keep_checkouts,
         busy=settings.checkout_busy,
+        repo_url=settings.channel_repo or channel.CHANNEL_REPO,
+        trusted_refs=settings.trusted_refs or channel.TRUSTED_REFS,
+        trusted_commits=settings.trusted_commits,
     )

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ..errors import UntrustedRevision
+
 # A nixpkgs or git commit, as a tag names it; both git and channel sources accept these.
 COMMIT_RE = re.compile(r"[0-9a-fA-F]{40}")
 
@@ -23,11 +25,33 @@ class Revision:
         return f"{self.source}@{self.value}"
 
 
+@dataclass(frozen=True)
+class Untrusted:
+    """A tag's answer when it names a commit outside the source's trusted history: kept for
+    a while like any answer, so that asking again costs no fetch."""
+
+    commit: str
+    why: str
+
+
+Answer = Revision | Untrusted | None
+
+
+def trusted(answer: Answer) -> Revision | None:
+    """The revision a lookup found, or UntrustedRevision: its code is never evaluated."""
+    if isinstance(answer, Untrusted):
+        raise UntrustedRevision(
+            f"commit {answer.commit} is not trusted: {answer.why}", {"commit": answer.commit}
+        )
+    return answer
+
+
 class Source(Protocol):
     """What the registry and the builder need, so that any of the three kinds can be configured."""
 
     def resolve(self, tag: str) -> Revision | None:
-        """The exact revision `tag` names now, or None if there is no such version."""
+        """The exact revision `tag` names now, or None if there is no such version; a commit
+        outside the source's trusted history raises UntrustedRevision."""
         ...
 
     def checkout(self, revision: Revision) -> Path:

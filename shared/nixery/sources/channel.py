@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import re
 import tempfile
@@ -9,50 +10,37 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
 from ..config import BUILD_DEADLINE, KEEP_CHECKOUTS, ConfigError
 from ..errors import SourceUnavailable
-from .base import COMMIT_RE, Revision, check_source, public_url
+from .base import COMMIT_RE, Answer, Revision, Untrusted, check_source, public_url, trusted
 from .cache import Clock, TTLCache
 from .files import Checkouts, extract
+from .history import History
 
 # A leading letter, digit or "_" keeps "." and ".." (and option-like names) out of URLs.
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 DEFAULT_TTL = 300.0
+# Each channel is a branch of nixpkgs' repository that Hydra moves to each commit it verified:
+# a commit tag must be in the history of one of them (NIXERY_TRUSTED_REFS).
+CHANNEL_REPO = "https://github.com/NixOS/nixpkgs.git"
+TRUSTED_REFS = ("refs/heads/nixos-*", "refs/heads/nixpkgs-*")
 _USER_AGENT = "nixery"
 _COPY_CHUNK = 1 << 20
-
-
-class _SameMethodRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib turns a redirected HEAD into a GET; GitHub redirects archive URLs, so without this
-    checking that a commit exists would start downloading its whole tarball."""
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None:
-            new.method = req.get_method()
-        return new
 
 
 class ChannelSource:
     """Nixpkgs as published by NixOS channels (NIXERY_CHANNEL).
 
     Tags: `latest` is the configured channel (or the configured commit, if that is what it is);
-    40 hex digits are a nixpkgs commit; anything else is the name of a channel. Revisions are
-    nixpkgs commits, so their id names the archive host rather than a channel: the same commit
-    reached through two channels is the same set, and shares one cache key.
+    40 hex digits are a nixpkgs commit, accepted only when it is in the history of a channel
+    branch of nixpkgs' repository (or the operator lists it): the archive host serves the
+    commits of forks too; anything else is the name of a channel. Revisions are nixpkgs
+    commits, so their id names the archive host rather than a channel: the same commit reached
+    through two channels is the same set, and shares one cache key.
     """
 
     def __init__(
@@ -66,6 +54,9 @@ class ChannelSource:
         timeout: float = 30.0,
         keep: int = KEEP_CHECKOUTS,
         busy: float = BUILD_DEADLINE,
+        repo_url: str = CHANNEL_REPO,
+        trusted_refs: Sequence[str] = TRUSTED_REFS,
+        trusted_commits: Sequence[str] = (),
     ) -> None:
         if not CHANNEL_RE.fullmatch(channel):
             raise ConfigError(f"NIXERY_CHANNEL: invalid channel name {channel!r}")
@@ -78,13 +69,18 @@ class ChannelSource:
         self._id = f"nixpkgs:{public_url(self._archive_url)}"
         self._dir = Path(cache_dir) / "channel"
         self._checkouts = Checkouts(self._dir, keep, busy)
+        repo_hash = hashlib.sha256(repo_url.encode()).hexdigest()[:32]
+        self._history = History(
+            repo_url, self._dir / f"history-{repo_hash}.git", trusted_refs, trusted_commits
+        )
+        self._trusted_refs = f"{public_url(repo_url)} ({' '.join(trusted_refs)})"
         # Per socket operation, not for a whole download: a large archive may take longer.
         self._timeout = timeout
-        self._opener = urllib.request.build_opener(_SameMethodRedirects)
-        self._revisions: TTLCache[Revision | None] = TTLCache(ttl, clock)
+        self._opener = urllib.request.build_opener()
+        self._revisions: TTLCache[Answer] = TTLCache(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
-        return self._revisions.get(tag, lambda: self._lookup(tag))
+        return trusted(self._revisions.get(tag, lambda: self._lookup(tag)))
 
     def checkout(self, revision: Revision) -> Path:
         check_source(self._id, revision)
@@ -94,13 +90,17 @@ class ChannelSource:
         """Only `latest`: other channels and every nixpkgs commit are tags too, but uncountable."""
         return ["latest"]
 
-    def _lookup(self, tag: str) -> Revision | None:
+    def _lookup(self, tag: str) -> Answer:
         name = self._channel if tag == "latest" else tag
         if tag == "latest" and COMMIT_RE.fullmatch(name):
             # The operator's own pin is trusted; a commit from an image tag is checked.
             commit: str | None = name.lower()
         elif COMMIT_RE.fullmatch(name):
-            commit = self._commit_exists(name.lower())
+            found = self._history.check(name)
+            if found is False:
+                why = f"it is in the history of no channel branch of {self._trusted_refs}"
+                return Untrusted(name.lower(), why)
+            commit = found
         elif CHANNEL_RE.fullmatch(name):
             commit = self._channel_commit(name)
         else:
@@ -116,10 +116,6 @@ class ChannelSource:
         if not COMMIT_RE.fullmatch(body):
             raise SourceUnavailable(f"{url} did not answer a commit: {body[:80]!r}")
         return body.lower()
-
-    def _commit_exists(self, commit: str) -> str | None:
-        with self._open("HEAD", f"{self._archive_url}/{commit}.tar.gz") as response:
-            return None if response is None else commit
 
     def _download(self, revision: Revision, dest: Path) -> None:
         url = f"{self._archive_url}/{revision.value}.tar.gz"

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 from ..config import BUILD_DEADLINE, KEEP_CHECKOUTS, ConfigError
 from ..errors import SourceUnavailable
 from ..names import TAG_RE
-from .base import COMMIT_RE, Revision, check_source, public_url
+from .base import COMMIT_RE, Answer, Revision, Untrusted, check_source, public_url, trusted
 from .cache import Clock, TTLCache
 from .files import Checkouts, extract, materialise
+from .gitcmd import git as _git
+from .history import History
 
 DEFAULT_TTL = 60.0
+# Commits named by a tag must be reachable from one of these (NIXERY_TRUSTED_REFS).
+TRUSTED_REFS = ("refs/heads/*", "refs/tags/*")
 _QUERY_TIMEOUT = 120.0
 # Fetching a large set such as nixpkgs, even shallowly, can take minutes on a slow link.
 _FETCH_TIMEOUT = 1800.0
@@ -27,9 +29,11 @@ _FETCH_TIMEOUT = 1800.0
 class GitSource:
     """A package set in a git repository (NIXERY_PKGS_REPO).
 
-    Tags: `latest` is the remote's HEAD; 40 hex digits are a commit; anything else is a tag or
-    branch name, and when both exist the tag wins, as in git's own ref disambiguation. Branch
-    names containing "/" cannot be named, since image tags cannot contain it.
+    Tags: `latest` is the remote's HEAD; 40 hex digits are a commit, accepted only when one
+    of the trusted refs (by default every branch and tag) reaches it, or the operator lists it;
+    anything else is a tag or branch name, and when both exist the tag wins, as in git's own ref
+    disambiguation. Branch names containing "/" cannot be named, since image tags cannot
+    contain it.
     """
 
     def __init__(
@@ -40,6 +44,8 @@ class GitSource:
         clock: Clock = time.monotonic,
         keep: int = KEEP_CHECKOUTS,
         busy: float = BUILD_DEADLINE,
+        trusted_refs: Sequence[str] = TRUSTED_REFS,
+        trusted_commits: Sequence[str] = (),
     ) -> None:
         if url.startswith("-"):
             raise ConfigError(f"NIXERY_PKGS_REPO: {url!r} could be read as an option")
@@ -48,13 +54,17 @@ class GitSource:
         self._dir = Path(cache_dir) / "git"
         url_hash = hashlib.sha256(url.encode()).hexdigest()[:32]
         self._mirror = self._dir / f"mirror-{url_hash}.git"
+        self._history = History(
+            url, self._dir / f"history-{url_hash}.git", trusted_refs, trusted_commits
+        )
+        self._trusted_refs = " ".join(trusted_refs)
         self._checkouts = Checkouts(self._dir, keep, busy)
         self._fetch_lock = threading.Lock()
-        self._revisions: TTLCache[Revision | None] = TTLCache(ttl, clock)
+        self._revisions: TTLCache[Answer] = TTLCache(ttl, clock)
         self._refs: TTLCache[list[str]] = TTLCache(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
-        return self._revisions.get(tag, lambda: self._lookup(tag))
+        return trusted(self._revisions.get(tag, lambda: self._lookup(tag)))
 
     def tags(self) -> list[str]:
         """`latest` and the remote's branches and tags whose names are valid image tags."""
@@ -69,9 +79,13 @@ class GitSource:
         check_source(self._id, revision)
         return self._checkouts.get(revision.value, lambda dest: self._export(revision, dest))
 
-    def _lookup(self, tag: str) -> Revision | None:
+    def _lookup(self, tag: str) -> Answer:
         if COMMIT_RE.fullmatch(tag):
-            commit = self._fetch(tag.lower())
+            found = self._history.check(tag)
+            if found is False:
+                why = f"no trusted ref of the package repository ({self._trusted_refs}) reaches it"
+                return Untrusted(tag.lower(), why)
+            commit = found
         elif tag == "latest":
             commit = self._ls_remote("HEAD").get("HEAD")
         else:
@@ -148,28 +162,3 @@ class GitSource:
             )
             archive.seek(0)
             extract(archive, dest, strip_top=False)
-
-
-def _git(*args: str | Path, timeout: float, stdout: IO[bytes] | None = None) -> str:
-    """Run git without ever prompting (a server has nobody to answer); failures, including
-    a remote that cannot be reached, become SourceUnavailable. Returns stdout unless redirected."""
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    try:
-        result = subprocess.run(
-            ["git", *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=stdout if stdout is not None else subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            timeout=timeout,
-            check=False,
-        )
-    # Messages leave out the command line: it holds the URL, which may carry credentials.
-    except subprocess.TimeoutExpired as e:
-        raise SourceUnavailable(f"git timed out after {timeout:g}s") from e
-    except OSError as e:
-        raise SourceUnavailable(f"cannot run git: {e}") from e
-    if result.returncode != 0:
-        raise SourceUnavailable(f"git: {result.stderr.decode(errors='replace').strip()}")
-    return "" if stdout is not None else result.stdout.decode()
