@@ -77,7 +77,8 @@ class Registry:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nixery serve exited:\n{self.log()}")
             try:
-                if requests.get(self.url + "/v2/", timeout=1).status_code == 200:
+                # 401: a private registry answers, asking for credentials.
+                if requests.get(self.url + "/v2/", timeout=1).status_code in (200, 401):
                     return self
             except requests.ConnectionError:
                 time.sleep(0.1)

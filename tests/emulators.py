@@ -184,7 +184,10 @@ class GcpRegistry(Registry):
             "--source", str(REPO / "functions" / "registry" / "main.py"),
             "--host", "127.0.0.1", "--port", str(self.port),
         ], self.log_path, self.env)  # fmt: skip
-        self.registry.wait_until(lambda: _ok(self.url + "/v2/"))
+        # 401: a private registry answers, asking for credentials.
+        self.registry.wait_until(
+            lambda: requests.get(self.url + "/v2/", timeout=1).status_code in (200, 401)
+        )
         return self
 
     def start_builder(self) -> None:

@@ -18,7 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from nixery.errors import BuildError, BuildFailed, BuildTimedOut, Transient, UnknownPackages
+from nixery.builds import never
+from nixery.errors import (
+    BuildError,
+    BuildFailed,
+    BuildTimedOut,
+    ImageTooLarge,
+    Transient,
+    UnknownPackages,
+)
 from nixery.job import BuildJob
 from nixery.manifests import LayerBlob, Manifest, canonical_json, image_manifests
 from nixery.names import AMD64, ImageRequest
@@ -33,6 +41,7 @@ BUILD_ERRORS: list[BuildError] = [
     UnknownPackages(["nosuch", "nothere"]),
     BuildFailed("builder for hello failed", "error: line 1\nline 2"),
     BuildTimedOut("a builder ran past 3 seconds", "still building"),
+    ImageTooLarge(12_000_000_000, 10_000_000_000),
 ]
 
 
@@ -157,7 +166,7 @@ class MemoryState:
         with self._lock:
             self._layers[layer_key] = layer
 
-    def start(self, job: BuildJob, pickup: float) -> int | None:
+    def start(self, job: BuildJob, pickup: float, max_building: int | None = None) -> int | None:
         with self._lock:
             if isinstance(self._images.get(job.key), Published):
                 return None
@@ -263,8 +272,14 @@ class ScriptedQueue:
     def __init__(self, *outcomes: Outcome) -> None:
         self.outcomes = list(outcomes)
         self.calls: list[tuple[BuildJob, float]] = []
+        self.under_way: set[str] = set()  # keys ``running`` says are being built
 
-    def build(self, job: BuildJob, wait: float) -> Published | Failure | None:
+    def running(self, key: str) -> bool:
+        return key in self.under_way
+
+    def build(
+        self, job: BuildJob, wait: float, gone: Callable[[], bool] = never
+    ) -> Published | Failure | None:
         self.calls.append((job, wait))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, Exception):

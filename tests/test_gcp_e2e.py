@@ -182,3 +182,32 @@ def test_a_build_that_outlasts_the_wait_is_503_then_served(emulators, sleepy_set
         assert reg.builds_started() == 1
     finally:
         reg.stop()
+
+
+def test_new_builds_are_limited_per_client_and_in_all(emulators, tmp_path):
+    """Counted in Firestore, since requests land on many instances; the client is the address
+    Google's front end appends to X-Forwarded-For (the last entry: the rest is the client's
+    own say). Builds under way are bounded too."""
+    reg = GcpRegistry(
+        tmp_path / "r", emulators, NIXERY_CLIENT_BUILDS="1/3600", NIXERY_MAX_QUEUED_BUILDS="1",
+        NIXERY_BUILD_WAIT="1", NIX_TIMEOUT="600",
+    ).start()  # fmt: skip
+    try:
+
+        def pull(name: str, client: str, claimed: str = "9.9.9.9"):
+            headers = {"Accept": OCI, "X-Forwarded-For": f"{claimed}, {client}"}
+            return reg.get(f"/v2/{name}/manifests/latest", headers=headers)
+
+        assert pull("slow", "10.0.0.1").status_code == 503, "still building, and counted"
+        again = pull("slow", "10.0.0.1", claimed="10.0.0.2")
+        assert again.status_code == 503, "joining the build is free"
+        limited = pull("hello", "10.0.0.1", claimed="10.0.0.3")
+        assert limited.status_code == 429, limited.text
+        assert limited.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert 0 < int(limited.headers["Retry-After"]) <= 3600, "the end of its window"
+        full = pull("hello", "10.0.0.4")
+        assert full.status_code == 503 and "builds are under way" in full.text
+    finally:
+        if reg.builder:
+            reg.builder.kill(signal.SIGKILL)  # it would finish `slow` first
+        reg.stop()

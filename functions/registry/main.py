@@ -13,7 +13,8 @@ from flask import Flask, Request, Response
 
 from nixery.gcp.settings import registry_settings
 
-registry_settings()  # a missing or bad setting stops the function here, naming it
+# A missing or bad setting stops the function here, naming it.
+_public = registry_settings().serve.auth is None
 _app: Flask | None = None
 _lock = threading.Lock()
 
@@ -32,7 +33,7 @@ def _registry() -> Flask:
 
 @functions_framework.http
 def registry(request: Request) -> Response:
-    if request.path == "/v2/" and request.method in ("GET", "HEAD"):
+    if _public and request.path == "/v2/" and request.method in ("GET", "HEAD"):
         return Response(
             b"{}",
             content_type="application/json",

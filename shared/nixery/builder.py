@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from . import archives
 from .archives import Compressor, Sink
 from .config import BuildSettings
-from .errors import BuildError
+from .errors import BuildError, ImageTooLarge
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
@@ -70,13 +70,15 @@ class Builder:
         compressor: Compressor,
         nix_budget: float,
         store: StoreKeeper,
+        max_image_size: int | None = None,
         gzip_level: int = archives.GZIP_LEVEL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``pool`` runs layers in parallel and ``compressor`` their chunks: both are the
         process's, shared by all builds, so that concurrent builds share the cores.
         ``nix_budget`` is the seconds a build has, from its start, until Nix must be done;
-        ``store`` keeps the Nix store bounded between builds."""
+        ``store`` keeps the Nix store bounded between builds; an image whose closure is
+        larger than ``max_image_size`` bytes fails before anything of it is archived."""
         self.source = source
         self.nix = nix
         self.blobs = blobs
@@ -87,6 +89,7 @@ class Builder:
         self.compressor = compressor
         self.nix_budget = nix_budget
         self.store = store
+        self.max_image_size = max_image_size
         self.gzip_level = gzip_level
         self.clock = clock
 
@@ -113,6 +116,7 @@ class Builder:
             compressor=Compressor(cores),
             nix_budget=settings.nix_budget,
             store=StoreKeeper(settings.store_limit),
+            max_image_size=settings.max_image_size,
         )
 
     def run(self, job: BuildJob) -> None:
@@ -158,6 +162,9 @@ class Builder:
                     self.nix.build(source_dir, job.request.packages, system, nix_deadline)
                 )
                 record["paths"] = len(result.closure)
+                size = sum(p.nar_size for p in result.closure.values())
+                if self.max_image_size is not None and size > self.max_image_size:
+                    raise ImageTooLarge(size, self.max_image_size)
             with step("layering", key) as record:
                 closure = {
                     p.path: {"narSize": p.nar_size, "references": p.references}

@@ -8,19 +8,31 @@ The one policy both modes share, how long a failure is remembered, is here too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .job import BuildJob
 from .state import Failure, Published
 
 
+def never() -> bool:
+    return False
+
+
 class BuildQueue(Protocol):
-    def build(self, job: BuildJob, wait: float) -> Published | Failure | None:
+    def build(
+        self, job: BuildJob, wait: float, gone: Callable[[], bool] = never
+    ) -> Published | Failure | None:
         """Starts the job unless a build of its key runs already, then waits for it.
 
         Returns the outcome once the build has finished, or None when ``wait`` seconds pass
-        first; the build goes on either way. A transient failure raises ``Transient``.
+        first or ``gone()`` says the client hung up; the build goes on either way. A
+        transient failure raises ``Transient``.
         """
+        ...
+
+    def running(self, key: str) -> bool:
+        """Whether this queue knows a build of the key to be under way (joining it is free)."""
         ...
 
 

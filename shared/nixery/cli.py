@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -44,9 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         "instead of building the set",
     )
     pop.add_argument("--log-level", default="INFO")
+    commands.add_parser(
+        "hash-password",
+        help="hash a password for NIXERY_AUTH_USERS (read from stdin, or asked for)",
+    )
     args = parser.parse_args(argv)
     if args.command == "popcount":
         return _popcount(args)
+    if args.command == "hash-password":
+        return _hash_password()
 
     env = dict(os.environ)
     for flag, variable in _FLAGS.items():
@@ -61,6 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"nixery: configuration error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _hash_password() -> int:
+    from .auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("nixery hash-password: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("nixery hash-password: an empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
     return 0
 
 

@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
+
+from .names import MAX_PACKAGES
 
 SOURCE_VARIABLES = ("NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_PKGS_PATH")
 
@@ -26,6 +29,12 @@ class ConfigError(Exception):
 def package_dir(name: str) -> Path:
     """A directory shipped inside the installed package (``web``, ``prepare-image``)."""
     return Path(str(resources.files("nixery") / name))
+
+
+@dataclass(frozen=True)
+class Rate:
+    count: int
+    window: float  # seconds
 
 
 class Env:
@@ -88,6 +97,16 @@ class Env:
             if not re.fullmatch(pattern, word):
                 raise ConfigError(f"{name}: {word!r} is not valid here")
         return words
+
+    def rate(self, name: str) -> Rate | None:
+        """COUNT/SECONDS, such as ``10/3600``."""
+        raw = self.get(name)
+        if raw is None:
+            return None
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", raw)
+        if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+            raise ConfigError(f"{name} must be COUNT/SECONDS, such as 10/3600, not {raw!r}")
+        return Rate(int(match.group(1)), float(match.group(2)))
 
     def url(self, name: str, default: str) -> str:
         value = self.get(name) or default
@@ -175,6 +194,7 @@ class BuildSettings:
     prepare_image: Path
     layer_budget: int
     eval_allow: tuple[Path, ...]  # host paths a restricted evaluation may read
+    max_image_size: int | None  # bytes of closure (NAR sizes) an image may hold
 
     @property
     def nix_budget(self) -> float:
@@ -198,6 +218,7 @@ def build_settings(
         ),
         layer_budget=env.integer("NIXERY_LAYER_BUDGET", 100, 2, 125),
         eval_allow=tuple(map(Path, env.words("NIXERY_EVAL_ALLOW", r"/[^:]*", sep=":") or ())),
+        max_image_size=env.size("NIXERY_MAX_IMAGE_SIZE", None),
     )
     if settings.nix_timeout > settings.nix_budget:
         raise ConfigError(
@@ -206,6 +227,46 @@ def build_settings(
             f"leaves for Nix (the rest is for archiving and uploading)"
         )
     return settings
+
+
+# PBKDF2-SHA256 hashes as `nixery hash-password` writes them: algorithm$iterations$salt$hash.
+PASSWORD_HASH = "pbkdf2-sha256"
+PASSWORD_HASH_RE = re.compile(rf"{PASSWORD_HASH}\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
+USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    scheme: Literal["basic", "token"]
+    users: Mapping[str, str]  # name -> hash
+    secret: bytes  # signs tokens
+
+
+def auth_settings(env: Env, need_secret: bool = False) -> AuthSettings | None:
+    """NIXERY_AUTH, NIXERY_AUTH_USERS and NIXERY_AUTH_SECRET. ``need_secret``: where many
+    instances must accept each other's tokens (Google Cloud), the secret must be given."""
+    scheme = env.get("NIXERY_AUTH")
+    if scheme is None:
+        return None
+    if scheme != "basic" and scheme != "token":
+        raise ConfigError(f"NIXERY_AUTH must be basic or token, not {scheme!r}")
+    users = {}
+    for entry in env.words("NIXERY_AUTH_USERS", r"[^:]+:.+") or ():
+        name, _, hashed = entry.partition(":")
+        if not USER_RE.fullmatch(name) or not PASSWORD_HASH_RE.fullmatch(hashed):
+            raise ConfigError(
+                f"NIXERY_AUTH_USERS: {name!r} needs a name and a hash from `nixery hash-password`"
+            )
+        users[name] = hashed
+    if not users:
+        raise ConfigError("NIXERY_AUTH_USERS must name at least one user when NIXERY_AUTH is set")
+    secret = env.get("NIXERY_AUTH_SECRET")
+    if secret is not None and len(secret) < 32:
+        raise ConfigError("NIXERY_AUTH_SECRET must be at least 32 characters")
+    if secret is None and need_secret and scheme == "token":
+        raise ConfigError("NIXERY_AUTH_SECRET must be set, so that every instance accepts tokens")
+    kind: Literal["basic", "token"] = "basic" if scheme == "basic" else "token"
+    return AuthSettings(kind, users, secret.encode() if secret else os.urandom(32))
 
 
 # How long a manifest request waits for its build before a 503 with Retry-After: under the
@@ -217,19 +278,31 @@ BUILD_WAIT = 240.0
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """What the protocol side needs: how long to wait and to remember, and the web page."""
+    """What the protocol side needs: how long to wait and to remember, the web page, and
+    what one client may ask for."""
 
     failure_ttl: float
     build_wait: float
     web_dir: Path | None
+    max_packages: int
+    client_builds: Rate | None  # new builds one client may start, per window
+    trusted_proxies: int  # proxies before us whose X-Forwarded-For entry is the client's
+    auth: AuthSettings | None  # None: public
 
 
-def serve_settings(env: Env) -> ServeSettings:
+def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> ServeSettings:
+    """``trusted_proxies``: the mode's default (Google's front end on Google Cloud);
+    ``instances``: more than one where tokens must be accepted by instances that did not
+    sign them."""
     web = env.get("WEB_DIR")
     return ServeSettings(
         failure_ttl=env.seconds("NIXERY_FAILURE_TTL", 300.0),
         build_wait=env.seconds("NIXERY_BUILD_WAIT", BUILD_WAIT),
         web_dir=Path(web) if web else package_dir("web"),
+        max_packages=env.integer("NIXERY_MAX_PACKAGES", MAX_PACKAGES, 1, MAX_PACKAGES),
+        client_builds=env.rate("NIXERY_CLIENT_BUILDS"),
+        trusted_proxies=env.integer("NIXERY_TRUSTED_PROXIES", trusted_proxies, 0, 10),
+        auth=auth_settings(env, need_secret=instances > 1),
     )
 
 
@@ -243,6 +316,17 @@ def check_backend(env: Env, expected: str) -> None:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """What the local HTTP server lets clients hold (``local.server``)."""
+
+    threads: int = 64  # each manifest request waiting for a build holds one
+    connections: int = 1000
+    per_client: int = 32  # connections one address may hold
+    header_timeout: float = 10.0  # seconds from a request's first byte to its last
+    idle_timeout: float = 30.0  # seconds a connection may sit without a request
+
+
+@dataclass(frozen=True)
 class LocalSettings:
     source: SourceSettings
     build: BuildSettings
@@ -252,6 +336,8 @@ class LocalSettings:
     host: str
     port: int
     build_workers: int
+    max_queued: int | None  # builds that may wait for a worker
+    server: ServerLimits
 
 
 def local_settings(environ: Mapping[str, str] = os.environ) -> LocalSettings:
@@ -267,4 +353,12 @@ def local_settings(environ: Mapping[str, str] = os.environ) -> LocalSettings:
         host=env.get("NIXERY_HOST") or "127.0.0.1",
         port=env.integer("PORT", 8080, 1, 65535),
         build_workers=env.integer("NIXERY_BUILD_WORKERS", 2, 1, 64),
+        max_queued=env.integer("NIXERY_MAX_QUEUED_BUILDS", 32, 0, 100_000),
+        server=ServerLimits(
+            threads=env.integer("NIXERY_SERVER_THREADS", 64, 4, 1024),
+            connections=env.integer("NIXERY_MAX_CONNECTIONS", 1000, 10, 100_000),
+            per_client=env.integer("NIXERY_CLIENT_CONNECTIONS", 32, 1, 100_000),
+            header_timeout=env.seconds("NIXERY_HEADER_TIMEOUT", 10.0, 1.0, 600.0),
+            idle_timeout=env.seconds("NIXERY_IDLE_TIMEOUT", 30.0, 1.0, 3600.0),
+        ),
     )

@@ -55,6 +55,14 @@ class UnknownEndpoint(NixeryError):
     """A path under ``/v2/`` that names no endpoint of the protocol."""
 
 
+class TooManyBuilds(NixeryError):
+    """The client started as many new builds as it may for now (NIXERY_CLIENT_BUILDS)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, {"retry_after": round(retry_after)})
+        self.retry_after = retry_after
+
+
 # --- What was asked for does not exist -------------------------------------------------
 
 
@@ -99,6 +107,19 @@ class BuildTimedOut(BuildFailed):
     """A Nix builder ran past ``NIX_TIMEOUT``, or Nix past its own deadline."""
 
 
+class ImageTooLarge(BuildError):
+    """The image's closure is larger than this registry builds (NIXERY_MAX_IMAGE_SIZE)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the image would hold {size / 1e9:.2f} GB, over this registry's limit of "
+            f"{limit / 1e9:.2f} GB",
+            {"size": size, "limit": limit},
+        )
+        self.size = size
+        self.limit = limit
+
+
 # --- Transient trouble: retried, never remembered -------------------------------------
 
 
@@ -128,6 +149,14 @@ class DatabaseUnavailable(Transient):
 
 class QueueUnavailable(Transient):
     """The build queue did not take the build in time, or failed."""
+
+
+class BuildQueueFull(Transient):
+    """As many builds as the registry allows are running or waiting."""
+
+
+class ClientGone(Transient):
+    """The client hung up while its request waited for a build."""
 
 
 class ImageLost(Transient):

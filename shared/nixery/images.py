@@ -13,17 +13,20 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .builds import BuildQueue, remembered
+from .builds import BuildQueue, never, remembered
 from .errors import (
+    ClientGone,
     ImageLost,
     SourceUnavailable,
     StillBuilding,
+    TooManyBuilds,
     Transient,
     UnknownBlob,
     UnknownManifest,
     UnknownTag,
 )
 from .job import BuildJob
+from .limits import Limiter
 from .manifests import Manifest, preferred_type
 from .names import Digest, ImageRequest, Tag
 from .sources import Revision, Source
@@ -31,6 +34,15 @@ from .state import Failure, Published, State
 from .storage import BlobStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for an image: the address its new builds are counted by, and whether it still
+    waits for the answer (a request for an image being built holds a server thread)."""
+
+    address: str = ""
+    gone: Callable[[], bool] = never
 
 
 @dataclass(frozen=True)
@@ -49,18 +61,25 @@ class ImageService:
         builds: BuildQueue,
         wait: float,
         failure_ttl: float,
+        limiter: Limiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``limiter`` counts each client's new builds (NIXERY_CLIENT_BUILDS)."""
         self.source = source
         self.state = state
         self.blobs = blobs
         self.builds = builds
         self.wait = wait
         self.failure_ttl = failure_ttl
+        self.limiter = limiter
         self.clock = clock
 
     def manifest(
-        self, request: ImageRequest, reference: Tag | Digest, accept: Iterable[str]
+        self,
+        request: ImageRequest,
+        reference: Tag | Digest,
+        accept: Iterable[str],
+        caller: Caller = Caller(),
     ) -> Manifest:
         if not isinstance(reference, Tag):
             found = self.state.manifest(reference)
@@ -69,14 +88,14 @@ class ImageService:
             return found
         job = BuildJob.of(request, self._resolve(reference))
         media_type = preferred_type(accept)
-        found = self._whole(self.image(job), media_type)
+        found = self._whole(self.image(job, caller), media_type)
         if found is None:
             # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
             # rather than hand out an image that cannot be pulled.
             log.warning("image %s lost its manifest or a blob: building it again", job.key[:12],
                         extra={"build_key": job.key})  # fmt: skip
             self.state.forget(job.key)
-            found = self._whole(self.image(job), media_type)
+            found = self._whole(self.image(job, caller), media_type)
             if found is None:
                 raise ImageLost("the image was lost and is being built again; retry later")
         return found
@@ -88,15 +107,17 @@ class ImageService:
             return None
         return manifest
 
-    def image(self, job: BuildJob) -> Published:
+    def image(self, job: BuildJob, caller: Caller = Caller()) -> Published:
         """The published image of a job, building it if need be."""
         status = self.state.status(job.key)
         if isinstance(status, Published):
             return status
         if isinstance(status, Failure) and remembered(status, self.clock(), self.failure_ttl):
             raise status.error()
+        if status is None or isinstance(status, Failure):
+            self._admit(job, caller)
         try:
-            outcome = self.builds.build(job, self.wait)
+            outcome = self.builds.build(job, self.wait, caller.gone)
         except Transient as e:
             log.warning("build %s: %s; to be retried", job.key[:12], e.message,
                         extra={"build_key": job.key})  # fmt: skip
@@ -105,10 +126,26 @@ class ImageService:
             log.exception("build %s crashed", job.key[:12], extra={"build_key": job.key})
             raise Transient("the build failed unexpectedly; retry later") from e
         if outcome is None:
+            if caller.gone():
+                raise ClientGone("the client hung up; the build goes on")
             raise StillBuilding("the image is still being built; retry later")
         if isinstance(outcome, Failure):
             raise outcome.error()
         return outcome
+
+    def _admit(self, job: BuildJob, caller: Caller) -> None:
+        """Charges a new build to the caller, unless one of the image runs already."""
+        if self.limiter is None or self.builds.running(job.key):
+            return
+        wait = self.limiter.admit(caller.address)
+        if wait is not None:
+            log.warning("client %s: too many new builds", caller.address,
+                        extra={"client": caller.address, "build_key": job.key})  # fmt: skip
+            raise TooManyBuilds(
+                "this client has started as many new builds as it may for now; images built "
+                f"before can still be pulled. Retry in {wait:.0f} seconds",
+                wait,
+            )
 
     def tags(self) -> list[str]:
         """The tags listed for a valid name, without building it: whether its packages exist

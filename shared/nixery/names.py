@@ -53,8 +53,9 @@ def _fix_segment(segment: str) -> str:
     return "_" + segment if segment[0].isdigit() else segment
 
 
-def parse_name(name: str) -> ImageRequest:
-    """Turns a repository name into the request it stands for, or raises NAME_INVALID."""
+def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
+    """Turns a repository name into the request it stands for, or raises NAME_INVALID;
+    ``max_packages`` is the registry's own limit (NIXERY_MAX_PACKAGES), at most ours."""
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"repository name longer than {MAX_NAME_LENGTH} characters")
     if not NAME_RE.fullmatch(name):
@@ -72,8 +73,11 @@ def parse_name(name: str) -> ImageRequest:
             arch = ARM64
         else:
             packages.add(".".join(_fix_segment(s) for s in component.split(".")))
-    if len(packages) > MAX_PACKAGES:
-        raise InvalidName(f"an image may hold at most {MAX_PACKAGES} packages")
+    if len(packages) > min(max_packages, MAX_PACKAGES):
+        raise InvalidName(
+            f"an image may hold at most {min(max_packages, MAX_PACKAGES)} packages here "
+            f"(this name asks for {len(packages)}, with those every image holds)"
+        )
     return ImageRequest(tuple(sorted(packages)), arch)
 
 

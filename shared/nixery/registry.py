@@ -15,25 +15,30 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 import urllib.parse
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.wsgi import wrap_file
 
+from .auth import Auth
+from .config import ServeSettings
 from .errors import (
     BuildError,
+    ImageTooLarge,
     InvalidDigest,
     InvalidName,
     InvalidPageSize,
     InvalidTag,
     NixeryError,
+    TooManyBuilds,
     Transient,
     UnknownBlob,
     UnknownEndpoint,
@@ -43,8 +48,16 @@ from .errors import (
     Unsupported,
     UntrustedRevision,
 )
-from .images import ImageService
-from .names import Digest, ImageRequest, Tag, parse_digest, parse_name, parse_reference
+from .images import Caller, ImageService
+from .names import (
+    MAX_PACKAGES,
+    Digest,
+    ImageRequest,
+    Tag,
+    parse_digest,
+    parse_name,
+    parse_reference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,9 @@ _READ = {"GET", "HEAD"}
 _ALLOW = ", ".join(sorted(_READ))
 # Seconds a client is asked to wait before retrying a transient error.
 RETRY_AFTER = 10
+# A name of 255 characters and a digest need under 400; anything much longer is abuse. (The
+# query string, a tag list's n and last, is bounded by the server's header size.)
+MAX_PATH = 2048
 
 # Domain error -> (status, registry error code). The most specific class listed wins.
 # Clients retry 502/503/504 and treat other 5xx as final.
@@ -69,6 +85,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnknownBlob: (404, "BLOB_UNKNOWN"),
     UnknownPackages: (404, "MANIFEST_UNKNOWN"),
     Unsupported: (405, "UNSUPPORTED"),
+    TooManyBuilds: (429, "TOOMANYREQUESTS"),
+    ImageTooLarge: (403, "DENIED"),  # this registry's limit, not a failure of the build
     BuildError: (500, "UNKNOWN"),  # failed or timed-out builds: final, and remembered
     Transient: (503, "UNAVAILABLE"),
     Exception: (500, "UNKNOWN"),  # our own bugs
@@ -82,8 +100,18 @@ _BLOB = re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)")
 _TAGS = re.compile(r"(?P<name>.+)/tags/list")
 
 
-def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
+def create_app(service: ImageService, settings: ServeSettings | None = None) -> Flask:
+    """The protocol over ``service``; without ``settings``, public, with no web page."""
     app = Flask(__name__, static_folder=None)
+    web_dir = settings.web_dir if settings else None
+    max_packages = settings.max_packages if settings else MAX_PACKAGES
+    auth = Auth(settings.auth) if settings and settings.auth else None
+    if settings and settings.trusted_proxies:
+        # The proxies in front append their client's address to X-Forwarded-For (and the
+        # scheme to X-Forwarded-Proto): the real client is found that many entries back.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
 
     # strict_slashes=False: "/v2" is the ping too, rather than a redirect with an HTML body.
     @app.route("/v2/", methods=_ALL_METHODS, strict_slashes=False)
@@ -99,7 +127,7 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
             parse_name(match["name"])
             raise Unsupported("this registry builds its images; pushing is not supported", allow="")
         if match := _MANIFEST.fullmatch(path):
-            image = parse_name(match["name"])
+            image = parse_name(match["name"], max_packages)
             reference = parse_reference(match["reference"])
             _only_read()
             return _manifest(service, image, reference)
@@ -145,8 +173,29 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
         return error_response(e)
 
     @app.before_request
-    def started() -> None:
+    def started() -> Response | None:
         g.started = time.perf_counter()
+        if len(request.path) > MAX_PATH:
+            message = f"request path longer than {MAX_PATH} characters"
+            return _json_error(414, "NAME_INVALID", message, None, {})
+        if auth is not None and _is_api(request.path) and _user(auth) is None:
+            challenge = auth.challenge(request.host_url, request.host, _scope(request.path))
+            headers = {"WWW-Authenticate": challenge}
+            return _json_error(401, "UNAUTHORIZED", "authentication required", None, headers)
+        return None
+
+    @app.route("/auth/token")
+    def token() -> Response:
+        """Docker's token endpoint: a name and password (Basic) for a short-lived token."""
+        if auth is None:
+            raise NotFound()
+        credentials = request.authorization
+        if credentials is None or credentials.type != "basic" or _user(auth) is None:
+            headers = {"WWW-Authenticate": 'Basic realm="nixery"'}
+            return _json_error(401, "UNAUTHORIZED", "a user name and password are needed",
+                               None, headers)  # fmt: skip
+        answer = auth.issue(credentials.username or "")
+        return Response(json.dumps(answer), content_type="application/json")
 
     @app.after_request
     def headers(response: Response) -> Response:
@@ -161,6 +210,35 @@ def create_app(service: ImageService, web_dir: Path | None = None) -> Flask:
         return response
 
     return app
+
+
+def _user(auth: Auth) -> str | None:
+    """The user the request's credentials prove, if any; a refusal is logged without them."""
+    credentials = request.authorization
+    if credentials is None:
+        return None
+    user: str | None = None
+    if credentials.type == "basic" and credentials.username and credentials.password:
+        claimed = credentials.username[:64]
+        user = claimed if auth.check_password(credentials.username, credentials.password) else None
+    elif credentials.type == "bearer" and credentials.token:
+        claimed = "(a token)"
+        user = auth.user_of_token(credentials.token)
+    else:
+        claimed = f"(a {credentials.type} credential)"
+    if user is None:
+        log.warning("refused %s from %s", claimed, request.remote_addr,
+                    extra={"client": request.remote_addr, "user": claimed})  # fmt: skip
+    return user
+
+
+def _scope(path: str) -> str | None:
+    """The token scope a request needs: pulling the repository it names."""
+    api = path.removeprefix("/v2/")
+    for pattern in (_MANIFEST, _BLOB, _TAGS):
+        if match := pattern.fullmatch(api):
+            return f"repository:{match['name']}:pull"
+    return None
 
 
 def _is_api(path: str) -> bool:
@@ -183,6 +261,8 @@ def error_response(e: Exception) -> Response:
         headers["Allow"] = e.allow
     if isinstance(e, Transient):
         headers["Retry-After"] = str(RETRY_AFTER)
+    if isinstance(e, TooManyBuilds):
+        headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
     if not isinstance(e, NixeryError):
         return _json_error(status, code, "internal error", None, headers)
     return _json_error(status, code, e.message, e.detail, headers)
@@ -201,7 +281,10 @@ def _json_error(
 
 
 def _manifest(service: ImageService, image: ImageRequest, reference: Tag | Digest) -> Response:
-    manifest = service.manifest(image, reference, request.headers.getlist("Accept"))
+    # waitress says when a client hung up while its request waited; other servers never do.
+    gone = request.environ.get("waitress.client_disconnected") or (lambda: False)
+    caller = Caller(request.remote_addr or "", gone)
+    manifest = service.manifest(image, reference, request.headers.getlist("Accept"), caller)
     response = Response(manifest.body, content_type=manifest.media_type)
     response.headers["Docker-Content-Digest"] = manifest.digest
     return response

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from .errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
+from .errors import BuildError, BuildFailed, BuildTimedOut, ImageTooLarge, UnknownPackages
 from .manifests import LayerBlob, Manifest
 
 # What is kept of a failure, in every store: a Firestore document holds at most 1 MiB, and
@@ -36,6 +36,7 @@ class FailureKind(StrEnum):
     UNKNOWN_PACKAGES = "unknown_packages"
     BUILD_ERROR = "build_error"
     TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Failure:
         message = _bounded(error.message, MAX_MESSAGE, keep_end=False)
         if isinstance(error, UnknownPackages):
             kind = FailureKind.UNKNOWN_PACKAGES
+        elif isinstance(error, ImageTooLarge):
+            kind = FailureKind.TOO_LARGE
         elif isinstance(error, BuildTimedOut):
             kind = FailureKind.TIMEOUT
         else:
@@ -66,6 +69,8 @@ class Failure:
         """The error this failure answers, as it was raised when the build failed."""
         if self.kind is FailureKind.UNKNOWN_PACKAGES:
             return UnknownPackages(list(self.detail.get("packages", [])))
+        if self.kind is FailureKind.TOO_LARGE:
+            return ImageTooLarge(int(self.detail["size"]), int(self.detail["limit"]))
         error_type = BuildTimedOut if self.kind is FailureKind.TIMEOUT else BuildFailed
         return error_type(self.message, str(self.detail.get("log", "")))
 

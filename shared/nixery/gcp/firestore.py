@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 from google.api_core import exceptions
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
-from ..errors import DatabaseUnavailable
+from ..errors import BuildQueueFull, DatabaseUnavailable
 from ..job import BuildJob
 from ..manifests import LayerBlob, Manifest
 from ..state import Failure, FailureKind, ImageStatus, Pending, Published
@@ -218,14 +219,15 @@ class FirestoreState:
         return read_time + timedelta(seconds=self.skew())
 
     @bounded
-    def start(self, job: BuildJob, pickup: float) -> int | None:
+    def start(self, job: BuildJob, pickup: float, max_building: int | None = None) -> int | None:
         """Records that the job must be built; the attempt this caller must enqueue, if any.
 
         A build that is running (a live lease) or finished is left alone; an absent record is
         created, a failed one is started afresh, and one whose lease lapsed is taken over:
         ``pickup`` seconds after it was enqueued if no builder took it, or when its builder
         died. After ``MAX_ATTEMPTS`` deaths (builders killed for memory, say) the build is
-        recorded as failed, not retried forever at a builder's cost each time.
+        recorded as failed, not retried forever at a builder's cost each time. A new build
+        is refused (``BuildQueueFull``) while ``max_building`` builds are under way.
         """
         ref = self.builds.document(job.key)
 
@@ -237,6 +239,16 @@ class FirestoreState:
         # only for the create, not for locks on the record (which make transactions fail).
         snapshot = ref.get()
         record = _BuildRecord.read(snapshot.to_dict())
+        if max_building is not None and (record is None or record.status == "failed"):
+            # The library's annotations of aggregation queries are wrong; it is a list of
+            # lists of results.
+            building: Any = self.builds.where(filter=FieldFilter("status", "==", "building"))
+            under_way = int(building.count().get()[0][0].value)
+            if under_way >= max_building:
+                raise BuildQueueFull(
+                    f"{under_way} builds are under way, as many as this registry allows; "
+                    "retry later"
+                )
         if record is None:
             try:
                 ref.create(fresh(self._now(snapshot), 1))

@@ -15,6 +15,7 @@ from ..registry import create_app
 from ..sources import open_source
 from .clients import bucket, firestore_state, tasks_client
 from .gcs import GcsBlobStore
+from .limits import FirestoreLimiter
 from .settings import registry_settings
 from .signing import runtime_signer
 from .tasks import TaskBuildQueue, TaskQueue
@@ -42,8 +43,17 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
         source=open_source(settings.source),
         state=state,
         blobs=blobs,
-        builds=TaskBuildQueue(state, tasks, pickup=settings.pickup),
+        builds=TaskBuildQueue(
+            state, tasks, pickup=settings.pickup, max_building=settings.max_building
+        ),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
+        limiter=(
+            FirestoreLimiter(
+                state.client, settings.gcp.prefix, rate, timeout=settings.gcp.backend_timeout
+            )
+            if (rate := settings.serve.client_builds)
+            else None
+        ),
     )
-    return create_app(service, settings.serve.web_dir)
+    return create_app(service, settings.serve)

@@ -77,6 +77,7 @@ class RegistrySettings:
     build_deadline: float  # the tasks' dispatch deadline: what one build may take
     iam_endpoint: str
     storage_public_url: str | None  # the host signed URLs name, where it is not Google's
+    max_building: int | None  # builds under way (running or queued) before new ones wait
 
 
 def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettings:
@@ -86,7 +87,8 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
     location = env.need("NIXERY_TASKS_LOCATION", why)
     queue = env.need("NIXERY_TASKS_QUEUE", why)
     env.need("NIXERY_BUILDER_URL", why)
-    serve = serve_settings(env)
+    # Google's front end appends the address of the client it serves to X-Forwarded-For.
+    serve = serve_settings(env, trusted_proxies=1, instances=2)
     # A request cut off by the platform gets a bare 5xx; one that stops waiting first gets a
     # 503 with Retry-After that clients understand, so the wait must end with time to answer.
     # The functions runtime passes its timeout as CLOUD_RUN_TIMEOUT_SECONDS (functions-framework
@@ -120,6 +122,7 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
         build_deadline=build_deadline(env, MAX_DISPATCH_DEADLINE),
         iam_endpoint=env.url("NIXERY_IAM_ENDPOINT", "https://iamcredentials.googleapis.com"),
         storage_public_url=env.get("STORAGE_EMULATOR_HOST"),
+        max_building=env.integer("NIXERY_MAX_QUEUED_BUILDS", 0, 0, 1_000_000) or None,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
+from ..builds import never
 from ..errors import QueueUnavailable
 from ..job import BuildJob
 from ..state import Failure, ImageStatus, Pending, Published
@@ -77,7 +78,9 @@ class BuildRecords(Protocol):
 
     def status(self, key: str) -> ImageStatus: ...
 
-    def start(self, job: BuildJob, pickup: float) -> int | None: ...
+    def start(
+        self, job: BuildJob, pickup: float, max_building: int | None = None
+    ) -> int | None: ...
 
 
 class Enqueue(Protocol):
@@ -94,14 +97,24 @@ class TaskBuildQueue:
         pickup: float,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        max_building: int | None = None,
     ) -> None:
+        """``max_building``: new builds are refused while this many are under way
+        (NIXERY_MAX_QUEUED_BUILDS: running or waiting for a builder)."""
         self.state = state
         self.tasks = tasks
         self.pickup = pickup
+        self.max_building = max_building
         self.clock = clock
         self.sleep = sleep
 
-    def build(self, job: BuildJob, wait: float) -> Published | Failure | None:
+    def running(self, key: str) -> bool:
+        """Nothing known here: a record under way says so itself (``Pending``)."""
+        return False
+
+    def build(
+        self, job: BuildJob, wait: float, gone: Callable[[], bool] = never
+    ) -> Published | Failure | None:
         """Records and enqueues the build, then polls its record: one read per poll."""
         deadline = self.clock() + wait
         self._start(job)
@@ -112,13 +125,13 @@ class TaskBuildQueue:
                 return status
             if not isinstance(status, Pending) or status.lease_left <= 0:
                 self._start(job)  # the builder died, or the task was lost: build again
-            if self.clock() + delay > deadline:
+            if self.clock() + delay > deadline or gone():
                 return None
             self.sleep(delay)
             delay = min(delay * 1.5, 2.0)
 
     def _start(self, job: BuildJob) -> None:
-        if attempt := self.state.start(job, self.pickup):
+        if attempt := self.state.start(job, self.pickup, self.max_building):
             log.info("build %s: enqueued, attempt %d", job.key[:12], attempt,
                      extra={"build_key": job.key, "attempt": attempt})  # fmt: skip
             self.tasks.enqueue(job, attempt)

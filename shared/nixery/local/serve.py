@@ -4,45 +4,22 @@ from __future__ import annotations
 
 import logging
 
-import waitress
 from flask import Flask
-from waitress.channel import HTTPChannel
 
 from ..builder import Builder
 from ..config import LocalSettings
 from ..images import ImageService
+from ..limits import MemoryLimiter
 from ..nix import check_nix_version, report_sandbox
 from ..popularity import load_popularity
 from ..registry import create_app
 from ..sources import open_source
 from .files import FileBlobStore
+from .server import create_server
 from .sqlite import SqliteState
 from .threads import ThreadBuildQueue
 
 log = logging.getLogger(__name__)
-
-# Each waiting manifest request holds a thread until its build ends.
-SERVER_THREADS = 64
-
-
-class _PlainHttpChannel(HTTPChannel):
-    """Answers a TLS handshake at once with a plain-HTTP error, as Go's net/http does.
-
-    skopeo, podman and containerd try HTTPS first even for an insecure registry; an HTTP
-    server that waits for a request line makes each of them wait out a 10 s TLS handshake
-    timeout before falling back to HTTP.
-    """
-
-    _first = True
-
-    def received(self, data: bytes) -> bool:
-        if self._first and data:
-            self._first = False
-            if data[:1] == b"\x16":  # TLS record type: handshake
-                self.send(b"HTTP/1.0 400 Bad Request\r\nConnection: close\r\n\r\n")
-                self.handle_close()
-                return False
-        return super().received(data)
 
 
 def create_local_app(settings: LocalSettings) -> Flask:
@@ -63,11 +40,12 @@ def create_local_app(settings: LocalSettings) -> Flask:
         source=source,
         state=state,
         blobs=blobs,
-        builds=ThreadBuildQueue(builder, state, settings.build_workers),
+        builds=ThreadBuildQueue(builder, state, settings.build_workers, settings.max_queued),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
+        limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
     )
-    return create_app(service, settings.serve.web_dir)
+    return create_app(service, settings.serve)
 
 
 def serve(settings: LocalSettings) -> None:
@@ -76,8 +54,4 @@ def serve(settings: LocalSettings) -> None:
         "serving on http://%s:%d (blobs and state in %s)",
         settings.host, settings.port, settings.storage_path,
     )  # fmt: skip
-    server = waitress.create_server(  # type: ignore[attr-defined]
-        app, host=settings.host, port=settings.port, threads=SERVER_THREADS, ident="nixery"
-    )
-    server.channel_class = _PlainHttpChannel
-    server.run()
+    create_server(app, settings.host, settings.port, settings.server).run()
