@@ -127,6 +127,7 @@ class MemoryState:
         self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
         self._manifests: dict[str, Manifest] = {}
         self._layers: dict[str, LayerBlob] = {}
+        self.used: dict[str, float] = {}  # by ``touch``
         self._lock = threading.Lock()
 
     def status(self, key: str) -> ImageStatus:
@@ -146,6 +147,10 @@ class MemoryState:
                 self._manifests.setdefault(m.digest, m)
             self._images[key] = Published({m.media_type: m.digest for m in manifests})
             self._leases.pop(key, None)
+
+    def touch(self, key: str, now: float) -> None:
+        with self._lock:
+            self.used[key] = now
 
     def forget(self, key: str) -> None:
         with self._lock:

@@ -463,3 +463,15 @@ def test_tasks_restart_a_build_no_builder_picked_up(task_queue, tasks, clock) ->
     assert times[0] == 0
     assert len(times) == 2
     assert PICKUP <= times[1] < PICKUP + MAX_POLL
+
+
+def test_a_pull_by_tag_is_written_down_at_most_once_an_hour(service, state, clock) -> None:
+    """What `nixery gc` keeps; a write per pull would cost a database write per pull."""
+    state.publish(JOB.key, MANIFESTS)
+    images = service(ScriptedQueue())
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.used == {JOB.key: clock()}
+    first = clock()
+    clock.advance(60)
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.used == {JOB.key: first}

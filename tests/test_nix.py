@@ -1,6 +1,7 @@
 """Nix: both JSON shapes of `nix path-info`, its error messages, and real builds."""
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -16,7 +17,16 @@ from nixery.errors import (
     Transient,
     UnknownPackages,
 )
-from nixery.nix import Nix, _classify, _error_message, check_nix_version, parse_path_info
+from nixery.nix import (
+    AUTO_ROOTS,
+    ROOTS,
+    Nix,
+    _classify,
+    _error_message,
+    check_nix_version,
+    parse_path_info,
+    remove_stale_roots,
+)
 
 DEMO_PATHS = [Path(p) for p in DEMO_EVAL_ALLOW.split(":")]
 
@@ -68,9 +78,29 @@ def test_outputs_are_gc_roots_while_the_image_is_made(monkeypatch):
 
     with nix.build(DEMO, ["hello"], "x86_64-linux") as result:
         hello = result.outputs["hello"]
-        assert "nixery-roots-" in roots(hello)
+        assert f"{ROOTS}/{os.getpid()}/" in roots(hello)
         assert any(p.endswith("-glibc-2.37-8") for p in result.closure)
-    assert "nixery-roots-" not in roots(hello)
+    assert str(ROOTS) not in roots(hello)
+    dangling = [link for link in AUTO_ROOTS.iterdir()
+                if os.readlink(link).startswith(f"{ROOTS}/")]  # fmt: skip
+    assert dangling == [], "no auto root is left pointing at a removed directory"
+
+
+def test_roots_a_dead_process_left_are_removed(tmp_path):
+    """A server killed mid-build leaves its roots directory, and Nix's auto root pointing into
+    it; the next process removes both, and leaves a live process's alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = ROOTS / str(dead.pid) / "tmpbuild"
+    left.mkdir(parents=True)
+    (left / "out").symlink_to(tmp_path)
+    link = AUTO_ROOTS / f"nixery-test-{dead.pid}"
+    link.symlink_to(left / "out")
+    alive = ROOTS / str(os.getpid())
+    alive.mkdir(parents=True, exist_ok=True)
+    remove_stale_roots()
+    assert not (ROOTS / str(dead.pid)).exists() and not os.path.lexists(link)
+    assert alive.is_dir()
 
 
 def test_unknown_packages_are_reported_together(monkeypatch):

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import config, logs
 
@@ -45,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         "instead of building the set",
     )
     pop.add_argument("--log-level", default="INFO")
+    gc = commands.add_parser(
+        "gc", help="delete what no recently used image needs (reports only, unless --apply)"
+    )
+    gc.add_argument(
+        "--max-age", type=float,
+        help="days an image is kept after its last pull by tag (default: NIXERY_GC_MAX_AGE, 30)",
+    )  # fmt: skip
+    gc.add_argument("--apply", action="store_true", help="delete; without it, only report")
+    gc.add_argument("--log-level", default="INFO")
     commands.add_parser(
         "hash-password",
         help="hash a password for NIXERY_AUTH_USERS (read from stdin, or asked for)",
@@ -54,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         return _popcount(args)
     if args.command == "hash-password":
         return _hash_password()
+    if args.command == "gc":
+        logs.setup(args.log_level)
+        try:
+            return _gc(args)
+        except config.ConfigError as e:
+            print(f"nixery gc: configuration error: {e}", file=sys.stderr)
+            return 2
 
     env = dict(os.environ)
     for flag, variable in _FLAGS.items():
@@ -68,6 +85,48 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"nixery: configuration error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    """Collects in the mode the environment configures, as `nixery serve` or the functions
+    would read it."""
+    import time
+
+    from .gc import collect
+
+    env = config.Env()
+    days = args.max_age
+    if days is None:
+        days = env.seconds("NIXERY_GC_MAX_AGE", 30.0, low=0.0)
+    max_age = 86400 * days
+    serve = config.serve_settings(env)
+    grace = 2 * config.build_deadline(env)  # a build under way keeps what it wrote
+    if (env.get("NIXERY_STORAGE_BACKEND") or "filesystem") == "gcs":
+        from .gcp.clients import bucket, firestore_state
+        from .gcp.gcs import GcsBlobStore
+        from .gcp.settings import gcp_settings
+
+        gcp = gcp_settings(env, "collector")
+        state: Any = firestore_state(gcp)
+        blobs: Any = GcsBlobStore(bucket(gcp), signer=None, url_ttl=60)
+        checkouts = []
+    else:
+        from .local.files import FileBlobStore
+        from .local.sqlite import SqliteState
+        from .sources.files import Checkouts
+
+        local = config.local_settings(os.environ)
+        state, blobs = SqliteState(local.state_path), FileBlobStore(local.storage_path)
+        source = local.source
+        checkouts = [Checkouts(source.cache_dir / kind, source.keep_checkouts,
+                               source.checkout_busy) for kind in ("git", "channel")]  # fmt: skip
+    collect(state, blobs, max_age=max_age, grace=grace, failure_ttl=serve.failure_ttl,
+            now=time.time(), apply=args.apply)  # fmt: skip
+    if args.apply:
+        for kept in checkouts:
+            if kept.root.is_dir():
+                kept.prune()
     return 0
 
 

@@ -8,10 +8,13 @@ in local mode and on Google Cloud.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from cachetools import TTLCache
 
 from .builds import BuildQueue, never, remembered
 from .errors import (
@@ -34,6 +37,9 @@ from .state import Failure, Published, State
 from .storage import BlobStore
 
 log = logging.getLogger(__name__)
+
+# How often a pulled image's use is written down: `nixery gc` counts in days.
+TOUCH_EVERY = 3600.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ class ImageService:
         self.failure_ttl = failure_ttl
         self.limiter = limiter
         self.clock = clock
+        self._touched: TTLCache[str, bool] = TTLCache(100_000, TOUCH_EVERY)
+        self._touch_lock = threading.Lock()
 
     def manifest(
         self,
@@ -98,6 +106,11 @@ class ImageService:
             found = self._whole(self.image(job, caller), media_type)
             if found is None:
                 raise ImageLost("the image was lost and is being built again; retry later")
+        with self._touch_lock:
+            due = job.key not in self._touched
+            self._touched[job.key] = True
+        if due:
+            self.state.touch(job.key, self.clock())
         return found
 
     def _whole(self, image: Published, media_type: str) -> Manifest | None:

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -149,6 +150,43 @@ def parse_path_info(text: str) -> dict[str, StorePath]:
     return closure
 
 
+# A build's outputs are garbage-collector roots while its image is made: links in a directory
+# of this process's, which Nix registers in its auto roots. What a killed process leaves
+# behind is removed by the next one (its directory is named after its pid).
+ROOTS = Path(tempfile.gettempdir()) / "nixery-roots"
+AUTO_ROOTS = Path("/nix/var/nix/gcroots/auto")
+
+
+def _own_roots() -> Path:
+    path = ROOTS / str(os.getpid())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_roots() -> None:
+    """Removes the root directories of processes that are gone, and the auto roots that
+    pointed into ours and dangle: otherwise every build would leave one behind for good."""
+    with contextlib.suppress(OSError):
+        for entry in ROOTS.iterdir():
+            if entry.name.isdigit() and not _alive(int(entry.name)):
+                shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        for link in AUTO_ROOTS.iterdir():
+            target = os.readlink(link)
+            if target.startswith(str(ROOTS) + "/") and not os.path.lexists(target):
+                link.unlink(missing_ok=True)
+
+
 class Nix:
     """Runs the Nix commands of one build; holds no state between builds."""
 
@@ -174,12 +212,16 @@ class Nix:
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
-        with tempfile.TemporaryDirectory(prefix="nixery-roots-") as roots:
-            drvs = sorted({p["drvPath"] for p in plan["packages"]})
-            cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
-            self._run([*cmd, "--add-root", f"{roots}/out", *drvs], "building", math.inf, deadline)
-            closure = self.closure(sorted(set(outputs.values())), deadline)
-            yield BuildResult(outputs, closure)
+        try:
+            with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
+                drvs = sorted({p["drvPath"] for p in plan["packages"]})
+                cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
+                realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
+                self._run(realise, "building", math.inf, deadline)
+                closure = self.closure(sorted(set(outputs.values())), deadline)
+                yield BuildResult(outputs, closure)
+        finally:
+            remove_stale_roots()
 
     def closure(self, paths: Sequence[str], deadline: float) -> dict[str, StorePath]:
         cmd = ["nix", *NIX_COMMAND, "path-info", "--json", "--recursive", *paths]

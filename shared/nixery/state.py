@@ -103,6 +103,10 @@ class State(Protocol):
         """Stores the manifests and makes the image visible, atomically; clears any failure."""
         ...
 
+    def touch(self, key: str, now: float) -> None:
+        """Notes that the image was pulled by tag at ``now``: `nixery gc` keeps what was used."""
+        ...
+
     def forget(self, key: str) -> None:
         """Makes a published image unknown again (its manifests stay), so that it is built
         anew: it lost its manifest or a blob."""

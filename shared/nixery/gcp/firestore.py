@@ -15,10 +15,11 @@ off can neither steal a live lease nor keep a dead one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from ..errors import BuildQueueFull, DatabaseUnavailable
+from ..gc import ImageRecord
 from ..job import BuildJob
 from ..manifests import LayerBlob, Manifest
 from ..state import Failure, FailureKind, ImageStatus, Pending, Published
@@ -73,6 +75,7 @@ class _BuildRecord:
     attempt: int = 0  # counts every start, so that each has a task name of its own
     deaths: int = 0  # builders that lost their lease since the build last started afresh
     updated: float = 0.0
+    used: float = 0.0  # the last pull by tag (`nixery gc`), recorded now and then
     manifests: dict[str, str] = field(default_factory=dict)  # when done
     failure_kind: str = ""  # when failed
     failure_message: str = ""
@@ -169,9 +172,15 @@ class FirestoreState:
             "manifests": {m.media_type: m.digest for m in manifests},
             **_NO_LEASE,
             "updated": self.clock(),
+            "used": self.clock(),
         }
         batch.set(self.builds.document(key), done, merge=True)
         batch.commit()
+
+    @bounded
+    def touch(self, key: str, now: float) -> None:
+        with contextlib.suppress(exceptions.NotFound):  # forgotten or collected meanwhile
+            self.builds.document(key).update({"used": now})
 
     @bounded
     def forget(self, key: str) -> None:
@@ -337,3 +346,47 @@ class FirestoreState:
                 transaction.update(ref, _NO_LEASE)
 
         release(self.client.transaction())
+
+    # --- What `nixery gc` lists and deletes ----------------------------------------------
+
+    def images(self) -> Iterable[ImageRecord]:
+        done = self.builds.where(filter=FieldFilter("status", "==", "done"))
+        for snapshot in done.stream():
+            record = _BuildRecord.read(snapshot.to_dict())
+            if record is not None:
+                used = max(record.used, record.updated)
+                yield ImageRecord(snapshot.id, tuple(record.manifests.values()), used)
+
+    def manifest_digests(self) -> Iterable[str]:
+        return (doc.id for doc in self.manifests.select([]).stream())
+
+    def layer_rows(self) -> Iterable[tuple[str, str]]:
+        for doc in self.layers.select(["digest"]).stream():
+            yield doc.id, str((doc.to_dict() or {}).get("digest", ""))
+
+    def failures(self) -> Iterable[tuple[str, float]]:
+        failed = self.builds.where(filter=FieldFilter("status", "==", "failed"))
+        for doc in failed.select(["updated"]).stream():
+            yield doc.id, float((doc.to_dict() or {}).get("updated", 0.0))
+
+    def delete(
+        self,
+        *,
+        images: Iterable[str] = (),
+        manifests: Iterable[str] = (),
+        layers: Iterable[str] = (),
+        failures: Iterable[str] = (),
+    ) -> None:
+        images = list(images)
+        refs = [
+            *(self.builds.document(k) for k in (*images, *failures)),
+            *(self.manifests.document(d) for d in manifests),
+            *(self.layers.document(k) for k in layers),
+        ]
+        for start in range(0, len(refs), 500):  # a batch takes at most 500 writes
+            batch = self.client.batch()
+            for ref in refs[start : start + 500]:
+                batch.delete(ref)
+            batch.commit()
+        for key in images:
+            self._published.drop(key)

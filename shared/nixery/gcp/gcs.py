@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import BinaryIO
 
@@ -22,6 +23,7 @@ from google.cloud.storage import Bucket
 from google.cloud.storage.fileio import BlobWriter
 
 from ..errors import StorageUnavailable
+from ..gc import StoredBlob
 from ..storage import Hasher, blob_path
 from .deadline import BACKEND_TIMEOUT, Deadline, bounded
 from .memory import BoundedCache
@@ -145,6 +147,16 @@ class GcsBlobStore:
     @bounded
     def url(self, digest: str) -> str | None:
         return self._urls.url(blob_path(digest))
+
+    def blobs(self) -> Iterator[StoredBlob]:
+        for blob in self.bucket.list_blobs(prefix="blobs/sha256/"):
+            created = blob.time_created.timestamp() if blob.time_created else 0.0
+            yield StoredBlob("sha256:" + blob.name.rsplit("/", 1)[1], blob.size or 0, created)
+
+    def delete(self, digest: str) -> None:
+        self._sizes.drop(digest)
+        with contextlib.suppress(exceptions.NotFound):
+            self.bucket.delete_blob(blob_path(digest))
 
     def open(self, digest: str) -> BinaryIO:
         return self.bucket.blob(blob_path(digest)).open("rb")  # type: ignore[no-any-return]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import StorageUnavailable
+from ..gc import StoredBlob
 from ..sources.cache import KeyedLocks
 from ..storage import Hasher, blob_path
 
@@ -131,6 +132,15 @@ class FileBlobStore:
 
     def url(self, digest: str) -> str | None:
         return None
+
+    def blobs(self) -> Iterator[StoredBlob]:
+        for path in (self.root / "blobs" / "sha256").glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.stat()
+                yield StoredBlob(f"sha256:{path.name}", stat.st_size, stat.st_mtime)
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
 
     def open(self, digest: str) -> BinaryIO:
         return self.path(digest).open("rb")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..gc import ImageRecord
 from ..manifests import LayerBlob, Manifest
 from ..state import Failure, FailureKind, ImageStatus, Published
 
@@ -23,11 +26,13 @@ CREATE TABLE IF NOT EXISTS failed_builds (
     detail TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS layers (
     key TEXT PRIMARY KEY, digest TEXT NOT NULL, diff_id TEXT NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS image_use (key TEXT PRIMARY KEY, used REAL NOT NULL);
 """
 
 
 class SqliteState:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -35,6 +40,10 @@ class SqliteState:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            # Images published before their use was recorded count as used from now.
+            self._db.execute(
+                "INSERT OR IGNORE INTO image_use SELECT DISTINCT key, ? FROM images", (clock(),)
+            )
 
     def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
@@ -70,6 +79,11 @@ class SqliteState:
                     "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (key, m.media_type, m.digest)
                 )
             self._db.execute("DELETE FROM failed_builds WHERE key = ?", (key,))
+            self._db.execute("INSERT OR REPLACE INTO image_use VALUES (?, ?)", (key, self.clock()))
+
+    def touch(self, key: str, now: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE image_use SET used = max(used, ?) WHERE key = ?", (now, key))
 
     def forget(self, key: str) -> None:
         with self._lock:
@@ -92,3 +106,45 @@ class SqliteState:
                 "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?)",
                 (layer_key, layer.digest, layer.diff_id, layer.size),
             )
+
+    # --- What `nixery gc` lists and deletes ----------------------------------------------
+
+    def images(self) -> Iterable[ImageRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT images.key, group_concat(digest), coalesce(max(used), 0) FROM images "
+                "LEFT JOIN image_use ON image_use.key = images.key GROUP BY images.key"
+            ).fetchall()
+        return [ImageRecord(key, tuple(digests.split(",")), used) for key, digests, used in rows]
+
+    def manifest_digests(self) -> Iterable[str]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT digest FROM manifests")]
+
+    def layer_rows(self) -> Iterable[tuple[str, str]]:
+        with self._lock:
+            return list(self._db.execute("SELECT key, digest FROM layers"))
+
+    def failures(self) -> Iterable[tuple[str, float]]:
+        with self._lock:
+            return list(self._db.execute("SELECT key, at FROM failed_builds"))
+
+    def delete(
+        self,
+        *,
+        images: Iterable[str] = (),
+        manifests: Iterable[str] = (),
+        layers: Iterable[str] = (),
+        failures: Iterable[str] = (),
+    ) -> None:
+        images = list(images)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for table, column, keys in (
+                ("images", "key", images), ("image_use", "key", images),
+                ("manifests", "digest", manifests), ("layers", "key", layers),
+                ("failed_builds", "key", failures),
+            ):  # fmt: skip
+                self._db.executemany(
+                    f"DELETE FROM {table} WHERE {column} = ?", [(k,) for k in keys]
+                )

@@ -75,10 +75,11 @@ class Checkouts:
         with _CHECKOUT_LOCKS.hold(str(target)):
             _fill(target, populate)
             os.utime(target)  # in use from now on
-        self._prune()
+        self.prune()
         return target
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """Deletes all but the newest ``keep`` checkouts, once no build can use them."""
         try:
             entries = [(e.stat().st_mtime, e) for e in self.root.iterdir() if e.is_dir()]
         except OSError:
