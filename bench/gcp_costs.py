@@ -40,7 +40,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import DEMO, NIX_CONFIG  # noqa: E402
+from conftest import NIX_CONFIG, big_set  # noqa: E402
 from emulators import Emulators, GcpRegistry  # noqa: E402
 
 OCI = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
@@ -496,24 +496,6 @@ def print_reads(r: dict[str, Any]) -> None:
 # --- 3. the builder's peak memory for a big image ---------------------------------------
 
 
-def big_set(dest: Path, part_mib: int) -> Path:
-    """The demo set plus `big`: PARTS files of random bytes, new on every run (a nonce)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    script = (
-        "mkdir $out; for i in " + " ".join(str(i) for i in range(PARTS)) + "; do "
-        f"${{demo.busybox}}/bin/dd if=/dev/urandom of=$out/part$i bs=1048576 count={part_mib} "
-        f"2>/dev/null; done; echo {uuid.uuid4().hex} > $out/nonce"
-    )
-    (dest / "default.nix").write_text(
-        "{ system ? builtins.currentSystem, ... }:\n"
-        f"let demo = import {DEMO} {{ inherit system; }}; in\n"
-        "demo // { big = derivation {\n"
-        '  name = "big-1.0"; inherit system; builder = "${demo.busybox}/bin/sh";\n'
-        f'  args = [ "-c" {json.dumps(script)} ]; }}; }}\n'
-    )
-    return dest
-
-
 def descendants(root: int) -> set[int]:
     """`root` and every process under it, from the parent pids in /proc."""
     children: dict[int, list[int]] = {}
@@ -648,7 +630,7 @@ def delete_big(pkgs: Path) -> None:
 
 def measure_memory(emulators: Emulators, work: Path, mib: int) -> dict[str, Any]:
     part = max(1, mib // PARTS)
-    pkgs = big_set(work / "big-pkgs", part)
+    pkgs = big_set(work / "big-pkgs", PARTS, part)
     reg = start(
         work / "memory", emulators,
         # As long as a function may wait (its 3600 s maximum, less 30 s to answer), and all

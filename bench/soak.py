@@ -48,44 +48,60 @@ class Results:
                 self.errors[kind].append(error)
 
 
-def get(port: int, path: str, source: str = "127.0.0.1") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300, source_address=(source, 0))
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
-        conn.request("GET", path, headers={"Accept": OCI})
-        response = conn.getresponse()
-        return response.status, response.read()
+        return Client(conn).get(path)
     finally:
         conn.close()
 
 
-def timed(results: Results, kind: str, port: int, path: str) -> bytes:
-    started = time.monotonic()
-    try:
-        status, body = get(port, path)
-        error = None if status == 200 else f"{status} {body[:200]!r}"
-    except OSError as e:
-        body, error = b"", f"{type(e).__name__}: {e}"
-    results.add(kind, time.monotonic() - started, error)
-    return body
+class Client:
+    """One keep-alive connection, as registry clients keep them, opened again after an
+    error; a connection per request would run out of local ports within minutes."""
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self.conn = conn
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            self.conn.request("GET", path, headers={"Accept": OCI})
+            response = self.conn.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # the next request connects afresh
+            raise
+
+    def timed(self, results: Results, kind: str, path: str) -> bytes:
+        started = time.monotonic()
+        try:
+            status, body = self.get(path)
+            error = None if status == 200 else f"{status} {body[:200]!r}"
+        except (OSError, http.client.HTTPException) as e:
+            body, error = b"", f"{type(e).__name__}: {e}"
+        results.add(kind, time.monotonic() - started, error)
+        return body
 
 
 def puller(port: int, results: Results, stop: threading.Event, seed: int) -> None:
     rng = random.Random(seed)
+    client = Client(http.client.HTTPConnection("127.0.0.1", port, timeout=300))
     while not stop.is_set():
         name = rng.choice(CACHED)
-        body = timed(results, "cached manifest", port, f"/v2/{name}/manifests/latest")
+        body = client.timed(results, "cached manifest", f"/v2/{name}/manifests/latest")
         if body.startswith(b"{"):
             config = json.loads(body)["config"]["digest"]
-            timed(results, "cached blob", port, f"/v2/{name}/blobs/{config}")
+            client.timed(results, "cached blob", f"/v2/{name}/blobs/{config}")
 
 
 def builder(port: int, results: Results, stop: threading.Event, every: float) -> None:
     combos = itertools.chain(itertools.combinations(PACKAGES, 2),
                              itertools.combinations(PACKAGES, 3))  # fmt: skip
+    client = Client(http.client.HTTPConnection("127.0.0.1", port, timeout=300))
     for combo in combos:
         if stop.wait(every):
             return
-        timed(results, "new image", port, f"/v2/{'/'.join(combo)}/manifests/latest")
+        client.timed(results, "new image", f"/v2/{'/'.join(combo)}/manifests/latest")
 
 
 def slow_clients(port: int, stop: threading.Event, count: int = 100) -> None:

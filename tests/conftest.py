@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +37,25 @@ DEMO_EVAL_ALLOW = ":".join([
     "/usr/bin", "/usr/local/bin", "/bin",
     "/etc/ssl/certs/ca-certificates.crt", "/etc/services", "/etc/protocols", str(DEMO),
 ])  # fmt: skip
+
+
+def big_set(dest: Path, parts: int, part_mib: int) -> Path:
+    """The demo set plus `big`: `parts` files of random bytes, new on every run (a nonce),
+    which take seconds to archive and upload."""
+    dest.mkdir(parents=True, exist_ok=True)
+    script = (
+        "mkdir $out; for i in " + " ".join(str(i) for i in range(parts)) + "; do "
+        f"${{demo.busybox}}/bin/dd if=/dev/urandom of=$out/part$i bs=1048576 count={part_mib} "
+        f"2>/dev/null; done; echo {uuid.uuid4().hex} > $out/nonce"
+    )
+    (dest / "default.nix").write_text(
+        "{ system ? builtins.currentSystem, ... }:\n"
+        f"let demo = import {DEMO} {{ inherit system; }}; in\n"
+        "demo // { big = derivation {\n"
+        '  name = "big-1.0"; inherit system; builder = "${demo.busybox}/bin/sh";\n'
+        f'  args = [ "-c" {json.dumps(script)} ]; }}; }}\n'
+    )
+    return dest
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import OCI, Registry
+from conftest import OCI, Registry, big_set
 
 pytestmark = pytest.mark.e2e
 
@@ -34,9 +34,10 @@ def layer_files(reg: Registry, name: str) -> list[Path]:
 
 
 def all_intact(storage: Path) -> bool:
+    """Every blob under its final name is whole (there may be none yet)."""
     return all(
         hashlib.sha256(p.read_bytes()).hexdigest() == p.name
-        for p in (storage / "blobs" / "sha256").iterdir()
+        for p in (storage / "blobs").glob("sha256/*")
     )
 
 
@@ -125,4 +126,36 @@ def test_nix_dies_with_the_server_and_the_next_server_builds(make_registry, tmp_
 
     again = make_registry(tmp_path / "storage")
     assert manifest(again, "shell/hello").status_code == 200
+    assert all_intact(again.storage)
+
+
+@pytest.mark.parametrize(
+    "step", ["nix done", "archives done"], ids=["while-archiving", "before-publishing"]
+)
+def test_a_server_killed_mid_build_leaves_nothing_half_published(
+    make_registry, clients, tmp_path, step
+):
+    """Killed while its layers are written (200 MB of random bytes take a second or two), or
+    once they are and before the image is published (a window of milliseconds, so that case
+    may land after publication: either way the next server serves a whole image)."""
+    pkgs = big_set(tmp_path / "pkgs", parts=2, part_mib=100)
+    reg = make_registry(tmp_path / "storage", NIXERY_PKGS_PATH=str(pkgs))
+
+    def request_big() -> None:
+        with contextlib.suppress(requests.ConnectionError):  # the server dies under it
+            manifest(reg, "big")
+
+    threading.Thread(target=request_big, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while f": {step} in " not in reg.log():
+        assert time.monotonic() < deadline, reg.log()
+        time.sleep(0.01)
+    assert reg.proc is not None
+    reg.proc.kill()
+    reg.proc.wait(timeout=30)
+    assert all_intact(reg.storage), "no partial blob under a final name"
+
+    again = make_registry(tmp_path / "storage", NIXERY_PKGS_PATH=str(pkgs))
+    copied = pull(clients, again, "big", tmp_path / "img")
+    assert copied.returncode == 0, copied.stderr + again.log()
     assert all_intact(again.storage)

@@ -8,6 +8,7 @@ These tests hang and resume the emulators (SIGSTOP, SIGCONT), so they have their
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import threading
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import OCI
+from conftest import OCI, big_set
 from emulators import BUCKET, PROJECT, Emulators, GcpRegistry, Process
 
 pytestmark = pytest.mark.e2e
@@ -134,3 +135,42 @@ def test_an_image_whose_manifest_or_blob_vanished_is_built_again(make, own_emula
     assert again.headers["Docker-Content-Digest"] == digest, "the same image, rebuilt"
     assert second.get(f"/v2/htop/blobs/{layer}").status_code == 307
     assert "building it again" in second.log_path.read_text()
+
+
+def test_a_builder_killed_while_uploading_is_taken_over(own_emulators, tmp_path):
+    """The builder dies with its layers half uploaded: the staging objects are abandoned (for
+    the bucket's lifecycle rule), nothing is published under a digest it does not match, and
+    the next builder builds the image whole."""
+    from google.cloud import storage
+
+    pkgs = big_set(tmp_path / "pkgs", parts=2, part_mib=100)
+    reg = GcpRegistry(
+        tmp_path / "r", own_emulators, NIXERY_PKGS_PATH=str(pkgs), NIXERY_LEASE_TTL="3",
+        NIX_TIMEOUT="600",
+    ).start()  # fmt: skip
+    try:
+        answers: list = []
+        thread = threading.Thread(
+            target=lambda: answers.append(
+                reg.get("/v2/big/manifests/latest", headers={"Accept": OCI}, timeout=300)
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 120
+        while ": nix done in " not in reg.builder_log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert reg.builder is not None
+        reg.builder.kill(signal.SIGKILL)
+        reg.start_builder()
+        thread.join(300)
+        assert answers and answers[0].status_code == 200, answers
+        assert reg.builds_started() == 2
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", own_emulators.env()["STORAGE_EMULATOR_HOST"])
+            bucket = storage.Client(project=PROJECT).bucket(BUCKET)
+            for layer in answers[0].json()["layers"]:
+                data = bucket.blob(f"blobs/sha256/{layer['digest'][7:]}").download_as_bytes()
+                assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+    finally:
+        reg.stop()
