@@ -58,6 +58,15 @@ def big_set(dest: Path, parts: int, part_mib: int) -> Path:
     return dest
 
 
+def git(repo: Path, *args: str) -> str:
+    """Runs git in ``repo`` as a test's committer; its stdout, stripped."""
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=Test", "-c", "user.email=test@example.org",
+         *args],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,10 +7,9 @@ import http.client
 import http.server
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import DEMO, Registry, pull_concurrently
+from conftest import DEMO, Registry, git, pull_concurrently
 
 pytestmark = pytest.mark.e2e
 
@@ -184,12 +183,6 @@ def test_restart_loses_nothing_and_fresh_storage_rebuilds_identical_bytes(
     assert first.builds_started() == 1
     assert again.builds_started() == 0, "the restart served what was published"
     assert manifest(registry, "shell/hello").headers["Docker-Content-Digest"] == digest
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def test_git_source_tags_give_different_images(make_registry, clients, tmp_path):

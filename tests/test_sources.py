@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import subprocess
 import tarfile
 import threading
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import git
 
 from nixery.config import ConfigError, Env, source_settings
 from nixery.errors import SourceUnavailable, UntrustedRevision
@@ -110,25 +110,6 @@ def test_path_missing_directory_is_a_source_error(tmp_path: Path) -> None:
 
 
 # --- GitSource --------------------------------------------------------------------------------
-
-
-def git(repo: Path, *args: str) -> str:
-    result = subprocess.run(
-        [
-            "git",
-            "-C",
-            str(repo),
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.org",
-            *args,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return result.stdout.strip()
 
 
 def commit(repo: Path, files: dict[str, str], message: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import DEMO, OCI, Registry
+from conftest import DEMO, OCI, Registry, git
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +32,6 @@ PWN = """args: let demo = import ./demo.nix args; in demo // {
   };
 }
 """
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t", *args],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
 
 
 @dataclass

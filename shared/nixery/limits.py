@@ -7,7 +7,7 @@ most ``count`` new builds in any ``window`` seconds; one more is answered 429 wi
 seconds until it would be allowed. Joining a build that runs already is free.
 
 Local mode counts in memory, with a sliding window; Google Cloud mode counts in Firestore
-(``gcp.firestore.FirestoreLimiter``), since its requests land on many instances.
+(``gcp.limits.FirestoreLimiter``), since its requests land on many instances.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.wsgi import wrap_file
 
 from .auth import Auth
+from .builds import never
 from .config import ServeSettings
 from .errors import (
     BuildError,
@@ -282,7 +283,7 @@ def _json_error(
 
 def _manifest(service: ImageService, image: ImageRequest, reference: Tag | Digest) -> Response:
     # waitress says when a client hung up while its request waited; other servers never do.
-    gone = request.environ.get("waitress.client_disconnected") or (lambda: False)
+    gone = request.environ.get("waitress.client_disconnected") or never
     caller = Caller(request.remote_addr or "", gone)
     manifest = service.manifest(image, reference, request.headers.getlist("Accept"), caller)
     response = Response(manifest.body, content_type=manifest.media_type)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import re
 import tempfile
@@ -69,10 +68,7 @@ class ChannelSource:
         self._id = f"nixpkgs:{public_url(self._archive_url)}"
         self._dir = Path(cache_dir) / "channel"
         self._checkouts = Checkouts(self._dir, keep, busy)
-        repo_hash = hashlib.sha256(repo_url.encode()).hexdigest()[:32]
-        self._history = History(
-            repo_url, self._dir / f"history-{repo_hash}.git", trusted_refs, trusted_commits
-        )
+        self._history = History(repo_url, self._dir, trusted_refs, trusted_commits)
         self._trusted_refs = f"{public_url(repo_url)} ({' '.join(trusted_refs)})"
         # Per socket operation, not for a whole download: a large archive may take longer.
         self._timeout = timeout

@@ -54,9 +54,7 @@ class GitSource:
         self._dir = Path(cache_dir) / "git"
         url_hash = hashlib.sha256(url.encode()).hexdigest()[:32]
         self._mirror = self._dir / f"mirror-{url_hash}.git"
-        self._history = History(
-            url, self._dir / f"history-{url_hash}.git", trusted_refs, trusted_commits
-        )
+        self._history = History(url, self._dir, trusted_refs, trusted_commits)
         self._trusted_refs = " ".join(trusted_refs)
         self._checkouts = Checkouts(self._dir, keep, busy)
         self._fetch_lock = threading.Lock()

@@ -17,6 +17,7 @@ only once the source's revision cache has let it go.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterable
@@ -41,12 +42,13 @@ class History:
     """The trusted history of one repository, kept as a commits-only bare repository."""
 
     def __init__(
-        self, url: str, directory: Path, patterns: Iterable[str], allowed: Iterable[str] = ()
+        self, url: str, cache_dir: Path, patterns: Iterable[str], allowed: Iterable[str] = ()
     ) -> None:
-        """``patterns``: ref globs such as ``refs/heads/*``; ``allowed``: commits trusted
-        whatever their history (the operator's list)."""
+        """Kept in ``cache_dir``, under a name of its URL's; ``patterns``: ref globs such as
+        ``refs/heads/*``; ``allowed``: commits trusted whatever their history (the
+        operator's list)."""
         self._url = url
-        self._dir = directory
+        self._dir = cache_dir / f"history-{hashlib.sha256(url.encode()).hexdigest()[:32]}.git"
         self._refspecs = [f"+{p}:{_TRUSTED}{p.removeprefix('refs/')}" for p in patterns]
         self._allowed = frozenset(c.lower() for c in allowed)
         self._trusted: LRUCache[str, str] = LRUCache(maxsize=4096)
