@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 from conftest import DEMO, pull_concurrently
-from emulators import GcpRegistry
+from emulators import BUCKET, GcpRegistry
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +63,27 @@ def test_blobs_redirect_to_signed_urls_and_head_does_not(gcp_registry):
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
 
 
+def test_a_public_mirror_redirects_to_plain_urls(emulators, clients, tmp_path):
+    """NIXERY_BLOB_URL, as the deployment sets it with public_mirror: the redirect names the
+    blob under the public bucket's (or its CDN's) URL, unsigned, so that caches may keep it.
+    fake-gcs-server serves a bucket's objects at /BUCKET/NAME as Google's public URLs do."""
+    public = f"{emulators.env()['STORAGE_EMULATOR_HOST']}/{BUCKET}"
+    reg = GcpRegistry(tmp_path / "r", emulators, NIXERY_BLOB_URL=public + "/").start()
+    try:
+        layer = manifest(reg, "shell/hello").json()["layers"][0]
+        redirect = reg.get(f"/v2/shell/hello/blobs/{layer['digest']}")
+        assert redirect.status_code == 307
+        assert redirect.headers["Location"] == f"{public}/blobs/sha256/{layer['digest'][7:]}"
+        clients.trust(reg.host)
+        copied = clients.skopeo(
+            "copy", "--src-tls-verify=false",
+            f"docker://{reg.host}/shell/hello", f"oci:{tmp_path}/img:latest",
+        )  # fmt: skip
+        assert copied.returncode == 0, copied.stderr
+    finally:
+        reg.stop()
+
+
 def test_same_digests_as_local_mode(gcp_registry, registry):
     gcp = manifest(gcp_registry, "shell/hello")
     local = manifest(registry, "shell/hello")
@@ -109,6 +130,17 @@ def test_duplicate_task_delivery_is_harmless(gcp_registry, firestore_client):
         )
         assert again.status_code == 200 and "already built" in again.text
     assert gcp_registry.builds_started() == builds
+
+
+def test_records_carry_the_ttl_policy_field(gcp_registry, firestore_client):
+    """``expires``: the field the deployment's Firestore TTL policy deletes records by."""
+    assert manifest(gcp_registry, "shell/hello").status_code == 200
+    assert manifest(gcp_registry, "broken").status_code >= 400
+    day = 86400
+    for status, since, keep in (("done", "used", 180 * day), ("failed", "updated", day)):
+        for record in _records(firestore_client, gcp_registry, status):
+            left = record["expires"].timestamp() - record[since]
+            assert left == pytest.approx(keep, abs=0.01), (status, left)
 
 
 def _records(client, reg, status):

@@ -8,6 +8,11 @@ or by a builder (which runs it). Creation is a create() that fails if the record
 every takeover a transaction, so any number of concurrent requests on any number of
 instances start ONE build.
 
+Records end by themselves: ``expires`` is the field of the deployment's Firestore TTL policy. A
+failure is kept a day (for its page and log; it is retried after ``NIXERY_FAILURE_TTL``
+anyway), an image half a year after its last pull by tag (``nixery gc`` usually goes first);
+a build under way has none, so it is never deleted under its builder.
+
 Leases run on the database's clock, not on each machine's: a lease is set and judged from
 the time at which Firestore read the record (``read_time``), so an instance whose clock is
 off can neither steal a live lease nor keep a dead one.
@@ -21,7 +26,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from google.api_core import exceptions
@@ -42,6 +47,13 @@ Claim = Literal["taken", "done", "busy"]
 MAX_ATTEMPTS = 3
 # Seconds an instance trusts its memory that an image is published.
 PUBLISHED_TTL = 600.0
+# Seconds after which the TTL policy may delete a record (see the module's docstring).
+FAILURE_KEEP = 86400.0
+IMAGE_KEEP = 180 * 86400.0
+
+
+def _expires(at: float, keep: float) -> datetime:
+    return datetime.fromtimestamp(at + keep, UTC)
 
 
 def _lease(owner: str | None, now: datetime, ttl: float) -> dict[str, Any]:
@@ -61,6 +73,7 @@ def _failed(failure: Failure) -> dict[str, Any]:
         "failure_detail": json.dumps(failure.detail),
         **_NO_LEASE,
         "updated": failure.at,
+        "expires": _expires(failure.at, FAILURE_KEEP),
     }
 
 
@@ -80,6 +93,7 @@ class _BuildRecord:
     failure_kind: str = ""  # when failed
     failure_message: str = ""
     failure_detail: str = "{}"  # JSON, so that Firestore need not index its fields
+    expires: datetime | None = None  # the TTL policy's field; none while building
 
     @classmethod
     def read(cls, data: Mapping[str, Any] | None) -> _BuildRecord | None:
@@ -167,12 +181,14 @@ class FirestoreState:
             batch.set(
                 self.manifests.document(m.digest), {"media_type": m.media_type, "body": m.body}
             )
+        now = self.clock()
         done = {
             "status": "done",
             "manifests": {m.media_type: m.digest for m in manifests},
             **_NO_LEASE,
-            "updated": self.clock(),
-            "used": self.clock(),
+            "updated": now,
+            "used": now,
+            "expires": _expires(now, IMAGE_KEEP),
         }
         batch.set(self.builds.document(key), done, merge=True)
         batch.commit()
@@ -180,7 +196,7 @@ class FirestoreState:
     @bounded
     def touch(self, key: str, now: float) -> None:
         with contextlib.suppress(exceptions.NotFound):  # forgotten or collected meanwhile
-            self.builds.document(key).update({"used": now})
+            self.builds.document(key).update({"used": now, "expires": _expires(now, IMAGE_KEEP)})
 
     @bounded
     def forget(self, key: str) -> None:

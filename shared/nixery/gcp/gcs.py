@@ -1,4 +1,6 @@
-"""Blobs in a private Google Cloud Storage bucket, served by redirects to signed URLs.
+"""Blobs in a Google Cloud Storage bucket, served by redirects: to signed URLs of a private
+bucket, or, for a public mirror, to plain URLs under ``blob_url`` (the public bucket behind
+Cloud CDN), which every cache on the way may keep, where signed URLs differ per signature.
 
 Objects are named ``blobs/sha256/<hex>``. A writer streams a resumable upload to a staging
 object (``staging/<random>``) and, once its bytes match the digest, copies it under the
@@ -112,6 +114,7 @@ class GcsBlobStore:
         signer: object | None,
         url_ttl: float,
         public_endpoint: str | None = None,
+        blob_url: str | None = None,
         timeout: float = BACKEND_TIMEOUT,
     ) -> None:
         """The registry's reads (sizes, signed URLs) give up after ``timeout`` seconds with
@@ -120,6 +123,7 @@ class GcsBlobStore:
         self.deadline = Deadline("Cloud Storage", StorageUnavailable, timeout)
         self._signer = signer
         self._endpoint = public_endpoint
+        self._blob_url = blob_url
         self._urls = SignedUrls(self._sign, url_ttl_for(signer, url_ttl))
         # A size once seen stays true while the blob exists; misses are not remembered.
         self._sizes: BoundedCache[int] = BoundedCache(ttl=SIZE_TTL)
@@ -144,8 +148,13 @@ class GcsBlobStore:
         the object got its name, GCS checks each upload's checksum, and objects never change."""
         return self.size(digest) is not None
 
-    @bounded
     def url(self, digest: str) -> str | None:
+        if self._blob_url:
+            return f"{self._blob_url}/{blob_path(digest)}"
+        return self._signed_url(digest)
+
+    @bounded
+    def _signed_url(self, digest: str) -> str:
         return self._urls.url(blob_path(digest))
 
     def blobs(self) -> Iterator[StoredBlob]:

@@ -26,9 +26,11 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
     state = firestore_state(settings.gcp)
     blobs = GcsBlobStore(
         bucket(settings.gcp),
-        signer=runtime_signer(settings.iam_endpoint),
+        # A public mirror signs nothing, so it needs no signing permission either.
+        signer=None if settings.blob_url else runtime_signer(settings.iam_endpoint),
         url_ttl=settings.url_ttl,
         public_endpoint=settings.storage_public_url,
+        blob_url=settings.blob_url,
         timeout=settings.gcp.backend_timeout,
     )
     tasks = TaskQueue(

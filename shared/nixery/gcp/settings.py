@@ -77,6 +77,7 @@ class RegistrySettings:
     build_deadline: float  # the tasks' dispatch deadline: what one build may take
     iam_endpoint: str
     storage_public_url: str | None  # the host signed URLs name, where it is not Google's
+    blob_url: str | None  # a public mirror's base URL of blobs, in place of signed URLs
     max_building: int | None  # builds under way (running or queued) before new ones wait
 
 
@@ -122,6 +123,7 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
         build_deadline=build_deadline(env, MAX_DISPATCH_DEADLINE),
         iam_endpoint=env.url("NIXERY_IAM_ENDPOINT", "https://iamcredentials.googleapis.com"),
         storage_public_url=env.get("STORAGE_EMULATOR_HOST"),
+        blob_url=env.url("NIXERY_BLOB_URL", "") if env.get("NIXERY_BLOB_URL") else None,
         max_building=env.integer("NIXERY_MAX_QUEUED_BUILDS", 0, 0, 1_000_000) or None,
     )
 
