@@ -47,6 +47,18 @@ if [[ "${1:-}" == "--test" ]]; then
     python3 -m venv .venv-tasks
     .venv-tasks/bin/pip install -q --disable-pip-version-check gcloud-tasks-emulator==0.6.2
   fi
+  # checkov pins libraries python-hcl2 needs at other versions: a virtualenv of its own.
+  if [[ ! -x .venv-checkov/bin/checkov ]]; then
+    python3 -m venv .venv-checkov
+    .venv-checkov/bin/pip install -q --disable-pip-version-check checkov==3.3.30
+  fi
+  # The google provider's schema, for checking terraform/ where the provider cannot be
+  # downloaded: it ships inside the provider's CDK bindings (tests/tfcheck.py).
+  wheel=var/tools/cdktf_cdktf_provider_google-16.12.1-py3-none-any.whl
+  if [[ ! -f "$wheel" ]]; then
+    .venv/bin/pip download -q --disable-pip-version-check --no-deps -d var/tools \
+      cdktf-cdktf-provider-google==16.12.1
+  fi
   # Google's Firestore emulator ships only with the Google Cloud SDK, not from the
   # registries this machine reaches; the machine image provides it.
   jar=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar

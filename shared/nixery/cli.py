@@ -96,33 +96,29 @@ def _gc(args: argparse.Namespace) -> int:
     from .gc import collect
 
     env = config.Env()
-    days = args.max_age
-    if days is None:
-        days = env.seconds("NIXERY_GC_MAX_AGE", 30.0, low=0.0)
-    max_age = 86400 * days
-    serve = config.serve_settings(env)
-    grace = 2 * config.build_deadline(env)  # a build under way keeps what it wrote
     if (env.get("NIXERY_STORAGE_BACKEND") or "filesystem") == "gcs":
         from .gcp.clients import bucket, firestore_state
         from .gcp.gcs import GcsBlobStore
-        from .gcp.settings import gcp_settings
+        from .gcp.settings import collector_settings
 
-        gcp = gcp_settings(env, "collector")
-        state: Any = firestore_state(gcp)
-        blobs: Any = GcsBlobStore(bucket(gcp), signer=None, url_ttl=60)
+        collector = collector_settings(days=args.max_age)
+        settings = collector.gc
+        state: Any = firestore_state(collector.gcp)
+        blobs: Any = GcsBlobStore(bucket(collector.gcp), signer=None, url_ttl=60)
         checkouts = []
     else:
         from .local.files import FileBlobStore
         from .local.sqlite import SqliteState
         from .sources.files import Checkouts
 
+        settings = config.gc_settings(env, args.max_age)
         local = config.local_settings(os.environ)
         state, blobs = SqliteState(local.state_path), FileBlobStore(local.storage_path)
         source = local.source
         checkouts = [Checkouts(source.cache_dir / kind, source.keep_checkouts,
                                source.checkout_busy) for kind in ("git", "channel")]  # fmt: skip
-    collect(state, blobs, max_age=max_age, grace=grace, failure_ttl=serve.failure_ttl,
-            now=time.time(), apply=args.apply)  # fmt: skip
+    collect(state, blobs, max_age=settings.max_age, grace=settings.grace,
+            failure_ttl=settings.failure_ttl, now=time.time(), apply=args.apply)  # fmt: skip
     if args.apply:
         for kept in checkouts:
             if kept.root.is_dir():

@@ -306,6 +306,26 @@ def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> Se
     )
 
 
+@dataclass(frozen=True)
+class GcSettings:
+    """What `nixery gc` keeps, in either mode."""
+
+    max_age: float  # seconds an image may go unpulled
+    grace: float  # seconds a blob is kept whatever: a build under way keeps what it wrote
+    failure_ttl: float
+
+
+def gc_settings(env: Env, days: float | None = None) -> GcSettings:
+    """``days``: --max-age, which overrides NIXERY_GC_MAX_AGE."""
+    if days is None:
+        days = env.seconds("NIXERY_GC_MAX_AGE", 30.0, low=0.0)
+    return GcSettings(
+        max_age=86400 * days,
+        grace=2 * build_deadline(env),
+        failure_ttl=serve_settings(env).failure_ttl,
+    )
+
+
 def check_backend(env: Env, expected: str) -> None:
     backend = env.get("NIXERY_STORAGE_BACKEND") or expected
     if backend != expected:

@@ -16,11 +16,13 @@ from ..config import (
     BuildSettings,
     ConfigError,
     Env,
+    GcSettings,
     ServeSettings,
     SourceSettings,
     build_deadline,
     build_settings,
     check_backend,
+    gc_settings,
     serve_settings,
     source_settings,
 )
@@ -147,3 +149,18 @@ def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings
             f"NIXERY_BUILD_DEADLINE ({build.deadline:g} s)"
         )
     return BuilderSettings(source=source_settings(env, SOURCE_CACHE), build=build, gcp=gcp)
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    """`nixery gc` against Firestore and GCS (the deployment's scheduled job)."""
+
+    gc: GcSettings
+    gcp: GcpSettings
+
+
+def collector_settings(
+    environ: Mapping[str, str] = os.environ, days: float | None = None
+) -> CollectorSettings:
+    env = Env(environ)
+    return CollectorSettings(gc=gc_settings(env, days), gcp=gcp_settings(env, "collector"))
