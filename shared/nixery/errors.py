@@ -88,6 +88,9 @@ class UnknownBlob(NixeryError):
 class BuildError(NixeryError):
     """The image cannot be built: retrying the same request gives the same answer."""
 
+    # The image key of the build that failed, once known: its web page tells the whole story.
+    key: str | None = None
+
 
 class UnknownPackages(BuildError):
     def __init__(self, names: Sequence[str]) -> None:
