@@ -13,6 +13,7 @@ if [[ "${1:-}" == "--test" ]]; then
   packages+=(pigz wrk docker-registry)  # tests/test_bench.py: the benchmarks' smoke runs
   packages+=(mmdebstrap)  # scripts/build-builder-image.sh: the builder image's base, made locally
   packages+=(qemu-user)  # tests/test_archives_cpu.py: older CPUs, emulated
+  packages+=(chromium)  # tests/test_pages.py: the web pages in a real browser, via Playwright
 fi
 if [[ "${1:-}" == "--bench" ]]; then  # bench/: the reference tools they compare against
   packages+=(skopeo pigz wrk docker-registry)

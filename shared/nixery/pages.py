@@ -78,10 +78,14 @@ def explain(error: BuildError, key: str) -> Explained:
 
 
 def image_name(packages: tuple[str, ...], system: str) -> str:
-    """A name that pulls exactly these packages: the ones every image holds are left out."""
-    names = [p.lower().lstrip("_") for p in packages if p not in ALWAYS_INCLUDED]
+    """A name that pulls exactly these packages: the ones every image holds are left out,
+    and the shell's are ``shell``."""
     prefix = [] if system == AMD64.nix_system else ["arm64"]
-    return "/".join(prefix + names) or "cacert"
+    left = set(packages) - set(ALWAYS_INCLUDED)
+    if left >= set(SHELL_PACKAGES):
+        prefix.append("shell")
+        left -= set(SHELL_PACKAGES)
+    return "/".join(prefix + [p.lower().lstrip("_") for p in sorted(left)]) or "cacert"
 
 
 def name_and_version(path: str) -> tuple[str, str]:
@@ -244,11 +248,14 @@ def _package(attribute: str, path: str | None) -> dict[str, str | None]:
 
 
 def _pulls(host: str, name: str, digest: str) -> list[str]:
-    """Pull commands by digest: they fetch exactly this build, whatever ``latest`` is now."""
+    """Pull commands by digest: they fetch exactly this build, whatever ``latest`` is now.
+    Over plain HTTP, with the flags each client needs for it (docker needs its daemon told)."""
     image = f"{host}/{name}@{digest}"
+    plain = base_url().startswith("http://")
+    tls, ctr = (" --tls-verify=false", " --plain-http") if plain else ("", "")
     return [
         f"docker pull {image}",
-        f"podman pull {image}",
-        f"ctr image pull {image}",
-        f"skopeo copy docker://{image} oci:{name.rsplit('/', 1)[-1]}:latest",
+        f"podman pull{tls} {image}",
+        f"ctr image pull{ctr} {image}",
+        f"skopeo copy{tls.replace('--', '--src-')} docker://{image} oci:image:latest",
     ]
