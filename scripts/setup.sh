@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine for Nixery: Nix (offline-capable), the demo set's bootstrap
 # busybox, and a Python virtualenv in .venv. With --test, also the registry clients the tests
-# pull with (skopeo, podman, containerd, runc), the test dependencies (qemu-user among them),
-# and the tools the benchmarks compare against (pigz, wrk, docker-registry), since the tests
-# run every benchmark in its smoke mode; with --bench, only those tools. Idempotent; run as root.
+# pull with (skopeo, podman, containerd, runc), the test dependencies (qemu-user and chromium
+# among them), and the tools the benchmarks compare against (pigz, wrk, docker-registry),
+# since the tests run every benchmark in its smoke mode; with --bench, only those tools.
+# Idempotent; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -431,6 +431,7 @@ class FirestoreState:
         images = list(images)
         refs = [
             *(self.builds.document(k) for k in (*images, *failures)),
+            *(self.reports.document(k) for k in (*images, *failures)),  # their pages go too
             *(self.manifests.document(d) for d in manifests),
             *(self.layers.document(k) for k in layers),
         ]

@@ -191,12 +191,15 @@ class SqliteState:
         failures: Iterable[str] = (),
     ) -> None:
         images = list(images)
+        failures = list(failures)
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             for table, column, keys in (
                 ("images", "key", images), ("image_use", "key", images),
                 ("manifests", "digest", manifests), ("layers", "key", layers),
                 ("failed_builds", "key", failures),
+                # An image's or failure's page goes with it.
+                ("reports", "key", images + failures), ("report_layers", "key", images + failures),
             ):  # fmt: skip
                 self._db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(k,) for k in keys]
