@@ -136,6 +136,12 @@ def test_unknown_packages_are_all_named(registry):
     assert error["detail"]["packages"] == ["nope-one", "nope-two"]
 
 
+def test_an_unknown_package_is_told_the_name_it_may_have_meant(registry):
+    error = assert_error(manifest(registry, "requests"), 422, "MANIFEST_UNKNOWN")
+    assert "requests (did you mean python3Packages.requests?)" in error["message"]
+    assert error["detail"]["suggestions"] == {"requests": ["python3Packages.requests"]}
+
+
 def test_case_insensitive_attributes_nested_sets_and_digits(registry):
     for name in ("bashinteractive", "python3packages.requests", "1password", "gitminimal"):
         assert manifest(registry, name).status_code == 200, name

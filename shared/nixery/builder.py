@@ -20,11 +20,12 @@ from pathlib import Path
 from . import archives
 from .archives import Compressor, Sink
 from .config import BuildSettings
-from .errors import BuildError, ImageTooLarge
+from .errors import BuildError, ImageTooLarge, UnknownPackages
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
 from .manifests import LayerBlob, Manifest, image_config, image_manifests, sha256_digest
+from .names import suggest
 from .nix import Nix
 from .nixstore import StoreKeeper
 from .reports import Reporter
@@ -94,6 +95,7 @@ class Builder:
         self.max_image_size = max_image_size
         self.gzip_level = gzip_level
         self.clock = clock
+        self._indexed: set[str] = set()  # revisions whose package names are stored
 
     @classmethod
     def from_settings(
@@ -166,9 +168,13 @@ class Builder:
             reporter.update(step="nix")
             with step("nix", key) as record:
                 system = job.request.arch.nix_system
-                result = built.enter_context(
-                    self.nix.build(source_dir, job.request.packages, system, nix_deadline)
-                )
+                try:
+                    result = built.enter_context(
+                        self.nix.build(source_dir, job.request.packages, system, nix_deadline)
+                    )
+                except UnknownPackages as e:
+                    names = self.state.package_names(str(job.revision)) or []
+                    raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
                 reporter.closure(
                     result.outputs, {p.path: p.nar_size for p in result.closure.values()}
@@ -208,7 +214,8 @@ class Builder:
         """Lists the package set's names for the search box, once per revision; a set whose
         names cannot be listed gets an empty list rather than failing the build."""
         revision = str(job.revision)
-        if self.state.package_names(revision) is not None:
+        if revision in self._indexed or self.state.package_names(revision) is not None:
+            self._indexed.add(revision)
             return
         with step("names", job.key) as record:
             try:
@@ -220,6 +227,7 @@ class Builder:
                 names = []
             record["names"] = len(names)
         self.state.record_package_names(revision, names)
+        self._indexed.add(revision)
 
     def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
         """Archives the groups not archived before, in parallel; returns them in order."""

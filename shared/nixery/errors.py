@@ -11,7 +11,7 @@ request is retried, and nothing about it is remembered).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -93,8 +93,18 @@ class BuildError(NixeryError):
 
 
 class UnknownPackages(BuildError):
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__("unknown packages: " + ", ".join(names), {"packages": list(names)})
+    """``suggestions``: for a missing name, the package set's names it may have meant."""
+
+    def __init__(
+        self, names: Sequence[str], suggestions: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        meant = {n: list(s) for n, s in (suggestions or {}).items() if s}
+        listed = [n + (f" (did you mean {' or '.join(meant[n])}?)" if n in meant else "")
+                  for n in names]  # fmt: skip
+        detail: dict[str, Any] = {"packages": list(names)}
+        if meant:
+            detail["suggestions"] = meant
+        super().__init__("unknown packages: " + ", ".join(listed), detail)
         self.names = list(names)
 
 

@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from werkzeug.exceptions import NotFound
 
 from .errors import BuildError, NixeryError
 from .images import ImageService
 from .manifests import OCI_MANIFEST
+from .memory import BoundedCache
 from .names import ALWAYS_INCLUDED, AMD64, SHELL_PACKAGES
 from .reports import BuildReport
 from .sources import Revision
@@ -29,6 +31,10 @@ from .state import Failure, Pending, Published
 # Builds on the front page; search results shown.
 RECENT = 30
 MAX_RESULTS = 100
+# Seconds the latest builds, and whether a layer is shared, are kept in memory: a busy front
+# page must not read 30 reports from the database on every view.
+FRONT_TTL = 5.0
+SHARED_TTL = 60.0
 # What a registry client prints of a failure: Nix's last lines, not the whole log.
 CLIENT_LOG_LINES = 6
 CLIENT_LINE = 200
@@ -37,6 +43,7 @@ MAX_REASON = 400
 PUBLIC_URL = "NIXERY_PUBLIC_URL"  # the app's config key
 
 _KEY = re.compile(r"[0-9a-f]{64}")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 # Nix's lines that say nothing about a failure: what it is about to build, and blank ones.
 _NOISE = re.compile(
     r"\s*$|these \d+ derivations|this derivation|\s+/nix/store/\S+\.drv$|building '"
@@ -72,9 +79,9 @@ def explain(error: BuildError, key: str) -> Explained:
     tail = lines[-CLIENT_LOG_LINES:]
     message = "\n".join([error.message, *(f"  {line}" for line in tail), f"details: {url}"])
     detail = {**(error.detail if isinstance(error.detail, Mapping) else {}), "url": url}
-    summary = " ".join(error.message.split())
+    summary = _UNPRINTABLE.sub("?", " ".join(error.message.split()))
     reason = f"{summary[: MAX_REASON - len(url) - 12]} (details: {url})"
-    return Explained(message, detail, reason.encode("ascii", "replace").decode())
+    return Explained(message, detail, reason)
 
 
 def image_name(packages: tuple[str, ...], system: str) -> str:
@@ -100,6 +107,25 @@ def _when(at: float | None) -> str:
 
 def blueprint(service: ImageService) -> Blueprint:
     pages = Blueprint("pages", __name__, template_folder="templates")
+    recent: BoundedCache[list[BuildReport]] = BoundedCache(1, ttl=FRONT_TTL)
+    shared: BoundedCache[bool] = BoundedCache(ttl=SHARED_TTL)
+    names_of: BoundedCache[list[str]] = BoundedCache(4)  # a revision's names never change
+
+    def latest() -> list[BuildReport]:
+        found = recent.get("")
+        return found if found is not None else recent.keep("", service.state.recent_reports(RECENT))
+
+    def is_shared(digest: str) -> bool:
+        found = shared.get(digest)
+        if found is None:
+            found = shared.keep(digest, service.state.layer_users(digest, 2) > 1)
+        return found
+
+    def package_names(revision: Revision) -> list[str] | None:
+        found = names_of.get(str(revision))
+        if found is None and (found := service.state.package_names(str(revision))) is not None:
+            names_of.keep(str(revision), found)
+        return found
 
     def current() -> tuple[Revision | None, str]:
         """The revision ``latest`` names now, or why it cannot be told."""
@@ -110,7 +136,7 @@ def blueprint(service: ImageService) -> Blueprint:
 
     def front() -> dict[str, Any]:
         revision, trouble = current()
-        reports = service.state.recent_reports(RECENT)
+        reports = latest()
         return {
             "host": urllib.parse.urlsplit(base_url()).netloc,
             "url": base_url(),
@@ -164,7 +190,7 @@ def blueprint(service: ImageService) -> Blueprint:
                         "size": layer.size,
                         "unpacked": layer.unpacked,
                         "paths": list(layer.paths),
-                        "shared": service.state.layer_users(layer.digest, 2) > 1,
+                        "shared": is_shared(layer.digest),
                     }
                     for layer in report.layers
                 ],
@@ -201,7 +227,7 @@ def blueprint(service: ImageService) -> Blueprint:
     def search(query: str) -> dict[str, Any]:
         query = query.strip()[:100]
         revision, trouble = current()
-        names = service.state.package_names(str(revision)) if revision else None
+        names = package_names(revision) if revision else None
         host = urllib.parse.urlsplit(base_url()).netloc
         found = [n for n in names or [] if query.lower() in n.lower()] if query else []
         return {
@@ -227,6 +253,12 @@ def blueprint(service: ImageService) -> Blueprint:
     @pages.route("/api/v1/packages")
     def packages_json() -> Response:
         return jsonify(search(request.args.get("q", "")))
+
+    @pages.errorhandler(NotFound)
+    def not_found(e: NotFound) -> tuple[Response | str, int]:
+        if request.path.startswith("/api/"):
+            return jsonify({"error": "no build with this key here"}), 404
+        return render_template("missing.html"), 404
 
     @pages.app_template_filter("bytes")
     def human_bytes(size: int | None) -> str:

@@ -74,7 +74,8 @@ class Failure:
     def error(self) -> BuildError:
         """The error this failure answers, as it was raised when the build failed."""
         if self.kind is FailureKind.UNKNOWN_PACKAGES:
-            return UnknownPackages(list(self.detail.get("packages", [])))
+            packages = list(self.detail.get("packages", []))
+            return UnknownPackages(packages, self.detail.get("suggestions"))
         if self.kind is FailureKind.TOO_LARGE:
             return ImageTooLarge(int(self.detail["size"]), int(self.detail["limit"]))
         error_type = BuildTimedOut if self.kind is FailureKind.TIMEOUT else BuildFailed

@@ -33,10 +33,10 @@ from ..errors import BuildQueueFull, DatabaseUnavailable
 from ..gc import ImageRecord
 from ..job import BuildJob
 from ..manifests import LayerBlob, Manifest
+from ..memory import BoundedCache
 from ..reports import BuildReport
 from ..state import Failure, FailureKind, ImageStatus, Pending, Published, bounded_names
 from .deadline import BACKEND_TIMEOUT, Deadline, bounded
-from .memory import BoundedCache
 
 Claim = Literal["taken", "done", "busy"]
 # Builders that may stop holding a build's lease (killed, e.g. for memory) before the build
