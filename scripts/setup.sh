@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up a Debian 12 machine for Nixery: Nix (offline-capable), the demo set's bootstrap
 # busybox, and a Python virtualenv in .venv. With --test, also the registry clients the tests
-# pull with (skopeo, podman, containerd, runc), the test dependencies (qemu-user among them),
-# and the tools the benchmarks compare against (pigz, wrk, docker-registry), since the tests
-# run every benchmark in its smoke mode; with --bench, only those tools. Idempotent; run as root.
+# pull with (skopeo, podman, containerd, runc), the test dependencies (qemu-user and chromium
+# among them), and the tools the benchmarks compare against (pigz, wrk, docker-registry),
+# since the tests run every benchmark in its smoke mode; with --bench, only those tools.
+# Idempotent; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ if [[ "${1:-}" == "--test" ]]; then
   packages+=(pigz wrk docker-registry)  # tests/test_bench.py: the benchmarks' smoke runs
   packages+=(mmdebstrap)  # scripts/build-builder-image.sh: the builder image's base, made locally
   packages+=(qemu-user)  # tests/test_archives_cpu.py: older CPUs, emulated
+  packages+=(chromium)  # tests/test_pages.py: the web pages in a real browser, via Playwright
 fi
 if [[ "${1:-}" == "--bench" ]]; then  # bench/: the reference tools they compare against
   packages+=(skopeo pigz wrk docker-registry)

@@ -34,6 +34,8 @@ locals {
     builds_message  = ["builds", "failure_message"]
     builds_manifest = ["builds", "manifests"]
     manifests_body  = ["manifests", "body"]
+    reports_report  = ["reports", "report"]     # a build's page, as JSON
+    package_names   = ["package_sets", "names"] # up to 900 KB: the search's names
   }
 }
 

@@ -30,8 +30,9 @@ from nixery.errors import (
 from nixery.job import BuildJob
 from nixery.manifests import LayerBlob, Manifest, canonical_json, image_manifests
 from nixery.names import AMD64, ImageRequest
+from nixery.reports import BuildReport
 from nixery.sources import Revision
-from nixery.state import Failure, ImageStatus, Pending, Published
+from nixery.state import Failure, ImageStatus, Pending, Published, bounded_names
 from nixery.storage import Hasher
 
 REVISION = Revision("test", "0" * 40)
@@ -127,6 +128,8 @@ class MemoryState:
         self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
         self._manifests: dict[str, Manifest] = {}
         self._layers: dict[str, LayerBlob] = {}
+        self._reports: dict[str, BuildReport] = {}
+        self._package_names: dict[str, list[str]] = {}
         self.used: dict[str, float] = {}  # by ``touch``
         self._lock = threading.Lock()
 
@@ -170,6 +173,31 @@ class MemoryState:
     def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
         with self._lock:
             self._layers[layer_key] = layer
+
+    def record_report(self, report: BuildReport) -> None:
+        with self._lock:
+            self._reports[report.key] = report
+
+    def report(self, key: str) -> BuildReport | None:
+        with self._lock:
+            return self._reports.get(key)
+
+    def recent_reports(self, limit: int) -> list[BuildReport]:
+        with self._lock:
+            return sorted(self._reports.values(), key=lambda r: -r.started)[:limit]
+
+    def layer_users(self, digest: str, limit: int) -> int:
+        with self._lock:
+            users = [r for r in self._reports.values() if digest in {x.digest for x in r.layers}]
+        return min(len(users), limit)
+
+    def record_package_names(self, revision: str, names: Sequence[str]) -> None:
+        with self._lock:
+            self._package_names[revision] = bounded_names(names)
+
+    def package_names(self, revision: str) -> list[str] | None:
+        with self._lock:
+            return self._package_names.get(revision)
 
     def start(self, job: BuildJob, pickup: float, max_building: int | None = None) -> int | None:
         with self._lock:

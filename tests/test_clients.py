@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 
@@ -167,3 +168,61 @@ def test_python_dxf_pulls_and_verifies_every_digest(registry, name):
         data = b"".join(client.pull_blob(digest))
         assert len(data) == size and sha256(data) == digest
     assert client.get_digest("latest") == config["digest"]
+
+
+# What a failed build looks like in each client's terminal: what failed and the build's page.
+
+FAILURES = {
+    "nosuchpkg": "unknown packages: nosuchpkg",
+    "broken": "broken is broken on purpose",
+    "slow": "timed out after 3 seconds",  # the session registry's NIX_TIMEOUT
+}
+
+
+def build_url_in(registry, text: str) -> str:
+    """The build page a client printed, checked to answer with that build's page."""
+    match = re.search(re.escape(registry.url) + r"/builds/[0-9a-f]{64}", text)
+    assert match, text
+    page = registry.get(match[0].removeprefix(registry.url))
+    assert page.status_code == 200 and "failed" in page.text
+    return match[0]
+
+
+@pytest.mark.parametrize("name", FAILURES)
+def test_skopeo_shows_why_a_build_failed_and_its_page(registry, clients, name):
+    result = clients.skopeo("inspect", "--tls-verify=false", f"docker://{registry.host}/{name}")
+    assert result.returncode != 0
+    assert FAILURES[name] in result.stderr, result.stderr
+    build_url_in(registry, result.stderr)
+
+
+@pytest.mark.parametrize("name", FAILURES)
+def test_podman_shows_why_a_build_failed_and_its_page(registry, clients, name):
+    result = clients.podman("pull", f"{registry.host}/{name}")
+    assert result.returncode != 0
+    assert FAILURES[name] in result.stderr, result.stderr
+    build_url_in(registry, result.stderr)
+
+
+@pytest.mark.parametrize("name", FAILURES)
+def test_ctr_shows_why_a_build_failed_and_its_page(registry, containerd, name):
+    """containerd resolves with HEAD, which has no body: the status line carries it."""
+    result = containerd.ctr("image", "pull", "--plain-http", f"{registry.host}/{name}:latest")
+    assert result.returncode != 0
+    assert FAILURES[name] in result.stderr, result.stderr
+    build_url_in(registry, result.stderr)
+
+
+def test_the_pull_commands_on_a_build_page_work(registry, clients, containerd, tmp_path):
+    served(registry, "shell/hello")
+    builds = registry.get("/api/v1/registry").json()["builds"]
+    key = next(b["key"] for b in builds if b["name"] == "shell/hello")
+    lines = registry.get(f"/api/v1/builds/{key}").json()["pull"]
+    pull = {line.split()[0]: line.split()[1:] for line in lines}
+    skopeo = [*pull["skopeo"][:-1], f"oci:{tmp_path}/image:latest"]  # into the test's directory
+    for result in (
+        clients.podman(*pull["podman"]),
+        containerd.ctr(*pull["ctr"]),
+        clients.skopeo(*skopeo),
+    ):
+        assert result.returncode == 0, result.stderr

@@ -19,6 +19,7 @@ from nixery.gc import collect
 from nixery.local.files import FileBlobStore
 from nixery.local.sqlite import SqliteState
 from nixery.manifests import LayerBlob, canonical_json, image_manifests, sha256_digest
+from nixery.reports import BuildReport
 from nixery.state import Failure, Published
 from nixery.storage import store_bytes
 
@@ -69,6 +70,10 @@ def image(stores: Stores, key: str, *layers: bytes) -> list[str]:
     return [sha256_digest(config), *(b.digest for b in blobs)]
 
 
+def report(key: str) -> BuildReport:
+    return BuildReport(key, ("hello",), "x86_64-linux", "test@0", time.time(), "published", "")
+
+
 def test_what_no_recent_image_uses_is_collected_and_the_rest_kept(stores: Stores) -> None:
     now = time.time()
     shared, own_a, own_b, orphan = b"shared layer", b"layer of a", b"layer of b", b"orphan"
@@ -79,6 +84,8 @@ def test_what_no_recent_image_uses_is_collected_and_the_rest_kept(stores: Stores
     stores.state.record_failure("old-failure", Failure.of(BuildFailed("x"), later - 2 * DAY))
     stores.state.record_failure("new-failure", Failure.of(BuildFailed("y"), later))
     stores.state.touch("a", later - DAY)  # pulled yesterday; b not since it was built
+    for key in ("a", "b", "old-failure", "new-failure"):
+        stores.state.record_report(report(key))
 
     def run(apply: bool):
         return collect(stores.state, stores.blobs, max_age=30 * DAY, grace=DAY,
@@ -105,6 +112,8 @@ def test_what_no_recent_image_uses_is_collected_and_the_rest_kept(stores: Stores
     assert set(a) <= {blob.digest for blob in stores.blobs.blobs()}
     assert stores.state.status("new-failure") is not None
     assert run(apply=False).blobs == [], "nothing left to collect"
+    reported = {r.key for r in stores.state.recent_reports(10)}
+    assert reported == {"a", "new-failure"}, "a collected image's or failure's page goes too"
 
 
 def test_blobs_younger_than_the_grace_are_kept_for_the_builds_under_way(tmp_path) -> None:

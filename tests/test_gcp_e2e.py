@@ -100,13 +100,13 @@ def test_twenty_concurrent_pulls_cause_one_build(gcp_registry):
 
 def test_unknown_packages_and_failed_builds(gcp_registry):
     unknown = manifest(gcp_registry, "hello/nope-one/nope-two")
-    assert unknown.status_code == 404
+    assert unknown.status_code == 422
     assert unknown.json()["errors"][0]["detail"]["packages"] == ["nope-one", "nope-two"]
     broken = manifest(gcp_registry, "broken")
-    assert broken.status_code == 500
+    assert broken.status_code == 422
     assert "broken is broken on purpose" in json.dumps(broken.json())
     builds = gcp_registry.builds_started()
-    assert manifest(gcp_registry, "broken").status_code == 500
+    assert manifest(gcp_registry, "broken").status_code == 422
     assert gcp_registry.builds_started() == builds, "the failure is remembered"
 
 

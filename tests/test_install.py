@@ -50,7 +50,8 @@ def test_the_installed_package_is_a_copy_in_site_packages(installed: Path, tmp_p
     module, web, prepare = (Path(p) for p in json.loads(out))
     for path in (module, web, prepare):
         assert path.is_relative_to(site), f"{path} is not in {site}"
-    assert (web / "index.html").is_file() and (prepare / "default.nix").is_file()
+    assert (web / "style.css").is_file() and (prepare / "default.nix").is_file()
+    assert (web.parent / "templates" / "front.html").is_file()
     dist = next(Path(site).glob("nixery-*.dist-info"))
     direct = json.loads((dist / "direct_url.json").read_text())
     assert not direct.get("dir_info", {}).get("editable"), "installed editable"
@@ -67,7 +68,9 @@ def test_the_installed_package_serves_its_page_and_builds(installed: Path, tmp_p
         page = reg.get("/")
         assert page.status_code == 200, page.text
         assert page.headers["Content-Type"].startswith("text/html")
-        assert page.text == (REPO / "shared" / "nixery" / "web" / "index.html").read_text()
+        assert f"docker pull {reg.host}/" in page.text
+        style = reg.get("/style.css")
+        assert style.text == (REPO / "shared" / "nixery" / "web" / "style.css").read_text()
         built = reg.get("/v2/hello/manifests/latest", headers={"Accept": OCI})
         assert built.status_code == 200, built.text + reg.log()
         manifest = built.json()

@@ -131,9 +131,15 @@ def test_errors(registry):
 
 
 def test_unknown_packages_are_all_named(registry):
-    error = assert_error(manifest(registry, "hello/nope-one/nope-two"), 404, "MANIFEST_UNKNOWN")
+    error = assert_error(manifest(registry, "hello/nope-one/nope-two"), 422, "MANIFEST_UNKNOWN")
     assert "nope-one" in error["message"] and "nope-two" in error["message"]
     assert error["detail"]["packages"] == ["nope-one", "nope-two"]
+
+
+def test_an_unknown_package_is_told_the_name_it_may_have_meant(registry):
+    error = assert_error(manifest(registry, "requests"), 422, "MANIFEST_UNKNOWN")
+    assert "requests (did you mean python3Packages.requests?)" in error["message"]
+    assert error["detail"]["suggestions"] == {"requests": ["python3Packages.requests"]}
 
 
 def test_case_insensitive_attributes_nested_sets_and_digits(registry):
@@ -142,20 +148,21 @@ def test_case_insensitive_attributes_nested_sets_and_digits(registry):
 
 
 def test_a_failing_build_is_a_clear_error_and_is_remembered(registry):
-    error = assert_error(manifest(registry, "broken"), 500, "UNKNOWN")
-    assert "broken is broken on purpose" in json.dumps(error)
+    error = assert_error(manifest(registry, "broken"), 422, "MANIFEST_UNKNOWN")
+    assert "broken is broken on purpose" in error["message"]
+    assert f"{registry.url}/builds/" in error["message"]
     builds = registry.builds_started()
-    assert_error(manifest(registry, "broken"), 500, "UNKNOWN")
+    assert_error(manifest(registry, "broken"), 422, "MANIFEST_UNKNOWN")
     assert registry.builds_started() == builds, "a failure is remembered, not rebuilt"
 
 
 def test_an_evaluation_error_is_reported(registry):
-    error = assert_error(manifest(registry, "throwing"), 500, "UNKNOWN")
+    error = assert_error(manifest(registry, "throwing"), 422, "MANIFEST_UNKNOWN")
     assert "this package refuses to evaluate" in error["message"]
 
 
 def test_nix_timeout_bounds_the_build(registry):
-    error = assert_error(manifest(registry, "slow"), 500, "UNKNOWN")
+    error = assert_error(manifest(registry, "slow"), 422, "MANIFEST_UNKNOWN")
     assert "timed out" in error["message"]
 
 

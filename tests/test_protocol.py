@@ -197,8 +197,8 @@ def test_malformed_manifest_digest_is_400_digest_invalid(target, method):
     assert_error(response, 400, "DIGEST_INVALID")
 
 
-def test_unknown_packages_are_404_manifest_unknown(target):
-    assert_error(get_manifest(target, name="no-such-package"), 404, "MANIFEST_UNKNOWN")
+def test_unknown_packages_are_422_manifest_unknown(target):
+    assert_error(get_manifest(target, name="no-such-package"), 422, "MANIFEST_UNKNOWN")
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=range(len(BAD_NAMES)))

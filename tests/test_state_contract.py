@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -26,7 +27,17 @@ from nixery.errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackage
 from nixery.gcp.firestore import MAX_ATTEMPTS, FirestoreState
 from nixery.local.sqlite import SqliteState
 from nixery.manifests import DOCKER_MANIFEST, OCI_MANIFEST, LayerBlob
-from nixery.state import MAX_LOG, MAX_MESSAGE, Failure, FailureKind, Pending, Published, State
+from nixery.reports import BuildReport, FailureReport, LayerReport
+from nixery.state import (
+    MAX_LOG,
+    MAX_MESSAGE,
+    MAX_PACKAGE_NAMES,
+    Failure,
+    FailureKind,
+    Pending,
+    Published,
+    State,
+)
 
 KEY = sample_job().key
 AT = 1_700_000_123.25  # not a whole number, to see that fractions survive
@@ -328,3 +339,70 @@ def test_a_failure_within_bounds_is_stored_unchanged(state: State) -> None:
     failure = Failure.of(BuildFailed("m" * MAX_MESSAGE, "x" * MAX_LOG), AT)
     state.record_failure(KEY, failure)
     assert state.status(KEY) == failure
+
+
+# --- Build reports and package names (the pages) ---------------------------------------
+
+
+def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] = ()) -> BuildReport:
+    return BuildReport(
+        key=key,
+        packages=("cacert", "hello"),
+        system="x86_64-linux",
+        revision="path:/demo@abc",
+        started=started,
+        status="published",
+        step="manifests",
+        finished=started + 1.5,
+        outputs={"hello": "/nix/store/aaaa-hello-2.12.1"},
+        closure={"/nix/store/aaaa-hello-2.12.1": 1800, "/nix/store/bbbb-glibc-2.37": 8_000_000},
+        layers=tuple(LayerReport(d, 100, 1800, ("/nix/store/aaaa-hello-2.12.1",)) for d in layers),
+        manifests={OCI_MANIFEST: "sha256:" + "1" * 64},
+        failure=FailureReport("build_error", "it <b>broke</b>", "line\n<script>x</script>\n"),
+    )
+
+
+def test_a_report_round_trips_and_a_later_one_replaces_it(state: State) -> None:
+    assert state.report(KEY) is None
+    report = sample_report(layers=("sha256:" + "a" * 64,))
+    state.record_report(report)
+    assert state.report(KEY) == report
+    later = replace(report, status="failed", step="nix", layers=())
+    state.record_report(later)
+    assert state.report(KEY) == later
+
+
+def test_recent_reports_come_latest_first_and_are_limited(state: State) -> None:
+    for i in range(5):
+        state.record_report(sample_report(sample_job(f"p{i}").key, started=AT + i))
+    recent = state.recent_reports(3)
+    assert [r.started for r in recent] == [AT + 4, AT + 3, AT + 2]
+    assert state.recent_reports(10)[-1].key == sample_job("p0").key
+
+
+def test_layer_users_counts_the_reports_holding_a_layer_up_to_the_limit(state: State) -> None:
+    shared, own = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    state.record_report(sample_report(sample_job("x").key, layers=(shared, own)))
+    state.record_report(sample_report(sample_job("y").key, layers=(shared,)))
+    state.record_report(sample_report(sample_job("z").key, layers=(shared,)))
+    assert state.layer_users(shared, 2) == 2
+    assert state.layer_users(shared, 10) == 3
+    assert state.layer_users(own, 10) == 1
+    assert state.layer_users("sha256:" + "c" * 64, 10) == 0
+    state.record_report(sample_report(sample_job("x").key, layers=()))
+    assert state.layer_users(own, 10) == 0, "a replaced report no longer holds its layers"
+
+
+def test_package_names_round_trip_per_revision_and_are_bounded(state: State) -> None:
+    revision = "git:https://example.org/pkgs.git@" + "0" * 40
+    assert state.package_names(revision) is None
+    state.record_package_names(revision, ["zlib", "hello", "python3Packages.requests"])
+    assert state.package_names(revision) == ["hello", "python3Packages.requests", "zlib"]
+    assert state.package_names(revision + "x") is None
+    state.record_package_names("empty", [])
+    assert state.package_names("empty") == []
+    many = [f"package{i:07d}" for i in range(MAX_PACKAGE_NAMES // 10)]
+    state.record_package_names(revision, many)
+    kept = state.package_names(revision)
+    assert kept == many[: len(kept)] and 0 < len(kept) < len(many)
+    assert sum(len(n) + 1 for n in kept) <= MAX_PACKAGE_NAMES

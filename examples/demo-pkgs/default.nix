@@ -360,6 +360,16 @@ let
       '';
     };
 
+    # Fails after printing markup: the registry's pages must show a log as text.
+    markup = mkDrv {
+      name = "markup-1.0";
+      meta.description = "build prints a <script> tag and fails";
+      script = ''
+        echo "markup: <script>document.title='pwned'</script> & <b>not bold</b>" >&2
+        exit 1
+      '';
+    };
+
     # Fails at evaluation time.
     throwing = throw "throwing: this package refuses to evaluate";
 

@@ -15,17 +15,20 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from . import archives
 from .archives import Compressor, Sink
 from .config import BuildSettings
-from .errors import BuildError, ImageTooLarge
+from .errors import BuildError, ImageTooLarge, UnknownPackages
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
 from .manifests import LayerBlob, Manifest, image_config, image_manifests, sha256_digest
+from .names import suggest
 from .nix import Nix
 from .nixstore import StoreKeeper
+from .reports import Reporter
 from .sources import Source
 from .state import Failure, Published, State
 from .storage import BlobStore, store_bytes
@@ -92,6 +95,7 @@ class Builder:
         self.max_image_size = max_image_size
         self.gzip_level = gzip_level
         self.clock = clock
+        self._indexed: set[str] = set()  # revisions whose package names are stored
 
     @classmethod
     def from_settings(
@@ -133,13 +137,17 @@ class Builder:
             job.key[:12], "/".join(job.request.packages), job.revision,
             extra={"build_key": job.key},
         )  # fmt: skip
+        reporter = Reporter(self.state, job, self.clock)
         with self.store.build():  # the store is tidied after the outcome is recorded
             try:
-                manifests = self._build(job, started + self.nix_budget)
+                manifests = self._build(job, started + self.nix_budget, reporter)
             except BuildError as e:
-                self._fail(job, Failure.of(e, self.clock()))
+                failure = Failure.of(e, self.clock())
+                self._fail(job, failure)
+                reporter.failed(failure)
                 return
             self.state.publish(job.key, manifests)
+            reporter.published(manifests)
             log.info(
                 "build %s: published in %.2fs",
                 job.key[:12], time.monotonic() - started,
@@ -151,17 +159,26 @@ class Builder:
                     extra={"build_key": job.key})  # fmt: skip
         self.state.record_failure(job.key, failure)
 
-    def _build(self, job: BuildJob, nix_deadline: float) -> list[Manifest]:
+    def _build(self, job: BuildJob, nix_deadline: float, reporter: Reporter) -> list[Manifest]:
         key = job.key
         with step("checkout", key):
             source_dir = self.source.checkout(job.revision)
+        self._index(job, source_dir, nix_deadline)
         with ExitStack() as built:  # the Nix outputs stay GC roots until the image is made
+            reporter.update(step="nix")
             with step("nix", key) as record:
                 system = job.request.arch.nix_system
-                result = built.enter_context(
-                    self.nix.build(source_dir, job.request.packages, system, nix_deadline)
-                )
+                try:
+                    result = built.enter_context(
+                        self.nix.build(source_dir, job.request.packages, system, nix_deadline)
+                    )
+                except UnknownPackages as e:
+                    names = self.state.package_names(str(job.revision)) or []
+                    raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
+                reporter.closure(
+                    result.outputs, {p.path: p.nar_size for p in result.closure.values()}
+                )
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
@@ -173,6 +190,7 @@ class Builder:
                 roots = sorted(set(result.outputs.values()))
                 groups = plan_layers(closure, roots, self.popularity, self.budget - 1)
                 record["layers"] = len(groups) + 1
+            reporter.update(step="archives")
             with step("archives", key) as record:
                 layers, fresh = self._store_layers(groups)
                 root_entries = image_root(list(result.outputs.values()))
@@ -184,11 +202,32 @@ class Builder:
                     )
                 )
                 record.update(new=fresh, reused=len(groups) - fresh)
+            reporter.layers(groups, layers)
+        reporter.update(step="manifests")
         with step("manifests", key):
             has_bash = any(e.path == "bin/bash" for e in root_entries)
             config = image_config(job.request.arch.oci_arch, layers, has_bash=has_bash)
             store_bytes(self.blobs, sha256_digest(config), config)
             return image_manifests(config, layers)
+
+    def _index(self, job: BuildJob, source_dir: Path, nix_deadline: float) -> None:
+        """Lists the package set's names for the search box, once per revision; a set whose
+        names cannot be listed gets an empty list rather than failing the build."""
+        revision = str(job.revision)
+        if revision in self._indexed or self.state.package_names(revision) is not None:
+            self._indexed.add(revision)
+            return
+        with step("names", job.key) as record:
+            try:
+                names = self.nix.attribute_names(source_dir, job.request.arch.nix_system,
+                                                 nix_deadline)  # fmt: skip
+            except BuildError as e:
+                log.warning("build %s: the package names cannot be listed: %s",
+                            job.key[:12], e.message, extra={"build_key": job.key})  # fmt: skip
+                names = []
+            record["names"] = len(names)
+        self.state.record_package_names(revision, names)
+        self._indexed.add(revision)
 
     def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
         """Archives the groups not archived before, in parallel; returns them in order."""

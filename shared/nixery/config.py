@@ -288,6 +288,7 @@ class ServeSettings:
     client_builds: Rate | None  # new builds one client may start, per window
     trusted_proxies: int  # proxies before us whose X-Forwarded-For entry is the client's
     auth: AuthSettings | None  # None: public
+    public_url: str | None  # how clients reach the registry, for the pages; else the request's
 
 
 def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> ServeSettings:
@@ -303,7 +304,15 @@ def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> Se
         client_builds=env.rate("NIXERY_CLIENT_BUILDS"),
         trusted_proxies=env.integer("NIXERY_TRUSTED_PROXIES", trusted_proxies, 0, 10),
         auth=auth_settings(env, need_secret=instances > 1),
+        public_url=_public_url(env.get("NIXERY_PUBLIC_URL")),
     )
+
+
+def _public_url(url: str | None) -> str | None:
+    if url and not re.fullmatch(r"https?://[^/\s?#]+/?", url):
+        raise ConfigError(f"NIXERY_PUBLIC_URL must be a URL such as https://nixery.example.org, "
+                          f"not {url!r}")  # fmt: skip
+    return url
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ request is retried, and nothing about it is remembered).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -88,10 +88,23 @@ class UnknownBlob(NixeryError):
 class BuildError(NixeryError):
     """The image cannot be built: retrying the same request gives the same answer."""
 
+    # The image key of the build that failed, once known: its web page tells the whole story.
+    key: str | None = None
+
 
 class UnknownPackages(BuildError):
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__("unknown packages: " + ", ".join(names), {"packages": list(names)})
+    """``suggestions``: for a missing name, the package set's names it may have meant."""
+
+    def __init__(
+        self, names: Sequence[str], suggestions: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        meant = {n: list(s) for n, s in (suggestions or {}).items() if s}
+        listed = [n + (f" (did you mean {' or '.join(meant[n])}?)" if n in meant else "")
+                  for n in names]  # fmt: skip
+        detail: dict[str, Any] = {"packages": list(names)}
+        if meant:
+            detail["suggestions"] = meant
+        super().__init__("unknown packages: " + ", ".join(listed), detail)
         self.names = list(names)
 
 

@@ -18,6 +18,7 @@ from cachetools import TTLCache
 
 from .builds import BuildQueue, never, remembered
 from .errors import (
+    BuildError,
     ClientGone,
     ImageLost,
     SourceUnavailable,
@@ -126,7 +127,7 @@ class ImageService:
         if isinstance(status, Published):
             return status
         if isinstance(status, Failure) and remembered(status, self.clock(), self.failure_ttl):
-            raise status.error()
+            raise _of_build(status, job)
         if status is None or isinstance(status, Failure):
             self._admit(job, caller)
         try:
@@ -143,7 +144,7 @@ class ImageService:
                 raise ClientGone("the client hung up; the build goes on")
             raise StillBuilding("the image is still being built; retry later")
         if isinstance(outcome, Failure):
-            raise outcome.error()
+            raise _of_build(outcome, job)
         return outcome
 
     def _admit(self, job: BuildJob, caller: Caller) -> None:
@@ -178,6 +179,13 @@ class ImageService:
         if revision is None:
             raise UnknownTag("unknown tag", {"tag": tag.name})
         return revision
+
+
+def _of_build(failure: Failure, job: BuildJob) -> BuildError:
+    """The error a failure answers, naming its build so that the reply can link to its page."""
+    error = failure.error()
+    error.key = job.key
+    return error
 
 
 @contextmanager

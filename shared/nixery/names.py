@@ -9,7 +9,9 @@ grammar, which is lower case only, so the real attribute names (``bashInteractiv
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NewType
 
@@ -90,6 +92,17 @@ DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
 @dataclass(frozen=True)
 class Tag:
     name: str
+
+
+def suggest(missing: str, attributes: Sequence[str], count: int = 3) -> list[str]:
+    """The attribute names a missing package name may have meant: the same name in a nested
+    set (``requests``: ``python3Packages.requests``), then names spelled alike."""
+    wanted = missing.lower()
+    by_lower = {a.lower(): a for a in attributes}
+    nested = [a for a in attributes if a.lower().rsplit(".", 1)[-1] == wanted and "." in a]
+    alike = difflib.get_close_matches(wanted, list(by_lower), n=count, cutoff=0.75)
+    found = dict.fromkeys([*nested, *(by_lower[a] for a in alike)])
+    return list(found)[:count]
 
 
 def parse_digest(digest: str) -> Digest:

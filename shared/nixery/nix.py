@@ -223,6 +223,14 @@ class Nix:
         finally:
             remove_stale_roots()
 
+    def attribute_names(self, source: Path, system: str, deadline: float) -> list[str]:
+        """The package set's attribute names, for the search box (prepare-image's ``names``)."""
+        names: list[str] = json.loads(
+            self._run(self._eval(source, "names", [], system), "listing the package names",
+                      EVAL_TIMEOUT, deadline)
+        )  # fmt: skip
+        return names
+
     def closure(self, paths: Sequence[str], deadline: float) -> dict[str, StorePath]:
         cmd = ["nix", *NIX_COMMAND, "path-info", "--json", "--recursive", *paths]
         return parse_path_info(self._run(cmd, "reading the closure", EVAL_TIMEOUT, deadline))
@@ -230,20 +238,24 @@ class Nix:
     def _plan(
         self, source: Path, packages: Sequence[str], system: str, deadline: float
     ) -> dict[str, Any]:
-        source = source.resolve()
-        allowed = [source, self.expression.parent, *self.eval_allow]
-        cmd = [
-            "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
-            *RESTRICTED, *(arg for path in allowed for arg in ("-I", str(path))),
-            str(self.expression), "-A", "plan",
-            "--argstr", "srcPath", str(source),
-            "--argstr", "packages", json.dumps(list(packages)),
-            "--argstr", "system", system,
-        ]  # fmt: skip
+        cmd = self._eval(source, "plan", packages, system)
         plan: dict[str, Any] = json.loads(
             self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
         )
         return plan
+
+    def _eval(self, source: Path, attr: str, packages: Sequence[str], system: str) -> list[str]:
+        """The restricted evaluation of one attribute of prepare-image for the package set."""
+        source = source.resolve()
+        allowed = [source, self.expression.parent, *self.eval_allow]
+        return [
+            "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
+            *RESTRICTED, *(arg for path in allowed for arg in ("-I", str(path))),
+            str(self.expression), "-A", attr,
+            "--argstr", "srcPath", str(source),
+            "--argstr", "packages", json.dumps(list(packages)),
+            "--argstr", "system", system,
+        ]  # fmt: skip
 
     def _run(self, cmd: list[str], what: str, cap: float, build_deadline: float) -> str:
         """Runs a Nix command for at most ``cap`` seconds and the time the build has left,

@@ -28,6 +28,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.wsgi import wrap_file
 
+from . import pages
 from .auth import Auth
 from .builds import never
 from .config import ServeSettings
@@ -44,7 +45,6 @@ from .errors import (
     UnknownBlob,
     UnknownEndpoint,
     UnknownManifest,
-    UnknownPackages,
     UnknownTag,
     Unsupported,
     UntrustedRevision,
@@ -84,11 +84,13 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UntrustedRevision: (404, "MANIFEST_UNKNOWN"),  # as if it did not exist: it is not served
     UnknownManifest: (404, "MANIFEST_UNKNOWN"),
     UnknownBlob: (404, "BLOB_UNKNOWN"),
-    UnknownPackages: (404, "MANIFEST_UNKNOWN"),
     Unsupported: (405, "UNSUPPORTED"),
     TooManyBuilds: (429, "TOOMANYREQUESTS"),
     ImageTooLarge: (403, "DENIED"),  # this registry's limit, not a failure of the build
-    BuildError: (500, "UNKNOWN"),  # failed or timed-out builds: final, and remembered
+    # Unknown packages, failed, timed-out or unevaluable builds: final, and remembered. Not
+    # 404: containerd shows nothing of a 404 but "not found", and of other codes their
+    # status line, which carries what failed and the build's page (``pages.explain``).
+    BuildError: (422, "MANIFEST_UNKNOWN"),
     Transient: (503, "UNAVAILABLE"),
     Exception: (500, "UNKNOWN"),  # our own bugs
 }
@@ -143,7 +145,10 @@ def create_app(service: ImageService, settings: ServeSettings | None = None) -> 
             return _tags(service, match["name"])
         raise UnknownEndpoint("no such endpoint", {"path": path[:200]})
 
-    @app.route("/", defaults={"path": "index.html"})
+    if settings is not None:
+        app.config[pages.PUBLIC_URL] = settings.public_url
+        app.register_blueprint(pages.blueprint(service))
+
     @app.route("/<path:path>")
     def web(path: str) -> Response:
         if web_dir is None:
@@ -266,6 +271,11 @@ def error_response(e: Exception) -> Response:
         headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
     if not isinstance(e, NixeryError):
         return _json_error(status, code, "internal error", None, headers)
+    if isinstance(e, BuildError) and e.key is not None:
+        explained = pages.explain(e, e.key)
+        response = _json_error(status, code, explained.message, explained.detail, headers)
+        response.status = f"{status} {explained.reason}"
+        return response
     return _json_error(status, code, e.message, e.detail, headers)
 
 

@@ -7,19 +7,25 @@ answers everything a request needs to decide: published, failed, being built, or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import BuildError, BuildFailed, BuildTimedOut, ImageTooLarge, UnknownPackages
 from .manifests import LayerBlob, Manifest
+
+if TYPE_CHECKING:
+    from .reports import BuildReport
 
 # What is kept of a failure, in every store: a Firestore document holds at most 1 MiB, and
 # nobody reads more of a log in an error reply. JSON may escape a character into 6 bytes, so
 # even a worst-case log stays far below that. A log keeps its end, where Nix puts the error.
 MAX_MESSAGE = 4096
 MAX_LOG = 32 << 10
+# The attribute names of one revision kept for the search box: nixpkgs has about 120,000
+# with its nested sets, some 3 MB, over a Firestore document's 1 MiB; their start is kept.
+MAX_PACKAGE_NAMES = 900_000  # characters, joined by newlines
 
 
 def _bounded(text: str, limit: int, keep_end: bool) -> str:
@@ -68,7 +74,8 @@ class Failure:
     def error(self) -> BuildError:
         """The error this failure answers, as it was raised when the build failed."""
         if self.kind is FailureKind.UNKNOWN_PACKAGES:
-            return UnknownPackages(list(self.detail.get("packages", [])))
+            packages = list(self.detail.get("packages", []))
+            return UnknownPackages(packages, self.detail.get("suggestions"))
         if self.kind is FailureKind.TOO_LARGE:
             return ImageTooLarge(int(self.detail["size"]), int(self.detail["limit"]))
         error_type = BuildTimedOut if self.kind is FailureKind.TIMEOUT else BuildFailed
@@ -119,3 +126,37 @@ class State(Protocol):
         ...
 
     def record_layer(self, layer_key: str, layer: LayerBlob) -> None: ...
+
+    # --- What people see on the registry's pages ---------------------------------------
+
+    def record_report(self, report: BuildReport) -> None:
+        """Stores a build's report, replacing the one of its key."""
+        ...
+
+    def report(self, key: str) -> BuildReport | None: ...
+
+    def recent_reports(self, limit: int) -> list[BuildReport]:
+        """The reports of the latest builds, the latest started first."""
+        ...
+
+    def layer_users(self, digest: str, limit: int) -> int:
+        """How many reported images hold the layer, counted up to ``limit``."""
+        ...
+
+    def record_package_names(self, revision: str, names: Sequence[str]) -> None:
+        """The attribute names a revision of the package set has, for the search box."""
+        ...
+
+    def package_names(self, revision: str) -> list[str] | None: ...
+
+
+def bounded_names(names: Sequence[str]) -> list[str]:
+    """As many of the sorted names as a store keeps (MAX_PACKAGE_NAMES)."""
+    kept: list[str] = []
+    total = 0
+    for name in sorted(names):
+        total += len(name) + 1
+        if total > MAX_PACKAGE_NAMES:
+            break
+        kept.append(name)
+    return kept

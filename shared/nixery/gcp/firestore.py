@@ -21,10 +21,11 @@ off can neither steal a live lease nor keep a dead one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -37,9 +38,10 @@ from ..errors import BuildQueueFull, DatabaseUnavailable
 from ..gc import ImageRecord
 from ..job import BuildJob
 from ..manifests import LayerBlob, Manifest
-from ..state import Failure, FailureKind, ImageStatus, Pending, Published
+from ..memory import BoundedCache
+from ..reports import BuildReport
+from ..state import Failure, FailureKind, ImageStatus, Pending, Published, bounded_names
 from .deadline import BACKEND_TIMEOUT, Deadline, bounded
-from .memory import BoundedCache
 
 Claim = Literal["taken", "done", "busy"]
 # Builders that may stop holding a build's lease (killed, e.g. for memory) before the build
@@ -62,6 +64,11 @@ def _lease(owner: str | None, now: datetime, ttl: float) -> dict[str, Any]:
 
 
 _NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires": None}
+
+
+def _doc_id(revision: str) -> str:
+    """A document id for a revision, whose source URL holds slashes that ids may not."""
+    return hashlib.sha256(revision.encode()).hexdigest()
 
 
 def _failed(failure: Failure) -> dict[str, Any]:
@@ -138,6 +145,8 @@ class FirestoreState:
         self.builds = client.collection(prefix + "builds")
         self.manifests = client.collection(prefix + "manifests")
         self.layers = client.collection(prefix + "layers")
+        self.reports = client.collection(prefix + "reports")
+        self.package_sets = client.collection(prefix + "package_sets")
         self.clock = clock
         self.skew = skew
         # A manifest never changes: once read, it is kept. A published image is kept for a
@@ -235,6 +244,48 @@ class FirestoreState:
     @bounded
     def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
         self.layers.document(layer_key).set(asdict(layer))
+
+    # --- Reports and the package names, for the pages ---------------------------------
+
+    @bounded
+    def record_report(self, report: BuildReport) -> None:
+        # The layers' digests are a field of their own, for layer_users' query.
+        self.reports.document(report.key).set({
+            "started": report.started,
+            "layers": [layer.digest for layer in report.layers],
+            "report": json.dumps(report.to_json()),
+        })  # fmt: skip
+
+    @bounded
+    def report(self, key: str) -> BuildReport | None:
+        doc = self.reports.document(key).get().to_dict()
+        return BuildReport.from_json(json.loads(doc["report"])) if doc else None
+
+    @bounded
+    def recent_reports(self, limit: int) -> list[BuildReport]:
+        query = self.reports.order_by("started", direction=firestore.Query.DESCENDING)
+        return [
+            BuildReport.from_json(json.loads(doc.get("report")))
+            for doc in query.limit(limit).stream()
+        ]
+
+    @bounded
+    def layer_users(self, digest: str, limit: int) -> int:
+        query = self.reports.where(filter=FieldFilter("layers", "array_contains", digest))
+        return len(list(query.limit(limit).stream()))
+
+    @bounded
+    def record_package_names(self, revision: str, names: Sequence[str]) -> None:
+        self.package_sets.document(_doc_id(revision)).set(
+            {"revision": revision, "names": "\n".join(bounded_names(names))}
+        )
+
+    @bounded
+    def package_names(self, revision: str) -> list[str] | None:
+        doc = self.package_sets.document(_doc_id(revision)).get().to_dict()
+        if not doc:
+            return None
+        return doc["names"].split("\n") if doc["names"] else []
 
     # --- Build records -----------------------------------------------------------------
 
@@ -396,6 +447,7 @@ class FirestoreState:
         images = list(images)
         refs = [
             *(self.builds.document(k) for k in (*images, *failures)),
+            *(self.reports.document(k) for k in (*images, *failures)),  # their pages go too
             *(self.manifests.document(d) for d in manifests),
             *(self.layers.document(k) for k in layers),
         ]

@@ -26,9 +26,9 @@ from google.cloud.storage.fileio import BlobWriter
 
 from ..errors import StorageUnavailable
 from ..gc import StoredBlob
+from ..memory import BoundedCache
 from ..storage import Hasher, blob_path
 from .deadline import BACKEND_TIMEOUT, Deadline, bounded
-from .memory import BoundedCache
 from .signing import SignedUrls, url_ttl_for
 
 # Bytes per resumable-upload request: a multiple of 256 KiB, held in memory per writer.

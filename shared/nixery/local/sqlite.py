@@ -6,13 +6,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..gc import ImageRecord
 from ..manifests import LayerBlob, Manifest
-from ..state import Failure, FailureKind, ImageStatus, Published
+from ..reports import BuildReport
+from ..state import Failure, FailureKind, ImageStatus, Published, bounded_names
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (
@@ -27,6 +28,12 @@ CREATE TABLE IF NOT EXISTS failed_builds (
 CREATE TABLE IF NOT EXISTS layers (
     key TEXT PRIMARY KEY, digest TEXT NOT NULL, diff_id TEXT NOT NULL, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS image_use (key TEXT PRIMARY KEY, used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    key TEXT PRIMARY KEY, started REAL NOT NULL, report TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS reports_started ON reports (started);
+CREATE TABLE IF NOT EXISTS report_layers (
+    key TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (digest, key));
+CREATE TABLE IF NOT EXISTS package_sets (revision TEXT PRIMARY KEY, names TEXT NOT NULL);
 """
 
 
@@ -107,6 +114,52 @@ class SqliteState:
                 (layer_key, layer.digest, layer.diff_id, layer.size),
             )
 
+    # --- Reports and the package names, for the pages ---------------------------------
+
+    def record_report(self, report: BuildReport) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO reports VALUES (?, ?, ?)",
+                (report.key, report.started, json.dumps(report.to_json())),
+            )
+            self._db.execute("DELETE FROM report_layers WHERE key = ?", (report.key,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO report_layers VALUES (?, ?)",
+                [(report.key, layer.digest) for layer in report.layers],
+            )
+
+    def report(self, key: str) -> BuildReport | None:
+        row = self._one("SELECT report FROM reports WHERE key = ?", key)
+        return BuildReport.from_json(json.loads(row[0])) if row else None
+
+    def recent_reports(self, limit: int) -> list[BuildReport]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT report FROM reports ORDER BY started DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [BuildReport.from_json(json.loads(row[0])) for row in rows]
+
+    def layer_users(self, digest: str, limit: int) -> int:
+        row = self._one(
+            "SELECT count(*) FROM (SELECT 1 FROM report_layers WHERE digest = ? LIMIT ?)",
+            digest, limit,
+        )  # fmt: skip
+        return int(row[0])
+
+    def record_package_names(self, revision: str, names: Sequence[str]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO package_sets VALUES (?, ?)",
+                (revision, "\n".join(bounded_names(names))),
+            )
+
+    def package_names(self, revision: str) -> list[str] | None:
+        row = self._one("SELECT names FROM package_sets WHERE revision = ?", revision)
+        if row is None:
+            return None
+        return row[0].split("\n") if row[0] else []
+
     # --- What `nixery gc` lists and deletes ----------------------------------------------
 
     def images(self) -> Iterable[ImageRecord]:
@@ -138,12 +191,15 @@ class SqliteState:
         failures: Iterable[str] = (),
     ) -> None:
         images = list(images)
+        failures = list(failures)
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             for table, column, keys in (
                 ("images", "key", images), ("image_use", "key", images),
                 ("manifests", "digest", manifests), ("layers", "key", layers),
                 ("failed_builds", "key", failures),
+                # An image's or failure's page goes with it.
+                ("reports", "key", images + failures), ("report_layers", "key", images + failures),
             ):  # fmt: skip
                 self._db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(k,) for k in keys]

@@ -17,6 +17,8 @@
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
 #   { "missing": [], "packages": [ { name, attrPath, drvPath, out }, ... ] }
+# With -A names instead (packages = "[]"): the set's attribute names for the
+# registry's search box, the top level and one level into each *Packages set.
 # `out` is the default output's store path. It cannot be called `outPath`:
 # Nix's JSON printer replaces any attribute set that has an `outPath` with
 # that string.
@@ -80,8 +82,19 @@ let
   minverFile = srcPath + "/lib/minver.nix";
   minver = if builtins.pathExists minverFile then import minverFile else null;
   tooOld = minver != null && builtins.compareVersions minver builtins.nixVersion > 0;
+
+  # Only names are read: no package is evaluated (an alias may abort, which tryEval does
+  # not catch), only the sets whose names say they hold packages.
+  nestedNames = n:
+    let isSet = builtins.tryEval (builtins.isAttrs pkgs.${n} && (pkgs.${n}.type or null) != "derivation");
+    in if builtins.match ".*Packages(_.*)?" n != null && isSet.success && isSet.value
+       then map (m: "${n}.${m}") (builtins.attrNames pkgs.${n})
+       else [ ];
+  topNames = builtins.attrNames pkgs;
 in
 {
+  names = if tooOld then [ ] else topNames ++ builtins.concatLists (map nestedNames topNames);
+
   plan = if tooOld then {
     nixTooOld = { required = minver; running = builtins.nixVersion; };
   } else {

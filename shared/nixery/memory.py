@@ -1,4 +1,4 @@
-"""Keeping answers (published images, manifests, blob sizes) in memory, bounded.
+"""Keeping answers (published images, manifests, blob sizes, the pages' data) in memory, bounded.
 
 A function instance lives long and sees many digests: an unbounded cache would grow with the
 registry, so the least recently used entry goes when a cache is full. Server threads share
