@@ -23,9 +23,20 @@ from .errors import BuildError, ImageTooLarge
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
-from .manifests import LayerBlob, Manifest, image_config, image_manifests, sha256_digest
+from .manifests import (
+    CREATED,
+    EMPTY_BLOB,
+    LayerBlob,
+    Manifest,
+    artifact_manifest,
+    image_config,
+    image_manifests,
+    provenance,
+    sha256_digest,
+)
 from .nix import Nix
 from .nixstore import StoreKeeper
+from .sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from .sources import Source
 from .state import Failure, Published, State
 from .storage import BlobStore, store_bytes
@@ -139,7 +150,7 @@ class Builder:
             except BuildError as e:
                 self._fail(job, Failure.of(e, self.clock()))
                 return
-            self.state.publish(job.key, manifests)
+            self.state.publish(job.key, *manifests)
             log.info(
                 "build %s: published in %.2fs",
                 job.key[:12], time.monotonic() - started,
@@ -151,7 +162,8 @@ class Builder:
                     extra={"build_key": job.key})  # fmt: skip
         self.state.record_failure(job.key, failure)
 
-    def _build(self, job: BuildJob, nix_deadline: float) -> list[Manifest]:
+    def _build(self, job: BuildJob, nix_deadline: float) -> tuple[list[Manifest], list[Manifest]]:
+        """The image's manifests, and the artifacts that refer to them (its SBOM)."""
         key = job.key
         with step("checkout", key):
             source_dir = self.source.checkout(job.revision)
@@ -184,11 +196,31 @@ class Builder:
                     )
                 )
                 record.update(new=fresh, reused=len(groups) - fresh)
+        title = "/".join(job.request.packages)
+        with step("sbom", key) as record:
+            sbom = image_sbom(
+                title=title,
+                revision=job.revision,
+                system=job.request.arch.nix_system,
+                roots=result.outputs.values(),
+                closure=result.closure,
+                meta=result.meta,
+            )
+            store_bytes(self.blobs, sha256_digest(sbom), sbom)
+            store_bytes(self.blobs, sha256_digest(EMPTY_BLOB), EMPTY_BLOB)
+            record["bytes"] = len(sbom)
         with step("manifests", key):
             has_bash = any(e.path == "bin/bash" for e in root_entries)
-            config = image_config(job.request.arch.oci_arch, layers, has_bash=has_bash)
+            source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
+            annotations = provenance(title, source, job.revision.value)
+            config = image_config(
+                job.request.arch.oci_arch, layers, has_bash=has_bash, labels=annotations
+            )
             store_bytes(self.blobs, sha256_digest(config), config)
-            return image_manifests(config, layers)
+            manifests = image_manifests(config, layers, annotations)
+            about = {"org.opencontainers.image.created": CREATED}
+            artifacts = [artifact_manifest(SBOM_TYPE, sbom, SBOM_FILE, m, about) for m in manifests]
+            return manifests, artifacts
 
     def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
         """Archives the groups not archived before, in parallel; returns them in order."""

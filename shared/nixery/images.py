@@ -32,6 +32,7 @@ from .job import BuildJob
 from .limits import Limiter
 from .manifests import Manifest, preferred_type
 from .names import Digest, ImageRequest, Tag
+from .referrers import referrers_index
 from .sources import Revision, Source
 from .state import Failure, Published, State
 from .storage import BlobStore
@@ -159,6 +160,12 @@ class ImageService:
                 f"before can still be pulled. Retry in {wait:.0f} seconds",
                 wait,
             )
+
+    def referrers(self, subject: Digest, artifact_type: str | None) -> bytes:
+        """The index of the artifacts about ``subject``: empty when there are none, even for
+        a manifest this registry never served (it cannot tell a client's typo from an image
+        of another registry's, and the spec wants an empty index either way)."""
+        return referrers_index(self.state.referrers(subject), artifact_type)
 
     def tags(self) -> list[str]:
         """The tags listed for a valid name, without building it: whether its packages exist

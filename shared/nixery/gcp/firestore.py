@@ -19,7 +19,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -77,6 +77,7 @@ class _BuildRecord:
     updated: float = 0.0
     used: float = 0.0  # the last pull by tag (`nixery gc`), recorded now and then
     manifests: dict[str, str] = field(default_factory=dict)  # when done
+    referrers: list[str] = field(default_factory=list)  # digests of its artifacts, when done
     failure_kind: str = ""  # when failed
     failure_message: str = ""
     failure_detail: str = "{}"  # JSON, so that Firestore need not index its fields
@@ -160,22 +161,33 @@ class FirestoreState:
         return self._manifests.keep(digest, Manifest(doc["media_type"], doc["body"]))
 
     @bounded
-    def publish(self, key: str, manifests: list[Manifest]) -> None:
+    def publish(
+        self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
+    ) -> None:
         # The manifests are written before the record points at them; a batch is atomic.
         batch = self.client.batch()
         for m in manifests:
             batch.set(
                 self.manifests.document(m.digest), {"media_type": m.media_type, "body": m.body}
             )
+        for m in referrers:  # found by their subject (``referrers``)
+            doc = {"media_type": m.media_type, "body": m.body, "subject": m.subject}
+            batch.set(self.manifests.document(m.digest), doc)
         done = {
             "status": "done",
             "manifests": {m.media_type: m.digest for m in manifests},
+            "referrers": sorted(m.digest for m in referrers),
             **_NO_LEASE,
             "updated": self.clock(),
             "used": self.clock(),
         }
         batch.set(self.builds.document(key), done, merge=True)
         batch.commit()
+
+    @bounded
+    def referrers(self, subject: str) -> list[Manifest]:
+        found = self.manifests.where(filter=FieldFilter("subject", "==", subject)).stream()
+        return [Manifest(doc["media_type"], doc["body"]) for s in found if (doc := s.to_dict())]
 
     @bounded
     def touch(self, key: str, now: float) -> None:
@@ -355,7 +367,8 @@ class FirestoreState:
             record = _BuildRecord.read(snapshot.to_dict())
             if record is not None:
                 used = max(record.used, record.updated)
-                yield ImageRecord(snapshot.id, tuple(record.manifests.values()), used)
+                digests = (*record.manifests.values(), *record.referrers)
+                yield ImageRecord(snapshot.id, digests, used)
 
     def manifest_digests(self) -> Iterable[str]:
         return (doc.id for doc in self.manifests.select([]).stream())

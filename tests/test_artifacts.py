@@ -1,0 +1,123 @@
+"""What an image is made of, read with real clients: oras finds and fetches each image's SBOM
+through the referrers API, in both modes, and the SBOM names every store path of the image
+with Nix's own hash of it. oras comes from Debian 13 (scripts/get-oci-tools.sh)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from test_protocol import DOCKER, OCI
+
+from nixery.nix import NIX_COMMAND, parse_path_info
+from nixery.sbom import SBOM_TYPE, nar_hash_hex
+
+pytestmark = pytest.mark.e2e
+
+TOOLS = Path(__file__).resolve().parents[1] / "var" / "oci-tools" / "bin"
+IMAGE = "shell/hello"
+
+
+@pytest.fixture(scope="module", params=["local", "gcp"])
+def target(request):
+    return request.getfixturevalue({"local": "registry", "gcp": "gcp_registry"}[request.param])
+
+
+def runner(name: str, home: Path):
+    """Runs oras or cosign with a scratch HOME (their credentials and caches)."""
+    if not (TOOLS / name).exists():
+        pytest.fail(f"{TOOLS / name} is missing: run scripts/setup.sh --test")
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(TOOLS / name), *args], env={**os.environ, "HOME": str(home), **env},
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def oras(tmp_path_factory: pytest.TempPathFactory):
+    return runner("oras", tmp_path_factory.mktemp("oras-home"))
+
+
+def digest_of(registry, name: str, accept: str = OCI) -> str:
+    response = registry.get(f"/v2/{name}/manifests/latest", headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    return response.headers["Docker-Content-Digest"]
+
+
+def store_paths_in(registry, name: str) -> set[str]:
+    """The store paths the image's layers hold: its closure, read from the image itself."""
+    manifest = registry.get(f"/v2/{name}/manifests/latest", headers={"Accept": OCI}).json()
+    paths = set()
+    for layer in manifest["layers"]:
+        blob = registry.get(f"/v2/{name}/blobs/{layer['digest']}", allow_redirects=True)
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob.content))) as tar:
+            for member in tar.getnames():
+                parts = member.strip("./").split("/")
+                if parts[:2] == ["nix", "store"] and len(parts) >= 3:
+                    paths.add("/nix/store/" + parts[2])
+    return paths
+
+
+def discover(oras, registry, reference: str) -> list[dict]:
+    found = oras("discover", "--plain-http", "--format", "json", f"{registry.host}/{reference}")
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stdout)["manifests"]
+
+
+@pytest.mark.parametrize("accept", [OCI, DOCKER])
+def test_oras_discovers_and_pulls_an_sbom_naming_every_store_path_with_its_hash(
+    target, oras, tmp_path, accept
+):
+    digest = digest_of(target, IMAGE, accept)
+    (sbom,) = discover(oras, target, f"{IMAGE}@{digest}")
+    assert sbom["artifactType"] == SBOM_TYPE
+    # Filtered by type, as scanners ask for it.
+    typed = oras("discover", "--plain-http", "--format", "json", "--artifact-type", SBOM_TYPE,
+                 f"{target.host}/{IMAGE}@{digest}")  # fmt: skip
+    assert typed.returncode == 0 and json.loads(typed.stdout)["manifests"] == [sbom]
+
+    pulled = oras(
+        "pull", "--plain-http", "-o", str(tmp_path), f"{target.host}/{IMAGE}@{sbom['digest']}"
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    bom = json.loads((tmp_path / "sbom.cdx.json").read_text())
+    components = {c["bom-ref"]: c for c in bom["components"]}
+
+    closure = store_paths_in(target, IMAGE)
+    assert closure and set(components) == closure
+    info = subprocess.run(
+        ["nix", *NIX_COMMAND, "path-info", "--json", *sorted(closure)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for path, store_path in parse_path_info(info).items():
+        assert components[path]["hashes"] == [
+            {"alg": "SHA-256", "content": nar_hash_hex(store_path.nar_hash)}
+        ], path
+    hello = next(c for c in bom["components"] if c["name"] == "hello")
+    assert hello["type"] == "application" and hello["description"]
+
+
+def test_sbom_digests_are_the_same_in_two_fresh_registries(make_registry):
+    """Same request, same revision: the same SBOM, its artifact manifests and referrers."""
+    answers = []
+    for _ in range(2):
+        registry = make_registry()
+        subject = digest_of(registry, "htop")
+        index = registry.get(f"/v2/htop/referrers/{subject}")
+        assert index.status_code == 200
+        (descriptor,) = index.json()["manifests"]
+        artifact = registry.get(f"/v2/htop/manifests/{descriptor['digest']}").json()
+        answers.append(
+            (subject, index.content, descriptor["digest"], artifact["layers"][0]["digest"])
+        )
+    assert answers[0] == answers[1]
