@@ -1,22 +1,35 @@
 """What an image is made of, read with real clients: oras finds and fetches each image's SBOM
 through the referrers API, in both modes, and the SBOM names every store path of the image
-with Nix's own hash of it. oras comes from Debian 13 (scripts/get-oci-tools.sh)."""
+with Nix's own hash of it; cosign verifies the signatures of a registry given a key. oras and
+cosign come from Debian 13 (scripts/get-oci-tools.sh)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import Registry
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from test_protocol import DOCKER, OCI
 
 from nixery.nix import NIX_COMMAND, parse_path_info
 from nixery.sbom import SBOM_TYPE, nar_hash_hex
+from nixery.signatures import SIGNATURE_ANNOTATION, SIMPLE_SIGNING
 
 pytestmark = pytest.mark.e2e
 
@@ -121,3 +134,86 @@ def test_sbom_digests_are_the_same_in_two_fresh_registries(make_registry):
             (subject, index.content, descriptor["digest"], artifact["layers"][0]["digest"])
         )
     assert answers[0] == answers[1]
+
+
+# Signatures, checked with cosign
+
+
+@pytest.fixture(scope="module")
+def cosign(tmp_path_factory: pytest.TempPathFactory):
+    return runner("cosign", tmp_path_factory.mktemp("cosign-home"))
+
+
+def key_pair(directory: Path) -> tuple[Path, Path]:
+    """An ECDSA P-256 key as `openssl genpkey` writes it, and its public key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / "signing.pem", directory / "signing.pub"
+    private.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    public.write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def verify(cosign, registry, reference: str, public: Path) -> subprocess.CompletedProcess[str]:
+    """cosign verify against a plain-HTTP registry without a transparency log."""
+    return cosign(
+        "verify", "--key", str(public), "--insecure-ignore-tlog", "--allow-http-registry",
+        f"{registry.host}/{reference}",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory):
+    """A registry that signs with a PEM key, and that key's public half."""
+    root = tmp_path_factory.mktemp("signing")
+    private, public = key_pair(root)
+    registry = Registry(root / "storage", NIX_TIMEOUT="3", NIXERY_SIGNING_KEY=str(private))
+    yield registry.start(), public
+    registry.stop()
+
+
+@pytest.mark.parametrize("accept", [OCI, DOCKER])
+def test_cosign_verify_accepts_each_signed_manifest(signing, cosign, accept):
+    registry, public = signing
+    digest = digest_of(registry, IMAGE, accept)
+    result = verify(cosign, registry, f"{IMAGE}@{digest}", public)
+    assert result.returncode == 0, result.stderr
+    (verified,) = json.loads(result.stdout)
+    assert verified["critical"]["image"]["docker-manifest-digest"] == digest
+    # The signature is one of the image's referrers, beside its SBOM.
+    index = registry.get(f"/v2/{IMAGE}/referrers/{digest}").json()
+    assert sorted(m["artifactType"] for m in index["manifests"]) == [
+        SBOM_TYPE, SIMPLE_SIGNING
+    ]  # fmt: skip
+
+
+def test_cosign_verify_rejects_another_key_and_a_tampered_signature(signing, cosign, tmp_path):
+    registry, public = signing
+    digest = digest_of(registry, "htop")
+    assert verify(cosign, registry, f"htop@{digest}", public).returncode == 0
+    _, other = key_pair(tmp_path)
+    assert verify(cosign, registry, f"htop@{digest}", other).returncode != 0
+    # Another signature, of other bytes, in the stored signature manifest.
+    tag = digest.replace(":", "-") + ".sig"
+    served = registry.get(f"/v2/htop/manifests/{tag}", headers={"Accept": OCI})
+    stored = served.json()
+    annotations = stored["layers"][0]["annotations"]
+    forged = ec.generate_private_key(ec.SECP256R1()).sign(b"other", ec.ECDSA(hashes.SHA256()))
+    annotations[SIGNATURE_ANNOTATION] = base64.b64encode(forged).decode()
+    with sqlite3.connect(registry.storage / "state.sqlite3") as db:
+        db.execute(
+            "UPDATE manifests SET body = ? WHERE digest = ?",
+            (json.dumps(stored).encode(), served.headers["Docker-Content-Digest"]),
+        )
+    rejected = verify(cosign, registry, f"htop@{digest}", public)
+    assert rejected.returncode != 0
+    assert "invalid signature" in rejected.stderr.lower(), rejected.stderr
+
+
+def test_without_a_key_nothing_is_signed(registry, cosign, tmp_path):
+    digest = digest_of(registry, IMAGE)
+    _, public = key_pair(tmp_path)
+    tag = digest.replace(":", "-") + ".sig"
+    assert registry.get(f"/v2/{IMAGE}/manifests/{tag}").status_code == 404
+    assert verify(cosign, registry, f"{IMAGE}@{digest}", public).returncode != 0

@@ -9,9 +9,13 @@ import json
 import subprocess
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from nixery.config import ConfigError
 from nixery.nix import NIX_COMMAND, PackageMeta, StorePath, parse_meta, parse_path_info
 from nixery.sbom import image_sbom, nar_hash_hex, parse_store_name
+from nixery.signatures import PemSigner
 from nixery.sources import Revision
 
 REVISION = Revision("git:https://example.org/pkgs.git", "a" * 40)
@@ -124,3 +128,17 @@ def test_meta_keeps_the_first_entry_of_a_path_and_only_known_license_fields():
         ]
     )  # fmt: skip
     assert meta == {APP: PackageMeta("a", "1", "", "", (("id", "MIT"),))}
+
+
+def test_a_signing_key_that_cannot_be_used_stops_the_start(tmp_path):
+    (tmp_path / "garbage.pem").write_text("not a key")
+    with pytest.raises(ConfigError, match="NIXERY_SIGNING_KEY"):
+        PemSigner.load(tmp_path / "garbage.pem")
+    with pytest.raises(ConfigError, match="NIXERY_SIGNING_KEY"):
+        PemSigner.load(tmp_path / "missing.pem")
+    ed = Ed25519PrivateKey.generate().private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+    )
+    (tmp_path / "ed.pem").write_bytes(ed)
+    with pytest.raises(ConfigError, match="ECDSA or RSA"):
+        PemSigner.load(tmp_path / "ed.pem")

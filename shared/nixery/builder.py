@@ -37,6 +37,7 @@ from .manifests import (
 from .nix import Nix
 from .nixstore import StoreKeeper
 from .sbom import SBOM_FILE, SBOM_TYPE, image_sbom
+from .signatures import PemSigner, Signer, signature_for
 from .sources import Source
 from .state import Failure, Published, State
 from .storage import BlobStore, store_bytes
@@ -82,6 +83,7 @@ class Builder:
         nix_budget: float,
         store: StoreKeeper,
         max_image_size: int | None = None,
+        signer: Signer | None = None,
         gzip_level: int = archives.GZIP_LEVEL,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -89,7 +91,8 @@ class Builder:
         process's, shared by all builds, so that concurrent builds share the cores.
         ``nix_budget`` is the seconds a build has, from its start, until Nix must be done;
         ``store`` keeps the Nix store bounded between builds; an image whose closure is
-        larger than ``max_image_size`` bytes fails before anything of it is archived."""
+        larger than ``max_image_size`` bytes fails before anything of it is archived; with a
+        ``signer``, each manifest is published with its signature."""
         self.source = source
         self.nix = nix
         self.blobs = blobs
@@ -101,6 +104,7 @@ class Builder:
         self.nix_budget = nix_budget
         self.store = store
         self.max_image_size = max_image_size
+        self.signer = signer
         self.gzip_level = gzip_level
         self.clock = clock
 
@@ -113,9 +117,13 @@ class Builder:
         blobs: BlobStore,
         state: State,
         popularity: Mapping[str, int],
+        signer: Signer | None = None,
     ) -> Builder:
-        """A builder on the given adapters, with a pool and a compressor sized to the machine."""
+        """A builder on the given adapters, with a pool and a compressor sized to the machine;
+        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one."""
         cores = os.cpu_count() or 1
+        if signer is None and settings.signing_key is not None:
+            signer = PemSigner.load(settings.signing_key)
         return cls(
             source=source,
             nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
@@ -128,6 +136,7 @@ class Builder:
             nix_budget=settings.nix_budget,
             store=StoreKeeper(settings.store_limit),
             max_image_size=settings.max_image_size,
+            signer=signer,
         )
 
     def run(self, job: BuildJob) -> None:
@@ -220,7 +229,14 @@ class Builder:
             manifests = image_manifests(config, layers, annotations)
             about = {"org.opencontainers.image.created": CREATED}
             artifacts = [artifact_manifest(SBOM_TYPE, sbom, SBOM_FILE, m, about) for m in manifests]
-            return manifests, artifacts
+        if self.signer is not None:
+            with step("signatures", key):
+                for manifest in manifests:
+                    signature = signature_for(manifest, self.signer)
+                    for blob in signature.blobs:
+                        store_bytes(self.blobs, sha256_digest(blob), blob)
+                    artifacts.append(signature.manifest)
+        return manifests, artifacts
 
     def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
         """Archives the groups not archived before, in parallel; returns them in order."""

@@ -33,6 +33,7 @@ from .limits import Limiter
 from .manifests import Manifest, preferred_type
 from .names import Digest, ImageRequest, Tag
 from .referrers import referrers_index
+from .signatures import is_signature, signed_digest
 from .sources import Revision, Source
 from .state import Failure, Published, State
 from .storage import BlobStore
@@ -95,6 +96,8 @@ class ImageService:
             if found is None:
                 raise UnknownManifest("manifest unknown", {"digest": reference})
             return found
+        if (signed := signed_digest(reference.name)) is not None:
+            return self._signature(signed)
         job = BuildJob.of(request, self._resolve(reference))
         media_type = preferred_type(accept)
         found = self._whole(self.image(job, caller), media_type)
@@ -113,6 +116,13 @@ class ImageService:
         if due:
             self.state.touch(job.key, self.clock())
         return found
+
+    def _signature(self, signed: str) -> Manifest:
+        """The signature of a manifest, which cosign asks for by tag (``sha256-<hex>.sig``)."""
+        for referrer in self.state.referrers(signed):
+            if is_signature(referrer):
+                return referrer
+        raise UnknownManifest("no signature for this manifest", {"digest": signed})
 
     def _whole(self, image: Published, media_type: str) -> Manifest | None:
         """The image's manifest, if it and every blob it names are intact."""
