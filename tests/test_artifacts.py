@@ -7,24 +7,29 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.server
 import io
 import json
 import os
 import sqlite3
 import subprocess
 import tarfile
+import threading
+import zlib
 from pathlib import Path
 
 import pytest
 from conftest import Registry
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
     PublicFormat,
 )
+from emulators import GcpRegistry
 from test_protocol import DOCKER, OCI
 
 from nixery.nix import NIX_COMMAND, parse_path_info
@@ -217,3 +222,69 @@ def test_without_a_key_nothing_is_signed(registry, cosign, tmp_path):
     tag = digest.replace(":", "-") + ".sig"
     assert registry.get(f"/v2/{IMAGE}/manifests/{tag}").status_code == 404
     assert verify(cosign, registry, f"{IMAGE}@{digest}", public).returncode != 0
+
+
+# Cloud KMS cannot run here: its asymmetricSign API is a loopback fake holding an ECDSA key
+# (as KMS holds the real one), the only fake in these tests. The rest is real: the registry
+# function and builder on the emulators, and cosign verifying what they serve.
+
+
+class FakeKms(http.server.ThreadingHTTPServer):
+    KEY = "projects/p/locations/global/keyRings/r/cryptoKeys/images/cryptoKeyVersions/1"
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FakeKmsHandler)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.tokens: list[str] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FakeKmsHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeKms
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == f"/v1/{FakeKms.KEY}:asymmetricSign"
+        self.server.tokens.append(self.headers["Authorization"])
+        digest = base64.b64decode(request["digest"]["sha256"])
+        assert int(request["digestCrc32c"]) == zlib.crc32(digest)
+        signature = self.server.key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        body = json.dumps({
+            "signature": base64.b64encode(signature).decode(),
+            "signatureCrc32c": str(zlib.crc32(signature)),
+            "verifiedDigestCrc32c": True,
+            "name": FakeKms.KEY,
+        }).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_cosign_verify_accepts_images_signed_through_cloud_kms(emulators, cosign, tmp_path):
+    kms = FakeKms()
+    threading.Thread(target=kms.serve_forever, daemon=True).start()
+    public = tmp_path / "kms.pub"
+    public.write_bytes(
+        kms.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    registry = GcpRegistry(
+        tmp_path / "gcp", emulators, NIXERY_SIGNING_KMS_KEY=FakeKms.KEY,
+        NIXERY_KMS_ENDPOINT=kms.url,
+    )  # fmt: skip
+    try:
+        registry.start()
+        for accept in (OCI, DOCKER):
+            digest = digest_of(registry, IMAGE, accept)
+            result = verify(cosign, registry, f"{IMAGE}@{digest}", public)
+            assert result.returncode == 0, result.stderr
+        _, other = key_pair(tmp_path)
+        assert verify(cosign, registry, f"{IMAGE}@{digest}", other).returncode != 0
+        assert kms.tokens and all(t.startswith("Bearer ") for t in kms.tokens)
+    finally:
+        registry.stop()
+        kms.shutdown()
