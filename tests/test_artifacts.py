@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import Registry
+from conftest import DEMO, DEMO_EVAL_ALLOW, Registry
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -30,11 +30,18 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 from emulators import GcpRegistry
+from fakes import MemoryBlobStore, MemoryState
 from test_protocol import DOCKER, OCI
 
+from nixery import builder as builder_module
+from nixery.builder import Builder
+from nixery.config import Env, build_settings
+from nixery.job import BuildJob
+from nixery.names import parse_name
 from nixery.nix import NIX_COMMAND, parse_path_info
 from nixery.sbom import SBOM_TYPE, nar_hash_hex
 from nixery.signatures import SIGNATURE_ANNOTATION, SIMPLE_SIGNING
+from nixery.sources.path import PathSource
 
 pytestmark = pytest.mark.e2e
 
@@ -288,3 +295,33 @@ def test_cosign_verify_accepts_images_signed_through_cloud_kms(emulators, cosign
     finally:
         registry.stop()
         kms.shutdown()
+
+
+# Publish order: nothing of an image is visible unless its SBOM (and signature) are
+
+
+class BrokenSigner:
+    def sign(self, payload: bytes) -> bytes:
+        raise ConnectionError("the signing service is unreachable")
+
+
+def broken_sbom(**_: object) -> bytes:
+    raise RuntimeError("the SBOM could not be made")
+
+
+@pytest.mark.parametrize("broken", ["sbom", "signature"])
+def test_a_failed_sbom_or_signature_step_publishes_nothing(broken, monkeypatch):
+    """The exception reaches the queue (local mode answers 503 and the next pull builds
+    again; a builder answers 500 and Cloud Tasks retries); nothing was published."""
+    if broken == "sbom":
+        monkeypatch.setattr(builder_module, "image_sbom", broken_sbom)
+    source, state = PathSource(DEMO), MemoryState()
+    settings = build_settings(Env({"NIXERY_EVAL_ALLOW": DEMO_EVAL_ALLOW}))
+    builder = Builder.from_settings(
+        settings, source=source, blobs=MemoryBlobStore(), state=state, popularity={},
+        signer=BrokenSigner() if broken == "signature" else None,
+    )  # fmt: skip
+    job = BuildJob.of(parse_name("hello"), source.resolve("latest"))
+    with pytest.raises((RuntimeError, ConnectionError)):
+        builder.run(job)
+    assert state.status(job.key) is None
