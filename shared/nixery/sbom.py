@@ -109,14 +109,16 @@ def image_sbom(
 
 def _component(path: StorePath, meta: PackageMeta | None, requested: bool) -> dict[str, Any]:
     name, version = (meta.pname, meta.version) if meta else parse_store_name(path.path)
+    nar_hex = nar_hash_hex(path.nar_hash)
     component: dict[str, Any] = {
         "type": "application" if requested else "library",
         "bom-ref": path.path,
         "name": name,
-        "hashes": [{"alg": "SHA-256", "content": nar_hash_hex(path.nar_hash)}],
+        "hashes": [{"alg": "SHA-256", "content": nar_hex}],
         "properties": _properties(
             ("nix:store-path", path.path),
-            ("nix:nar-hash", path.nar_hash),
+            # One spelling whatever Nix printed, so that every Nix gives the same SBOM.
+            ("nix:nar-hash", "sha256-" + base64.b64encode(bytes.fromhex(nar_hex)).decode()),
             ("nix:nar-size", str(path.nar_size)),
         ),
     }
