@@ -125,11 +125,14 @@ class ImageService:
         raise UnknownManifest("no signature for this manifest", {"digest": signed})
 
     def _whole(self, image: Published, media_type: str) -> Manifest | None:
-        """The image's manifest, if it and every blob it names are intact."""
+        """The image's manifest, if it and every blob it and its referrers (the SBOM, a
+        signature) name are intact: an image is served whole or built again."""
         manifest = self.state.manifest(image.manifests[media_type])
-        if manifest is None or not all(self.blobs.intact(d) for d in manifest.blobs()):
+        if manifest is None:
             return None
-        return manifest
+        referrers = self.state.referrers(manifest.digest)
+        blobs = [*manifest.blobs(), *(d for r in referrers for d in r.blobs())]
+        return manifest if all(self.blobs.intact(d) for d in blobs) else None
 
     def image(self, job: BuildJob, caller: Caller = Caller()) -> Published:
         """The published image of a job, building it if need be."""

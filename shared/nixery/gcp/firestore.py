@@ -131,6 +131,8 @@ class FirestoreState:
         # while only, so that one that was collected or forgotten elsewhere is seen to be.
         self._published: BoundedCache[Published] = BoundedCache(ttl=PUBLISHED_TTL)
         self._manifests: BoundedCache[Manifest] = BoundedCache()
+        # Every pull by tag asks for them; they change only when an image is built again.
+        self._referrers: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
 
     # --- State -------------------------------------------------------------------------
 
@@ -184,10 +186,17 @@ class FirestoreState:
         batch.set(self.builds.document(key), done, merge=True)
         batch.commit()
 
-    @bounded
     def referrers(self, subject: str) -> list[Manifest]:
+        if (referrers := self._referrers.get(subject)) is not None:
+            return referrers
+        return self._read_referrers(subject)
+
+    @bounded
+    def _read_referrers(self, subject: str) -> list[Manifest]:
         found = self.manifests.where(filter=FieldFilter("subject", "==", subject)).stream()
-        return [Manifest(doc["media_type"], doc["body"]) for s in found if (doc := s.to_dict())]
+        referrers = [Manifest(d["media_type"], d["body"]) for s in found if (d := s.to_dict())]
+        # None yet may mean not published yet: only an answer with referrers is kept.
+        return self._referrers.keep(subject, referrers) if referrers else referrers
 
     @bounded
     def touch(self, key: str, now: float) -> None:
