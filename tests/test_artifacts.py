@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
 from emulators import GcpRegistry
 from fakes import MemoryBlobStore, MemoryState
 from test_protocol import DOCKER, OCI
+from test_sbom import assert_valid_cyclonedx
 
 from nixery import builder as builder_module
 from nixery.builder import Builder
@@ -115,6 +116,7 @@ def test_oras_discovers_and_pulls_an_sbom_naming_every_store_path_with_its_hash(
         "pull", "--plain-http", "-o", str(tmp_path), f"{target.host}/{IMAGE}@{sbom['digest']}"
     )
     assert pulled.returncode == 0, pulled.stderr
+    assert_valid_cyclonedx((tmp_path / "sbom.cdx.json").read_bytes())
     bom = json.loads((tmp_path / "sbom.cdx.json").read_text())
     components = {c["bom-ref"]: c for c in bom["components"]}
 

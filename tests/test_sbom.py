@@ -11,6 +11,8 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
 from nixery.config import ConfigError
 from nixery.nix import NIX_COMMAND, PackageMeta, StorePath, parse_meta, parse_path_info
@@ -49,6 +51,16 @@ def test_the_sbom_is_byte_identical_for_the_same_image_and_differs_for_another()
     assert sbom() == sbom()
     assert sbom() != sbom(revision=Revision(REVISION.source, "b" * 40))
     assert json.loads(sbom())["serialNumber"] != json.loads(sbom(title="other"))["serialNumber"]
+
+
+def assert_valid_cyclonedx(sbom: bytes) -> None:
+    """Valid against CycloneDX 1.6's JSON schema, strictly (no unknown fields)."""
+    errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom.decode())
+    assert errors is None, errors
+
+
+def test_the_sbom_is_valid_cyclonedx_1_6():
+    assert_valid_cyclonedx(sbom())
 
 
 def test_every_store_path_is_a_component_with_its_hash_and_what_meta_says():
