@@ -43,6 +43,7 @@ from nixery.nix import NIX_COMMAND, parse_path_info
 from nixery.sbom import SBOM_TYPE, nar_hash_hex
 from nixery.signatures import SIGNATURE_ANNOTATION, SIMPLE_SIGNING
 from nixery.sources.path import PathSource
+from nixery.state import Failure
 
 pytestmark = pytest.mark.e2e
 
@@ -308,13 +309,15 @@ class BrokenSigner:
 
 
 def broken_sbom(**_: object) -> bytes:
-    raise RuntimeError("the SBOM could not be made")
+    return nar_hash_hex("md5:0123")  # a hash the SBOM cannot spell: ValueError
 
 
 @pytest.mark.parametrize("broken", ["sbom", "signature"])
 def test_a_failed_sbom_or_signature_step_publishes_nothing(broken, monkeypatch):
-    """The exception reaches the queue (local mode answers 503 and the next pull builds
-    again; a builder answers 500 and Cloud Tasks retries); nothing was published."""
+    """An SBOM that cannot be made fails the build, remembered like a failed derivation; a
+    signing service that cannot be reached is trouble that passes: the exception reaches the
+    queue (local mode answers 503 and the next pull builds again; a builder answers 500 and
+    Cloud Tasks retries). Either way nothing is published."""
     if broken == "sbom":
         monkeypatch.setattr(builder_module, "image_sbom", broken_sbom)
     source, state = PathSource(DEMO), MemoryState()
@@ -324,6 +327,11 @@ def test_a_failed_sbom_or_signature_step_publishes_nothing(broken, monkeypatch):
         signer=BrokenSigner() if broken == "signature" else None,
     )  # fmt: skip
     job = BuildJob.of(parse_name("hello"), source.resolve("latest"))
-    with pytest.raises((RuntimeError, ConnectionError)):
+    if broken == "sbom":
         builder.run(job)
-    assert state.status(job.key) is None
+        failure = state.status(job.key)
+        assert isinstance(failure, Failure) and "SBOM could not be made" in failure.message
+    else:
+        with pytest.raises(ConnectionError):
+            builder.run(job)
+        assert state.status(job.key) is None

@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from . import archives
 from .archives import Compressor, Sink
 from .config import BuildSettings
-from .errors import BuildError, ImageTooLarge
+from .errors import BuildError, BuildFailed, ImageTooLarge
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
@@ -207,14 +207,19 @@ class Builder:
                 record.update(new=fresh, reused=len(groups) - fresh)
         title = "/".join(job.request.packages)
         with step("sbom", key) as record:
-            sbom = image_sbom(
-                title=title,
-                revision=job.revision,
-                system=job.request.arch.nix_system,
-                roots=result.outputs.values(),
-                closure=result.closure,
-                meta=result.meta,
-            )
+            try:
+                sbom = image_sbom(
+                    title=title,
+                    revision=job.revision,
+                    system=job.request.arch.nix_system,
+                    roots=result.outputs.values(),
+                    closure=result.closure,
+                    meta=result.meta,
+                )
+            except (ValueError, KeyError) as e:
+                # What Nix said of the closure cannot be described (a hash in a form unknown
+                # here): the same next time, so a failed build, remembered like one.
+                raise BuildFailed(f"the image's SBOM could not be made: {e}") from e
             store_bytes(self.blobs, sha256_digest(sbom), sbom)
             store_bytes(self.blobs, sha256_digest(EMPTY_BLOB), EMPTY_BLOB)
             record["bytes"] = len(sbom)
