@@ -2,9 +2,9 @@
 # Sets up a Debian 12 machine for Nixery: Nix (offline-capable), the demo set's bootstrap
 # busybox, and a Python virtualenv in .venv. With --test, also the registry clients the tests
 # pull with (skopeo, podman, containerd, runc), the test dependencies (qemu-user and chromium
-# among them), and the tools the benchmarks compare against (pigz, wrk, docker-registry),
-# since the tests run every benchmark in its smoke mode; with --bench, only those tools.
-# Idempotent; run as root.
+# among them; oras and cosign from scripts/get-oci-tools.sh), and the tools the benchmarks
+# compare against (pigz, wrk, docker-registry), since the tests run every benchmark in its
+# smoke mode; with --bench, only those tools. Idempotent; run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,5 +65,6 @@ if [[ "${1:-}" == "--test" ]]; then
   # registries this machine reaches; the machine image provides it.
   jar=/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
   [[ -f "$jar" ]] || echo "setup: WARNING: $jar is missing; the Google Cloud mode tests will fail" >&2
+  scripts/get-oci-tools.sh
 fi
 echo "setup: done"

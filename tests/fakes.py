@@ -144,12 +144,18 @@ class MemoryState:
         with self._lock:
             return self._manifests.get(digest)
 
-    def publish(self, key: str, manifests: list[Manifest]) -> None:
+    def publish(
+        self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
+    ) -> None:
         with self._lock:
-            for m in manifests:
+            for m in [*manifests, *referrers]:
                 self._manifests.setdefault(m.digest, m)
             self._images[key] = Published({m.media_type: m.digest for m in manifests})
             self._leases.pop(key, None)
+
+    def referrers(self, subject: str) -> list[Manifest]:
+        with self._lock:
+            return [m for m in self._manifests.values() if m.subject == subject]
 
     def touch(self, key: str, now: float) -> None:
         with self._lock:

@@ -77,7 +77,9 @@ def test_auth_settings_are_checked_at_start(hashed) -> None:
 
 def test_strangers_get_a_401_challenge_and_leave_no_secret_in_the_log(private) -> None:
     scheme = private.env["NIXERY_AUTH"]
-    for path in ("/v2/", "/v2/hello/manifests/latest", f"/v2/hello/blobs/sha256:{'0' * 64}"):
+    digest = f"sha256:{'0' * 64}"
+    for path in ("/v2/", "/v2/hello/manifests/latest", f"/v2/hello/blobs/{digest}",
+                 f"/v2/hello/referrers/{digest}"):  # fmt: skip
         refused = private.get(path, auth=("alice", "wrong password"))
         assert refused.status_code == 401, refused.text
         assert refused.json()["errors"][0]["code"] == "UNAUTHORIZED"
@@ -86,11 +88,9 @@ def test_strangers_get_a_401_challenge_and_leave_no_secret_in_the_log(private) -
             assert challenge == 'Basic realm="nixery"'
         else:
             assert challenge.startswith(f'Bearer realm="{private.url}/auth/token",service=')
-    assert (
-        'scope="repository:hello:pull"'
-        in private.get("/v2/hello/manifests/latest").headers["WWW-Authenticate"]
-        or scheme == "basic"
-    )
+    for path in ("/v2/hello/manifests/latest", f"/v2/hello/referrers/{digest}"):
+        challenge = private.get(path).headers["WWW-Authenticate"]
+        assert 'scope="repository:hello:pull"' in challenge or scheme == "basic"
     bad_token = private.get("/v2/", headers={"Authorization": "Bearer forged.token.here"})
     assert bad_token.status_code == 401
     assert "wrong password" not in private.log() and "forged.token" not in private.log()

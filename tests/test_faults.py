@@ -159,3 +159,17 @@ def test_a_server_killed_mid_build_leaves_nothing_half_published(
     copied = pull(clients, again, "big", tmp_path / "img")
     assert copied.returncode == 0, copied.stderr + again.log()
     assert all_intact(again.storage)
+
+
+def test_an_image_whose_sbom_was_lost_is_built_again(make_registry, tmp_path):
+    """An image is served whole: with every blob its SBOM names too."""
+    reg = make_registry(tmp_path / "storage")
+    subject = manifest(reg, "htop").headers["Docker-Content-Digest"]
+    (sbom,) = reg.get(f"/v2/htop/referrers/{subject}").json()["manifests"]
+    layer = reg.get(f"/v2/htop/manifests/{sbom['digest']}").json()["layers"][0]["digest"]
+    blob = reg.storage / "blobs" / "sha256" / layer.removeprefix("sha256:")
+    content = blob.read_bytes()
+    blob.write_bytes(content[:-1] + b" ")
+    assert manifest(reg, "htop").headers["Docker-Content-Digest"] == subject
+    assert "building it again" in reg.log()
+    assert reg.get(f"/v2/htop/blobs/{layer}").content == content

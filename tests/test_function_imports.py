@@ -26,6 +26,7 @@ PIPELINE = {
     "nixery.nix",
     "nixery.popcount",
     "nixery.popularity",
+    "nixery.sbom",
 }
 
 SCRIPT = """

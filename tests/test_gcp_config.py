@@ -115,3 +115,14 @@ def test_the_platforms_own_timeout_wins():
     assert registry_settings(env).function_timeout == 300
     with pytest.raises(ConfigError, match=r"NIXERY_BUILD_WAIT \(280 s\).*CLOUD_RUN_TIMEOUT"):
         registry_settings({**env, "NIXERY_BUILD_WAIT": "280"})
+
+
+def test_a_kms_signing_key_is_a_key_version_and_excludes_a_key_file():
+    version = "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
+    assert builder_settings(BUILDER).kms_key is None
+    assert builder_settings({**BUILDER, "NIXERY_SIGNING_KMS_KEY": version}).kms_key == version
+    with pytest.raises(ConfigError, match="NIXERY_SIGNING_KMS_KEY"):
+        builder_settings({**BUILDER, "NIXERY_SIGNING_KMS_KEY": "projects/p/keyRings/r"})
+    both = {"NIXERY_SIGNING_KMS_KEY": version, "NIXERY_SIGNING_KEY": "/key.pem"}
+    with pytest.raises(ConfigError, match="one of"):
+        builder_settings({**BUILDER, **both})

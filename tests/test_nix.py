@@ -21,6 +21,7 @@ from nixery.nix import (
     AUTO_ROOTS,
     ROOTS,
     Nix,
+    PackageMeta,
     _classify,
     _error_message,
     check_nix_version,
@@ -288,3 +289,32 @@ def test_hostile_package_names_are_unknown_packages(monkeypatch):
     with pytest.raises(UnknownPackages) as raised, nix.build(DEMO, HOSTILE_NAMES, "x86_64-linux"):
         pass
     assert raised.value.names == HOSTILE_NAMES
+
+
+def test_meta_of_the_packages_and_their_inputs_reaches_python(monkeypatch, tmp_path):
+    """The SBOM's data, as the package set's meta spells it: licenses as attribute sets (an
+    SPDX id, or a short name) or strings, homepages as strings or lists; a meta that throws
+    leaves its package undescribed rather than failing the build."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    (pkgs / "default.nix").write_text(
+        f"args: let pkgs = import {DEMO} args; in pkgs // {{\n"
+        "  htop = pkgs.htop // { meta = {\n"
+        '    description = "process viewer"; homepage = [ "https://htop.dev" "https://x" ];\n'
+        '    license = [ { spdxId = "GPL-2.0-only"; } { shortName = "free"; } "custom" ]; }; };\n'
+        '  hello = pkgs.hello // { meta = throw "no meta here"; };\n'
+        "}\n"
+    )
+    nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)
+    with nix.build(pkgs, ["hello", "htop"], "x86_64-linux") as result:
+        htop, hello = result.outputs["htop"], result.outputs["hello"]
+        assert result.meta[htop] == PackageMeta(
+            "htop", "3.2.2", "process viewer", "https://htop.dev",
+            (("id", "GPL-2.0-only"), ("name", "free"), ("name", "custom")),
+        )  # fmt: skip
+        assert hello in result.closure and hello not in result.meta
+        # htop's inputs (the demo set's deps) are described too.
+        ncurses = next(p for p in result.closure if p.endswith("-ncurses-6.4"))
+        assert result.meta[ncurses].pname == "ncurses"
+        assert result.meta[ncurses].description == "demo stand-in for ncurses"

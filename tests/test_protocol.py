@@ -444,6 +444,118 @@ def test_tags_list_invalid_n_is_400(target, n):
     assert_error(list_tags(target, f"?n={n}"), 400, "PAGINATION_NUMBER_INVALID")
 
 
+# Referrers (distribution spec 1.1, "Listing Referrers"): every image has an SBOM about it
+
+
+SBOM = "application/vnd.cyclonedx+json"
+EMPTY = "application/vnd.oci.empty.v1+json"
+
+
+def referrers(target, digest, query="", name=IMAGE, method="GET"):
+    return target.get(f"/v2/{name}/referrers/{digest}{query}", method)
+
+
+def assert_index(response) -> list[dict]:
+    """An OCI image index answered 200, as the spec wants even when it lists nothing."""
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == OCI_INDEX
+    body = response.json()
+    assert body["schemaVersion"] == 2 and body["mediaType"] == OCI_INDEX
+    return body["manifests"]
+
+
+@pytest.mark.parametrize("accept", [OCI, DOCKER])
+def test_each_manifest_of_an_image_has_an_sbom_among_its_referrers(target, accept):
+    image = get_manifest(target, accept=accept)
+    subject = image.headers["Docker-Content-Digest"]
+    (descriptor,) = assert_index(referrers(target, subject))
+    assert descriptor["artifactType"] == SBOM
+    assert descriptor["mediaType"] == OCI
+    # The descriptor names a manifest this registry serves, whose subject is the image.
+    artifact = get_manifest(target, descriptor["digest"])
+    assert artifact.status_code == 200
+    assert sha256(artifact.content) == descriptor["digest"]
+    assert len(artifact.content) == descriptor["size"]
+    body = artifact.json()
+    assert body["artifactType"] == SBOM and body["mediaType"] == OCI
+    assert body["subject"] == {
+        "mediaType": accept, "digest": subject, "size": len(image.content)
+    }  # fmt: skip
+    assert descriptor.get("annotations") == body.get("annotations")
+    assert body["config"]["mediaType"] == EMPTY
+    for blob in (body["config"], *body["layers"]):
+        fetched = fetch_blob(target, blob["digest"])
+        assert fetched.status_code == 200
+        assert sha256(fetched.content) == blob["digest"] and len(fetched.content) == blob["size"]
+    (layer,) = body["layers"]
+    assert layer["mediaType"] == SBOM
+    sbom = json.loads(fetch_blob(target, layer["digest"]).content)
+    assert sbom["bomFormat"] == "CycloneDX"
+
+
+def test_both_manifests_of_an_image_share_one_sbom_blob(target):
+    blobs = set()
+    for accept in (OCI, DOCKER):
+        subject = get_manifest(target, accept=accept).headers["Docker-Content-Digest"]
+        (descriptor,) = assert_index(referrers(target, subject))
+        blobs.add(get_manifest(target, descriptor["digest"]).json()["layers"][0]["digest"])
+    assert len(blobs) == 1
+
+
+def test_referrers_filtered_by_artifact_type_say_so(target, pulled):
+    subject = pulled[0].headers["Docker-Content-Digest"]
+    everything = assert_index(referrers(target, subject))
+    matching = referrers(target, subject, "?" + urllib.parse.urlencode({"artifactType": SBOM}))
+    assert assert_index(matching) == everything
+    assert matching.headers["OCI-Filters-Applied"] == "artifactType"
+    other = referrers(target, subject, "?artifactType=application/vnd.example.other")
+    assert assert_index(other) == []
+    assert other.headers["OCI-Filters-Applied"] == "artifactType"
+    assert "OCI-Filters-Applied" not in referrers(target, subject).headers
+
+
+def test_a_digest_with_no_referrers_gets_an_empty_index_not_a_404(target, pulled):
+    assert assert_index(referrers(target, MISSING)) == []
+    # An SBOM itself has no referrers either.
+    subject = pulled[0].headers["Docker-Content-Digest"]
+    (descriptor,) = assert_index(referrers(target, subject))
+    assert assert_index(referrers(target, descriptor["digest"])) == []
+
+
+def test_referrers_are_the_same_whatever_name_the_image_is_pulled_by(target):
+    subject = get_manifest(target, name="hello/shell").headers["Docker-Content-Digest"]
+    assert assert_index(referrers(target, subject)) == assert_index(
+        referrers(target, subject, name="anything")
+    )
+
+
+@pytest.mark.parametrize("digest", ["sha256:totallywrong", "sha256:" + "A" * 64, "nodigest"])
+def test_referrers_of_a_malformed_digest_is_400_digest_invalid(target, digest):
+    assert_error(referrers(target, digest), 400, "DIGEST_INVALID")
+
+
+def test_referrers_of_a_bad_name_is_400_name_invalid(target):
+    assert_error(referrers(target, MISSING, name="Bad/Name"), 400, "NAME_INVALID")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "POST"])
+def test_referrers_cannot_be_written(target, method):
+    assert_error(referrers(target, MISSING, method=method), 405, "UNSUPPORTED")
+
+
+def test_the_oci_manifest_and_config_say_where_the_image_comes_from(target, pulled):
+    _, body = pulled
+    annotations = body["annotations"]
+    # The packages the image holds: `shell` expanded, and those every image holds.
+    title = annotations["org.opencontainers.image.title"].split("/")
+    assert title == sorted(title) and {"hello", "bashInteractive", "cacert"} <= set(title)
+    assert annotations["org.opencontainers.image.created"] == "1970-01-01T00:00:01Z"
+    assert annotations["org.opencontainers.image.revision"]
+    assert annotations["org.opencontainers.image.source"]
+    config = fetch_blob(target, body["config"]["digest"]).json()
+    assert config["config"]["Labels"] == annotations
+
+
 # Push and delete: a read-only registry
 
 
@@ -495,7 +607,7 @@ def test_other_methods_on_the_ping_are_405_unsupported(target, method):
 
 
 def test_unknown_endpoint_is_a_json_404(target):
-    response = target.get(f"/v2/{IMAGE}/referrers/{MISSING}")
+    response = target.get(f"/v2/{IMAGE}/no-such-endpoint/{MISSING}")
     assert response.status_code == 404
     assert response.headers["Content-Type"] == "application/json"
     assert response.json()["errors"][0]["code"] in ERROR_CODES

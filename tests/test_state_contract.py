@@ -26,7 +26,7 @@ from fakes import (
 from nixery.errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
 from nixery.gcp.firestore import MAX_ATTEMPTS, FirestoreState
 from nixery.local.sqlite import SqliteState
-from nixery.manifests import DOCKER_MANIFEST, OCI_MANIFEST, LayerBlob
+from nixery.manifests import DOCKER_MANIFEST, OCI_MANIFEST, LayerBlob, Manifest, artifact_manifest
 from nixery.reports import BuildReport, FailureReport, LayerReport
 from nixery.state import (
     MAX_LOG,
@@ -143,6 +143,34 @@ def test_a_manifest_published_twice_keeps_its_bytes(state: State) -> None:
     for m in manifests:
         assert state.manifest(m.digest) == m
     assert state.status(KEY) == state.status(sample_job("again").key)
+
+
+def sample_referrers(manifests: list[Manifest], kind: str = "application/x.test") -> list[Manifest]:
+    return [artifact_manifest(kind, b"about", "about.txt", m, {}) for m in manifests]
+
+
+def test_referrers_are_published_with_the_image_and_found_by_subject(state: State) -> None:
+    manifests = sample_manifests()
+    referrers = sample_referrers(manifests)
+    assert state.referrers(manifests[0].digest) == []
+    state.publish(KEY, manifests, referrers)
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+    for manifest, referrer in zip(manifests, referrers, strict=True):
+        assert state.referrers(manifest.digest) == [referrer]
+        assert state.manifest(referrer.digest) == referrer
+    assert state.referrers(sample_manifests("other")[0].digest) == []
+
+
+def test_an_images_referrers_are_kept_and_collected_with_it(state: State) -> None:
+    if isinstance(state, MemoryState):
+        pytest.skip("the fake keeps no inventory for `nixery gc`")
+    manifests = sample_manifests()
+    referrers = sample_referrers(manifests)
+    state.publish(KEY, manifests, referrers)
+    (record,) = state.images()
+    assert set(record.manifests) == {m.digest for m in [*manifests, *referrers]}
+    state.delete(images=[KEY], manifests=[m.digest for m in [*manifests, *referrers]])
+    assert state.referrers(manifests[0].digest) == []
 
 
 def test_a_missing_manifest_digest_is_none_even_beside_others(state: State) -> None:

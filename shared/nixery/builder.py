@@ -20,15 +20,27 @@ from pathlib import Path
 from . import archives
 from .archives import Compressor, Sink
 from .config import BuildSettings
-from .errors import BuildError, ImageTooLarge, UnknownPackages
+from .errors import BuildError, BuildFailed, ImageTooLarge, UnknownPackages
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
-from .manifests import LayerBlob, Manifest, image_config, image_manifests, sha256_digest
+from .manifests import (
+    CREATED,
+    EMPTY_BLOB,
+    LayerBlob,
+    Manifest,
+    artifact_manifest,
+    image_config,
+    image_manifests,
+    provenance,
+    sha256_digest,
+)
 from .names import suggest
 from .nix import Nix
 from .nixstore import StoreKeeper
 from .reports import Reporter
+from .sbom import SBOM_FILE, SBOM_TYPE, image_sbom
+from .signatures import PemSigner, Signer, signature_for
 from .sources import Source
 from .state import Failure, Published, State
 from .storage import BlobStore, store_bytes
@@ -74,6 +86,7 @@ class Builder:
         nix_budget: float,
         store: StoreKeeper,
         max_image_size: int | None = None,
+        signer: Signer | None = None,
         gzip_level: int = archives.GZIP_LEVEL,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -81,7 +94,8 @@ class Builder:
         process's, shared by all builds, so that concurrent builds share the cores.
         ``nix_budget`` is the seconds a build has, from its start, until Nix must be done;
         ``store`` keeps the Nix store bounded between builds; an image whose closure is
-        larger than ``max_image_size`` bytes fails before anything of it is archived."""
+        larger than ``max_image_size`` bytes fails before anything of it is archived; with a
+        ``signer``, each manifest is published with its signature."""
         self.source = source
         self.nix = nix
         self.blobs = blobs
@@ -93,6 +107,7 @@ class Builder:
         self.nix_budget = nix_budget
         self.store = store
         self.max_image_size = max_image_size
+        self.signer = signer
         self.gzip_level = gzip_level
         self.clock = clock
         self._indexed: set[str] = set()  # revisions whose package names are stored
@@ -106,9 +121,13 @@ class Builder:
         blobs: BlobStore,
         state: State,
         popularity: Mapping[str, int],
+        signer: Signer | None = None,
     ) -> Builder:
-        """A builder on the given adapters, with a pool and a compressor sized to the machine."""
+        """A builder on the given adapters, with a pool and a compressor sized to the machine;
+        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one."""
         cores = os.cpu_count() or 1
+        if signer is None and settings.signing_key is not None:
+            signer = PemSigner.load(settings.signing_key)
         return cls(
             source=source,
             nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
@@ -121,6 +140,7 @@ class Builder:
             nix_budget=settings.nix_budget,
             store=StoreKeeper(settings.store_limit),
             max_image_size=settings.max_image_size,
+            signer=signer,
         )
 
     def run(self, job: BuildJob) -> None:
@@ -140,13 +160,13 @@ class Builder:
         reporter = Reporter(self.state, job, self.clock)
         with self.store.build():  # the store is tidied after the outcome is recorded
             try:
-                manifests = self._build(job, started + self.nix_budget, reporter)
+                manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
             except BuildError as e:
                 failure = Failure.of(e, self.clock())
                 self._fail(job, failure)
                 reporter.failed(failure)
                 return
-            self.state.publish(job.key, manifests)
+            self.state.publish(job.key, manifests, artifacts)
             reporter.published(manifests)
             log.info(
                 "build %s: published in %.2fs",
@@ -159,7 +179,10 @@ class Builder:
                     extra={"build_key": job.key})  # fmt: skip
         self.state.record_failure(job.key, failure)
 
-    def _build(self, job: BuildJob, nix_deadline: float, reporter: Reporter) -> list[Manifest]:
+    def _build(
+        self, job: BuildJob, nix_deadline: float, reporter: Reporter
+    ) -> tuple[list[Manifest], list[Manifest]]:
+        """The image's manifests, and the artifacts that refer to them (its SBOM)."""
         key = job.key
         with step("checkout", key):
             source_dir = self.source.checkout(job.revision)
@@ -203,12 +226,44 @@ class Builder:
                 )
                 record.update(new=fresh, reused=len(groups) - fresh)
             reporter.layers(groups, layers)
+        title = "/".join(job.request.packages)
+        with step("sbom", key) as record:
+            try:
+                sbom = image_sbom(
+                    title=title,
+                    revision=job.revision,
+                    system=job.request.arch.nix_system,
+                    roots=result.outputs.values(),
+                    closure=result.closure,
+                    meta=result.meta,
+                )
+            except (ValueError, KeyError) as e:
+                # What Nix said of the closure cannot be described (a hash in a form unknown
+                # here): the same next time, so a failed build, remembered like one.
+                raise BuildFailed(f"the image's SBOM could not be made: {e}") from e
+            store_bytes(self.blobs, sha256_digest(sbom), sbom)
+            store_bytes(self.blobs, sha256_digest(EMPTY_BLOB), EMPTY_BLOB)
+            record["bytes"] = len(sbom)
         reporter.update(step="manifests")
         with step("manifests", key):
             has_bash = any(e.path == "bin/bash" for e in root_entries)
-            config = image_config(job.request.arch.oci_arch, layers, has_bash=has_bash)
+            source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
+            annotations = provenance(title, source, job.revision.value)
+            config = image_config(
+                job.request.arch.oci_arch, layers, has_bash=has_bash, labels=annotations
+            )
             store_bytes(self.blobs, sha256_digest(config), config)
-            return image_manifests(config, layers)
+            manifests = image_manifests(config, layers, annotations)
+            about = {"org.opencontainers.image.created": CREATED}
+            artifacts = [artifact_manifest(SBOM_TYPE, sbom, SBOM_FILE, m, about) for m in manifests]
+        if self.signer is not None:
+            with step("signatures", key):
+                for manifest in manifests:
+                    signature = signature_for(manifest, self.signer)
+                    for blob in signature.blobs:
+                        store_bytes(self.blobs, sha256_digest(blob), blob)
+                    artifacts.append(signature.manifest)
+        return manifests, artifacts
 
     def _index(self, job: BuildJob, source_dir: Path, nix_deadline: float) -> None:
         """Lists the package set's names for the search box, once per revision; a set whose

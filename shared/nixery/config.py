@@ -195,6 +195,7 @@ class BuildSettings:
     layer_budget: int
     eval_allow: tuple[Path, ...]  # host paths a restricted evaluation may read
     max_image_size: int | None  # bytes of closure (NAR sizes) an image may hold
+    signing_key: Path | None = None  # a PEM private key each manifest is signed with
 
     @property
     def nix_budget(self) -> float:
@@ -219,6 +220,7 @@ def build_settings(
         layer_budget=env.integer("NIXERY_LAYER_BUDGET", 100, 2, 125),
         eval_allow=tuple(map(Path, env.words("NIXERY_EVAL_ALLOW", r"/[^:]*", sep=":") or ())),
         max_image_size=env.size("NIXERY_MAX_IMAGE_SIZE", None),
+        signing_key=Path(key) if (key := env.get("NIXERY_SIGNING_KEY")) else None,
     )
     if settings.nix_timeout > settings.nix_budget:
         raise ConfigError(

@@ -33,6 +33,8 @@ from .job import BuildJob
 from .limits import Limiter
 from .manifests import Manifest, preferred_type
 from .names import Digest, ImageRequest, Tag
+from .referrers import referrers_index
+from .signatures import is_signature, signed_digest
 from .sources import Revision, Source
 from .state import Failure, Published, State
 from .storage import BlobStore
@@ -95,6 +97,8 @@ class ImageService:
             if found is None:
                 raise UnknownManifest("manifest unknown", {"digest": reference})
             return found
+        if (signed := signed_digest(reference.name)) is not None:
+            return self._signature(signed)
         job = BuildJob.of(request, self._resolve(reference))
         media_type = preferred_type(accept)
         found = self._whole(self.image(job, caller), media_type)
@@ -114,12 +118,22 @@ class ImageService:
             self.state.touch(job.key, self.clock())
         return found
 
+    def _signature(self, signed: str) -> Manifest:
+        """The signature of a manifest, which cosign asks for by tag (``sha256-<hex>.sig``)."""
+        for referrer in self.state.referrers(signed):
+            if is_signature(referrer):
+                return referrer
+        raise UnknownManifest("no signature for this manifest", {"digest": signed})
+
     def _whole(self, image: Published, media_type: str) -> Manifest | None:
-        """The image's manifest, if it and every blob it names are intact."""
+        """The image's manifest, if it and every blob it and its referrers (the SBOM, a
+        signature) name are intact: an image is served whole or built again."""
         manifest = self.state.manifest(image.manifests[media_type])
-        if manifest is None or not all(self.blobs.intact(d) for d in manifest.blobs()):
+        if manifest is None:
             return None
-        return manifest
+        referrers = self.state.referrers(manifest.digest)
+        blobs = [*manifest.blobs(), *(d for r in referrers for d in r.blobs())]
+        return manifest if all(self.blobs.intact(d) for d in blobs) else None
 
     def image(self, job: BuildJob, caller: Caller = Caller()) -> Published:
         """The published image of a job, building it if need be."""
@@ -160,6 +174,12 @@ class ImageService:
                 f"before can still be pulled. Retry in {wait:.0f} seconds",
                 wait,
             )
+
+    def referrers(self, subject: Digest, artifact_type: str | None) -> bytes:
+        """The index of the artifacts about ``subject``: empty when there are none, even for
+        a manifest this registry never served (it cannot tell a client's typo from an image
+        of another registry's, and the spec wants an empty index either way)."""
+        return referrers_index(self.state.referrers(subject), artifact_type)
 
     def tags(self) -> list[str]:
         """The tags listed for a valid name, without building it: whether its packages exist

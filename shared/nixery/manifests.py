@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,10 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+# An artifact's config (OCI image spec 1.1): the empty JSON object, a blob of its own.
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
 
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 _FORMATS = {
@@ -54,6 +58,12 @@ class Manifest:
         body = json.loads(self.body)
         return [body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]
 
+    @property
+    def subject(self) -> str | None:
+        """The digest of the manifest this one refers to, for an artifact (an SBOM)."""
+        subject = json.loads(self.body).get("subject")
+        return str(subject["digest"]) if subject else None
+
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -63,10 +73,32 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def image_config(arch: str, layers: Sequence[LayerBlob], *, has_bash: bool) -> bytes:
+def provenance(title: str, source: str, revision: str) -> dict[str, str]:
+    """The image spec's pre-defined annotations that say where an image comes from: its
+    packages, the package set and its exact revision. ``created`` is fixed, as in the config,
+    so that they take nothing from reproducibility."""
+    return {
+        "org.opencontainers.image.created": CREATED,
+        "org.opencontainers.image.revision": revision,
+        "org.opencontainers.image.source": source,
+        "org.opencontainers.image.title": title,
+    }
+
+
+def image_config(
+    arch: str,
+    layers: Sequence[LayerBlob],
+    *,
+    has_bash: bool,
+    labels: Mapping[str, str] | None = None,
+) -> bytes:
+    """The config; ``labels`` are the provenance annotations, which a config carries as
+    labels (the image spec's pre-defined annotation keys may be used there)."""
     config: dict[str, Any] = {"Env": [f"PATH={PATH}", f"SSL_CERT_FILE={CA_BUNDLE}"]}
     if has_bash:
         config["Cmd"] = ["bash"]
+    if labels:
+        config["Labels"] = dict(labels)
     return canonical_json(
         {
             "architecture": arch,
@@ -78,8 +110,11 @@ def image_config(arch: str, layers: Sequence[LayerBlob], *, has_bash: bool) -> b
     )
 
 
-def image_manifests(config: bytes, layers: Sequence[LayerBlob]) -> list[Manifest]:
-    """The same image in each manifest format."""
+def image_manifests(
+    config: bytes, layers: Sequence[LayerBlob], annotations: Mapping[str, str] | None = None
+) -> list[Manifest]:
+    """The same image in each manifest format; ``annotations`` go on the OCI manifest
+    (Docker schema2 has no place for them)."""
     manifests = []
     for media_type, (config_type, layer_type) in _FORMATS.items():
         body = {
@@ -95,8 +130,47 @@ def image_manifests(config: bytes, layers: Sequence[LayerBlob]) -> list[Manifest
                 for layer in layers
             ],
         }
+        if annotations and media_type == OCI_MANIFEST:
+            body["annotations"] = dict(annotations)
         manifests.append(Manifest(media_type, canonical_json(body)))
     return manifests
+
+
+def artifact_manifest(
+    artifact_type: str,
+    blob: bytes,
+    filename: str,
+    subject: Manifest,
+    annotations: Mapping[str, str],
+) -> Manifest:
+    """An OCI artifact (image spec 1.1) holding one blob of ``artifact_type`` about
+    ``subject``: what the referrers API lists for it. Its config is the empty blob; the
+    blob's title annotation is the file name clients (``oras pull``) save it under."""
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {
+            "mediaType": EMPTY_CONFIG,
+            "digest": sha256_digest(EMPTY_BLOB),
+            "size": len(EMPTY_BLOB),
+        },
+        "layers": [
+            {
+                "mediaType": artifact_type,
+                "digest": sha256_digest(blob),
+                "size": len(blob),
+                "annotations": {"org.opencontainers.image.title": filename},
+            }
+        ],
+        "subject": {
+            "mediaType": subject.media_type,
+            "digest": subject.digest,
+            "size": len(subject.body),
+        },
+        "annotations": dict(annotations),
+    }
+    return Manifest(OCI_MANIFEST, canonical_json(body))
 
 
 def preferred_type(accept: Iterable[str]) -> str:

@@ -128,11 +128,44 @@ class StorePath:
 
 
 @dataclass(frozen=True)
+class PackageMeta:
+    """What the package set says of a store path (its derivation's name and ``meta``)."""
+
+    pname: str
+    version: str
+    description: str = ""
+    homepage: str = ""
+    licenses: tuple[tuple[str, str], ...] = ()  # ("id", SPDX id) or ("name", free text)
+
+
+@dataclass(frozen=True)
 class BuildResult:
-    """The built packages (name -> output path, in request order) and their whole closure."""
+    """The built packages (name -> output path, in request order), their whole closure, and
+    what the package set says of the paths it knows (store path -> meta)."""
 
     outputs: dict[str, str]
     closure: dict[str, StorePath]
+    meta: dict[str, PackageMeta]
+
+
+def parse_meta(entries: Iterable[Mapping[str, Any]]) -> dict[str, PackageMeta]:
+    """The plan's ``meta`` list, keyed by store path; the first entry of a path wins."""
+    meta: dict[str, PackageMeta] = {}
+    for e in entries:
+        licenses = tuple(
+            (kind, str(value))
+            for lic in e.get("licenses", ())
+            for kind, value in sorted(lic.items())
+            if kind in ("id", "name") and value
+        )
+        meta.setdefault(
+            str(e["path"]),
+            PackageMeta(
+                str(e["pname"]), str(e["version"]), str(e["description"]),
+                str(e["homepage"]), licenses,
+            ),
+        )  # fmt: skip
+    return meta
 
 
 def parse_path_info(text: str) -> dict[str, StorePath]:
@@ -219,7 +252,7 @@ class Nix:
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
                 self._run(realise, "building", math.inf, deadline)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
-                yield BuildResult(outputs, closure)
+                yield BuildResult(outputs, closure, parse_meta(plan.get("meta", ())))
         finally:
             remove_stale_roots()
 

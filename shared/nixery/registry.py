@@ -59,6 +59,7 @@ from .names import (
     parse_name,
     parse_reference,
 )
+from .referrers import OCI_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ _UPLOADS = re.compile(r"(?P<name>.+)/blobs/uploads(?:/.*)?")
 _MANIFEST = re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
 _BLOB = re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)")
 _TAGS = re.compile(r"(?P<name>.+)/tags/list")
+_REFERRERS = re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)")
 
 
 def create_app(service: ImageService, settings: ServeSettings | None = None) -> Flask:
@@ -143,6 +145,11 @@ def create_app(service: ImageService, settings: ServeSettings | None = None) -> 
             parse_name(match["name"])
             _only_read()
             return _tags(service, match["name"])
+        if match := _REFERRERS.fullmatch(path):
+            parse_name(match["name"])
+            digest = parse_digest(match["digest"])
+            _only_read()
+            return _referrers(service, digest)
         raise UnknownEndpoint("no such endpoint", {"path": path[:200]})
 
     if settings is not None:
@@ -241,7 +248,7 @@ def _user(auth: Auth) -> str | None:
 def _scope(path: str) -> str | None:
     """The token scope a request needs: pulling the repository it names."""
     api = path.removeprefix("/v2/")
-    for pattern in (_MANIFEST, _BLOB, _TAGS):
+    for pattern in (_MANIFEST, _BLOB, _TAGS, _REFERRERS):
         if match := pattern.fullmatch(api):
             return f"repository:{match['name']}:pull"
     return None
@@ -329,6 +336,15 @@ def _tags(service: ImageService, name: str) -> Response:
     if next_last is not None:
         query = urllib.parse.urlencode({"last": next_last, "n": len(tags)})
         response.headers["Link"] = f'</v2/{name}/tags/list?{query}>; rel="next"'
+    return response
+
+
+def _referrers(service: ImageService, subject: Digest) -> Response:
+    artifact_type = request.args.get("artifactType") or None
+    body = service.referrers(subject, artifact_type)
+    response = Response(body, content_type=OCI_INDEX)
+    if artifact_type:
+        response.headers["OCI-Filters-Applied"] = "artifactType"
     return response
 
 

@@ -106,8 +106,17 @@ class State(Protocol):
 
     def manifest(self, digest: str) -> Manifest | None: ...
 
-    def publish(self, key: str, manifests: list[Manifest]) -> None:
-        """Stores the manifests and makes the image visible, atomically; clears any failure."""
+    def publish(
+        self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
+    ) -> None:
+        """Stores the manifests and makes the image visible, atomically; clears any failure.
+        ``referrers`` (an SBOM, a signature: artifacts whose subject is one of the manifests)
+        are stored in the same step, so an image is never visible without them, and are
+        kept as long as the image."""
+        ...
+
+    def referrers(self, subject: str) -> list[Manifest]:
+        """The stored artifacts whose subject is the manifest ``subject``; none if unknown."""
         ...
 
     def touch(self, key: str, now: float) -> None:

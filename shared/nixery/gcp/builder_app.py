@@ -25,7 +25,9 @@ from ..sources import open_source
 from .clients import bucket, firestore_state
 from .firestore import FirestoreState
 from .gcs import GcsBlobStore
+from .kms import KmsSigner
 from .settings import builder_settings
+from .signing import runtime_token
 
 log = logging.getLogger(__name__)
 
@@ -103,5 +105,8 @@ def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
         blobs=GcsBlobStore(bucket(settings.gcp), signer=None, url_ttl=60),
         state=state,
         popularity=load_popularity(settings.build.popularity_url),
+        signer=KmsSigner(settings.kms_key, runtime_token(), settings.kms_endpoint)
+        if settings.kms_key
+        else None,
     )
     return create_builder_app(BuildWorker(builder, state, settings.gcp.lease))

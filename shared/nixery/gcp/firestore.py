@@ -97,6 +97,7 @@ class _BuildRecord:
     updated: float = 0.0
     used: float = 0.0  # the last pull by tag (`nixery gc`), recorded now and then
     manifests: dict[str, str] = field(default_factory=dict)  # when done
+    referrers: list[str] = field(default_factory=list)  # digests of its artifacts, when done
     failure_kind: str = ""  # when failed
     failure_message: str = ""
     failure_detail: str = "{}"  # JSON, so that Firestore need not index its fields
@@ -153,6 +154,8 @@ class FirestoreState:
         # while only, so that one that was collected or forgotten elsewhere is seen to be.
         self._published: BoundedCache[Published] = BoundedCache(ttl=PUBLISHED_TTL)
         self._manifests: BoundedCache[Manifest] = BoundedCache()
+        # Every pull by tag asks for them; they change only when an image is built again.
+        self._referrers: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
 
     # --- State -------------------------------------------------------------------------
 
@@ -183,17 +186,23 @@ class FirestoreState:
         return self._manifests.keep(digest, Manifest(doc["media_type"], doc["body"]))
 
     @bounded
-    def publish(self, key: str, manifests: list[Manifest]) -> None:
+    def publish(
+        self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
+    ) -> None:
         # The manifests are written before the record points at them; a batch is atomic.
         batch = self.client.batch()
         for m in manifests:
             batch.set(
                 self.manifests.document(m.digest), {"media_type": m.media_type, "body": m.body}
             )
+        for m in referrers:  # found by their subject (``referrers``)
+            doc = {"media_type": m.media_type, "body": m.body, "subject": m.subject}
+            batch.set(self.manifests.document(m.digest), doc)
         now = self.clock()
         done = {
             "status": "done",
             "manifests": {m.media_type: m.digest for m in manifests},
+            "referrers": sorted(m.digest for m in referrers),
             **_NO_LEASE,
             "updated": now,
             "used": now,
@@ -201,6 +210,18 @@ class FirestoreState:
         }
         batch.set(self.builds.document(key), done, merge=True)
         batch.commit()
+
+    def referrers(self, subject: str) -> list[Manifest]:
+        if (referrers := self._referrers.get(subject)) is not None:
+            return referrers
+        return self._read_referrers(subject)
+
+    @bounded
+    def _read_referrers(self, subject: str) -> list[Manifest]:
+        found = self.manifests.where(filter=FieldFilter("subject", "==", subject)).stream()
+        referrers = [Manifest(d["media_type"], d["body"]) for s in found if (d := s.to_dict())]
+        # None yet may mean not published yet: only an answer with referrers is kept.
+        return self._referrers.keep(subject, referrers) if referrers else referrers
 
     @bounded
     def touch(self, key: str, now: float) -> None:
@@ -422,7 +443,8 @@ class FirestoreState:
             record = _BuildRecord.read(snapshot.to_dict())
             if record is not None:
                 used = max(record.used, record.updated)
-                yield ImageRecord(snapshot.id, tuple(record.manifests.values()), used)
+                digests = (*record.manifests.values(), *record.referrers)
+                yield ImageRecord(snapshot.id, digests, used)
 
     def manifest_digests(self) -> Iterable[str]:
         return (doc.id for doc in self.manifests.select([]).stream())

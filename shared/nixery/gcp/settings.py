@@ -26,6 +26,7 @@ from ..config import (
     serve_settings,
     source_settings,
 )
+from .kms import KEY_VERSION
 
 # Source checkouts: on Cloud Run and Cloud Functions the only writable disk is in memory.
 SOURCE_CACHE = Path(tempfile.gettempdir()) / "nixery" / "sources"
@@ -135,6 +136,8 @@ class BuilderSettings:
     source: SourceSettings
     build: BuildSettings
     gcp: GcpSettings
+    kms_key: str | None = None  # the Cloud KMS key version manifests are signed with
+    kms_endpoint: str = "https://cloudkms.googleapis.com"
 
 
 def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings:
@@ -148,7 +151,16 @@ def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings
             f"NIXERY_LEASE_TTL ({gcp.lease:g} s) must be under half of "
             f"NIXERY_BUILD_DEADLINE ({build.deadline:g} s)"
         )
-    return BuilderSettings(source=source_settings(env, SOURCE_CACHE), build=build, gcp=gcp)
+    kms_key = env.words("NIXERY_SIGNING_KMS_KEY", KEY_VERSION)
+    if kms_key and build.signing_key:
+        raise ConfigError("set one of NIXERY_SIGNING_KEY and NIXERY_SIGNING_KMS_KEY")
+    return BuilderSettings(
+        source=source_settings(env, SOURCE_CACHE),
+        build=build,
+        gcp=gcp,
+        kms_key=kms_key[0] if kms_key else None,
+        kms_endpoint=env.url("NIXERY_KMS_ENDPOINT", "https://cloudkms.googleapis.com"),
+    )
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ CREATE INDEX IF NOT EXISTS reports_started ON reports (started);
 CREATE TABLE IF NOT EXISTS report_layers (
     key TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (digest, key));
 CREATE TABLE IF NOT EXISTS package_sets (revision TEXT PRIMARY KEY, names TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS referrers (
+    subject TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (subject, digest));
 """
 
 
@@ -74,19 +77,35 @@ class SqliteState:
         row = self._one("SELECT media_type, body FROM manifests WHERE digest = ?", digest)
         return Manifest(row[0], bytes(row[1])) if row else None
 
-    def publish(self, key: str, manifests: list[Manifest]) -> None:
+    def publish(
+        self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
+    ) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            for m in manifests:
+            for m in [*manifests, *referrers]:
                 self._db.execute(
                     "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?)",
                     (m.digest, m.media_type, m.body),
                 )
+            for m in manifests:
                 self._db.execute(
                     "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (key, m.media_type, m.digest)
                 )
+            for m in referrers:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO referrers VALUES (?, ?, ?)", (m.subject, m.digest, key)
+                )
             self._db.execute("DELETE FROM failed_builds WHERE key = ?", (key,))
             self._db.execute("INSERT OR REPLACE INTO image_use VALUES (?, ?)", (key, self.clock()))
+
+    def referrers(self, subject: str) -> list[Manifest]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT media_type, body FROM referrers JOIN manifests USING (digest) "
+                "WHERE subject = ?",
+                (subject,),
+            ).fetchall()
+        return [Manifest(media_type, bytes(body)) for media_type, body in rows]
 
     def touch(self, key: str, now: float) -> None:
         with self._lock:
@@ -168,7 +187,14 @@ class SqliteState:
                 "SELECT images.key, group_concat(digest), coalesce(max(used), 0) FROM images "
                 "LEFT JOIN image_use ON image_use.key = images.key GROUP BY images.key"
             ).fetchall()
-        return [ImageRecord(key, tuple(digests.split(",")), used) for key, digests, used in rows]
+            referrers: dict[str, list[str]] = {}
+            for key, digest in self._db.execute("SELECT key, digest FROM referrers"):
+                referrers.setdefault(key, []).append(digest)
+        # An image's referrers live and go with it.
+        return [
+            ImageRecord(key, (*digests.split(","), *referrers.get(key, ())), used)
+            for key, digests, used in rows
+        ]
 
     def manifest_digests(self) -> Iterable[str]:
         with self._lock:
@@ -196,6 +222,7 @@ class SqliteState:
             self._db.execute("BEGIN IMMEDIATE")
             for table, column, keys in (
                 ("images", "key", images), ("image_use", "key", images),
+                ("referrers", "key", images),
                 ("manifests", "digest", manifests), ("layers", "key", layers),
                 ("failed_builds", "key", failures),
                 # An image's or failure's page goes with it.

@@ -16,7 +16,12 @@
 #     is imported, whose own check would only abort;
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
-#   { "missing": [], "packages": [ { name, attrPath, drvPath, out }, ... ] }
+#   { "missing": [], "packages": [ { name, attrPath, drvPath, out }, ... ],
+#     "meta": [ { path, pname, version, description, homepage, licenses }, ... ] }
+# `meta` describes the outputs of the packages and of the derivations they
+# take as inputs (buildInputs, propagatedBuildInputs, and the demo set's
+# deps), as far as the package set's `meta` knows them: the SBOM's data.
+# An entry whose meta throws is left out rather than failing the build.
 # With -A names instead (packages = "[]"): the set's attribute names for the
 # registry's search box, the top level and one level into each *Packages set.
 # `out` is the default output's store path. It cannot be called `outPath`:
@@ -79,6 +84,43 @@ let
   resolved = map resolve names;
   missing = map (r: r.name) (builtins.filter (r: !r.ok) resolved);
 
+  # Runtime inputs worth describing; nixpkgs names them so, the demo set `deps`.
+  inputsOf = d: builtins.filter (x: builtins.isAttrs x && (x.type or null) == "derivation")
+    (builtins.concatLists (map (a: let v = d.${a} or [ ]; in if builtins.isList v then v else [ ])
+      [ "buildInputs" "propagatedBuildInputs" "deps" ]));
+  drvKey = d: let k = builtins.tryEval d.drvPath; in if k.success then k.value else "";
+  derivations = builtins.genericClosure {
+    startSet = map (r: { key = drvKey r.value; drv = r.value; }) resolved;
+    operator = item: map (d: { key = drvKey d; drv = d; })
+      (let i = builtins.tryEval (inputsOf item.drv); in if i.success then i.value else [ ]);
+  };
+  firstString = v: if builtins.isString v then v
+    else if builtins.isList v && v != [ ] && builtins.isString (builtins.head v) then builtins.head v
+    else "";
+  licenseOf = l: if builtins.isString l then { name = l; }
+    else if builtins.isAttrs l && l ? spdxId then { id = l.spdxId; }
+    else if builtins.isAttrs l then { name = l.shortName or l.fullName or ""; }
+    else { name = ""; };
+  describe = d: output:
+    let
+      meta = d.meta or { };
+      parsed = builtins.parseDrvName (d.name or "");
+      license = meta.license or [ ];
+      entry = {
+        path = d.${output}.outPath;
+        pname = d.pname or parsed.name;
+        version = d.version or parsed.version;
+        description = firstString (meta.description or "");
+        homepage = firstString (meta.homepage or "");
+        licenses = map licenseOf (if builtins.isList license then license else [ license ]);
+      };
+      tried = builtins.tryEval (builtins.deepSeq entry entry);
+    in if tried.success then [ tried.value ] else [ ];
+  metaOf = item:
+    let outputs = builtins.tryEval (item.drv.outputs or [ "out" ]);
+    in if item.key == "" || !outputs.success then [ ]
+      else builtins.concatLists (map (describe item.drv) outputs.value);
+
   minverFile = srcPath + "/lib/minver.nix";
   minver = if builtins.pathExists minverFile then import minverFile else null;
   tooOld = minver != null && builtins.compareVersions minver builtins.nixVersion > 0;
@@ -107,5 +149,6 @@ in
         drvPath = r.value.drvPath;
         out = r.value.outPath;
       }) resolved;
+    meta = if missing != [ ] then [ ] else builtins.concatLists (map metaOf derivations);
   };
 }
