@@ -59,6 +59,10 @@ resource "google_cloud_run_v2_service" "builder" {
         name  = "NIXERY_MAX_IMAGE_SIZE"
         value = var.max_image_size
       }
+      env {
+        name  = "NIXERY_SIGNING_KMS_KEY"
+        value = var.signing_kms_key
+      }
       startup_probe {
         http_get {
           path = "/healthz"
@@ -77,4 +81,12 @@ resource "google_cloud_run_v2_service_iam_member" "builder_invoker" {
   name     = google_cloud_run_v2_service.builder.name
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.tasks.email}"
+}
+
+# Signing, when a key is given: asymmetricSign on that key, nothing else of KMS.
+resource "google_kms_crypto_key_iam_member" "builder_signs" {
+  count         = var.signing_kms_key != "" ? 1 : 0
+  crypto_key_id = regex("^(.*)/cryptoKeyVersions/[0-9]+$", var.signing_kms_key)[0]
+  role          = "roles/cloudkms.signer"
+  member        = "serviceAccount:${google_service_account.builder.email}"
 }

@@ -17,6 +17,7 @@ locals {
     NIXERY_BLOB_URL              = local.blob_url
     NIXERY_CLIENT_BUILDS         = var.client_builds
     NIXERY_AUTH                  = var.registry_auth
+    NIXERY_PUBLIC_URL            = var.public_url
     THREADS                      = tostring(var.registry_concurrency) # functions-framework's gunicorn
   }
   # Secrets, only for a private registry; their values never pass through Terraform.

@@ -185,6 +185,26 @@ variable "auth_secret_secret" {
   }
 }
 
+variable "public_url" {
+  type        = string
+  description = "NIXERY_PUBLIC_URL: the URL users reach the registry at, if not the function's own (a mapped domain), for the web pages' pull commands. Empty: the host each request names."
+  default     = ""
+  validation {
+    condition     = var.public_url == "" || can(regex("^https://[^/?#\\s]+$", var.public_url))
+    error_message = "public_url must be empty or https://HOST, without a path."
+  }
+}
+
+variable "signing_kms_key" {
+  type        = string
+  description = "NIXERY_SIGNING_KMS_KEY: a Cloud KMS key version (purpose ASYMMETRIC_SIGN) the builder signs every image with, for `cosign verify` (README: What an image is made of). Empty: images are not signed."
+  default     = ""
+  validation {
+    condition     = var.signing_kms_key == "" || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+/cryptoKeyVersions/[0-9]+$", var.signing_kms_key))
+    error_message = "signing_kms_key must be empty or projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/N."
+  }
+}
+
 variable "public_mirror" {
   type        = bool
   description = "true: blobs are served from a public-read bucket behind Cloud CDN (an external HTTP(S) load balancer) and the registry redirects to plain URLs there, which the CDN caches; false: the bucket stays private and the registry redirects to short-lived signed URLs."

@@ -339,6 +339,7 @@ ROLES = {
         ("roles/storage.objectViewer", "google_storage_bucket_iam_member"),
         ("roles/storage.objectUser", "google_storage_bucket_iam_member"),  # staging/ only
         ("roles/datastore.user", "google_project_iam_member"),
+        ("roles/cloudkms.signer", "google_kms_crypto_key_iam_member"),  # if signing
     },
     "tasks": {("roles/run.invoker", "google_cloud_run_v2_service_iam_member")},
     "collector": {
