@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pytest
 
 from nixery.errors import InvalidDigest, InvalidName, InvalidTag
@@ -24,6 +27,26 @@ def test_meta_packages_anywhere():
     assert request.arch == ARM64
     assert {"bashInteractive", "coreutils", "moreutils", "nano"} <= set(request.packages)
     assert "shell" not in request.packages and "arm64" not in request.packages
+
+
+def test_nonroot_anywhere_and_in_the_key_only_when_asked():
+    request = parse_name("hello/nonroot/shell")
+    assert request.nonroot and "nonroot" not in request.packages
+    assert not parse_name("shell/hello").nonroot
+    assert request.packages == parse_name("shell/hello").packages
+    assert image_key(request, R) != image_key(parse_name("shell/hello"), R)
+    job = BuildJob.of(request, R)
+    assert BuildJob.from_dict(job.to_dict()) == job
+    with pytest.raises(ValueError):
+        BuildJob.from_dict({**job.to_dict(), "nonroot": "yes"})
+
+
+def test_keys_without_new_options_are_unchanged():
+    """Images published before `nonroot` existed keep their keys: nothing is rebuilt."""
+    content = {"format": 1, "revision": str(R), "packages": parse_name("hello").packages,
+               "system": "x86_64-linux"}  # fmt: skip
+    old = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    assert image_key(parse_name("hello"), R) == old
 
 
 def test_architecture_is_part_of_the_key():

@@ -29,6 +29,7 @@ from .names import suggest
 from .nix import Nix
 from .nixstore import StoreKeeper
 from .reports import Reporter
+from .runtime import runtime_config
 from .sources import Source
 from .state import Failure, Published, State
 from .storage import BlobStore, store_bytes
@@ -193,7 +194,7 @@ class Builder:
             reporter.update(step="archives")
             with step("archives", key) as record:
                 layers, fresh = self._store_layers(groups)
-                root_entries = image_root(list(result.outputs.values()))
+                root_entries = image_root(list(result.outputs.values()), job.request.nonroot)
                 layers.append(
                     self._archive(
                         lambda out: archives.write_entries_layer(
@@ -205,8 +206,8 @@ class Builder:
             reporter.layers(groups, layers)
         reporter.update(step="manifests")
         with step("manifests", key):
-            has_bash = any(e.path == "bin/bash" for e in root_entries)
-            config = image_config(job.request.arch.oci_arch, layers, has_bash=has_bash)
+            runtime = runtime_config(job.request, root_entries, result.main_programs)
+            config = image_config(job.request.arch.oci_arch, layers, runtime)
             store_bytes(self.blobs, sha256_digest(config), config)
             return image_manifests(config, layers)
 

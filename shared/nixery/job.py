@@ -23,15 +23,15 @@ FORMAT_VERSION = 1
 
 def image_key(request: ImageRequest, revision: Revision) -> str:
     """The cache key of a request built from one exact source revision."""
-    material = json.dumps(
-        {
-            "format": FORMAT_VERSION,
-            "revision": str(revision),
-            "packages": request.packages,
-            "system": request.arch.nix_system,
-        },
-        sort_keys=True,
-    )
+    content: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "revision": str(revision),
+        "packages": request.packages,
+        "system": request.arch.nix_system,
+    }
+    if request.nonroot:  # only then: the keys of images without it stay as they were
+        content["nonroot"] = True
+    material = json.dumps(content, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -52,6 +52,7 @@ class BuildJob:
             "key": self.key,
             "packages": list(self.request.packages),
             "system": self.request.arch.nix_system,
+            "nonroot": self.request.nonroot,
             "revision": {"source": self.revision.source, "value": self.revision.value},
         }
 
@@ -71,9 +72,11 @@ class BuildJob:
             raise ValueError(f"unknown system {system!r}")
         if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
             raise ValueError("packages must be a list of names")
-        job = cls.of(
-            ImageRequest(tuple(sorted(set(packages))), arch), Revision(str(source), str(value))
-        )
+        nonroot = data.get("nonroot", False)
+        if not isinstance(nonroot, bool):
+            raise ValueError("nonroot must be true or false")
+        request = ImageRequest(tuple(sorted(set(packages))), arch, nonroot)
+        job = cls.of(request, Revision(str(source), str(value)))
         if job.key != data.get("key"):
             raise ValueError("the job's key does not match its content")
         return job

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +27,6 @@ _FORMATS = {
 }
 # Fixed, so that configs are reproducible; the same choice as nixpkgs' dockerTools.
 CREATED = "1970-01-01T00:00:01Z"
-PATH = "/bin:/sbin:/usr/bin"
-CA_BUNDLE = "/etc/ssl/certs/ca-bundle.crt"
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,8 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def image_config(arch: str, layers: Sequence[LayerBlob], *, has_bash: bool) -> bytes:
-    config: dict[str, Any] = {"Env": [f"PATH={PATH}", f"SSL_CERT_FILE={CA_BUNDLE}"]}
-    if has_bash:
-        config["Cmd"] = ["bash"]
+def image_config(arch: str, layers: Sequence[LayerBlob], config: Mapping[str, Any]) -> bytes:
+    """``config`` is the runtime part (``runtime.runtime_config``)."""
     return canonical_json(
         {
             "architecture": arch,

@@ -2,9 +2,11 @@
 
 The protocol layer parses a request's name and reference here, once: the rest of the code
 takes an ``ImageRequest`` and a ``Tag`` or ``Digest``, never raw strings. A name like
-``shell/git/htop`` lists packages. Registry names must match the OCI repository
-grammar, which is lower case only, so the real attribute names (``bashInteractive``,
-``python3Packages``) are recovered later by Nix, case-insensitively, from the package set.
+``shell/git/htop`` lists packages; ``shell``, ``nonroot`` and ``arm64`` are meta-packages
+that ask for a shell, a non-root user and an architecture rather than a package. Registry
+names must match the OCI repository grammar, which is lower case only, so the real attribute
+names (``bashInteractive``, ``python3Packages``) are recovered later by Nix,
+case-insensitively, from the package set.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ImageRequest:
 
     packages: tuple[str, ...]
     arch: Architecture
+    nonroot: bool = False  # the image runs as an unprivileged user (``imageroot.USER``)
 
 
 def _fix_segment(segment: str) -> str:
@@ -67,12 +70,15 @@ def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
             {"name": name},
         )
     arch = AMD64
+    nonroot = False
     packages: set[str] = set(ALWAYS_INCLUDED)
     for component in name.split("/"):
         if component == "shell":
             packages.update(SHELL_PACKAGES)
         elif component == "arm64":
             arch = ARM64
+        elif component == "nonroot":
+            nonroot = True
         else:
             packages.add(".".join(_fix_segment(s) for s in component.split(".")))
     if len(packages) > min(max_packages, MAX_PACKAGES):
@@ -80,7 +86,7 @@ def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
             f"an image may hold at most {min(max_packages, MAX_PACKAGES)} packages here "
             f"(this name asks for {len(packages)}, with those every image holds)"
         )
-    return ImageRequest(tuple(sorted(packages)), arch)
+    return ImageRequest(tuple(sorted(packages)), arch, nonroot)
 
 
 Digest = NewType("Digest", str)

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ class BuildResult:
 
     outputs: dict[str, str]
     closure: dict[str, StorePath]
+    main_programs: dict[str, str | None] = field(default_factory=dict)  # meta.mainProgram
 
 
 def parse_path_info(text: str) -> dict[str, StorePath]:
@@ -212,6 +213,7 @@ class Nix:
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
+        programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
         try:
             with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
                 drvs = sorted({p["drvPath"] for p in plan["packages"]})
@@ -219,7 +221,7 @@ class Nix:
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
                 self._run(realise, "building", math.inf, deadline)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
-                yield BuildResult(outputs, closure)
+                yield BuildResult(outputs, closure, programs)
         finally:
             remove_stale_roots()
 

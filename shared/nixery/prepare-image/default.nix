@@ -16,12 +16,13 @@
 #     is imported, whose own check would only abort;
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
-#   { "missing": [], "packages": [ { name, attrPath, drvPath, out }, ... ] }
+#   { "missing": [], "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ] }
 # With -A names instead (packages = "[]"): the set's attribute names for the
 # registry's search box, the top level and one level into each *Packages set.
 # `out` is the default output's store path. It cannot be called `outPath`:
 # Nix's JSON printer replaces any attribute set that has an `outPath` with
-# that string.
+# that string. `mainProgram` is the package's meta.mainProgram when it is a
+# string, else null: read as data, for the image's entrypoint.
 # --read-write-mode makes forcing drvPath write the .drv files to the store,
 # so they can be realised afterwards.
 { srcPath, packages, system ? builtins.currentSystem, ... }:
@@ -106,6 +107,9 @@ in
         attrPath = r.path;
         drvPath = r.value.drvPath;
         out = r.value.outPath;
+        mainProgram =
+          let m = builtins.tryEval (r.value.meta.mainProgram or null);
+          in if m.success && builtins.isString m.value then m.value else null;
       }) resolved;
   };
 }
