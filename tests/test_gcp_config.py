@@ -115,3 +115,14 @@ def test_the_platforms_own_timeout_wins():
     assert registry_settings(env).function_timeout == 300
     with pytest.raises(ConfigError, match=r"NIXERY_BUILD_WAIT \(280 s\).*CLOUD_RUN_TIMEOUT"):
         registry_settings({**env, "NIXERY_BUILD_WAIT": "280"})
+
+
+def test_platforms_default_to_one_and_must_be_known():
+    from nixery.names import AMD64, ARM64
+
+    assert registry_settings(REGISTRY).serve.platforms == (AMD64,)
+    both = {**REGISTRY, "NIXERY_PLATFORMS": "aarch64-linux, x86_64-linux"}
+    assert registry_settings(both).serve.platforms == (ARM64, AMD64), "the default first"
+    for bad in ("mips-linux", "x86_64-linux,arm64", " "):
+        with pytest.raises(ConfigError, match="NIXERY_PLATFORMS"):
+            registry_settings({**REGISTRY, "NIXERY_PLATFORMS": bad})

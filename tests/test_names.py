@@ -98,3 +98,18 @@ def test_jobs_round_trip_and_refuse_forgeries():
     for bad in (forged, {}, [], {**job.to_dict(), "system": "mips-linux"}, None):
         with pytest.raises(ValueError):
             BuildJob.from_dict(bad)
+
+
+def test_several_platforms_unless_the_name_says_arm64():
+    both = (AMD64, ARM64)
+    request = parse_name("hello", platforms=both)
+    assert (request.arch, request.platforms) == (AMD64, both)
+    assert parse_name("hello", platforms=(ARM64,)) == parse_name("arm64/hello")
+    forced = parse_name("arm64/hello", platforms=both)
+    assert (forced.arch, forced.platforms) == (ARM64, ())
+    assert image_key(request, R) != image_key(parse_name("hello"), R)
+    job = BuildJob.of(request, R)
+    assert BuildJob.from_dict(job.to_dict()) == job
+    for bad in (["x86_64-linux"], ["aarch64-linux", "x86_64-linux"], ["x86_64-linux", "mips"]):
+        with pytest.raises(ValueError):
+            BuildJob.from_dict({**job.to_dict(), "platforms": bad})

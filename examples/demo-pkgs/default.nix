@@ -380,6 +380,32 @@ let
       '';
     };
 
+    # Its closure holds a source imported by content (the host's /etc/services), the same
+    # store path for every system, as architecture-independent data is in nixpkgs.
+    servicesdb = mkDrv {
+      name = "servicesdb-1.0";
+      services = hostFile /etc/services "servicesdb";
+      meta.description = "a link to an architecture-independent store path";
+      script = ''
+        mkdir -p "$out/share"
+        ln -s "$services" "$out/share/services"
+      '';
+    };
+
+    # Builds for x86_64-linux only, like a package whose upstream has no arm64 port: a
+    # multi-platform image of it fails, naming the platform.
+    x86only = mkDrv {
+      name = "x86only-1.0";
+      meta.description = "build fails for any system but x86_64-linux";
+      script = ''
+        if [ "$system" != x86_64-linux ]; then
+          echo "error: x86only does not build for $system" >&2
+          exit 1
+        fi
+        mkdir -p "$out/bin"
+      '';
+    };
+
     # Fails at evaluation time.
     throwing = throw "throwing: this package refuses to evaluate";
 

@@ -24,8 +24,15 @@ from .errors import BuildError, ImageTooLarge, UnknownPackages
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
-from .manifests import LayerBlob, Manifest, image_config, image_manifests, sha256_digest
-from .names import suggest
+from .manifests import (
+    LayerBlob,
+    Manifest,
+    image_config,
+    image_index,
+    image_manifests,
+    sha256_digest,
+)
+from .names import Architecture, suggest
 from .nix import Nix
 from .nixstore import StoreKeeper
 from .reports import Reporter
@@ -161,25 +168,69 @@ class Builder:
         self.state.record_failure(job.key, failure)
 
     def _build(self, job: BuildJob, nix_deadline: float, reporter: Reporter) -> list[Manifest]:
-        key = job.key
-        with step("checkout", key):
+        with step("checkout", job.key):
             source_dir = self.source.checkout(job.revision)
         self._index(job, source_dir, nix_deadline)
+        if not job.request.platforms:
+            return self._image(job, source_dir, job.request.arch, nix_deadline, reporter)
+        return self._images(job, source_dir, nix_deadline, reporter)
+
+    def _images(
+        self, job: BuildJob, source_dir: Path, nix_deadline: float, reporter: Reporter
+    ) -> list[Manifest]:
+        """Every platform's image at once, under one index; a failure of one fails them all.
+
+        The report follows the first platform (the default's) alone. Published last, the
+        default's manifests and the indexes are those the image's record names by media type;
+        the other platforms' are reached through the indexes."""
+        platforms = job.request.platforms
+        with ThreadPoolExecutor(len(platforms), thread_name_prefix="platform") as each:
+            futures = [
+                each.submit(
+                    self._image, job, source_dir, arch, nix_deadline, reporter if i == 0 else None
+                )
+                for i, arch in enumerate(platforms)
+            ]
+            wait(futures)
+        built = []
+        for arch, future in zip(platforms, futures, strict=True):
+            try:
+                built.append((arch, future.result()))
+            except BuildError as e:
+                e.message = f"the {arch.nix_system} image: {e.message}"
+                raise
+        with step("index", job.key):
+            indexes = image_index(built)
+        return [m for _, manifests in reversed(built) for m in manifests] + indexes
+
+    def _image(
+        self,
+        job: BuildJob,
+        source_dir: Path,
+        arch: Architecture,
+        nix_deadline: float,
+        reporter: Reporter | None,
+    ) -> list[Manifest]:
+        """One platform's image: its manifests in every format."""
+        key = f"{job.key}/{arch.oci_arch}" if job.request.platforms else job.key
         with ExitStack() as built:  # the Nix outputs stay GC roots until the image is made
-            reporter.update(step="nix")
+            if reporter:
+                reporter.update(step="nix")
             with step("nix", key) as record:
-                system = job.request.arch.nix_system
                 try:
                     result = built.enter_context(
-                        self.nix.build(source_dir, job.request.packages, system, nix_deadline)
+                        self.nix.build(
+                            source_dir, job.request.packages, arch.nix_system, nix_deadline
+                        )
                     )
                 except UnknownPackages as e:
                     names = self.state.package_names(str(job.revision)) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
-                reporter.closure(
-                    result.outputs, {p.path: p.nar_size for p in result.closure.values()}
-                )
+                if reporter:
+                    reporter.closure(
+                        result.outputs, {p.path: p.nar_size for p in result.closure.values()}
+                    )
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
@@ -191,7 +242,8 @@ class Builder:
                 roots = sorted(set(result.outputs.values()))
                 groups = plan_layers(closure, roots, self.popularity, self.budget - 1)
                 record["layers"] = len(groups) + 1
-            reporter.update(step="archives")
+            if reporter:
+                reporter.update(step="archives")
             with step("archives", key) as record:
                 layers, fresh = self._store_layers(groups)
                 root_entries = image_root(list(result.outputs.values()), job.request.nonroot)
@@ -203,11 +255,13 @@ class Builder:
                     )
                 )
                 record.update(new=fresh, reused=len(groups) - fresh)
-            reporter.layers(groups, layers)
-        reporter.update(step="manifests")
+            if reporter:
+                reporter.layers(groups, layers)
+        if reporter:
+            reporter.update(step="manifests")
         with step("manifests", key):
             runtime = runtime_config(job.request, root_entries, result.main_programs)
-            config = image_config(job.request.arch.oci_arch, layers, runtime)
+            config = image_config(arch.oci_arch, layers, runtime)
             store_bytes(self.blobs, sha256_digest(config), config)
             return image_manifests(config, layers)
 

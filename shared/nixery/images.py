@@ -31,7 +31,7 @@ from .errors import (
 )
 from .job import BuildJob
 from .limits import Limiter
-from .manifests import Manifest, preferred_type
+from .manifests import Manifest, preferred_index_type, preferred_type
 from .names import Digest, ImageRequest, Tag
 from .sources import Revision, Source
 from .state import Failure, Published, State
@@ -97,6 +97,8 @@ class ImageService:
             return found
         job = BuildJob.of(request, self._resolve(reference))
         media_type = preferred_type(accept)
+        if request.platforms:  # a client that takes an index gets one, others the default's
+            media_type = preferred_index_type(accept) or media_type
         found = self._whole(self.image(job, caller), media_type)
         if found is None:
             # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
@@ -115,9 +117,13 @@ class ImageService:
         return found
 
     def _whole(self, image: Published, media_type: str) -> Manifest | None:
-        """The image's manifest, if it and every blob it names are intact."""
+        """The image's manifest, if it, the manifests it names (an index's) and every blob
+        they name are intact."""
         manifest = self.state.manifest(image.manifests[media_type])
-        if manifest is None or not all(self.blobs.intact(d) for d in manifest.blobs()):
+        if manifest is None:
+            return None
+        parts = [manifest, *(self.state.manifest(d) for d in manifest.children())]
+        if not all(p is not None and all(map(self.blobs.intact, p.blobs())) for p in parts):
             return None
         return manifest
 

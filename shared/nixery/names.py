@@ -37,11 +37,16 @@ SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
 class Architecture:
     nix_system: str
     oci_arch: str
+    variant: str | None = None  # the OCI platform's variant, as an index names it
 
 
 AMD64 = Architecture("x86_64-linux", "amd64")
-ARM64 = Architecture("aarch64-linux", "arm64")
+ARM64 = Architecture("aarch64-linux", "arm64", "v8")
 ARCHITECTURES = (AMD64, ARM64)
+
+
+def architecture(nix_system: str) -> Architecture | None:
+    return next((a for a in ARCHITECTURES if a.nix_system == nix_system), None)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,9 @@ class ImageRequest:
     packages: tuple[str, ...]
     arch: Architecture
     nonroot: bool = False  # the image runs as an unprivileged user (``imageroot.USER``)
+    # More than one: an image per platform under an index, ``arch`` (the first) for clients
+    # that take no index. Empty: ``arch``'s image alone.
+    platforms: tuple[Architecture, ...] = ()
 
 
 def _fix_segment(segment: str) -> str:
@@ -58,9 +66,13 @@ def _fix_segment(segment: str) -> str:
     return "_" + segment if segment[0].isdigit() else segment
 
 
-def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
+def parse_name(
+    name: str, max_packages: int = MAX_PACKAGES, platforms: Sequence[Architecture] = (AMD64,)
+) -> ImageRequest:
     """Turns a repository name into the request it stands for, or raises NAME_INVALID;
-    ``max_packages`` is the registry's own limit (NIXERY_MAX_PACKAGES), at most ours."""
+    ``max_packages`` is the registry's own limit (NIXERY_MAX_PACKAGES), at most ours;
+    ``platforms`` the registry's (NIXERY_PLATFORMS), its default first, unless the name
+    says ``arm64``."""
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"repository name longer than {MAX_NAME_LENGTH} characters")
     if not NAME_RE.fullmatch(name):
@@ -69,7 +81,7 @@ def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
             "separated by '.', '_', '__' or '-'",
             {"name": name},
         )
-    arch = AMD64
+    arch = None
     nonroot = False
     packages: set[str] = set(ALWAYS_INCLUDED)
     for component in name.split("/"):
@@ -86,7 +98,10 @@ def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
             f"an image may hold at most {min(max_packages, MAX_PACKAGES)} packages here "
             f"(this name asks for {len(packages)}, with those every image holds)"
         )
-    return ImageRequest(tuple(sorted(packages)), arch, nonroot)
+    if arch is not None:
+        return ImageRequest(tuple(sorted(packages)), arch, nonroot)
+    several = tuple(platforms) if len(platforms) > 1 else ()
+    return ImageRequest(tuple(sorted(packages)), platforms[0], nonroot, several)
 
 
 Digest = NewType("Digest", str)
