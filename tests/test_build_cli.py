@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 from conftest import NIXERY
-from test_protocol import OCI
+from test_protocol import OCI, OCI_INDEX
 
 pytestmark = pytest.mark.e2e
 
@@ -77,3 +77,25 @@ def test_bad_input_is_a_clear_error(registry, tmp_path):
         assert failed.returncode != 0 and says in failed.stderr, (args, failed.stderr)
         assert "Traceback" not in failed.stderr
     assert not out.exists()
+
+
+def test_a_multi_platform_oci_archive_holds_the_registrys_index(multi_registry, clients, tmp_path):
+    out = tmp_path / "multi.tar"
+    built = nixery_build(multi_registry, "shell/hello", "-o", str(out))
+    assert built.returncode == 0, built.stderr
+    response = multi_registry.get(
+        "/v2/shell/hello/manifests/latest", headers={"Accept": f"{OCI_INDEX}, {OCI}"}
+    )
+    with tarfile.open(out) as tar:
+        [entry] = json.load(tar.extractfile("index.json"))["manifests"]
+        assert entry["mediaType"] == OCI_INDEX
+        assert entry["digest"] == response.headers["Docker-Content-Digest"]
+        for child in response.json()["manifests"]:
+            tar.getmember(f"blobs/sha256/{child['digest'][7:]}")
+    assert clients.podman("load", "-i", str(out)).returncode == 0
+    image = "localhost/shell/hello:latest"
+    arch = clients.podman("image", "inspect", "--format", "{{.Architecture}}", image)
+    assert arch.stdout.strip() == "amd64", "podman takes its own platform's image"
+    ran = clients.podman("run", "--rm", image, "hello")
+    assert ran.stdout.strip() == "Hello, world!", ran.stderr
+    clients.podman("rmi", "-f", image)

@@ -119,7 +119,7 @@ def _build(args: argparse.Namespace) -> int:
 
     from .errors import BuildError, NixeryError, StillBuilding
     from .local.serve import local_service
-    from .manifests import OCI_MANIFEST
+    from .manifests import OCI_INDEX, OCI_MANIFEST
     from .names import Tag, parse_name, parse_reference
 
     env = _with_flags(args, _BUILD_FLAGS)
@@ -128,16 +128,20 @@ def _build(args: argparse.Namespace) -> int:
         settings = config.local_settings(env)
         name, _, tag = args.image.partition(":")
         try:
-            request = parse_name(name, settings.serve.max_packages)
+            platforms = settings.serve.platforms
+            request = parse_name(name, settings.serve.max_packages, platforms)
             reference = parse_reference(tag or "latest")
             if not isinstance(reference, Tag):
                 print("nixery build: name the image by tag, not by digest", file=sys.stderr)
                 return 2
             service = local_service(settings)
+            # An OCI archive holds the index of a multi-platform image; a docker-archive,
+            # which cannot, the default platform's image.
+            accept = [OCI_INDEX, OCI_MANIFEST] if args.format == "oci" else [OCI_MANIFEST]
             print(f"nixery build: building {name}:{reference.name}", file=sys.stderr)
             while True:
                 try:
-                    manifest = service.manifest(request, reference, [OCI_MANIFEST])
+                    manifest = service.manifest(request, reference, accept)
                     break
                 except StillBuilding:
                     continue  # the build goes on; wait for it again
@@ -147,10 +151,12 @@ def _build(args: argparse.Namespace) -> int:
             if isinstance(log, str):
                 print(log, file=sys.stderr)
             return 1
+        children = [m for d in manifest.children() if (m := service.state.manifest(d))]
         partial = args.output.with_name(args.output.name + ".partial")
         with partial.open("wb") as out:
             write_archive(out, args.format, manifest, f"{name}:{reference.name}",
-                          service.blobs.open, lambda d: service.blobs.size(d) or 0)  # fmt: skip
+                          service.blobs.open, lambda d: service.blobs.size(d) or 0,
+                          children)  # fmt: skip
         partial.replace(args.output)
     print(
         f"nixery build: wrote {args.output} ({args.format}, manifest {manifest.digest}, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 from .manifests import Manifest, canonical_json
@@ -44,12 +44,15 @@ def write_archive(
     reference: str,
     open_blob: Callable[[str], BinaryIO],
     blob_size: Callable[[str], int],
+    children: Sequence[Manifest] = (),
 ) -> None:
     """Writes the image of ``manifest`` to ``out`` as ``kind`` (one of ``FORMATS``), named
-    ``reference`` (``NAME:TAG``). ``open_blob`` and ``blob_size`` read the blob store."""
-    if kind not in FORMATS:
+    ``reference`` (``NAME:TAG``). ``open_blob`` and ``blob_size`` read the blob store. An
+    OCI archive may hold an index, whose manifests are ``children``: a runtime that loads
+    it takes its own platform's image."""
+    if kind not in FORMATS or (kind != "oci" and children):
         raise ValueError(f"unknown archive format {kind!r}: one of {', '.join(FORMATS)}")
-    config_digest, *layers = manifest.blobs()
+    blobs = list(dict.fromkeys(d for m in (children or [manifest]) for d in m.blobs()))
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
 
         def copy(name: str, digest: str) -> None:
@@ -68,10 +71,12 @@ def write_archive(
             _add_bytes(tar, "index.json", canonical_json(index))
             _directory(tar, "blobs")
             _directory(tar, "blobs/sha256")
-            _add_bytes(tar, f"blobs/sha256/{_hex(manifest.digest)}", manifest.body)
-            for digest in [config_digest, *dict.fromkeys(layers)]:
+            for m in dict.fromkeys([manifest, *children]):
+                _add_bytes(tar, f"blobs/sha256/{_hex(m.digest)}", m.body)
+            for digest in blobs:
                 copy(f"blobs/sha256/{_hex(digest)}", digest)
         else:
+            config_digest, *layers = manifest.blobs()
             # Layers stay gzipped: docker and podman load compressed layers and check them
             # against the config's diff_ids, so the image ID is the registry's config digest.
             config_file = f"{_hex(config_digest)}.json"
