@@ -175,3 +175,14 @@ def test_index_and_manifests_are_byte_identical_across_fresh_builds(multi, tmp_p
                     )
     finally:
         fresh.stop()
+
+
+def test_the_build_page_lists_the_index(multi):
+    index = get(multi, "latest", OCI_INDEX, OCI)
+    builds = multi.get("/api/v1/registry").json()["builds"]
+    [build] = [b for b in builds if b["name"] == IMAGE]
+    manifests = multi.get(f"/api/v1/builds/{build['key']}").json()["manifests"]
+    assert manifests[OCI_INDEX] == index.headers["Docker-Content-Digest"]
+    assert DOCKER_LIST in manifests
+    page = multi.get(f"/builds/{build['key']}")
+    assert index.headers["Docker-Content-Digest"] in page.text

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 
 from .archives import Entry
+from .names import HOME, UID, USER
 
 # Nix-specific metadata directories, not part of what a package installs.
 _SKIPPED = {"nix-support"}
@@ -27,7 +28,6 @@ GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 
 # The user of a `nonroot` image. Its shadow entries are locked (`!`): nobody logs in as any of
 # them, and what runs in the image runs as this one, from its home.
-USER, UID, HOME = "nixery", 1000, "/home/nixery"
 USER_PASSWD = f"{USER}:x:{UID}:{UID}:Nixery user:{HOME}:/bin/sh\n".encode()
 USER_GROUP = f"{USER}:x:{UID}:\n".encode()
 SHADOW = b"".join(f"{u}:!:1::::::\n".encode() for u in ("root", "nobody", USER))

@@ -31,6 +31,8 @@ MAX_PACKAGES = 64
 
 ALWAYS_INCLUDED = ("cacert", "iana-etc")
 SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
+# The user a `nonroot` image runs as (``imageroot`` makes it, ``runtime`` runs as it).
+USER, UID, HOME = "nixery", 1000, "/home/nixery"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class ImageRequest:
 
     packages: tuple[str, ...]
     arch: Architecture
-    nonroot: bool = False  # the image runs as an unprivileged user (``imageroot.USER``)
+    nonroot: bool = False  # the image runs as an unprivileged user (``USER``)
     # More than one: an image per platform under an index, ``arch`` (the first) for clients
     # that take no index. Empty: ``arch``'s image alone.
     platforms: tuple[Architecture, ...] = ()

@@ -23,7 +23,7 @@ from .errors import BuildError, NixeryError
 from .images import ImageService
 from .manifests import OCI_MANIFEST
 from .memory import BoundedCache
-from .names import ALWAYS_INCLUDED, AMD64, SHELL_PACKAGES
+from .names import ALWAYS_INCLUDED, AMD64, HOME, SHELL_PACKAGES, UID, USER
 from .reports import BuildReport
 from .sources import Revision
 from .state import Failure, Pending, Published
@@ -146,7 +146,14 @@ def blueprint(service: ImageService) -> Blueprint:
             "meta_packages": {
                 "shell": list(SHELL_PACKAGES),
                 "arm64": ["builds for aarch64-linux instead of x86_64-linux"],
+                "nonroot": [f"runs as the user {USER} (uid and gid {UID}), from its home {HOME}"],
             },
+            "runs": [
+                "with shell: bash",
+                "with exactly one package that declares a main program (meta.mainProgram): "
+                "that program, as the entrypoint",
+                "otherwise: nothing unless told",
+            ],
             "always_included": list(ALWAYS_INCLUDED),
             "builds": [summary(r) for r in reports],
         }

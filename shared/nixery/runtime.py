@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .archives import Entry
-from .imageroot import HOME, UID
-from .names import ALWAYS_INCLUDED, ImageRequest
+from .names import ALWAYS_INCLUDED, HOME, UID, ImageRequest
 
 PATH = "/bin:/sbin:/usr/bin"
 CA_BUNDLE = "/etc/ssl/certs/ca-bundle.crt"
