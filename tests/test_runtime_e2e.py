@@ -68,6 +68,8 @@ def test_nonroot_runs_as_its_user_with_a_writable_home_and_tmp(target, clients):
     assert lines[:4] == ["1000", "1000", "/home/nixery", "/home/nixery"], ran.stdout
     assert "home-ok" in lines and "tmp-ok" in lines and "etc-refused" in lines
     assert "drwxrwxrwt" in ran.stdout
+    names = {b["name"] for b in target.get("/api/v1/registry").json()["builds"]}
+    assert "nonroot/shell" in names, "its page names the image as it is pulled"
 
 
 def test_a_root_image_still_runs_as_root(target, clients):

@@ -84,10 +84,12 @@ def explain(error: BuildError, key: str) -> Explained:
     return Explained(message, detail, reason)
 
 
-def image_name(packages: tuple[str, ...], system: str) -> str:
+def image_name(packages: tuple[str, ...], system: str, nonroot: bool = False) -> str:
     """A name that pulls exactly these packages: the ones every image holds are left out,
     and the shell's are ``shell``."""
     prefix = [] if system == AMD64.nix_system else ["arm64"]
+    if nonroot:
+        prefix.append("nonroot")
     left = set(packages) - set(ALWAYS_INCLUDED)
     if left >= set(SHELL_PACKAGES):
         prefix.append("shell")
@@ -161,7 +163,7 @@ def blueprint(service: ImageService) -> Blueprint:
     def summary(report: BuildReport) -> dict[str, Any]:
         return {
             "key": report.key,
-            "name": image_name(report.packages, report.system),
+            "name": image_name(report.packages, report.system, report.nonroot),
             "status": report.status,
             "step": report.step,
             "revision": report.revision,
@@ -183,7 +185,7 @@ def blueprint(service: ImageService) -> Blueprint:
         host = urllib.parse.urlsplit(base_url()).netloc
         info: dict[str, Any] = {"key": key, "url": build_url(key), "host": host}
         if report is not None:
-            name = image_name(report.packages, report.system)
+            name = image_name(report.packages, report.system, report.nonroot)
             oci = report.manifests.get(OCI_MANIFEST)
             info |= summary(report) | {
                 "packages": [_package(p, report.outputs.get(p)) for p in report.packages],
