@@ -18,7 +18,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from clients import Clients
+from clients import Clients, Containerd
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "examples" / "demo-pkgs"
@@ -145,6 +145,23 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     reg.stop()
 
 
+# Two platforms. Nix builds the demo set's aarch64-linux derivations with the host's x86_64
+# busybox: such images test the index and the clients' choice of platform, not arm64 binaries.
+MULTI_PLATFORM = {
+    "NIXERY_PLATFORMS": "x86_64-linux,aarch64-linux",
+    "NIX_CONFIG": NIX_CONFIG + "extra-platforms = aarch64-linux\n",
+}
+
+
+@pytest.fixture(scope="session")
+def multi_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A local registry serving both platforms (MULTI_PLATFORM)."""
+    storage = tmp_path_factory.mktemp("multi") / "storage"
+    reg = Registry(storage, NIX_TIMEOUT="3", **MULTI_PLATFORM).start()
+    yield reg
+    reg.stop()
+
+
 @pytest.fixture
 def make_registry(tmp_path: Path) -> Iterator:
     """Starts extra registries for one test; all are stopped after it."""
@@ -166,6 +183,16 @@ def clients(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Cli
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: run scripts/setup.sh --test")
     return Clients(tmp_path_factory.mktemp("clients"), registry.host)
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    for tool in ("containerd", "ctr", "runc"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run scripts/setup.sh --test")
+    daemon = Containerd(tmp_path_factory.mktemp("containerd"))
+    yield daemon
+    daemon.stop()
 
 
 # Google Cloud mode's fixtures (emulators, gcp_registry) live in their own module.

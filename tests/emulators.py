@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 from clients import podman_env
-from conftest import DEMO, DEMO_EVAL_ALLOW, NIX_CONFIG, REPO, Registry, free_port
+from conftest import DEMO, DEMO_EVAL_ALLOW, MULTI_PLATFORM, NIX_CONFIG, REPO, Registry, free_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -273,5 +273,13 @@ def firestore_client(emulators: Emulators, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(scope="session")
 def gcp_registry(emulators: Emulators, tmp_path_factory) -> Iterator[GcpRegistry]:
     reg = GcpRegistry(tmp_path_factory.mktemp("gcp"), emulators).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def gcp_multi_registry(emulators: Emulators, tmp_path_factory) -> Iterator[GcpRegistry]:
+    """Google Cloud mode serving both platforms (conftest's MULTI_PLATFORM)."""
+    reg = GcpRegistry(tmp_path_factory.mktemp("gcpmulti"), emulators, **MULTI_PLATFORM).start()
     yield reg
     reg.stop()

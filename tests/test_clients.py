@@ -12,11 +12,9 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tarfile
 
 import pytest
-from clients import Containerd
 from dxf import DXF
 from test_protocol import DOCKER, OCI
 
@@ -34,16 +32,6 @@ def served(registry, name: str, accept: str = OCI) -> tuple[str, dict]:
     response = registry.get(f"/v2/{name}/manifests/latest", headers={"Accept": accept})
     assert response.status_code == 200, response.text
     return response.headers["Docker-Content-Digest"], response.json()
-
-
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory: pytest.TempPathFactory):
-    for tool in ("containerd", "ctr", "runc"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed: run scripts/setup.sh --test")
-    daemon = Containerd(tmp_path_factory.mktemp("containerd"))
-    yield daemon
-    daemon.stop()
 
 
 # skopeo

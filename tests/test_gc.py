@@ -18,7 +18,14 @@ from nixery.errors import BuildFailed
 from nixery.gc import collect
 from nixery.local.files import FileBlobStore
 from nixery.local.sqlite import SqliteState
-from nixery.manifests import LayerBlob, canonical_json, image_manifests, sha256_digest
+from nixery.manifests import (
+    LayerBlob,
+    canonical_json,
+    image_index,
+    image_manifests,
+    sha256_digest,
+)
+from nixery.names import AMD64, ARM64
 from nixery.reports import BuildReport
 from nixery.state import Failure, Published
 from nixery.storage import store_bytes
@@ -114,6 +121,26 @@ def test_what_no_recent_image_uses_is_collected_and_the_rest_kept(stores: Stores
     assert run(apply=False).blobs == [], "nothing left to collect"
     reported = {r.key for r in stores.state.recent_reports(10)}
     assert reported == {"a", "new-failure"}, "a collected image's or failure's page goes too"
+
+
+def test_an_index_keeps_every_platforms_manifests_and_blobs(stores: Stores) -> None:
+    """A multi-platform image's record names the default platform's manifests and the
+    indexes; the other platforms' are reached through the indexes only."""
+    platforms = []
+    for arch, data in ((AMD64, b"amd64 layer"), (ARM64, b"arm64 layer")):
+        store_bytes(stores.blobs, sha256_digest(data), data)
+        config = canonical_json({"architecture": arch.oci_arch})
+        store_bytes(stores.blobs, sha256_digest(config), config)
+        layer = LayerBlob(sha256_digest(data), sha256_digest(data), len(data))
+        platforms.append((arch, image_manifests(config, [layer])))
+    stores.state.publish(
+        "multi", [m for _, ms in reversed(platforms) for m in ms] + image_index(platforms)
+    )
+    arm64 = [d for m in platforms[1][1] for d in (m.digest, *m.blobs())]
+    report = collect(stores.state, stores.blobs, max_age=30 * DAY, grace=0, failure_ttl=DAY,
+                     now=time.time(), apply=True)  # fmt: skip
+    assert report.blobs == [] and report.manifests == []
+    assert all(stores.state.manifest(d) or stores.blobs.intact(d) for d in arm64)
 
 
 def test_blobs_younger_than_the_grace_are_kept_for_the_builds_under_way(tmp_path) -> None:

@@ -126,3 +126,14 @@ def test_a_kms_signing_key_is_a_key_version_and_excludes_a_key_file():
     both = {"NIXERY_SIGNING_KMS_KEY": version, "NIXERY_SIGNING_KEY": "/key.pem"}
     with pytest.raises(ConfigError, match="one of"):
         builder_settings({**BUILDER, **both})
+
+
+def test_platforms_default_to_one_and_must_be_known():
+    from nixery.names import AMD64, ARM64
+
+    assert registry_settings(REGISTRY).serve.platforms == (AMD64,)
+    both = {**REGISTRY, "NIXERY_PLATFORMS": "aarch64-linux, x86_64-linux"}
+    assert registry_settings(both).serve.platforms == (ARM64, AMD64), "the default first"
+    for bad in ("mips-linux", "x86_64-linux,arm64", " "):
+        with pytest.raises(ConfigError, match="NIXERY_PLATFORMS"):
+            registry_settings({**REGISTRY, "NIXERY_PLATFORMS": bad})

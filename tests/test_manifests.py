@@ -16,19 +16,19 @@ LAYERS = [
 ]
 
 
+RUNTIME = {"Env": ["PATH=/bin"], "Cmd": ["bash"]}
+
+
 def test_config_is_canonical_and_reproducible():
-    a = image_config("amd64", LAYERS, has_bash=True)
-    assert a == image_config("amd64", LAYERS, has_bash=True)
+    a = image_config("amd64", LAYERS, RUNTIME)
+    assert a == image_config("amd64", LAYERS, dict(reversed(RUNTIME.items())))
     config = json.loads(a)
     assert config["rootfs"]["diff_ids"] == [layer.diff_id for layer in LAYERS]
-    assert config["config"]["Cmd"] == ["bash"]
-    assert "SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt" in config["config"]["Env"]
-    assert any(e.startswith("PATH=") for e in config["config"]["Env"])
-    assert "Cmd" not in json.loads(image_config("amd64", LAYERS, has_bash=False))["config"]
+    assert config["config"] == RUNTIME
 
 
 def test_both_formats_reference_the_same_config_and_layers():
-    config = image_config("arm64", LAYERS, has_bash=False)
+    config = image_config("arm64", LAYERS, {})
     oci, docker = image_manifests(config, LAYERS)
     assert (oci.media_type, docker.media_type) == (OCI_MANIFEST, DOCKER_MANIFEST)
     assert oci.digest != docker.digest
@@ -48,3 +48,31 @@ def test_accept_negotiation():
     assert preferred_type(["*/*"]) == DOCKER_MANIFEST
     assert preferred_type([f"{OCI_MANIFEST};q=0, {DOCKER_MANIFEST}"]) == DOCKER_MANIFEST
     assert preferred_type([f"{OCI_MANIFEST}; q=0.5"]) == OCI_MANIFEST
+
+
+def test_index_negotiation_pairs_the_index_with_the_preferred_format():
+    from nixery.manifests import DOCKER_LIST, OCI_INDEX, preferred_index_type
+
+    assert preferred_index_type([OCI_MANIFEST, OCI_INDEX, DOCKER_LIST]) == OCI_INDEX
+    assert preferred_index_type([DOCKER_MANIFEST, DOCKER_LIST, OCI_INDEX]) == DOCKER_LIST
+    assert preferred_index_type([f"{DOCKER_MANIFEST}, {OCI_INDEX}"]) == OCI_INDEX
+    assert preferred_index_type([OCI_MANIFEST, DOCKER_MANIFEST, "*/*"]) is None
+    assert preferred_index_type([f"{OCI_INDEX};q=0", OCI_MANIFEST]) is None
+
+
+def test_indexes_are_canonical_and_name_each_platform():
+    from nixery.manifests import DOCKER_LIST, OCI_INDEX, image_index
+    from nixery.names import AMD64, ARM64
+
+    amd64 = image_manifests(image_config("amd64", LAYERS, {}), LAYERS)
+    arm64 = image_manifests(image_config("arm64", LAYERS, {}), LAYERS)
+    oci, docker = image_index([(AMD64, amd64), (ARM64, arm64)])
+    assert oci == image_index([(AMD64, amd64), (ARM64, arm64)])[0], "reproducible"
+    assert (oci.media_type, docker.media_type) == (OCI_INDEX, DOCKER_LIST)
+    assert oci.blobs() == [] and oci.children() == [amd64[0].digest, arm64[0].digest]
+    assert docker.children() == [amd64[1].digest, arm64[1].digest]
+    platforms = [m["platform"] for m in json.loads(oci.body)["manifests"]]
+    assert platforms == [
+        {"architecture": "amd64", "os": "linux"},
+        {"architecture": "arm64", "os": "linux", "variant": "v8"},
+    ]

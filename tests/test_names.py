@@ -1,7 +1,10 @@
+import hashlib
+import json
+
 import pytest
 
 from nixery.errors import InvalidDigest, InvalidName, InvalidTag
-from nixery.job import BuildJob, image_key
+from nixery.job import FORMAT_VERSION, BuildJob, image_key
 from nixery.names import AMD64, ARM64, Tag, parse_digest, parse_name, parse_reference
 from nixery.sources import Revision
 
@@ -24,6 +27,26 @@ def test_meta_packages_anywhere():
     assert request.arch == ARM64
     assert {"bashInteractive", "coreutils", "moreutils", "nano"} <= set(request.packages)
     assert "shell" not in request.packages and "arm64" not in request.packages
+
+
+def test_nonroot_anywhere_and_in_the_key_only_when_asked():
+    request = parse_name("hello/nonroot/shell")
+    assert request.nonroot and "nonroot" not in request.packages
+    assert not parse_name("shell/hello").nonroot
+    assert request.packages == parse_name("shell/hello").packages
+    assert image_key(request, R) != image_key(parse_name("shell/hello"), R)
+    job = BuildJob.of(request, R)
+    assert BuildJob.from_dict(job.to_dict()) == job
+    with pytest.raises(ValueError):
+        BuildJob.from_dict({**job.to_dict(), "nonroot": "yes"})
+
+
+def test_keys_without_new_options_keep_their_shape():
+    """`nonroot` and platforms enter a key only when asked for."""
+    content = {"format": FORMAT_VERSION, "revision": str(R),
+               "packages": parse_name("hello").packages, "system": "x86_64-linux"}  # fmt: skip
+    old = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    assert image_key(parse_name("hello"), R) == old
 
 
 def test_architecture_is_part_of_the_key():
@@ -75,3 +98,18 @@ def test_jobs_round_trip_and_refuse_forgeries():
     for bad in (forged, {}, [], {**job.to_dict(), "system": "mips-linux"}, None):
         with pytest.raises(ValueError):
             BuildJob.from_dict(bad)
+
+
+def test_several_platforms_unless_the_name_says_arm64():
+    both = (AMD64, ARM64)
+    request = parse_name("hello", platforms=both)
+    assert (request.arch, request.platforms) == (AMD64, both)
+    assert parse_name("hello", platforms=(ARM64,)) == parse_name("arm64/hello")
+    forced = parse_name("arm64/hello", platforms=both)
+    assert (forced.arch, forced.platforms) == (ARM64, ())
+    assert image_key(request, R) != image_key(parse_name("hello"), R)
+    job = BuildJob.of(request, R)
+    assert BuildJob.from_dict(job.to_dict()) == job
+    for bad in (["x86_64-linux"], ["aarch64-linux", "x86_64-linux"], ["x86_64-linux", "mips"]):
+        with pytest.raises(ValueError):
+            BuildJob.from_dict({**job.to_dict(), "platforms": bad})

@@ -82,6 +82,8 @@ def test_the_front_page_shows_this_host_its_source_and_the_latest_builds(site, p
     assert re.fullmatch(r"[0-9a-f]{64}", page.locator("#revision").inner_text())
     assert "demo-pkgs" in page.locator("#source").inner_text()
     assert "bashInteractive" in page.locator("#meta").inner_text()
+    assert "uid and gid 1000" in page.locator("#meta").inner_text(), "nonroot"
+    assert "meta.mainProgram" in page.locator("#runs").inner_text()
     rows = page.locator("#builds tr").all_inner_texts()[1:]
     assert [row.split("\t")[0].strip() for row in rows] == list(reversed(IMAGES))
     assert "failed" in rows[0] and "published" in rows[-1]

@@ -57,6 +57,7 @@ def test_image_names_pull_exactly_the_packages():
     nested = ("cacert", "iana-etc", "python3Packages.requests")
     assert pages.image_name(nested, "aarch64-linux") == "arm64/python3packages.requests"
     assert pages.image_name(("cacert", "iana-etc"), "x86_64-linux") == "cacert"
+    assert pages.image_name(shell, "x86_64-linux", nonroot=True) == "nonroot/shell/hello"
 
 
 def test_versions_come_from_store_path_names():

@@ -355,6 +355,45 @@ def test_accept_with_q_zero_refuses_oci(target):
     assert response.headers["Content-Type"] == DOCKER
 
 
+# Index negotiation, on a registry serving two platforms (NIXERY_PLATFORMS; conftest's
+# MULTI_PLATFORM): the index goes to clients that name one, and only to them.
+
+
+@pytest.fixture(scope="module", params=["local", "gcp"])
+def multi_target(request):
+    name = {"local": "multi_registry", "gcp": "gcp_multi_registry"}[request.param]
+    return request.getfixturevalue(name)
+
+
+@pytest.mark.parametrize(
+    ("accept", "media_type"),
+    [
+        ([OCI_INDEX, OCI], OCI_INDEX),
+        ([DOCKER_LIST, DOCKER], DOCKER_LIST),
+        ([DOCKER, DOCKER_LIST, OCI, OCI_INDEX, "*/*"], OCI_INDEX),  # skopeo, podman
+        ([CONTAINERD_ACCEPT], OCI_INDEX),
+        ([DOCKER, DOCKER_LIST], DOCKER_LIST),  # Docker
+        ([OCI], OCI),
+        ([DOCKER], DOCKER),  # schema2-only clients
+        ([], DOCKER),
+        ([f"{OCI_INDEX};q=0, {DOCKER_LIST};q=0, {OCI}"], OCI),
+    ],
+)
+def test_index_negotiation(multi_target, accept, media_type):
+    headers = [("Accept", a) for a in accept]
+    status, response_headers, body = raw(
+        multi_target, "GET", f"/v2/{IMAGE}/manifests/latest", headers
+    )
+    assert status == 200
+    assert response_headers["Content-Type"] == json.loads(body)["mediaType"] == media_type
+    assert response_headers["Docker-Content-Digest"] == sha256(body)
+    if media_type in (OCI_INDEX, DOCKER_LIST):
+        children = [m["digest"] for m in json.loads(body)["manifests"]]
+        assert len(children) == 2
+        for digest in children:  # each one by digest, whatever the Accept
+            assert get_manifest(multi_target, digest, accept=None).status_code == 200
+
+
 def test_both_formats_describe_the_same_image(target):
     oci = get_manifest(target, accept=OCI).json()
     docker = get_manifest(target, accept=DOCKER).json()

@@ -75,14 +75,14 @@ let
   # gzip's 32 KiB window cannot exploit the ~2 MB repeats.
   mkPkg = { pname, version, deps ? [ ], size ? 64, aliases ? [ ]
           , payloadDir ? "lib", payloadName ? "lib${pname}.so"
-          , description ? "demo stand-in for ${pname}", extra ? "" }:
+          , description ? "demo stand-in for ${pname}", extra ? "", meta ? { } }:
     mkDrv {
       name = "${pname}-${version}";
       inherit pname version deps aliases payloadDir payloadName;
       size = size * 1024;
       bb = "${busybox}/bin/busybox";
       shell = "${busybox}/bin/sh";
-      meta = { inherit description; };
+      meta = { inherit description; } // meta;
       script = ''
         mkdir -p "$out/bin" "$out/nix-support" "$out/$payloadDir" "$out/share/doc/$pname"
 
@@ -319,7 +319,17 @@ let
     };
     htop = mkPkg { pname = "htop"; version = "3.2.2"; size = 300; deps = [ ncurses ]; };
     vim = mkPkg { pname = "vim"; version = "9.0.1897"; size = 3500; deps = [ ncurses glibc ]; aliases = [ "vi" "xxd" ]; };
-    jq = mkPkg { pname = "jq"; version = "1.7"; size = 400; deps = [ oniguruma glibc ]; };
+    # Declares its main program, as nixpkgs' jq does: an image of jq alone runs it.
+    jq = mkPkg { pname = "jq"; version = "1.7"; size = 400; deps = [ oniguruma glibc ]; meta.mainProgram = "jq"; };
+    # A locale archive, as nixpkgs' glibcLocales has: images with it get LANG and LC_ALL.
+    glibcLocales = mkDrv {
+      name = "glibc-locales-2.37-8";
+      meta.description = "a stand-in lib/locale/locale-archive";
+      script = ''
+        mkdir -p "$out/lib/locale"
+        echo "demo-pkgs locale archive" > "$out/lib/locale/locale-archive"
+      '';
+    };
     ripgrep = mkPkg { pname = "ripgrep"; version = "13.0.0"; size = 4500; deps = [ pcre2 glibc ]; aliases = [ "rg" ]; };
 
     # A statically linked tool: no glibc, only busybox (via the shebang).
@@ -367,6 +377,32 @@ let
       script = ''
         echo "markup: <script>document.title='pwned'</script> & <b>not bold</b>" >&2
         exit 1
+      '';
+    };
+
+    # Its closure holds a source imported by content (the host's /etc/services), the same
+    # store path for every system, as architecture-independent data is in nixpkgs.
+    servicesdb = mkDrv {
+      name = "servicesdb-1.0";
+      services = hostFile /etc/services "servicesdb";
+      meta.description = "a link to an architecture-independent store path";
+      script = ''
+        mkdir -p "$out/share"
+        ln -s "$services" "$out/share/services"
+      '';
+    };
+
+    # Builds for x86_64-linux only, like a package whose upstream has no arm64 port: a
+    # multi-platform image of it fails, naming the platform.
+    x86only = mkDrv {
+      name = "x86only-1.0";
+      meta.description = "build fails for any system but x86_64-linux";
+      script = ''
+        if [ "$system" != x86_64-linux ]; then
+          echo "error: x86only does not build for $system" >&2
+          exit 1
+        fi
+        mkdir -p "$out/bin"
       '';
     };
 

@@ -124,6 +124,7 @@ class Entry:
     mode: int = 0o755
     target: str = ""
     data: bytes = b""
+    owner: int = 0  # uid and gid alike: the image's own user owns its home
 
 
 class _LayerWriter:
@@ -180,7 +181,7 @@ class _LayerWriter:
             self.size += len(data)
 
     def header(self, info: tarfile.TarInfo) -> None:
-        info.uid = info.gid = 0
+        """Owners are numeric only: root, unless ``_info`` was given another."""
         info.uname = info.gname = ""
         info.mtime = MTIME
         self.write(info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape"))
@@ -200,12 +201,15 @@ class _LayerWriter:
         )
 
 
-def _info(name: str, kind: bytes, mode: int, size: int = 0, target: str = "") -> tarfile.TarInfo:
+def _info(
+    name: str, kind: bytes, mode: int, size: int = 0, target: str = "", owner: int = 0
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
     info.size = size
     info.linkname = target
+    info.uid = info.gid = owner
     return info
 
 
@@ -260,7 +264,7 @@ def write_entries_layer(
     try:
         for e in sorted(entries, key=lambda e: e.path.split("/")):
             if e.kind == "dir":
-                writer.header(_info(e.path, tarfile.DIRTYPE, e.mode))
+                writer.header(_info(e.path, tarfile.DIRTYPE, e.mode, owner=e.owner))
             elif e.kind == "symlink":
                 writer.header(_info(e.path, tarfile.SYMTYPE, 0o777, target=e.target))
             else:

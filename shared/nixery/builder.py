@@ -31,14 +31,16 @@ from .manifests import (
     Manifest,
     artifact_manifest,
     image_config,
+    image_index,
     image_manifests,
     provenance,
     sha256_digest,
 )
-from .names import suggest
+from .names import Architecture, suggest
 from .nix import Nix
 from .nixstore import StoreKeeper
 from .reports import Reporter
+from .runtime import runtime_config
 from .sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from .signatures import PemSigner, Signer, signature_for
 from .sources import Source
@@ -182,26 +184,76 @@ class Builder:
     def _build(
         self, job: BuildJob, nix_deadline: float, reporter: Reporter
     ) -> tuple[list[Manifest], list[Manifest]]:
-        """The image's manifests, and the artifacts that refer to them (its SBOM)."""
-        key = job.key
-        with step("checkout", key):
+        """The image's manifests, and the artifacts that refer to them (SBOMs, signatures)."""
+        with step("checkout", job.key):
             source_dir = self.source.checkout(job.revision)
         self._index(job, source_dir, nix_deadline)
+        if not job.request.platforms:
+            manifests, artifacts = self._image(
+                job, source_dir, job.request.arch, nix_deadline, reporter
+            )
+        else:
+            manifests, artifacts = self._images(job, source_dir, nix_deadline, reporter)
+        return manifests, artifacts + self._signatures(job.key, manifests)
+
+    def _images(
+        self, job: BuildJob, source_dir: Path, nix_deadline: float, reporter: Reporter
+    ) -> tuple[list[Manifest], list[Manifest]]:
+        """Every platform's image at once, under one index; a failure of one fails them all.
+
+        The report follows the first platform (the default's) alone. Published last, the
+        default's manifests and the indexes are those the image's record names by media type;
+        the other platforms' are reached through the indexes."""
+        platforms = job.request.platforms
+        with ThreadPoolExecutor(len(platforms), thread_name_prefix="platform") as each:
+            futures = [
+                each.submit(
+                    self._image, job, source_dir, arch, nix_deadline, reporter if i == 0 else None
+                )
+                for i, arch in enumerate(platforms)
+            ]
+            wait(futures)
+        built, artifacts = [], []
+        for arch, future in zip(platforms, futures, strict=True):
+            try:
+                manifests, sboms = future.result()
+            except BuildError as e:
+                e.message = f"the {arch.nix_system} image: {e.message}"
+                raise
+            built.append((arch, manifests))
+            artifacts += sboms
+        with step("index", job.key):
+            indexes = image_index(built)
+        return [m for _, manifests in reversed(built) for m in manifests] + indexes, artifacts
+
+    def _image(
+        self,
+        job: BuildJob,
+        source_dir: Path,
+        arch: Architecture,
+        nix_deadline: float,
+        reporter: Reporter | None,
+    ) -> tuple[list[Manifest], list[Manifest]]:
+        """One platform's image: its manifests in every format, and their SBOMs."""
+        key = f"{job.key}/{arch.oci_arch}" if job.request.platforms else job.key
         with ExitStack() as built:  # the Nix outputs stay GC roots until the image is made
-            reporter.update(step="nix")
+            if reporter:
+                reporter.update(step="nix")
             with step("nix", key) as record:
-                system = job.request.arch.nix_system
                 try:
                     result = built.enter_context(
-                        self.nix.build(source_dir, job.request.packages, system, nix_deadline)
+                        self.nix.build(
+                            source_dir, job.request.packages, arch.nix_system, nix_deadline
+                        )
                     )
                 except UnknownPackages as e:
                     names = self.state.package_names(str(job.revision)) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
-                reporter.closure(
-                    result.outputs, {p.path: p.nar_size for p in result.closure.values()}
-                )
+                if reporter:
+                    reporter.closure(
+                        result.outputs, {p.path: p.nar_size for p in result.closure.values()}
+                    )
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
@@ -213,10 +265,11 @@ class Builder:
                 roots = sorted(set(result.outputs.values()))
                 groups = plan_layers(closure, roots, self.popularity, self.budget - 1)
                 record["layers"] = len(groups) + 1
-            reporter.update(step="archives")
+            if reporter:
+                reporter.update(step="archives")
             with step("archives", key) as record:
                 layers, fresh = self._store_layers(groups)
-                root_entries = image_root(list(result.outputs.values()))
+                root_entries = image_root(list(result.outputs.values()), job.request.nonroot)
                 layers.append(
                     self._archive(
                         lambda out: archives.write_entries_layer(
@@ -225,14 +278,15 @@ class Builder:
                     )
                 )
                 record.update(new=fresh, reused=len(groups) - fresh)
-            reporter.layers(groups, layers)
+            if reporter:
+                reporter.layers(groups, layers)
         title = "/".join(job.request.packages)
         with step("sbom", key) as record:
             try:
                 sbom = image_sbom(
                     title=title,
                     revision=job.revision,
-                    system=job.request.arch.nix_system,
+                    system=arch.nix_system,
                     roots=result.outputs.values(),
                     closure=result.closure,
                     meta=result.meta,
@@ -244,26 +298,31 @@ class Builder:
             store_bytes(self.blobs, sha256_digest(sbom), sbom)
             store_bytes(self.blobs, sha256_digest(EMPTY_BLOB), EMPTY_BLOB)
             record["bytes"] = len(sbom)
-        reporter.update(step="manifests")
+        if reporter:
+            reporter.update(step="manifests")
         with step("manifests", key):
-            has_bash = any(e.path == "bin/bash" for e in root_entries)
             source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
             annotations = provenance(title, source, job.revision.value)
-            config = image_config(
-                job.request.arch.oci_arch, layers, has_bash=has_bash, labels=annotations
-            )
+            runtime = runtime_config(job.request, root_entries, result.main_programs)
+            config = image_config(arch.oci_arch, layers, runtime, labels=annotations)
             store_bytes(self.blobs, sha256_digest(config), config)
             manifests = image_manifests(config, layers, annotations)
             about = {"org.opencontainers.image.created": CREATED}
-            artifacts = [artifact_manifest(SBOM_TYPE, sbom, SBOM_FILE, m, about) for m in manifests]
-        if self.signer is not None:
-            with step("signatures", key):
-                for manifest in manifests:
-                    signature = signature_for(manifest, self.signer)
-                    for blob in signature.blobs:
-                        store_bytes(self.blobs, sha256_digest(blob), blob)
-                    artifacts.append(signature.manifest)
-        return manifests, artifacts
+            sboms = [artifact_manifest(SBOM_TYPE, sbom, SBOM_FILE, m, about) for m in manifests]
+        return manifests, sboms
+
+    def _signatures(self, key: str, manifests: list[Manifest]) -> list[Manifest]:
+        """A signature of each manifest (an index's too), with a signer."""
+        if self.signer is None:
+            return []
+        signatures = []
+        with step("signatures", key):
+            for manifest in manifests:
+                signature = signature_for(manifest, self.signer)
+                for blob in signature.blobs:
+                    store_bytes(self.blobs, sha256_digest(blob), blob)
+                signatures.append(signature.manifest)
+        return signatures
 
     def _index(self, job: BuildJob, source_dir: Path, nix_deadline: float) -> None:
         """Lists the package set's names for the search box, once per revision; a set whose

@@ -7,10 +7,12 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from . import config, logs
+from .exports import FORMATS, write_archive
 
 # flag -> environment variable
 _FLAGS = {
@@ -25,6 +27,9 @@ _FLAGS = {
     "--popularity-url": "NIX_POPULARITY_URL",
     "--layer-budget": "NIXERY_LAYER_BUDGET",
 }
+# The flags of `nixery build`: where packages come from and how they are built.
+_BUILD_FLAGS = ("--storage-path", "--channel", "--pkgs-repo", "--pkgs-path", "--nix-timeout",
+                "--popularity-url", "--layer-budget")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     gc.add_argument("--apply", action="store_true", help="delete; without it, only report")
     gc.add_argument("--log-level", default="INFO")
+    build = commands.add_parser(
+        "build",
+        help="build an image and write it to a file (OCI archive or docker-archive), "
+        "the same image a registry would serve for its name",
+    )
+    build.add_argument("image", help="NAME[:TAG], as it would be pulled (e.g. shell/hello)")
+    build.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    build.add_argument("--format", choices=FORMATS, default="oci",
+                       help="oci (an OCI image layout in a tar) or docker-archive")  # fmt: skip
+    for flag in _BUILD_FLAGS:
+        build.add_argument(flag, help=f"overrides {_FLAGS[flag]}")
+    build.add_argument("--log-level", default="INFO")
     commands.add_parser(
         "hash-password",
         help="hash a password for NIXERY_AUTH_USERS (read from stdin, or asked for)",
@@ -64,19 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         return _popcount(args)
     if args.command == "hash-password":
         return _hash_password()
-    if args.command == "gc":
+    if args.command in ("build", "gc"):
         logs.setup(args.log_level)
         try:
-            return _gc(args)
+            return _build(args) if args.command == "build" else _gc(args)
         except config.ConfigError as e:
-            print(f"nixery gc: configuration error: {e}", file=sys.stderr)
+            print(f"nixery {args.command}: configuration error: {e}", file=sys.stderr)
             return 2
 
-    env = dict(os.environ)
-    for flag, variable in _FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            env[variable] = value
+    env = _with_flags(args, _FLAGS)
     logs.setup(args.log_level)
     from .local.serve import serve as run
 
@@ -85,6 +98,71 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as e:
         print(f"nixery: configuration error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _with_flags(args: argparse.Namespace, flags: Iterable[str]) -> dict[str, str]:
+    """The environment, with the variables the given flags override."""
+    env = dict(os.environ)
+    for flag in flags:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            env[_FLAGS[flag]] = value
+    return env
+
+
+def _build(args: argparse.Namespace) -> int:
+    """Builds as `nixery serve` would (same settings, same pipeline, so the same digests) and
+    writes the image to a file. Without a storage path, blobs and state live in a temporary
+    directory; with one, its layer cache is reused (and `nixery serve` may serve it too)."""
+    import tempfile
+
+    from .errors import BuildError, NixeryError, StillBuilding
+    from .local.serve import local_service
+    from .manifests import OCI_INDEX, OCI_MANIFEST
+    from .names import Tag, parse_name, parse_reference
+
+    env = _with_flags(args, _BUILD_FLAGS)
+    with tempfile.TemporaryDirectory(prefix="nixery-build-") as scratch:
+        env.setdefault("STORAGE_PATH", scratch)
+        settings = config.local_settings(env)
+        name, _, tag = args.image.partition(":")
+        try:
+            platforms = settings.serve.platforms
+            request = parse_name(name, settings.serve.max_packages, platforms)
+            reference = parse_reference(tag or "latest")
+            if not isinstance(reference, Tag):
+                print("nixery build: name the image by tag, not by digest", file=sys.stderr)
+                return 2
+            service = local_service(settings)
+            # An OCI archive holds the index of a multi-platform image; a docker-archive,
+            # which cannot, the default platform's image.
+            accept = [OCI_INDEX, OCI_MANIFEST] if args.format == "oci" else [OCI_MANIFEST]
+            print(f"nixery build: building {name}:{reference.name}", file=sys.stderr)
+            while True:
+                try:
+                    manifest = service.manifest(request, reference, accept)
+                    break
+                except StillBuilding:
+                    continue  # the build goes on; wait for it again
+        except NixeryError as e:
+            print(f"nixery build: {e.message}", file=sys.stderr)
+            log = (e.detail or {}).get("log") if isinstance(e, BuildError) else None
+            if isinstance(log, str):
+                print(log, file=sys.stderr)
+            return 1
+        children = [m for d in manifest.children() if (m := service.state.manifest(d))]
+        partial = args.output.with_name(args.output.name + ".partial")
+        with partial.open("wb") as out:
+            write_archive(out, args.format, manifest, f"{name}:{reference.name}",
+                          service.blobs.open, lambda d: service.blobs.size(d) or 0,
+                          children)  # fmt: skip
+        partial.replace(args.output)
+    print(
+        f"nixery build: wrote {args.output} ({args.format}, manifest {manifest.digest}, "
+        f"{args.output.stat().st_size / 1e6:.1f} MB)",
+        file=sys.stderr,
+    )
     return 0
 
 

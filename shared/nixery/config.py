@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from .names import MAX_PACKAGES
+from .names import AMD64, ARCHITECTURES, MAX_PACKAGES, Architecture, architecture
 
 SOURCE_VARIABLES = ("NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_PKGS_PATH")
 
@@ -291,6 +291,7 @@ class ServeSettings:
     trusted_proxies: int  # proxies before us whose X-Forwarded-For entry is the client's
     auth: AuthSettings | None  # None: public
     public_url: str | None  # how clients reach the registry, for the pages; else the request's
+    platforms: tuple[Architecture, ...] = (AMD64,)  # NIXERY_PLATFORMS, the default first
 
 
 def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> ServeSettings:
@@ -307,7 +308,18 @@ def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> Se
         trusted_proxies=env.integer("NIXERY_TRUSTED_PROXIES", trusted_proxies, 0, 10),
         auth=auth_settings(env, need_secret=instances > 1),
         public_url=_public_url(env.get("NIXERY_PUBLIC_URL")),
+        platforms=_platforms(env.get("NIXERY_PLATFORMS")),
     )
+
+
+def _platforms(value: str | None) -> tuple[Architecture, ...]:
+    """NIXERY_PLATFORMS: Nix systems separated by commas or spaces, the default first."""
+    systems = list(dict.fromkeys((value or AMD64.nix_system).replace(",", " ").split()))
+    known = [a for s in systems if (a := architecture(s)) is not None]
+    if not systems or len(known) < len(systems):
+        names = ", ".join(a.nix_system for a in ARCHITECTURES)
+        raise ConfigError(f"NIXERY_PLATFORMS={value!r}: list Nix systems among {names}")
+    return tuple(known)
 
 
 def _public_url(url: str | None) -> str | None:

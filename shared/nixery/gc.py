@@ -119,10 +119,14 @@ def collect(
         else:
             report.images.append(image.key)
     live_blobs: set[str] = set()
-    for digest in live_manifests:
-        manifest = state.manifest(digest)
+    pending = list(live_manifests)
+    while pending:  # an index keeps the manifests it names, and they their blobs
+        manifest = state.manifest(pending.pop())
         if manifest is not None:
             live_blobs.update(manifest.blobs())
+            children = set(manifest.children()) - live_manifests
+            live_manifests |= children
+            pending += children
     report.manifests = [d for d in state.manifest_digests() if d not in live_manifests]
     report.layers = [key for key, digest in state.layer_rows() if digest not in live_blobs]
     report.failures = [key for key, at in state.failures() if at < now - failure_ttl]

@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 
 from .archives import Entry
+from .names import HOME, UID, USER
 
 # Nix-specific metadata directories, not part of what a package installs.
 _SKIPPED = {"nix-support"}
@@ -24,6 +25,12 @@ PASSWD = (
     b"nobody:x:65534:65534:Unprivileged account:/var/empty:/bin/false\n"
 )
 GROUP = b"root:x:0:\nnogroup:x:65534:\n"
+
+# The user of a `nonroot` image. Its shadow entries are locked (`!`): nobody logs in as any of
+# them, and what runs in the image runs as this one, from its home.
+USER_PASSWD = f"{USER}:x:{UID}:{UID}:Nixery user:{HOME}:/bin/sh\n".encode()
+USER_GROUP = f"{USER}:x:{UID}:\n".encode()
+SHADOW = b"".join(f"{u}:!:1::::::\n".encode() for u in ("root", "nobody", USER))
 
 _Tree = dict[str, "Entry | _Tree"]
 
@@ -43,8 +50,9 @@ def _merge(tree: _Tree, source: str, prefix: str) -> None:
             tree[name] = Entry(prefix + name, "symlink", target=path)
 
 
-def image_root(outputs: Sequence[str]) -> list[Entry]:
-    """Entries of the root layer for the given package outputs, in request order."""
+def image_root(outputs: Sequence[str], nonroot: bool = False) -> list[Entry]:
+    """Entries of the root layer for the given package outputs, in request order; with
+    ``nonroot``, the user ``USER`` and its home too."""
     tree: _Tree = {
         "tmp": {},
         "root": {},
@@ -53,6 +61,14 @@ def image_root(outputs: Sequence[str]) -> list[Entry]:
             "group": Entry("etc/group", "file", 0o644, data=GROUP),
         },
     }
+    if nonroot:
+        tree["etc"] = {
+            "passwd": Entry("etc/passwd", "file", 0o644, data=PASSWD + USER_PASSWD),
+            "group": Entry("etc/group", "file", 0o644, data=GROUP + USER_GROUP),
+            "shadow": Entry("etc/shadow", "file", 0o600, data=SHADOW),
+        }
+        home = HOME.strip("/")
+        tree["home"] = {USER: Entry(home, "dir", 0o755, owner=UID)}
     for out in outputs:
         if os.path.isdir(out):
             _merge(tree, out, "")

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .job import BuildJob
 from .limits import Limiter
-from .manifests import Manifest, preferred_type
+from .manifests import Manifest, preferred_index_type, preferred_type
 from .names import Digest, ImageRequest, Tag
 from .referrers import referrers_index
 from .signatures import is_signature, signed_digest
@@ -101,6 +101,8 @@ class ImageService:
             return self._signature(signed)
         job = BuildJob.of(request, self._resolve(reference))
         media_type = preferred_type(accept)
+        if request.platforms:  # a client that takes an index gets one, others the default's
+            media_type = preferred_index_type(accept) or media_type
         found = self._whole(self.image(job, caller), media_type)
         if found is None:
             # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
@@ -126,13 +128,19 @@ class ImageService:
         raise UnknownManifest("no signature for this manifest", {"digest": signed})
 
     def _whole(self, image: Published, media_type: str) -> Manifest | None:
-        """The image's manifest, if it and every blob it and its referrers (the SBOM, a
-        signature) name are intact: an image is served whole or built again."""
+        """The image's manifest, if it, the manifests it names (an index's), their referrers
+        (the SBOM, a signature) and every blob they name are intact: an image is served whole
+        or built again."""
         manifest = self.state.manifest(image.manifests[media_type])
         if manifest is None:
             return None
-        referrers = self.state.referrers(manifest.digest)
-        blobs = [*manifest.blobs(), *(d for r in referrers for d in r.blobs())]
+        found = [self.state.manifest(d) for d in manifest.children()]
+        children = [c for c in found if c is not None]
+        if len(children) != len(found):
+            return None
+        parts = [manifest, *children]
+        referrers = [r for p in parts for r in self.state.referrers(p.digest)]
+        blobs = [d for p in [*parts, *referrers] for d in p.blobs()]
         return manifest if all(self.blobs.intact(d) for d in blobs) else None
 
     def image(self, job: BuildJob, caller: Caller = Caller()) -> Published:

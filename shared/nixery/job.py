@@ -13,25 +13,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .names import ARCHITECTURES, ImageRequest
+from .names import ImageRequest, architecture
 from .sources import Revision
 
 # Bumped whenever a change to the pipeline changes what an image key produces, so that
 # images published by an older version are rebuilt rather than served stale.
-FORMAT_VERSION = 2  # 2: provenance annotations, and an SBOM per image
+FORMAT_VERSION = 2  # 2: provenance annotations, an SBOM per image, the entrypoint rule
 
 
 def image_key(request: ImageRequest, revision: Revision) -> str:
     """The cache key of a request built from one exact source revision."""
-    material = json.dumps(
-        {
-            "format": FORMAT_VERSION,
-            "revision": str(revision),
-            "packages": request.packages,
-            "system": request.arch.nix_system,
-        },
-        sort_keys=True,
-    )
+    content: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "revision": str(revision),
+        "packages": request.packages,
+        "system": request.arch.nix_system,
+    }
+    if request.nonroot:  # only then: the keys of images without it stay as they were
+        content["nonroot"] = True
+    if request.platforms:
+        content["platforms"] = [a.nix_system for a in request.platforms]
+    material = json.dumps(content, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -52,6 +54,8 @@ class BuildJob:
             "key": self.key,
             "packages": list(self.request.packages),
             "system": self.request.arch.nix_system,
+            "nonroot": self.request.nonroot,
+            "platforms": [a.nix_system for a in self.request.platforms],
             "revision": {"source": self.revision.source, "value": self.revision.value},
         }
 
@@ -66,14 +70,24 @@ class BuildJob:
             source, value = revision["source"], revision["value"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed job: missing {e}") from None
-        arch = next((a for a in ARCHITECTURES if a.nix_system == system), None)
-        if arch is None:
-            raise ValueError(f"unknown system {system!r}")
+        systems = data.get("platforms", [])
+        if not isinstance(systems, list) or len(systems) == 1:
+            raise ValueError("platforms must be a list of none or several systems")
+        arches = [architecture(s) if isinstance(s, str) else None for s in [system, *systems]]
+        arch, *platforms = arches
+        if arch is None or None in platforms:
+            raise ValueError(f"unknown system in {[system, *systems]!r}"[:200])
+        if platforms and platforms[0] != arch:
+            raise ValueError("the system must be the first of the platforms")
         if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
             raise ValueError("packages must be a list of names")
-        job = cls.of(
-            ImageRequest(tuple(sorted(set(packages))), arch), Revision(str(source), str(value))
+        nonroot = data.get("nonroot", False)
+        if not isinstance(nonroot, bool):
+            raise ValueError("nonroot must be true or false")
+        request = ImageRequest(
+            tuple(sorted(set(packages))), arch, nonroot, tuple(a for a in platforms if a)
         )
+        job = cls.of(request, Revision(str(source), str(value)))
         if job.key != data.get("key"):
             raise ValueError("the job's key does not match its content")
         return job

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .names import Architecture
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -23,6 +25,8 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 # An artifact's config (OCI image spec 1.1): the empty JSON object, a blob of its own.
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 _FORMATS = {
@@ -31,8 +35,6 @@ _FORMATS = {
 }
 # Fixed, so that configs are reproducible; the same choice as nixpkgs' dockerTools.
 CREATED = "1970-01-01T00:00:01Z"
-PATH = "/bin:/sbin:/usr/bin"
-CA_BUNDLE = "/etc/ssl/certs/ca-bundle.crt"
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,11 @@ class Manifest:
         return sha256_digest(self.body)
 
     def blobs(self) -> list[str]:
-        """The digests of the blobs the manifest names: its config, then its layers."""
+        """The digests of the blobs the manifest names: its config, then its layers (none for
+        an index, which names manifests)."""
         body = json.loads(self.body)
+        if "config" not in body:
+            return []
         return [body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]
 
     @property
@@ -63,6 +68,10 @@ class Manifest:
         """The digest of the manifest this one refers to, for an artifact (an SBOM)."""
         subject = json.loads(self.body).get("subject")
         return str(subject["digest"]) if subject else None
+
+    def children(self) -> list[str]:
+        """The digests of the manifests an index names (none for an image manifest)."""
+        return [m["digest"] for m in json.loads(self.body).get("manifests", [])]
 
 
 def sha256_digest(data: bytes) -> str:
@@ -88,17 +97,14 @@ def provenance(title: str, source: str, revision: str) -> dict[str, str]:
 def image_config(
     arch: str,
     layers: Sequence[LayerBlob],
-    *,
-    has_bash: bool,
+    config: Mapping[str, Any],
     labels: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The config; ``labels`` are the provenance annotations, which a config carries as
-    labels (the image spec's pre-defined annotation keys may be used there)."""
-    config: dict[str, Any] = {"Env": [f"PATH={PATH}", f"SSL_CERT_FILE={CA_BUNDLE}"]}
-    if has_bash:
-        config["Cmd"] = ["bash"]
+    """``config`` is the runtime part (``runtime.runtime_config``); ``labels`` are the
+    provenance annotations, which a config carries as labels (the image spec's pre-defined
+    annotation keys may be used there)."""
     if labels:
-        config["Labels"] = dict(labels)
+        config = {**config, "Labels": dict(labels)}
     return canonical_json(
         {
             "architecture": arch,
@@ -179,13 +185,47 @@ def preferred_type(accept: Iterable[str]) -> str:
     OCI when the client names it; Docker schema2 otherwise, including for clients that send
     no Accept or only wildcards, since every Docker-era client reads schema2.
     """
+    return OCI_MANIFEST if OCI_MANIFEST in _accepted(accept) else DOCKER_MANIFEST
+
+
+def preferred_index_type(accept: Iterable[str]) -> str | None:
+    """The index format a client names, if any: the one that goes with the manifest format
+    it prefers when it names both. A client that names neither gets a single image."""
+    accepted = _accepted(accept)
+    pairs = {OCI_MANIFEST: OCI_INDEX, DOCKER_MANIFEST: DOCKER_LIST}
+    preferred = pairs[preferred_type(accept)]
+    if preferred in accepted:
+        return preferred
+    return next((t for t in (OCI_INDEX, DOCKER_LIST) if t in accepted), None)
+
+
+def image_index(platforms: Sequence[tuple[Architecture, Sequence[Manifest]]]) -> list[Manifest]:
+    """An OCI index of the platforms' OCI manifests and a Docker manifest list of their
+    schema2 manifests, in the order given (NIXERY_PLATFORMS'): canonical, so reproducible."""
+    indexes = []
+    for index_type, manifest_type in ((OCI_INDEX, OCI_MANIFEST), (DOCKER_LIST, DOCKER_MANIFEST)):
+        entries = []
+        for arch, manifests in platforms:
+            [manifest] = [m for m in manifests if m.media_type == manifest_type]
+            platform = {"architecture": arch.oci_arch, "os": "linux"}
+            if arch.variant:
+                platform["variant"] = arch.variant
+            entries.append({"mediaType": manifest_type, "digest": manifest.digest,
+                            "size": len(manifest.body), "platform": platform})  # fmt: skip
+        body = {"schemaVersion": 2, "mediaType": index_type, "manifests": entries}
+        indexes.append(Manifest(index_type, canonical_json(body)))
+    return indexes
+
+
+def _accepted(accept: Iterable[str]) -> set[str]:
+    """The media types every Accept header line of a request names, but for those refused."""
     accepted = set()
     for line in accept:
         for item in line.split(","):
             media, *params = item.split(";")
             if not any(_refused(param) for param in params):
                 accepted.add(media.strip().lower())
-    return OCI_MANIFEST if OCI_MANIFEST in accepted else DOCKER_MANIFEST
+    return accepted
 
 
 def _refused(param: str) -> bool:

@@ -2,9 +2,11 @@
 
 The protocol layer parses a request's name and reference here, once: the rest of the code
 takes an ``ImageRequest`` and a ``Tag`` or ``Digest``, never raw strings. A name like
-``shell/git/htop`` lists packages. Registry names must match the OCI repository
-grammar, which is lower case only, so the real attribute names (``bashInteractive``,
-``python3Packages``) are recovered later by Nix, case-insensitively, from the package set.
+``shell/git/htop`` lists packages; ``shell``, ``nonroot`` and ``arm64`` are meta-packages
+that ask for a shell, a non-root user and an architecture rather than a package. Registry
+names must match the OCI repository grammar, which is lower case only, so the real attribute
+names (``bashInteractive``, ``python3Packages``) are recovered later by Nix,
+case-insensitively, from the package set.
 """
 
 from __future__ import annotations
@@ -29,17 +31,24 @@ MAX_PACKAGES = 64
 
 ALWAYS_INCLUDED = ("cacert", "iana-etc")
 SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
+# The user a `nonroot` image runs as (``imageroot`` makes it, ``runtime`` runs as it).
+USER, UID, HOME = "nixery", 1000, "/home/nixery"
 
 
 @dataclass(frozen=True)
 class Architecture:
     nix_system: str
     oci_arch: str
+    variant: str | None = None  # the OCI platform's variant, as an index names it
 
 
 AMD64 = Architecture("x86_64-linux", "amd64")
-ARM64 = Architecture("aarch64-linux", "arm64")
+ARM64 = Architecture("aarch64-linux", "arm64", "v8")
 ARCHITECTURES = (AMD64, ARM64)
+
+
+def architecture(nix_system: str) -> Architecture | None:
+    return next((a for a in ARCHITECTURES if a.nix_system == nix_system), None)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,10 @@ class ImageRequest:
 
     packages: tuple[str, ...]
     arch: Architecture
+    nonroot: bool = False  # the image runs as an unprivileged user (``USER``)
+    # More than one: an image per platform under an index, ``arch`` (the first) for clients
+    # that take no index. Empty: ``arch``'s image alone.
+    platforms: tuple[Architecture, ...] = ()
 
 
 def _fix_segment(segment: str) -> str:
@@ -55,9 +68,13 @@ def _fix_segment(segment: str) -> str:
     return "_" + segment if segment[0].isdigit() else segment
 
 
-def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
+def parse_name(
+    name: str, max_packages: int = MAX_PACKAGES, platforms: Sequence[Architecture] = (AMD64,)
+) -> ImageRequest:
     """Turns a repository name into the request it stands for, or raises NAME_INVALID;
-    ``max_packages`` is the registry's own limit (NIXERY_MAX_PACKAGES), at most ours."""
+    ``max_packages`` is the registry's own limit (NIXERY_MAX_PACKAGES), at most ours;
+    ``platforms`` the registry's (NIXERY_PLATFORMS), its default first, unless the name
+    says ``arm64``."""
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"repository name longer than {MAX_NAME_LENGTH} characters")
     if not NAME_RE.fullmatch(name):
@@ -66,13 +83,16 @@ def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
             "separated by '.', '_', '__' or '-'",
             {"name": name},
         )
-    arch = AMD64
+    arch = None
+    nonroot = False
     packages: set[str] = set(ALWAYS_INCLUDED)
     for component in name.split("/"):
         if component == "shell":
             packages.update(SHELL_PACKAGES)
         elif component == "arm64":
             arch = ARM64
+        elif component == "nonroot":
+            nonroot = True
         else:
             packages.add(".".join(_fix_segment(s) for s in component.split(".")))
     if len(packages) > min(max_packages, MAX_PACKAGES):
@@ -80,7 +100,10 @@ def parse_name(name: str, max_packages: int = MAX_PACKAGES) -> ImageRequest:
             f"an image may hold at most {min(max_packages, MAX_PACKAGES)} packages here "
             f"(this name asks for {len(packages)}, with those every image holds)"
         )
-    return ImageRequest(tuple(sorted(packages)), arch)
+    if arch is not None:
+        return ImageRequest(tuple(sorted(packages)), arch, nonroot)
+    several = tuple(platforms) if len(platforms) > 1 else ()
+    return ImageRequest(tuple(sorted(packages)), platforms[0], nonroot, several)
 
 
 Digest = NewType("Digest", str)

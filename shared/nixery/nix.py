@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,7 @@ class BuildResult:
     outputs: dict[str, str]
     closure: dict[str, StorePath]
     meta: dict[str, PackageMeta]
+    main_programs: dict[str, str | None] = field(default_factory=dict)  # meta.mainProgram
 
 
 def parse_meta(entries: Iterable[Mapping[str, Any]]) -> dict[str, PackageMeta]:
@@ -245,6 +246,7 @@ class Nix:
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
+        programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
         try:
             with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
                 drvs = sorted({p["drvPath"] for p in plan["packages"]})
@@ -252,7 +254,7 @@ class Nix:
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
                 self._run(realise, "building", math.inf, deadline)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
-                yield BuildResult(outputs, closure, parse_meta(plan.get("meta", ())))
+                yield BuildResult(outputs, closure, parse_meta(plan.get("meta", ())), programs)
         finally:
             remove_stale_roots()
 

@@ -23,7 +23,7 @@ from .errors import BuildError, NixeryError
 from .images import ImageService
 from .manifests import OCI_MANIFEST
 from .memory import BoundedCache
-from .names import ALWAYS_INCLUDED, AMD64, SHELL_PACKAGES
+from .names import ALWAYS_INCLUDED, AMD64, HOME, SHELL_PACKAGES, UID, USER
 from .reports import BuildReport
 from .sources import Revision
 from .state import Failure, Pending, Published
@@ -84,10 +84,12 @@ def explain(error: BuildError, key: str) -> Explained:
     return Explained(message, detail, reason)
 
 
-def image_name(packages: tuple[str, ...], system: str) -> str:
+def image_name(packages: tuple[str, ...], system: str, nonroot: bool = False) -> str:
     """A name that pulls exactly these packages: the ones every image holds are left out,
     and the shell's are ``shell``."""
     prefix = [] if system == AMD64.nix_system else ["arm64"]
+    if nonroot:
+        prefix.append("nonroot")
     left = set(packages) - set(ALWAYS_INCLUDED)
     if left >= set(SHELL_PACKAGES):
         prefix.append("shell")
@@ -146,7 +148,14 @@ def blueprint(service: ImageService) -> Blueprint:
             "meta_packages": {
                 "shell": list(SHELL_PACKAGES),
                 "arm64": ["builds for aarch64-linux instead of x86_64-linux"],
+                "nonroot": [f"runs as the user {USER} (uid and gid {UID}), from its home {HOME}"],
             },
+            "runs": [
+                "with shell: bash",
+                "with exactly one package that declares a main program (meta.mainProgram): "
+                "that program, as the entrypoint",
+                "otherwise: nothing unless told",
+            ],
             "always_included": list(ALWAYS_INCLUDED),
             "builds": [summary(r) for r in reports],
         }
@@ -154,7 +163,7 @@ def blueprint(service: ImageService) -> Blueprint:
     def summary(report: BuildReport) -> dict[str, Any]:
         return {
             "key": report.key,
-            "name": image_name(report.packages, report.system),
+            "name": image_name(report.packages, report.system, report.nonroot),
             "status": report.status,
             "step": report.step,
             "revision": report.revision,
@@ -176,7 +185,7 @@ def blueprint(service: ImageService) -> Blueprint:
         host = urllib.parse.urlsplit(base_url()).netloc
         info: dict[str, Any] = {"key": key, "url": build_url(key), "host": host}
         if report is not None:
-            name = image_name(report.packages, report.system)
+            name = image_name(report.packages, report.system, report.nonroot)
             oci = report.manifests.get(OCI_MANIFEST)
             info |= summary(report) | {
                 "packages": [_package(p, report.outputs.get(p)) for p in report.packages],

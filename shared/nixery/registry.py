@@ -51,6 +51,7 @@ from .errors import (
 )
 from .images import Caller, ImageService
 from .names import (
+    AMD64,
     MAX_PACKAGES,
     Digest,
     ImageRequest,
@@ -110,6 +111,7 @@ def create_app(service: ImageService, settings: ServeSettings | None = None) -> 
     app = Flask(__name__, static_folder=None)
     web_dir = settings.web_dir if settings else None
     max_packages = settings.max_packages if settings else MAX_PACKAGES
+    platforms = settings.platforms if settings else (AMD64,)
     auth = Auth(settings.auth) if settings and settings.auth else None
     if settings and settings.trusted_proxies:
         # The proxies in front append their client's address to X-Forwarded-For (and the
@@ -132,7 +134,7 @@ def create_app(service: ImageService, settings: ServeSettings | None = None) -> 
             parse_name(match["name"])
             raise Unsupported("this registry builds its images; pushing is not supported", allow="")
         if match := _MANIFEST.fullmatch(path):
-            image = parse_name(match["name"], max_packages)
+            image = parse_name(match["name"], max_packages, platforms)
             reference = parse_reference(match["reference"])
             _only_read()
             return _manifest(service, image, reference)

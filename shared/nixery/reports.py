@@ -50,6 +50,7 @@ class BuildReport:
     layers: tuple[LayerReport, ...] = ()
     manifests: Mapping[str, str] = field(default_factory=dict)  # media type -> digest
     failure: FailureReport | None = None
+    nonroot: bool = False
 
     @property
     def size(self) -> int:
@@ -83,6 +84,7 @@ class BuildReport:
             ),
             manifests=dict(data.get("manifests", {})),
             failure=FailureReport(**failure) if failure else None,
+            nonroot=bool(data.get("nonroot", False)),
         )
 
 
@@ -96,6 +98,7 @@ class Reporter:
             key=job.key,
             packages=job.request.packages,
             system=job.request.arch.nix_system,
+            nonroot=job.request.nonroot,
             revision=str(job.revision),
             started=clock(),
             status="building",

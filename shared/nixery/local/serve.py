@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def create_local_app(settings: LocalSettings) -> Flask:
+    return create_app(local_service(settings), settings.serve)
+
+
+def local_service(settings: LocalSettings) -> ImageService:
+    """The images of local mode, found or built: what `nixery serve` serves and `nixery
+    build` writes to a file."""
     source = open_source(settings.source)
     blobs = FileBlobStore(settings.storage_path)
     blobs.remove_leftovers()
@@ -36,7 +42,7 @@ def create_local_app(settings: LocalSettings) -> Flask:
         state=state,
         popularity=load_popularity(settings.build.popularity_url),
     )
-    service = ImageService(
+    return ImageService(
         source=source,
         state=state,
         blobs=blobs,
@@ -45,7 +51,6 @@ def create_local_app(settings: LocalSettings) -> Flask:
         failure_ttl=settings.serve.failure_ttl,
         limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
     )
-    return create_app(service, settings.serve)
 
 
 def serve(settings: LocalSettings) -> None:

@@ -16,7 +16,7 @@
 #     is imported, whose own check would only abort;
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
-#   { "missing": [], "packages": [ { name, attrPath, drvPath, out }, ... ],
+#   { "missing": [], "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ],
 #     "meta": [ { path, pname, version, description, homepage, licenses }, ... ] }
 # `meta` describes the outputs of the packages and of the derivations they
 # take as inputs (buildInputs, propagatedBuildInputs, and the demo set's
@@ -26,7 +26,8 @@
 # registry's search box, the top level and one level into each *Packages set.
 # `out` is the default output's store path. It cannot be called `outPath`:
 # Nix's JSON printer replaces any attribute set that has an `outPath` with
-# that string.
+# that string. `mainProgram` is the package's meta.mainProgram when it is a
+# string, else null: read as data, for the image's entrypoint.
 # --read-write-mode makes forcing drvPath write the .drv files to the store,
 # so they can be realised afterwards.
 { srcPath, packages, system ? builtins.currentSystem, ... }:
@@ -148,6 +149,9 @@ in
         attrPath = r.path;
         drvPath = r.value.drvPath;
         out = r.value.outPath;
+        mainProgram =
+          let m = builtins.tryEval (r.value.meta.mainProgram or null);
+          in if m.success && builtins.isString m.value then m.value else null;
       }) resolved;
     meta = if missing != [ ] then [ ] else builtins.concatLists (map metaOf derivations);
   };
