@@ -63,6 +63,10 @@ resource "google_cloud_run_v2_service" "builder" {
         name  = "NIXERY_SIGNING_KMS_KEY"
         value = var.signing_kms_key
       }
+      env {
+        name  = "NIXERY_PUBLIC_URL" # the images' build-page annotation
+        value = var.public_url
+      }
       startup_probe {
         http_get {
           path = "/healthz"

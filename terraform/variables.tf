@@ -187,7 +187,7 @@ variable "auth_secret_secret" {
 
 variable "public_url" {
   type        = string
-  description = "NIXERY_PUBLIC_URL: the URL users reach the registry at, if not the function's own (a mapped domain), for the web pages' pull commands. Empty: the host each request names."
+  description = "NIXERY_PUBLIC_URL: the URL users reach the registry at, if not the function's own (a mapped domain), for the web pages' pull commands and the images' build-page annotation. Empty: the host each request names, and no annotation."
   default     = ""
   validation {
     condition     = var.public_url == "" || can(regex("^https://[^/?#\\s]+$", var.public_url))

@@ -151,6 +151,20 @@ def test_sbom_digests_are_the_same_in_two_fresh_registries(make_registry):
     assert answers[0] == answers[1]
 
 
+def test_with_a_public_url_the_image_names_its_build_page(make_registry):
+    """``org.opencontainers.image.url``: the image's page on this registry, at the URL it is
+    reached by (NIXERY_PUBLIC_URL: a registry behind a proxy cannot tell from itself)."""
+    registry = make_registry()
+    public = make_registry(NIXERY_PUBLIC_URL=registry.url)  # reached here at the first's URL
+    manifest = public.get("/v2/htop/manifests/latest", headers={"Accept": OCI}).json()
+    url = manifest["annotations"]["org.opencontainers.image.url"]
+    assert url.startswith(f"{registry.url}/builds/")
+    page = public.get(url.removeprefix(registry.url))
+    assert page.status_code == 200 and "htop" in page.text
+    plain = registry.get("/v2/htop/manifests/latest", headers={"Accept": OCI}).json()
+    assert "org.opencontainers.image.url" not in plain["annotations"], "none unless configured"
+
+
 # Signatures, checked with cosign
 
 

@@ -39,7 +39,7 @@ from .manifests import (
 from .names import Architecture, suggest
 from .nix import Nix
 from .nixstore import StoreKeeper
-from .reports import Reporter
+from .reports import Reporter, report_url
 from .runtime import runtime_config
 from .sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from .signatures import PemSigner, Signer, signature_for
@@ -89,6 +89,7 @@ class Builder:
         store: StoreKeeper,
         max_image_size: int | None = None,
         signer: Signer | None = None,
+        public_url: str | None = None,
         gzip_level: int = archives.GZIP_LEVEL,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,7 +98,8 @@ class Builder:
         ``nix_budget`` is the seconds a build has, from its start, until Nix must be done;
         ``store`` keeps the Nix store bounded between builds; an image whose closure is
         larger than ``max_image_size`` bytes fails before anything of it is archived; with a
-        ``signer``, each manifest is published with its signature."""
+        ``signer``, each manifest is published with its signature; with a ``public_url``, the
+        images' ``org.opencontainers.image.url`` names their build page there."""
         self.source = source
         self.nix = nix
         self.blobs = blobs
@@ -110,6 +112,7 @@ class Builder:
         self.store = store
         self.max_image_size = max_image_size
         self.signer = signer
+        self.public_url = public_url
         self.gzip_level = gzip_level
         self.clock = clock
         self._indexed: set[str] = set()  # revisions whose package names are stored
@@ -143,6 +146,7 @@ class Builder:
             store=StoreKeeper(settings.store_limit),
             max_image_size=settings.max_image_size,
             signer=signer,
+            public_url=settings.public_url,
         )
 
     def run(self, job: BuildJob) -> None:
@@ -302,7 +306,8 @@ class Builder:
             reporter.update(step="manifests")
         with step("manifests", key):
             source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
-            annotations = provenance(title, source, job.revision.value)
+            page = report_url(self.public_url, job.key) if self.public_url else None
+            annotations = provenance(title, source, job.revision.value, page)
             runtime = runtime_config(job.request, root_entries, result.main_programs)
             config = image_config(arch.oci_arch, layers, runtime, labels=annotations)
             store_bytes(self.blobs, sha256_digest(config), config)

@@ -196,6 +196,7 @@ class BuildSettings:
     eval_allow: tuple[Path, ...]  # host paths a restricted evaluation may read
     max_image_size: int | None  # bytes of closure (NAR sizes) an image may hold
     signing_key: Path | None = None  # a PEM private key each manifest is signed with
+    public_url: str | None = None  # the registry's, for the images' build-page annotation
 
     @property
     def nix_budget(self) -> float:
@@ -221,6 +222,7 @@ def build_settings(
         eval_allow=tuple(map(Path, env.words("NIXERY_EVAL_ALLOW", r"/[^:]*", sep=":") or ())),
         max_image_size=env.size("NIXERY_MAX_IMAGE_SIZE", None),
         signing_key=Path(key) if (key := env.get("NIXERY_SIGNING_KEY")) else None,
+        public_url=_public_url(env.get("NIXERY_PUBLIC_URL")),
     )
     if settings.nix_timeout > settings.nix_budget:
         raise ConfigError(

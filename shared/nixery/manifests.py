@@ -82,7 +82,7 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def provenance(title: str, source: str, revision: str) -> dict[str, str]:
+def provenance(title: str, source: str, revision: str, url: str | None = None) -> dict[str, str]:
     """The image spec's pre-defined annotations that say where an image comes from: its
     packages, the package set and its exact revision. ``created`` is fixed, as in the config,
     so that they take nothing from reproducibility."""
@@ -91,6 +91,7 @@ def provenance(title: str, source: str, revision: str) -> dict[str, str]:
         "org.opencontainers.image.revision": revision,
         "org.opencontainers.image.source": source,
         "org.opencontainers.image.title": title,
+        **({"org.opencontainers.image.url": url} if url else {}),
     }
 
 

@@ -24,7 +24,7 @@ from .images import ImageService
 from .manifests import OCI_MANIFEST
 from .memory import BoundedCache
 from .names import ALWAYS_INCLUDED, AMD64, HOME, SHELL_PACKAGES, UID, USER
-from .reports import BuildReport
+from .reports import BuildReport, report_url
 from .sources import Revision
 from .state import Failure, Pending, Published
 
@@ -60,7 +60,7 @@ def base_url() -> str:
 
 
 def build_url(key: str) -> str:
-    return f"{base_url()}/builds/{key}"
+    return report_url(base_url(), key)
 
 
 @dataclass(frozen=True)

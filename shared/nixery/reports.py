@@ -20,6 +20,11 @@ from .state import Failure, State
 Status = Literal["building", "published", "failed"]
 
 
+def report_url(base: str, key: str) -> str:
+    """Where a build's page is, on a registry reached at ``base``."""
+    return f"{base.rstrip('/')}/builds/{key}"
+
+
 @dataclass(frozen=True)
 class LayerReport:
     digest: str
