@@ -5,24 +5,33 @@ resource "google_service_account" "registry" {
   project      = var.project
   account_id   = "${var.name}-registry"
   display_name = "Nixery registry function"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "builder" {
   project      = var.project
   account_id   = "${var.name}-builder"
   display_name = "Nixery builder service"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "tasks" {
   project      = var.project
   account_id   = "${var.name}-tasks"
   display_name = "Nixery build tasks (OIDC tokens for the builder)"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "collector" {
   project      = var.project
   account_id   = "${var.name}-gc"
   display_name = "Nixery garbage collector (nixery gc --apply, on a schedule)"
+  depends_on   = [google_project_service.apis]
+}
+
+locals {
+  # The database itself and what is in it; not another database whose name starts alike.
+  database_only = "resource.name == \"${google_firestore_database.nixery.id}\" || resource.name.startsWith(\"${google_firestore_database.nixery.id}/\")"
 }
 
 # --- registry: reads records, enqueues builds, reads and signs blob URLs ---------------------
@@ -33,7 +42,7 @@ resource "google_project_iam_member" "registry_firestore" {
   member  = "serviceAccount:${google_service_account.registry.email}"
   condition {
     title      = "nixery database only"
-    expression = "resource.name.startsWith(\"${google_firestore_database.nixery.id}\")"
+    expression = local.database_only
   }
 }
 
@@ -107,7 +116,7 @@ resource "google_project_iam_member" "builder_firestore" {
   member  = "serviceAccount:${google_service_account.builder.email}"
   condition {
     title      = "nixery database only"
-    expression = "resource.name.startsWith(\"${google_firestore_database.nixery.id}\")"
+    expression = local.database_only
   }
 }
 
@@ -127,6 +136,6 @@ resource "google_project_iam_member" "collector_firestore" {
   member  = "serviceAccount:${google_service_account.collector.email}"
   condition {
     title      = "nixery database only"
-    expression = "resource.name.startsWith(\"${google_firestore_database.nixery.id}\")"
+    expression = local.database_only
   }
 }

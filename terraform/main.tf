@@ -3,12 +3,14 @@
 locals {
   apis = [
     "artifactregistry.googleapis.com",
+    "billingbudgets.googleapis.com",
     "cloudbuild.googleapis.com", # 2nd-gen functions are built by Cloud Build
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
     "cloudtasks.googleapis.com",
     "compute.googleapis.com", # the CDN of a public mirror
     "firestore.googleapis.com",
+    "iam.googleapis.com",
     "iamcredentials.googleapis.com", # signBlob, for signed URLs
     "run.googleapis.com",
     "secretmanager.googleapis.com",

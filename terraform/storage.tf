@@ -38,11 +38,12 @@ resource "google_storage_bucket" "blobs" {
   depends_on = [google_project_service.apis]
 }
 
-# Only in mirror mode; the bucket holds nothing but blobs (and staging objects, random names).
+# Only in mirror mode: anyone may read an object they name (legacyObjectReader: get, not list,
+# so the bucket's contents cannot be enumerated, even for a private registry's blobs).
 resource "google_storage_bucket_iam_member" "public_read" {
   count  = var.public_mirror ? 1 : 0
   bucket = google_storage_bucket.blobs.name
-  role   = "roles/storage.objectViewer"
+  role   = "roles/storage.legacyObjectReader"
   member = "allUsers"
 }
 

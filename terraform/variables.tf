@@ -24,8 +24,8 @@ variable "name" {
   description = "Prefix of every resource's name, so that several deployments can share a project."
   default     = "nixery"
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,18}[a-z0-9]$", var.name))
-    error_message = "name must be 2-20 lowercase letters, digits and hyphens, starting with a letter."
+    condition     = can(regex("^[a-z][a-z0-9-]{2,18}[a-z0-9]$", var.name))
+    error_message = "name must be 4-20 lowercase letters, digits and hyphens, starting with a letter (a Firestore database ID has at least 4)."
   }
 }
 
@@ -266,8 +266,8 @@ variable "gc_max_age_days" {
   description = "NIXERY_GC_MAX_AGE: images not pulled by tag for this many days are collected with their blobs (rebuilt on demand if asked for again)."
   default     = 30
   validation {
-    condition     = var.gc_max_age_days >= 1 && var.gc_max_age_days <= 3650
-    error_message = "gc_max_age_days must be 1-3650."
+    condition     = var.gc_max_age_days >= 1 && var.gc_max_age_days <= 180
+    error_message = "gc_max_age_days must be 1-180: Firestore's TTL policy deletes an image's record 180 days after its last pull anyway."
   }
 }
 

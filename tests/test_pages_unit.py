@@ -60,15 +60,6 @@ def test_image_names_pull_exactly_the_packages():
     assert pages.image_name(shell, "x86_64-linux", nonroot=True) == "nonroot/shell/hello"
 
 
-def test_versions_come_from_store_path_names():
-    assert pages.name_and_version("/nix/store/aaaa-hello-2.12.1") == ("hello", "2.12.1")
-    assert pages.name_and_version("/nix/store/aaaa-bash-interactive-5.2-p15") == (
-        "bash-interactive", "5.2-p15",
-    )  # fmt: skip
-    assert pages.name_and_version("/nix/store/aaaa-nss-cacert-3.92") == ("nss-cacert", "3.92")
-    assert pages.name_and_version("/nix/store/aaaa-source") == ("source", "")
-
-
 def test_an_unknown_name_gets_the_names_it_may_have_meant():
     names = ["hello", "htop", "python3", "python3Packages.requests", "ripgrep"]
     assert suggest("requests", names) == ["python3Packages.requests"]

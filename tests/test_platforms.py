@@ -186,3 +186,21 @@ def test_the_build_page_lists_the_index(multi):
     assert DOCKER_LIST in manifests
     page = multi.get(f"/builds/{build['key']}")
     assert index.headers["Docker-Content-Digest"] in page.text
+    pulls = multi.get(f"/api/v1/builds/{build['key']}").json()["pull"]
+    assert pulls and all(index.headers["Docker-Content-Digest"] in p for p in pulls), (
+        "pulled by the index's digest, so that each client picks its platform"
+    )
+
+
+def test_each_platforms_manifest_has_its_own_sbom(multi):
+    """The SBOM describes one closure, so each platform's manifest is the subject of its own
+    (the index, which names manifests rather than store paths, of none)."""
+    index = get(multi, "latest", OCI_INDEX, OCI).json()
+    sboms = []
+    for entry in index["manifests"]:
+        referrers = multi.get(f"/v2/{IMAGE}/referrers/{entry['digest']}").json()["manifests"]
+        (sbom,) = [r for r in referrers if r["artifactType"] == "application/vnd.cyclonedx+json"]
+        artifact = get(multi, sbom["digest"], OCI).json()
+        assert artifact["subject"]["digest"] == entry["digest"]
+        sboms.append(artifact["layers"][0]["digest"])
+    assert len(set(sboms)) == 2, "the platforms' closures differ, and so do their SBOMs"

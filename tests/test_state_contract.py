@@ -173,6 +173,22 @@ def test_an_images_referrers_are_kept_and_collected_with_it(state: State) -> Non
     assert state.referrers(manifests[0].digest) == []
 
 
+def test_a_referrer_two_images_share_stays_with_the_one_kept(state: State) -> None:
+    """Two keys may publish the same manifest and SBOM (an `arm64/` image and a platform of
+    a multi-platform one); collecting one leaves the other's referrers whole."""
+    if isinstance(state, MemoryState):
+        pytest.skip("the fake keeps no inventory for `nixery gc`")
+    manifests = sample_manifests()
+    referrers = sample_referrers(manifests)
+    other = sample_job("other").key
+    state.publish(KEY, manifests, referrers)
+    state.publish(other, manifests, referrers)
+    state.delete(images=[other])
+    assert state.referrers(manifests[0].digest) == [referrers[0]]
+    (record,) = state.images()
+    assert {r.digest for r in referrers} <= set(record.manifests)
+
+
 def test_a_missing_manifest_digest_is_none_even_beside_others(state: State) -> None:
     state.publish(KEY, sample_manifests())
     assert state.manifest(sample_manifests("other")[0].digest) is None

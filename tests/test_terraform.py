@@ -371,7 +371,9 @@ def grants(tf: Config) -> dict[str, set[tuple[str, str]]]:
             held.setdefault(account, set()).add((role, rtype))
             if rtype == "google_project_iam_member":
                 assert "condition" in body, f"{key}: a project-wide grant must be conditioned"
-                assert "google_firestore_database.nixery.id" in str(body["condition"])
+                expression = body["condition"][0]["expression"]
+                assert expression == "${local.database_only}", key
+                assert "google_firestore_database.nixery.id}/" in tf.locals["database_only"]
             if target := TARGETS.get((role, account)):
                 assert target in json.dumps(body), f"{key}: must be granted on {target}"
             if (role, account) == ("roles/storage.objectUser", "builder"):

@@ -20,7 +20,14 @@ from pathlib import Path
 from . import archives
 from .archives import Compressor, Sink
 from .config import BuildSettings
-from .errors import BuildError, BuildFailed, ImageTooLarge, UnknownPackages
+from .errors import (
+    BuildError,
+    BuildFailed,
+    BuildTimedOut,
+    ImageTooLarge,
+    Transient,
+    UnknownPackages,
+)
 from .imageroot import image_root
 from .job import BuildJob
 from .layers import plan_layers
@@ -330,8 +337,9 @@ class Builder:
         return signatures
 
     def _index(self, job: BuildJob, source_dir: Path, nix_deadline: float) -> None:
-        """Lists the package set's names for the search box, once per revision; a set whose
-        names cannot be listed gets an empty list rather than failing the build."""
+        """Lists the package set's names for the search box, once per revision. It never fails
+        the build: a set whose names cannot be listed gets an empty list, and passing trouble
+        (or running out of time) leaves them to be listed by the revision's next build."""
         revision = str(job.revision)
         if revision in self._indexed or self.state.package_names(revision) is not None:
             self._indexed.add(revision)
@@ -340,6 +348,10 @@ class Builder:
             try:
                 names = self.nix.attribute_names(source_dir, job.request.arch.nix_system,
                                                  nix_deadline)  # fmt: skip
+            except (BuildTimedOut, Transient) as e:
+                log.warning("build %s: the package names are left for later: %s",
+                            job.key[:12], e.message, extra={"build_key": job.key})  # fmt: skip
+                return
             except BuildError as e:
                 log.warning("build %s: the package names cannot be listed: %s",
                             job.key[:12], e.message, extra={"build_key": job.key})  # fmt: skip

@@ -21,10 +21,10 @@ from werkzeug.exceptions import NotFound
 
 from .errors import BuildError, NixeryError
 from .images import ImageService
-from .manifests import OCI_MANIFEST
+from .manifests import OCI_INDEX, OCI_MANIFEST
 from .memory import BoundedCache
 from .names import ALWAYS_INCLUDED, AMD64, HOME, SHELL_PACKAGES, UID, USER
-from .reports import BuildReport, report_url
+from .reports import BuildReport, parse_store_name, report_url
 from .sources import Revision
 from .state import Failure, Pending, Published
 
@@ -48,9 +48,6 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 _NOISE = re.compile(
     r"\s*$|these \d+ derivations|this derivation|\s+/nix/store/\S+\.drv$|building '"
 )
-# A store path's name is <hash>-<name>-<version>; the version starts at the first dash
-# followed by a digit, as Nix's parseDrvName has it.
-_VERSION = re.compile(r"-(?=[0-9])")
 
 
 def base_url() -> str:
@@ -97,10 +94,12 @@ def image_name(packages: tuple[str, ...], system: str, nonroot: bool = False) ->
     return "/".join(prefix + [p.lower().lstrip("_") for p in sorted(left)]) or "cacert"
 
 
-def name_and_version(path: str) -> tuple[str, str]:
-    name = path.rsplit("/", 1)[-1].partition("-")[2]
-    parts = _VERSION.split(name, maxsplit=1)
-    return parts[0], parts[1] if len(parts) > 1 else ""
+def report_name(report: BuildReport) -> str:
+    """The name that pulls the report's image. A build of several platforms (its manifests
+    include an index) is pulled without ``arm64/``, whichever platform its report follows."""
+    several = OCI_INDEX in report.manifests
+    system = AMD64.nix_system if several else report.system
+    return image_name(report.packages, system, report.nonroot)
 
 
 def _when(at: float | None) -> str:
@@ -163,7 +162,7 @@ def blueprint(service: ImageService) -> Blueprint:
     def summary(report: BuildReport) -> dict[str, Any]:
         return {
             "key": report.key,
-            "name": image_name(report.packages, report.system, report.nonroot),
+            "name": report_name(report),
             "status": report.status,
             "step": report.step,
             "revision": report.revision,
@@ -185,8 +184,9 @@ def blueprint(service: ImageService) -> Blueprint:
         host = urllib.parse.urlsplit(base_url()).netloc
         info: dict[str, Any] = {"key": key, "url": build_url(key), "host": host}
         if report is not None:
-            name = image_name(report.packages, report.system, report.nonroot)
-            oci = report.manifests.get(OCI_MANIFEST)
+            name = report_name(report)
+            # By the index's digest where there is one, so each client picks its platform.
+            oci = report.manifests.get(OCI_INDEX) or report.manifests.get(OCI_MANIFEST)
             info |= summary(report) | {
                 "packages": [_package(p, report.outputs.get(p)) for p in report.packages],
                 "closure": [
@@ -284,7 +284,7 @@ def blueprint(service: ImageService) -> Blueprint:
 
 
 def _package(attribute: str, path: str | None) -> dict[str, str | None]:
-    version = name_and_version(path)[1] if path else None
+    version = parse_store_name(path)[1] if path else None
     return {"attribute": attribute, "store_path": path, "version": version}
 
 

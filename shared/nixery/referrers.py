@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from .manifests import Manifest, canonical_json
-
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+from .manifests import OCI_INDEX, Manifest, canonical_json
 
 
 def referrers_index(referrers: Iterable[Manifest], artifact_type: str | None = None) -> bytes:

@@ -50,6 +50,7 @@ from .errors import (
     UntrustedRevision,
 )
 from .images import Caller, ImageService
+from .manifests import OCI_INDEX
 from .names import (
     AMD64,
     MAX_PACKAGES,
@@ -60,7 +61,6 @@ from .names import (
     parse_name,
     parse_reference,
 )
-from .referrers import OCI_INDEX
 
 log = logging.getLogger(__name__)
 

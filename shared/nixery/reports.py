@@ -20,6 +20,16 @@ from .state import Failure, State
 Status = Literal["building", "published", "failed"]
 
 
+def parse_store_name(path: str) -> tuple[str, str]:
+    """(name, version) from a store path's name, split as Nix's parseDrvName does: at the
+    first dash not followed by a letter."""
+    name = path.rsplit("/", 1)[-1].split("-", 1)[-1]
+    for i, char in enumerate(name[:-1]):
+        if char == "-" and not name[i + 1].isalpha():
+            return name[:i], name[i + 1 :]
+    return name, ""
+
+
 def report_url(base: str, key: str) -> str:
     """Where a build's page is, on a registry reached at ``base``."""
     return f"{base.rstrip('/')}/builds/{key}"

@@ -25,6 +25,7 @@ from typing import Any
 
 from .manifests import CREATED, canonical_json
 from .nix import PackageMeta, StorePath
+from .reports import parse_store_name
 from .sources import Revision
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
@@ -49,16 +50,6 @@ def nar_hash_hex(nar_hash: str) -> str:
     for char in text:  # the first character holds the highest bits
         value = value * 32 + _NIX32.index(char)
     return value.to_bytes(32, "little").hex()
-
-
-def parse_store_name(path: str) -> tuple[str, str]:
-    """(name, version) from a store path's name, split as Nix's parseDrvName does: at the
-    first dash not followed by a letter."""
-    name = path.rsplit("/", 1)[-1].split("-", 1)[-1]
-    for i, char in enumerate(name[:-1]):
-        if char == "-" and not name[i + 1].isalpha():
-            return name[:i], name[i + 1 :]
-    return name, ""
 
 
 def image_sbom(

@@ -26,7 +26,7 @@ from ..config import (
     serve_settings,
     source_settings,
 )
-from .kms import KEY_VERSION
+from .kms import KEY_VERSION, KMS_ENDPOINT
 
 # Source checkouts: on Cloud Run and Cloud Functions the only writable disk is in memory.
 SOURCE_CACHE = Path(tempfile.gettempdir()) / "nixery" / "sources"
@@ -137,7 +137,7 @@ class BuilderSettings:
     build: BuildSettings
     gcp: GcpSettings
     kms_key: str | None = None  # the Cloud KMS key version manifests are signed with
-    kms_endpoint: str = "https://cloudkms.googleapis.com"
+    kms_endpoint: str = KMS_ENDPOINT
 
 
 def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings:
@@ -159,7 +159,7 @@ def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings
         build=build,
         gcp=gcp,
         kms_key=kms_key[0] if kms_key else None,
-        kms_endpoint=env.url("NIXERY_KMS_ENDPOINT", "https://cloudkms.googleapis.com"),
+        kms_endpoint=env.url("NIXERY_KMS_ENDPOINT", KMS_ENDPOINT),
     )
 
 

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS report_layers (
 CREATE TABLE IF NOT EXISTS package_sets (revision TEXT PRIMARY KEY, names TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS referrers (
     subject TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL,
-    PRIMARY KEY (subject, digest));
+    PRIMARY KEY (subject, digest, key));
 """
 
 
@@ -91,9 +91,12 @@ class SqliteState:
                 self._db.execute(
                     "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (key, m.media_type, m.digest)
                 )
+            # An image's referrers are those of its latest build (a rebuild signs anew), and
+            # each image keeps its own row of a referrer it shares with another (`nixery gc`).
+            self._db.execute("DELETE FROM referrers WHERE key = ?", (key,))
             for m in referrers:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO referrers VALUES (?, ?, ?)", (m.subject, m.digest, key)
+                    "INSERT INTO referrers VALUES (?, ?, ?)", (m.subject, m.digest, key)
                 )
             self._db.execute("DELETE FROM failed_builds WHERE key = ?", (key,))
             self._db.execute("INSERT OR REPLACE INTO image_use VALUES (?, ?)", (key, self.clock()))
@@ -101,7 +104,7 @@ class SqliteState:
     def referrers(self, subject: str) -> list[Manifest]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT media_type, body FROM referrers JOIN manifests USING (digest) "
+                "SELECT DISTINCT media_type, body FROM referrers JOIN manifests USING (digest) "
                 "WHERE subject = ?",
                 (subject,),
             ).fetchall()
