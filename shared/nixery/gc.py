@@ -4,9 +4,9 @@ Everything here is content-addressed and rebuilt on demand, so keeping it foreve
 nothing but cost. An image is live while it was published or pulled (by tag) within
 ``max_age``; what a live image references (its manifests, those an index of several
 platforms names, the artifacts about them: SBOMs and signatures, all their blobs, and the
-layer-cache rows of those blobs) is kept, and the rest is collected: images not used since, manifests no
-live image names, layer-cache rows of collected blobs, blobs nothing live references, and
-failures no longer remembered.
+layer-cache rows of those blobs) is kept, and the rest is collected: images not used since,
+manifests no live image names, layer-cache rows of collected blobs, blobs nothing live
+references, and failures no longer remembered.
 
 Safe while the registry serves: a blob younger than ``grace`` (a build's deadline, twice)
 is never collected, so a build under way keeps what it has written before it publishes;
