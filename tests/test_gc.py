@@ -15,7 +15,7 @@ import pytest
 from conftest import NIXERY, OCI
 
 from nixery.errors import BuildFailed
-from nixery.gc import collect
+from nixery.gc import KEEP_NAME_LISTS, collect
 from nixery.local.files import FileBlobStore
 from nixery.local.sqlite import SqliteState
 from nixery.manifests import (
@@ -141,6 +141,20 @@ def test_an_index_keeps_every_platforms_manifests_and_blobs(stores: Stores) -> N
                      now=time.time(), apply=True)  # fmt: skip
     assert report.blobs == [] and report.manifests == []
     assert all(stores.state.manifest(d) or stores.blobs.intact(d) for d in arm64)
+
+
+def test_only_the_newest_package_name_lists_are_kept(stores: Stores) -> None:
+    """The search box's names, stored once per revision (a few hundred KB each with
+    nixpkgs), would otherwise grow by one list per revision of a moving channel."""
+    revisions = [f"channel:nixos-unstable:{i}" for i in range(KEEP_NAME_LISTS + 2)]
+    for revision in revisions:
+        stores.state.record_package_names(revision, ["hello", revision])
+    stores.state.record_package_names(revisions[0], ["hello"])  # stored again: newest now
+    report = collect(stores.state, stores.blobs, max_age=30 * DAY, grace=0, failure_ttl=DAY,
+                     now=time.time(), apply=True)  # fmt: skip
+    assert sorted(report.name_lists) == revisions[1:3]
+    kept = [r for r in revisions if stores.state.package_names(r) is not None]
+    assert kept == [revisions[0], *revisions[3:]]
 
 
 def test_blobs_younger_than_the_grace_are_kept_for_the_builds_under_way(tmp_path) -> None:

@@ -6,7 +6,9 @@ nothing but cost. An image is live while it was published or pulled (by tag) wit
 platforms names, the artifacts about them: SBOMs and signatures, all their blobs, and the
 layer-cache rows of those blobs) is kept, and the rest is collected: images not used since,
 manifests no live image names, layer-cache rows of collected blobs, blobs nothing live
-references, and failures no longer remembered.
+references, and failures no longer remembered. Of the package sets' lists of names (for
+the search box), those of the newest ``KEEP_NAME_LISTS`` revisions stay: search is over the
+current revision, and suggestions for a build of an old one are a nicety.
 
 Safe while the registry serves: a blob younger than ``grace`` (a build's deadline, twice)
 is never collected, so a build under way keeps what it has written before it publishes;
@@ -27,6 +29,8 @@ from typing import Protocol
 from .manifests import Manifest
 
 log = logging.getLogger(__name__)
+
+KEEP_NAME_LISTS = 4
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,10 @@ class Inventory(Protocol):
         """(image key, when it failed) of each remembered failure."""
         ...
 
+    def name_lists(self) -> Iterable[str]:
+        """The revisions whose package names are stored, the most recently stored first."""
+        ...
+
     def delete(
         self,
         *,
@@ -67,6 +75,7 @@ class Inventory(Protocol):
         manifests: Iterable[str] = (),
         layers: Iterable[str] = (),
         failures: Iterable[str] = (),
+        name_lists: Iterable[str] = (),
     ) -> None: ...
 
 
@@ -82,6 +91,7 @@ class Report:
     manifests: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    name_lists: list[str] = field(default_factory=list)  # revisions
     blobs: list[StoredBlob] = field(default_factory=list)
     kept_images: int = 0
     kept_blobs: int = 0
@@ -95,7 +105,8 @@ class Report:
         return (
             f"{verb} {len(self.images)} images (kept {self.kept_images}), "
             f"{len(self.manifests)} manifests, {len(self.layers)} layer-cache rows, "
-            f"{len(self.failures)} failures, {len(self.blobs)} blobs "
+            f"{len(self.failures)} failures, {len(self.name_lists)} package name lists, "
+            f"{len(self.blobs)} blobs "
             f"({self.freed / 1e6:.1f} MB; kept {self.kept_blobs})"
         )
 
@@ -131,6 +142,7 @@ def collect(
     report.manifests = [d for d in state.manifest_digests() if d not in live_manifests]
     report.layers = [key for key, digest in state.layer_rows() if digest not in live_blobs]
     report.failures = [key for key, at in state.failures() if at < now - failure_ttl]
+    report.name_lists = list(state.name_lists())[KEEP_NAME_LISTS:]
     progress(f"{len(report.images)} images to collect, {len(live_blobs)} blobs in use")
     for blob in blobs.blobs():
         if blob.digest in live_blobs or blob.created >= now - grace:
@@ -140,7 +152,7 @@ def collect(
     if apply:
         # Records first: nothing published names what is about to go.
         state.delete(images=report.images, failures=report.failures)
-        state.delete(manifests=report.manifests, layers=report.layers)
+        state.delete(manifests=report.manifests, layers=report.layers, name_lists=report.name_lists)
         for i, blob in enumerate(report.blobs, 1):
             blobs.delete(blob.digest)
             if i % 1000 == 0:

@@ -298,7 +298,11 @@ class FirestoreState:
     @bounded
     def record_package_names(self, revision: str, names: Sequence[str]) -> None:
         self.package_sets.document(_doc_id(revision)).set(
-            {"revision": revision, "names": "\n".join(bounded_names(names))}
+            {
+                "revision": revision,
+                "names": "\n".join(bounded_names(names)),
+                "recorded": self.clock(),
+            }
         )
 
     @bounded
@@ -458,6 +462,13 @@ class FirestoreState:
         for doc in failed.select(["updated"]).stream():
             yield doc.id, float((doc.to_dict() or {}).get("updated", 0.0))
 
+    def name_lists(self) -> Iterable[str]:
+        docs = [
+            d.to_dict() or {} for d in self.package_sets.select(["revision", "recorded"]).stream()
+        ]
+        docs.sort(key=lambda d: float(d.get("recorded", 0.0)), reverse=True)
+        return [str(d["revision"]) for d in docs if "revision" in d]
+
     def delete(
         self,
         *,
@@ -465,9 +476,11 @@ class FirestoreState:
         manifests: Iterable[str] = (),
         layers: Iterable[str] = (),
         failures: Iterable[str] = (),
+        name_lists: Iterable[str] = (),
     ) -> None:
         images = list(images)
         refs = [
+            *(self.package_sets.document(_doc_id(r)) for r in name_lists),
             *(self.builds.document(k) for k in (*images, *failures)),
             *(self.reports.document(k) for k in (*images, *failures)),  # their pages go too
             *(self.manifests.document(d) for d in manifests),

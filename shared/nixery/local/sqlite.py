@@ -211,6 +211,12 @@ class SqliteState:
         with self._lock:
             return list(self._db.execute("SELECT key, at FROM failed_builds"))
 
+    def name_lists(self) -> Iterable[str]:
+        # A row replaced gets a new rowid: the order of storing.
+        with self._lock:
+            rows = self._db.execute("SELECT revision FROM package_sets ORDER BY rowid DESC")
+            return [revision for (revision,) in rows]
+
     def delete(
         self,
         *,
@@ -218,6 +224,7 @@ class SqliteState:
         manifests: Iterable[str] = (),
         layers: Iterable[str] = (),
         failures: Iterable[str] = (),
+        name_lists: Iterable[str] = (),
     ) -> None:
         images = list(images)
         failures = list(failures)
@@ -227,7 +234,7 @@ class SqliteState:
                 ("images", "key", images), ("image_use", "key", images),
                 ("referrers", "key", images),
                 ("manifests", "digest", manifests), ("layers", "key", layers),
-                ("failed_builds", "key", failures),
+                ("failed_builds", "key", failures), ("package_sets", "revision", name_lists),
                 # An image's or failure's page goes with it.
                 ("reports", "key", images + failures), ("report_layers", "key", images + failures),
             ):  # fmt: skip
