@@ -46,6 +46,14 @@ class Clients:
     def podman(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run("podman", *args)
 
+    def copy(self, host: str, name: str, dest: Path) -> subprocess.CompletedProcess[str]:
+        """skopeo copies ``host/name`` (plain HTTP) into an OCI layout at ``dest``, checking
+        every blob against its digest on the way."""
+        self.trust(host)
+        return self.skopeo(
+            "copy", "--src-tls-verify=false", f"docker://{host}/{name}", f"oci:{dest}:latest"
+        )
+
 
 class Containerd:
     """A private containerd (its root, state and sockets in a scratch directory), driven by

@@ -41,13 +41,6 @@ def all_intact(storage: Path) -> bool:
     )
 
 
-def pull(clients, reg: Registry, name: str, dest: Path) -> subprocess.CompletedProcess[str]:
-    clients.trust(reg.host)
-    return clients.skopeo(
-        "copy", "--src-tls-verify=false", f"docker://{reg.host}/{name}", f"oci:{dest}:latest"
-    )
-
-
 @pytest.mark.parametrize("restart", [False, True], ids=["while-serving", "after-restart"])
 def test_damaged_blobs_are_never_served_and_are_rebuilt(make_registry, clients, tmp_path, restart):
     reg = make_registry(tmp_path / "storage")
@@ -61,7 +54,7 @@ def test_damaged_blobs_are_never_served_and_are_rebuilt(make_registry, clients, 
     if restart:
         reg = make_registry(tmp_path / "storage")
 
-    copied = pull(clients, reg, "shell/hello", tmp_path / "img")
+    copied = clients.copy(reg.host, "shell/hello", tmp_path / "img")
     assert copied.returncode == 0, copied.stderr + reg.log()
     assert all_intact(reg.storage)
     assert "is damaged" in reg.log() and "building it again" in reg.log()
@@ -91,7 +84,7 @@ def test_a_full_disk_is_a_503_and_leaves_nothing_damaged(make_registry, clients,
     assert list((reg.storage / "tmp").iterdir()) == [], "no leftover of the failed writes"
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    copied = pull(clients, reg, "shell/hello", small_disk / "img")
+    copied = clients.copy(reg.host, "shell/hello", small_disk / "img")
     assert copied.returncode == 0, copied.stderr + reg.log()
     assert all_intact(reg.storage)
 
@@ -156,7 +149,7 @@ def test_a_server_killed_mid_build_leaves_nothing_half_published(
     assert all_intact(reg.storage), "no partial blob under a final name"
 
     again = make_registry(tmp_path / "storage", NIXERY_PKGS_PATH=str(pkgs))
-    copied = pull(clients, again, "big", tmp_path / "img")
+    copied = clients.copy(again.host, "big", tmp_path / "img")
     assert copied.returncode == 0, copied.stderr + again.log()
     assert all_intact(again.storage)
 

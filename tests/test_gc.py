@@ -189,9 +189,7 @@ def test_nixery_gc_on_a_serving_registry(make_registry, clients, tmp_path) -> No
     assert "collected 2 images" in gc(reg, "--max-age", "0", "--apply")
     assert list((reg.storage / "blobs" / "sha256").iterdir()) == []
 
-    clients.trust(reg.host)
-    image = f"docker://{reg.host}/shell/hello"
-    copied = clients.skopeo("copy", "--src-tls-verify=false", image, f"oci:{tmp_path}/img:x")
+    copied = clients.copy(reg.host, "shell/hello", tmp_path / "img")
     assert copied.returncode == 0, copied.stderr + reg.log()
     assert reg.builds_started() == 3, "collected, then built again on demand"
 

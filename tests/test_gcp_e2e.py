@@ -32,11 +32,7 @@ def test_ping_answers_without_loading_the_backends(gcp_registry):
 
 
 def test_skopeo_and_podman_pull_and_run_through_signed_urls(gcp_registry, clients, tmp_path):
-    clients.trust(gcp_registry.host)
-    copied = clients.skopeo(
-        "copy", "--src-tls-verify=false",
-        f"docker://{gcp_registry.host}/shell/hello", f"oci:{tmp_path}/img:latest",
-    )  # fmt: skip
+    copied = clients.copy(gcp_registry.host, "shell/hello", tmp_path / "img")
     assert copied.returncode == 0, copied.stderr
     for blob in (tmp_path / "img" / "blobs" / "sha256").iterdir():
         assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
@@ -74,11 +70,7 @@ def test_a_public_mirror_redirects_to_plain_urls(emulators, clients, tmp_path):
         redirect = reg.get(f"/v2/shell/hello/blobs/{layer['digest']}")
         assert redirect.status_code == 307
         assert redirect.headers["Location"] == f"{public}/blobs/sha256/{layer['digest'][7:]}"
-        clients.trust(reg.host)
-        copied = clients.skopeo(
-            "copy", "--src-tls-verify=false",
-            f"docker://{reg.host}/shell/hello", f"oci:{tmp_path}/img:latest",
-        )  # fmt: skip
+        copied = clients.copy(reg.host, "shell/hello", tmp_path / "img")
         assert copied.returncode == 0, copied.stderr
     finally:
         reg.stop()

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ class BuildResult:
     outputs: dict[str, str]
     closure: dict[str, StorePath]
     meta: dict[str, PackageMeta]
-    main_programs: dict[str, str | None] = field(default_factory=dict)  # meta.mainProgram
+    main_programs: dict[str, str | None]  # package name -> its meta.mainProgram, if any
 
 
 def parse_meta(entries: Iterable[Mapping[str, Any]]) -> dict[str, PackageMeta]:
