@@ -1,6 +1,6 @@
 """Archive throughput: our layer writer against `tar -c PATHS | pigz -p N -6` on the same files.
 
-    .venv/bin/python bench/archives.py [--gb 1] [--levels 1,2,3] [--runs 3] [--rss-gb 2] [--smoke]
+    .venv/bin/python -m bench.archives [--gb 1] [--levels 1,2,3] [--runs 3] [--rss-gb 2] [--smoke]
 
 The input is real software (directories of /usr/lib, taken in name order until --gb is
 reached), read from the page cache (one warm-up pass first) and archived to /dev/null. The
@@ -28,10 +28,9 @@ from contextlib import closing
 from functools import partial
 from pathlib import Path
 
-from common import parse_args
-
-from nixery import archives
-from nixery.manifests import LayerBlob
+from bench.lib.harness import command_parser, parse_args
+from nixery.oci.manifests import LayerBlob
+from nixery.pipeline import archives
 
 
 def tree_size(path: Path) -> int:
@@ -99,7 +98,7 @@ def peak_rss(gb: float, level: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--gb", type=float, default=1.0)
     parser.add_argument("--levels", default="1,2,3", help="ISA-L levels (0-3)")
     parser.add_argument("--runs", type=int, default=3)
@@ -144,7 +143,7 @@ def main() -> None:
             print(f"{name:<16} {total / 1e6 / seconds:7.1f} {t_pigz / seconds:9.2f} "
                   f"{size / 1e6:8.1f} {size / size_pigz:9.3f} {same:>19}")  # fmt: skip
     subprocess.run(
-        [sys.executable, __file__, "--rss-only", "--rss-gb", str(args.rss_gb),
+        [sys.executable, "-m", "bench.archives", "--rss-only", "--rss-gb", str(args.rss_gb),
          "--levels", str(archives.GZIP_LEVEL)],
         check=True,
     )  # fmt: skip

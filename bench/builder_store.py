@@ -1,62 +1,40 @@
 """The builder's Nix store and memory over distinct builds, as the builder image runs them.
 
-    .venv/bin/python bench/builder_store.py [--smoke] [--builds 20] [--limit 20M]
+    .venv/bin/python -m bench.builder_store [--smoke] [--builds 20] [--limit 20M]
 
 Builds the builder image (scripts/build-builder-image.sh; in smoke mode only if it is
-missing), then runs it as the tests do (tests/emulators.py's ContainerBuilderRegistry: the
-registry function against the emulators, the builder in its container with Nix 2.26), twice
-in turns: without a store limit (NIXERY_STORE_LIMIT=0), and with --limit. Each run pulls the
-same --builds distinct images of the demo set (one package each, so that their closures
-overlap as real images' do) through the registry function, and after each build reads,
-inside the container: the store's size on disk (`du` of /nix/store), the sum of its paths'
-NAR sizes (what the limit counts), the package-set checkouts kept, and the builder's memory
-(the RSS and the peak RSS of its gunicorn processes). Prints a table per run and a summary.
+missing), then runs it as the tests do (tests/helpers/emulators.py's ContainerBuilderRegistry:
+the registry function against the emulators, the builder in its container with Nix 2.26),
+twice in turns: without a store limit (NIXERY_STORE_LIMIT=0), and with --limit. Each run
+pulls the same --builds distinct images of the demo set (one package each, so that their
+closures overlap as real images' do) through the registry function, and after each build
+reads, inside the container (bench/lib/store_probe.py): the store's size on disk (`du` of
+/nix/store), the sum of its paths' NAR sizes (what the limit counts), its number of paths,
+and the builder's memory (the RSS and the peak RSS of its gunicorn processes). Prints a
+table per run and a summary.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import parse_args
+from tests.helpers.clients import podman_env
+from tests.helpers.emulators import ContainerBuilderRegistry, Emulators
+from tests.helpers.registries import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from clients import podman_env  # noqa: E402
-from emulators import ContainerBuilderRegistry, Emulators  # noqa: E402
+from bench.lib.harness import command_parser, parse_args
 
 IMAGES = [
     "hello", "zlib", "libffi", "expat", "ncurses", "readline", "pcre2", "oniguruma",
     "openssl", "curl", "perl", "git", "gitminimal", "python3", "htop", "vim", "jq",
     "ripgrep", "1password", "python3packages.numpy", "python3packages.requests",
 ]  # fmt: skip
-# Run inside the container: store bytes on disk and as NARs, checkouts, builder memory.
-PROBE = r"""
-import json, os, subprocess
-du = subprocess.run(["du", "-sb", "/nix/store"], capture_output=True, text=True).stdout
-du = int(du.split()[0])
-info = json.loads(subprocess.run(["nix", "--extra-experimental-features", "nix-command",
-    "path-info", "--all", "--json"], capture_output=True, text=True).stdout)
-entries = info.values() if isinstance(info, dict) else info
-nar = sum(e["narSize"] for e in entries if e)
-rss = hwm = 0
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-        status = open(f"/proc/{pid}/status").read()
-    except OSError:
-        continue
-    if b"gunicorn" in cmd:
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        rss += int(fields["VmRSS"].split()[0]) * 1024
-        hwm = max(hwm, int(fields["VmHWM"].split()[0]) * 1024)
-print(json.dumps({"du": du, "nar": nar, "paths": len(info), "rss": rss, "peak": hwm}))
-"""
+# Run inside the container, fed on its standard input: store bytes and paths, builder memory.
+STORE_PROBE = Path(__file__).parent / "lib" / "store_probe.py"
 
 
 def image(tag: str, rebuild: bool) -> str:
@@ -67,24 +45,30 @@ def image(tag: str, rebuild: bool) -> str:
 
 
 def probe(reg: ContainerBuilderRegistry) -> dict[str, int]:
-    out = subprocess.run(
-        ["podman", "exec", reg.container, "/venv/bin/python", "-c", PROBE],
-        env={**os.environ, **podman_env()}, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    with STORE_PROBE.open() as source:
+        out = subprocess.run(
+            ["podman", "exec", "--interactive", reg.container, "/venv/bin/python", "-"],
+            stdin=source, env={**os.environ, **podman_env()}, capture_output=True, text=True,
+            check=True,
+        ).stdout  # fmt: skip
     data: dict[str, int] = json.loads(out)
     return data
 
 
-def run(emulators: Emulators, tag: str, images: list[str], limit: str, work: Path) -> list[dict]:
+# One image built, and the probe's figures after it.
+Row = tuple[str, dict[str, int]]
+
+
+def run(emulators: Emulators, tag: str, images: list[str], limit: str, work: Path) -> list[Row]:
     reg = ContainerBuilderRegistry(work, emulators, tag, NIXERY_STORE_LIMIT=limit)
     reg.start()
-    rows = []
+    rows: list[Row] = []
     try:
         for name in images:
             r = reg.get(f"/v2/{name}/manifests/latest", timeout=600)
             if r.status_code != 200:
                 raise SystemExit(f"{name}: {r.status_code} {r.text}\n{reg.builder_log.read_text()}")
-            rows.append({"image": name, **probe(reg)})
+            rows.append((name, probe(reg)))
     finally:
         reg.stop()
     return rows
@@ -95,7 +79,7 @@ def mb(n: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--builds", type=int, default=20)
     parser.add_argument("--limit", default="20M")
     parser.add_argument("--image", default="localhost/nixery-builder:bench")
@@ -115,14 +99,14 @@ def main() -> None:
         print(f"\nNIXERY_STORE_LIMIT={limit} ({'none' if limit == '0' else 'NAR bytes'})")
         print(f"{'#':>3} {'image':<26} {'store MB':>9} {'NAR MB':>7} {'paths':>6} "
               f"{'RSS MB':>7} {'peak MB':>8}")  # fmt: skip
-        for i, row in enumerate(rows, 1):
-            print(f"{i:3} {row['image']:<26} {mb(row['du']):>9} {mb(row['nar']):>7} "
+        for i, (name, row) in enumerate(rows, 1):
+            print(f"{i:3} {name:<26} {mb(row['du']):>9} {mb(row['nar']):>7} "
                   f"{row['paths']:6} {mb(row['rss']):>7} {mb(row['peak']):>8}")  # fmt: skip
     print("\nsummary (over all builds):")
     for limit, rows in results.items():
-        rss, peak = max(r["rss"] for r in rows), max(r["peak"] for r in rows)
-        store = max(r["du"] for r in rows)
-        print(f"  limit {limit:>4}: store max {mb(store)} MB, last {mb(rows[-1]['du'])} MB; "
+        rss, peak = max(r["rss"] for _, r in rows), max(r["peak"] for _, r in rows)
+        store = max(r["du"] for _, r in rows)
+        print(f"  limit {limit:>4}: store max {mb(store)} MB, last {mb(rows[-1][1]['du'])} MB; "
               f"builder RSS max {mb(rss)} MB, peak {mb(peak)} MB")  # fmt: skip
 
 

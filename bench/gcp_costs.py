@@ -1,28 +1,28 @@
 """Three costs of Google Cloud mode, against the emulators, through its entry points only.
 
-    .venv/bin/python bench/gcp_costs.py [--smoke] [--gb G] [--only imports|reads|memory] [--keep]
+    .venv/bin/python -m bench.gcp_costs [--smoke] [--gb G] [--only imports|reads|memory] [--keep]
 
 1. imports: what the registry function has loaded once it has answered a ping, a tag list,
    a cached manifest, a blob, an unknown digest and a manifest that had to be built: a fresh
-   interpreter runs `functions_framework.create_app(target="registry")` and its test client.
+   interpreter runs `functions_framework.create_app(target="registry")` and its test client
+   (bench/lib/import_probe.py).
 2. reads: Firestore documents read (and written) by the registry function and by the builder,
    each counted in its own processes, during one cold pull of `shell/hello` (fresh collection
-   prefix). A `sitecustomize` on the two services' PYTHONPATH wraps every RPC stub of the
-   Firestore client library's gRPC transports and logs one line per call; a read is one
-   document asked for (BatchGetDocuments, GetDocument) or returned (RunQuery, Listen).
+   prefix). Both services run under bench/lib/firestore_reads.py, which wraps every RPC stub
+   of the Firestore client library's gRPC transports and logs one line per call; a read is
+   one document asked for (BatchGetDocuments, GetDocument) or returned (RunQuery, Listen).
 3. memory: the builder's peak memory while it builds `big`, a derivation of G GiB of random
    bytes in 4 files, pulled through the registry function: the RSS of the builder's Python
    processes (gunicorn master and workers; Nix's processes apart) and the bytes under its
    TMPDIR (on Cloud Run the disk is memory), sampled every 0.2 s, and the build's seconds.
 
 Depends only on the entry points, their environment variables and the tests' harness
-(`tests/emulators.py`), so that it measures any version of the code. Prints a summary, then
-all the figures as one JSON line.
+(`tests/helpers/emulators.py`), so that it measures any version of the code. Prints a
+summary, then all the figures as one JSON line.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -38,67 +38,28 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import NIX_CONFIG, big_set  # noqa: E402
-from emulators import Emulators, GcpRegistry  # noqa: E402
+from tests.helpers.emulators import Emulators, GcpRegistry
+from tests.helpers.registries import OCI, REPO, big_set
 
-OCI = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-NIX_ENV = {**os.environ, "NIX_CONFIG": NIX_CONFIG}
+from bench.lib.firestore_reads import LOG_VAR
+from bench.lib.harness import ENV, command_parser
+
+ACCEPT = {"Accept": OCI}
+IMPORT_PROBE = Path(__file__).parent / "lib" / "import_probe.py"
 # The modules of the build pipeline, which a function that only enqueues builds should not load.
 PIPELINE = [
-    "nixery.nix",
-    "nixery.archives",
-    "nixery.builder",
-    "nixery.layers",
-    "nixery.popularity",
-    "nixery.imageroot",
+    "nixery.nix.runner",
+    "nixery.pipeline.archives",
+    "nixery.pipeline.builder",
+    "nixery.pipeline.layers",
+    "nixery.nix.popularity",
+    "nixery.pipeline.image_root",
 ]
-LOG_VAR = "NIXERY_BENCH_FIRESTORE_LOG"
 HARNESS_FILES = {"registry.log", "builder.log", "key.json", "firestore.jsonl"}  # not scratch
 SAMPLE_SECONDS = 0.2
 PARTS = 4  # files in `big`
 
 # --- 1. the registry function's import set ----------------------------------------------
-
-IMPORTS_SCRIPT = """
-import json
-import sys
-
-import functions_framework
-
-app = functions_framework.create_app(target="registry", source=sys.argv[1])
-client = app.test_client()
-oci = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-zero = "sha256:" + "0" * 64
-answers = {}
-
-
-def nixery_modules():
-    return sorted(m for m in sys.modules if m == "nixery" or m.startswith("nixery."))
-
-
-answers["ping"] = client.get("/v2/").status_code
-after_ping = {"nixery": nixery_modules(), "total": len(sys.modules)}
-answers["tags/list"] = client.get("/v2/shell/hello/tags/list").status_code
-cached = client.get("/v2/shell/hello/manifests/latest", headers=oci)
-answers["manifest (cached)"] = cached.status_code
-layers = json.loads(cached.data).get("layers", []) if cached.status_code == 200 else []
-blob = layers[0]["digest"] if layers else zero
-answers["blob"] = client.get(f"/v2/shell/hello/blobs/{blob}").status_code
-answers["manifest (unknown digest)"] = client.get(f"/v2/shell/hello/manifests/{zero}").status_code
-miss = client.get("/v2/hello/manifests/latest", headers=oci)
-answers["manifest (miss, built)"] = miss.status_code
-nixery = sys.modules.get("nixery")
-print(json.dumps({
-    "answers": answers,
-    "after_ping": after_ping,
-    "nixery": nixery_modules(),
-    "total": len(sys.modules),
-    "top_level": sorted({m.split(".")[0] for m in sys.modules if not m.startswith("_")}),
-    "nixery_file": getattr(nixery, "__file__", None),
-}))
-"""
 
 
 def measure_imports(emulators: Emulators, work: Path) -> dict[str, Any]:
@@ -107,16 +68,14 @@ def measure_imports(emulators: Emulators, work: Path) -> dict[str, Any]:
     served from the backends and one is built."""
     reg = start(work / "imports", emulators)
     try:
-        warm = reg.get("/v2/shell/hello/manifests/latest", headers=OCI)
+        warm = reg.get("/v2/shell/hello/manifests/latest", headers=ACCEPT)
         if warm.status_code != 200:
             raise RuntimeError(f"warming shell/hello: {warm.status_code} {warm.text[:500]}")
-        env = {k: v for k, v in reg.env.items() if k not in ("PYTHONPATH", LOG_VAR)}
-        if "PYTHONPATH" in os.environ:
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        env = {k: v for k, v in reg.env.items() if k != LOG_VAR}
         env["NIXERY_BUILD_WAIT"] = "300"
         main = REPO / "functions" / "registry" / "main.py"
         run = subprocess.run(
-            [sys.executable, "-c", IMPORTS_SCRIPT, str(main)],
+            [sys.executable, "-P", str(IMPORT_PROBE), str(main)],
             env=env, cwd=work, capture_output=True, text=True, timeout=600, check=False,
         )  # fmt: skip
         if run.returncode != 0:
@@ -148,208 +107,23 @@ def print_imports(r: dict[str, Any]) -> None:
 
 # --- 2. Firestore reads per cold pull ---------------------------------------------------
 
-HOOK = '''"""Counts Firestore RPCs for bench/gcp_costs.py: one JSON line per call, appended to the
-file named by NIXERY_BENCH_FIRESTORE_LOG. Once the Firestore client library's gRPC transports
-load, their RPC properties hand out wrapped stubs; then the sitecustomize that this one
-shadows on sys.path, if any, runs as it would have."""
 
-import importlib.abc
-import importlib.util
-import json
-import os
-import sys
-import time
+class CountedRegistry(GcpRegistry):
+    """Both services run under the Firestore counter, which logs where LOG_VAR says."""
 
-_LOG = os.environ.get("NIXERY_BENCH_FIRESTORE_LOG")
-_PREFIX = "google.cloud.firestore_v1.services.firestore.transports."
-_TRANSPORTS = {
-    _PREFIX + "grpc": ("FirestoreGrpcTransport", False),
-    _PREFIX + "grpc_asyncio": ("FirestoreGrpcAsyncIOTransport", True),
-}
-_RPCS = (
-    "get_document", "list_documents", "update_document", "delete_document",
-    "batch_get_documents", "begin_transaction", "commit", "rollback", "run_query",
-    "execute_pipeline", "run_aggregation_query", "partition_query", "write", "listen",
-    "list_collection_ids", "batch_write", "create_document",
-)
-_STREAMED = {"run_query", "run_aggregation_query", "listen"}
-
-
-def _emit(**fields):
-    fields.update(pid=os.getpid(), sid=os.getsid(0), t=time.time())
-    fd = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(fields) + "\\n").encode())
-    finally:
-        os.close(fd)
-
-
-def _doc(name):
-    return name.split("/documents/", 1)[-1]
-
-
-def _in(message, field):
-    try:
-        return field in message
-    except TypeError:
-        return False
-
-
-def _record(rpc, request):
-    reads, writes, docs, tx = 0, 0, [], False
-    if rpc == "listen":
-        pass  # a stream of requests: the documents are counted as they come
-    elif rpc == "batch_get_documents":
-        docs = [_doc(d) for d in request.documents]
-        reads = len(docs)
-        tx = bool(request.transaction) or _in(request, "new_transaction")
-    elif rpc == "get_document":
-        docs, reads = [_doc(request.name)], 1
-        tx = bool(request.transaction)
-    elif rpc in ("commit", "batch_write"):
-        docs = [_doc(w.update.name or w.delete or w.transform.document) for w in request.writes]
-        writes = len(docs)
-        tx = bool(getattr(request, "transaction", b""))
-    elif rpc in ("create_document", "update_document", "delete_document"):
-        writes = 1
-    elif rpc == "run_query":
-        tx = bool(request.transaction) or _in(request, "new_transaction")
-    _emit(rpc=rpc, reads=reads, writes=writes, docs=docs, tx=tx)
-
-
-class _Results:
-    """A streamed answer, passed through; each document in it is logged as one read."""
-
-    def __init__(self, call, rpc):
-        self._call = call
-        self._rpc = rpc
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        response = next(self._call)
-        try:
-            doc = None
-            if self._rpc == "run_query" and _in(response, "document"):
-                doc = _doc(response.document.name)
-            elif self._rpc == "listen" and _in(response, "document_change"):
-                doc = _doc(response.document_change.document.name)
-            elif self._rpc == "run_aggregation_query" and _in(response, "result"):
-                doc = "(aggregation)"
-            if doc is not None:
-                _emit(rpc=self._rpc + " result", reads=1, writes=0, docs=[doc], tx=False)
-        except Exception as e:
-            _emit(rpc=self._rpc + " result", error=repr(e))
-        return response
-
-    def __getattr__(self, name):
-        return getattr(self._call, name)
-
-
-def _wrap(rpc, stub, is_async):
-    def call(request, *args, **kwargs):
-        try:
-            _record(rpc, request)
-        except Exception as e:
-            _emit(rpc=rpc, error=repr(e))
-        result = stub(request, *args, **kwargs)
-        if is_async:
-            return result
-        if rpc in _STREAMED:
-            return _Results(result, rpc)
-        if rpc == "list_documents":
-            try:
-                names = [_doc(d.name) for d in result.documents]
-                _emit(rpc=rpc + " result", reads=len(names), writes=0, docs=names, tx=False)
-            except Exception as e:
-                _emit(rpc=rpc + " result", error=repr(e))
-        return result
-
-    return call
-
-
-def _getter(rpc, fget, is_async):
-    # The client looks its wrapped methods up by stub, so each must be handed out once.
-    key = "_bench_counted_" + rpc
-
-    def get(self):
-        if key not in self._stubs:
-            self._stubs[key] = _wrap(rpc, fget(self), is_async)
-        return self._stubs[key]
-
-    return get
-
-
-def _patch(cls, is_async):
-    for rpc in _RPCS:
-        prop = cls.__dict__.get(rpc)
-        if isinstance(prop, property):
-            setattr(cls, rpc, property(_getter(rpc, prop.fget, is_async)))
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name not in _TRANSPORTS:
-            return None
-        spec = None
-        for finder in sys.meta_path:
-            if finder is not self and hasattr(finder, "find_spec"):
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    break
-        if spec is None or spec.loader is None:
-            return spec
-        cls_name, is_async = _TRANSPORTS[name]
-        exec_module = spec.loader.exec_module
-
-        def exec_and_patch(module):
-            exec_module(module)
-            _patch(getattr(module, cls_name), is_async)
-            nixery = sys.modules.get("nixery")
-            _emit(event="patched", module=name, nixery=getattr(nixery, "__file__", None))
-
-        spec.loader.exec_module = exec_and_patch
-        return spec
-
-
-def _run_shadowed():
-    here = os.path.dirname(os.path.abspath(__file__))
-    for entry in sys.path:
-        if not entry or os.path.abspath(entry) == here:
-            continue
-        path = os.path.join(entry, "sitecustomize.py")
-        if os.path.isfile(path):
-            spec = importlib.util.spec_from_file_location("_shadowed_sitecustomize", path)
-            spec.loader.exec_module(importlib.util.module_from_spec(spec))
-            return
-
-
-if _LOG:
-    sys.meta_path.insert(0, _Finder())
-_run_shadowed()
-'''
-
-
-def hook_dir(work: Path) -> Path:
-    path = work / "hook"
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "sitecustomize.py").write_text(HOOK)
-    return path
+    launcher = (sys.executable, "-m", "bench.lib.firestore_reads")
 
 
 def start(root: Path, emulators: Emulators, **env: str) -> GcpRegistry:
     """A registry and builder whose Firestore RPCs are logged (to root/firestore.jsonl), each
     with a fresh collection prefix, so that nothing is found in Firestore at first."""
     root.mkdir(parents=True, exist_ok=True)
-    pythonpath = [str(hook_dir(root.parent)), *filter(None, [os.environ.get("PYTHONPATH")])]
-    reg = GcpRegistry(
+    reg = CountedRegistry(
         root,
         emulators,
         **{
             "NIXERY_FIRESTORE_PREFIX": f"bench{uuid.uuid4().hex[:8]}_",
             "NIX_TIMEOUT": "600",
-            "PYTHONPATH": os.pathsep.join(pythonpath),
             LOG_VAR: str(root / "firestore.jsonl"),
             **env,
         },
@@ -388,7 +162,7 @@ def role(reg: GcpRegistry, entry: dict[str, Any]) -> str:
 
 
 def service_files(reg: GcpRegistry) -> dict[str, list[str]]:
-    """Where each service's nixery package was loaded from, as the hook saw it."""
+    """Where each service's nixery package was loaded from, as the counter saw it."""
     files: dict[str, set[str]] = {}
     for e in rpc_log(reg):
         if e.get("event") == "patched":
@@ -430,7 +204,7 @@ def measure_reads(emulators: Emulators, work: Path) -> dict[str, Any]:
     prefix = reg.env["NIXERY_FIRESTORE_PREFIX"]
     try:
         started = time.time()
-        got = reg.get("/v2/shell/hello/manifests/latest", headers=OCI, timeout=600)
+        got = reg.get("/v2/shell/hello/manifests/latest", headers=ACCEPT, timeout=600)
         manifest_done = time.time()
         if got.status_code != 200:
             raise RuntimeError(f"cold pull of shell/hello: {got.status_code} {got.text[:500]}")
@@ -619,12 +393,12 @@ def delete_big(pkgs: Path) -> None:
     """Removes `big` from the Nix store again (a few GiB a run), if nothing holds it."""
     out = subprocess.run(
         ["nix-instantiate", "--eval", "--json", "-E", f"(import {pkgs} {{}}).big.outPath"],
-        capture_output=True, text=True, env=NIX_ENV, check=False,
+        capture_output=True, text=True, env=ENV, check=False,
     )  # fmt: skip
     if out.returncode == 0:
         subprocess.run(
             ["nix-store", "--delete", json.loads(out.stdout)],
-            capture_output=True, env=NIX_ENV, check=False,
+            capture_output=True, env=ENV, check=False,
         )  # fmt: skip
 
 
@@ -645,7 +419,7 @@ def measure_memory(emulators: Emulators, work: Path, mib: int) -> dict[str, Any]
         gcs_cpu = cpu_seconds(emulators.gcs.proc.pid)
         sampler.start()
         started = time.perf_counter()
-        got = reg.get("/v2/big/manifests/latest", headers=OCI, timeout=86400)
+        got = reg.get("/v2/big/manifests/latest", headers=ACCEPT, timeout=86400)
         seconds = time.perf_counter() - started
         sampler.stopping.set()
         sampler.join()
@@ -708,7 +482,7 @@ def print_memory(r: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--gb", type=float, default=2.0, help="size of `big` in GiB (figure 3)")
     parser.add_argument("--only", choices=["imports", "reads", "memory"])
     parser.add_argument("--smoke", action="store_true", help="a check in seconds: a 20 MiB big")

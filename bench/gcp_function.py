@@ -1,6 +1,6 @@
 """The registry function's cold start and warm manifest latency, against the emulators.
 
-    .venv/bin/python bench/gcp_function.py [--requests N] [--imports N] [--smoke]
+    .venv/bin/python -m bench.gcp_function [--requests N] [--imports N] [--smoke]
 
 Cold import: a fresh interpreter importing the function's module (what a cold instance does
 before it can answer the /v2/ ping), then importing the Google Cloud wiring the first real
@@ -10,7 +10,6 @@ with the same requests against local mode (`nixery serve`) as the reference in t
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import subprocess
@@ -20,8 +19,10 @@ import time
 from pathlib import Path
 
 import requests
-from common import OCI, REPO, Registry, parse_args
-from emulators import Emulators, GcpRegistry
+from tests.helpers.emulators import Emulators, GcpRegistry
+from tests.helpers.registries import OCI, REPO, Registry
+
+from bench.lib.harness import command_parser, parse_args
 
 
 def import_seconds(module: str, cwd: Path, runs: int, env: dict[str, str]) -> float:
@@ -47,7 +48,7 @@ def latencies(url: str, n: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--imports", type=int, default=5, help="fresh interpreters per import")
     args = parse_args(parser, requests=5, imports=1)

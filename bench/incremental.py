@@ -1,6 +1,6 @@
 """Cold build of an image whose layers mostly exist already: time must follow the NEW bytes.
 
-    .venv/bin/python bench/incremental.py [--runs 3] [--base IMAGE] [--extra PACKAGE] [--smoke]
+    .venv/bin/python -m bench.incremental [--runs 3] [--base IMAGE] [--extra PACKAGE] [--smoke]
 
 With a local registry (demo set), BASE is built first; then BASE plus one small package is
 requested, and its build is timed (manifest request to response) and compared with the same
@@ -11,7 +11,6 @@ registry's side, which is what reusing layers can save.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import statistics
@@ -19,7 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import OCI, Registry, parse_args
+from tests.helpers.registries import OCI, Registry
+
+from bench.lib.harness import command_parser, parse_args
 
 BASE = "shell/git/python3/perl/vim/ripgrep/1password/python3packages.numpy"
 EXTRA = "htop"
@@ -47,7 +48,7 @@ def stored_bytes(registry: Registry) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--base", default=BASE, help="the image built first")
     parser.add_argument("--extra", default=EXTRA, help="the package then added to it")

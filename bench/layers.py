@@ -1,6 +1,6 @@
 """Layering benchmark: bytes one client downloads over a sequence of image pulls.
 
-    .venv/bin/python bench/layers.py [--budget 100] [--no-demo] [--smoke]
+    .venv/bin/python -m bench.layers [--budget 100] [--no-demo] [--smoke]
 
 For each workload (a sequence of image requests over a package set) and each algorithm, one
 simulated client pulls the images in order and keeps every layer it has seen; a layer is
@@ -12,25 +12,24 @@ budget minus one (the image-root layer is added after them and is not counted he
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import graphs
-import rivals
-from common import parse_args
+from bench.lib import package_sets, rival_layering
+from bench.lib.harness import command_parser, parse_args
+from nixery.pipeline.layers import plan_layers
 
-from nixery.layers import plan_layers
-
-Planner = Callable[[Mapping, Sequence[str], Mapping[str, int], int], list[list[str]]]
+Planner = Callable[
+    [rival_layering.Closure, Sequence[str], Mapping[str, int], int], list[list[str]]
+]
 
 ALGORITHMS: dict[str, Planner] = {
-    "single layer": rivals.single_layer,
-    "nixery": rivals.nixery,
-    "auto-layer": rivals.autolayer,
+    "single layer": rival_layering.single_layer,
+    "nixery": rival_layering.nixery,
+    "auto-layer": rival_layering.autolayer,
     "ours": plan_layers,
 }
 
@@ -38,7 +37,7 @@ ALGORITHMS: dict[str, Planner] = {
 @dataclass
 class Workload:
     name: str
-    pkgs: graphs.PackageSet
+    pkgs: package_sets.PackageSet
     images: list[list[str]]  # attribute names
     budget: int
 
@@ -47,7 +46,7 @@ class Workload:
 class Result:
     downloaded: int = 0
     lower: int = 0
-    layers: list[int] | None = None
+    layers: list[int] = field(default_factory=list)  # per image, the image root included
 
     @property
     def ratio(self) -> float:
@@ -57,7 +56,7 @@ class Result:
 def simulate(work: Workload, plan: Planner, popularity: Mapping[str, int]) -> Result:
     seen_layers: set[tuple[str, ...]] = set()
     seen_paths: set[str] = set()
-    result = Result(layers=[])
+    result = Result()
     for image in work.images:
         roots = sorted({work.pkgs.packages[a] for a in image} | set(work.pkgs.always))
         closure = work.pkgs.closure(roots)
@@ -78,7 +77,7 @@ def simulate(work: Workload, plan: Planner, popularity: Mapping[str, int]) -> Re
 
 def synthetic_workloads(budget: int, paths: int = 4000, scale: float = 1.0) -> list[Workload]:
     """The synthetic package set of `paths` store paths; `scale` multiplies image counts."""
-    pkgs = graphs.synthetic(paths)
+    pkgs = package_sets.synthetic(paths)
     rng = random.Random(7)
     names = sorted(pkgs.packages)
     ranked = names[:]
@@ -119,7 +118,7 @@ def synthetic_workloads(budget: int, paths: int = 4000, scale: float = 1.0) -> l
 
 
 def demo_workloads(budget: int) -> list[Workload]:
-    pkgs = graphs.demo()
+    pkgs = package_sets.demo()
     shell = ["bashInteractive", "coreutils", "moreutils", "nano"]
     images = [
         ["hello"], shell, [*shell, "git"], [*shell, "git", "htop"], [*shell, "vim"],
@@ -133,7 +132,7 @@ def demo_workloads(budget: int) -> list[Workload]:
 
 
 def timing(
-    pkgs: graphs.PackageSet,
+    pkgs: package_sets.PackageSet,
     popularity: Mapping[str, int],
     budget: int,
     paths: int = 3000,
@@ -156,7 +155,7 @@ def timing(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--no-demo", action="store_true", help="skip the Nix-built demo set")
     parser.add_argument("--paths", type=int, default=4000, help="synthetic package set's size")

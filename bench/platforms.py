@@ -1,6 +1,6 @@
 """A two-platform build against a one-platform build of the same name, with `nixery build`.
 
-    .venv/bin/python bench/platforms.py [IMAGE] [--runs N] [--smoke]
+    .venv/bin/python -m bench.platforms [IMAGE] [--runs N] [--smoke]
 
 Each run builds IMAGE into empty storage (no layer cache, a temporary directory), once with
 NIXERY_PLATFORMS=x86_64-linux and once with x86_64-linux,aarch64-linux, alternating. Nix
@@ -12,7 +12,6 @@ platform also fetches its own closure from the binary cache. Prints medians.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -20,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import parse_args
-from conftest import DEMO, DEMO_EVAL_ALLOW, MULTI_PLATFORM, NIXERY
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, MULTI_PLATFORM, NIXERY
+
+from bench.lib.harness import command_parser, parse_args
 
 ONE = "x86_64-linux"
 
@@ -42,7 +42,7 @@ def build(image: str, platforms: str, out: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("image", nargs="?", default="shell/git/python3")
     parser.add_argument("--runs", type=int, default=5)
     args = parse_args(parser, image="hello", runs=1)

@@ -1,6 +1,6 @@
 """Cold build and warm pull of one image from a local registry, with skopeo.
 
-    .venv/bin/python bench/pull.py [IMAGE] [--runs N] [--smoke]
+    .venv/bin/python -m bench.pull [IMAGE] [--runs N] [--smoke]
 
 Cold: fresh storage and the image's store paths deleted from the Nix store first, so the
 time covers evaluation, the Nix build, layering, archiving and the pull. Warm: the same
@@ -9,14 +9,15 @@ image pulled again into a fresh directory (manifest and blobs cached). Prints me
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import subprocess
 import tempfile
 from pathlib import Path
 
-from common import ENV, Registry, parse_args, skopeo_copy
+from tests.helpers.registries import Registry
+
+from bench.lib.harness import ENV, command_parser, parse_args, skopeo_copy
 
 
 def pull(host: str, image: str, dest: Path) -> float:
@@ -63,7 +64,7 @@ def store_paths(oci_dir: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("image", nargs="?", default="shell/hello")
     parser.add_argument("--runs", type=int, default=5)
     args = parse_args(parser, runs=1)

@@ -1,6 +1,6 @@
 """What an image's SBOM costs: its size, and the build time it adds.
 
-    .venv/bin/python bench/sbom.py [IMAGE] [--runs N] [--smoke]
+    .venv/bin/python -m bench.sbom [IMAGE] [--runs N] [--smoke]
 
 Each run builds the image in a registry with fresh storage (its store paths are already in
 the Nix store, so Nix only evaluates and reads the closure): the whole build's time is read
@@ -13,7 +13,6 @@ during evaluation; what that adds is the time of evaluating the plan with and wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -22,16 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ENV, OCI, REPO, Registry, parse_args
-from conftest import DEMO_EVAL_ALLOW
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, REPO, Registry
 
-from nixery.names import parse_name
-from nixery.nix import Nix
-from nixery.sbom import image_sbom
-from nixery.sources import Revision
+from bench.lib.harness import ENV, command_parser, parse_args
+from nixery.nix.runner import Nix
+from nixery.pipeline.sbom import image_sbom
+from nixery.records import Revision
+from nixery.request import parse_name
 
 PREPARE = REPO / "shared" / "nixery" / "prepare-image" / "default.nix"
-DEMO = REPO / "examples" / "demo-pkgs"
 
 
 def evaluate(packages: list[str], attribute: str) -> float:
@@ -46,7 +44,7 @@ def evaluate(packages: list[str], attribute: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("image", nargs="?", default="shell/git/htop")
     parser.add_argument("--runs", type=int, default=5)
     args = parse_args(parser, runs=1, image="hello")

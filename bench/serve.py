@@ -1,6 +1,6 @@
 """Serving a cached image: local mode against the Go reference registry, same run, same client.
 
-    .venv/bin/python bench/serve.py [IMAGE] [--runs 5] [--seconds 10] [--connections 16] [--smoke]
+    .venv/bin/python -m bench.serve [IMAGE] [--runs 5] [--seconds 10] [--connections 16] [--smoke]
 
 The image is built by a local registry (demo set), pulled out with skopeo and pushed into
 Debian's `docker-registry` (distribution/distribution, filesystem storage), so both serve the
@@ -12,7 +12,6 @@ without queueing). Needs skopeo, wrk and docker-registry.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import statistics
@@ -22,7 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import OCI, Registry, free_port, parse_args, skopeo_copy
+from tests.helpers.registries import OCI, Registry, free_port
+
+from bench.lib.harness import command_parser, parse_args, skopeo_copy
 
 
 def reference_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -59,14 +60,21 @@ def wrk(host: str, image: str, seconds: int, connections: int) -> tuple[float, s
     ).stdout  # fmt: skip
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
-    return rps, p50, p99
+    rps = float(_figure(r"Requests/sec:\s+([\d.]+)", out))
+    return rps, _figure(r"^\s+50%\s+(\S+)", out), _figure(r"^\s+99%\s+(\S+)", out)
+
+
+def _figure(pattern: str, report: str) -> str:
+    """The figure `pattern` captures in wrk's report; an error naming it if wrk's format
+    changed, rather than a crash on None."""
+    found = re.search(pattern, report, re.M)
+    if found is None:
+        raise RuntimeError(f"no {pattern!r} in wrk's report:\n{report}")
+    return found.group(1)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("image", nargs="?", default="shell/git/htop")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)

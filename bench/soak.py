@@ -1,6 +1,6 @@
 """Soak: minutes of mixed cached pulls and new builds under a slow-client attack, local mode.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--pullers 8] [--build-every 5] [--smoke]
+    .venv/bin/python -m bench.soak [--minutes 10] [--pullers 8] [--build-every 5] [--smoke]
 
 One `nixery serve` (demo set), its limits as shipped. Well-behaved clients run throughout:
 --pullers threads pulling cached images (a manifest by tag, then its config blob) as fast as
@@ -14,7 +14,6 @@ server's RSS every 30 s (memory over time: flat after warm-up is the target).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import itertools
@@ -28,7 +27,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import OCI, Registry, parse_args
+from tests.helpers.registries import OCI, Registry
+
+from bench.lib.harness import command_parser, parse_args
 
 PACKAGES = ["hello", "zlib", "libffi", "expat", "ncurses", "readline", "pcre2", "oniguruma",
             "openssl", "curl", "perl", "git", "htop", "vim", "jq", "ripgrep"]  # fmt: skip
@@ -155,7 +156,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--pullers", type=int, default=8)
     parser.add_argument("--build-every", type=float, default=5.0)

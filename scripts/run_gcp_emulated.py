@@ -2,18 +2,19 @@
 builder service (gunicorn) and the registry function (functions-framework), wired together
 as the tests wire them. Prints the registry's address; Ctrl-C stops everything.
 
-    scripts/setup.sh --test && .venv/bin/python scripts/run-gcp-emulated.py
+    scripts/setup.sh --test && .venv/bin/python -m scripts.run_gcp_emulated
+
+It runs as a module from the repository's root, so that it imports the tests' harness as
+`tests.helpers`.
 """
 
 from __future__ import annotations
 
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from emulators import Emulators, GcpRegistry
+from tests.helpers.emulators import Emulators, GcpRegistry
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
-"""What the bench scripts share: the tests' registry harness, skopeo copies and `--smoke`.
+"""What the benchmark commands share: `--smoke`, Nix's test configuration, skopeo copies.
 
-Every script runs as `.venv/bin/python bench/NAME.py`, which puts bench/ on the path; this
-module adds tests/, whose `conftest.Registry` runs `nixery serve` for the benchmarks too.
+The registries themselves come from the tests' helpers (`tests.helpers.registries.Registry`
+runs `nixery serve`), so that the benchmarks measure what the tests check.
 """
 
 from __future__ import annotations
@@ -9,22 +9,21 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import NIX_CONFIG, OCI, Registry, free_port  # noqa: E402
-
-__all__ = ["ENV", "OCI", "REPO", "Registry", "free_port", "parse_args", "skopeo_copy"]
+from tests.helpers.registries import NIX_CONFIG
 
 ENV = {**os.environ, "NIX_CONFIG": NIX_CONFIG}
 
 
+def command_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A command's parser, described by the first paragraph of its docstring (`__doc__`)."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+
+
 def parse_args(parser: argparse.ArgumentParser, **smoke: object) -> argparse.Namespace:
     """The arguments, with `--smoke` added: it sets the options given here (tiny inputs, one
-    run), so that the same code runs in seconds; tests/test_bench.py runs every script so."""
+    run), so that the same code runs in seconds; tests/e2e/test_bench.py runs every command so."""
     shown = ", ".join(f"{k.replace('_', '-')}={v}" for k, v in smoke.items())
     parser.add_argument(
         "--smoke", action="store_true", help=f"a check in seconds, not a measure: {shown}"

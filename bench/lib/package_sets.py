@@ -1,4 +1,4 @@
-"""Dependency graphs and image-request workloads for the layering benchmark.
+"""Package sets for the layering benchmark: dependency graphs with their packages by name.
 
 The synthetic package set has the shape of a real distribution: a bootstrap chain every
 package ends up on (glibc, gcc's runtime), a few very popular libraries, frameworks that
@@ -9,29 +9,34 @@ huge paths. Everything is seeded, so every run sees the same graph and the same 
 from __future__ import annotations
 
 import math
-import os
 import random
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TypedDict
 
-from nixery.layers import store_name
-from nixery.nix import parse_path_info
+from tests.helpers.registries import DEMO
 
-REPO = Path(__file__).resolve().parents[1]
-NIX_ENV = {**os.environ, "NIX_CONFIG": "substituters =\nbuild-users-group =\n"}
+from bench.lib.harness import ENV
+from nixery.nix.store_paths import parse_path_info, store_name
+
+
+class PathInfo(TypedDict):
+    """A store path's entry in a closure, as plan_layers reads it (`nix path-info --json`)."""
+
+    narSize: int
+    references: Sequence[str]
 
 
 @dataclass
 class PackageSet:
     """Every store path of a package set, and the store paths of its packages by name."""
 
-    graph: dict[str, dict]  # store path -> {"narSize", "references"}
+    graph: dict[str, PathInfo]  # store path -> its size and references
     packages: dict[str, str]  # attribute name -> store path
     always: list[str]  # added to every image (cacert, iana-etc)
 
-    def closure(self, roots: Sequence[str]) -> dict[str, dict]:
+    def closure(self, roots: Sequence[str]) -> dict[str, PathInfo]:
         seen: set[str] = set()
         stack = list(roots)
         while stack:
@@ -56,8 +61,9 @@ def _path(rng: random.Random, name: str) -> str:
 
 
 def synthetic(n: int = 4000, seed: int = 1) -> PackageSet:
+    """A seeded package set of `n` store paths, shaped as described above."""
     rng = random.Random(seed)
-    graph: dict[str, dict] = {}
+    graph: dict[str, PathInfo] = {}
     paths: list[str] = []
     urn: list[str] = []  # each path once per unit of weight: preferential attachment
 
@@ -101,13 +107,13 @@ def synthetic(n: int = 4000, seed: int = 1) -> PackageSet:
     ]
     pool = [glibc, gcclib, bash]
     for name, size, base in core:
-        deps = [glibc, *rng.sample(pool, min(len(pool), rng.randint(0, 4)))]
-        pool.append(add(name, size, deps, base))
+        uses = [glibc, *rng.sample(pool, min(len(pool), rng.randint(0, 4)))]
+        pool.append(add(name, size, uses, base))
     for i in range(n - len(paths)):
         k = min(int(rng.expovariate(1 / 5)) + 1, 40)
         if rng.random() < 0.03:
             k = rng.randint(40, 250)  # desktop applications and meta packages
-        deps = {glibc} if rng.random() < 0.9 else set()
+        deps: set[str] = {glibc} if rng.random() < 0.9 else set()
         while len(deps) < min(k, len(paths)):
             # Mostly popular libraries; sometimes any earlier package, which gives depth.
             deps.add(rng.choice(urn) if rng.random() < 0.75 else rng.choice(paths))
@@ -128,18 +134,20 @@ def demo() -> PackageSet:
         "python3", "htop", "vim", "jq", "ripgrep", "curl", "perl", "_1password",
         "python3Packages.requests", "python3Packages.numpy", "cacert", "iana-etc",
     ]  # fmt: skip
-    cmd = ["nix-build", "--no-out-link", str(REPO / "examples" / "demo-pkgs")]
+    cmd = ["nix-build", "--no-out-link", str(DEMO)]
     for a in attrs:
         cmd += ["-A", a]
-    outs = subprocess.run(cmd, env=NIX_ENV, check=True, capture_output=True, text=True)
+    outs = subprocess.run(cmd, env=ENV, check=True, capture_output=True, text=True)
     roots = outs.stdout.split()
     info = subprocess.run(
         ["nix", "--extra-experimental-features", "nix-command", "path-info", "--json",
          "--recursive", *roots],
-        env=NIX_ENV, check=True, capture_output=True, text=True,
+        env=ENV, check=True, capture_output=True, text=True,
     )  # fmt: skip
     closure = parse_path_info(info.stdout)
-    graph = {p.path: {"narSize": p.nar_size, "references": p.references} for p in closure.values()}
+    graph = {
+        p.path: PathInfo(narSize=p.nar_size, references=p.references) for p in closure.values()
+    }
     packages = dict(zip(attrs, roots, strict=True))
     always = [packages.pop("cacert"), packages.pop("iana-etc")]
     return PackageSet(graph, packages, always)
