@@ -30,8 +30,8 @@ from pathlib import Path
 
 from common import parse_args
 
-from nixery import archives
-from nixery.manifests import LayerBlob
+from nixery.oci.manifests import LayerBlob
+from nixery.pipeline import archives
 
 
 def tree_size(path: Path) -> int:

@@ -27,8 +27,8 @@ from common import parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from clients import podman_env  # noqa: E402
-from emulators import ContainerBuilderRegistry, Emulators  # noqa: E402
+from tests.helpers.clients import podman_env  # noqa: E402
+from tests.helpers.emulators import ContainerBuilderRegistry, Emulators  # noqa: E402
 
 IMAGES = [
     "hello", "zlib", "libffi", "expat", "ncurses", "readline", "pcre2", "oniguruma",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import NIX_CONFIG, OCI, Registry, free_port  # noqa: E402
+from tests.helpers.registries import NIX_CONFIG, OCI, Registry, free_port  # noqa: E402
 
 __all__ = ["ENV", "OCI", "REPO", "Registry", "free_port", "parse_args", "skopeo_copy"]
 

@@ -40,19 +40,19 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import NIX_CONFIG, big_set  # noqa: E402
-from emulators import Emulators, GcpRegistry  # noqa: E402
+from tests.helpers.emulators import Emulators, GcpRegistry  # noqa: E402
+from tests.helpers.registries import NIX_CONFIG, big_set  # noqa: E402
 
 OCI = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
 NIX_ENV = {**os.environ, "NIX_CONFIG": NIX_CONFIG}
 # The modules of the build pipeline, which a function that only enqueues builds should not load.
 PIPELINE = [
-    "nixery.nix",
-    "nixery.archives",
-    "nixery.builder",
-    "nixery.layers",
-    "nixery.popularity",
-    "nixery.imageroot",
+    "nixery.nix.runner",
+    "nixery.pipeline.archives",
+    "nixery.pipeline.builder",
+    "nixery.pipeline.layers",
+    "nixery.nix.popularity",
+    "nixery.pipeline.image_root",
 ]
 LOG_VAR = "NIXERY_BENCH_FIRESTORE_LOG"
 HARNESS_FILES = {"registry.log", "builder.log", "key.json", "firestore.jsonl"}  # not scratch

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import requests
 from common import OCI, REPO, Registry, parse_args
-from emulators import Emulators, GcpRegistry
+
+from tests.helpers.emulators import Emulators, GcpRegistry
 
 
 def import_seconds(module: str, cwd: Path, runs: int, env: dict[str, str]) -> float:

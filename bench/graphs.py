@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nixery.layers import store_name
-from nixery.nix import parse_path_info
+from nixery.nix.path_info import parse_path_info
+from nixery.store_names import store_name
 
 REPO = Path(__file__).resolve().parents[1]
 NIX_ENV = {**os.environ, "NIX_CONFIG": "substituters =\nbuild-users-group =\n"}

@@ -23,7 +23,7 @@ import graphs
 import rivals
 from common import parse_args
 
-from nixery.layers import plan_layers
+from nixery.pipeline.layers import plan_layers
 
 Planner = Callable[[Mapping, Sequence[str], Mapping[str, int], int], list[list[str]]]
 

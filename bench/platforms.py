@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from common import parse_args
-from conftest import DEMO, DEMO_EVAL_ALLOW, MULTI_PLATFORM, NIXERY
+
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, MULTI_PLATFORM, NIXERY
 
 ONE = "x86_64-linux"
 

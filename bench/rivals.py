@@ -1,7 +1,7 @@
 """The layering algorithms ours is measured against, re-implemented from their descriptions.
 
-Both take the same arguments as ``nixery.layers.plan_layers`` and return layers the same way
-(lists of store paths), so the benchmark can swap them. They are for comparison only; the
+Both take the same arguments as ``nixery.pipeline.layers.plan_layers`` and return layers the
+same way (lists of store paths), so the benchmark can swap them. They are for comparison only; the
 product uses ``plan_layers``.
 """
 
@@ -11,7 +11,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nixery.layers import store_name
+from nixery.store_names import store_name
 
 Closure = Mapping[str, Mapping[str, Any]]
 

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 from common import ENV, OCI, REPO, Registry, parse_args
-from conftest import DEMO_EVAL_ALLOW
 
-from nixery.names import parse_name
-from nixery.nix import Nix
-from nixery.sbom import image_sbom
-from nixery.sources import Revision
+from nixery.nix.runner import Nix
+from nixery.pipeline.sbom import image_sbom
+from nixery.records import Revision
+from nixery.request import parse_name
+from tests.helpers.registries import DEMO_EVAL_ALLOW
 
 PREPARE = REPO / "shared" / "nixery" / "prepare-image" / "default.nix"
 DEMO = REPO / "examples" / "demo-pkgs"

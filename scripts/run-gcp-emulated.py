@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from emulators import Emulators, GcpRegistry
+from tests.helpers.emulators import Emulators, GcpRegistry
 
 
 def main() -> None:

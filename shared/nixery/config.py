@@ -17,13 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from .names import AMD64, ARCHITECTURES, MAX_PACKAGES, Architecture, architecture
+from nixery.errors import ConfigError
+from nixery.request import AMD64, ARCHITECTURES, MAX_PACKAGES, Architecture, architecture
 
 SOURCE_VARIABLES = ("NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_PKGS_PATH")
-
-
-class ConfigError(Exception):
-    pass
 
 
 def package_dir(name: str) -> Path:
@@ -304,7 +301,7 @@ def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> Se
     return ServeSettings(
         failure_ttl=env.seconds("NIXERY_FAILURE_TTL", 300.0),
         build_wait=env.seconds("NIXERY_BUILD_WAIT", BUILD_WAIT),
-        web_dir=Path(web) if web else package_dir("web"),
+        web_dir=Path(web) if web else package_dir("http/static"),
         max_packages=env.integer("NIXERY_MAX_PACKAGES", MAX_PACKAGES, 1, MAX_PACKAGES),
         client_builds=env.rate("NIXERY_CLIENT_BUILDS"),
         trusted_proxies=env.integer("NIXERY_TRUSTED_PROXIES", trusted_proxies, 0, 10),
@@ -362,7 +359,7 @@ def check_backend(env: Env, expected: str) -> None:
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What the local HTTP server lets clients hold (``local.server``)."""
+    """What the local HTTP server lets clients hold (``local.http_server``)."""
 
     threads: int = 64  # each manifest request waiting for a build holds one
     connections: int = 1000

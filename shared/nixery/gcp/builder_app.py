@@ -17,17 +17,17 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from ..builder import Builder
-from ..job import BuildJob
-from ..nix import check_nix_version, report_sandbox
-from ..popularity import load_popularity
-from ..sources import open_source
-from .clients import bucket, firestore_state
-from .firestore import FirestoreState
-from .gcs import GcsBlobStore
-from .kms import KmsSigner
-from .settings import builder_settings
-from .signing import runtime_token
+from nixery.gcp.clients import bucket, firestore_state
+from nixery.gcp.firestore_state import FirestoreState
+from nixery.gcp.gcs_blob_store import GcsBlobStore
+from nixery.gcp.kms_signer import KmsSigner
+from nixery.gcp.settings import builder_settings
+from nixery.gcp.signed_urls import runtime_token
+from nixery.job import BuildJob
+from nixery.nix.popularity import load_popularity
+from nixery.nix.runner import check_nix_version, report_sandbox
+from nixery.pipeline.builder import Builder
+from nixery.sources import open_source
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from google.cloud import firestore, tasks_v2
 from google.cloud.storage import Bucket, Client
 
-from .firestore import FirestoreState
-from .settings import GcpSettings
+from nixery.gcp.firestore_state import FirestoreState
+from nixery.gcp.settings import GcpSettings
 
 
 def firestore_state(gcp: GcpSettings) -> FirestoreState:

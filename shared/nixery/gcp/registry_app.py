@@ -10,15 +10,15 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from ..images import ImageService
-from ..registry import create_app
-from ..sources import open_source
-from .clients import bucket, firestore_state, tasks_client
-from .gcs import GcsBlobStore
-from .limits import FirestoreLimiter
-from .settings import registry_settings
-from .signing import runtime_signer
-from .tasks import TaskBuildQueue, TaskQueue
+from nixery.gcp.clients import bucket, firestore_state, tasks_client
+from nixery.gcp.firestore_limiter import FirestoreLimiter
+from nixery.gcp.gcs_blob_store import GcsBlobStore
+from nixery.gcp.settings import registry_settings
+from nixery.gcp.signed_urls import runtime_signer
+from nixery.gcp.task_queue import TaskBuildQueue, TaskQueue
+from nixery.http.protocol import create_app
+from nixery.service.images import ImageService
+from nixery.sources import open_source
 
 
 def registry_app(env: Mapping[str, str] = os.environ) -> Flask:

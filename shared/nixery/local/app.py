@@ -1,0 +1,62 @@
+"""Local mode: registry and builder in one process, on files, SQLite and threads."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from nixery.config import LocalSettings
+from nixery.http.protocol import create_app
+from nixery.local.file_blob_store import FileBlobStore
+from nixery.local.http_server import create_server
+from nixery.local.memory_limiter import MemoryLimiter
+from nixery.local.sqlite_state import SqliteState
+from nixery.local.thread_queue import ThreadBuildQueue
+from nixery.nix.popularity import load_popularity
+from nixery.nix.runner import check_nix_version, report_sandbox
+from nixery.pipeline.builder import Builder
+from nixery.service.images import ImageService
+from nixery.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+def create_local_app(settings: LocalSettings) -> Flask:
+    return create_app(local_service(settings), settings.serve)
+
+
+def local_service(settings: LocalSettings) -> ImageService:
+    """The images of local mode, found or built: what `nixery serve` serves and `nixery
+    build` writes to a file."""
+    source = open_source(settings.source)
+    blobs = FileBlobStore(settings.storage_path)
+    blobs.remove_leftovers()
+    state = SqliteState(settings.state_path)
+    log.info("building with Nix %s", check_nix_version())
+    report_sandbox()
+    builder = Builder.from_settings(
+        settings.build,
+        source=source,
+        blobs=blobs,
+        state=state,
+        popularity=load_popularity(settings.build.popularity_url),
+    )
+    return ImageService(
+        source=source,
+        state=state,
+        blobs=blobs,
+        builds=ThreadBuildQueue(builder, state, settings.build_workers, settings.max_queued),
+        wait=settings.serve.build_wait,
+        failure_ttl=settings.serve.failure_ttl,
+        limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
+    )
+
+
+def serve(settings: LocalSettings) -> None:
+    app = create_local_app(settings)
+    log.info(
+        "serving on http://%s:%d (blobs and state in %s)",
+        settings.host, settings.port, settings.storage_path,
+    )  # fmt: skip
+    create_server(app, settings.host, settings.port, settings.server).run()
