@@ -31,7 +31,8 @@ MAX_PACKAGES = 64
 
 ALWAYS_INCLUDED = ("cacert", "iana-etc")
 SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
-# The user a `nonroot` image runs as (``pipeline.image_root`` makes it, ``pipeline.runtime`` runs as it).
+# The user a `nonroot` image runs as (``pipeline.image_root`` makes it, ``pipeline.runtime``
+# runs as it).
 USER, UID, HOME = "nixery", 1000, "/home/nixery"
 
 

@@ -1,10 +1,11 @@
 """Where the Nix package set comes from, and which exact version of it an image tag means.
 
 Every request is pinned to an exact revision before anything is built, so that the build cache
-can be keyed on it and two requests for the same tag never mix two versions of the set. Looking a
-tag up costs I/O, so answers are kept for a short time (``caches.Memo``); a tag that does not exist is
-an answer too ("not found"), while a source that cannot be reached raises ``SourceUnavailable``
-and is asked again next time. One module per kind: ``path``, ``git``, ``channel``.
+can be keyed on it and two requests for the same tag never mix two versions of the set.
+Looking a tag up costs I/O, so answers are kept for a short time (``caches.Memo``); a tag that
+does not exist is an answer too ("not found"), while a source that cannot be reached raises
+``SourceUnavailable`` and is asked again next time. One module per kind: ``path``, ``git``,
+``channel``.
 """
 
 from __future__ import annotations
