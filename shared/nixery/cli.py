@@ -152,7 +152,7 @@ def _build(args: argparse.Namespace) -> int:
             if isinstance(log, str):
                 print(log, file=sys.stderr)
             return 1
-        children = [m for d in manifest.children() if (m := service.state.manifest(d))]
+        children = [m for d in manifest.children() if (m := service.images.manifest(d))]
         partial = args.output.with_name(args.output.name + ".partial")
         with partial.open("wb") as out:
             write_archive(out, args.format, manifest, f"{name}:{reference.name}",
@@ -176,27 +176,29 @@ def _gc(args: argparse.Namespace) -> int:
 
     env = config.Env()
     if (env.get("NIXERY_STORAGE_BACKEND") or "filesystem") == "gcs":
-        from nixery.gcp.clients import bucket, firestore_state
+        from nixery.gcp.clients import bucket, firestore_database
+        from nixery.gcp.firestore_state import FirestoreInventory
         from nixery.gcp.gcs_blob_store import GcsBlobStore
         from nixery.gcp.settings import collector_settings
 
         collector = collector_settings(days=args.max_age)
         settings = collector.gc
-        state: Any = firestore_state(collector.gcp)
+        inventory: Any = FirestoreInventory(firestore_database(collector.gcp))
         blobs: Any = GcsBlobStore(bucket(collector.gcp), signer=None, url_ttl=60)
         checkouts = []
     else:
         from nixery.local.file_blob_store import FileBlobStore
-        from nixery.local.sqlite_state import SqliteState
+        from nixery.local.sqlite_state import SqliteDatabase, SqliteInventory
         from nixery.sources.checkouts import Checkouts
 
         settings = config.gc_settings(env, args.max_age)
         local = config.local_settings(os.environ)
-        state, blobs = SqliteState(local.state_path), FileBlobStore(local.storage_path)
+        inventory = SqliteInventory(SqliteDatabase(local.state_path))
+        blobs = FileBlobStore(local.storage_path)
         source = local.source
         checkouts = [Checkouts(source.cache_dir / kind, source.keep_checkouts,
                                source.checkout_busy) for kind in ("git", "channel")]  # fmt: skip
-    collect(state, blobs, max_age=settings.max_age, grace=settings.grace,
+    collect(inventory, blobs, max_age=settings.max_age, grace=settings.grace,
             failure_ttl=settings.failure_ttl, now=time.time(), apply=args.apply)  # fmt: skip
     if args.apply:
         for kept in checkouts:

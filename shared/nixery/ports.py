@@ -9,6 +9,7 @@ backend.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -140,8 +141,14 @@ class PackageNames(Protocol):
     def package_names(self, revision: str) -> list[str] | None: ...
 
 
-class State(ImageIndex, LayerCache, BuildReports, PackageNames, Protocol):
-    """Every state port at once, as one store implements them."""
+@dataclass(frozen=True)
+class Stores:
+    """The state ports of one database, as the builder and the service are given them."""
+
+    images: ImageIndex
+    layers: LayerCache
+    reports: BuildReports
+    names: PackageNames
 
 
 # --- Garbage collection ------------------------------------------------------------------
@@ -210,14 +217,11 @@ class BuildQueue(Protocol):
 
 
 class BuildRecords(Protocol):
-    """What Google Cloud mode's queue needs of the state store: one record per build decides
-    who enqueues it."""
+    """Google Cloud mode's build records: one record per build decides who enqueues it."""
 
-    def status(self, key: str) -> ImageStatus: ...
-
-    def start(
-        self, job: BuildJob, pickup: float, max_building: int | None = None
-    ) -> int | None: ...
+    def start(self, job: BuildJob, pickup: float, max_building: int | None = None) -> int | None:
+        """Records a build unless one is under way: the attempt to enqueue, or None."""
+        ...
 
 
 # --- Package sources ---------------------------------------------------------------------

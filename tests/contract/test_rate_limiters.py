@@ -72,7 +72,7 @@ def make_service(state: MemoryState, queue, limiter: Limiter | None):
     from nixery.service.images import ImageService
     from tests.helpers.fakes import REVISION, MemoryBlobStore, StaticSource
 
-    return ImageService(source=StaticSource({"latest": REVISION}), state=state,
+    return ImageService(source=StaticSource({"latest": REVISION}), images=state,
                         blobs=MemoryBlobStore(), builds=queue, wait=5, failure_ttl=300,
                         limiter=limiter)  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""The State contract: one suite, run against every adapter (as distribution runs one storage
+"""The state ports' contract: one suite, run against every adapter (as distribution runs one storage
 driver suite against every driver), so that local mode, Google Cloud mode and the unit
 tests' fake all answer alike. Firestore runs against its emulator, hence the e2e mark.
 
@@ -16,8 +16,7 @@ from functools import partial
 import pytest
 
 from nixery.errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
-from nixery.gcp.firestore_state import MAX_ATTEMPTS, FirestoreState
-from nixery.local.sqlite_state import SqliteState
+from nixery.gcp.firestore_state import MAX_ATTEMPTS
 from nixery.oci.manifests import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -25,7 +24,6 @@ from nixery.oci.manifests import (
     Manifest,
     artifact_manifest,
 )
-from nixery.ports import State
 from nixery.records import (
     MAX_LOG,
     MAX_MESSAGE,
@@ -46,28 +44,32 @@ from tests.helpers.fakes import (
     sample_job,
     sample_manifests,
 )
+from tests.helpers.stores import AllPorts, firestore_ports, sqlite_ports
 
+StateUnderTest = AllPorts | MemoryState
 KEY = sample_job().key
 AT = 1_700_000_123.25  # not a whole number, to see that fractions survive
 
 
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.e2e), "memory"])
-def state(request: pytest.FixtureRequest, tmp_path) -> State:
+def state(request: pytest.FixtureRequest, tmp_path) -> StateUnderTest:
     if request.param == "sqlite":
-        return SqliteState(tmp_path / "state.db")
+        return sqlite_ports(tmp_path / "state.db")
     if request.param == "firestore":
         client = request.getfixturevalue("firestore_client")
-        return FirestoreState(client, prefix=f"t{uuid.uuid4().hex}_")
+        return firestore_ports(client, prefix=f"t{uuid.uuid4().hex}_")
     return MemoryState()
 
 
-def test_an_unknown_key_digest_and_layer_are_none(state: State) -> None:
+def test_an_unknown_key_digest_and_layer_are_none(state: StateUnderTest) -> None:
     assert state.status(KEY) is None
     assert state.manifest(sample_manifests()[0].digest) is None
     assert state.layer("no-such-layer") is None
 
 
-def test_publish_makes_the_image_published_with_its_manifests_by_type(state: State) -> None:
+def test_publish_makes_the_image_published_with_its_manifests_by_type(
+    state: StateUnderTest,
+) -> None:
     manifests = sample_manifests()
     state.publish(KEY, manifests)
     assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
@@ -79,14 +81,14 @@ def test_publish_makes_the_image_published_with_its_manifests_by_type(state: Sta
         assert isinstance(found.body, bytes)
 
 
-def test_publish_touches_no_other_key(state: State) -> None:
+def test_publish_touches_no_other_key(state: StateUnderTest) -> None:
     state.publish(KEY, sample_manifests())
     assert state.status(sample_job("other").key) is None
 
 
 @pytest.mark.parametrize("error", BUILD_ERRORS, ids=lambda e: type(e).__name__)
 def test_a_failure_round_trips_with_its_kind_message_detail_and_time(
-    state: State, error: BuildError
+    state: StateUnderTest, error: BuildError
 ) -> None:
     failure = Failure.of(error, AT)
     state.record_failure(KEY, failure)
@@ -104,21 +106,21 @@ def test_every_failure_kind_is_covered() -> None:
     assert {Failure.of(e, AT).kind for e in BUILD_ERRORS} == set(FailureKind)
 
 
-def test_a_later_failure_replaces_an_earlier_one(state: State) -> None:
+def test_a_later_failure_replaces_an_earlier_one(state: StateUnderTest) -> None:
     state.record_failure(KEY, Failure.of(BuildFailed("first"), AT))
     later = Failure.of(UnknownPackages(["gone"]), AT + 60)
     state.record_failure(KEY, later)
     assert state.status(KEY) == later
 
 
-def test_publish_clears_a_failure(state: State) -> None:
+def test_publish_clears_a_failure(state: StateUnderTest) -> None:
     state.record_failure(KEY, Failure.of(BuildTimedOut("slow"), AT))
     manifests = sample_manifests()
     state.publish(KEY, manifests)
     assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
 
 
-def test_a_failure_recorded_after_publish_leaves_the_image_published(state: State) -> None:
+def test_a_failure_recorded_after_publish_leaves_the_image_published(state: StateUnderTest) -> None:
     """A second builder of the key (one that took a lapsed lease over) may fail after the
     first published: the image is out, and its manifests are served by digest already."""
     manifests = sample_manifests()
@@ -127,7 +129,9 @@ def test_a_failure_recorded_after_publish_leaves_the_image_published(state: Stat
     assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
 
 
-def test_forget_makes_a_published_image_unknown_and_keeps_its_manifests(state: State) -> None:
+def test_forget_makes_a_published_image_unknown_and_keeps_its_manifests(
+    state: StateUnderTest,
+) -> None:
     manifests = sample_manifests()
     state.publish(KEY, manifests)
     state.forget(KEY)
@@ -137,14 +141,14 @@ def test_forget_makes_a_published_image_unknown_and_keeps_its_manifests(state: S
     assert isinstance(state.status(KEY), Published)
 
 
-def test_forget_leaves_a_failure_alone(state: State) -> None:
+def test_forget_leaves_a_failure_alone(state: StateUnderTest) -> None:
     failure = Failure.of(BuildFailed("broken", "log"), 1000.0)
     state.record_failure(KEY, failure)
     state.forget(KEY)
     assert state.status(KEY) == failure
 
 
-def test_a_manifest_published_twice_keeps_its_bytes(state: State) -> None:
+def test_a_manifest_published_twice_keeps_its_bytes(state: StateUnderTest) -> None:
     manifests = sample_manifests()
     state.publish(KEY, manifests)
     state.publish(sample_job("again").key, manifests)
@@ -157,7 +161,7 @@ def sample_referrers(manifests: list[Manifest], kind: str = "application/x.test"
     return [artifact_manifest(kind, b"about", "about.txt", m, {}) for m in manifests]
 
 
-def test_referrers_are_published_with_the_image_and_found_by_subject(state: State) -> None:
+def test_referrers_are_published_with_the_image_and_found_by_subject(state: StateUnderTest) -> None:
     manifests = sample_manifests()
     referrers = sample_referrers(manifests)
     assert state.referrers(manifests[0].digest) == []
@@ -169,7 +173,7 @@ def test_referrers_are_published_with_the_image_and_found_by_subject(state: Stat
     assert state.referrers(sample_manifests("other")[0].digest) == []
 
 
-def test_an_images_referrers_are_kept_and_collected_with_it(state: State) -> None:
+def test_an_images_referrers_are_kept_and_collected_with_it(state: StateUnderTest) -> None:
     if isinstance(state, MemoryState):
         pytest.skip("the fake keeps no inventory for `nixery gc`")
     manifests = sample_manifests()
@@ -181,7 +185,7 @@ def test_an_images_referrers_are_kept_and_collected_with_it(state: State) -> Non
     assert state.referrers(manifests[0].digest) == []
 
 
-def test_a_referrer_two_images_share_stays_with_the_one_kept(state: State) -> None:
+def test_a_referrer_two_images_share_stays_with_the_one_kept(state: StateUnderTest) -> None:
     """Two keys may publish the same manifest and SBOM (an `arm64/` image and a platform of
     a multi-platform one); collecting one leaves the other's referrers whole."""
     if isinstance(state, MemoryState):
@@ -197,19 +201,19 @@ def test_a_referrer_two_images_share_stays_with_the_one_kept(state: State) -> No
     assert {r.digest for r in referrers} <= set(record.manifests)
 
 
-def test_a_missing_manifest_digest_is_none_even_beside_others(state: State) -> None:
+def test_a_missing_manifest_digest_is_none_even_beside_others(state: StateUnderTest) -> None:
     state.publish(KEY, sample_manifests())
     assert state.manifest(sample_manifests("other")[0].digest) is None
 
 
-def test_the_layer_cache_round_trips_and_misses(state: State) -> None:
+def test_the_layer_cache_round_trips_and_misses(state: StateUnderTest) -> None:
     layer = LayerBlob("sha256:" + "a" * 64, "sha256:" + "b" * 64, 123_456_789_012)
     state.record_layer("paths-1", layer)
     assert state.layer("paths-1") == layer
     assert state.layer("paths-2") is None
 
 
-def test_concurrent_publishes_of_one_key_end_consistent(state: State) -> None:
+def test_concurrent_publishes_of_one_key_end_consistent(state: StateUnderTest) -> None:
     """Builders racing on one key (each with its own bytes) leave one builder's image whole,
     never a mix, and every digest it names resolves."""
     sets = [sample_manifests(f"build-{i}") for i in range(8)]
@@ -248,11 +252,11 @@ class TestFirestoreBuildRecords:
         return f"t{uuid.uuid4().hex}_"
 
     @pytest.fixture
-    def records(self, firestore_client, clock: FakeClock, prefix: str) -> FirestoreState:
-        return FirestoreState(firestore_client, prefix=prefix, skew=clock)
+    def records(self, firestore_client, clock: FakeClock, prefix: str) -> AllPorts:
+        return firestore_ports(firestore_client, prefix=prefix, skew=clock)
 
     @pytest.fixture
-    def attempt(self, records: FirestoreState) -> Callable[[], int]:
+    def attempt(self, records: AllPorts) -> Callable[[], int]:
         return lambda: records.builds.document(KEY).get().to_dict()["attempt"]
 
     def test_start_creates_once_while_the_lease_is_live(self, records, clock, attempt) -> None:
@@ -318,7 +322,7 @@ class TestFirestoreBuildRecords:
         job = sample_job()
         records.start(job, PICKUP)
         assert records.claim(job, "builder-a", TTL) == "taken"
-        ahead = FirestoreState(firestore_client, prefix=prefix, clock=lambda: AT + 3600)
+        ahead = firestore_ports(firestore_client, prefix=prefix, clock=lambda: AT + 3600)
         assert ahead.claim(job, "builder-b", TTL) == "busy"
         assert ahead.start(job, PICKUP) is None
         assert_pending(ahead.status(KEY), TTL)
@@ -370,7 +374,7 @@ class TestFirestoreBuildRecords:
 
 @pytest.mark.parametrize("error_type", [BuildFailed, BuildTimedOut])
 def test_a_huge_failure_is_stored_bounded_keeping_the_end_of_its_log(
-    state: State, error_type: type[BuildFailed]
+    state: StateUnderTest, error_type: type[BuildFailed]
 ) -> None:
     """A Firestore document holds at most 1 MiB: a 5 MB log and a 1 MB message are stored
     cut, in every store alike, the log keeping its end (where Nix puts the error)."""
@@ -387,7 +391,7 @@ def test_a_huge_failure_is_stored_bounded_keeping_the_end_of_its_log(
     assert len(found.message) < MAX_MESSAGE + 100 and found.message.startswith("mmm")
 
 
-def test_a_failure_within_bounds_is_stored_unchanged(state: State) -> None:
+def test_a_failure_within_bounds_is_stored_unchanged(state: StateUnderTest) -> None:
     failure = Failure.of(BuildFailed("m" * MAX_MESSAGE, "x" * MAX_LOG), AT)
     state.record_failure(KEY, failure)
     assert state.status(KEY) == failure
@@ -414,7 +418,7 @@ def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] =
     )
 
 
-def test_a_report_round_trips_and_a_later_one_replaces_it(state: State) -> None:
+def test_a_report_round_trips_and_a_later_one_replaces_it(state: StateUnderTest) -> None:
     assert state.report(KEY) is None
     report = sample_report(layers=("sha256:" + "a" * 64,))
     state.record_report(report)
@@ -424,7 +428,7 @@ def test_a_report_round_trips_and_a_later_one_replaces_it(state: State) -> None:
     assert state.report(KEY) == later
 
 
-def test_recent_reports_come_latest_first_and_are_limited(state: State) -> None:
+def test_recent_reports_come_latest_first_and_are_limited(state: StateUnderTest) -> None:
     for i in range(5):
         state.record_report(sample_report(sample_job(f"p{i}").key, started=AT + i))
     recent = state.recent_reports(3)
@@ -432,7 +436,9 @@ def test_recent_reports_come_latest_first_and_are_limited(state: State) -> None:
     assert state.recent_reports(10)[-1].key == sample_job("p0").key
 
 
-def test_layer_users_counts_the_reports_holding_a_layer_up_to_the_limit(state: State) -> None:
+def test_layer_users_counts_the_reports_holding_a_layer_up_to_the_limit(
+    state: StateUnderTest,
+) -> None:
     shared, own = "sha256:" + "a" * 64, "sha256:" + "b" * 64
     state.record_report(sample_report(sample_job("x").key, layers=(shared, own)))
     state.record_report(sample_report(sample_job("y").key, layers=(shared,)))
@@ -445,7 +451,7 @@ def test_layer_users_counts_the_reports_holding_a_layer_up_to_the_limit(state: S
     assert state.layer_users(own, 10) == 0, "a replaced report no longer holds its layers"
 
 
-def test_package_names_round_trip_per_revision_and_are_bounded(state: State) -> None:
+def test_package_names_round_trip_per_revision_and_are_bounded(state: StateUnderTest) -> None:
     revision = "git:https://example.org/pkgs.git@" + "0" * 40
     assert state.package_names(revision) is None
     state.record_package_names(revision, ["zlib", "hello", "python3Packages.requests"])

@@ -16,7 +16,6 @@ import pytest
 from nixery.blobs import store_bytes
 from nixery.errors import BuildFailed
 from nixery.local.file_blob_store import FileBlobStore
-from nixery.local.sqlite_state import SqliteState
 from nixery.oci.manifests import (
     LayerBlob,
     canonical_json,
@@ -28,6 +27,7 @@ from nixery.records import BuildReport, Failure, Published
 from nixery.request import AMD64, ARM64
 from nixery.service.gc import KEEP_NAME_LISTS, collect
 from tests.helpers.registries import NIXERY, OCI
+from tests.helpers.stores import firestore_ports, sqlite_ports
 
 DAY = 86400.0
 
@@ -39,20 +39,19 @@ class Stores:
 
 
 def _local(tmp_path: Path) -> Stores:
-    return Stores(SqliteState(tmp_path / "state.sqlite3"), FileBlobStore(tmp_path / "storage"))
+    return Stores(sqlite_ports(tmp_path / "state.sqlite3"), FileBlobStore(tmp_path / "storage"))
 
 
 def _gcp(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Stores:
     from google.cloud import storage
 
-    from nixery.gcp.firestore_state import FirestoreState
     from nixery.gcp.gcs_blob_store import GcsBlobStore
 
     emulators = request.getfixturevalue("emulators")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{emulators.gcs_port}")
     bucket = storage.Client(project="nixery-test").create_bucket(f"gc-{uuid.uuid4().hex}")
     client = request.getfixturevalue("firestore_client")
-    state = FirestoreState(client, f"gc{uuid.uuid4().hex[:8]}_")
+    state = firestore_ports(client, f"gc{uuid.uuid4().hex[:8]}_")
     return Stores(state, GcsBlobStore(bucket, signer=None, url_ttl=60))
 
 

@@ -25,7 +25,7 @@ from nixery.blobs import store_bytes
 from nixery.errors import InvalidPageSize
 from nixery.http.protocol import create_app, page_tags
 from nixery.local.file_blob_store import FileBlobStore
-from nixery.local.sqlite_state import SqliteState
+from nixery.local.sqlite_state import SqliteDatabase
 from nixery.oci.manifests import sha256_digest
 from nixery.service.images import ImageService
 from nixery.sources.path import PathSource
@@ -62,7 +62,7 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     builds = RefusingBuilds()
     service = ImageService(
         source=PathSource(DEMO),
-        state=SqliteState(storage / "state.sqlite3"),
+        images=SqliteDatabase(storage / "state.sqlite3").stores().images,
         blobs=blobs,
         builds=builds,
         wait=1,

@@ -29,7 +29,7 @@ from nixery.errors import (
 )
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest, canonical_json, image_manifests
-from nixery.ports import never
+from nixery.ports import Stores, never
 from nixery.records import (
     BuildReport,
     Failure,
@@ -120,8 +120,8 @@ class FakeClock:
 
 
 class MemoryState:
-    """The ``State`` protocol in dicts, plus the build records (``start``, ``claim``) that
-    ``TaskBuildQueue`` and builders use, with ``FirestoreState``'s lease rules.
+    """Every state port in dicts, plus the build records (``start``, ``claim``) that
+    ``TaskBuildQueue`` and builders use, with ``FirestoreBuildRecords``' lease rules.
 
     ``reads`` counts ``status`` calls and ``attempts`` the builds started per key.
     """
@@ -138,6 +138,9 @@ class MemoryState:
         self._package_names: dict[str, list[str]] = {}
         self.used: dict[str, float] = {}  # by ``touch``
         self._lock = threading.Lock()
+
+    def stores(self) -> Stores:
+        return Stores(self, self, self, self)
 
     def status(self, key: str) -> ImageStatus:
         with self._lock:

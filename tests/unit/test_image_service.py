@@ -82,7 +82,7 @@ def blobs() -> MemoryBlobStore:
 @pytest.fixture
 def service(state, source, blobs, clock) -> Callable[[BuildQueue], ImageService]:
     def make(queue: BuildQueue) -> ImageService:
-        return ImageService(source=source, state=state, blobs=blobs, builds=queue,
+        return ImageService(source=source, images=state, blobs=blobs, builds=queue,
                             wait=WAIT, failure_ttl=FAILURE_TTL, clock=clock)  # fmt: skip
 
     return make
@@ -403,7 +403,7 @@ def tasks(clock: FakeClock) -> RecordingTasks:
 
 @pytest.fixture
 def task_queue(state, tasks, clock) -> TaskBuildQueue:
-    return TaskBuildQueue(state, tasks, PICKUP, clock=clock, sleep=clock.sleep)
+    return TaskBuildQueue(state, state, tasks, PICKUP, clock=clock, sleep=clock.sleep)
 
 
 def test_tasks_enqueue_once_and_answer_as_soon_as_the_build_is_published(
@@ -425,7 +425,7 @@ def test_tasks_answer_a_recorded_failure(task_queue, state, tasks, clock) -> Non
 
 
 def test_tasks_return_none_at_the_deadline_reading_once_per_poll(state, tasks, clock) -> None:
-    queue = TaskBuildQueue(state, tasks, 600, clock=clock, sleep=clock.sleep)
+    queue = TaskBuildQueue(state, state, tasks, 600, clock=clock, sleep=clock.sleep)
     start = clock()
     assert queue.build(JOB, 15) is None
     assert start + 15 - MAX_POLL <= clock() <= start + 15

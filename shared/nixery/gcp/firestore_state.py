@@ -39,6 +39,7 @@ from nixery.errors import BuildQueueFull, DatabaseUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
+from nixery.ports import Stores
 from nixery.records import (
     BuildReport,
     Failure,
@@ -136,7 +137,9 @@ class _BuildRecord:
         return Pending(self.lease_left(now))
 
 
-class FirestoreState:
+class FirestoreDatabase:
+    """The collections every part below shares, and what they keep in memory."""
+
     def __init__(
         self,
         client: firestore.Client,
@@ -159,13 +162,43 @@ class FirestoreState:
         self.skew = skew
         # A manifest never changes: once read, it is kept. A published image is kept for a
         # while only, so that one that was collected or forgotten elsewhere is seen to be.
-        self._published: BoundedCache[Published] = BoundedCache(ttl=PUBLISHED_TTL)
-        self._manifests: BoundedCache[Manifest] = BoundedCache()
+        self.published: BoundedCache[Published] = BoundedCache(ttl=PUBLISHED_TTL)
+        self.manifest_cache: BoundedCache[Manifest] = BoundedCache()
         # Every pull by tag asks for them; they change only when an image is built again.
-        self._referrers: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
+        self.referrer_cache: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
 
-    # --- State -------------------------------------------------------------------------
+    def stores(self) -> Stores:
+        """The state ports, each a view of this database."""
+        return Stores(
+            FirestoreImageIndex(self),
+            FirestoreLayerCache(self),
+            FirestoreReports(self),
+            FirestorePackageNames(self),
+        )
 
+
+class _Part:
+    """One port's view of the database; ``bounded`` calls give up by its deadline."""
+
+    def __init__(self, db: FirestoreDatabase) -> None:
+        self.client, self.deadline, self.clock, self.skew = (
+            db.client,
+            db.deadline,
+            db.clock,
+            db.skew,
+        )
+        self.builds, self.manifests, self.layers = db.builds, db.manifests, db.layers
+        self.reports, self.package_sets = db.reports, db.package_sets
+        self._published, self._manifests = db.published, db.manifest_cache
+        self._referrers = db.referrer_cache
+
+    def _now(self, snapshot: firestore.DocumentSnapshot[Any]) -> datetime:
+        """The database's time when it read the snapshot."""
+        read_time: datetime = snapshot.read_time
+        return read_time + timedelta(seconds=self.skew())
+
+
+class FirestoreImageIndex(_Part):
     def status(self, key: str) -> ImageStatus:
         if (published := self._published.get(key)) is not None:
             return published
@@ -264,6 +297,8 @@ class FirestoreState:
 
         record(self.client.transaction())
 
+
+class FirestoreLayerCache(_Part):
     @bounded
     def layer(self, layer_key: str) -> LayerBlob | None:
         doc = self.layers.document(layer_key).get().to_dict()
@@ -273,8 +308,8 @@ class FirestoreState:
     def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
         self.layers.document(layer_key).set(asdict(layer))
 
-    # --- Reports and the package names, for the pages ---------------------------------
 
+class FirestoreReports(_Part):
     @bounded
     def record_report(self, report: BuildReport) -> None:
         # The layers' digests are a field of their own, for layer_users' query.
@@ -302,6 +337,8 @@ class FirestoreState:
         query = self.reports.where(filter=FieldFilter("layers", "array_contains", digest))
         return len(list(query.limit(limit).stream()))
 
+
+class FirestorePackageNames(_Part):
     @bounded
     def record_package_names(self, revision: str, names: Sequence[str]) -> None:
         self.package_sets.document(_doc_id(revision)).set(
@@ -319,12 +356,9 @@ class FirestoreState:
             return None
         return doc["names"].split("\n") if doc["names"] else []
 
-    # --- Build records -----------------------------------------------------------------
 
-    def _now(self, snapshot: firestore.DocumentSnapshot[Any]) -> datetime:
-        """The database's time when it read the snapshot."""
-        read_time: datetime = snapshot.read_time
-        return read_time + timedelta(seconds=self.skew())
+class FirestoreBuildRecords(_Part):
+    """Who enqueues a build (the registry, ``start``) and who runs it (a builder's lease)."""
 
     @bounded
     def start(self, job: BuildJob, pickup: float, max_building: int | None = None) -> int | None:
@@ -446,7 +480,13 @@ class FirestoreState:
 
         release(self.client.transaction())
 
-    # --- What `nixery gc` lists and deletes ----------------------------------------------
+
+class FirestoreInventory(_Part):
+    """What `nixery gc` lists and deletes."""
+
+    def manifest(self, digest: str) -> Manifest | None:
+        doc = self.manifests.document(digest).get().to_dict()
+        return Manifest(doc["media_type"], doc["body"]) if doc else None
 
     def images(self) -> Iterable[ImageRecord]:
         done = self.builds.where(filter=FieldFilter("status", "==", "done"))

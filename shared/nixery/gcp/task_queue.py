@@ -21,7 +21,7 @@ from google.cloud import tasks_v2
 from nixery.errors import QueueUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
-from nixery.ports import BuildRecords, never
+from nixery.ports import BuildRecords, ImageIndex, never
 from nixery.records import Failure, Pending, Published
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class TaskBuildQueue:
 
     def __init__(
         self,
-        state: BuildRecords,
+        images: ImageIndex,
+        records: BuildRecords,
         tasks: Enqueue,
         pickup: float,
         clock: Callable[[], float] = time.time,
@@ -91,7 +92,8 @@ class TaskBuildQueue:
     ) -> None:
         """``max_building``: new builds are refused while this many are under way
         (NIXERY_MAX_QUEUED_BUILDS: running or waiting for a builder)."""
-        self.state = state
+        self.images = images
+        self.records = records
         self.tasks = tasks
         self.pickup = pickup
         self.max_building = max_building
@@ -110,7 +112,7 @@ class TaskBuildQueue:
         self._start(job)
         delay = 0.2
         while True:
-            status = self.state.status(job.key)
+            status = self.images.status(job.key)
             if isinstance(status, Published | Failure):
                 return status
             if not isinstance(status, Pending) or status.lease_left <= 0:
@@ -121,7 +123,7 @@ class TaskBuildQueue:
             delay = min(delay * 1.5, 2.0)
 
     def _start(self, job: BuildJob) -> None:
-        if attempt := self.state.start(job, self.pickup, self.max_building):
+        if attempt := self.records.start(job, self.pickup, self.max_building):
             log.info("build %s: enqueued, attempt %d", job.key[:12], attempt,
                      extra={"build_key": job.key, "attempt": attempt})  # fmt: skip
             self.tasks.enqueue(job, attempt)

@@ -19,21 +19,15 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from werkzeug.exceptions import NotFound
 
-from nixery.caches import BoundedCache
-from nixery.errors import BuildError, NixeryError
+from nixery.errors import BuildError
 from nixery.oci.manifests import OCI_INDEX, OCI_MANIFEST
-from nixery.records import BuildReport, Failure, Pending, Published, Revision, report_url
+from nixery.records import BuildReport, Failure, Pending, Published, report_url
 from nixery.request import ALWAYS_INCLUDED, AMD64, HOME, SHELL_PACKAGES, UID, USER
-from nixery.service.images import ImageService
+from nixery.service.catalog import Catalog
 from nixery.store_names import parse_store_name
 
-# Builds on the front page; search results shown.
-RECENT = 30
+# Search results shown.
 MAX_RESULTS = 100
-# Seconds the latest builds, and whether a layer is shared, are kept in memory: a busy front
-# page must not read 30 reports from the database on every view.
-FRONT_TTL = 5.0
-SHARED_TTL = 60.0
 # What a registry client prints of a failure: Nix's last lines, not the whole log.
 CLIENT_LOG_LINES = 6
 CLIENT_LINE = 200
@@ -105,38 +99,12 @@ def _when(at: float | None) -> str:
     return "" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def blueprint(service: ImageService) -> Blueprint:
+def blueprint(catalog: Catalog) -> Blueprint:
     pages = Blueprint("pages", __name__, template_folder="templates")
-    recent: BoundedCache[list[BuildReport]] = BoundedCache(1, ttl=FRONT_TTL)
-    shared: BoundedCache[bool] = BoundedCache(ttl=SHARED_TTL)
-    names_of: BoundedCache[list[str]] = BoundedCache(4)  # a revision's names never change
-
-    def latest() -> list[BuildReport]:
-        found = recent.get("")
-        return found if found is not None else recent.keep("", service.state.recent_reports(RECENT))
-
-    def is_shared(digest: str) -> bool:
-        found = shared.get(digest)
-        if found is None:
-            found = shared.keep(digest, service.state.layer_users(digest, 2) > 1)
-        return found
-
-    def package_names(revision: Revision) -> list[str] | None:
-        found = names_of.get(str(revision))
-        if found is None and (found := service.state.package_names(str(revision))) is not None:
-            names_of.keep(str(revision), found)
-        return found
-
-    def current() -> tuple[Revision | None, str]:
-        """The revision ``latest`` names now, or why it cannot be told."""
-        try:
-            return service.source.resolve("latest"), ""
-        except NixeryError as e:
-            return None, e.message
 
     def front() -> dict[str, Any]:
-        revision, trouble = current()
-        reports = latest()
+        revision, trouble = catalog.current()
+        reports = catalog.latest()
         return {
             "host": urllib.parse.urlsplit(base_url()).netloc,
             "url": base_url(),
@@ -176,8 +144,7 @@ def blueprint(service: ImageService) -> Blueprint:
     def build(key: str) -> dict[str, Any]:
         if not _KEY.fullmatch(key):
             abort(404)
-        report = service.state.report(key)
-        status = service.state.status(key)
+        report, status = catalog.build(key)
         if report is None and status is None:
             abort(404)
         host = urllib.parse.urlsplit(base_url()).netloc
@@ -198,7 +165,7 @@ def blueprint(service: ImageService) -> Blueprint:
                         "size": layer.size,
                         "unpacked": layer.unpacked,
                         "paths": list(layer.paths),
-                        "shared": is_shared(layer.digest),
+                        "shared": catalog.is_shared(layer.digest),
                     }
                     for layer in report.layers
                 ],
@@ -234,8 +201,8 @@ def blueprint(service: ImageService) -> Blueprint:
 
     def search(query: str) -> dict[str, Any]:
         query = query.strip()[:100]
-        revision, trouble = current()
-        names = package_names(revision) if revision else None
+        revision, trouble = catalog.current()
+        names = catalog.package_names(revision) if revision else None
         host = urllib.parse.urlsplit(base_url()).netloc
         found = [n for n in names or [] if query.lower() in n.lower()] if query else []
         return {

@@ -60,6 +60,7 @@ from nixery.request import (
     parse_name,
     parse_reference,
 )
+from nixery.service.catalog import Catalog
 from nixery.service.images import Caller, ImageService
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,11 @@ _TAGS = re.compile(r"(?P<name>.+)/tags/list")
 _REFERRERS = re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)")
 
 
-def create_app(service: ImageService, settings: ServeSettings | None = None) -> Flask:
-    """The protocol over ``service``; without ``settings``, public, with no web page."""
+def create_app(
+    service: ImageService, settings: ServeSettings | None = None, catalog: Catalog | None = None
+) -> Flask:
+    """The protocol over ``service``; without ``settings``, public, with no web page; with a
+    ``catalog``, the pages about builds too."""
     app = Flask(__name__, static_folder=None)
     web_dir = settings.web_dir if settings else None
     max_packages = settings.max_packages if settings else MAX_PACKAGES
@@ -154,9 +158,9 @@ def create_app(service: ImageService, settings: ServeSettings | None = None) -> 
             return _referrers(service, digest)
         raise UnknownEndpoint("no such endpoint", {"path": path[:200]})
 
-    if settings is not None:
+    if settings is not None and catalog is not None:
         app.config[pages.PUBLIC_URL] = settings.public_url
-        app.register_blueprint(pages.blueprint(service))
+        app.register_blueprint(pages.blueprint(catalog))
 
     @app.route("/<path:path>")
     def web(path: str) -> Response:

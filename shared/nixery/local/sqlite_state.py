@@ -1,4 +1,7 @@
-"""Registry state in one SQLite file: survives restarts, safe for the server's threads."""
+"""Registry state in one SQLite file: survives restarts, safe for the server's threads.
+
+One connection and one lock, shared by a class per port (``SqliteDatabase.stores``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nixery.oci.manifests import LayerBlob, Manifest
+from nixery.ports import Stores
 from nixery.records import (
     BuildReport,
     Failure,
@@ -46,7 +50,9 @@ CREATE TABLE IF NOT EXISTS referrers (
 """
 
 
-class SqliteState:
+class SqliteDatabase:
+    """The file, its connection and the lock every part below shares."""
+
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,10 +67,32 @@ class SqliteState:
                 "INSERT OR IGNORE INTO image_use SELECT DISTINCT key, ? FROM images", (clock(),)
             )
 
+    def stores(self) -> Stores:
+        """The state ports, each a view of this database."""
+        return Stores(
+            SqliteImageIndex(self),
+            SqliteLayerCache(self),
+            SqliteReports(self),
+            SqlitePackageNames(self),
+        )
+
+
+class _Part:
+    """One port's view of the database."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db, self._lock, self.clock = database._db, database._lock, database.clock
+
     def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
             return self._db.execute(sql, args).fetchone()
 
+    def _manifest(self, digest: str) -> Manifest | None:
+        row = self._one("SELECT media_type, body FROM manifests WHERE digest = ?", digest)
+        return Manifest(row[0], bytes(row[1])) if row else None
+
+
+class SqliteImageIndex(_Part):
     def status(self, key: str) -> ImageStatus:
         with self._lock:
             rows = self._db.execute(
@@ -80,8 +108,7 @@ class SqliteState:
         return None
 
     def manifest(self, digest: str) -> Manifest | None:
-        row = self._one("SELECT media_type, body FROM manifests WHERE digest = ?", digest)
-        return Manifest(row[0], bytes(row[1])) if row else None
+        return self._manifest(digest)
 
     def publish(
         self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
@@ -131,6 +158,8 @@ class SqliteState:
                 (key, failure.kind.value, failure.message, json.dumps(failure.detail), failure.at),
             )
 
+
+class SqliteLayerCache(_Part):
     def layer(self, layer_key: str) -> LayerBlob | None:
         row = self._one("SELECT digest, diff_id, size FROM layers WHERE key = ?", layer_key)
         return LayerBlob(*row) if row else None
@@ -142,8 +171,8 @@ class SqliteState:
                 (layer_key, layer.digest, layer.diff_id, layer.size),
             )
 
-    # --- Reports and the package names, for the pages ---------------------------------
 
+class SqliteReports(_Part):
     def record_report(self, report: BuildReport) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -175,6 +204,8 @@ class SqliteState:
         )  # fmt: skip
         return int(row[0])
 
+
+class SqlitePackageNames(_Part):
     def record_package_names(self, revision: str, names: Sequence[str]) -> None:
         with self._lock:
             self._db.execute(
@@ -188,7 +219,12 @@ class SqliteState:
             return None
         return row[0].split("\n") if row[0] else []
 
-    # --- What `nixery gc` lists and deletes ----------------------------------------------
+
+class SqliteInventory(_Part):
+    """What `nixery gc` lists and deletes."""
+
+    def manifest(self, digest: str) -> Manifest | None:
+        return self._manifest(digest)
 
     def images(self) -> Iterable[ImageRecord]:
         with self._lock:

@@ -12,7 +12,7 @@ from functools import partial
 from nixery.errors import BuildQueueFull
 from nixery.job import BuildJob
 from nixery.pipeline.builder import Builder
-from nixery.ports import State, never
+from nixery.ports import ImageIndex, never
 from nixery.records import Failure, Published
 
 # Seconds between looks at whether a waiting client is still there.
@@ -21,12 +21,12 @@ _GONE_POLL = 1.0
 
 class ThreadBuildQueue:
     def __init__(
-        self, builder: Builder, state: State, workers: int, max_queued: int | None = None
+        self, builder: Builder, images: ImageIndex, workers: int, max_queued: int | None = None
     ) -> None:
         """``workers`` builds run at once and ``max_queued`` more may wait for a worker
         (NIXERY_BUILD_WORKERS, NIXERY_MAX_QUEUED_BUILDS; None: no limit)."""
         self.builder = builder
-        self.state = state
+        self.images = images
         self.workers = workers
         self.max_queued = max_queued
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="build")
@@ -65,7 +65,7 @@ class ThreadBuildQueue:
             except FutureTimeout:
                 if gone() or time.monotonic() >= deadline:
                     return None
-        outcome = self.state.status(job.key)
+        outcome = self.images.status(job.key)
         if isinstance(outcome, Published | Failure):
             return outcome
         raise RuntimeError(f"build {job.key} ended without an outcome")

@@ -50,7 +50,7 @@ from nixery.pipeline.progress import Reporter
 from nixery.pipeline.runtime import runtime_config
 from nixery.pipeline.sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from nixery.pipeline.signing import PemSigner, signature_for
-from nixery.ports import BlobStore, Signer, Source, State
+from nixery.ports import BlobStore, Signer, Source, Stores
 from nixery.records import Failure, Published, report_url
 from nixery.request import Architecture, suggest
 
@@ -87,7 +87,7 @@ class Builder:
         source: Source,
         nix: Nix,
         blobs: BlobStore,
-        state: State,
+        stores: Stores,
         popularity: Mapping[str, int],
         budget: int,
         pool: Executor,
@@ -110,7 +110,7 @@ class Builder:
         self.source = source
         self.nix = nix
         self.blobs = blobs
-        self.state = state
+        self.stores = stores
         self.popularity = popularity
         self.budget = budget
         self.pool = pool
@@ -131,7 +131,7 @@ class Builder:
         *,
         source: Source,
         blobs: BlobStore,
-        state: State,
+        stores: Stores,
         popularity: Mapping[str, int],
         signer: Signer | None = None,
     ) -> Builder:
@@ -144,7 +144,7 @@ class Builder:
             source=source,
             nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
             blobs=blobs,
-            state=state,
+            stores=stores,
             popularity=popularity,
             budget=settings.layer_budget,
             pool=ThreadPoolExecutor(cores, thread_name_prefix="archive"),
@@ -162,7 +162,7 @@ class Builder:
         Failures that a retry would repeat (a ``BuildError``) are recorded in the state;
         anything else (``Transient`` trouble, I/O) propagates to be retried.
         """
-        if isinstance(self.state.status(job.key), Published):
+        if isinstance(self.stores.images.status(job.key), Published):
             return  # built already: a duplicate delivery, or a request that raced the build
         started = time.monotonic()
         log.info(
@@ -170,7 +170,7 @@ class Builder:
             job.key[:12], "/".join(job.request.packages), job.revision,
             extra={"build_key": job.key},
         )  # fmt: skip
-        reporter = Reporter(self.state, job, self.clock)
+        reporter = Reporter(self.stores.reports, job, self.clock)
         with self.store.build():  # the store is tidied after the outcome is recorded
             try:
                 manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
@@ -179,7 +179,7 @@ class Builder:
                 self._fail(job, failure)
                 reporter.failed(failure)
                 return
-            self.state.publish(job.key, manifests, artifacts)
+            self.stores.images.publish(job.key, manifests, artifacts)
             reporter.published(manifests)
             log.info(
                 "build %s: published in %.2fs",
@@ -190,7 +190,7 @@ class Builder:
     def _fail(self, job: BuildJob, failure: Failure) -> None:
         log.warning("build %s: failed: %s", job.key[:12], failure.message,
                     extra={"build_key": job.key})  # fmt: skip
-        self.state.record_failure(job.key, failure)
+        self.stores.images.record_failure(job.key, failure)
 
     def _build(
         self, job: BuildJob, nix_deadline: float, reporter: Reporter
@@ -258,7 +258,7 @@ class Builder:
                         )
                     )
                 except UnknownPackages as e:
-                    names = self.state.package_names(str(job.revision)) or []
+                    names = self.stores.names.package_names(str(job.revision)) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
                 if reporter:
@@ -341,7 +341,7 @@ class Builder:
         the build: a set whose names cannot be listed gets an empty list, and passing trouble
         (or running out of time) leaves them to be listed by the revision's next build."""
         revision = str(job.revision)
-        if revision in self._indexed or self.state.package_names(revision) is not None:
+        if revision in self._indexed or self.stores.names.package_names(revision) is not None:
             self._indexed.add(revision)
             return
         with step("names", job.key) as record:
@@ -357,14 +357,14 @@ class Builder:
                             job.key[:12], e.message, extra={"build_key": job.key})  # fmt: skip
                 names = []
             record["names"] = len(names)
-        self.state.record_package_names(revision, names)
+        self.stores.names.record_package_names(revision, names)
         self._indexed.add(revision)
 
     def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
         """Archives the groups not archived before, in parallel; returns them in order."""
         found: dict[int, LayerBlob] = {}
         for i, paths in enumerate(groups):
-            cached = self.state.layer(layer_key(paths, self.gzip_level))
+            cached = self.stores.layers.layer(layer_key(paths, self.gzip_level))
             if cached and self.blobs.intact(cached.digest):
                 found[i] = cached
         pending = {
@@ -377,7 +377,7 @@ class Builder:
         wait(pending.values())
         for i, future in pending.items():
             found[i] = future.result()
-            self.state.record_layer(layer_key(groups[i], self.gzip_level), found[i])
+            self.stores.layers.record_layer(layer_key(groups[i], self.gzip_level), found[i])
         return [found[i] for i in range(len(groups))], len(pending)
 
     def _archive(self, write: Callable[[Sink], LayerBlob]) -> LayerBlob:

@@ -15,15 +15,17 @@ from typing import Any
 
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
-from nixery.ports import State
+from nixery.ports import BuildReports
 from nixery.records import BuildReport, Failure, FailureReport, LayerReport
 
 
 class Reporter:
     """Keeps one build's report up to date in the state, a write per step."""
 
-    def __init__(self, state: State, job: BuildJob, clock: Callable[[], float] = time.time):
-        self.state = state
+    def __init__(
+        self, reports: BuildReports, job: BuildJob, clock: Callable[[], float] = time.time
+    ):
+        self.reports = reports
         self.clock = clock
         self.report = BuildReport(
             key=job.key,
@@ -35,11 +37,11 @@ class Reporter:
             status="building",
             step="checkout",
         )
-        state.record_report(self.report)
+        reports.record_report(self.report)
 
     def update(self, **fields: Any) -> None:
         self.report = replace(self.report, **fields)
-        self.state.record_report(self.report)
+        self.reports.record_report(self.report)
 
     def closure(self, outputs: Mapping[str, str], sizes: Mapping[str, int]) -> None:
         self.update(outputs=dict(outputs), closure=dict(sizes))

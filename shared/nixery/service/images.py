@@ -32,7 +32,7 @@ from nixery.job import BuildJob
 from nixery.oci.cosign import is_signature, signed_digest
 from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
 from nixery.oci.referrers import referrers_index
-from nixery.ports import BlobStore, BuildQueue, Limiter, Source, State, never
+from nixery.ports import BlobStore, BuildQueue, ImageIndex, Limiter, Source, never
 from nixery.records import Failure, Published, Revision, remembered
 from nixery.request import Digest, ImageRequest, Tag
 
@@ -62,7 +62,7 @@ class ImageService:
         self,
         *,
         source: Source,
-        state: State,
+        images: ImageIndex,
         blobs: BlobStore,
         builds: BuildQueue,
         wait: float,
@@ -72,7 +72,7 @@ class ImageService:
     ) -> None:
         """``limiter`` counts each client's new builds (NIXERY_CLIENT_BUILDS)."""
         self.source = source
-        self.state = state
+        self.images = images
         self.blobs = blobs
         self.builds = builds
         self.wait = wait
@@ -90,7 +90,7 @@ class ImageService:
         caller: Caller = Caller(),
     ) -> Manifest:
         if not isinstance(reference, Tag):
-            found = self.state.manifest(reference)
+            found = self.images.manifest(reference)
             if found is None:
                 raise UnknownManifest("manifest unknown", {"digest": reference})
             return found
@@ -106,7 +106,7 @@ class ImageService:
             # rather than hand out an image that cannot be pulled.
             log.warning("image %s lost its manifest or a blob: building it again", job.key[:12],
                         extra={"build_key": job.key})  # fmt: skip
-            self.state.forget(job.key)
+            self.images.forget(job.key)
             found = self._whole(self.image(job, caller), media_type)
             if found is None:
                 raise ImageLost("the image was lost and is being built again; retry later")
@@ -114,12 +114,12 @@ class ImageService:
             due = job.key not in self._touched
             self._touched[job.key] = True
         if due:
-            self.state.touch(job.key, self.clock())
+            self.images.touch(job.key, self.clock())
         return found
 
     def _signature(self, signed: str) -> Manifest:
         """The signature of a manifest, which cosign asks for by tag (``sha256-<hex>.sig``)."""
-        for referrer in self.state.referrers(signed):
+        for referrer in self.images.referrers(signed):
             if is_signature(referrer):
                 return referrer
         raise UnknownManifest("no signature for this manifest", {"digest": signed})
@@ -128,21 +128,21 @@ class ImageService:
         """The image's manifest, if it, the manifests it names (an index's), their referrers
         (the SBOM, a signature) and every blob they name are intact: an image is served whole
         or built again."""
-        manifest = self.state.manifest(image.manifests[media_type])
+        manifest = self.images.manifest(image.manifests[media_type])
         if manifest is None:
             return None
-        found = [self.state.manifest(d) for d in manifest.children()]
+        found = [self.images.manifest(d) for d in manifest.children()]
         children = [c for c in found if c is not None]
         if len(children) != len(found):
             return None
         parts = [manifest, *children]
-        referrers = [r for p in parts for r in self.state.referrers(p.digest)]
+        referrers = [r for p in parts for r in self.images.referrers(p.digest)]
         blobs = [d for p in [*parts, *referrers] for d in p.blobs()]
         return manifest if all(self.blobs.intact(d) for d in blobs) else None
 
     def image(self, job: BuildJob, caller: Caller = Caller()) -> Published:
         """The published image of a job, building it if need be."""
-        status = self.state.status(job.key)
+        status = self.images.status(job.key)
         if isinstance(status, Published):
             return status
         if isinstance(status, Failure) and remembered(status, self.clock(), self.failure_ttl):
@@ -184,7 +184,7 @@ class ImageService:
         """The index of the artifacts about ``subject``: empty when there are none, even for
         a manifest this registry never served (it cannot tell a client's typo from an image
         of another registry's, and the spec wants an empty index either way)."""
-        return referrers_index(self.state.referrers(subject), artifact_type)
+        return referrers_index(self.images.referrers(subject), artifact_type)
 
     def tags(self) -> list[str]:
         """The tags listed for a valid name, without building it: whether its packages exist
