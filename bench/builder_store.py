@@ -22,11 +22,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from bench.lib.harness import command_parser, parse_args
 from tests.helpers.clients import podman_env
 from tests.helpers.emulators import ContainerBuilderRegistry, Emulators
 from tests.helpers.registries import REPO
-
-from bench.lib.harness import command_parser, parse_args
 
 IMAGES = [
     "hello", "zlib", "libffi", "expat", "ncurses", "readline", "pcre2", "oniguruma",

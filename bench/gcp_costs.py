@@ -38,11 +38,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.emulators import Emulators, GcpRegistry
-from tests.helpers.registries import OCI, REPO, big_set
-
 from bench.lib.firestore_reads import LOG_VAR
 from bench.lib.harness import ENV, command_parser
+from tests.helpers.emulators import Emulators, GcpRegistry
+from tests.helpers.registries import OCI, REPO, big_set
 
 ACCEPT = {"Accept": OCI}
 IMPORT_PROBE = Path(__file__).parent / "lib" / "import_probe.py"

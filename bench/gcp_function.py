@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import requests
-from tests.helpers.emulators import Emulators, GcpRegistry
-from tests.helpers.registries import OCI, REPO, Registry
 
 from bench.lib.harness import command_parser, parse_args
+from tests.helpers.emulators import Emulators, GcpRegistry
+from tests.helpers.registries import OCI, REPO, Registry
 
 
 def import_seconds(module: str, cwd: Path, runs: int, env: dict[str, str]) -> float:

@@ -22,9 +22,7 @@ from bench.lib import package_sets, rival_layering
 from bench.lib.harness import command_parser, parse_args
 from nixery.pipeline.layers import plan_layers
 
-Planner = Callable[
-    [rival_layering.Closure, Sequence[str], Mapping[str, int], int], list[list[str]]
-]
+Planner = Callable[[rival_layering.Closure, Sequence[str], Mapping[str, int], int], list[list[str]]]
 
 ALGORITHMS: dict[str, Planner] = {
     "single layer": rival_layering.single_layer,

@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, MULTI_PLATFORM, NIXERY
-
 from bench.lib.harness import command_parser, parse_args
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, MULTI_PLATFORM, NIXERY
 
 ONE = "x86_64-linux"
 

@@ -21,13 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, REPO, Registry
-
 from bench.lib.harness import ENV, command_parser, parse_args
 from nixery.nix.runner import Nix
 from nixery.pipeline.sbom import image_sbom
 from nixery.records import Revision
 from nixery.request import parse_name
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, REPO, Registry
 
 PREPARE = REPO / "shared" / "nixery" / "prepare-image" / "default.nix"
 

@@ -21,9 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.helpers.registries import OCI, Registry, free_port
-
 from bench.lib.harness import command_parser, parse_args, skopeo_copy
+from tests.helpers.registries import OCI, Registry, free_port
 
 
 def reference_registry(root: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -36,8 +36,8 @@ def _files(root: Path, prefix: str) -> Iterator[tuple[str, Path]]:
 def package(out: Path) -> None:
     entries = dict(_files(FUNCTION, ""))
     entries.update(_files(SHARED, "shared/"))
-    web, nix = "shared/nixery/web/style.css", "shared/nixery/prepare-image/default.nix"
-    page = "shared/nixery/templates/front.html"
+    web, nix = "shared/nixery/http/static/style.css", "shared/nixery/prepare-image/default.nix"
+    page = "shared/nixery/http/templates/front.html"
     for need in ("main.py", "requirements.txt", "shared/pyproject.toml", web, page, nix):
         if need not in entries:
             sys.exit(f"package-function: {need} is missing")

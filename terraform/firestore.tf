@@ -20,7 +20,7 @@ locals {
     GCS_BUCKET                = google_storage_bucket.blobs.name
     NIXERY_FIRESTORE_DATABASE = google_firestore_database.nixery.name
   }
-  # TTL policies: records delete themselves once past `expires` (shared/nixery/gcp/firestore.py:
+  # TTL policies: records delete themselves once past `expires` (shared/nixery/gcp/firestore_state.py:
   # failures after a day, images half a year after their last pull; limits.py: counters).
   ttl_fields = {
     builds  = "expires"

@@ -1,6 +1,6 @@
 # `nixery gc --apply` on a schedule: images not pulled for gc_max_age_days go, with the blobs,
-# manifests and layer-cache rows only they used (README: Nothing grows forever). It runs as a
-# Cloud Run job from the builder image, which has the nixery command.
+# manifests and layer-cache rows only they used (docs/security.md: Nothing grows forever). It
+# runs as a Cloud Run job from the builder image, which has the nixery command.
 
 resource "google_cloud_run_v2_job" "gc" {
   count               = var.gc_schedule != "" ? 1 : 0

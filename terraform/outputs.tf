@@ -53,6 +53,6 @@ output "builder_image" {
 }
 
 output "smoke_test" {
-  description = "Pulls shell/hello and checks its digests (README: Deploying)."
+  description = "Pulls shell/hello and checks its digests (docs/deployment.md: Deploying)."
   value       = "scripts/smoke-deployed.sh ${local.registry_host}"
 }

@@ -61,7 +61,7 @@ variable "nixery_channel" {
 
 variable "nixery_pkgs_repo" {
   type        = string
-  description = "NIXERY_PKGS_REPO: a git repository of a package set to build from instead of the channel (every branch and tag of it is trusted: see the README's Security section). Empty: the channel."
+  description = "NIXERY_PKGS_REPO: a git repository of a package set to build from instead of the channel (every branch and tag of it is trusted: see docs/security.md). Empty: the channel."
   default     = ""
   validation {
     condition     = var.nixery_pkgs_repo == "" || can(regex("^(https|ssh)://", var.nixery_pkgs_repo))
@@ -81,7 +81,7 @@ variable "build_deadline" {
 
 variable "build_wait" {
   type        = number
-  description = "NIXERY_BUILD_WAIT: seconds a pull waits for a build before it is answered 503 with Retry-After (the build goes on). 240 keeps a minute's margin under containerd's 5-minute pull progress timeout (README)."
+  description = "NIXERY_BUILD_WAIT: seconds a pull waits for a build before it is answered 503 with Retry-After (the build goes on). 240 keeps a minute's margin under containerd's 5-minute pull progress timeout (docs/clients.md, Waiting for a build)."
   default     = 240
   validation {
     condition     = var.build_wait >= 10 && var.build_wait <= 3540
@@ -101,7 +101,7 @@ variable "builder_cpu" {
 
 variable "builder_memory_gib" {
   type        = number
-  description = "GiB of memory of a builder instance. Cloud Run's disk is this memory: the Nix store is kept under half of it (NIXERY_STORE_LIMIT), the rest holds nixpkgs checkouts and the evaluation of nixpkgs (1-2 GB). See the README's platform settings."
+  description = "GiB of memory of a builder instance. Cloud Run's disk is this memory: the Nix store is kept under half of it (NIXERY_STORE_LIMIT), the rest holds nixpkgs checkouts and the evaluation of nixpkgs (1-2 GB). See the platform settings in docs/deployment.md."
   default     = 8
   validation {
     condition     = var.builder_memory_gib >= 4 && var.builder_memory_gib <= 32
@@ -157,7 +157,7 @@ variable "registry_invokers" {
 
 variable "registry_auth" {
   type        = string
-  description = "NIXERY_AUTH: \"\" (none), \"basic\" or \"token\". With either, the users and the token secret come from the Secret Manager secrets auth_users_secret and auth_secret_secret (README: Security)."
+  description = "NIXERY_AUTH: \"\" (none), \"basic\" or \"token\". With either, the users and the token secret come from the Secret Manager secrets auth_users_secret and auth_secret_secret (docs/security.md: Private registries)."
   default     = ""
   validation {
     condition     = contains(["", "basic", "token"], var.registry_auth)
@@ -197,7 +197,7 @@ variable "public_url" {
 
 variable "signing_kms_key" {
   type        = string
-  description = "NIXERY_SIGNING_KMS_KEY: a Cloud KMS key version (purpose ASYMMETRIC_SIGN) the builder signs every image with, for `cosign verify` (README: What an image is made of). Empty: images are not signed."
+  description = "NIXERY_SIGNING_KMS_KEY: a Cloud KMS key version (purpose ASYMMETRIC_SIGN) the builder signs every image with, for `cosign verify` (docs/clients.md: What an image is made of). Empty: images are not signed."
   default     = ""
   validation {
     condition     = var.signing_kms_key == "" || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+/cryptoKeyVersions/[0-9]+$", var.signing_kms_key))

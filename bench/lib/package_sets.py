@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
-from tests.helpers.registries import DEMO
-
 from bench.lib.harness import ENV
-from nixery.nix.store_paths import parse_path_info, store_name
+from nixery.nix.path_info import parse_path_info
+from nixery.store_names import store_name
+from tests.helpers.registries import DEMO
 
 
 class PathInfo(TypedDict):

@@ -11,7 +11,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nixery.nix.store_paths import store_name
+from nixery.store_names import store_name
 
 Closure = Mapping[str, Mapping[str, Any]]
 

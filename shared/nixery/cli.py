@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import config, logs
-from .exports import FORMATS, write_archive
+from nixery import config, logs
+from nixery.errors import ConfigError
+from nixery.pipeline.exports import FORMATS, write_archive
 
 # flag -> environment variable
 _FLAGS = {
@@ -85,17 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(args.log_level)
         try:
             return _build(args) if args.command == "build" else _gc(args)
-        except config.ConfigError as e:
+        except ConfigError as e:
             print(f"nixery {args.command}: configuration error: {e}", file=sys.stderr)
             return 2
 
     env = _with_flags(args, _FLAGS)
     logs.setup(args.log_level)
-    from .local.serve import serve as run
+    from nixery.local.app import serve as run
 
     try:
         run(config.local_settings(env))  # returns only when the server stops
-    except config.ConfigError as e:
+    except ConfigError as e:
         print(f"nixery: configuration error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -117,10 +118,10 @@ def _build(args: argparse.Namespace) -> int:
     directory; with one, its layer cache is reused (and `nixery serve` may serve it too)."""
     import tempfile
 
-    from .errors import BuildError, NixeryError, StillBuilding
-    from .local.serve import local_service
-    from .manifests import OCI_INDEX, OCI_MANIFEST
-    from .names import Tag, parse_name, parse_reference
+    from nixery.errors import BuildError, NixeryError, StillBuilding
+    from nixery.local.app import local_service
+    from nixery.oci.manifests import OCI_INDEX, OCI_MANIFEST
+    from nixery.request import Tag, parse_name, parse_reference
 
     env = _with_flags(args, _BUILD_FLAGS)
     with tempfile.TemporaryDirectory(prefix="nixery-build-") as scratch:
@@ -151,7 +152,7 @@ def _build(args: argparse.Namespace) -> int:
             if isinstance(log, str):
                 print(log, file=sys.stderr)
             return 1
-        children = [m for d in manifest.children() if (m := service.state.manifest(d))]
+        children = [m for d in manifest.children() if (m := service.images.manifest(d))]
         partial = args.output.with_name(args.output.name + ".partial")
         with partial.open("wb") as out:
             write_archive(out, args.format, manifest, f"{name}:{reference.name}",
@@ -171,31 +172,33 @@ def _gc(args: argparse.Namespace) -> int:
     would read it."""
     import time
 
-    from .gc import collect
+    from nixery.service.gc import collect
 
     env = config.Env()
     if (env.get("NIXERY_STORAGE_BACKEND") or "filesystem") == "gcs":
-        from .gcp.clients import bucket, firestore_state
-        from .gcp.gcs import GcsBlobStore
-        from .gcp.settings import collector_settings
+        from nixery.gcp.clients import bucket, firestore_database
+        from nixery.gcp.firestore_state import FirestoreInventory
+        from nixery.gcp.gcs_blob_store import GcsBlobStore
+        from nixery.gcp.settings import collector_settings
 
         collector = collector_settings(days=args.max_age)
         settings = collector.gc
-        state: Any = firestore_state(collector.gcp)
+        inventory: Any = FirestoreInventory(firestore_database(collector.gcp))
         blobs: Any = GcsBlobStore(bucket(collector.gcp), signer=None, url_ttl=60)
         checkouts = []
     else:
-        from .local.files import FileBlobStore
-        from .local.sqlite import SqliteState
-        from .sources.files import Checkouts
+        from nixery.local.file_blob_store import FileBlobStore
+        from nixery.local.sqlite_state import SqliteDatabase, SqliteInventory
+        from nixery.sources.checkouts import Checkouts
 
         settings = config.gc_settings(env, args.max_age)
         local = config.local_settings(os.environ)
-        state, blobs = SqliteState(local.state_path), FileBlobStore(local.storage_path)
+        inventory = SqliteInventory(SqliteDatabase(local.state_path))
+        blobs = FileBlobStore(local.storage_path)
         source = local.source
         checkouts = [Checkouts(source.cache_dir / kind, source.keep_checkouts,
                                source.checkout_busy) for kind in ("git", "channel")]  # fmt: skip
-    collect(state, blobs, max_age=settings.max_age, grace=settings.grace,
+    collect(inventory, blobs, max_age=settings.max_age, grace=settings.grace,
             failure_ttl=settings.failure_ttl, now=time.time(), apply=args.apply)  # fmt: skip
     if args.apply:
         for kept in checkouts:
@@ -205,7 +208,7 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _hash_password() -> int:
-    from .auth import hash_password
+    from nixery.http.auth import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")
@@ -222,7 +225,7 @@ def _hash_password() -> int:
 
 
 def _popcount(args: argparse.Namespace) -> int:
-    from .popcount import popcount
+    from nixery.nix.popularity import popcount
 
     logs.setup(args.log_level)
     try:

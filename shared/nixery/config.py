@@ -17,13 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from .names import AMD64, ARCHITECTURES, MAX_PACKAGES, Architecture, architecture
+from nixery.errors import ConfigError
+from nixery.request import AMD64, ARCHITECTURES, MAX_PACKAGES, Architecture, architecture
 
 SOURCE_VARIABLES = ("NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_PKGS_PATH")
-
-
-class ConfigError(Exception):
-    pass
 
 
 def package_dir(name: str) -> Path:
@@ -37,6 +34,88 @@ class Rate:
     window: float  # seconds
 
 
+# Every environment variable the package reads, with what it sets: the one list that
+# docs/configuration.md must match (tests/unit/test_configuration_docs.py). ``Env`` refuses
+# to read a name that is not here, so a new variable cannot skip the documentation.
+VARIABLES: Mapping[str, str] = {
+    # The package source (exactly one of the first three)
+    "NIXERY_PKGS_PATH": "a local package set: a directory with default.nix",
+    "NIXERY_PKGS_REPO": "a git repository; the tag is a branch, tag or commit",
+    "NIXERY_CHANNEL": "a nixpkgs channel or commit; other tags name other channels or commits",
+    "NIXERY_CHANNEL_URL": "where <channel>/git-revision is read",
+    "NIXERY_ARCHIVE_URL": "where <commit>.tar.gz is fetched",
+    "NIXERY_REVISION_TTL": "seconds a tag's resolved revision is cached",
+    "NIXERY_TRUSTED_REFS": "git ref patterns whose history a commit tag must be in",
+    "NIXERY_TRUSTED_COMMITS": "commits accepted as tags whatever their history",
+    "NIXERY_CHANNEL_REPO": "the git repository whose channel branches hold the trusted commits",
+    "NIXERY_CHECKOUTS_KEEP": "package-set checkouts kept",
+    "NIXERY_CACHE_DIR": "where source checkouts are kept",
+    # Storage
+    "NIXERY_STORAGE_BACKEND": "filesystem (local mode) or gcs (Google Cloud mode)",
+    "STORAGE_PATH": "local mode's blobs, state and source checkouts",
+    "NIXERY_STATE_PATH": "the SQLite file",
+    "GCS_BUCKET": "the bucket blobs are stored in (Google Cloud mode)",
+    "NIXERY_GC_MAX_AGE": "days nixery gc keeps an image after its last pull by tag",
+    # Serving
+    "PORT": "HTTP port",
+    "NIXERY_HOST": "address to listen on",
+    "NIXERY_BUILD_WAIT": "seconds a manifest request waits for its build before a 503",
+    "NIXERY_FAILURE_TTL": "seconds a failed build is remembered",
+    # Builds
+    "NIX_TIMEOUT": "seconds any one Nix builder may run",
+    "NIX_POPULARITY_URL": "popularity data for layering (http(s) URL or path)",
+    "NIXERY_BUILD_DEADLINE": "seconds one build may take, checkout to publication",
+    "NIXERY_STORE_LIMIT": "bytes the Nix store is kept under",
+    "NIXERY_LAYER_BUDGET": "maximum layers per image",
+    "NIXERY_BUILD_WORKERS": "builds that run at once (local mode)",
+    "NIXERY_PLATFORMS": "Nix systems each image is built for, the default first",
+    "NIXERY_PREPARE_IMAGE": "the prepare-image/ directory",
+    "NIXERY_EVAL_ALLOW": "host paths a restricted evaluation may read besides the package set",
+    # Limits
+    "NIXERY_MAX_PACKAGES": "packages an image may hold",
+    "NIXERY_MAX_IMAGE_SIZE": "bytes of closure an image may hold",
+    "NIXERY_CLIENT_BUILDS": "new builds one client may start, as COUNT/SECONDS",
+    "NIXERY_MAX_QUEUED_BUILDS": "builds that may wait (local) or be under way (Google Cloud)",
+    "NIXERY_TRUSTED_PROXIES": "proxies in front that append their client to X-Forwarded-For",
+    "NIXERY_SERVER_THREADS": "local server: request threads",
+    "NIXERY_MAX_CONNECTIONS": "local server: open connections",
+    "NIXERY_CLIENT_CONNECTIONS": "local server: connections one address may hold",
+    "NIXERY_HEADER_TIMEOUT": "local server: seconds a request may take to arrive",
+    "NIXERY_IDLE_TIMEOUT": "local server: seconds a connection may sit idle",
+    # Private registries
+    "NIXERY_AUTH": "basic or token, for a private registry",
+    "NIXERY_AUTH_USERS": "name:hash pairs, hashes from nixery hash-password",
+    "NIXERY_AUTH_SECRET": "the key tokens are signed with",
+    # Signing
+    "NIXERY_SIGNING_KEY": "a PEM private key every image manifest is signed with",
+    "NIXERY_SIGNING_KMS_KEY": "a Cloud KMS key version the builder signs manifests with",
+    "NIXERY_KMS_ENDPOINT": "the Cloud KMS API",
+    # Pages
+    "WEB_DIR": "static files served outside /v2/",
+    "NIXERY_PUBLIC_URL": "the registry's URL as clients reach it",
+    # Google Cloud
+    "GOOGLE_CLOUD_PROJECT": "the project",
+    "GCP_PROJECT": "the project, where GOOGLE_CLOUD_PROJECT is not set",
+    "NIXERY_TASKS_LOCATION": "the Cloud Tasks queue's location",
+    "NIXERY_TASKS_QUEUE": "the Cloud Tasks queue",
+    "NIXERY_BUILDER_URL": "the builder service's URL, the tasks' target",
+    "NIXERY_TASKS_SERVICE_ACCOUNT": "the account whose OIDC token the tasks carry",
+    "NIXERY_TASKS_EMULATOR_HOST": "a Cloud Tasks emulator to enqueue to instead",
+    "NIXERY_URL_TTL": "seconds a signed blob URL is valid",
+    "NIXERY_FUNCTION_TIMEOUT": "the registry function's request timeout as deployed",
+    "CLOUD_RUN_TIMEOUT_SECONDS": "the registry function's request timeout, from the runtime",
+    "NIXERY_PICKUP_WAIT": "seconds an enqueued build may wait for a builder to claim it",
+    "NIXERY_LEASE_TTL": "seconds a builder's lease lasts without a heartbeat",
+    "NIXERY_FIRESTORE_DATABASE": "the Firestore database",
+    "NIXERY_FIRESTORE_PREFIX": "the prefix of the Firestore collections",
+    "NIXERY_IAM_ENDPOINT": "the IAM Credentials API",
+    "NIXERY_BLOB_URL": "a public mirror's base URL of blobs, instead of signed URLs",
+    "NIXERY_BACKEND_TIMEOUT": "seconds any one call to Firestore, GCS or Cloud Tasks may take",
+    "STORAGE_EMULATOR_HOST": "a GCS emulator, the host signed URLs name",
+    "K_SERVICE": "set on Cloud Run and Cloud Functions: logs are JSON for Cloud Logging",
+}
+
+
 class Env:
     """Typed reads of the environment; every error names its variable."""
 
@@ -44,6 +123,8 @@ class Env:
         self._env = env
 
     def get(self, name: str) -> str | None:
+        if name not in VARIABLES:  # every read goes through here: a bug, not a setting
+            raise AssertionError(f"{name} is read but not listed in nixery.config.VARIABLES")
         return self._env.get(name) or None
 
     def need(self, name: str, why: str) -> str:
@@ -304,7 +385,7 @@ def serve_settings(env: Env, trusted_proxies: int = 0, instances: int = 1) -> Se
     return ServeSettings(
         failure_ttl=env.seconds("NIXERY_FAILURE_TTL", 300.0),
         build_wait=env.seconds("NIXERY_BUILD_WAIT", BUILD_WAIT),
-        web_dir=Path(web) if web else package_dir("web"),
+        web_dir=Path(web) if web else package_dir("http/static"),
         max_packages=env.integer("NIXERY_MAX_PACKAGES", MAX_PACKAGES, 1, MAX_PACKAGES),
         client_builds=env.rate("NIXERY_CLIENT_BUILDS"),
         trusted_proxies=env.integer("NIXERY_TRUSTED_PROXIES", trusted_proxies, 0, 10),
@@ -362,7 +443,7 @@ def check_backend(env: Env, expected: str) -> None:
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What the local HTTP server lets clients hold (``local.server``)."""
+    """What the local HTTP server lets clients hold (``local.http_server``)."""
 
     threads: int = 64  # each manifest request waiting for a build holds one
     connections: int = 1000

@@ -1,7 +1,7 @@
 """Domain errors: what can go wrong, in the core's own terms.
 
 Names, sources, Nix, the pipeline and the stores raise these; none of them knows HTTP. The
-registry protocol (``registry.py``) alone turns each kind into a status and a registry error
+registry protocol (``http/protocol.py``) alone turns each kind into a status and a registry error
 code, in one table, as distribution's ``errcode`` package does for the reference registry.
 
 Two families matter beyond the message: a ``BuildError`` is permanent (the same request
@@ -22,6 +22,10 @@ class NixeryError(Exception):
         super().__init__(message)
         self.message = message
         self.detail = detail
+
+
+class ConfigError(Exception):
+    """The configuration is invalid: raised at start, naming the variable; never a request's."""
 
 
 # --- The request itself is wrong -------------------------------------------------------

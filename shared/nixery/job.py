@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .names import ImageRequest, architecture
-from .sources import Revision
+from nixery.records import Revision
+from nixery.request import ImageRequest, architecture
 
 # Bumped whenever a change to the pipeline changes what an image key produces, so that
 # images published by an older version are rebuilt rather than served stale.

@@ -17,30 +17,30 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from ..builder import Builder
-from ..job import BuildJob
-from ..nix import check_nix_version, report_sandbox
-from ..popularity import load_popularity
-from ..sources import open_source
-from .clients import bucket, firestore_state
-from .firestore import FirestoreState
-from .gcs import GcsBlobStore
-from .kms import KmsSigner
-from .settings import builder_settings
-from .signing import runtime_token
+from nixery.gcp.clients import bucket, firestore_database
+from nixery.gcp.firestore_state import FirestoreBuildRecords
+from nixery.gcp.gcs_blob_store import GcsBlobStore
+from nixery.gcp.kms_signer import KmsSigner
+from nixery.gcp.settings import builder_settings
+from nixery.gcp.signed_urls import runtime_token
+from nixery.job import BuildJob
+from nixery.nix.popularity import load_popularity
+from nixery.nix.runner import check_nix_version, report_sandbox
+from nixery.pipeline.builder import Builder
+from nixery.sources import open_source
 
 log = logging.getLogger(__name__)
 
 
 class BuildWorker:
-    def __init__(self, builder: Builder, state: FirestoreState, lease: float) -> None:
+    def __init__(self, builder: Builder, records: FirestoreBuildRecords, lease: float) -> None:
         self.builder = builder
-        self.state = state
+        self.records = records
         self.lease = lease
         self.owner = f"builder-{uuid.uuid4().hex[:12]}"
 
     def handle(self, job: BuildJob) -> tuple[int, str]:
-        claim = self.state.claim(job, self.owner, self.lease)
+        claim = self.records.claim(job, self.owner, self.lease)
         if claim == "done":
             return 200, "already built"
         if claim == "busy":
@@ -61,13 +61,13 @@ class BuildWorker:
             heartbeat.join()
         if failed:
             # Only once the heartbeat has stopped, so it cannot renew what is given up.
-            self.state.release(job.key, self.owner)
+            self.records.release(job.key, self.owner)
             return 500, "build failed; it will be retried"
         return 200, "built"
 
     def _heartbeat(self, key: str, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 3):
-            if not self.state.renew(key, self.owner, self.lease):
+            if not self.records.renew(key, self.owner, self.lease):
                 log.warning("build %s: lease lost to another builder", key[:12],
                             extra={"build_key": key})  # fmt: skip
                 return
@@ -98,15 +98,17 @@ def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
     settings = builder_settings(env)
     log.info("building with Nix %s", check_nix_version())
     report_sandbox()
-    state = firestore_state(settings.gcp)
+    database = firestore_database(settings.gcp)
     builder = Builder.from_settings(
         settings.build,
         source=open_source(settings.source),
         blobs=GcsBlobStore(bucket(settings.gcp), signer=None, url_ttl=60),
-        state=state,
+        stores=database.stores(),
         popularity=load_popularity(settings.build.popularity_url),
         signer=KmsSigner(settings.kms_key, runtime_token(), settings.kms_endpoint)
         if settings.kms_key
         else None,
     )
-    return create_builder_app(BuildWorker(builder, state, settings.gcp.lease))
+    return create_builder_app(
+        BuildWorker(builder, FirestoreBuildRecords(database), settings.gcp.lease)
+    )

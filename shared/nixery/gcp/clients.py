@@ -9,13 +9,13 @@ from __future__ import annotations
 from google.cloud import firestore, tasks_v2
 from google.cloud.storage import Bucket, Client
 
-from .firestore import FirestoreState
-from .settings import GcpSettings
+from nixery.gcp.firestore_state import FirestoreDatabase
+from nixery.gcp.settings import GcpSettings
 
 
-def firestore_state(gcp: GcpSettings) -> FirestoreState:
+def firestore_database(gcp: GcpSettings) -> FirestoreDatabase:
     client = firestore.Client(project=gcp.project, database=gcp.database)
-    return FirestoreState(client, gcp.prefix, timeout=gcp.backend_timeout)
+    return FirestoreDatabase(client, gcp.prefix, timeout=gcp.backend_timeout)
 
 
 def bucket(gcp: GcpSettings) -> Bucket:

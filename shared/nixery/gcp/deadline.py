@@ -19,7 +19,7 @@ import requests
 from google.api_core import exceptions
 from google.auth.exceptions import TransportError
 
-from ..errors import Transient
+from nixery.errors import Transient
 
 T = TypeVar("T")
 P = ParamSpec("P")

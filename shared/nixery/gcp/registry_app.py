@@ -10,20 +10,25 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from ..images import ImageService
-from ..registry import create_app
-from ..sources import open_source
-from .clients import bucket, firestore_state, tasks_client
-from .gcs import GcsBlobStore
-from .limits import FirestoreLimiter
-from .settings import registry_settings
-from .signing import runtime_signer
-from .tasks import TaskBuildQueue, TaskQueue
+from nixery.gcp.clients import bucket, firestore_database, tasks_client
+from nixery.gcp.firestore_limiter import FirestoreLimiter
+from nixery.gcp.firestore_state import FirestoreBuildRecords
+from nixery.gcp.gcs_blob_store import GcsBlobStore
+from nixery.gcp.settings import registry_settings
+from nixery.gcp.signed_urls import runtime_signer
+from nixery.gcp.task_queue import TaskBuildQueue, TaskQueue
+from nixery.http.protocol import create_app
+from nixery.service.catalog import Catalog
+from nixery.service.images import ImageService
+from nixery.sources import open_source
 
 
 def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
     settings = registry_settings(env)
-    state = firestore_state(settings.gcp)
+    database = firestore_database(settings.gcp)
+    stores = database.stores()
+    source = open_source(settings.source)
+    images = stores.images
     blobs = GcsBlobStore(
         bucket(settings.gcp),
         # A public mirror signs nothing, so it needs no signing permission either.
@@ -42,20 +47,24 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
         timeout=settings.gcp.backend_timeout,
     )
     service = ImageService(
-        source=open_source(settings.source),
-        state=state,
+        source=source,
+        images=images,
         blobs=blobs,
         builds=TaskBuildQueue(
-            state, tasks, pickup=settings.pickup, max_building=settings.max_building
+            images,
+            FirestoreBuildRecords(database),
+            tasks,
+            pickup=settings.pickup,
+            max_building=settings.max_building,
         ),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
         limiter=(
             FirestoreLimiter(
-                state.client, settings.gcp.prefix, rate, timeout=settings.gcp.backend_timeout
+                database.client, settings.gcp.prefix, rate, timeout=settings.gcp.backend_timeout
             )
             if (rate := settings.serve.client_builds)
             else None
         ),
     )
-    return create_app(service, settings.serve)
+    return create_app(service, settings.serve, Catalog.of(source, stores))

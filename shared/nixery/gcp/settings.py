@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import (
+from nixery.config import (
     BuildSettings,
-    ConfigError,
     Env,
     GcSettings,
     ServeSettings,
@@ -26,7 +25,8 @@ from ..config import (
     serve_settings,
     source_settings,
 )
-from .kms import KEY_VERSION, KMS_ENDPOINT
+from nixery.errors import ConfigError
+from nixery.gcp.kms_signer import KEY_VERSION, KMS_ENDPOINT
 
 # Source checkouts: on Cloud Run and Cloud Functions the only writable disk is in memory.
 SOURCE_CACHE = Path(tempfile.gettempdir()) / "nixery" / "sources"

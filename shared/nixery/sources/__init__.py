@@ -1,20 +1,22 @@
 """Where the Nix package set comes from, and which exact version of it an image tag means.
 
 Every request is pinned to an exact revision before anything is built, so that the build cache
-can be keyed on it and two requests for the same tag never mix two versions of the set. Looking a
-tag up costs I/O, so answers are kept for a short time (``cache``); a tag that does not exist is
-an answer too ("not found"), while a source that cannot be reached raises ``SourceUnavailable``
-and is asked again next time. One module per kind: ``path``, ``git``, ``channel``.
+can be keyed on it and two requests for the same tag never mix two versions of the set.
+Looking a tag up costs I/O, so answers are kept for a short time (``caches.Memo``); a tag that
+does not exist is an answer too ("not found"), while a source that cannot be reached raises
+``SourceUnavailable`` and is asked again next time. One module per kind: ``path``, ``git``,
+``channel``.
 """
 
 from __future__ import annotations
 
-from ..config import SourceSettings
-from . import channel, git, path
-from .base import Revision, Source
-from .channel import ChannelSource
-from .git import GitSource
-from .path import PathSource
+from nixery.config import SourceSettings
+from nixery.ports import Source
+from nixery.records import Revision
+from nixery.sources import channel, git, path
+from nixery.sources.channel import ChannelSource
+from nixery.sources.git import GitSource
+from nixery.sources.path import PathSource
 
 __all__ = ["ChannelSource", "GitSource", "PathSource", "Revision", "Source", "open_source"]
 

@@ -13,12 +13,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..config import BUILD_DEADLINE, KEEP_CHECKOUTS, ConfigError
-from ..errors import SourceUnavailable
-from .base import COMMIT_RE, Answer, Revision, Untrusted, check_source, public_url, trusted
-from .cache import Clock, TTLCache
-from .files import Checkouts, extract
-from .history import History
+from nixery.caches import Clock, Memo
+from nixery.config import BUILD_DEADLINE, KEEP_CHECKOUTS
+from nixery.errors import ConfigError, SourceUnavailable
+from nixery.records import Revision
+from nixery.sources.checkouts import Checkouts, extract
+from nixery.sources.history import History
+from nixery.sources.trust import COMMIT_RE, Answer, Untrusted, check_source, public_url, trusted
 
 # A leading letter, digit or "_" keeps "." and ".." (and option-like names) out of URLs.
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -73,7 +74,7 @@ class ChannelSource:
         # Per socket operation, not for a whole download: a large archive may take longer.
         self._timeout = timeout
         self._opener = urllib.request.build_opener()
-        self._revisions: TTLCache[Answer] = TTLCache(ttl, clock)
+        self._revisions: Memo[Answer] = Memo(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
         return trusted(self._revisions.get(tag, lambda: self._lookup(tag)))

@@ -9,14 +9,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import BUILD_DEADLINE, KEEP_CHECKOUTS, ConfigError
-from ..errors import SourceUnavailable
-from ..names import TAG_RE
-from .base import COMMIT_RE, Answer, Revision, Untrusted, check_source, public_url, trusted
-from .cache import Clock, TTLCache
-from .files import Checkouts, extract, materialise
-from .gitcmd import git as _git
-from .history import History
+from nixery.caches import Clock, Memo
+from nixery.config import BUILD_DEADLINE, KEEP_CHECKOUTS
+from nixery.errors import ConfigError, SourceUnavailable
+from nixery.records import Revision
+from nixery.request import TAG_RE
+from nixery.sources.checkouts import Checkouts, extract, materialise
+from nixery.sources.git_command import git as _git
+from nixery.sources.history import History
+from nixery.sources.trust import COMMIT_RE, Answer, Untrusted, check_source, public_url, trusted
 
 DEFAULT_TTL = 60.0
 # Commits named by a tag must be reachable from one of these (NIXERY_TRUSTED_REFS).
@@ -58,8 +59,8 @@ class GitSource:
         self._trusted_refs = " ".join(trusted_refs)
         self._checkouts = Checkouts(self._dir, keep, busy)
         self._fetch_lock = threading.Lock()
-        self._revisions: TTLCache[Answer] = TTLCache(ttl, clock)
-        self._refs: TTLCache[list[str]] = TTLCache(ttl, clock)
+        self._revisions: Memo[Answer] = Memo(ttl, clock)
+        self._refs: Memo[list[str]] = Memo(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
         return trusted(self._revisions.get(tag, lambda: self._lookup(tag)))

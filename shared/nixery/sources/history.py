@@ -26,9 +26,9 @@ from typing import Literal
 
 from cachetools import LRUCache
 
-from ..errors import SourceUnavailable
-from .files import materialise
-from .gitcmd import git
+from nixery.errors import SourceUnavailable
+from nixery.sources.checkouts import materialise
+from nixery.sources.git_command import git
 
 # Commit dates are set by the committer's clock; descendants made on a clock a little behind
 # their parent's must still fall within the history fetched.

@@ -7,9 +7,10 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import SourceUnavailable
-from .base import Revision, check_source
-from .cache import Clock, TTLCache
+from nixery.caches import Clock, Memo
+from nixery.errors import SourceUnavailable
+from nixery.records import Revision
+from nixery.sources.trust import check_source
 
 DEFAULT_TTL = 10.0
 
@@ -22,7 +23,7 @@ class PathSource:
         # Not resolved: a symlink that is re-pointed on deploy should be followed each time.
         self._path = Path(path).absolute()
         self._id = f"path:{self._path}"
-        self._hashes: TTLCache[str] = TTLCache(ttl, clock)
+        self._hashes: Memo[str] = Memo(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
         if tag != "latest":

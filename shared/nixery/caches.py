@@ -1,0 +1,90 @@
+"""Answers kept in memory, bounded, and one lock per key.
+
+A function instance lives long and sees many digests and tags: an unbounded cache would grow
+with the registry, so the least recently used entry goes when a cache is full. Server threads
+share each cache, so each has its own lock. Looking a tag up costs I/O (a directory walk,
+`git ls-remote`, an HTTP request), so ``Memo`` computes an answer once per key at a time: a
+burst of requests for one tag costs one lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar, cast
+
+from cachetools import Cache, LRUCache, TTLCache
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+# Entries per cache; a manifest is ~1 KB, so this bounds each cache to a few MB.
+CACHE_SIZE = 4096
+_MISSING = object()
+
+
+class BoundedCache(Generic[T]):
+    def __init__(self, size: int = CACHE_SIZE, ttl: float | None = None) -> None:
+        """``ttl``: seconds an entry is kept, for answers that are true only for a while."""
+        self._entries: Cache[str, T] = TTLCache(size, ttl) if ttl else LRUCache(size)
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> T | None:
+        with self._lock:
+            return self._entries.get(key)
+
+    def keep(self, key: str, value: T) -> T:
+        with self._lock:
+            self._entries[key] = value
+        return value
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+
+class KeyedLocks:
+    """One lock per key, dropped once nobody holds or waits for it, so that work on one key is
+    serialised without keeping a lock for every key ever seen (tags come from the internet)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._mutex:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._mutex:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+class Memo(Generic[T]):
+    """Answers kept for ``ttl`` seconds by ``clock``, each computed once at a time; exceptions
+    propagate and are not kept. A ``None`` answer is kept like any other."""
+
+    def __init__(self, ttl: float, clock: Clock, size: int = CACHE_SIZE) -> None:
+        self._entries: TTLCache[str, object] = TTLCache(size, ttl, timer=clock)
+        self._locks = KeyedLocks()
+        self._mutex = threading.Lock()
+
+    def get(self, key: str, compute: Callable[[], T]) -> T:
+        with self._locks.hold(key):
+            with self._mutex:
+                found = self._entries.get(key, _MISSING)
+            if found is not _MISSING:
+                return cast(T, found)  # stored below, as a T
+            value = compute()
+            with self._mutex:
+                self._entries[key] = value
+            return value

@@ -1,0 +1,369 @@
+"""The registry protocol over HTTP: the pull side of the OCI distribution spec.
+
+A Flask app around an ImageService; both entry points (local mode, the Cloud Function) serve
+this same app. Names and references are parsed here, once. Every error under ``/v2/`` is a
+JSON error body with a registry error code, never an HTML page or a traceback: the domain
+errors raised anywhere below become a status and a code in one table, ``ERRORS``.
+
+``tags/list`` answers for every valid name what the source can enumerate (``latest``, and a
+git source's branches and tags): each valid name is a potential image, whether its packages
+exist is only known once its manifest is asked for (an evaluation), and the other tags a
+source accepts (other channels, any commit) cannot be enumerated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+import urllib.parse
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, Response, g, redirect, request, send_from_directory
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response as BaseResponse
+from werkzeug.wsgi import wrap_file
+
+from nixery.config import ServeSettings
+from nixery.errors import (
+    BuildError,
+    ImageTooLarge,
+    InvalidDigest,
+    InvalidName,
+    InvalidPageSize,
+    InvalidTag,
+    NixeryError,
+    TooManyBuilds,
+    Transient,
+    UnknownBlob,
+    UnknownEndpoint,
+    UnknownManifest,
+    UnknownTag,
+    Unsupported,
+    UntrustedRevision,
+)
+from nixery.http import pages
+from nixery.http.auth import Auth
+from nixery.oci.manifests import OCI_INDEX
+from nixery.ports import never
+from nixery.request import (
+    AMD64,
+    MAX_PACKAGES,
+    Digest,
+    ImageRequest,
+    Tag,
+    parse_digest,
+    parse_name,
+    parse_reference,
+)
+from nixery.service.catalog import Catalog
+from nixery.service.images import Caller, ImageService
+
+log = logging.getLogger(__name__)
+
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_READ = {"GET", "HEAD"}
+_ALLOW = ", ".join(sorted(_READ))
+# Seconds a client is asked to wait before retrying a transient error.
+RETRY_AFTER = 10
+# A name of 255 characters and a digest need under 400; anything much longer is abuse. (The
+# query string, a tag list's n and last, is bounded by the server's header size.)
+MAX_PATH = 2048
+
+# Domain error -> (status, registry error code). The most specific class listed wins.
+# Clients retry 502/503/504 and treat other 5xx as final.
+ERRORS: dict[type[Exception], tuple[int, str]] = {
+    InvalidName: (400, "NAME_INVALID"),
+    InvalidDigest: (400, "DIGEST_INVALID"),
+    InvalidPageSize: (400, "PAGINATION_NUMBER_INVALID"),  # the reference registry's code
+    InvalidTag: (404, "MANIFEST_UNKNOWN"),  # no manifest can have that reference
+    UnknownEndpoint: (404, "NAME_UNKNOWN"),
+    UnknownTag: (404, "MANIFEST_UNKNOWN"),
+    UntrustedRevision: (404, "MANIFEST_UNKNOWN"),  # as if it did not exist: it is not served
+    UnknownManifest: (404, "MANIFEST_UNKNOWN"),
+    UnknownBlob: (404, "BLOB_UNKNOWN"),
+    Unsupported: (405, "UNSUPPORTED"),
+    TooManyBuilds: (429, "TOOMANYREQUESTS"),
+    ImageTooLarge: (403, "DENIED"),  # this registry's limit, not a failure of the build
+    # Unknown packages, failed, timed-out or unevaluable builds: final, and remembered. Not
+    # 404: containerd shows nothing of a 404 but "not found", and of other codes their
+    # status line, which carries what failed and the build's page (``pages.explain``).
+    BuildError: (422, "MANIFEST_UNKNOWN"),
+    Transient: (503, "UNAVAILABLE"),
+    Exception: (500, "UNKNOWN"),  # our own bugs
+}
+# More digits than any real page size; also keeps int() far from its 4300-digit limit.
+_PAGE_SIZE = re.compile(r"[0-9]{1,9}")
+
+_UPLOADS = re.compile(r"(?P<name>.+)/blobs/uploads(?:/.*)?")
+_MANIFEST = re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
+_BLOB = re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)")
+_TAGS = re.compile(r"(?P<name>.+)/tags/list")
+_REFERRERS = re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)")
+
+
+def create_app(
+    service: ImageService, settings: ServeSettings | None = None, catalog: Catalog | None = None
+) -> Flask:
+    """The protocol over ``service``; without ``settings``, public, with no web page; with a
+    ``catalog``, the pages about builds too."""
+    app = Flask(__name__, static_folder=None)
+    web_dir = settings.web_dir if settings else None
+    max_packages = settings.max_packages if settings else MAX_PACKAGES
+    platforms = settings.platforms if settings else (AMD64,)
+    auth = Auth(settings.auth) if settings and settings.auth else None
+    if settings and settings.trusted_proxies:
+        # The proxies in front append their client's address to X-Forwarded-For (and the
+        # scheme to X-Forwarded-Proto): the real client is found that many entries back.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
+
+    # strict_slashes=False: "/v2" is the ping too, rather than a redirect with an HTML body.
+    @app.route("/v2/", methods=_ALL_METHODS, strict_slashes=False)
+    def ping() -> Response:
+        _only_read()
+        return Response(b"{}", content_type="application/json")
+
+    @app.route("/v2/<path:path>", methods=_ALL_METHODS)
+    def dispatch(path: str) -> BaseResponse:
+        # A malformed name or digest is reported before the method is refused, whatever the
+        # method: the request is wrong either way, and conformance tests expect the 400.
+        if match := _UPLOADS.fullmatch(path):
+            parse_name(match["name"])
+            raise Unsupported("this registry builds its images; pushing is not supported", allow="")
+        if match := _MANIFEST.fullmatch(path):
+            image = parse_name(match["name"], max_packages, platforms)
+            reference = parse_reference(match["reference"])
+            _only_read()
+            return _manifest(service, image, reference)
+        if match := _BLOB.fullmatch(path):
+            parse_name(match["name"])
+            digest = parse_digest(match["digest"])
+            _only_read()
+            return _blob(service, digest)
+        if match := _TAGS.fullmatch(path):
+            parse_name(match["name"])
+            _only_read()
+            return _tags(service, match["name"])
+        if match := _REFERRERS.fullmatch(path):
+            parse_name(match["name"])
+            digest = parse_digest(match["digest"])
+            _only_read()
+            return _referrers(service, digest)
+        raise UnknownEndpoint("no such endpoint", {"path": path[:200]})
+
+    if settings is not None and catalog is not None:
+        app.config[pages.PUBLIC_URL] = settings.public_url
+        app.register_blueprint(pages.blueprint(catalog))
+
+    @app.route("/<path:path>")
+    def web(path: str) -> Response:
+        if web_dir is None:
+            raise NotFound()
+        if (web_dir / path).is_dir():
+            path = path.rstrip("/") + "/index.html"
+        return send_from_directory(web_dir, path)
+
+    @app.errorhandler(NixeryError)
+    def domain_error(e: NixeryError) -> Response:
+        return error_response(e)
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> Response | HTTPException:
+        if not _is_api(request.path):
+            return e
+        # Werkzeug's own headers matter: Allow on a 405, Content-Range on a 416.
+        headers = {k: v for k, v in e.get_headers() if k.lower() != "content-type"}
+        if e.code == 405:  # a method no route knows; werkzeug's Allow lists every route's
+            headers["Allow"] = _ALLOW
+        # 416's code is the reference registry's.
+        code = {405: "UNSUPPORTED", 416: "RANGE_INVALID"}.get(e.code or 500, "UNKNOWN")
+        return _json_error(e.code or 500, code, e.description or e.name, None, headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception) -> Response:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return error_response(e)
+
+    @app.before_request
+    def started() -> Response | None:
+        g.started = time.perf_counter()
+        if len(request.path) > MAX_PATH:
+            message = f"request path longer than {MAX_PATH} characters"
+            return _json_error(414, "NAME_INVALID", message, None, {})
+        if auth is not None and _is_api(request.path) and _user(auth) is None:
+            challenge = auth.challenge(request.host_url, request.host, _scope(request.path))
+            headers = {"WWW-Authenticate": challenge}
+            return _json_error(401, "UNAUTHORIZED", "authentication required", None, headers)
+        return None
+
+    @app.route("/auth/token")
+    def token() -> Response:
+        """Docker's token endpoint: a name and password (Basic) for a short-lived token."""
+        if auth is None:
+            raise NotFound()
+        credentials = request.authorization
+        if credentials is None or credentials.type != "basic" or _user(auth) is None:
+            headers = {"WWW-Authenticate": 'Basic realm="nixery"'}
+            return _json_error(401, "UNAUTHORIZED", "a user name and password are needed",
+                               None, headers)  # fmt: skip
+        answer = auth.issue(credentials.username or "")
+        return Response(json.dumps(answer), content_type="application/json")
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        if _is_api(request.path):
+            response.headers[API_VERSION[0]] = API_VERSION[1]
+        ms = (time.perf_counter() - g.started) * 1000
+        log.info(
+            "%s %s %d %.1fms", request.method, request.path, response.status_code, ms,
+            extra={"http_method": request.method, "path": request.path,
+                   "status": response.status_code, "ms": round(ms, 1)},
+        )  # fmt: skip
+        return response
+
+    return app
+
+
+def _user(auth: Auth) -> str | None:
+    """The user the request's credentials prove, if any; a refusal is logged without them."""
+    credentials = request.authorization
+    if credentials is None:
+        return None
+    user: str | None = None
+    if credentials.type == "basic" and credentials.username and credentials.password:
+        claimed = credentials.username[:64]
+        user = claimed if auth.check_password(credentials.username, credentials.password) else None
+    elif credentials.type == "bearer" and credentials.token:
+        claimed = "(a token)"
+        user = auth.user_of_token(credentials.token)
+    else:
+        claimed = f"(a {credentials.type} credential)"
+    if user is None:
+        log.warning("refused %s from %s", claimed, request.remote_addr,
+                    extra={"client": request.remote_addr, "user": claimed})  # fmt: skip
+    return user
+
+
+def _scope(path: str) -> str | None:
+    """The token scope a request needs: pulling the repository it names."""
+    api = path.removeprefix("/v2/")
+    for pattern in (_MANIFEST, _BLOB, _TAGS, _REFERRERS):
+        if match := pattern.fullmatch(api):
+            return f"repository:{match['name']}:pull"
+    return None
+
+
+def _is_api(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def _only_read() -> None:
+    """Refuses every method but GET and HEAD: nothing can be pushed or deleted here."""
+    if request.method not in _READ:
+        raise Unsupported(
+            f"{request.method} is not supported: this registry is read-only", allow=_ALLOW
+        )
+
+
+def error_response(e: Exception) -> Response:
+    """The one mapping of errors to the wire; anything unknown is a 500 with no detail."""
+    status, code = next(ERRORS[t] for t in type(e).__mro__ if t in ERRORS)
+    headers: dict[str, str] = {}
+    if isinstance(e, Unsupported):
+        headers["Allow"] = e.allow
+    if isinstance(e, Transient):
+        headers["Retry-After"] = str(RETRY_AFTER)
+    if isinstance(e, TooManyBuilds):
+        headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
+    if not isinstance(e, NixeryError):
+        return _json_error(status, code, "internal error", None, headers)
+    if isinstance(e, BuildError) and e.key is not None:
+        explained = pages.explain(e, e.key)
+        response = _json_error(status, code, explained.message, explained.detail, headers)
+        response.status = f"{status} {explained.reason}"
+        return response
+    return _json_error(status, code, e.message, e.detail, headers)
+
+
+def _json_error(
+    status: int, code: str, message: str, detail: Any, headers: dict[str, str]
+) -> Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if detail is not None:
+        error["detail"] = detail
+    body = json.dumps({"errors": [error]}).encode()
+    response = Response(body, status=status, content_type="application/json")
+    response.headers.update(headers)
+    return response
+
+
+def _manifest(service: ImageService, image: ImageRequest, reference: Tag | Digest) -> Response:
+    # waitress says when a client hung up while its request waited; other servers never do.
+    gone = request.environ.get("waitress.client_disconnected") or never
+    caller = Caller(request.remote_addr or "", gone)
+    manifest = service.manifest(image, reference, request.headers.getlist("Accept"), caller)
+    response = Response(manifest.body, content_type=manifest.media_type)
+    response.headers["Docker-Content-Digest"] = manifest.digest
+    return response
+
+
+def _blob(service: ImageService, digest: Digest) -> BaseResponse:
+    location = service.blob(digest)
+    if location.url and request.method == "GET":
+        response = redirect(location.url, code=307)
+    elif request.method == "HEAD":
+        response = Response(content_type="application/octet-stream")
+        response.content_length = location.size
+    else:
+        # Built by hand rather than with send_file, which honours Range only for paths.
+        body = wrap_file(request.environ, service.blobs.open(digest))
+        response = Response(body, content_type="application/octet-stream", direct_passthrough=True)
+        response.content_length = location.size
+        response.set_etag(digest.partition(":")[2])
+        response.cache_control.public = True
+        response.cache_control.max_age = 31536000  # content-addressed: never changes
+        response = response.make_conditional(
+            request.environ, accept_ranges=True, complete_length=location.size
+        )
+    response.headers["Docker-Content-Digest"] = digest
+    return response
+
+
+def _tags(service: ImageService, name: str) -> Response:
+    tags, next_last = page_tags(service.tags(), request.args.get("n"), request.args.get("last"))
+    response = Response(json.dumps({"name": name, "tags": tags}), content_type="application/json")
+    if next_last is not None:
+        query = urllib.parse.urlencode({"last": next_last, "n": len(tags)})
+        response.headers["Link"] = f'</v2/{name}/tags/list?{query}>; rel="next"'
+    return response
+
+
+def _referrers(service: ImageService, subject: Digest) -> Response:
+    artifact_type = request.args.get("artifactType") or None
+    body = service.referrers(subject, artifact_type)
+    response = Response(body, content_type=OCI_INDEX)
+    if artifact_type:
+        response.headers["OCI-Filters-Applied"] = "artifactType"
+    return response
+
+
+def page_tags(tags: Iterable[str], n: str | None, last: str | None) -> tuple[list[str], str | None]:
+    """One page of a tag list, as the spec pages it, and the ``last`` of the next page if any.
+
+    Tags sort lexically; ``last`` excludes itself and what sorts before it; ``n`` caps the
+    count, ``n=0`` being an empty page with no next one; ``?n=`` is no ``n``, as in the
+    reference registry."""
+    after = [tag for tag in sorted(tags) if not last or tag > last]
+    if not n:
+        return after, None
+    if not _PAGE_SIZE.fullmatch(n):
+        raise InvalidPageSize("n must be a non-negative integer", {"n": n[:100]})
+    page = after[: int(n)]
+    return page, page[-1] if page and len(page) < len(after) else None

@@ -1,0 +1,71 @@
+"""Local mode: registry and builder in one process, on files, SQLite and threads."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from nixery.config import LocalSettings
+from nixery.http.protocol import create_app
+from nixery.local.file_blob_store import FileBlobStore
+from nixery.local.http_server import create_server
+from nixery.local.memory_limiter import MemoryLimiter
+from nixery.local.sqlite_state import SqliteDatabase
+from nixery.local.thread_queue import ThreadBuildQueue
+from nixery.nix.popularity import load_popularity
+from nixery.nix.runner import check_nix_version, report_sandbox
+from nixery.pipeline.builder import Builder
+from nixery.ports import Source, Stores
+from nixery.service.catalog import Catalog
+from nixery.service.images import ImageService
+from nixery.sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+def create_local_app(settings: LocalSettings) -> Flask:
+    source = open_source(settings.source)
+    stores = SqliteDatabase(settings.state_path).stores()
+    service = local_service(settings, source, stores)
+    return create_app(service, settings.serve, Catalog.of(source, stores))
+
+
+def local_service(
+    settings: LocalSettings, source: Source | None = None, stores: Stores | None = None
+) -> ImageService:
+    """The images of local mode, found or built: what `nixery serve` serves and `nixery
+    build` writes to a file."""
+    source = source or open_source(settings.source)
+    stores = stores or SqliteDatabase(settings.state_path).stores()
+    blobs = FileBlobStore(settings.storage_path)
+    blobs.remove_leftovers()
+    log.info("building with Nix %s", check_nix_version())
+    report_sandbox()
+    builder = Builder.from_settings(
+        settings.build,
+        source=source,
+        blobs=blobs,
+        stores=stores,
+        popularity=load_popularity(settings.build.popularity_url),
+    )
+    return ImageService(
+        source=source,
+        images=stores.images,
+        blobs=blobs,
+        builds=ThreadBuildQueue(
+            builder, stores.images, settings.build_workers, settings.max_queued
+        ),
+        wait=settings.serve.build_wait,
+        failure_ttl=settings.serve.failure_ttl,
+        limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
+    )
+
+
+def serve(settings: LocalSettings) -> None:
+    app = create_local_app(settings)
+    log.info(
+        "serving on http://%s:%d (blobs and state in %s)",
+        settings.host, settings.port, settings.storage_path,
+    )  # fmt: skip
+    create_server(app, settings.host, settings.port, settings.server).run()

@@ -1,0 +1,285 @@
+"""Registry state in one SQLite file: survives restarts, safe for the server's threads.
+
+One connection and one lock, shared by a class per port (``SqliteDatabase.stores``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nixery.oci.manifests import LayerBlob, Manifest
+from nixery.ports import Stores
+from nixery.records import (
+    BuildReport,
+    Failure,
+    FailureKind,
+    ImageRecord,
+    ImageStatus,
+    Published,
+    bounded_names,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS manifests (
+    digest TEXT PRIMARY KEY, media_type TEXT NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    key TEXT NOT NULL, media_type TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (key, media_type));
+DROP TABLE IF EXISTS failures;  -- stored an HTTP status until 2026-12; failures are short-lived
+CREATE TABLE IF NOT EXISTS failed_builds (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, message TEXT NOT NULL,
+    detail TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (
+    key TEXT PRIMARY KEY, digest TEXT NOT NULL, diff_id TEXT NOT NULL, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS image_use (key TEXT PRIMARY KEY, used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (
+    key TEXT PRIMARY KEY, started REAL NOT NULL, report TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS reports_started ON reports (started);
+CREATE TABLE IF NOT EXISTS report_layers (
+    key TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (digest, key));
+CREATE TABLE IF NOT EXISTS package_sets (revision TEXT PRIMARY KEY, names TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS referrers (
+    subject TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (subject, digest, key));
+"""
+
+
+class SqliteDatabase:
+    """The file, its connection and the lock every part below shares."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            # Images published before their use was recorded count as used from now.
+            self._db.execute(
+                "INSERT OR IGNORE INTO image_use SELECT DISTINCT key, ? FROM images", (clock(),)
+            )
+
+    def stores(self) -> Stores:
+        """The state ports, each a view of this database."""
+        return Stores(
+            SqliteImageIndex(self),
+            SqliteLayerCache(self),
+            SqliteReports(self),
+            SqlitePackageNames(self),
+        )
+
+
+class _Part:
+    """One port's view of the database."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._db, self._lock, self.clock = database._db, database._lock, database.clock
+
+    def _one(self, sql: str, *args: object) -> Any:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _manifest(self, digest: str) -> Manifest | None:
+        row = self._one("SELECT media_type, body FROM manifests WHERE digest = ?", digest)
+        return Manifest(row[0], bytes(row[1])) if row else None
+
+
+class SqliteImageIndex(_Part):
+    def status(self, key: str) -> ImageStatus:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT media_type, digest FROM images WHERE key = ?", (key,)
+            ).fetchall()
+            failed = self._db.execute(
+                "SELECT kind, message, detail, at FROM failed_builds WHERE key = ?", (key,)
+            ).fetchone()
+        if rows:
+            return Published(dict(rows))
+        if failed:
+            return Failure(FailureKind(failed[0]), failed[1], json.loads(failed[2]), failed[3])
+        return None
+
+    def manifest(self, digest: str) -> Manifest | None:
+        return self._manifest(digest)
+
+    def publish(
+        self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
+    ) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for m in [*manifests, *referrers]:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?)",
+                    (m.digest, m.media_type, m.body),
+                )
+            for m in manifests:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (key, m.media_type, m.digest)
+                )
+            # An image's referrers are those of its latest build (a rebuild signs anew), and
+            # each image keeps its own row of a referrer it shares with another (`nixery gc`).
+            self._db.execute("DELETE FROM referrers WHERE key = ?", (key,))
+            for m in referrers:
+                self._db.execute(
+                    "INSERT INTO referrers VALUES (?, ?, ?)", (m.subject, m.digest, key)
+                )
+            self._db.execute("DELETE FROM failed_builds WHERE key = ?", (key,))
+            self._db.execute("INSERT OR REPLACE INTO image_use VALUES (?, ?)", (key, self.clock()))
+
+    def referrers(self, subject: str) -> list[Manifest]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT media_type, body FROM referrers JOIN manifests USING (digest) "
+                "WHERE subject = ?",
+                (subject,),
+            ).fetchall()
+        return [Manifest(media_type, bytes(body)) for media_type, body in rows]
+
+    def touch(self, key: str, now: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE image_use SET used = max(used, ?) WHERE key = ?", (now, key))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM images WHERE key = ?", (key,))
+
+    def record_failure(self, key: str, failure: Failure) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO failed_builds VALUES (?, ?, ?, ?, ?)",
+                (key, failure.kind.value, failure.message, json.dumps(failure.detail), failure.at),
+            )
+
+
+class SqliteLayerCache(_Part):
+    def layer(self, layer_key: str) -> LayerBlob | None:
+        row = self._one("SELECT digest, diff_id, size FROM layers WHERE key = ?", layer_key)
+        return LayerBlob(*row) if row else None
+
+    def record_layer(self, layer_key: str, layer: LayerBlob) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?)",
+                (layer_key, layer.digest, layer.diff_id, layer.size),
+            )
+
+
+class SqliteReports(_Part):
+    def record_report(self, report: BuildReport) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO reports VALUES (?, ?, ?)",
+                (report.key, report.started, json.dumps(report.to_json())),
+            )
+            self._db.execute("DELETE FROM report_layers WHERE key = ?", (report.key,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO report_layers VALUES (?, ?)",
+                [(report.key, layer.digest) for layer in report.layers],
+            )
+
+    def report(self, key: str) -> BuildReport | None:
+        row = self._one("SELECT report FROM reports WHERE key = ?", key)
+        return BuildReport.from_json(json.loads(row[0])) if row else None
+
+    def recent_reports(self, limit: int) -> list[BuildReport]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT report FROM reports ORDER BY started DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [BuildReport.from_json(json.loads(row[0])) for row in rows]
+
+    def layer_users(self, digest: str, limit: int) -> int:
+        row = self._one(
+            "SELECT count(*) FROM (SELECT 1 FROM report_layers WHERE digest = ? LIMIT ?)",
+            digest, limit,
+        )  # fmt: skip
+        return int(row[0])
+
+
+class SqlitePackageNames(_Part):
+    def record_package_names(self, revision: str, names: Sequence[str]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO package_sets VALUES (?, ?)",
+                (revision, "\n".join(bounded_names(names))),
+            )
+
+    def package_names(self, revision: str) -> list[str] | None:
+        row = self._one("SELECT names FROM package_sets WHERE revision = ?", revision)
+        if row is None:
+            return None
+        return row[0].split("\n") if row[0] else []
+
+
+class SqliteInventory(_Part):
+    """What `nixery gc` lists and deletes."""
+
+    def manifest(self, digest: str) -> Manifest | None:
+        return self._manifest(digest)
+
+    def images(self) -> Iterable[ImageRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT images.key, group_concat(digest), coalesce(max(used), 0) FROM images "
+                "LEFT JOIN image_use ON image_use.key = images.key GROUP BY images.key"
+            ).fetchall()
+            referrers: dict[str, list[str]] = {}
+            for key, digest in self._db.execute("SELECT key, digest FROM referrers"):
+                referrers.setdefault(key, []).append(digest)
+        # An image's referrers live and go with it.
+        return [
+            ImageRecord(key, (*digests.split(","), *referrers.get(key, ())), used)
+            for key, digests, used in rows
+        ]
+
+    def manifest_digests(self) -> Iterable[str]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT digest FROM manifests")]
+
+    def layer_rows(self) -> Iterable[tuple[str, str]]:
+        with self._lock:
+            return list(self._db.execute("SELECT key, digest FROM layers"))
+
+    def failures(self) -> Iterable[tuple[str, float]]:
+        with self._lock:
+            return list(self._db.execute("SELECT key, at FROM failed_builds"))
+
+    def name_lists(self) -> Iterable[str]:
+        # A row replaced gets a new rowid: the order of storing.
+        with self._lock:
+            rows = self._db.execute("SELECT revision FROM package_sets ORDER BY rowid DESC")
+            return [revision for (revision,) in rows]
+
+    def delete(
+        self,
+        *,
+        images: Iterable[str] = (),
+        manifests: Iterable[str] = (),
+        layers: Iterable[str] = (),
+        failures: Iterable[str] = (),
+        name_lists: Iterable[str] = (),
+    ) -> None:
+        images = list(images)
+        failures = list(failures)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for table, column, keys in (
+                ("images", "key", images), ("image_use", "key", images),
+                ("referrers", "key", images),
+                ("manifests", "digest", manifests), ("layers", "key", layers),
+                ("failed_builds", "key", failures), ("package_sets", "revision", name_lists),
+                # An image's or failure's page goes with it.
+                ("reports", "key", images + failures), ("report_layers", "key", images + failures),
+            ):  # fmt: skip
+                self._db.executemany(
+                    f"DELETE FROM {table} WHERE {column} = ?", [(k,) for k in keys]
+                )

@@ -1,0 +1,70 @@
+"""Store paths as Nix describes them: the closure graph's nodes, their names, their meta.
+
+Parsed here once for the whole package: the pipeline layers and archives them, the SBOM and
+the build pages name them, popularity counts them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nixery.errors import BuildFailed
+
+
+@dataclass(frozen=True)
+class StorePath:
+    """One node of the runtime closure graph."""
+
+    path: str
+    references: tuple[str, ...]
+    nar_size: int
+    nar_hash: str
+
+
+@dataclass(frozen=True)
+class PackageMeta:
+    """What the package set says of a store path (its derivation's name and ``meta``)."""
+
+    pname: str
+    version: str
+    description: str = ""
+    homepage: str = ""
+    licenses: tuple[tuple[str, str], ...] = ()  # ("id", SPDX id) or ("name", free text)
+
+
+def parse_meta(entries: Iterable[Mapping[str, Any]]) -> dict[str, PackageMeta]:
+    """The plan's ``meta`` list, keyed by store path; the first entry of a path wins."""
+    meta: dict[str, PackageMeta] = {}
+    for e in entries:
+        licenses = tuple(
+            (kind, str(value))
+            for lic in e.get("licenses", ())
+            for kind, value in sorted(lic.items())
+            if kind in ("id", "name") and value
+        )
+        meta.setdefault(
+            str(e["path"]),
+            PackageMeta(
+                str(e["pname"]), str(e["version"]), str(e["description"]),
+                str(e["homepage"]), licenses,
+            ),
+        )  # fmt: skip
+    return meta
+
+
+def parse_path_info(text: str) -> dict[str, StorePath]:
+    """Reads ``nix path-info --json``: a list up to Nix 2.18, an object keyed by path since."""
+    data = json.loads(text)
+    items: Iterable[tuple[str, Mapping[str, Any]]] = (
+        ((entry["path"], entry) for entry in data) if isinstance(data, list) else data.items()
+    )
+    closure = {}
+    for path, info in items:
+        if info is None:
+            raise BuildFailed(f"store path {path} is not valid")
+        refs = tuple(sorted(r for r in info.get("references", ()) if r != path))
+        closure[path] = StorePath(path, refs, int(info["narSize"]), str(info["narHash"]))
+    return closure

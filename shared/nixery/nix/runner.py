@@ -1,0 +1,345 @@
+"""Nix: evaluate a package list against a package set, build it, and read its closure graph.
+
+User input reaches Nix only as data: the package names travel as a JSON string through
+``--argstr`` into ``prepare-image/default.nix``, which never splices them into code.
+
+Evaluation is restricted (``restrict-eval``): it may read the package set's checkout, the
+``prepare-image`` expression and the host paths the operator allows (NIXERY_EVAL_ALLOW, for
+sets that import host files, like the demo set), and no URL at all; no search path comes from
+the environment, and nothing is built during evaluation (no import from derivation). Only
+trusted revisions are evaluated in the first place (``sources.history``): this is the second
+wall, should one of them read the server's files or fetch what it likes.
+
+A failure is classified from Nix's exit and log, because the answer differs: a failed
+derivation or an evaluation error is permanent (``BuildFailed``, remembered), a builder past
+``NIX_TIMEOUT`` too (``BuildTimedOut``), while a failed download from a substituter, a full
+disk, memory exhaustion or a killed Nix say nothing about the request (``BuildInterrupted``,
+retried).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nixery.errors import BuildFailed, BuildInterrupted, BuildTimedOut, ConfigError, UnknownPackages
+from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info
+
+log = logging.getLogger(__name__)
+
+# How many lines of Nix's output an error keeps: enough for the failing builder's message.
+LOG_TAIL = 40
+# Evaluation of real nixpkgs takes seconds; minutes mean something is wrong.
+EVAL_TIMEOUT = 600.0
+# Seconds Nix gets to stop its builders when told to, before it is killed.
+STOP_GRACE = 10.0
+
+# The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
+NIX_COMMAND = ("--extra-experimental-features", "nix-command")
+# Evaluation sees only the paths given with -I, fetches no URL and builds nothing.
+RESTRICTED = (
+    *("--option", "restrict-eval", "true"),
+    *("--option", "allowed-uris", ""),
+    *("--option", "allow-import-from-derivation", "false"),
+)
+# The oldest Nix this code is tested with (Debian 12's); the builder image has 2.26.
+MIN_NIX_VERSION = "2.8"
+
+
+def check_nix_version() -> str:
+    """The running Nix's version, or ConfigError at start if it is too old or missing."""
+    try:
+        out = subprocess.run(
+            ["nix", "--version"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ConfigError(f"cannot run `nix --version`: {e}") from e
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    if match is None:
+        raise ConfigError(f"cannot read Nix's version from {out.strip()!r}")
+    version = tuple(int(n or 0) for n in match.groups())
+    minimum = tuple(int(n) for n in MIN_NIX_VERSION.split("."))
+    if version < minimum:
+        raise ConfigError(
+            f"Nix {match.group(0)} is older than {MIN_NIX_VERSION}, the oldest this builder "
+            "supports: install a newer Nix"
+        )
+    return match.group(0)
+
+
+# A build that fails where it can see the machine's /usr: only a sandboxed build succeeds.
+# The nonce makes a new derivation each time, so that an old result never answers.
+_SANDBOX_PROBE = """derivation {{
+  name = "nixery-sandbox-probe"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "if [ -e /usr ]; then exit 1; fi; echo > $out" ]; nonce = "{nonce}";
+}}"""
+
+
+def builds_are_sandboxed() -> bool:
+    """Whether Nix runs builds in its sandbox here: asked of Nix itself with a tiny build, since
+    with ``sandbox-fallback`` it quietly builds without one where the kernel refuses it."""
+    probe = _SANDBOX_PROBE.format(nonce=time.time_ns())
+    try:
+        done = subprocess.run(
+            ["nix-build", "--no-out-link", "--option", "substituters", "", "-E", probe],
+            capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def report_sandbox() -> None:
+    """Says at start whether builds are confined, so that an operator knows what runs how."""
+    if builds_are_sandboxed():
+        log.info("builds run in Nix's sandbox")
+    else:
+        log.warning(
+            "builds run WITHOUT Nix's sandbox (turned off, or the kernel refuses its "
+            "namespaces here): they see this machine as the Nix user does; only trusted "
+            "revisions are built (README, Security)"
+        )
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The built packages (name -> output path, in request order), their whole closure, and
+    what the package set says of the paths it knows (store path -> meta)."""
+
+    outputs: dict[str, str]
+    closure: dict[str, StorePath]
+    meta: dict[str, PackageMeta]
+    main_programs: dict[str, str | None]  # package name -> its meta.mainProgram, if any
+
+
+# A build's outputs are garbage-collector roots while its image is made: links in a directory
+# of this process's, which Nix registers in its auto roots. What a killed process leaves
+# behind is removed by the next one (its directory is named after its pid).
+ROOTS = Path(tempfile.gettempdir()) / "nixery-roots"
+AUTO_ROOTS = Path("/nix/var/nix/gcroots/auto")
+
+
+def _own_roots() -> Path:
+    path = ROOTS / str(os.getpid())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_roots() -> None:
+    """Removes the root directories of processes that are gone, and the auto roots that
+    pointed into ours and dangle: otherwise every build would leave one behind for good."""
+    with contextlib.suppress(OSError):
+        for entry in ROOTS.iterdir():
+            if entry.name.isdigit() and not _alive(int(entry.name)):
+                shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        for link in AUTO_ROOTS.iterdir():
+            target = os.readlink(link)
+            if target.startswith(str(ROOTS) + "/") and not os.path.lexists(target):
+                link.unlink(missing_ok=True)
+
+
+class Nix:
+    """Runs the Nix commands of one build; holds no state between builds."""
+
+    def __init__(self, prepare_image: Path, timeout: int, eval_allow: Sequence[Path] = ()) -> None:
+        # Resolved: a restricted evaluation compares real paths with the allowed ones.
+        self.expression = (prepare_image / "default.nix").resolve()
+        self.timeout = timeout
+        self.eval_allow = tuple(eval_allow)
+
+    @contextmanager
+    def build(
+        self, source: Path, packages: Sequence[str], system: str, deadline: float = math.inf
+    ) -> Iterator[BuildResult]:
+        """Builds the packages by ``deadline`` (a ``time.monotonic()`` value), or raises
+        ``BuildTimedOut``; their outputs stay garbage-collector roots until the block ends,
+        so that a `nix-collect-garbage` meanwhile cannot delete what is being archived."""
+        plan = self._plan(source, packages, system, deadline)
+        if too_old := plan.get("nixTooOld"):
+            raise BuildFailed(
+                f"the package set needs Nix >= {too_old['required']}, "
+                f"and this builder runs Nix {too_old['running']}"
+            )
+        if plan["missing"]:
+            raise UnknownPackages(plan["missing"])
+        outputs = {p["name"]: p["out"] for p in plan["packages"]}
+        programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
+        try:
+            with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
+                drvs = sorted({p["drvPath"] for p in plan["packages"]})
+                cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
+                realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
+                self._run(realise, "building", math.inf, deadline)
+                closure = self.closure(sorted(set(outputs.values())), deadline)
+                yield BuildResult(outputs, closure, parse_meta(plan.get("meta", ())), programs)
+        finally:
+            remove_stale_roots()
+
+    def attribute_names(self, source: Path, system: str, deadline: float) -> list[str]:
+        """The package set's attribute names, for the search box (prepare-image's ``names``)."""
+        names: list[str] = json.loads(
+            self._run(self._eval(source, "names", [], system), "listing the package names",
+                      EVAL_TIMEOUT, deadline)
+        )  # fmt: skip
+        return names
+
+    def closure(self, paths: Sequence[str], deadline: float) -> dict[str, StorePath]:
+        cmd = ["nix", *NIX_COMMAND, "path-info", "--json", "--recursive", *paths]
+        return parse_path_info(self._run(cmd, "reading the closure", EVAL_TIMEOUT, deadline))
+
+    def _plan(
+        self, source: Path, packages: Sequence[str], system: str, deadline: float
+    ) -> dict[str, Any]:
+        cmd = self._eval(source, "plan", packages, system)
+        plan: dict[str, Any] = json.loads(
+            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
+        )
+        return plan
+
+    def _eval(self, source: Path, attr: str, packages: Sequence[str], system: str) -> list[str]:
+        """The restricted evaluation of one attribute of prepare-image for the package set."""
+        source = source.resolve()
+        allowed = [source, self.expression.parent, *self.eval_allow]
+        return [
+            "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
+            *RESTRICTED, *(arg for path in allowed for arg in ("-I", str(path))),
+            str(self.expression), "-A", attr,
+            "--argstr", "srcPath", str(source),
+            "--argstr", "packages", json.dumps(list(packages)),
+            "--argstr", "system", system,
+        ]  # fmt: skip
+
+    def _run(self, cmd: list[str], what: str, cap: float, build_deadline: float) -> str:
+        """Runs a Nix command for at most ``cap`` seconds and the time the build has left,
+        streaming its log into ours, and returns its stdout."""
+        started = time.monotonic()
+        left = build_deadline - started
+        if left <= 0:
+            raise BuildTimedOut(f"{what} could not start: the build ran out of time", "")
+        deadline = min(cap, left)
+        tail: deque[str] = deque(maxlen=LOG_TAIL)
+        stdout: list[str] = []
+        with subprocess.Popen(
+            # Should this process die, even by SIGKILL, the kernel sends Nix SIGTERM, and Nix
+            # stops its builders: no build outlives the server that wanted it.
+            ["setpriv", "--pdeathsig", "TERM", "--", *cmd],
+            # NIX_PATH would widen what a restricted evaluation may read.
+            env={k: v for k, v in os.environ.items() if k != "NIX_PATH"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        ) as proc:
+            out, err = proc.stdout, proc.stderr
+            assert out is not None and err is not None
+            # stdout is small (JSON or paths): read it aside so that stderr streams here.
+            reader = threading.Thread(target=lambda: stdout.append(out.read()))
+            # No timer without a deadline: Timer(inf) fails in its thread (time_t overflow).
+            killer = threading.Timer(deadline, _stop, (proc,))
+            reader.start()
+            if math.isfinite(deadline):
+                killer.start()
+            try:
+                for line in err:
+                    if line.strip():
+                        tail.append(line.rstrip())
+                        log.info("nix: %s", tail[-1])
+                code = proc.wait()
+            finally:
+                killer.cancel()
+                reader.join()
+        elapsed = time.monotonic() - started
+        if code != 0:
+            raise _classify(what, code, elapsed >= deadline, deadline, list(tail), left <= cap)
+        log.debug("%s took %.2fs", what, elapsed)
+        return "".join(stdout)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stops a Nix command past its deadline. SIGTERM first: Nix then kills its builders,
+    which run in sessions of their own that SIGKILL on Nix's group would leave running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+_ERROR_RE = re.compile(r"^error:\s*(.*)$")
+# Nix's words for trouble outside the package set (2.8 to 2.26): substituter downloads,
+# the disk, memory, and builders killed from outside (the OOM killer sends SIGKILL).
+_TRANSIENT_RE = re.compile(
+    r"unable to download|cannot download|error: download of|does not exist in binary cache"
+    r"|No space left on device|Cannot allocate memory|out of memory|std::bad_alloc"
+    r"|due to signal 9\b|killed by signal 9\b",
+    re.IGNORECASE,
+)
+
+
+def _classify(
+    what: str,
+    code: int,
+    past_deadline: bool,
+    deadline: float,
+    tail: list[str],
+    builds: bool = False,
+) -> Exception:
+    """``builds`` says the deadline was the build's (NIXERY_BUILD_DEADLINE), not the step's."""
+    log_tail = "\n".join(tail)
+    if past_deadline:
+        whose = "the time the build had left (NIXERY_BUILD_DEADLINE)" if builds else "its limit"
+        return BuildTimedOut(f"{what} took longer than {deadline:.0f}s, {whose}", log_tail)
+    if code < 0:
+        return BuildInterrupted(f"{what}: Nix was killed by signal {-code}", {"log": log_tail})
+    message = _error_message(tail)
+    if "timed out after" in message:  # Nix killed a builder past NIX_TIMEOUT
+        return BuildTimedOut(message, log_tail)
+    if any(_TRANSIENT_RE.search(line) for line in _plain(tail) if _ERROR_RE.match(line)):
+        return BuildInterrupted(f"{what} failed: {message}", {"log": log_tail})
+    return BuildFailed(f"{what} failed: {message}", log_tail)
+
+
+def _plain(lines: Iterable[str]) -> list[str]:
+    """Nix's lines without ANSI colours or indentation."""
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in lines]
+
+
+def _error_message(lines: Iterable[str]) -> str:
+    """The first ``error:`` line of Nix's output, without ANSI colours."""
+    plain = _plain(lines)
+    for i, line in enumerate(plain):
+        match = _ERROR_RE.match(line)
+        if match:
+            rest = [match.group(1), *plain[i + 1 : i + 4]]
+            return " ".join(x for x in rest if x)[:1000]
+    return plain[-1][:1000] if plain else "no output"

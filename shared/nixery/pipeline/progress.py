@@ -1,0 +1,77 @@
+"""Build reports: what a build did, kept so that people can see it on the registry's pages.
+
+The state's image status says whether an image can be served; a report says how it came to
+be: its packages and their store paths, its closure, its layers, its manifests, its steps and
+their times, and for a failure the reason and the end of Nix's log. The builder writes one at
+every step, so a build under way shows where it is. Reports are stored as JSON in every mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from nixery.job import BuildJob
+from nixery.oci.manifests import LayerBlob, Manifest
+from nixery.ports import BuildReports
+from nixery.records import BuildReport, Failure, FailureReport, LayerReport
+
+
+class Reporter:
+    """Keeps one build's report up to date in the state, a write per step."""
+
+    def __init__(
+        self, reports: BuildReports, job: BuildJob, clock: Callable[[], float] = time.time
+    ):
+        self.reports = reports
+        self.clock = clock
+        self.report = BuildReport(
+            key=job.key,
+            packages=job.request.packages,
+            system=job.request.arch.nix_system,
+            nonroot=job.request.nonroot,
+            revision=str(job.revision),
+            started=clock(),
+            status="building",
+            step="checkout",
+        )
+        reports.record_report(self.report)
+
+    def update(self, **fields: Any) -> None:
+        self.report = replace(self.report, **fields)
+        self.reports.record_report(self.report)
+
+    def closure(self, outputs: Mapping[str, str], sizes: Mapping[str, int]) -> None:
+        self.update(outputs=dict(outputs), closure=dict(sizes))
+
+    def layers(self, groups: Sequence[Sequence[str]], blobs: Sequence[LayerBlob]) -> None:
+        """The layers in manifest order: one per group of store paths, then the root's."""
+        sizes = self.report.closure
+        self.update(
+            layers=tuple(
+                LayerReport(
+                    blob.digest,
+                    blob.size,
+                    sum(sizes.get(p, 0) for p in paths),
+                    tuple(sorted(paths)),
+                )
+                for blob, paths in zip(blobs, [*groups, []], strict=True)
+            )
+        )
+
+    def published(self, manifests: Sequence[Manifest]) -> None:
+        self.update(
+            status="published",
+            finished=self.clock(),
+            manifests={m.media_type: m.digest for m in manifests},
+        )
+
+    def failed(self, failure: Failure) -> None:
+        log = str(failure.detail.get("log", ""))
+        self.update(
+            status="failed",
+            finished=failure.at,
+            failure=FailureReport(failure.kind.value, failure.message, log),
+        )

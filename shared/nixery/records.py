@@ -1,0 +1,217 @@
+"""Records: what the stores keep, the same in every adapter.
+
+An image's status (published, failed, being built), a remembered failure, a build's report,
+a package set's revision, the gc's view of images and blobs. Each record that a store keeps
+as a document or a row has one codec here (``to_json``/``from_json``), so SQLite and
+Firestore store the same fields the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from nixery.errors import BuildError, BuildFailed, BuildTimedOut, ImageTooLarge, UnknownPackages
+
+# What is kept of a failure, in every store: a Firestore document holds at most 1 MiB, and
+# nobody reads more of a log in an error reply. JSON may escape a character into 6 bytes, so
+# even a worst-case log stays far below that. A log keeps its end, where Nix puts the error.
+MAX_MESSAGE = 4096
+MAX_LOG = 32 << 10
+# The attribute names of one revision kept for the search box: nixpkgs has about 120,000
+# with its nested sets, some 3 MB, over a Firestore document's 1 MiB; their start is kept.
+MAX_PACKAGE_NAMES = 900_000  # characters, joined by newlines
+
+
+def _bounded(text: str, limit: int, keep_end: bool) -> str:
+    if len(text) <= limit:
+        return text
+    if keep_end:
+        return f"[nixery: {len(text) - limit} characters cut]\n" + text[-limit:]
+    return text[:limit] + f" [nixery: {len(text) - limit} characters cut]"
+
+
+class FailureKind(StrEnum):
+    """Why an image could not be built; what is stored, never an HTTP status."""
+
+    UNKNOWN_PACKAGES = "unknown_packages"
+    BUILD_ERROR = "build_error"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A finished build that produced no image, remembered so it is not retried every pull."""
+
+    kind: FailureKind
+    message: str
+    detail: Mapping[str, Any]
+    at: float  # time.time() when it failed
+
+    @classmethod
+    def of(cls, error: BuildError, at: float) -> Failure:
+        """The failure to remember for an error, its message and log bounded in size."""
+        detail = dict(error.detail or {})
+        if isinstance(detail.get("log"), str):
+            detail["log"] = _bounded(detail["log"], MAX_LOG, keep_end=True)
+        message = _bounded(error.message, MAX_MESSAGE, keep_end=False)
+        if isinstance(error, UnknownPackages):
+            kind = FailureKind.UNKNOWN_PACKAGES
+        elif isinstance(error, ImageTooLarge):
+            kind = FailureKind.TOO_LARGE
+        elif isinstance(error, BuildTimedOut):
+            kind = FailureKind.TIMEOUT
+        else:
+            kind = FailureKind.BUILD_ERROR
+        return cls(kind, message, detail, at)
+
+    def error(self) -> BuildError:
+        """The error this failure answers, as it was raised when the build failed."""
+        if self.kind is FailureKind.UNKNOWN_PACKAGES:
+            packages = list(self.detail.get("packages", []))
+            return UnknownPackages(packages, self.detail.get("suggestions"))
+        if self.kind is FailureKind.TOO_LARGE:
+            return ImageTooLarge(int(self.detail["size"]), int(self.detail["limit"]))
+        error_type = BuildTimedOut if self.kind is FailureKind.TIMEOUT else BuildFailed
+        return error_type(self.message, str(self.detail.get("log", "")))
+
+
+@dataclass(frozen=True)
+class Published:
+    """A built image: its manifests' digests by media type."""
+
+    manifests: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A build under way (only where builds outlive a request: Google Cloud mode)."""
+
+    lease_left: float  # seconds, by the store's clock when it answered; <= 0 once lapsed
+
+
+ImageStatus = Published | Failure | Pending | None
+
+
+def bounded_names(names: Sequence[str]) -> list[str]:
+    """As many of the sorted names as a store keeps (MAX_PACKAGE_NAMES)."""
+    kept: list[str] = []
+    total = 0
+    for name in sorted(names):
+        total += len(name) + 1
+        if total > MAX_PACKAGE_NAMES:
+            break
+        kept.append(name)
+    return kept
+
+
+def remembered(failure: Failure, now: float, ttl: float) -> bool:
+    """Whether a failure still answers requests, or is old enough to try the build again."""
+    return now - failure.at < ttl
+
+
+@dataclass(frozen=True)
+class Revision:
+    """An exact version of a package set: equal revisions always mean identical trees."""
+
+    source: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.source}@{self.value}"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    key: str
+    manifests: tuple[str, ...]  # digests
+    used: float  # time.time() of its publication or its last pull by tag
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    digest: str
+    size: int
+    created: float  # time.time()
+
+
+def report_url(base: str, key: str) -> str:
+    """Where a build's page is, on a registry reached at ``base``."""
+    return f"{base.rstrip('/')}/builds/{key}"
+
+
+# --- Build reports ------------------------------------------------------------------
+
+
+Status = Literal["building", "published", "failed"]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    digest: str
+    size: int  # bytes of the compressed blob
+    unpacked: int  # bytes of its store paths, as Nix counts them (NAR size)
+    paths: tuple[str, ...]  # none for the image's root (its symlinks to the packages)
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    kind: str
+    message: str
+    log: str
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    key: str
+    packages: tuple[str, ...]
+    system: str
+    revision: str  # source@value, as resolved
+    started: float  # time.time()
+    status: Status
+    step: str  # the current step while building, the last one after
+    finished: float | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)  # package -> store path
+    closure: Mapping[str, int] = field(default_factory=dict)  # store path -> NAR size
+    layers: tuple[LayerReport, ...] = ()
+    manifests: Mapping[str, str] = field(default_factory=dict)  # media type -> digest
+    failure: FailureReport | None = None
+    nonroot: bool = False
+
+    @property
+    def size(self) -> int:
+        """Bytes a client downloads for the whole image (its layers, compressed)."""
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BuildReport:
+        failure = data.get("failure")
+        return cls(
+            key=data["key"],
+            packages=tuple(data["packages"]),
+            system=data["system"],
+            revision=data["revision"],
+            started=float(data["started"]),
+            status=data["status"],
+            step=data["step"],
+            finished=None if data.get("finished") is None else float(data["finished"]),
+            outputs=dict(data.get("outputs", {})),
+            closure=dict(data.get("closure", {})),
+            layers=tuple(
+                LayerReport(x["digest"], x["size"], x["unpacked"], tuple(x["paths"]))
+                for x in data.get("layers", [])
+            ),
+            manifests=dict(data.get("manifests", {})),
+            failure=FailureReport(**failure) if failure else None,
+            nonroot=bool(data.get("nonroot", False)),
+        )

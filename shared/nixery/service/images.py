@@ -1,0 +1,223 @@
+"""Images: what a parsed request stands for, found in the cache or built.
+
+This is the registry's logic without HTTP: the protocol layer parses names and references,
+calls this service and turns its answers and errors into responses; the same service runs
+in local mode and on Google Cloud.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from nixery.errors import (
+    BuildError,
+    ClientGone,
+    ImageLost,
+    SourceUnavailable,
+    StillBuilding,
+    TooManyBuilds,
+    Transient,
+    UnknownBlob,
+    UnknownManifest,
+    UnknownTag,
+)
+from nixery.job import BuildJob
+from nixery.oci.cosign import is_signature, signed_digest
+from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
+from nixery.oci.referrers import referrers_index
+from nixery.ports import BlobStore, BuildQueue, ImageIndex, Limiter, Source, never
+from nixery.records import Failure, Published, Revision, remembered
+from nixery.request import Digest, ImageRequest, Tag
+
+log = logging.getLogger(__name__)
+
+# How often a pulled image's use is written down: `nixery gc` counts in days.
+TOUCH_EVERY = 3600.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for an image: the address its new builds are counted by, and whether it still
+    waits for the answer (a request for an image being built holds a server thread)."""
+
+    address: str = ""
+    gone: Callable[[], bool] = never
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    size: int
+    url: str | None  # where to redirect, or None to serve the bytes
+
+
+class ImageService:
+    def __init__(
+        self,
+        *,
+        source: Source,
+        images: ImageIndex,
+        blobs: BlobStore,
+        builds: BuildQueue,
+        wait: float,
+        failure_ttl: float,
+        limiter: Limiter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``limiter`` counts each client's new builds (NIXERY_CLIENT_BUILDS)."""
+        self.source = source
+        self.images = images
+        self.blobs = blobs
+        self.builds = builds
+        self.wait = wait
+        self.failure_ttl = failure_ttl
+        self.limiter = limiter
+        self.clock = clock
+        self._touched: TTLCache[str, bool] = TTLCache(100_000, TOUCH_EVERY)
+        self._touch_lock = threading.Lock()
+
+    def manifest(
+        self,
+        request: ImageRequest,
+        reference: Tag | Digest,
+        accept: Iterable[str],
+        caller: Caller = Caller(),
+    ) -> Manifest:
+        if not isinstance(reference, Tag):
+            found = self.images.manifest(reference)
+            if found is None:
+                raise UnknownManifest("manifest unknown", {"digest": reference})
+            return found
+        if (signed := signed_digest(reference.name)) is not None:
+            return self._signature(signed)
+        job = BuildJob.of(request, self._resolve(reference))
+        media_type = preferred_type(accept)
+        if request.platforms:  # a client that takes an index gets one, others the default's
+            media_type = preferred_index_type(accept) or media_type
+        found = self._whole(self.image(job, caller), media_type)
+        if found is None:
+            # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
+            # rather than hand out an image that cannot be pulled.
+            log.warning("image %s lost its manifest or a blob: building it again", job.key[:12],
+                        extra={"build_key": job.key})  # fmt: skip
+            self.images.forget(job.key)
+            found = self._whole(self.image(job, caller), media_type)
+            if found is None:
+                raise ImageLost("the image was lost and is being built again; retry later")
+        with self._touch_lock:
+            due = job.key not in self._touched
+            self._touched[job.key] = True
+        if due:
+            self.images.touch(job.key, self.clock())
+        return found
+
+    def _signature(self, signed: str) -> Manifest:
+        """The signature of a manifest, which cosign asks for by tag (``sha256-<hex>.sig``)."""
+        for referrer in self.images.referrers(signed):
+            if is_signature(referrer):
+                return referrer
+        raise UnknownManifest("no signature for this manifest", {"digest": signed})
+
+    def _whole(self, image: Published, media_type: str) -> Manifest | None:
+        """The image's manifest, if it, the manifests it names (an index's), their referrers
+        (the SBOM, a signature) and every blob they name are intact: an image is served whole
+        or built again."""
+        manifest = self.images.manifest(image.manifests[media_type])
+        if manifest is None:
+            return None
+        found = [self.images.manifest(d) for d in manifest.children()]
+        children = [c for c in found if c is not None]
+        if len(children) != len(found):
+            return None
+        parts = [manifest, *children]
+        referrers = [r for p in parts for r in self.images.referrers(p.digest)]
+        blobs = [d for p in [*parts, *referrers] for d in p.blobs()]
+        return manifest if all(self.blobs.intact(d) for d in blobs) else None
+
+    def image(self, job: BuildJob, caller: Caller = Caller()) -> Published:
+        """The published image of a job, building it if need be."""
+        status = self.images.status(job.key)
+        if isinstance(status, Published):
+            return status
+        if isinstance(status, Failure) and remembered(status, self.clock(), self.failure_ttl):
+            raise _of_build(status, job)
+        if status is None or isinstance(status, Failure):
+            self._admit(job, caller)
+        try:
+            outcome = self.builds.build(job, self.wait, caller.gone)
+        except Transient as e:
+            log.warning("build %s: %s; to be retried", job.key[:12], e.message,
+                        extra={"build_key": job.key})  # fmt: skip
+            raise
+        except Exception as e:
+            log.exception("build %s crashed", job.key[:12], extra={"build_key": job.key})
+            raise Transient("the build failed unexpectedly; retry later") from e
+        if outcome is None:
+            if caller.gone():
+                raise ClientGone("the client hung up; the build goes on")
+            raise StillBuilding("the image is still being built; retry later")
+        if isinstance(outcome, Failure):
+            raise _of_build(outcome, job)
+        return outcome
+
+    def _admit(self, job: BuildJob, caller: Caller) -> None:
+        """Charges a new build to the caller, unless one of the image runs already."""
+        if self.limiter is None or self.builds.running(job.key):
+            return
+        wait = self.limiter.admit(caller.address)
+        if wait is not None:
+            log.warning("client %s: too many new builds", caller.address,
+                        extra={"client": caller.address, "build_key": job.key})  # fmt: skip
+            raise TooManyBuilds(
+                "this client has started as many new builds as it may for now; images built "
+                f"before can still be pulled. Retry in {wait:.0f} seconds",
+                wait,
+            )
+
+    def referrers(self, subject: Digest, artifact_type: str | None) -> bytes:
+        """The index of the artifacts about ``subject``: empty when there are none, even for
+        a manifest this registry never served (it cannot tell a client's typo from an image
+        of another registry's, and the spec wants an empty index either way)."""
+        return referrers_index(self.images.referrers(subject), artifact_type)
+
+    def tags(self) -> list[str]:
+        """The tags listed for a valid name, without building it: whether its packages exist
+        is only known once its manifest is asked for."""
+        with _source_unavailable():
+            return self.source.tags()
+
+    def blob(self, digest: Digest) -> BlobLocation:
+        size = self.blobs.size(digest)
+        if size is None or not self.blobs.intact(digest):
+            raise UnknownBlob("blob unknown", {"digest": digest})
+        return BlobLocation(size, self.blobs.url(digest))
+
+    def _resolve(self, tag: Tag) -> Revision:
+        with _source_unavailable():
+            revision = self.source.resolve(tag.name)
+        if revision is None:
+            raise UnknownTag("unknown tag", {"tag": tag.name})
+        return revision
+
+
+def _of_build(failure: Failure, job: BuildJob) -> BuildError:
+    """The error a failure answers, naming its build so that the reply can link to its page."""
+    error = failure.error()
+    error.key = job.key
+    return error
+
+
+@contextmanager
+def _source_unavailable() -> Iterator[None]:
+    """Says, in a source's failure, that the package source is what is unavailable."""
+    try:
+        yield
+    except SourceUnavailable as e:
+        log.warning("the package source is unavailable: %s", e)
+        raise SourceUnavailable(f"the package source is unavailable: {e}") from e

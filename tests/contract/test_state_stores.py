@@ -1,0 +1,466 @@
+"""The state ports' contract: one suite, run against every adapter (as distribution runs one storage
+driver suite against every driver), so that local mode, Google Cloud mode and the unit
+tests' fake all answer alike. Firestore runs against its emulator, hence the e2e mark.
+
+Firestore's build records (leases) are Google Cloud mode's alone; their tests follow the
+suite, with a fake clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
+
+import pytest
+
+from nixery.errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
+from nixery.gcp.firestore_state import MAX_ATTEMPTS
+from nixery.oci.manifests import (
+    DOCKER_MANIFEST,
+    OCI_MANIFEST,
+    LayerBlob,
+    Manifest,
+    artifact_manifest,
+)
+from nixery.records import (
+    MAX_LOG,
+    MAX_MESSAGE,
+    MAX_PACKAGE_NAMES,
+    BuildReport,
+    Failure,
+    FailureKind,
+    FailureReport,
+    LayerReport,
+    Pending,
+    Published,
+)
+from tests.helpers.fakes import (
+    BUILD_ERRORS,
+    FakeClock,
+    MemoryState,
+    all_at_once,
+    sample_job,
+    sample_manifests,
+)
+from tests.helpers.stores import AllPorts, firestore_ports, sqlite_ports
+
+StateUnderTest = AllPorts | MemoryState
+KEY = sample_job().key
+AT = 1_700_000_123.25  # not a whole number, to see that fractions survive
+
+
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.e2e), "memory"])
+def state(request: pytest.FixtureRequest, tmp_path) -> StateUnderTest:
+    if request.param == "sqlite":
+        return sqlite_ports(tmp_path / "state.db")
+    if request.param == "firestore":
+        client = request.getfixturevalue("firestore_client")
+        return firestore_ports(client, prefix=f"t{uuid.uuid4().hex}_")
+    return MemoryState()
+
+
+def test_an_unknown_key_digest_and_layer_are_none(state: StateUnderTest) -> None:
+    assert state.status(KEY) is None
+    assert state.manifest(sample_manifests()[0].digest) is None
+    assert state.layer("no-such-layer") is None
+
+
+def test_publish_makes_the_image_published_with_its_manifests_by_type(
+    state: StateUnderTest,
+) -> None:
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+    assert set(state.status(KEY).manifests) == {OCI_MANIFEST, DOCKER_MANIFEST}
+    for m in manifests:
+        found = state.manifest(m.digest)
+        assert found is not None
+        assert (found.media_type, found.body) == (m.media_type, m.body)
+        assert isinstance(found.body, bytes)
+
+
+def test_publish_touches_no_other_key(state: StateUnderTest) -> None:
+    state.publish(KEY, sample_manifests())
+    assert state.status(sample_job("other").key) is None
+
+
+@pytest.mark.parametrize("error", BUILD_ERRORS, ids=lambda e: type(e).__name__)
+def test_a_failure_round_trips_with_its_kind_message_detail_and_time(
+    state: StateUnderTest, error: BuildError
+) -> None:
+    failure = Failure.of(error, AT)
+    state.record_failure(KEY, failure)
+    found = state.status(KEY)
+    assert found == failure
+    assert isinstance(found, Failure)
+    assert isinstance(found.kind, FailureKind)
+    assert found.at == AT
+    again = found.error()
+    assert type(again) is type(error)
+    assert (again.message, again.detail) == (error.message, error.detail)
+
+
+def test_every_failure_kind_is_covered() -> None:
+    assert {Failure.of(e, AT).kind for e in BUILD_ERRORS} == set(FailureKind)
+
+
+def test_a_later_failure_replaces_an_earlier_one(state: StateUnderTest) -> None:
+    state.record_failure(KEY, Failure.of(BuildFailed("first"), AT))
+    later = Failure.of(UnknownPackages(["gone"]), AT + 60)
+    state.record_failure(KEY, later)
+    assert state.status(KEY) == later
+
+
+def test_publish_clears_a_failure(state: StateUnderTest) -> None:
+    state.record_failure(KEY, Failure.of(BuildTimedOut("slow"), AT))
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+
+
+def test_a_failure_recorded_after_publish_leaves_the_image_published(state: StateUnderTest) -> None:
+    """A second builder of the key (one that took a lapsed lease over) may fail after the
+    first published: the image is out, and its manifests are served by digest already."""
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    state.record_failure(KEY, Failure.of(BuildTimedOut("the slower twin timed out"), AT))
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+
+
+def test_forget_makes_a_published_image_unknown_and_keeps_its_manifests(
+    state: StateUnderTest,
+) -> None:
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    state.forget(KEY)
+    assert state.status(KEY) is None
+    assert state.manifest(manifests[0].digest) == manifests[0]
+    state.publish(KEY, manifests)
+    assert isinstance(state.status(KEY), Published)
+
+
+def test_forget_leaves_a_failure_alone(state: StateUnderTest) -> None:
+    failure = Failure.of(BuildFailed("broken", "log"), 1000.0)
+    state.record_failure(KEY, failure)
+    state.forget(KEY)
+    assert state.status(KEY) == failure
+
+
+def test_a_manifest_published_twice_keeps_its_bytes(state: StateUnderTest) -> None:
+    manifests = sample_manifests()
+    state.publish(KEY, manifests)
+    state.publish(sample_job("again").key, manifests)
+    for m in manifests:
+        assert state.manifest(m.digest) == m
+    assert state.status(KEY) == state.status(sample_job("again").key)
+
+
+def sample_referrers(manifests: list[Manifest], kind: str = "application/x.test") -> list[Manifest]:
+    return [artifact_manifest(kind, b"about", "about.txt", m, {}) for m in manifests]
+
+
+def test_referrers_are_published_with_the_image_and_found_by_subject(state: StateUnderTest) -> None:
+    manifests = sample_manifests()
+    referrers = sample_referrers(manifests)
+    assert state.referrers(manifests[0].digest) == []
+    state.publish(KEY, manifests, referrers)
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+    for manifest, referrer in zip(manifests, referrers, strict=True):
+        assert state.referrers(manifest.digest) == [referrer]
+        assert state.manifest(referrer.digest) == referrer
+    assert state.referrers(sample_manifests("other")[0].digest) == []
+
+
+def test_an_images_referrers_are_kept_and_collected_with_it(state: StateUnderTest) -> None:
+    if isinstance(state, MemoryState):
+        pytest.skip("the fake keeps no inventory for `nixery gc`")
+    manifests = sample_manifests()
+    referrers = sample_referrers(manifests)
+    state.publish(KEY, manifests, referrers)
+    (record,) = state.images()
+    assert set(record.manifests) == {m.digest for m in [*manifests, *referrers]}
+    state.delete(images=[KEY], manifests=[m.digest for m in [*manifests, *referrers]])
+    assert state.referrers(manifests[0].digest) == []
+
+
+def test_a_referrer_two_images_share_stays_with_the_one_kept(state: StateUnderTest) -> None:
+    """Two keys may publish the same manifest and SBOM (an `arm64/` image and a platform of
+    a multi-platform one); collecting one leaves the other's referrers whole."""
+    if isinstance(state, MemoryState):
+        pytest.skip("the fake keeps no inventory for `nixery gc`")
+    manifests = sample_manifests()
+    referrers = sample_referrers(manifests)
+    other = sample_job("other").key
+    state.publish(KEY, manifests, referrers)
+    state.publish(other, manifests, referrers)
+    state.delete(images=[other])
+    assert state.referrers(manifests[0].digest) == [referrers[0]]
+    (record,) = state.images()
+    assert {r.digest for r in referrers} <= set(record.manifests)
+
+
+def test_a_missing_manifest_digest_is_none_even_beside_others(state: StateUnderTest) -> None:
+    state.publish(KEY, sample_manifests())
+    assert state.manifest(sample_manifests("other")[0].digest) is None
+
+
+def test_the_layer_cache_round_trips_and_misses(state: StateUnderTest) -> None:
+    layer = LayerBlob("sha256:" + "a" * 64, "sha256:" + "b" * 64, 123_456_789_012)
+    state.record_layer("paths-1", layer)
+    assert state.layer("paths-1") == layer
+    assert state.layer("paths-2") is None
+
+
+def test_concurrent_publishes_of_one_key_end_consistent(state: StateUnderTest) -> None:
+    """Builders racing on one key (each with its own bytes) leave one builder's image whole,
+    never a mix, and every digest it names resolves."""
+    sets = [sample_manifests(f"build-{i}") for i in range(8)]
+    assert all_at_once([partial(state.publish, KEY, manifests) for manifests in sets]) == []
+    status = state.status(KEY)
+    assert isinstance(status, Published)
+    assert dict(status.manifests) in [{m.media_type: m.digest for m in s} for s in sets]
+    for media_type, digest in status.manifests.items():
+        found = state.manifest(digest)
+        assert found is not None and found.media_type == media_type
+
+
+# --- Firestore's build records ---------------------------------------------------------
+
+PICKUP = 30.0
+TTL = 60.0
+
+
+def assert_pending(status: object, seconds: float) -> None:
+    """A lease of ``seconds`` that started just now, by the database's clock."""
+    assert isinstance(status, Pending)
+    assert seconds - 10 < status.lease_left <= seconds
+
+
+@pytest.mark.e2e
+class TestFirestoreBuildRecords:
+    """Leases run on the emulator's clock; the fake clock only adds skew to it, which is how
+    time passes here."""
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock(0.0)
+
+    @pytest.fixture
+    def prefix(self) -> str:
+        return f"t{uuid.uuid4().hex}_"
+
+    @pytest.fixture
+    def records(self, firestore_client, clock: FakeClock, prefix: str) -> AllPorts:
+        return firestore_ports(firestore_client, prefix=prefix, skew=clock)
+
+    @pytest.fixture
+    def attempt(self, records: AllPorts) -> Callable[[], int]:
+        return lambda: records.builds.document(KEY).get().to_dict()["attempt"]
+
+    def test_start_creates_once_while_the_lease_is_live(self, records, clock, attempt) -> None:
+        job = sample_job()
+        assert records.start(job, PICKUP) == 1
+        assert_pending(records.status(KEY), PICKUP)
+        clock.advance(PICKUP - 11)
+        assert records.start(job, PICKUP) is None
+        assert attempt() == 1
+
+    def test_a_lapsed_lease_is_taken_over_with_the_next_attempt(self, records, clock, attempt):
+        job = sample_job()
+        assert records.start(job, PICKUP)
+        clock.advance(PICKUP + 1)
+        assert records.start(job, PICKUP) == 2
+        assert attempt() == 2
+        assert_pending(records.status(KEY), PICKUP)
+        assert records.start(job, PICKUP) is None
+
+    def test_start_leaves_a_published_image_and_takes_a_failed_one_over(self, records, attempt):
+        job = sample_job()
+        records.record_failure(KEY, Failure.of(BuildFailed("broken"), AT))
+        assert records.start(job, PICKUP) == 1
+        assert isinstance(records.status(KEY), Pending)
+        records.publish(KEY, sample_manifests())
+        assert records.start(job, PICKUP) is None
+        assert isinstance(records.status(KEY), Published)
+
+    def test_builders_that_keep_dying_end_in_a_failure(self, records, clock, attempt) -> None:
+        """Each start gets a new attempt (a task name of its own); after MAX_ATTEMPTS builders
+        died holding the lease, the build is recorded as failed, not started again. A start
+        after that failure begins a new round, still with new attempt numbers."""
+        job = sample_job()
+        starts = []
+        for _ in range(MAX_ATTEMPTS):
+            starts.append(records.start(job, PICKUP))
+            assert records.claim(job, "builder", TTL) == "taken"
+            clock.advance(TTL + 1)  # the builder died with its lease
+        assert starts == list(range(1, MAX_ATTEMPTS + 1))
+        assert records.start(job, PICKUP) is None
+        failed = records.status(KEY)
+        assert isinstance(failed, Failure) and failed.kind is FailureKind.BUILD_ERROR
+        assert f"stopped {MAX_ATTEMPTS} times" in failed.message
+        assert records.start(job, PICKUP) == MAX_ATTEMPTS + 1, "a new round, a new task name"
+
+    def test_a_task_that_waits_for_a_builder_is_enqueued_again_but_never_failed(
+        self, records, clock
+    ) -> None:
+        """The pickup wait is not the lease: a queue too busy to reach the build within it
+        gets the build again (a new task name), and that counts as no builder's death."""
+        job = sample_job()
+        for attempt in range(1, 2 * MAX_ATTEMPTS + 2):
+            assert records.start(job, PICKUP) == attempt
+            clock.advance(PICKUP + 1)  # no builder took it
+        assert records.claim(job, "builder", TTL) == "taken"
+        assert_pending(records.status(KEY), TTL)
+
+    def test_a_machine_with_a_fast_clock_cannot_take_a_live_lease(
+        self, firestore_client, records, prefix
+    ) -> None:
+        """Leases are judged by Firestore's clock: an instance whose own clock runs an hour
+        ahead neither steals a live claim nor starts a second build."""
+        job = sample_job()
+        records.start(job, PICKUP)
+        assert records.claim(job, "builder-a", TTL) == "taken"
+        ahead = firestore_ports(firestore_client, prefix=prefix, clock=lambda: AT + 3600)
+        assert ahead.claim(job, "builder-b", TTL) == "busy"
+        assert ahead.start(job, PICKUP) is None
+        assert_pending(ahead.status(KEY), TTL)
+
+    def test_claim_is_taken_then_busy_for_others_then_done(self, records, clock) -> None:
+        job = sample_job()
+        records.start(job, PICKUP)
+        assert records.claim(job, "builder-a", TTL) == "taken"
+        assert_pending(records.status(KEY), TTL)
+        assert records.claim(job, "builder-b", TTL) == "busy"
+        assert records.claim(job, "builder-a", TTL) == "taken"  # a redelivery to the owner
+        records.publish(KEY, sample_manifests())
+        assert records.claim(job, "builder-b", TTL) == "done"
+
+    def test_claim_of_a_failed_build_is_done(self, records) -> None:
+        records.record_failure(KEY, Failure.of(UnknownPackages(["nosuch"]), AT))
+        assert records.claim(sample_job(), "builder-a", TTL) == "done"
+
+    def test_a_lapsed_claim_is_taken_over_and_its_owner_cannot_renew(self, records, clock):
+        job = sample_job()
+        records.start(job, PICKUP)
+        assert records.claim(job, "builder-a", TTL) == "taken"
+        clock.advance(TTL / 2)
+        assert records.renew(KEY, "builder-a", TTL) is True
+        assert_pending(records.status(KEY), TTL)
+        clock.advance(TTL + 1)
+        assert records.claim(job, "builder-b", TTL) == "taken"
+        assert records.renew(KEY, "builder-a", TTL) is False
+        assert records.renew(KEY, "builder-b", TTL) is True
+
+    def test_renew_fails_once_the_build_finished(self, records) -> None:
+        job = sample_job()
+        records.claim(job, "builder-a", TTL)
+        records.publish(KEY, sample_manifests())
+        assert records.renew(KEY, "builder-a", TTL) is False
+
+    def test_release_lets_a_retry_start_at_once(self, records, clock, attempt) -> None:
+        job = sample_job()
+        records.start(job, PICKUP)
+        records.claim(job, "builder-a", TTL)
+        assert records.start(job, PICKUP) is None
+        records.release(KEY, "builder-b")  # not the owner: nothing happens
+        assert records.start(job, PICKUP) is None
+        records.release(KEY, "builder-a")
+        assert records.start(job, PICKUP) == 2
+        assert attempt() == 2
+        assert_pending(records.status(KEY), PICKUP)
+
+
+@pytest.mark.parametrize("error_type", [BuildFailed, BuildTimedOut])
+def test_a_huge_failure_is_stored_bounded_keeping_the_end_of_its_log(
+    state: StateUnderTest, error_type: type[BuildFailed]
+) -> None:
+    """A Firestore document holds at most 1 MiB: a 5 MB log and a 1 MB message are stored
+    cut, in every store alike, the log keeping its end (where Nix puts the error)."""
+    lines = [f'building step {i}: "quoted" \\ é ✓' for i in range(150_000)]
+    log = "\n".join([*lines, "error: builder for '/nix/store/x.drv' failed with exit code 1"])
+    assert len(log.encode()) > 5_000_000, "a 5 MB log"
+    state.record_failure(KEY, Failure.of(error_type("m" * 1_000_000, log), AT))
+    found = state.status(KEY)
+    assert isinstance(found, Failure) and found.at == AT
+    again = found.error()
+    assert type(again) is error_type
+    assert len(again.log_tail) < MAX_LOG + 100 and again.log_tail.endswith(log[-MAX_LOG:])
+    assert again.log_tail.startswith("[nixery: ")
+    assert len(found.message) < MAX_MESSAGE + 100 and found.message.startswith("mmm")
+
+
+def test_a_failure_within_bounds_is_stored_unchanged(state: StateUnderTest) -> None:
+    failure = Failure.of(BuildFailed("m" * MAX_MESSAGE, "x" * MAX_LOG), AT)
+    state.record_failure(KEY, failure)
+    assert state.status(KEY) == failure
+
+
+# --- Build reports and package names (the pages) ---------------------------------------
+
+
+def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] = ()) -> BuildReport:
+    return BuildReport(
+        key=key,
+        packages=("cacert", "hello"),
+        system="x86_64-linux",
+        revision="path:/demo@abc",
+        started=started,
+        status="published",
+        step="manifests",
+        finished=started + 1.5,
+        outputs={"hello": "/nix/store/aaaa-hello-2.12.1"},
+        closure={"/nix/store/aaaa-hello-2.12.1": 1800, "/nix/store/bbbb-glibc-2.37": 8_000_000},
+        layers=tuple(LayerReport(d, 100, 1800, ("/nix/store/aaaa-hello-2.12.1",)) for d in layers),
+        manifests={OCI_MANIFEST: "sha256:" + "1" * 64},
+        failure=FailureReport("build_error", "it <b>broke</b>", "line\n<script>x</script>\n"),
+    )
+
+
+def test_a_report_round_trips_and_a_later_one_replaces_it(state: StateUnderTest) -> None:
+    assert state.report(KEY) is None
+    report = sample_report(layers=("sha256:" + "a" * 64,))
+    state.record_report(report)
+    assert state.report(KEY) == report
+    later = replace(report, status="failed", step="nix", layers=())
+    state.record_report(later)
+    assert state.report(KEY) == later
+
+
+def test_recent_reports_come_latest_first_and_are_limited(state: StateUnderTest) -> None:
+    for i in range(5):
+        state.record_report(sample_report(sample_job(f"p{i}").key, started=AT + i))
+    recent = state.recent_reports(3)
+    assert [r.started for r in recent] == [AT + 4, AT + 3, AT + 2]
+    assert state.recent_reports(10)[-1].key == sample_job("p0").key
+
+
+def test_layer_users_counts_the_reports_holding_a_layer_up_to_the_limit(
+    state: StateUnderTest,
+) -> None:
+    shared, own = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    state.record_report(sample_report(sample_job("x").key, layers=(shared, own)))
+    state.record_report(sample_report(sample_job("y").key, layers=(shared,)))
+    state.record_report(sample_report(sample_job("z").key, layers=(shared,)))
+    assert state.layer_users(shared, 2) == 2
+    assert state.layer_users(shared, 10) == 3
+    assert state.layer_users(own, 10) == 1
+    assert state.layer_users("sha256:" + "c" * 64, 10) == 0
+    state.record_report(sample_report(sample_job("x").key, layers=()))
+    assert state.layer_users(own, 10) == 0, "a replaced report no longer holds its layers"
+
+
+def test_package_names_round_trip_per_revision_and_are_bounded(state: StateUnderTest) -> None:
+    revision = "git:https://example.org/pkgs.git@" + "0" * 40
+    assert state.package_names(revision) is None
+    state.record_package_names(revision, ["zlib", "hello", "python3Packages.requests"])
+    assert state.package_names(revision) == ["hello", "python3Packages.requests", "zlib"]
+    assert state.package_names(revision + "x") is None
+    state.record_package_names("empty", [])
+    assert state.package_names("empty") == []
+    many = [f"package{i:07d}" for i in range(MAX_PACKAGE_NAMES // 10)]
+    state.record_package_names(revision, many)
+    kept = state.package_names(revision)
+    assert kept == many[: len(kept)] and 0 < len(kept) < len(many)
+    assert sum(len(n) + 1 for n in kept) <= MAX_PACKAGE_NAMES

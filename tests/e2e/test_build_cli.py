@@ -1,0 +1,102 @@
+"""`nixery build`: the image a registry serves for a name, written to a file without a
+server, loaded and run by podman; its digests are the registry's, in both modes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+
+import pytest
+from test_protocol import OCI, OCI_INDEX
+
+from tests.helpers.registries import NIXERY
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=["local", "gcp"])
+def target(request):
+    return request.getfixturevalue({"local": "registry", "gcp": "gcp_registry"}[request.param])
+
+
+def nixery_build(registry, *args: str) -> subprocess.CompletedProcess[str]:
+    """`nixery build` with the local registry's package set and Nix settings, and storage of
+    its own (a temporary directory): nothing is shared with a running registry."""
+    env = {k: v for k, v in registry.env.items() if k not in ("STORAGE_PATH", "PORT")}
+    return subprocess.run([str(NIXERY), "build", *args], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
+
+
+def served(target, name: str) -> dict:
+    response = target.get(f"/v2/{name}/manifests/latest", headers={"Accept": OCI})
+    assert response.status_code == 200, response.text
+    return {"manifest": response.headers["Docker-Content-Digest"], **response.json()}
+
+
+@pytest.mark.parametrize("kind", ["oci", "docker-archive"])
+def test_build_load_and_run_with_the_registrys_digests(registry, target, clients, tmp_path, kind):
+    out = tmp_path / "hello.tar"
+    built = nixery_build(registry, "shell/hello", "-o", str(out), "--format", kind)
+    assert built.returncode == 0, built.stderr
+    assert "build " in built.stderr and "published" in built.stderr, "progress is shown"
+    expected = served(target, "shell/hello")
+    with tarfile.open(out) as tar:
+        if kind == "oci":
+            index = json.load(tar.extractfile("index.json"))
+            assert index["manifests"][0]["digest"] == expected["manifest"]
+        else:
+            [entry] = json.load(tar.extractfile("manifest.json"))
+            assert entry["Config"] == expected["config"]["digest"].split(":")[1] + ".json"
+    loaded = clients.podman("load", "-i", str(out))
+    assert loaded.returncode == 0, loaded.stderr
+    assert "localhost/shell/hello:latest" in loaded.stdout
+    image_id = clients.podman("image", "inspect", "--format", "{{.Id}}", "shell/hello")
+    assert "sha256:" + image_id.stdout.strip() == expected["config"]["digest"]
+    ran = clients.podman("run", "--rm", "localhost/shell/hello:latest", "hello")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "Hello, world!"
+    clients.podman("rmi", "-f", "localhost/shell/hello:latest")
+
+
+def test_the_same_name_gives_the_same_file(registry, tmp_path):
+    a, b = tmp_path / "a.tar", tmp_path / "b.tar"
+    for out in (a, b):
+        assert nixery_build(registry, "hello:latest", "-o", str(out)).returncode == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_bad_input_is_a_clear_error(registry, tmp_path):
+    out = tmp_path / "x.tar"
+    for args, says in (
+        (["Bad/Name", "-o", str(out)], "invalid repository name"),
+        (["nosuchpackage", "-o", str(out)], "nosuchpackage"),
+        (["broken", "-o", str(out)], "broken is broken on purpose"),
+        (["hello:no-such-tag", "-o", str(out)], "unknown tag"),
+    ):
+        failed = nixery_build(registry, *args)
+        assert failed.returncode != 0 and says in failed.stderr, (args, failed.stderr)
+        assert "Traceback" not in failed.stderr
+    assert not out.exists()
+
+
+def test_a_multi_platform_oci_archive_holds_the_registrys_index(multi_registry, clients, tmp_path):
+    out = tmp_path / "multi.tar"
+    built = nixery_build(multi_registry, "shell/hello", "-o", str(out))
+    assert built.returncode == 0, built.stderr
+    response = multi_registry.get(
+        "/v2/shell/hello/manifests/latest", headers={"Accept": f"{OCI_INDEX}, {OCI}"}
+    )
+    with tarfile.open(out) as tar:
+        [entry] = json.load(tar.extractfile("index.json"))["manifests"]
+        assert entry["mediaType"] == OCI_INDEX
+        assert entry["digest"] == response.headers["Docker-Content-Digest"]
+        for child in response.json()["manifests"]:
+            tar.getmember(f"blobs/sha256/{child['digest'][7:]}")
+    assert clients.podman("load", "-i", str(out)).returncode == 0
+    image = "localhost/shell/hello:latest"
+    arch = clients.podman("image", "inspect", "--format", "{{.Architecture}}", image)
+    assert arch.stdout.strip() == "amd64", "podman takes its own platform's image"
+    ran = clients.podman("run", "--rm", image, "hello")
+    assert ran.stdout.strip() == "Hello, world!", ran.stderr
+    clients.podman("rmi", "-f", image)

@@ -1,0 +1,177 @@
+"""Faults injected into Google Cloud mode: a database, a bucket or a queue that stops
+answering, and records or blobs that vanish. A client gets a 503 with Retry-After within
+seconds, never a 500 or a hang, and an image whose parts vanished is built again.
+
+These tests hang and resume the emulators (SIGSTOP, SIGCONT), so they have their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.emulators import BUCKET, PROJECT, Emulators, GcpRegistry, Process
+from tests.helpers.registries import OCI, big_set
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 2  # NIXERY_BACKEND_TIMEOUT, seconds
+
+
+@pytest.fixture(scope="module")
+def own_emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
+    emu = Emulators(tmp_path_factory.mktemp("fault-emulators"))
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def make(own_emulators: Emulators, tmp_path: Path) -> Iterator:
+    """Starts registries (function and builder) sharing one Firestore prefix."""
+    prefix = f"f{uuid.uuid4().hex[:8]}_"
+    started: list[GcpRegistry] = []
+
+    def start() -> GcpRegistry:
+        reg = GcpRegistry(
+            tmp_path / f"r{len(started)}", own_emulators,
+            NIXERY_BACKEND_TIMEOUT=str(TIMEOUT), NIXERY_FIRESTORE_PREFIX=prefix,
+        )  # fmt: skip
+        started.append(reg.start())
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+@contextlib.contextmanager
+def hung(process: Process) -> Iterator[None]:
+    """The service accepts connections (the kernel does) but never answers."""
+    os.killpg(process.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(process.proc.pid, signal.SIGCONT)
+
+
+def assert_quick_503(reg: GcpRegistry, path: str, service: str) -> None:
+    started = time.monotonic()
+    answer = reg.get(path, headers={"Accept": OCI}, timeout=60)
+    seconds = time.monotonic() - started
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"]
+    error = answer.json()["errors"][0]
+    assert error["code"] == "UNAVAILABLE" and service in error["message"], error
+    assert seconds < 3 * TIMEOUT + 2, f"answered after {seconds:.1f}s"
+
+
+@pytest.mark.parametrize(
+    ("which", "service", "path"),
+    [
+        ("firestore", "Firestore", "/v2/zlib/manifests/latest"),
+        ("gcs", "Cloud Storage", f"/v2/zlib/blobs/sha256:{'1' * 64}"),
+        ("tasks", "Cloud Tasks", "/v2/expat/manifests/latest"),
+    ],
+)
+def test_a_service_that_stops_answering_is_a_quick_503(make, own_emulators, which, service, path):
+    reg = make()
+    with hung(getattr(own_emulators, which)):
+        assert_quick_503(reg, path, service)
+    # Once it answers again, so does the registry.
+    if "/manifests/" in path:
+        assert reg.get(path, headers={"Accept": OCI}).status_code == 200
+    else:
+        assert reg.get(path).status_code == 404
+
+
+def test_a_database_that_stops_answering_mid_wait_is_a_quick_503(make, own_emulators):
+    """The request has started the build and polls its record when Firestore hangs."""
+    reg = make()
+    answers: list = []
+    thread = threading.Thread(
+        target=lambda: answers.append(reg.get("/v2/slow/manifests/latest", timeout=60))
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while ": starting " not in reg.builder_log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with hung(own_emulators.firestore):
+        started = time.monotonic()
+        thread.join(60)
+        assert time.monotonic() - started < 3 * TIMEOUT + 2
+    assert answers[0].status_code == 503, answers[0].text
+
+
+def test_an_image_whose_manifest_or_blob_vanished_is_built_again(make, own_emulators):
+    """A fresh instance (nothing in memory) finds the record published but a part gone: it
+    builds the image again rather than answer 500, or a manifest that cannot be pulled."""
+    from google.cloud import firestore, storage
+
+    first = make()
+    built = first.get("/v2/htop/manifests/latest", headers={"Accept": OCI})
+    assert built.status_code == 200
+    digest = built.headers["Docker-Content-Digest"]
+    layer = built.json()["layers"][0]["digest"]
+    env = own_emulators.env()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
+            patch.setenv(name, env[name])
+        prefix = first.env["NIXERY_FIRESTORE_PREFIX"]
+        firestore.Client(project=PROJECT).collection(prefix + "manifests").document(digest).delete()
+        storage.Client(project=PROJECT).bucket(BUCKET).blob(f"blobs/sha256/{layer[7:]}").delete()
+
+    second = make()
+    again = second.get("/v2/htop/manifests/latest", headers={"Accept": OCI})
+    assert again.status_code == 200, again.text
+    assert again.headers["Docker-Content-Digest"] == digest, "the same image, rebuilt"
+    assert second.get(f"/v2/htop/blobs/{layer}").status_code == 307
+    assert "building it again" in second.log_path.read_text()
+
+
+def test_a_builder_killed_while_uploading_is_taken_over(own_emulators, tmp_path):
+    """The builder dies with its layers half uploaded: the staging objects are abandoned (for
+    the bucket's lifecycle rule), nothing is published under a digest it does not match, and
+    the next builder builds the image whole."""
+    from google.cloud import storage
+
+    pkgs = big_set(tmp_path / "pkgs", parts=2, part_mib=100)
+    reg = GcpRegistry(
+        tmp_path / "r", own_emulators, NIXERY_PKGS_PATH=str(pkgs), NIXERY_LEASE_TTL="3",
+        NIX_TIMEOUT="600",
+    ).start()  # fmt: skip
+    try:
+        answers: list = []
+        thread = threading.Thread(
+            target=lambda: answers.append(
+                reg.get("/v2/big/manifests/latest", headers={"Accept": OCI}, timeout=300)
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 120
+        while ": nix done in " not in reg.builder_log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert reg.builder is not None
+        reg.builder.kill(signal.SIGKILL)
+        reg.start_builder()
+        thread.join(300)
+        assert answers and answers[0].status_code == 200, answers
+        assert reg.builds_started() == 2
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", own_emulators.env()["STORAGE_EMULATOR_HOST"])
+            bucket = storage.Client(project=PROJECT).bucket(BUCKET)
+            for layer in answers[0].json()["layers"]:
+                data = bucket.blob(f"blobs/sha256/{layer['digest'][7:]}").download_as_bytes()
+                assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+    finally:
+        reg.stop()

@@ -1,0 +1,227 @@
+"""Local mode end to end: a real registry, real Nix builds from the demo set, real clients."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import http.server
+import json
+import subprocess
+
+import pytest
+
+from tests.helpers.registries import DEMO, Registry, git, pull_concurrently
+
+pytestmark = pytest.mark.e2e
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def manifest(reg: Registry, name: str, ref: str = "latest", accept: str = OCI, method="GET"):
+    return reg.get(f"/v2/{name}/manifests/{ref}", method, headers={"Accept": accept})
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    if response.request.method == "HEAD":
+        assert response.content == b""
+        return {}
+    errors = response.json()["errors"]
+    assert errors[0]["code"] == code
+    return errors[0]
+
+
+def test_ping(registry):
+    response = registry.get("/v2/")
+    assert response.status_code == 200
+    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+def test_image_root_is_a_usable_filesystem(registry, clients):
+    script = (
+        "env; readlink /usr/bin/env; cat /etc/passwd; "
+        "test -f $SSL_CERT_FILE && echo certs-ok; ls -ld /tmp"
+    )
+    ran = clients.podman("run", "--rm", f"{registry.host}/shell/hello", "bash", "-c", script)
+    assert ran.returncode == 0, ran.stderr
+    assert "PATH=/bin" in ran.stdout
+    assert "coreutils" in ran.stdout  # /usr/bin/env -> coreutils' env
+    assert "root:x:0:0" in ran.stdout and "nobody" in ran.stdout
+    assert "certs-ok" in ran.stdout
+    assert "drwxrwxrwt" in ran.stdout
+
+
+def test_package_order_does_not_matter(registry):
+    a = manifest(registry, "hello/shell")
+    b = manifest(registry, "shell/hello")
+    assert a.status_code == b.status_code == 200
+    assert a.headers["Docker-Content-Digest"] == b.headers["Docker-Content-Digest"]
+    assert a.content == b.content
+
+
+def test_head_and_by_digest(registry):
+    got = manifest(registry, "shell/hello")
+    head = manifest(registry, "shell/hello", method="HEAD")
+    assert head.status_code == 200
+    assert head.content == b""
+    digest = got.headers["Docker-Content-Digest"]
+    assert head.headers["Docker-Content-Digest"] == digest
+    assert int(head.headers["Content-Length"]) == len(got.content)
+    assert head.headers["Content-Type"] == got.headers["Content-Type"] == OCI
+    assert digest == "sha256:" + hashlib.sha256(got.content).hexdigest()
+    by_digest = manifest(registry, "shell/hello", digest, accept=DOCKER)
+    assert by_digest.status_code == 200
+    assert by_digest.content == got.content, "a digest names exact bytes, whatever Accept says"
+    assert by_digest.headers["Content-Type"] == OCI
+
+
+def test_accept_chooses_the_format(registry):
+    oci = manifest(registry, "shell/hello", accept=OCI)
+    docker = manifest(registry, "shell/hello", accept=DOCKER)
+    # Two separate Accept lines, as skopeo and podman send them.
+    conn = http.client.HTTPConnection(registry.host, timeout=60)
+    conn.putrequest("GET", "/v2/shell/hello/manifests/latest")
+    conn.putheader("Accept", DOCKER)
+    conn.putheader("Accept", OCI)
+    conn.endheaders()
+    both = conn.getresponse()
+    both.read()
+    assert oci.json()["mediaType"] == OCI and docker.json()["mediaType"] == DOCKER
+    assert docker.headers["Content-Type"] == DOCKER
+    assert both.getheader("Content-Type") == OCI
+    assert oci.json()["config"]["digest"] == docker.json()["config"]["digest"]
+
+
+def test_blobs_serve_with_ranges(registry):
+    body = manifest(registry, "shell/hello").json()
+    layer = body["layers"][0]
+    full = registry.get(f"/v2/shell/hello/blobs/{layer['digest']}")
+    assert full.status_code == 200
+    assert len(full.content) == layer["size"]
+    assert "sha256:" + hashlib.sha256(full.content).hexdigest() == layer["digest"]
+    assert full.headers["Docker-Content-Digest"] == layer["digest"]
+    part = registry.get(
+        f"/v2/shell/hello/blobs/{layer['digest']}", headers={"Range": "bytes=10-109"}
+    )
+    assert part.status_code == 206
+    assert part.content == full.content[10:110]
+    assert part.headers["Content-Range"] == f"bytes 10-109/{layer['size']}"
+    head = registry.get(f"/v2/shell/hello/blobs/{layer['digest']}", "HEAD")
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["Content-Length"]) == layer["size"]
+    config = registry.get(f"/v2/shell/hello/blobs/{body['config']['digest']}")
+    assert json.loads(config.content)["architecture"] == "amd64"
+
+
+def test_errors(registry):
+    missing = "sha256:" + "0" * 64
+    assert_error(registry.get(f"/v2/shell/hello/blobs/{missing}"), 404, "BLOB_UNKNOWN")
+    assert_error(registry.get(f"/v2/shell/hello/blobs/{missing}", "HEAD"), 404, "BLOB_UNKNOWN")
+    assert_error(registry.get("/v2/shell/hello/blobs/sha256:totallywrong"), 400, "DIGEST_INVALID")
+    assert_error(manifest(registry, "shell/hello", "sha256:totallywrong"), 400, "DIGEST_INVALID")
+    assert_error(manifest(registry, "shell/hello", missing), 404, "MANIFEST_UNKNOWN")
+    assert_error(manifest(registry, "Shell/Hello"), 400, "NAME_INVALID")
+    assert_error(manifest(registry, "shell/hello", "no-such-tag"), 404, "MANIFEST_UNKNOWN")
+    assert_error(
+        registry.get("/v2/shell/hello/manifests/latest", "PUT", data=b"{}"), 405, "UNSUPPORTED"
+    )
+    assert_error(registry.get("/v2/shell/hello/manifests/latest", "DELETE"), 405, "UNSUPPORTED")
+    assert_error(registry.get("/v2/shell/hello/blobs/uploads/", "POST"), 405, "UNSUPPORTED")
+
+
+def test_unknown_packages_are_all_named(registry):
+    error = assert_error(manifest(registry, "hello/nope-one/nope-two"), 422, "MANIFEST_UNKNOWN")
+    assert "nope-one" in error["message"] and "nope-two" in error["message"]
+    assert error["detail"]["packages"] == ["nope-one", "nope-two"]
+
+
+def test_an_unknown_package_is_told_the_name_it_may_have_meant(registry):
+    error = assert_error(manifest(registry, "requests"), 422, "MANIFEST_UNKNOWN")
+    assert "requests (did you mean python3Packages.requests?)" in error["message"]
+    assert error["detail"]["suggestions"] == {"requests": ["python3Packages.requests"]}
+
+
+def test_case_insensitive_attributes_nested_sets_and_digits(registry):
+    for name in ("bashinteractive", "python3packages.requests", "1password", "gitminimal"):
+        assert manifest(registry, name).status_code == 200, name
+
+
+def test_a_failing_build_is_a_clear_error_and_is_remembered(registry):
+    error = assert_error(manifest(registry, "broken"), 422, "MANIFEST_UNKNOWN")
+    assert "broken is broken on purpose" in error["message"]
+    assert f"{registry.url}/builds/" in error["message"]
+    builds = registry.builds_started()
+    assert_error(manifest(registry, "broken"), 422, "MANIFEST_UNKNOWN")
+    assert registry.builds_started() == builds, "a failure is remembered, not rebuilt"
+
+
+def test_an_evaluation_error_is_reported(registry):
+    error = assert_error(manifest(registry, "throwing"), 422, "MANIFEST_UNKNOWN")
+    assert "this package refuses to evaluate" in error["message"]
+
+
+def test_nix_timeout_bounds_the_build(registry):
+    error = assert_error(manifest(registry, "slow"), 422, "MANIFEST_UNKNOWN")
+    assert "timed out" in error["message"]
+
+
+def test_concurrent_pulls_share_one_build(registry):
+    before = registry.builds_started()
+    results = pull_concurrently(registry, "jq/htop/ripgrep", 12)
+    assert all(r.status_code == 200 for r in results)
+    assert len({r.headers["Docker-Content-Digest"] for r in results}) == 1
+    assert registry.builds_started() == before + 1
+
+
+def test_web_page(registry):
+    page = registry.get("/")
+    assert page.status_code == 200 and "docker pull" in page.text
+
+
+def test_restart_loses_nothing_and_fresh_storage_rebuilds_identical_bytes(
+    registry, make_registry, tmp_path
+):
+    first = make_registry(tmp_path / "a")
+    digest = manifest(first, "shell/hello").headers["Docker-Content-Digest"]
+    first.stop()
+    again = make_registry(tmp_path / "a")
+    assert manifest(again, "shell/hello").headers["Docker-Content-Digest"] == digest
+    assert first.builds_started() == 1
+    assert again.builds_started() == 0, "the restart served what was published"
+    assert manifest(registry, "shell/hello").headers["Docker-Content-Digest"] == digest
+
+
+def test_git_source_tags_give_different_images(make_registry, clients, tmp_path):
+    repo = tmp_path / "pkgs"
+    subprocess.run(["cp", "-r", str(DEMO), str(repo)], check=True)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "v1", "--allow-empty")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "v1")
+    git(repo, "tag", "v1")
+    default = repo / "default.nix"
+    default.write_text(default.read_text().replace("Hello, world!", "Hello from v2!"))
+    git(repo, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "v2")
+    git(repo, "tag", "v2")
+    reg = make_registry(NIXERY_PKGS_REPO=f"file://{repo}")
+    clients.trust(reg.host)
+    v1 = manifest(reg, "hello", "v1")
+    v2 = manifest(reg, "hello", "v2")
+    assert v1.status_code == v2.status_code == 200, v1.text + v2.text
+    assert v1.headers["Docker-Content-Digest"] != v2.headers["Docker-Content-Digest"]
+    latest = manifest(reg, "hello", "latest")
+    assert latest.headers["Docker-Content-Digest"] == v2.headers["Docker-Content-Digest"]
+    assert_error(manifest(reg, "hello", "v3"), 404, "MANIFEST_UNKNOWN")
+    listed = reg.get("/v2/hello/tags/list").json()
+    assert listed == {"name": "hello", "tags": ["latest", "main", "v1", "v2"]}
+    commit = git(repo, "rev-parse", "v1")
+    assert (
+        manifest(reg, "hello", commit).headers["Docker-Content-Digest"]
+        == v1.headers["Docker-Content-Digest"]
+    )
+    for tag, greeting in (("v1", "Hello, world!"), ("v2", "Hello from v2!")):
+        ran = clients.podman("run", "--rm", f"{reg.host}/hello:{tag}", "hello")
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.strip() == greeting

@@ -1,0 +1,477 @@
+"""The image service and both build queues, on the in-memory fakes with a fake clock: no
+Nix, no HTTP, no emulators, so every branch of the request path is cheap to reach."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+
+import pytest
+
+from nixery.blobs import store_bytes
+from nixery.errors import (
+    BuildError,
+    BuildFailed,
+    BuildInterrupted,
+    ImageLost,
+    SourceUnavailable,
+    StillBuilding,
+    Transient,
+    UnknownBlob,
+    UnknownManifest,
+    UnknownTag,
+)
+from nixery.gcp.task_queue import TaskBuildQueue
+from nixery.job import BuildJob
+from nixery.local.thread_queue import ThreadBuildQueue
+from nixery.oci.manifests import DOCKER_MANIFEST, OCI_MANIFEST, sha256_digest
+from nixery.ports import BuildQueue
+from nixery.records import Failure, Published
+from nixery.request import Digest, Tag
+from nixery.service.images import BlobLocation, ImageService
+from tests.helpers.fakes import (
+    BUILD_ERRORS,
+    REVISION,
+    FakeBuilder,
+    FakeClock,
+    MemoryBlobStore,
+    MemoryState,
+    ScriptedQueue,
+    StaticSource,
+    sample_config,
+    sample_job,
+    sample_manifests,
+)
+
+JOB = sample_job()
+LATEST = Tag("latest")
+WAIT = 25.0
+FAILURE_TTL = 300.0
+MANIFESTS = sample_manifests()
+PUBLISHED = Published({m.media_type: m.digest for m in MANIFESTS})
+OCI = MANIFESTS[0]
+assert OCI.media_type == OCI_MANIFEST
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def state(clock: FakeClock) -> MemoryState:
+    return MemoryState(clock)
+
+
+@pytest.fixture
+def source() -> StaticSource:
+    return StaticSource({"latest": REVISION})
+
+
+@pytest.fixture
+def blobs() -> MemoryBlobStore:
+    """Holding the sample image's config, so that a published sample image is whole."""
+    store = MemoryBlobStore()
+    store_bytes(store, sha256_digest(sample_config()), sample_config())
+    return store
+
+
+@pytest.fixture
+def service(state, source, blobs, clock) -> Callable[[BuildQueue], ImageService]:
+    def make(queue: BuildQueue) -> ImageService:
+        return ImageService(source=source, images=state, blobs=blobs, builds=queue,
+                            wait=WAIT, failure_ttl=FAILURE_TTL, clock=clock)  # fmt: skip
+
+    return make
+
+
+@pytest.fixture
+def thread_queue(state: MemoryState) -> Iterator[Callable[[FakeBuilder], ThreadBuildQueue]]:
+    queues: list[ThreadBuildQueue] = []
+
+    def make(builder: FakeBuilder) -> ThreadBuildQueue:
+        queues.append(ThreadBuildQueue(builder, state, workers=4))  # type: ignore[arg-type]
+        return queues[-1]
+
+    yield make
+    for queue in queues:
+        queue.shutdown()
+
+
+# --- ImageService ----------------------------------------------------------------------
+
+
+def test_the_tag_names_the_job_the_fakes_publish() -> None:
+    assert BuildJob.of(JOB.request, REVISION) == JOB
+
+
+def test_a_published_image_is_served_without_touching_the_queue(service, state) -> None:
+    state.publish(JOB.key, MANIFESTS)
+    queue = ScriptedQueue()
+    images = service(queue)
+    assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
+    docker = images.manifest(JOB.request, LATEST, [])
+    assert docker.media_type == DOCKER_MANIFEST
+    assert queue.calls == []
+
+
+CONFIG = sha256_digest(sample_config())
+
+
+class RestoringBuilder(FakeBuilder):
+    """A build that stores the image's config blob before it publishes, as a real one does."""
+
+    def __init__(self, state: MemoryState, blobs: MemoryBlobStore) -> None:
+        super().__init__(state, MANIFESTS)
+        self.blobs = blobs
+
+    def run(self, job: BuildJob) -> None:
+        store_bytes(self.blobs, CONFIG, sample_config())
+        super().run(job)
+
+
+@pytest.mark.parametrize("loss", ["blob deleted", "blob damaged", "manifest deleted"])
+def test_a_published_image_that_lost_a_part_is_built_again(
+    service, state, blobs, thread_queue, loss: str
+) -> None:
+    """Never a manifest whose blobs cannot be pulled, nor a 500 for a manifest that an
+    in-memory answer says exists: the image is forgotten and built again."""
+    state.publish(JOB.key, MANIFESTS)
+    if loss == "blob deleted":
+        del blobs.blobs[CONFIG]
+    elif loss == "blob damaged":
+        blobs.blobs[CONFIG] = b"damaged"
+    else:
+        state._manifests.clear()
+    builder = RestoringBuilder(state, blobs)
+    images = service(thread_queue(builder))
+    assert within(30, lambda: images.manifest(JOB.request, LATEST, [OCI_MANIFEST])) == OCI
+    assert builder.calls == [JOB]
+    assert blobs.blobs[CONFIG] == sample_config()
+
+
+def test_an_image_still_lost_after_its_rebuild_is_transient(service, state, blobs) -> None:
+    state.publish(JOB.key, MANIFESTS)
+    del blobs.blobs[CONFIG]
+    queue = ScriptedQueue(PUBLISHED)  # "built", yet the blob is still missing
+    with pytest.raises(ImageLost):
+        service(queue).manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.status(JOB.key) is None, "forgotten, so that the next request builds it"
+
+
+def test_a_damaged_blob_is_never_served(service, blobs) -> None:
+    blobs.blobs[CONFIG] = b"damaged"
+    with pytest.raises(UnknownBlob):
+        service(ScriptedQueue()).blob(Digest(CONFIG))
+    assert CONFIG not in blobs.blobs
+
+
+@pytest.mark.parametrize("error", BUILD_ERRORS, ids=lambda e: type(e).__name__)
+def test_a_remembered_failure_raises_its_error_without_building(
+    service, state, clock, error: BuildError
+) -> None:
+    state.record_failure(JOB.key, Failure.of(error, clock() - FAILURE_TTL + 1))
+    queue = ScriptedQueue()
+    with pytest.raises(BuildError) as raised:
+        service(queue).manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert type(raised.value) is type(error)
+    assert (raised.value.message, raised.value.detail) == (error.message, error.detail)
+    assert queue.calls == []
+
+
+@pytest.mark.parametrize("error", BUILD_ERRORS, ids=lambda e: type(e).__name__)
+def test_a_failure_past_its_ttl_is_built_again(
+    service, state, clock, thread_queue, error: BuildError
+) -> None:
+    state.record_failure(JOB.key, Failure.of(error, clock() - FAILURE_TTL))
+    builder = FakeBuilder(state, MANIFESTS)
+    images = service(thread_queue(builder))
+    assert within(30, lambda: images.manifest(JOB.request, LATEST, [OCI_MANIFEST])) == OCI
+    assert builder.calls == [JOB]
+    assert state.status(JOB.key) == PUBLISHED
+
+
+def test_the_queue_is_given_the_job_and_the_wait(service) -> None:
+    queue = ScriptedQueue(PUBLISHED)
+    assert service(queue).image(JOB) == PUBLISHED
+    assert queue.calls == [(JOB, WAIT)]
+
+
+def test_a_build_that_fails_now_raises_its_error(service, clock) -> None:
+    failure = Failure.of(BuildFailed("no such attribute", "log"), clock())
+    with pytest.raises(BuildFailed, match="no such attribute"):
+        service(ScriptedQueue(failure)).image(JOB)
+
+
+def test_a_queue_out_of_patience_is_still_building(service, state) -> None:
+    with pytest.raises(StillBuilding):
+        service(ScriptedQueue(None)).image(JOB)
+    assert state.status(JOB.key) is None
+
+
+@pytest.mark.parametrize("error", [BuildInterrupted("disk full"),
+                                   SourceUnavailable("git fetch failed")])  # fmt: skip
+def test_a_transient_error_propagates_and_nothing_is_remembered(
+    service, state, error: Transient
+) -> None:
+    with pytest.raises(Transient) as raised:
+        service(ScriptedQueue(error)).manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert raised.value is error
+    assert state.status(JOB.key) is None
+
+
+def test_a_crash_of_the_queue_is_transient_and_nothing_is_remembered(service, state) -> None:
+    crash = KeyError("bug")
+    with pytest.raises(Transient) as raised:
+        service(ScriptedQueue(crash)).image(JOB)
+    assert not isinstance(raised.value, BuildError)
+    assert raised.value.__cause__ is crash
+    assert state.status(JOB.key) is None
+
+
+def test_a_digest_reference_reads_the_state_only(service, state, source) -> None:
+    state.publish(JOB.key, MANIFESTS)
+    queue = ScriptedQueue()
+    images = service(queue)
+    docker = MANIFESTS[1]
+    assert images.manifest(JOB.request, Digest(docker.digest), [OCI_MANIFEST]) == docker
+    with pytest.raises(UnknownManifest):
+        images.manifest(JOB.request, Digest(sha256_digest(b"none")), [OCI_MANIFEST])
+    assert source.resolved == []
+    assert queue.calls == []
+    assert state.reads == 0
+
+
+def test_an_unknown_tag_builds_nothing(service, state) -> None:
+    queue = ScriptedQueue()
+    with pytest.raises(UnknownTag):
+        service(queue).manifest(JOB.request, Tag("v9"), [OCI_MANIFEST])
+    assert queue.calls == []
+    assert state.reads == 0
+
+
+def test_blobs_are_found_with_their_size_or_unknown(service, blobs) -> None:
+    images = service(ScriptedQueue())
+    store_bytes(blobs, sha256_digest(b"config"), b"config")
+    assert images.blob(Digest(sha256_digest(b"config"))) == BlobLocation(6, None)
+    with pytest.raises(UnknownBlob):
+        images.blob(Digest(sha256_digest(b"other")))
+
+
+# --- ThreadBuildQueue ------------------------------------------------------------------
+
+
+def within(seconds: float, call: Callable[[], object]) -> object:
+    """What ``call`` returns or raises, failing the test if it blocks longer than ``seconds``
+    (a deadlocked queue fails its test rather than hanging the run)."""
+    done: list[object] = []
+
+    def run() -> None:
+        try:
+            done.append(call())
+        except Exception as e:
+            done.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert done, f"still blocked after {seconds} s: deadlocked"
+    return done[0]
+
+
+class InlineExecutor(Executor):
+    """Runs each build as it is submitted: the build is over before ``submit`` returns."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as e:
+            future.set_exception(e)
+        return future
+
+
+def test_a_build_that_ends_before_its_callback_is_added_does_not_deadlock(
+    state, thread_queue
+) -> None:
+    """A build may end before ``build`` registers its done callback (a duplicate that finds
+    the image published, a source that fails at once): the callback then runs at once, in
+    the caller, which must not hold a lock the callback takes."""
+    builder = FakeBuilder(state, MANIFESTS, seconds=0)
+    queue = thread_queue(builder)
+    queue.pool.shutdown()
+    queue.pool = InlineExecutor()  # type: ignore[assignment]
+    assert within(5, lambda: queue.build(JOB, 30)) == PUBLISHED
+    assert within(5, lambda: queue.build(sample_job("other"), 30)) is not None
+
+
+def build_concurrently(queue: BuildQueue, builder: FakeBuilder, count: int) -> list[object]:
+    """``count`` calls of ``build`` that all wait on the held build before it is released;
+    each call's outcome, or what it raised."""
+    builder.release.clear()
+    entered: list[None] = []
+    results: list[object] = [None] * count
+
+    def build(i: int) -> None:
+        entered.append(None)
+        try:
+            results[i] = queue.build(JOB, 30)
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=build, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    assert builder.started.wait(10)
+    while len(entered) < count:
+        time.sleep(0.01)
+    time.sleep(0.2)  # from entering build() to waiting on the shared build
+    builder.release.set()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_concurrent_builds_of_one_key_run_the_builder_once(state, thread_queue) -> None:
+    builder = FakeBuilder(state, MANIFESTS)
+    results = build_concurrently(thread_queue(builder), builder, 8)
+    assert results == [PUBLISHED] * 8
+    assert builder.calls == [JOB]
+
+
+def test_a_transient_builder_error_reaches_every_waiter_and_is_not_kept(
+    state, thread_queue
+) -> None:
+    error = BuildInterrupted("nix was killed")
+    builder = FakeBuilder(state, error)
+    queue = thread_queue(builder)
+    assert build_concurrently(queue, builder, 4) == [error] * 4
+    assert builder.calls == [JOB]
+    assert state.status(JOB.key) is None
+    builder.outcome = MANIFESTS
+    time.sleep(0.1)  # the failed build is forgotten by a callback, just after its waiters wake
+    assert within(30, lambda: queue.build(JOB, 30)) == PUBLISHED  # the next one builds again
+    assert builder.calls == [JOB, JOB]
+
+
+def test_a_recorded_failure_is_the_outcome(state, thread_queue, clock) -> None:
+    failure = Failure.of(BuildFailed("broken"), clock())
+    queue = thread_queue(FakeBuilder(state, failure))
+    assert within(30, lambda: queue.build(JOB, 30)) == failure
+
+
+def test_a_wait_that_runs_out_leaves_the_build_running(state, thread_queue) -> None:
+    builder = FakeBuilder(state, MANIFESTS)
+    builder.release.clear()
+    queue = thread_queue(builder)
+    assert within(5, lambda: queue.build(JOB, 0.05)) is None
+    assert within(5, lambda: queue.build(JOB, 0.05)) is None
+    assert builder.calls == [JOB]
+    builder.release.set()
+    deadline = time.monotonic() + 10
+    while state.status(JOB.key) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert state.status(JOB.key) == PUBLISHED
+
+
+# --- TaskBuildQueue --------------------------------------------------------------------
+
+PICKUP = 10.0
+MAX_POLL = 2.0  # the longest pause between two polls
+
+
+class RecordingTasks:
+    """The Cloud Tasks queue: records when each job was enqueued."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.enqueued: list[tuple[float, BuildJob]] = []
+        self.attempts: list[int] = []
+
+    def enqueue(self, job: BuildJob, attempt: int) -> None:
+        self.enqueued.append((self.clock(), job))
+        self.attempts.append(attempt)
+
+
+@pytest.fixture
+def tasks(clock: FakeClock) -> RecordingTasks:
+    return RecordingTasks(clock)
+
+
+@pytest.fixture
+def task_queue(state, tasks, clock) -> TaskBuildQueue:
+    return TaskBuildQueue(state, state, tasks, PICKUP, clock=clock, sleep=clock.sleep)
+
+
+def test_tasks_enqueue_once_and_answer_as_soon_as_the_build_is_published(
+    task_queue, state, tasks, clock
+) -> None:
+    start = clock()
+    clock.after(5, lambda: state.publish(JOB.key, MANIFESTS))
+    assert task_queue.build(JOB, 60) == PUBLISHED
+    assert [job for _, job in tasks.enqueued] == [JOB]
+    assert start + 5 <= clock() < start + 5 + MAX_POLL
+    assert state.reads == len(clock.slept) + 1  # one read per poll
+
+
+def test_tasks_answer_a_recorded_failure(task_queue, state, tasks, clock) -> None:
+    failure = Failure.of(BuildFailed("broken"), clock() + 1)
+    clock.after(1, lambda: state.record_failure(JOB.key, failure))
+    assert task_queue.build(JOB, 60) == failure
+    assert len(tasks.enqueued) == 1
+
+
+def test_tasks_return_none_at_the_deadline_reading_once_per_poll(state, tasks, clock) -> None:
+    queue = TaskBuildQueue(state, state, tasks, 600, clock=clock, sleep=clock.sleep)
+    start = clock()
+    assert queue.build(JOB, 15) is None
+    assert start + 15 - MAX_POLL <= clock() <= start + 15
+    assert len(clock.slept) > 5
+    assert state.reads == len(clock.slept) + 1
+    assert len(tasks.enqueued) == 1
+
+
+def test_tasks_of_a_build_under_way_are_not_enqueued_again(task_queue, tasks) -> None:
+    assert task_queue.build(JOB, 1) is None
+    assert task_queue.build(JOB, 1) is None
+    assert len(tasks.enqueued) == 1
+
+
+def test_tasks_restart_a_build_whose_builder_died(task_queue, state, tasks, clock) -> None:
+    """A builder claims the job at t+1 for 20 s and dies: the build is enqueued again once
+    its lease lapsed, not before, and again after each pickup time that passes unclaimed."""
+    start = clock()
+    clock.after(1, lambda: state.claim(JOB, "builder-a", 20))
+    assert task_queue.build(JOB, 60) is None
+    times = [at - start for at, _ in tasks.enqueued]
+    assert times[0] == 0
+    assert 21 <= times[1] < 21 + MAX_POLL
+    assert all(later - earlier >= PICKUP for earlier, later in itertools.pairwise(times[1:]))
+    assert len(times) >= 3
+    assert state.attempts[JOB.key] == len(times)
+    assert tasks.attempts == list(range(1, len(times) + 1)), "each attempt its own task name"
+    assert state.reads == len(clock.slept) + 1
+
+
+def test_tasks_restart_a_build_no_builder_picked_up(task_queue, tasks, clock) -> None:
+    start = clock()
+    assert task_queue.build(JOB, PICKUP + 5) is None
+    times = [at - start for at, _ in tasks.enqueued]
+    assert times[0] == 0
+    assert len(times) == 2
+    assert PICKUP <= times[1] < PICKUP + MAX_POLL
+
+
+def test_a_pull_by_tag_is_written_down_at_most_once_an_hour(service, state, clock) -> None:
+    """What `nixery gc` keeps; a write per pull would cost a database write per pull."""
+    state.publish(JOB.key, MANIFESTS)
+    images = service(ScriptedQueue())
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.used == {JOB.key: clock()}
+    first = clock()
+    clock.advance(60)
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.used == {JOB.key: first}
