@@ -357,7 +357,7 @@ def auth_settings(env: Env, need_secret: bool = False) -> AuthSettings | None:
 # How long a manifest request waits for its build before a 503 with Retry-After: under the
 # 5 minutes without progress after which containerd's CRI plugin (Kubernetes) cancels a
 # pull. Docker, podman and skopeo set no response timeout, but none retries a 5xx on a
-# manifest, so the wait is as long as containerd allows (README, "Waiting for a build").
+# manifest, so the wait is as long as containerd allows (docs/clients.md, "Waiting for a build").
 BUILD_WAIT = 240.0
 
 

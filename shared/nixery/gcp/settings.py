@@ -33,7 +33,7 @@ SOURCE_CACHE = Path(tempfile.gettempdir()) / "nixery" / "sources"
 # Cloud Tasks' longest dispatch deadline: no build request may outlast it.
 MAX_DISPATCH_DEADLINE = 1800.0
 # The builder's Nix store, on Cloud Run's in-memory disk: half of the 8 GiB it is deployed
-# with (README), leaving the rest to Nix, Python, archiving and checkouts.
+# with (docs/deployment.md), leaving the rest to Nix, Python, archiving and checkouts.
 STORE_LIMIT = 4 << 30
 
 

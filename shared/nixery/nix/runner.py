@@ -113,7 +113,7 @@ def report_sandbox() -> None:
         log.warning(
             "builds run WITHOUT Nix's sandbox (turned off, or the kernel refuses its "
             "namespaces here): they see this machine as the Nix user does; only trusted "
-            "revisions are built (README, Security)"
+            "revisions are built (docs/security.md)"
         )
 
 
