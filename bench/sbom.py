@@ -14,14 +14,13 @@ during evaluation; what that adds is the time of evaluating the plan with and wi
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from bench.lib.harness import ENV, command_parser, parse_args
+from bench.lib.harness import ENV, command_parser, figure, parse_args
 from nixery.nix.runner import Nix
 from nixery.pipeline.sbom import image_sbom
 from nixery.records import Revision
@@ -64,7 +63,7 @@ def main() -> None:
         finally:
             registry.stop()
         if run:
-            build_s.append(float(re.search(r": published in ([0-9.]+)s", log)[1]))  # type: ignore[index]
+            build_s.append(float(figure(r": published in ([0-9.]+)s", log)))
         sizes.add(len(sbom))
         components.add(len(json.loads(sbom)["components"]))
     nix = Nix(PREPARE.parent, 60, [Path(p) for p in DEMO_EVAL_ALLOW.split(":")])

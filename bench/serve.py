@@ -12,7 +12,6 @@ without queueing). Needs skopeo, wrk and docker-registry.
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.lib.harness import command_parser, parse_args, skopeo_copy
+from bench.lib.harness import command_parser, figure, parse_args, skopeo_copy
 from tests.helpers.registries import OCI, Registry, free_port
 
 
@@ -59,17 +58,8 @@ def wrk(host: str, image: str, seconds: int, connections: int) -> tuple[float, s
     ).stdout  # fmt: skip
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
-    rps = float(_figure(r"Requests/sec:\s+([\d.]+)", out))
-    return rps, _figure(r"^\s+50%\s+(\S+)", out), _figure(r"^\s+99%\s+(\S+)", out)
-
-
-def _figure(pattern: str, report: str) -> str:
-    """The figure `pattern` captures in wrk's report; an error naming it if wrk's format
-    changed, rather than a crash on None."""
-    found = re.search(pattern, report, re.M)
-    if found is None:
-        raise RuntimeError(f"no {pattern!r} in wrk's report:\n{report}")
-    return found.group(1)
+    rps = float(figure(r"Requests/sec:\s+([\d.]+)", out))
+    return rps, figure(r"^\s+50%\s+(\S+)", out), figure(r"^\s+99%\s+(\S+)", out)
 
 
 def main() -> None:

@@ -4,8 +4,10 @@
 
 runs PROGRAM (a Python script, such as the virtualenv's `functions-framework` or `gunicorn`)
 in this process, as its shebang would, after installing the counter when the environment
-names a log (NIXERY_BENCH_FIRESTORE_LOG): the services are measured as they run, with
-nothing added to their code or their path. Forked workers inherit the counter.
+names a log (NIXERY_BENCH_FIRESTORE_LOG): the services are measured as they run, nothing
+added to their code (their sys.path starts with the directory this runs from, the
+repository's root, where the script's own would be the virtualenv's bin/, which holds no
+modules). Forked workers inherit the counter.
 
 The counter waits for the Firestore client library's gRPC transports to be imported, then
 makes their RPC properties hand out wrapped stubs, which append one JSON line per call to
@@ -117,8 +119,7 @@ class _Results:
             elif self._rpc == "run_aggregation_query" and _in(response, "result"):
                 doc = "(aggregation)"
             if doc is not None:
-                _emit(self._log, rpc=self._rpc + " result", reads=1, writes=0, docs=[doc],
-                      tx=False)  # fmt: skip
+                _emit(self._log, rpc=self._rpc + " result", reads=1, writes=0, docs=[doc], tx=False)
         except Exception as e:
             _emit(self._log, rpc=self._rpc + " result", error=repr(e))
         return response
@@ -196,8 +197,9 @@ class _PatchingLoader(importlib.abc.Loader):
         _patch(self._log, getattr(module, cls_name), is_async)
         # Where this service's nixery came from: which code is measured.
         nixery = sys.modules.get("nixery")
-        _emit(self._log, event="patched", module=self._name,
-              nixery=getattr(nixery, "__file__", None))  # fmt: skip
+        _emit(
+            self._log, event="patched", module=self._name, nixery=getattr(nixery, "__file__", None)
+        )
 
 
 class _Finder(importlib.abc.MetaPathFinder):

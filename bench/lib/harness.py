@@ -1,4 +1,5 @@
-"""What the benchmark commands share: `--smoke`, Nix's test configuration, skopeo copies.
+"""What the benchmark commands share: `--smoke`, Nix's test configuration, skopeo copies,
+figures read from output.
 
 The registries themselves come from the tests' helpers (`tests.helpers.registries.Registry`
 runs `nixery serve`), so that the benchmarks measure what the tests check.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import time
 
@@ -33,6 +35,15 @@ def parse_args(parser: argparse.ArgumentParser, **smoke: object) -> argparse.Nam
         vars(args).update(smoke)
         print(f"smoke run ({shown}): the figures below are not measurements", flush=True)
     return args
+
+
+def figure(pattern: str, output: str) -> str:
+    """What `pattern`'s first group captures in a tool's output or a log (lines matched with
+    re.MULTILINE); an error naming the pattern, with the output, when the format changed."""
+    found = re.search(pattern, output, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no {pattern!r} in:\n{output}")
+    return found.group(1)
 
 
 def skopeo_copy(src: str, dest: str) -> float:
