@@ -11,8 +11,9 @@ request is retried, and nothing about it is remembered).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 
 class NixeryError(Exception):
@@ -22,6 +23,12 @@ class NixeryError(Exception):
         super().__init__(message)
         self.message = message
         self.detail = detail
+
+    def with_message(self, message: str) -> Self:
+        """The same error told another way; an error is never changed once raised."""
+        other = copy.copy(self)
+        other.args, other.message = (message,), message
+        return other
 
 
 class ConfigError(Exception):

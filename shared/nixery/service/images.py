@@ -29,6 +29,7 @@ from nixery.errors import (
     UnknownTag,
 )
 from nixery.job import BuildJob
+from nixery.logs import BuildLog
 from nixery.oci.cosign import is_signature, signed_digest
 from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
 from nixery.oci.referrers import referrers_index
@@ -104,8 +105,9 @@ class ImageService:
         if found is None:
             # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
             # rather than hand out an image that cannot be pulled.
-            log.warning("image %s lost its manifest or a blob: building it again", job.key[:12],
-                        extra={"build_key": job.key})  # fmt: skip
+            BuildLog(log, job.key).warning(
+                "the image lost its manifest or a blob: building it again"
+            )
             self.images.forget(job.key)
             found = self._whole(self.image(job, caller), media_type)
             if found is None:
@@ -152,11 +154,10 @@ class ImageService:
         try:
             outcome = self.builds.build(job, self.wait, caller.gone)
         except Transient as e:
-            log.warning("build %s: %s; to be retried", job.key[:12], e.message,
-                        extra={"build_key": job.key})  # fmt: skip
+            BuildLog(log, job.key).warning("%s; to be retried", e.message)
             raise
         except Exception as e:
-            log.exception("build %s crashed", job.key[:12], extra={"build_key": job.key})
+            BuildLog(log, job.key).exception("crashed")
             raise Transient("the build failed unexpectedly; retry later") from e
         if outcome is None:
             if caller.gone():
