@@ -5,7 +5,6 @@ One connection and one lock, shared by a class per port (``SqliteDatabase.stores
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -18,11 +17,11 @@ from nixery.ports import Stores
 from nixery.records import (
     BuildReport,
     Failure,
-    FailureKind,
     ImageRecord,
     ImageStatus,
     Published,
-    bounded_names,
+    decode_names,
+    encode_names,
 )
 
 _SCHEMA = """
@@ -104,7 +103,7 @@ class SqliteImageIndex(_Part):
         if rows:
             return Published(dict(rows))
         if failed:
-            return Failure(FailureKind(failed[0]), failed[1], json.loads(failed[2]), failed[3])
+            return Failure.decode(*failed)
         return None
 
     def manifest(self, digest: str) -> Manifest | None:
@@ -155,7 +154,7 @@ class SqliteImageIndex(_Part):
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO failed_builds VALUES (?, ?, ?, ?, ?)",
-                (key, failure.kind.value, failure.message, json.dumps(failure.detail), failure.at),
+                (key, *failure.encode()),
             )
 
 
@@ -178,7 +177,7 @@ class SqliteReports(_Part):
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO reports VALUES (?, ?, ?)",
-                (report.key, report.started, json.dumps(report.to_json())),
+                (report.key, report.started, report.encode()),
             )
             self._db.execute("DELETE FROM report_layers WHERE key = ?", (report.key,))
             self._db.executemany(
@@ -188,14 +187,14 @@ class SqliteReports(_Part):
 
     def report(self, key: str) -> BuildReport | None:
         row = self._one("SELECT report FROM reports WHERE key = ?", key)
-        return BuildReport.from_json(json.loads(row[0])) if row else None
+        return BuildReport.decode(row[0]) if row else None
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT report FROM reports ORDER BY started DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [BuildReport.from_json(json.loads(row[0])) for row in rows]
+        return [BuildReport.decode(row[0]) for row in rows]
 
     def layer_users(self, digest: str, limit: int) -> int:
         row = self._one(
@@ -210,14 +209,14 @@ class SqlitePackageNames(_Part):
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO package_sets VALUES (?, ?)",
-                (revision, "\n".join(bounded_names(names))),
+                (revision, encode_names(names)),
             )
 
     def package_names(self, revision: str) -> list[str] | None:
         row = self._one("SELECT names FROM package_sets WHERE revision = ?", revision)
         if row is None:
             return None
-        return row[0].split("\n") if row[0] else []
+        return decode_names(row[0])
 
 
 class SqliteInventory(_Part):
