@@ -112,12 +112,25 @@ class ImageService:
             found = self._whole(self.image(job, caller), media_type)
             if found is None:
                 raise ImageLost("the image was lost and is being built again; retry later")
-        with self._touch_lock:
-            due = job.key not in self._touched
-            self._touched[job.key] = True
-        if due:
-            self.images.touch(job.key, self.clock())
+        self._touch(job.key)
         return found
+
+    def _touch(self, key: str) -> None:
+        """Notes that the image was used, once per TOUCH_EVERY: marked done only once written,
+        so that a failed note is tried again by the next pull, and never failing this one (the
+        image is there; only `nixery gc` reads the note)."""
+        with self._touch_lock:
+            if key in self._touched:
+                return
+        try:
+            self.images.touch(key, self.clock())
+        except Exception as e:
+            BuildLog(log, key).warning(
+                "the image's use is not recorded: %s", e, exc_info=not isinstance(e, Transient)
+            )
+            return
+        with self._touch_lock:
+            self._touched[key] = True
 
     def _signature(self, signed: str) -> Manifest:
         """The signature of a manifest, which cosign asks for by tag (``sha256-<hex>.sig``)."""
