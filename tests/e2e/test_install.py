@@ -16,7 +16,8 @@ from tests.helpers.registries import OCI, REPO, REPOSITORY_LEAKS, Registry
 pytestmark = pytest.mark.e2e
 
 WHERE = """import json, nixery, nixery.config as c
-print(json.dumps([nixery.__file__, str(c.package_dir("http/static")), str(c.package_dir("prepare-image"))]))
+dirs = [str(c.package_dir(d)) for d in ("http/static", "prepare-image")]
+print(json.dumps([nixery.__file__, *dirs]))
 """
 
 
