@@ -442,7 +442,7 @@ def check_backend(env: Env, expected: str) -> None:
 
 
 @dataclass(frozen=True)
-class ServerLimits:
+class ConnectionLimits:
     """What the local HTTP server lets clients hold (``local.http_server``)."""
 
     threads: int = 64  # each manifest request waiting for a build holds one
@@ -463,7 +463,7 @@ class LocalSettings:
     port: int
     build_workers: int
     max_queued: int | None  # builds that may wait for a worker
-    server: ServerLimits
+    connections: ConnectionLimits
 
 
 def local_settings(environ: Mapping[str, str] = os.environ) -> LocalSettings:
@@ -480,7 +480,7 @@ def local_settings(environ: Mapping[str, str] = os.environ) -> LocalSettings:
         port=env.integer("PORT", 8080, 1, 65535),
         build_workers=env.integer("NIXERY_BUILD_WORKERS", 2, 1, 64),
         max_queued=env.integer("NIXERY_MAX_QUEUED_BUILDS", 32, 0, 100_000),
-        server=ServerLimits(
+        connections=ConnectionLimits(
             threads=env.integer("NIXERY_SERVER_THREADS", 64, 4, 1024),
             connections=env.integer("NIXERY_MAX_CONNECTIONS", 1000, 10, 100_000),
             per_client=env.integer("NIXERY_CLIENT_CONNECTIONS", 32, 1, 100_000),

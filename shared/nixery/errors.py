@@ -11,8 +11,10 @@ request is retried, and nothing about it is remembered).
 
 from __future__ import annotations
 
+import copy
+import errno
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 
 class NixeryError(Exception):
@@ -22,6 +24,12 @@ class NixeryError(Exception):
         super().__init__(message)
         self.message = message
         self.detail = detail
+
+    def with_message(self, message: str) -> Self:
+        """The same error told another way; an error is never changed once raised."""
+        other = copy.copy(self)
+        other.args, other.message = (message,), message
+        return other
 
 
 class ConfigError(Exception):
@@ -178,3 +186,21 @@ class ClientGone(Transient):
 
 class ImageLost(Transient):
     """A published image lost its manifest or a blob, and its rebuild is not done yet."""
+
+
+# What a refusal of the operating system means, in words for the client: never a path (a
+# client has no business knowing the server's), which the adapters log instead.
+_OS_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the disk is read-only",
+    errno.EIO: "an I/O error",
+    errno.ENOENT: "a file or directory is missing",
+}
+
+
+def os_cause(error: OSError) -> str:
+    """Why the operating system refused, named for the client (``the disk is full``)."""
+    return _OS_CAUSES.get(error.errno or 0) or (error.strerror or str(error)).lower()

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in `extra` and is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
@@ -22,6 +24,21 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class BuildLog(logging.LoggerAdapter[logging.Logger]):
+    """One build's lines: ``build <short key>: ...`` to read, the whole key as a field
+    (``build_key``) to search for in JSON logs."""
+
+    def __init__(self, logger: logging.Logger, key: str) -> None:
+        super().__init__(logger, {"build_key": key})
+        self.key = key
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {"build_key": self.key, **kwargs.get("extra", {})}
+        return f"build {self.key[:12]}: {msg}", kwargs
 
 
 def setup(level: str = "INFO", json_format: bool | None = None) -> None:

@@ -59,7 +59,8 @@ class BlobStore(Protocol):
         ...
 
     def open(self, digest: str) -> BinaryIO:
-        """The blob's bytes, for stores that serve them through the registry."""
+        """The blob's bytes, for stores that serve them through the registry; ``UnknownBlob``
+        when it is gone, as it may be since its check (`nixery gc --apply` while serving)."""
         ...
 
 

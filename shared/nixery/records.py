@@ -8,6 +8,7 @@ Firestore store the same fields the same way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -78,6 +79,15 @@ class Failure:
         error_type = BuildTimedOut if self.kind is FailureKind.TIMEOUT else BuildFailed
         return error_type(self.message, str(self.detail.get("log", "")))
 
+    def encode(self) -> tuple[str, str, str, float]:
+        """The fields a store keeps: kind, message, detail (as JSON) and time."""
+        return self.kind.value, self.message, json.dumps(self.detail), self.at
+
+    @classmethod
+    def decode(cls, kind: str | None, message: str, detail: str, at: float) -> Failure:
+        # Records from before kinds were stored were build errors.
+        return cls(FailureKind(kind or FailureKind.BUILD_ERROR), message, json.loads(detail), at)
+
 
 @dataclass(frozen=True)
 class Published:
@@ -106,6 +116,15 @@ def bounded_names(names: Sequence[str]) -> list[str]:
             break
         kept.append(name)
     return kept
+
+
+def encode_names(names: Sequence[str]) -> str:
+    """A revision's package names as a store keeps them: sorted, bounded, one a line."""
+    return "\n".join(bounded_names(names))
+
+
+def decode_names(text: str) -> list[str]:
+    return text.split("\n") if text else []
 
 
 def remembered(failure: Failure, now: float, ttl: float) -> bool:
@@ -192,6 +211,14 @@ class BuildReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def encode(self) -> str:
+        """The report as a store keeps it: one JSON document."""
+        return json.dumps(self.to_json())
+
+    @classmethod
+    def decode(cls, text: str) -> BuildReport:
+        return cls.from_json(json.loads(text))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> BuildReport:

@@ -10,6 +10,7 @@ changes if the blob is ever written over.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ import pytest
 import requests
 
 from nixery.blobs import DigestMismatch, blob_path, store_bytes
+from nixery.errors import StorageUnavailable, UnknownBlob
 from nixery.gcp import gcs_blob_store
 from nixery.local.file_blob_store import FileBlobStore
 from nixery.oci.manifests import sha256_digest
 from nixery.ports import BlobStore
+from tests.helpers.disk_faults import fill, forbidden, small_disk
 from tests.helpers.emulators import PROJECT, service_account_key
 from tests.helpers.fakes import MemoryBlobStore, all_at_once
 
@@ -37,6 +40,7 @@ class Store:
     stored: Callable[[], list[str]]  # the names of every blob held
     leftovers: Callable[[], list[object]]  # what unfinished writers left behind
     identity: Callable[[str], object]  # of one stored blob, changed by a write over it
+    remove: Callable[[str], None]  # a blob, behind the store's back (as `nixery gc` does)
     redirects: bool = False  # whether clients fetch blobs from URLs rather than the registry
 
 
@@ -50,6 +54,7 @@ def _files(tmp_path: Path) -> Store:
         ),
         lambda: sorted(store.scratch.iterdir()),
         lambda digest: (store.path(digest).stat().st_ino, store.path(digest).stat().st_mtime_ns),
+        lambda digest: store.path(digest).unlink(),
     )
 
 
@@ -73,6 +78,7 @@ def _gcs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
         ),
         lambda: sorted(b.name for b in bucket.list_blobs(prefix=gcs_blob_store.STAGING)),
         lambda digest: bucket.get_blob(blob_path(digest)).generation,
+        lambda digest: bucket.delete_blob(blob_path(digest)),
         redirects=True,
     )
 
@@ -84,6 +90,7 @@ def _memory() -> Store:
         lambda: sorted(blob_path(digest) for digest in store.blobs),
         lambda: list(store.staged),
         lambda digest: id(store.blobs[digest]),
+        lambda digest: store.blobs.pop(digest) and None,
     )
 
 
@@ -199,6 +206,70 @@ def test_a_damaged_file_is_found_removed_and_replaced_by_a_rebuild(tmp_path: Pat
     assert path.read_bytes() == data
     fresh = FileBlobStore(tmp_path / "storage")  # another process hashes it again
     assert fresh.intact(digest)
+
+
+def test_a_blob_removed_after_its_check_is_unknown_where_it_is_fetched(store: Store) -> None:
+    """`nixery gc --apply` may delete a blob between a request's check and its read: the
+    read says the blob is unknown (a 404), never fails otherwise (a 500)."""
+    data, digest = random_blob(1000)
+    store_bytes(store.blobs, digest, data)
+    assert store.blobs.intact(digest)
+    url = store.blobs.url(digest)
+    store.remove(digest)
+    if store.redirects:
+        assert url is not None
+        assert requests.get(url, timeout=30).status_code == 404
+        return
+    with pytest.raises(UnknownBlob):
+        store.blobs.open(digest)
+    assert not store.blobs.intact(digest)
+    assert store.blobs.size(digest) is None
+
+
+def test_a_write_to_a_full_disk_names_it_leaves_nothing_and_works_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    data, digest = random_blob(SIZES["small"])
+    with small_disk(tmp_path / "disk") as disk:
+        store = FileBlobStore(disk / "storage")
+        filler = fill(disk)
+        with pytest.raises(StorageUnavailable) as raised:
+            store_bytes(store, digest, data)
+        assert raised.value.message == "the blob store cannot write a blob: the disk is full"
+        assert list(store.scratch.iterdir()) == []
+        assert store.size(digest) is None
+        filler.unlink()
+        store_bytes(store, digest, data)
+        assert store.intact(digest)
+
+
+def test_a_store_the_server_may_not_use_says_permission_denied_reading_and_writing(
+    tmp_path: Path,
+) -> None:
+    data, digest = random_blob(1000)
+    store = FileBlobStore(tmp_path / "storage")
+    store_bytes(store, digest, data)
+    assert store.intact(digest)  # and so remembered as checked: it is looked at again
+    reads = [store.size, store.intact, store.open]
+    with forbidden(tmp_path):
+        for read_it in reads:
+            with pytest.raises(StorageUnavailable) as raised:
+                read_it(digest)
+            assert raised.value.message == "the blob store cannot read a blob: permission denied"
+        with pytest.raises(StorageUnavailable) as raised:
+            store.writer()
+        assert raised.value.message == "the blob store cannot write a blob: permission denied"
+    assert store.intact(digest)
+
+
+def test_a_store_whose_directory_is_gone_says_a_file_is_missing(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "storage")
+    shutil.rmtree(store.scratch)
+    with pytest.raises(StorageUnavailable) as raised:
+        store.writer()
+    assert raised.value.message == (
+        "the blob store cannot write a blob: a file or directory is missing"
+    )
 
 
 def test_committing_an_existing_blob_keeps_the_first(store: Store, blob) -> None:

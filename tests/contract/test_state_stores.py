@@ -8,14 +8,23 @@ suite, with a fake clock.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import pytest
 
-from nixery.errors import BuildError, BuildFailed, BuildTimedOut, UnknownPackages
+from nixery.errors import (
+    BuildError,
+    BuildFailed,
+    BuildTimedOut,
+    DatabaseUnavailable,
+    UnknownPackages,
+)
 from nixery.gcp.firestore_state import MAX_ATTEMPTS
 from nixery.oci.manifests import (
     DOCKER_MANIFEST,
@@ -36,6 +45,7 @@ from nixery.records import (
     Pending,
     Published,
 )
+from tests.helpers.disk_faults import fail_reads_and_writes, fill, locked, read_only, small_disk
 from tests.helpers.fakes import (
     BUILD_ERRORS,
     FakeClock,
@@ -464,3 +474,119 @@ def test_package_names_round_trip_per_revision_and_are_bounded(state: StateUnder
     kept = state.package_names(revision)
     assert kept == many[: len(kept)] and 0 < len(kept) < len(many)
     assert sum(len(n) + 1 for n in kept) <= MAX_PACKAGE_NAMES
+
+
+# --- SQLite's faults -------------------------------------------------------------------
+# Each is DatabaseUnavailable naming its cause (a 503 with Retry-After), never sqlite3's own
+# error (a 500), and the adapter works again once the fault is gone. Firestore's faults (a
+# service that fails or stops answering) are test_gcp_faults'; the fake has none.
+
+LOCK_WAIT = 0.1  # seconds a statement waits here for another process's lock
+LAYER = LayerBlob("sha256:" + "a" * 64, "sha256:" + "b" * 64, 1234)
+
+
+def sqlite_writes(state: AllPorts) -> dict[str, Callable[[], object]]:
+    """One call of each write of the port, each changing what ``published_sqlite`` holds."""
+    later = time.time() + 3600  # a touch that changes the use recorded
+    return {
+        "publish": partial(state.publish, KEY, sample_manifests("again")),
+        "touch": partial(state.touch, KEY, later),
+        "forget": partial(state.forget, KEY),
+        "record_failure": partial(state.record_failure, KEY, Failure.of(BuildFailed("x"), AT)),
+        "record_layer": partial(state.record_layer, "paths-2", LAYER),
+        "record_report": partial(state.record_report, sample_report(started=later)),
+        "record_package_names": partial(state.record_package_names, "rev-2", ["hello"]),
+    }
+
+
+def assert_holds_what_was_published(state: AllPorts) -> None:
+    manifests = sample_manifests()
+    assert state.status(KEY) == Published({m.media_type: m.digest for m in manifests})
+    assert state.manifest(manifests[0].digest) == manifests[0]
+    assert state.layer("paths-1") == LAYER
+    assert state.report(KEY) == sample_report()
+    assert state.package_names("rev-1") == ["hello"]
+
+
+def assert_unavailable(call: Callable[[], object], cause: str) -> None:
+    with pytest.raises(DatabaseUnavailable) as raised:
+        call()
+    assert raised.value.message == f"the state database {cause}"
+    assert isinstance(raised.value.__cause__, sqlite3.Error)
+
+
+@pytest.fixture
+def published_sqlite(tmp_path: Path) -> Path:
+    """A database on disk that holds an image, a layer, a report and a name list."""
+    path = tmp_path / "state.db"
+    state = sqlite_ports(path)
+    state.publish(KEY, sample_manifests())
+    state.record_layer("paths-1", LAYER)
+    state.record_report(sample_report())
+    state.record_package_names("rev-1", ["hello"])
+    return path
+
+
+def test_sqlite_writes_while_another_process_holds_the_lock_are_unavailable_naming_it(
+    published_sqlite: Path,
+) -> None:
+    """Readers go on (WAL); each write waits its busy timeout, then says who is in the way;
+    once the lock is released, every write goes through (none was left half-done)."""
+    state = sqlite_ports(published_sqlite, busy_timeout=LOCK_WAIT)
+    with locked(published_sqlite):
+        for write in sqlite_writes(state).values():
+            started = time.monotonic()
+            assert_unavailable(write, "is locked by another process")
+            assert time.monotonic() - started < LOCK_WAIT + 1
+        assert_holds_what_was_published(state)
+    for write in sqlite_writes(state).values():
+        write()
+    assert state.package_names("rev-2") == ["hello"]
+
+
+def test_a_read_only_sqlite_database_serves_what_it_holds_and_its_writes_name_it(
+    published_sqlite: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with read_only(published_sqlite):
+        state = sqlite_ports(published_sqlite)  # starts: it has images to serve
+        assert "the state database is read-only" in caplog.text
+        assert_holds_what_was_published(state)
+        for write in sqlite_writes(state).values():
+            assert_unavailable(write, "is read-only")
+
+
+def test_sqlite_on_a_full_disk_is_unavailable_naming_it_and_writes_again_with_room(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        state = sqlite_ports(disk / "state.db")
+        state.publish(KEY, sample_manifests())
+        filler = fill(disk)
+        many = [f"package{i:07d}" for i in range(50_000)]  # 750 KB: the WAL must grow
+        assert_unavailable(
+            partial(state.record_package_names, "rev", many), "cannot grow: the disk is full"
+        )
+        assert isinstance(state.status(KEY), Published)
+        filler.unlink()
+        state.record_package_names("rev", many)
+        assert state.package_names("rev") == many
+
+
+def test_sqlite_on_a_failing_disk_is_unavailable_naming_an_io_error(
+    published_sqlite: Path,
+) -> None:
+    """Every write fails, and so does every read that is not in a connection's cache (here
+    a second connection's, which has read none of it)."""
+    writer = sqlite_ports(published_sqlite)
+    reader = sqlite_ports(published_sqlite)
+    fail_reads_and_writes(published_sqlite)
+    for write in sqlite_writes(writer).values():
+        assert_unavailable(write, "cannot be read or written: an I/O error")
+    assert_unavailable(partial(reader.status, KEY), "cannot be read or written: an I/O error")
+
+
+def test_a_damaged_sqlite_database_is_named_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"not a database, whatever its name says" * 100)
+    with pytest.raises(DatabaseUnavailable, match=r"^the state database is damaged"):
+        sqlite_ports(path)

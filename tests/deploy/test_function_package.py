@@ -73,7 +73,9 @@ def test_the_packaged_function_installs_and_serves(emulators: Emulators, tmp_pat
         assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
         assert "docker pull " in page.text and "Recent builds" in page.text
         style = reg.get("/style.css")
-        assert style.text == (REPO / "shared" / "nixery" / "web" / "style.css").read_text()
+        assert (
+            style.text == (REPO / "shared" / "nixery" / "http" / "static" / "style.css").read_text()
+        )
         purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
         site = _run([venv / "bin" / "python", "-I", "-c", purelib], tmp_path).strip()
         loaded = set(re.findall(r"[^\s'\"]*/nixery/[\w/]+\.py\b", reg.registry.log()))

@@ -28,8 +28,6 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
-from test_protocol import DOCKER, OCI
-from test_sbom import assert_valid_cyclonedx
 
 from nixery.config import Env, build_settings
 from nixery.job import BuildJob
@@ -44,7 +42,9 @@ from nixery.request import parse_name
 from nixery.sources.path import PathSource
 from tests.helpers.emulators import GcpRegistry
 from tests.helpers.fakes import MemoryBlobStore, MemoryState
+from tests.helpers.protocol import DOCKER, OCI
 from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, Registry
+from tests.helpers.sbom import assert_valid_cyclonedx
 
 pytestmark = pytest.mark.e2e
 

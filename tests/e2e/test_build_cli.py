@@ -8,8 +8,8 @@ import subprocess
 import tarfile
 
 import pytest
-from test_protocol import OCI, OCI_INDEX
 
+from tests.helpers.protocol import OCI, OCI_INDEX
 from tests.helpers.registries import NIXERY
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,8 @@ import tarfile
 
 import pytest
 from dxf import DXF
-from test_protocol import DOCKER, OCI
+
+from tests.helpers.protocol import DOCKER, OCI
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,8 @@ from tests.helpers.registries import OCI, REPO, REPOSITORY_LEAKS, Registry
 pytestmark = pytest.mark.e2e
 
 WHERE = """import json, nixery, nixery.config as c
-print(json.dumps([nixery.__file__, str(c.package_dir("web")), str(c.package_dir("prepare-image"))]))
+dirs = [str(c.package_dir(d)) for d in ("http/static", "prepare-image")]
+print(json.dumps([nixery.__file__, *dirs]))
 """
 
 
@@ -71,7 +72,9 @@ def test_the_installed_package_serves_its_page_and_builds(installed: Path, tmp_p
         assert page.headers["Content-Type"].startswith("text/html")
         assert f"docker pull {reg.host}/" in page.text
         style = reg.get("/style.css")
-        assert style.text == (REPO / "shared" / "nixery" / "web" / "style.css").read_text()
+        assert (
+            style.text == (REPO / "shared" / "nixery" / "http" / "static" / "style.css").read_text()
+        )
         built = reg.get("/v2/hello/manifests/latest", headers={"Accept": OCI})
         assert built.status_code == 200, built.text + reg.log()
         manifest = built.json()

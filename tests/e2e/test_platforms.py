@@ -12,8 +12,8 @@ import hashlib
 import json
 
 import pytest
-from test_protocol import DOCKER, DOCKER_LIST, OCI, OCI_INDEX
 
+from tests.helpers.protocol import DOCKER, DOCKER_LIST, OCI, OCI_INDEX
 from tests.helpers.registries import MULTI_PLATFORM, Registry
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,6 @@ import urllib.parse
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_protocol import DOCKER, DOCKER_LIST, ERROR_CODES, OCI, OCI_INDEX, raw
 
 from nixery.blobs import store_bytes
 from nixery.errors import InvalidPageSize
@@ -29,6 +28,7 @@ from nixery.local.sqlite_state import SqliteDatabase
 from nixery.oci.manifests import sha256_digest
 from nixery.service.images import ImageService
 from nixery.sources.path import PathSource
+from tests.helpers.protocol import DOCKER, DOCKER_LIST, ERROR_CODES, OCI, OCI_INDEX, raw
 from tests.helpers.registries import DEMO
 
 # Derandomized, with no example database: CI runs the same examples every time, so a failure

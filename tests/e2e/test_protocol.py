@@ -10,7 +10,6 @@ local-mode session registry and the Google Cloud one on the emulators.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import threading
 import urllib.parse
@@ -18,26 +17,17 @@ import urllib.parse
 import pytest
 import requests
 
+from tests.helpers.protocol import (
+    CONTAINERD_ACCEPT,
+    DOCKER,
+    DOCKER_LIST,
+    ERROR_CODES,
+    OCI,
+    OCI_INDEX,
+    raw,
+)
+
 pytestmark = pytest.mark.e2e
-
-OCI = "application/vnd.oci.image.manifest.v1+json"
-DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-# What containerd 1.6 sends when it resolves a tag: one comma-joined line.
-CONTAINERD_ACCEPT = f"{DOCKER}, {DOCKER_LIST}, {OCI}, {OCI_INDEX}, */*"
-
-# The spec's error codes, and those the reference registry adds (errcode/register.go and
-# registry/api/v2/errors.go); clients treat any other code as UNKNOWN.
-SPEC_CODES = {
-    "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
-    "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
-    "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
-}  # fmt: skip
-ERROR_CODES = SPEC_CODES | {
-    "UNKNOWN", "UNAVAILABLE", "RANGE_INVALID", "PAGINATION_NUMBER_INVALID", "TAG_INVALID",
-    "MANIFEST_UNVERIFIED",
-}  # fmt: skip
 
 IMAGE = "shell/hello"
 MISSING = "sha256:" + "0" * 64
@@ -73,22 +63,6 @@ def fetch_blob(target, digest, method="GET", name=IMAGE, **kwargs) -> requests.R
     storage service); the registry's own first answer is in `response.history`."""
     kwargs["allow_redirects"] = True
     return target.get(f"/v2/{name}/blobs/{digest}", method, **kwargs)
-
-
-def raw(target, method: str, path: str, headers: list[tuple[str, str]]):
-    """A request with repeated header lines, which requests cannot send."""
-    url = urllib.parse.urlsplit(target.url)
-    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    conn = cls(url.netloc, timeout=300)
-    try:
-        conn.putrequest(method, path)
-        for key, value in headers:
-            conn.putheader(key, value)
-        conn.endheaders()
-        response = conn.getresponse()
-        return response.status, response.headers, response.read()
-    finally:
-        conn.close()
 
 
 def assert_error(response: requests.Response, status: int, code: str) -> dict:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_protocol import OCI
+
+from tests.helpers.protocol import OCI
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,6 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
 
 from nixery.errors import ConfigError
 from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info
@@ -21,6 +19,7 @@ from nixery.pipeline.sbom import image_sbom, nar_hash_hex
 from nixery.pipeline.signing import PemSigner
 from nixery.records import Revision
 from nixery.store_names import parse_store_name
+from tests.helpers.sbom import assert_valid_cyclonedx
 
 REVISION = Revision("git:https://example.org/pkgs.git", "a" * 40)
 APP = "/nix/store/" + "1" * 32 + "-app-1.0"
@@ -53,12 +52,6 @@ def test_the_sbom_is_byte_identical_for_the_same_image_and_differs_for_another()
     assert sbom() == sbom()
     assert sbom() != sbom(revision=Revision(REVISION.source, "b" * 40))
     assert json.loads(sbom())["serialNumber"] != json.loads(sbom(title="other"))["serialNumber"]
-
-
-def assert_valid_cyclonedx(sbom: bytes) -> None:
-    """Valid against CycloneDX 1.6's JSON schema, strictly (no unknown fields)."""
-    errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom.decode())
-    assert errors is None, errors
 
 
 def test_the_sbom_is_valid_cyclonedx_1_6():

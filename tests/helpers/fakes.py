@@ -25,6 +25,7 @@ from nixery.errors import (
     BuildTimedOut,
     ImageTooLarge,
     Transient,
+    UnknownBlob,
     UnknownPackages,
 )
 from nixery.job import BuildJob
@@ -289,7 +290,9 @@ class MemoryBlobStore:
         return None
 
     def open(self, digest: str) -> BinaryIO:
-        return io.BytesIO(self.blobs[digest])
+        if (blob := self.blobs.get(digest)) is None:
+            raise UnknownBlob("blob unknown", {"digest": digest})
+        return io.BytesIO(blob)
 
 
 class StaticSource:

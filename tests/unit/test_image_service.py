@@ -16,6 +16,7 @@ from nixery.errors import (
     BuildError,
     BuildFailed,
     BuildInterrupted,
+    DatabaseUnavailable,
     ImageLost,
     SourceUnavailable,
     StillBuilding,
@@ -475,3 +476,24 @@ def test_a_pull_by_tag_is_written_down_at_most_once_an_hour(service, state, cloc
     clock.advance(60)
     images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
     assert state.used == {JOB.key: first}
+
+
+def test_a_use_record_that_fails_to_write_never_fails_the_pull_and_is_written_by_the_next(
+    service, state, clock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Marked done only once written: otherwise `nixery gc` would see the image unused for an
+    hour after each failed write, and might collect an image in use."""
+    state.publish(JOB.key, MANIFESTS)
+    images = service(ScriptedQueue())
+
+    def refuse(key: str, now: float) -> None:
+        raise DatabaseUnavailable("the state database is locked by another process")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(state, "touch", refuse)
+        assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
+    assert "is not recorded: the state database is locked by another process" in caplog.text
+    assert state.used == {}
+    clock.advance(60)
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.used == {JOB.key: clock()}

@@ -24,6 +24,7 @@ from nixery.gcp.kms_signer import KmsSigner
 from nixery.gcp.settings import builder_settings
 from nixery.gcp.signed_urls import runtime_token
 from nixery.job import BuildJob
+from nixery.logs import BuildLog
 from nixery.nix.popularity import load_popularity
 from nixery.nix.runner import check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
@@ -51,8 +52,7 @@ class BuildWorker:
         try:
             self.builder.run(job)
         except Exception:
-            log.exception("build %s: failed, to be retried", job.key[:12],
-                          extra={"build_key": job.key})  # fmt: skip
+            BuildLog(log, job.key).exception("failed, to be retried")
             failed = True
         else:
             failed = False
@@ -68,8 +68,7 @@ class BuildWorker:
     def _heartbeat(self, key: str, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 3):
             if not self.records.renew(key, self.owner, self.lease):
-                log.warning("build %s: lease lost to another builder", key[:12],
-                            extra={"build_key": key})  # fmt: skip
+                BuildLog(log, key).warning("lease lost to another builder")
                 return
 
 

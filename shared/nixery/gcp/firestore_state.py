@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,7 +47,8 @@ from nixery.records import (
     ImageStatus,
     Pending,
     Published,
-    bounded_names,
+    decode_names,
+    encode_names,
 )
 
 Claim = Literal["taken", "done", "busy"]
@@ -81,13 +81,14 @@ def _doc_id(revision: str) -> str:
 
 def _failed(failure: Failure) -> dict[str, Any]:
     """The fields of a build record that say it failed, and why."""
+    kind, message, detail, at = failure.encode()
     return {
         "status": "failed",
-        "failure_kind": failure.kind.value,
-        "failure_message": failure.message,
-        "failure_detail": json.dumps(failure.detail),
+        "failure_kind": kind,
+        "failure_message": message,
+        "failure_detail": detail,
         **_NO_LEASE,
-        "updated": failure.at,
+        "updated": at,
         "expires": _expires(failure.at, FAILURE_KEEP),
     }
 
@@ -128,11 +129,8 @@ class _BuildRecord:
         if self.status == "done":
             return Published(self.manifests)
         if self.status == "failed":
-            return Failure(
-                FailureKind(self.failure_kind or FailureKind.BUILD_ERROR),
-                self.failure_message,
-                json.loads(self.failure_detail),
-                self.updated,
+            return Failure.decode(
+                self.failure_kind, self.failure_message, self.failure_detail, self.updated
             )
         return Pending(self.lease_left(now))
 
@@ -316,21 +314,18 @@ class FirestoreReports(_Part):
         self.reports.document(report.key).set({
             "started": report.started,
             "layers": [layer.digest for layer in report.layers],
-            "report": json.dumps(report.to_json()),
+            "report": report.encode(),
         })  # fmt: skip
 
     @bounded
     def report(self, key: str) -> BuildReport | None:
         doc = self.reports.document(key).get().to_dict()
-        return BuildReport.from_json(json.loads(doc["report"])) if doc else None
+        return BuildReport.decode(doc["report"]) if doc else None
 
     @bounded
     def recent_reports(self, limit: int) -> list[BuildReport]:
         query = self.reports.order_by("started", direction=firestore.Query.DESCENDING)
-        return [
-            BuildReport.from_json(json.loads(doc.get("report")))
-            for doc in query.limit(limit).stream()
-        ]
+        return [BuildReport.decode(doc.get("report")) for doc in query.limit(limit).stream()]
 
     @bounded
     def layer_users(self, digest: str, limit: int) -> int:
@@ -344,7 +339,7 @@ class FirestorePackageNames(_Part):
         self.package_sets.document(_doc_id(revision)).set(
             {
                 "revision": revision,
-                "names": "\n".join(bounded_names(names)),
+                "names": encode_names(names),
                 "recorded": self.clock(),
             }
         )
@@ -354,7 +349,7 @@ class FirestorePackageNames(_Part):
         doc = self.package_sets.document(_doc_id(revision)).get().to_dict()
         if not doc:
             return None
-        return doc["names"].split("\n") if doc["names"] else []
+        return decode_names(doc["names"])
 
 
 class FirestoreBuildRecords(_Part):

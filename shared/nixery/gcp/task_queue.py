@@ -21,6 +21,7 @@ from google.cloud import tasks_v2
 from nixery.errors import QueueUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
+from nixery.logs import BuildLog
 from nixery.ports import BuildRecords, ImageIndex, never
 from nixery.records import Failure, Pending, Published
 
@@ -124,6 +125,5 @@ class TaskBuildQueue:
 
     def _start(self, job: BuildJob) -> None:
         if attempt := self.records.start(job, self.pickup, self.max_building):
-            log.info("build %s: enqueued, attempt %d", job.key[:12], attempt,
-                     extra={"build_key": job.key, "attempt": attempt})  # fmt: skip
+            BuildLog(log, job.key).info("enqueued, attempt %d", attempt, extra={"attempt": attempt})
             self.tasks.enqueue(job, attempt)

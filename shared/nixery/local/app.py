@@ -68,4 +68,4 @@ def serve(settings: LocalSettings) -> None:
         "serving on http://%s:%d (blobs and state in %s)",
         settings.host, settings.port, settings.storage_path,
     )  # fmt: skip
-    create_server(app, settings.host, settings.port, settings.server).run()
+    create_server(app, settings.host, settings.port, settings.connections).run()

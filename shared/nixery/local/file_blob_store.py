@@ -9,6 +9,11 @@ so each blob is hashed again before this process first serves it, or an image th
 and whenever its file changes after that: a damaged blob is removed (and so rebuilt), never
 served. Hashing on first use rather than at start keeps the start quick however many blobs
 there are; it costs one read of each blob per process, at about 1 GB/s.
+
+The disk's refusals, reading as well as writing (full, permission denied, read-only, an I/O
+error), are ``StorageUnavailable`` naming the cause. A blob that is missing is unknown, even
+when it vanishes between its check and its open (`nixery gc --apply` while serving): that
+request is a 404, and the image that names the blob is built again at its next pull.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import BinaryIO
 
 from nixery.blobs import Hasher, blob_path
 from nixery.caches import KeyedLocks
-from nixery.errors import StorageUnavailable
+from nixery.errors import StorageUnavailable, UnknownBlob, os_cause
 from nixery.records import StoredBlob
 
 log = logging.getLogger(__name__)
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 class FileBlobWriter:
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
-        with _unavailable():
+        with _unavailable("write a blob"):
             fd, name = tempfile.mkstemp(dir=store.scratch, suffix=".part")
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self._path = Path(name)
@@ -43,7 +48,7 @@ class FileBlobWriter:
     def write(self, data: bytes | memoryview) -> int:
         assert self._file is not None, "write after commit or cancel"
         self._hash.update(data)
-        with _unavailable():
+        with _unavailable("write a blob"):
             return self._file.write(data)
 
     def commit(self, digest: str) -> None:
@@ -53,7 +58,7 @@ class FileBlobWriter:
         # A blob that is intact is this one (blobs are content-addressed): keep it. A damaged
         # one is replaced.
         if not self._store.intact(digest):
-            with _unavailable():
+            with _unavailable("write a blob"):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 # Durable before visible: a published blob survives a crash of the machine.
                 self._file.flush()
@@ -70,12 +75,14 @@ class FileBlobWriter:
 
 
 @contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    """A write the disk refuses (full, read-only, failing) is trouble outside the request."""
+def _unavailable(doing: str) -> Iterator[None]:
+    """What the disk refuses (full, read-only, not ours, failing) is trouble outside the
+    request; the caller handles a missing blob, which is no trouble, before this sees it."""
     try:
         yield
     except OSError as e:
-        raise StorageUnavailable(f"cannot write a blob: {e.strerror or e}") from e
+        log.warning("the blob store cannot %s: %s", doing, e)
+        raise StorageUnavailable(f"the blob store cannot {doing}: {os_cause(e)}") from e
 
 
 class FileBlobStore:
@@ -101,34 +108,38 @@ class FileBlobStore:
         return FileBlobWriter(self)
 
     def size(self, digest: str) -> int | None:
-        try:
-            return self.path(digest).stat().st_size
-        except FileNotFoundError:
-            return None
+        with _unavailable("read a blob"):
+            try:
+                return self.path(digest).stat().st_size
+            except FileNotFoundError:
+                return None
 
     def intact(self, digest: str) -> bool:
-        path = self.path(digest)
-        with self._hashing.hold(digest):
+        with self._hashing.hold(digest), _unavailable("read a blob"):
             try:
-                stat = path.stat()
-            except FileNotFoundError:
+                return self._intact(digest)
+            except FileNotFoundError:  # gone, or removed while it was checked
                 with self._mutex:
                     self._verified.pop(digest, None)
                 return False
-            identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            with self._mutex:
-                if self._verified.get(digest) == identity:
-                    return True
-            with path.open("rb") as f:
-                actual = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-            if actual != digest:
-                log.error("blob %s is damaged (its bytes hash to %s): removed", digest, actual,
-                          extra={"digest": digest})  # fmt: skip
-                path.unlink(missing_ok=True)
-                return False
-            with self._mutex:
-                self._verified[digest] = identity
-            return True
+
+    def _intact(self, digest: str) -> bool:
+        path = self.path(digest)
+        stat = path.stat()
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._mutex:
+            if self._verified.get(digest) == identity:
+                return True
+        with path.open("rb") as f:
+            actual = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        if actual != digest:
+            log.error("blob %s is damaged (its bytes hash to %s): removed", digest, actual,
+                      extra={"digest": digest})  # fmt: skip
+            path.unlink(missing_ok=True)
+            return False
+        with self._mutex:
+            self._verified[digest] = identity
+        return True
 
     def url(self, digest: str) -> str | None:
         return None
@@ -140,7 +151,12 @@ class FileBlobStore:
                 yield StoredBlob(f"sha256:{path.name}", stat.st_size, stat.st_mtime)
 
     def delete(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
+        with _unavailable("delete a blob"):
+            self.path(digest).unlink(missing_ok=True)
 
     def open(self, digest: str) -> BinaryIO:
-        return self.path(digest).open("rb")
+        with _unavailable("read a blob"):
+            try:
+                return self.path(digest).open("rb")
+            except FileNotFoundError:  # removed since its check
+                raise UnknownBlob("blob unknown", {"digest": digest}) from None

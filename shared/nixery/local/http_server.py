@@ -24,7 +24,7 @@ from flask import Flask
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 
-from nixery.config import ServerLimits
+from nixery.config import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Channel(HTTPChannel):
 
 
 class _Server(TcpWSGIServer):
-    limits: ServerLimits
+    limits: ConnectionLimits
 
     def channels(self) -> list[_Channel]:
         # The stubs call active_channels one channel; it is a dict of them by descriptor.
@@ -84,7 +84,7 @@ class _Server(TcpWSGIServer):
                 channel.will_close = True
 
 
-def create_server(app: Flask, host: str, port: int, limits: ServerLimits) -> _Server:
+def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) -> _Server:
     # Each connection is a file descriptor: make room for the limit, within the hard limit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = limits.connections + limits.threads + 256

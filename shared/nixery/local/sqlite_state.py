@@ -1,28 +1,37 @@
 """Registry state in one SQLite file: survives restarts, safe for the server's threads.
 
-One connection and one lock, shared by a class per port (``SqliteDatabase.stores``).
+Every method reaches the database through one guard, which lets one thread at a time use
+the shared connection and turns SQLite's failures outside the request (another process
+holding the lock, a read-only file, a full disk, an I/O error, a damaged file) into
+``DatabaseUnavailable`` naming the cause: answered 503 with Retry-After, never 500. It is
+translated there once for every method, as distribution's base driver does for all
+storage drivers, so no method translates anything itself.
+
+One connection and its guard are shared by a class per port (``SqliteDatabase.stores``).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+from nixery.errors import DatabaseUnavailable
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import Stores
 from nixery.records import (
     BuildReport,
     Failure,
-    FailureKind,
     ImageRecord,
     ImageStatus,
     Published,
-    bounded_names,
+    decode_names,
+    encode_names,
 )
 
 _SCHEMA = """
@@ -49,23 +58,80 @@ CREATE TABLE IF NOT EXISTS referrers (
     PRIMARY KEY (subject, digest, key));
 """
 
+log = logging.getLogger(__name__)
+
+# Seconds a statement waits for another process's lock before it fails (sqlite3's default):
+# a writer's lock lasts milliseconds, so a longer wait means a process holds it for good.
+BUSY_TIMEOUT = 5.0
+
+# SQLite's primary result codes that say the database cannot be used now, whatever the
+# statement, and how the error says why. Any other failure is a bug here (a 500).
+_CAUSES = {
+    sqlite3.SQLITE_BUSY: "is locked by another process",
+    sqlite3.SQLITE_LOCKED: "is locked by another process",
+    sqlite3.SQLITE_READONLY: "is read-only",
+    sqlite3.SQLITE_FULL: "cannot grow: the disk is full",
+    sqlite3.SQLITE_IOERR: "cannot be read or written: an I/O error",
+    sqlite3.SQLITE_CANTOPEN: "cannot be opened",
+    sqlite3.SQLITE_CORRUPT: "is damaged",
+    sqlite3.SQLITE_NOTADB: "is damaged: not a database",
+    sqlite3.SQLITE_NOMEM: "cannot be used: out of memory",
+}
+
+
+class _Guard:
+    """The one way into the database: one thread at a time on the shared connection, and
+    SQLite's failures outside the request raised as ``DatabaseUnavailable``."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._mutex.acquire()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._mutex.release()
+        if isinstance(error, sqlite3.Error):
+            # The extended code's low byte is the primary one; none where sqlite3 refused.
+            cause = _CAUSES.get(getattr(error, "sqlite_errorcode", 0) & 0xFF)
+            if cause is not None:
+                log.warning("the state database %s: %s", cause, error)
+                raise DatabaseUnavailable(f"the state database {cause}") from error
+
 
 class SqliteDatabase:
-    """The file, its connection and the lock every part below shares."""
+    """The file, its connection and the guard every part below shares."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, clock: Callable[[], float] = time.time, busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
+        """``busy_timeout``: seconds a statement waits for another process's lock."""
         self.clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        self._lock = _Guard()
         with self._lock:
+            self._db = sqlite3.connect(
+                path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            # Images published before their use was recorded count as used from now.
-            self._db.execute(
-                "INSERT OR IGNORE INTO image_use SELECT DISTINCT key, ? FROM images", (clock(),)
-            )
+        try:
+            with self._lock:
+                # Images published before their use was recorded count as used from now.
+                self._db.execute(
+                    "INSERT OR IGNORE INTO image_use SELECT DISTINCT key, ? FROM images", (clock(),)
+                )
+        except DatabaseUnavailable as e:
+            # Left for the next start: a database that cannot be written now (read-only,
+            # locked, on a full disk) still serves the images it holds.
+            log.warning("%s: it serves the images it holds, and writes fail until it can be "
+                        "written", e.message)  # fmt: skip
 
     def stores(self) -> Stores:
         """The state ports, each a view of this database."""
@@ -104,7 +170,7 @@ class SqliteImageIndex(_Part):
         if rows:
             return Published(dict(rows))
         if failed:
-            return Failure(FailureKind(failed[0]), failed[1], json.loads(failed[2]), failed[3])
+            return Failure.decode(*failed)
         return None
 
     def manifest(self, digest: str) -> Manifest | None:
@@ -155,7 +221,7 @@ class SqliteImageIndex(_Part):
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO failed_builds VALUES (?, ?, ?, ?, ?)",
-                (key, failure.kind.value, failure.message, json.dumps(failure.detail), failure.at),
+                (key, *failure.encode()),
             )
 
 
@@ -178,7 +244,7 @@ class SqliteReports(_Part):
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT OR REPLACE INTO reports VALUES (?, ?, ?)",
-                (report.key, report.started, json.dumps(report.to_json())),
+                (report.key, report.started, report.encode()),
             )
             self._db.execute("DELETE FROM report_layers WHERE key = ?", (report.key,))
             self._db.executemany(
@@ -188,14 +254,14 @@ class SqliteReports(_Part):
 
     def report(self, key: str) -> BuildReport | None:
         row = self._one("SELECT report FROM reports WHERE key = ?", key)
-        return BuildReport.from_json(json.loads(row[0])) if row else None
+        return BuildReport.decode(row[0]) if row else None
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT report FROM reports ORDER BY started DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [BuildReport.from_json(json.loads(row[0])) for row in rows]
+        return [BuildReport.decode(row[0]) for row in rows]
 
     def layer_users(self, digest: str, limit: int) -> int:
         row = self._one(
@@ -210,14 +276,14 @@ class SqlitePackageNames(_Part):
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO package_sets VALUES (?, ?)",
-                (revision, "\n".join(bounded_names(names))),
+                (revision, encode_names(names)),
             )
 
     def package_names(self, revision: str) -> list[str] | None:
         row = self._one("SELECT names FROM package_sets WHERE revision = ?", revision)
         if row is None:
             return None
-        return row[0].split("\n") if row[0] else []
+        return decode_names(row[0])
 
 
 class SqliteInventory(_Part):

@@ -28,6 +28,7 @@ from nixery.errors import (
     UnknownPackages,
 )
 from nixery.job import BuildJob
+from nixery.logs import BuildLog
 from nixery.nix.keeper import StoreKeeper
 from nixery.nix.runner import Nix
 from nixery.oci.manifests import (
@@ -46,7 +47,7 @@ from nixery.pipeline import archives
 from nixery.pipeline.archives import Compressor, Sink
 from nixery.pipeline.image_root import image_root
 from nixery.pipeline.layers import plan_layers
-from nixery.pipeline.progress import Reporter
+from nixery.pipeline.progress import NullProgress, Progress, Reporter
 from nixery.pipeline.runtime import runtime_config
 from nixery.pipeline.sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from nixery.pipeline.signing import PemSigner, signature_for
@@ -68,10 +69,9 @@ def step(name: str, key: str, **fields: object) -> Iterator[dict[str, object]]:
     yield record
     seconds = round(time.monotonic() - started, 3)
     details = " ".join(f"{k}={v}" for k, v in record.items())
-    log.info(
-        "build %s: %s done in %.2fs %s",
-        key[:12], name, seconds, details,
-        extra={"build_key": key, "step": name, "seconds": seconds, **record},
+    BuildLog(log, key).info(
+        "%s done in %.2fs %s", name, seconds, details,
+        extra={"step": name, "seconds": seconds, **record},
     )  # fmt: skip
 
 
@@ -165,10 +165,8 @@ class Builder:
         if isinstance(self.stores.images.status(job.key), Published):
             return  # built already: a duplicate delivery, or a request that raced the build
         started = time.monotonic()
-        log.info(
-            "build %s: starting %s for %s",
-            job.key[:12], "/".join(job.request.packages), job.revision,
-            extra={"build_key": job.key},
+        BuildLog(log, job.key).info(
+            "starting %s for %s", "/".join(job.request.packages), job.revision,
         )  # fmt: skip
         reporter = Reporter(self.stores.reports, job, self.clock)
         with self.store.build():  # the store is tidied after the outcome is recorded
@@ -181,15 +179,13 @@ class Builder:
                 return
             self.stores.images.publish(job.key, manifests, artifacts)
             reporter.published(manifests)
-            log.info(
-                "build %s: published in %.2fs",
-                job.key[:12], time.monotonic() - started,
-                extra={"build_key": job.key, "seconds": time.monotonic() - started},
+            BuildLog(log, job.key).info(
+                "published in %.2fs", time.monotonic() - started,
+                extra={"seconds": time.monotonic() - started},
             )  # fmt: skip
 
     def _fail(self, job: BuildJob, failure: Failure) -> None:
-        log.warning("build %s: failed: %s", job.key[:12], failure.message,
-                    extra={"build_key": job.key})  # fmt: skip
+        BuildLog(log, job.key).warning("failed: %s", failure.message)
         self.stores.images.record_failure(job.key, failure)
 
     def _build(
@@ -219,7 +215,12 @@ class Builder:
         with ThreadPoolExecutor(len(platforms), thread_name_prefix="platform") as each:
             futures = [
                 each.submit(
-                    self._image, job, source_dir, arch, nix_deadline, reporter if i == 0 else None
+                    self._image,
+                    job,
+                    source_dir,
+                    arch,
+                    nix_deadline,
+                    reporter if i == 0 else NullProgress(),
                 )
                 for i, arch in enumerate(platforms)
             ]
@@ -229,8 +230,7 @@ class Builder:
             try:
                 manifests, sboms = future.result()
             except BuildError as e:
-                e.message = f"the {arch.nix_system} image: {e.message}"
-                raise
+                raise e.with_message(f"the {arch.nix_system} image: {e.message}") from e
             built.append((arch, manifests))
             artifacts += sboms
         with step("index", job.key):
@@ -243,13 +243,12 @@ class Builder:
         source_dir: Path,
         arch: Architecture,
         nix_deadline: float,
-        reporter: Reporter | None,
+        reporter: Progress,
     ) -> tuple[list[Manifest], list[Manifest]]:
         """One platform's image: its manifests in every format, and their SBOMs."""
         key = f"{job.key}/{arch.oci_arch}" if job.request.platforms else job.key
         with ExitStack() as built:  # the Nix outputs stay GC roots until the image is made
-            if reporter:
-                reporter.update(step="nix")
+            reporter.update(step="nix")
             with step("nix", key) as record:
                 try:
                     result = built.enter_context(
@@ -261,10 +260,9 @@ class Builder:
                     names = self.stores.names.package_names(str(job.revision)) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
-                if reporter:
-                    reporter.closure(
-                        result.outputs, {p.path: p.nar_size for p in result.closure.values()}
-                    )
+                reporter.closure(
+                    result.outputs, {p.path: p.nar_size for p in result.closure.values()}
+                )
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
@@ -276,8 +274,7 @@ class Builder:
                 roots = sorted(set(result.outputs.values()))
                 groups = plan_layers(closure, roots, self.popularity, self.budget - 1)
                 record["layers"] = len(groups) + 1
-            if reporter:
-                reporter.update(step="archives")
+            reporter.update(step="archives")
             with step("archives", key) as record:
                 layers, fresh = self._store_layers(groups)
                 root_entries = image_root(list(result.outputs.values()), job.request.nonroot)
@@ -289,8 +286,7 @@ class Builder:
                     )
                 )
                 record.update(new=fresh, reused=len(groups) - fresh)
-            if reporter:
-                reporter.layers(groups, layers)
+            reporter.layers(groups, layers)
         title = "/".join(job.request.packages)
         with step("sbom", key) as record:
             try:
@@ -309,8 +305,7 @@ class Builder:
             store_bytes(self.blobs, sha256_digest(sbom), sbom)
             store_bytes(self.blobs, sha256_digest(EMPTY_BLOB), EMPTY_BLOB)
             record["bytes"] = len(sbom)
-        if reporter:
-            reporter.update(step="manifests")
+        reporter.update(step="manifests")
         with step("manifests", key):
             source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
             page = report_url(self.public_url, job.key) if self.public_url else None
@@ -349,12 +344,12 @@ class Builder:
                 names = self.nix.attribute_names(source_dir, job.request.arch.nix_system,
                                                  nix_deadline)  # fmt: skip
             except (BuildTimedOut, Transient) as e:
-                log.warning("build %s: the package names are left for later: %s",
-                            job.key[:12], e.message, extra={"build_key": job.key})  # fmt: skip
+                BuildLog(log, job.key).warning("the package names are left for later: %s",
+                                               e.message)  # fmt: skip
                 return
             except BuildError as e:
-                log.warning("build %s: the package names cannot be listed: %s",
-                            job.key[:12], e.message, extra={"build_key": job.key})  # fmt: skip
+                BuildLog(log, job.key).warning("the package names cannot be listed: %s",
+                                               e.message)  # fmt: skip
                 names = []
             record["names"] = len(names)
         self.stores.names.record_package_names(revision, names)

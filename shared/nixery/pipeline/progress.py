@@ -11,12 +11,36 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import BuildReports
 from nixery.records import BuildReport, Failure, FailureReport, LayerReport
+
+
+class Progress(Protocol):
+    """What the steps of one platform's image tell of their progress."""
+
+    def update(self, **fields: Any) -> None: ...
+
+    def closure(self, outputs: Mapping[str, str], sizes: Mapping[str, int]) -> None: ...
+
+    def layers(self, groups: Sequence[Sequence[str]], blobs: Sequence[LayerBlob]) -> None: ...
+
+
+class NullProgress:
+    """Progress nobody reads: the other platforms' images of a multi-platform build, whose
+    report follows the default platform's alone."""
+
+    def update(self, **fields: Any) -> None:
+        pass
+
+    def closure(self, outputs: Mapping[str, str], sizes: Mapping[str, int]) -> None:
+        pass
+
+    def layers(self, groups: Sequence[Sequence[str]], blobs: Sequence[LayerBlob]) -> None:
+        pass
 
 
 class Reporter:

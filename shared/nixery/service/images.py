@@ -29,6 +29,7 @@ from nixery.errors import (
     UnknownTag,
 )
 from nixery.job import BuildJob
+from nixery.logs import BuildLog
 from nixery.oci.cosign import is_signature, signed_digest
 from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
 from nixery.oci.referrers import referrers_index
@@ -104,18 +105,32 @@ class ImageService:
         if found is None:
             # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
             # rather than hand out an image that cannot be pulled.
-            log.warning("image %s lost its manifest or a blob: building it again", job.key[:12],
-                        extra={"build_key": job.key})  # fmt: skip
+            BuildLog(log, job.key).warning(
+                "the image lost its manifest or a blob: building it again"
+            )
             self.images.forget(job.key)
             found = self._whole(self.image(job, caller), media_type)
             if found is None:
                 raise ImageLost("the image was lost and is being built again; retry later")
-        with self._touch_lock:
-            due = job.key not in self._touched
-            self._touched[job.key] = True
-        if due:
-            self.images.touch(job.key, self.clock())
+        self._touch(job.key)
         return found
+
+    def _touch(self, key: str) -> None:
+        """Notes that the image was used, once per TOUCH_EVERY: marked done only once written,
+        so that a failed note is tried again by the next pull, and never failing this one (the
+        image is there; only `nixery gc` reads the note)."""
+        with self._touch_lock:
+            if key in self._touched:
+                return
+        try:
+            self.images.touch(key, self.clock())
+        except Exception as e:
+            BuildLog(log, key).warning(
+                "the image's use is not recorded: %s", e, exc_info=not isinstance(e, Transient)
+            )
+            return
+        with self._touch_lock:
+            self._touched[key] = True
 
     def _signature(self, signed: str) -> Manifest:
         """The signature of a manifest, which cosign asks for by tag (``sha256-<hex>.sig``)."""
@@ -152,11 +167,10 @@ class ImageService:
         try:
             outcome = self.builds.build(job, self.wait, caller.gone)
         except Transient as e:
-            log.warning("build %s: %s; to be retried", job.key[:12], e.message,
-                        extra={"build_key": job.key})  # fmt: skip
+            BuildLog(log, job.key).warning("%s; to be retried", e.message)
             raise
         except Exception as e:
-            log.exception("build %s crashed", job.key[:12], extra={"build_key": job.key})
+            BuildLog(log, job.key).exception("crashed")
             raise Transient("the build failed unexpectedly; retry later") from e
         if outcome is None:
             if caller.gone():
