@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers.registries import OCI, Registry
-
 from bench.lib.harness import command_parser, parse_args
+from tests.helpers.registries import OCI, Registry
 
 BASE = "shell/git/python3/perl/vim/ripgrep/1password/python3packages.numpy"
 EXTRA = "htop"

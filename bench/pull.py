@@ -15,9 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.helpers.registries import Registry
-
 from bench.lib.harness import ENV, command_parser, parse_args, skopeo_copy
+from tests.helpers.registries import Registry
 
 
 def pull(host: str, image: str, dest: Path) -> float:

@@ -27,9 +27,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tests.helpers.registries import OCI, Registry
-
 from bench.lib.harness import command_parser, parse_args
+from tests.helpers.registries import OCI, Registry
 
 PACKAGES = ["hello", "zlib", "libffi", "expat", "ncurses", "readline", "pcre2", "oniguruma",
             "openssl", "curl", "perl", "git", "htop", "vim", "jq", "ripgrep"]  # fmt: skip
