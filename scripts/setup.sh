@@ -21,10 +21,10 @@ gcloud_package=google-cloud-cli-firestore-emulator
 packages=(nix-bin busybox-static git ca-certificates netbase python3 python3-venv)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(skopeo podman runc uidmap containerd default-jre-headless)
-  packages+=(pigz wrk docker-registry)  # tests/test_bench.py: the benchmarks' smoke runs
+  packages+=(pigz wrk docker-registry)  # tests/e2e/test_bench.py: the benchmarks' smoke runs
   packages+=(mmdebstrap)  # scripts/build-builder-image.sh: the builder image's base, made locally
-  packages+=(qemu-user)  # tests/test_archives_cpu.py: older CPUs, emulated
-  packages+=(chromium)  # tests/test_pages.py: the web pages in a real browser, via Playwright
+  packages+=(qemu-user)  # tests/e2e/test_archives_cpu.py: older CPUs, emulated
+  packages+=(chromium)  # tests/e2e/test_pages.py: the web pages in a real browser, via Playwright
   # To add the Google Cloud SDK's apt repository and its key (install_firestore_emulator).
   [[ -f "$firestore_jar" ]] || packages+=(curl gnupg)
 fi

@@ -1,4 +1,4 @@
-# The provider is pinned to the version whose schema tests/test_terraform.py checks this
+# The provider is pinned to the version whose schema tests/deploy/test_terraform.py checks this
 # configuration against (the JSON schema shipped in cdktf-cdktf-provider-google 16.12.1).
 terraform {
   required_version = ">= 1.5"

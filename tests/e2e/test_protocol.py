@@ -394,7 +394,7 @@ def test_a_digest_one_client_was_given_serves_identical_bytes_to_every_client(ta
 
 def test_repeated_requests_give_the_same_digests(target, pulled):
     """Reproducible: the same request and source revision always name the same bytes (across
-    restarts and fresh storage too: test_local_e2e's restart test)."""
+    restarts and fresh storage too: tests/e2e/test_local.py's restart test)."""
     got, body = pulled
     again = get_manifest(target)
     assert again.content == got.content

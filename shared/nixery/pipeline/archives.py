@@ -17,7 +17,7 @@ Deflate is ISA-L's (``isal``, pinned), several times zlib's speed, so that a col
 for Nix, not for gzip. ISA-L picks its code at run time from the CPU's features: at levels 0-2
 its SSE4.2, AVX, AVX2 and AVX-512 paths give the same bytes (at level 3 they do not), but its
 generic path, taken by CPUs without SSE4.2 (made before 2008), does not, so a ``Compressor``
-refuses to run there. tests/test_archives_cpu.py checks both under emulated CPUs.
+refuses to run there. tests/e2e/test_archives_cpu.py checks both under emulated CPUs.
 """
 
 from __future__ import annotations
