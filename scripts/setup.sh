@@ -117,7 +117,7 @@ if [[ "${1:-}" == "--test" ]]; then
     .venv-checkov/bin/pip install -q --disable-pip-version-check checkov==3.3.30
   fi
   # The google provider's schema, for checking terraform/ where the provider cannot be
-  # downloaded: it ships inside the provider's CDK bindings (tests/tfcheck.py).
+  # downloaded: it ships inside the provider's CDK bindings (tests/helpers/tfcheck.py).
   wheel=var/tools/cdktf_cdktf_provider_google-16.12.1-py3-none-any.whl
   if [[ ! -f "$wheel" ]]; then
     .venv/bin/pip download -q --disable-pip-version-check --no-deps -d var/tools \

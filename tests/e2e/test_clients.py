@@ -3,7 +3,7 @@ digest, and (where there is a runtime) run what they pulled.
 
 skopeo (inspect; copy to oci: and docker-archive:), podman (pull by tag and by digest, run),
 containerd's ctr (HEAD-then-digest resolution, run) and python-dxf (a Python client that
-verifies digests). Their set-up on a machine like CI's is in tests/clients.py.
+verifies digests). Their set-up on a machine like CI's is in tests/helpers/clients.py.
 """
 
 from __future__ import annotations
