@@ -40,20 +40,12 @@ from typing import Any
 
 from bench.lib.firestore_reads import LOG_VAR
 from bench.lib.harness import ENV, command_parser
+from tests.helpers.boundary import building_modules
 from tests.helpers.emulators import Emulators, GcpRegistry
 from tests.helpers.registries import OCI, REPO, big_set
 
 ACCEPT = {"Accept": OCI}
 IMPORT_PROBE = Path(__file__).parent / "lib" / "import_probe.py"
-# The modules of the build pipeline, which a function that only enqueues builds should not load.
-PIPELINE = [
-    "nixery.nix.runner",
-    "nixery.pipeline.archives",
-    "nixery.pipeline.builder",
-    "nixery.pipeline.layers",
-    "nixery.nix.popularity",
-    "nixery.pipeline.image_root",
-]
 HARNESS_FILES = {"registry.log", "builder.log", "key.json", "firestore.jsonl"}  # not scratch
 SAMPLE_SECONDS = 0.2
 PARTS = 4  # files in `big`
@@ -84,7 +76,7 @@ def measure_imports(emulators: Emulators, work: Path) -> dict[str, Any]:
         stop(reg)
     modules = set(result["nixery"])
     result["top_level_packages"] = len(result["top_level"])
-    result["pipeline_loaded"] = {m: m in modules for m in PIPELINE}
+    result["pipeline_loaded"] = building_modules(modules)
     result["services_nixery_files"] = service_files(reg)
     return result
 
@@ -98,9 +90,8 @@ def print_imports(r: dict[str, Any]) -> None:
     print(f"after all requests: {r['total']} modules; {len(r['nixery'])} of nixery:")
     for m in r["nixery"]:
         print(f"    {m}")
-    print("pipeline modules: " + ", ".join(
-        f"{m} {'LOADED' if on else 'no'}" for m, on in r["pipeline_loaded"].items()
-    ))  # fmt: skip
+    loaded = r["pipeline_loaded"]
+    print("modules that build images: " + (", ".join(loaded) + " LOADED" if loaded else "none"))
     print(f"top-level packages ({r['top_level_packages']}): {' '.join(r.pop('top_level'))}")
 
 

@@ -21,7 +21,7 @@ locals {
     NIXERY_FIRESTORE_DATABASE = google_firestore_database.nixery.name
   }
   # TTL policies: records delete themselves once past `expires` (shared/nixery/gcp/firestore_state.py:
-  # failures after a day, images half a year after their last pull; limits.py: counters).
+  # failures after a day, images half a year after their last pull; gcp/firestore_limiter.py: counters).
   ttl_fields = {
     builds  = "expires"
     clients = "expires"

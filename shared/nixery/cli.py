@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from nixery import config, logs
 from nixery.errors import ConfigError
@@ -121,7 +120,7 @@ def _build(args: argparse.Namespace) -> int:
     from nixery.errors import BuildError, NixeryError, StillBuilding
     from nixery.local.app import local_service
     from nixery.oci.manifests import OCI_INDEX, OCI_MANIFEST
-    from nixery.request import Tag, parse_name, parse_reference
+    from nixery.request import Tag, parse_digest, parse_name, parse_reference
 
     env = _with_flags(args, _BUILD_FLAGS)
     with tempfile.TemporaryDirectory(prefix="nixery-build-") as scratch:
@@ -152,11 +151,11 @@ def _build(args: argparse.Namespace) -> int:
             if isinstance(log, str):
                 print(log, file=sys.stderr)
             return 1
-        children = [m for d in manifest.children() if (m := service.images.manifest(d))]
+        children = [m for d in manifest.children() if (m := service.manifest_by_digest(d))]
         partial = args.output.with_name(args.output.name + ".partial")
         with partial.open("wb") as out:
             write_archive(out, args.format, manifest, f"{name}:{reference.name}",
-                          service.blobs.open, lambda d: service.blobs.size(d) or 0,
+                          service.open_blob, lambda d: service.blob(parse_digest(d)).size,
                           children)  # fmt: skip
         partial.replace(args.output)
     print(
@@ -172,6 +171,7 @@ def _gc(args: argparse.Namespace) -> int:
     would read it."""
     import time
 
+    from nixery.ports import BlobInventory, Inventory
     from nixery.service.gc import collect
 
     env = config.Env()
@@ -183,8 +183,8 @@ def _gc(args: argparse.Namespace) -> int:
 
         collector = collector_settings(days=args.max_age)
         settings = collector.gc
-        inventory: Any = FirestoreInventory(firestore_database(collector.gcp))
-        blobs: Any = GcsBlobStore(bucket(collector.gcp), signer=None, url_ttl=60)
+        inventory: Inventory = FirestoreInventory(firestore_database(collector.gcp))
+        blobs: BlobInventory = GcsBlobStore(bucket(collector.gcp), signer=None, url_ttl=60)
         checkouts = []
     else:
         from nixery.local.file_blob_store import FileBlobStore

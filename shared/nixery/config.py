@@ -24,7 +24,7 @@ SOURCE_VARIABLES = ("NIXERY_CHANNEL", "NIXERY_PKGS_REPO", "NIXERY_PKGS_PATH")
 
 
 def package_dir(name: str) -> Path:
-    """A directory shipped inside the installed package (``web``, ``prepare-image``)."""
+    """A directory shipped inside the installed package (``http/static``, ``prepare-image``)."""
     return Path(str(resources.files("nixery") / name))
 
 

@@ -11,7 +11,6 @@ request is retried, and nothing about it is remembered).
 
 from __future__ import annotations
 
-import copy
 import errno
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
@@ -27,7 +26,9 @@ class NixeryError(Exception):
 
     def with_message(self, message: str) -> Self:
         """The same error told another way; an error is never changed once raised."""
-        other = copy.copy(self)
+        # Not copy.copy: it calls the class with ``args``, which not every error takes.
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__dict__)
         other.args, other.message = (message,), message
         return other
 

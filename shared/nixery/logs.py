@@ -31,7 +31,7 @@ class BuildLog(logging.LoggerAdapter[logging.Logger]):
     (``build_key``) to search for in JSON logs."""
 
     def __init__(self, logger: logging.Logger, key: str) -> None:
-        super().__init__(logger, {"build_key": key})
+        super().__init__(logger)
         self.key = key
 
     def process(

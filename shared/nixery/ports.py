@@ -67,7 +67,7 @@ class BlobStore(Protocol):
 # --- State -------------------------------------------------------------------------------
 
 
-class ImageIndex(Protocol):
+class PublishedImages(Protocol):
     """Which images exist, and their manifests: the authority on what can be served.
 
     A manifest is visible only once every blob it references is stored, and an image only
@@ -82,7 +82,7 @@ class ImageIndex(Protocol):
     def publish(
         self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
     ) -> None:
-        """Stores the manifests and makes the image visible, atomically; clears any failure.
+        """StatePorts the manifests and makes the image visible, atomically; clears any failure.
         ``referrers`` (an SBOM, a signature: artifacts whose subject is one of the manifests)
         are stored in the same step, so an image is never visible without them, and are
         kept as long as the image."""
@@ -118,7 +118,7 @@ class BuildReports(Protocol):
     """What people see of builds on the registry's pages."""
 
     def record_report(self, report: BuildReport) -> None:
-        """Stores a build's report, replacing the one of its key."""
+        """StatePorts a build's report, replacing the one of its key."""
         ...
 
     def report(self, key: str) -> BuildReport | None: ...
@@ -143,10 +143,10 @@ class PackageNames(Protocol):
 
 
 @dataclass(frozen=True)
-class Stores:
+class StatePorts:
     """The state ports of one database, as the builder and the service are given them."""
 
-    images: ImageIndex
+    images: PublishedImages
     layers: LayerCache
     reports: BuildReports
     names: PackageNames
@@ -156,7 +156,7 @@ class Stores:
 
 
 class Inventory(Protocol):
-    """What a state store lists and deletes for the collector."""
+    """What a database of the state ports lists and deletes for the collector."""
 
     def images(self) -> Iterable[ImageRecord]: ...
 
@@ -215,6 +215,19 @@ class BuildQueue(Protocol):
     def running(self, key: str) -> bool:
         """Whether this queue knows a build of the key to be under way (joining it is free)."""
         ...
+
+
+class BuildRunner(Protocol):
+    """What runs a build to its end, its outcome recorded in the state (the pipeline's
+    ``Builder``): local mode's queue runs it on its threads."""
+
+    def run(self, job: BuildJob) -> None: ...
+
+
+class Enqueue(Protocol):
+    """Where Google Cloud mode's queue sends a build, to be run by a builder service."""
+
+    def enqueue(self, job: BuildJob, attempt: int) -> None: ...
 
 
 class BuildRecords(Protocol):

@@ -2,7 +2,7 @@
 
 An image's status (published, failed, being built), a remembered failure, a build's report,
 a package set's revision, the gc's view of images and blobs. Each record that a store keeps
-as a document or a row has one codec here (``to_json``/``from_json``), so SQLite and
+as a document or a row has one codec here (``encode``/``decode``), so SQLite and
 Firestore store the same fields the same way.
 """
 

@@ -1,23 +1,19 @@
-"""Limits for a public mirror, without HTTP: each client's new builds (one suite over the
-in-memory and the Firestore limiter), the build queue's bound, and hung-up clients."""
+"""Each client's new builds, limited for a public mirror: one suite over the in-memory and
+the Firestore limiter, and how the image service charges them."""
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Callable
 
 import pytest
 
 from nixery.config import Rate
-from nixery.errors import BuildQueueFull, TooManyBuilds
+from nixery.errors import TooManyBuilds
 from nixery.local.memory_limiter import MemoryLimiter
-from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.ports import Limiter
 from nixery.service.images import Caller
 from tests.helpers.fakes import (
-    FakeBuilder,
     FakeClock,
     MemoryState,
     ScriptedQueue,
@@ -95,36 +91,3 @@ def test_only_new_builds_are_charged() -> None:
     assert 3500 < raised.value.retry_after <= 3600
     state.publish(job.key, sample_manifests())
     assert service.image(job, caller), "a published image is free"
-
-
-def test_the_thread_queue_refuses_builds_beyond_its_bound() -> None:
-    state = MemoryState()
-    builder = FakeBuilder(state, sample_manifests(), seconds=0)
-    builder.release.clear()
-    queue = ThreadBuildQueue(builder, state, workers=1, max_queued=1)  # type: ignore[arg-type]
-    try:
-        for packages in (("a",), ("b",)):
-            assert queue.build(sample_job(*packages), 0) is None
-        assert queue.running(sample_job("a").key)
-        with pytest.raises(BuildQueueFull):
-            queue.build(sample_job("c"), 0)
-        assert queue.build(sample_job("a"), 0) is None, "joining a queued build is free"
-    finally:
-        builder.release.set()
-        queue.shutdown()
-
-
-def test_a_client_that_hangs_up_frees_its_thread_at_once() -> None:
-    state = MemoryState()
-    builder = FakeBuilder(state, sample_manifests(), seconds=0)
-    builder.release.clear()
-    queue = ThreadBuildQueue(builder, state, workers=1)  # type: ignore[arg-type]
-    hung_up = threading.Event()
-    threading.Timer(0.5, hung_up.set).start()
-    try:
-        started = time.monotonic()
-        assert queue.build(sample_job(), wait=60, gone=hung_up.is_set) is None
-        assert time.monotonic() - started < 5
-    finally:
-        builder.release.set()
-        queue.shutdown()

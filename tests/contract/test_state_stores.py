@@ -195,6 +195,18 @@ def test_an_images_referrers_are_kept_and_collected_with_it(state: StateUnderTes
     assert state.referrers(manifests[0].digest) == []
 
 
+def test_the_inventory_reads_the_manifests_the_images_were_published_with(
+    state: StateUnderTest,
+) -> None:
+    if isinstance(state, MemoryState):
+        pytest.skip("the fake keeps no inventory for `nixery gc`")
+    manifests = sample_manifests()
+    state.publish(KEY, manifests, sample_referrers(manifests))
+    for manifest in manifests:
+        assert state.inventory.manifest(manifest.digest) == manifest
+    assert state.inventory.manifest(sample_manifests("other")[0].digest) is None
+
+
 def test_a_referrer_two_images_share_stays_with_the_one_kept(state: StateUnderTest) -> None:
     """Two keys may publish the same manifest and SBOM (an `arm64/` image and a platform of
     a multi-platform one); collecting one leaves the other's referrers whole."""

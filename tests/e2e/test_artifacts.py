@@ -338,7 +338,7 @@ def test_a_failed_sbom_or_signature_step_publishes_nothing(broken, monkeypatch):
     source, state = PathSource(DEMO), MemoryState()
     settings = build_settings(Env({"NIXERY_EVAL_ALLOW": DEMO_EVAL_ALLOW}))
     builder = Builder.from_settings(
-        settings, source=source, blobs=MemoryBlobStore(), stores=state.stores(), popularity={},
+        settings, source=source, blobs=MemoryBlobStore(), state=state.ports(), popularity={},
         signer=BrokenSigner() if broken == "signature" else None,
     )  # fmt: skip
     job = BuildJob.of(parse_name("hello"), source.resolve("latest"))

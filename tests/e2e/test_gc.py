@@ -33,16 +33,16 @@ DAY = 86400.0
 
 
 @dataclass
-class Stores:
+class GcStores:
     state: Any
     blobs: Any
 
 
-def _local(tmp_path: Path) -> Stores:
-    return Stores(sqlite_ports(tmp_path / "state.sqlite3"), FileBlobStore(tmp_path / "storage"))
+def _local(tmp_path: Path) -> GcStores:
+    return GcStores(sqlite_ports(tmp_path / "state.sqlite3"), FileBlobStore(tmp_path / "storage"))
 
 
-def _gcp(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Stores:
+def _gcp(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> GcStores:
     from google.cloud import storage
 
     from nixery.gcp.gcs_blob_store import GcsBlobStore
@@ -52,17 +52,17 @@ def _gcp(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Stores:
     bucket = storage.Client(project="nixery-test").create_bucket(f"gc-{uuid.uuid4().hex}")
     client = request.getfixturevalue("firestore_client")
     state = firestore_ports(client, f"gc{uuid.uuid4().hex[:8]}_")
-    return Stores(state, GcsBlobStore(bucket, signer=None, url_ttl=60))
+    return GcStores(state, GcsBlobStore(bucket, signer=None, url_ttl=60))
 
 
 @pytest.fixture(params=["local", pytest.param("gcp", marks=pytest.mark.e2e)])
-def stores(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Stores:
+def stores(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> GcStores:
     if request.param == "local":
         return _local(tmp_path)
     return _gcp(request, tmp_path, monkeypatch)
 
 
-def image(stores: Stores, key: str, *layers: bytes) -> list[str]:
+def image(stores: GcStores, key: str, *layers: bytes) -> list[str]:
     """Publishes an image of these layers (stored first, as a build does); its blob digests."""
     blobs = []
     for data in layers:
@@ -79,7 +79,7 @@ def report(key: str) -> BuildReport:
     return BuildReport(key, ("hello",), "x86_64-linux", "test@0", time.time(), "published", "")
 
 
-def test_what_no_recent_image_uses_is_collected_and_the_rest_kept(stores: Stores) -> None:
+def test_what_no_recent_image_uses_is_collected_and_the_rest_kept(stores: GcStores) -> None:
     now = time.time()
     shared, own_a, own_b, orphan = b"shared layer", b"layer of a", b"layer of b", b"orphan"
     a = image(stores, "a", shared, own_a)
@@ -121,7 +121,7 @@ def test_what_no_recent_image_uses_is_collected_and_the_rest_kept(stores: Stores
     assert reported == {"a", "new-failure"}, "a collected image's or failure's page goes too"
 
 
-def test_an_index_keeps_every_platforms_manifests_and_blobs(stores: Stores) -> None:
+def test_an_index_keeps_every_platforms_manifests_and_blobs(stores: GcStores) -> None:
     """A multi-platform image's record names the default platform's manifests and the
     indexes; the other platforms' are reached through the indexes only."""
     platforms = []
@@ -141,7 +141,7 @@ def test_an_index_keeps_every_platforms_manifests_and_blobs(stores: Stores) -> N
     assert all(stores.state.manifest(d) or stores.blobs.intact(d) for d in arm64)
 
 
-def test_only_the_newest_package_name_lists_are_kept(stores: Stores) -> None:
+def test_only_the_newest_package_name_lists_are_kept(stores: GcStores) -> None:
     """The search box's names, stored once per revision (a few hundred KB each with
     nixpkgs), would otherwise grow by one list per revision of a moving channel."""
     revisions = [f"channel:nixos-unstable:{i}" for i in range(KEEP_NAME_LISTS + 2)]

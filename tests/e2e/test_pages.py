@@ -2,7 +2,7 @@
 
 Debian's chromium, driven by Playwright (never `playwright install`: the system browser is
 used). Each page is saved as a screenshot under the test's temporary directory, and also
-under $NIXERY_SCREENSHOTS when it is set (how the README's pictures in docs/ are made).
+under $NIXERY_SCREENSHOTS when it is set (how the pictures in docs/pages/ are made).
 """
 
 from __future__ import annotations

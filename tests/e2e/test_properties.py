@@ -62,7 +62,7 @@ def app(tmp_path_factory: pytest.TempPathFactory):
     builds = RefusingBuilds()
     service = ImageService(
         source=PathSource(DEMO),
-        images=SqliteDatabase(storage / "state.sqlite3").stores().images,
+        images=SqliteDatabase(storage / "state.sqlite3").ports().images,
         blobs=blobs,
         builds=builds,
         wait=1,

@@ -1,10 +1,10 @@
-"""In-memory fakes of the core's seams, for unit tests only.
+"""In-memory fakes of the core's ports, for tests.
 
-They stand in for the state store, the blob store, the clock, the package source, the build
+They stand in for the state ports, the blob store, the clock, the package source, the build
 queue and the builder, so that the image service and the build queues can be tested without
 Nix, HTTP or emulators. They are never a backend of the registry: nothing here persists, and
 ``MemoryState`` and ``MemoryBlobStore`` are held to the real adapters' contracts by
-``test_state_contract`` and ``test_blobstore_contract``.
+``tests/contract/test_state_stores.py`` and ``tests/contract/test_blob_stores.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from nixery.errors import (
 )
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest, canonical_json, image_manifests
-from nixery.ports import Stores, never
+from nixery.ports import StatePorts, never
 from nixery.records import (
     BuildReport,
     Failure,
@@ -140,8 +140,8 @@ class MemoryState:
         self.used: dict[str, float] = {}  # by ``touch``
         self._lock = threading.Lock()
 
-    def stores(self) -> Stores:
-        return Stores(self, self, self, self)
+    def ports(self) -> StatePorts:
+        return StatePorts(self, self, self, self)
 
     def status(self, key: str) -> ImageStatus:
         with self._lock:

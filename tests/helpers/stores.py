@@ -13,8 +13,12 @@ from nixery.local.sqlite_state import SqliteDatabase, SqliteInventory
 
 
 class AllPorts:
-    def __init__(self, *parts: object) -> None:
-        self._parts = parts
+    """Each attribute from the first part that has it; ``inventory`` is the gc's part, whose
+    ``manifest`` the image ports' own would otherwise hide."""
+
+    def __init__(self, *parts: object, inventory: object) -> None:
+        self._parts = (*parts, inventory)
+        self.inventory = inventory
 
     def __getattr__(self, name: str) -> Any:
         for part in self._parts:
@@ -25,16 +29,17 @@ class AllPorts:
 
 def sqlite_ports(path: Path, **options: Any) -> AllPorts:
     database = SqliteDatabase(path, **options)
-    stores = database.stores()
+    stores = database.ports()
     return AllPorts(
-        stores.images, stores.layers, stores.reports, stores.names, SqliteInventory(database)
-    )
+        stores.images, stores.layers, stores.reports, stores.names,
+        inventory=SqliteInventory(database),
+    )  # fmt: skip
 
 
 def firestore_ports(client: firestore.Client, prefix: str, **options: Any) -> AllPorts:
     database = FirestoreDatabase(client, prefix, **options)
-    stores = database.stores()
+    stores = database.ports()
     return AllPorts(
         stores.images, stores.layers, stores.reports, stores.names,
-        FirestoreInventory(database), FirestoreBuildRecords(database),
+        FirestoreBuildRecords(database), inventory=FirestoreInventory(database),
     )  # fmt: skip

@@ -16,6 +16,7 @@ from nixery.errors import (
     BuildError,
     BuildFailed,
     BuildInterrupted,
+    BuildQueueFull,
     DatabaseUnavailable,
     ImageLost,
     SourceUnavailable,
@@ -94,7 +95,7 @@ def thread_queue(state: MemoryState) -> Iterator[Callable[[FakeBuilder], ThreadB
     queues: list[ThreadBuildQueue] = []
 
     def make(builder: FakeBuilder) -> ThreadBuildQueue:
-        queues.append(ThreadBuildQueue(builder, state, workers=4))  # type: ignore[arg-type]
+        queues.append(ThreadBuildQueue(builder, state, workers=4))
         return queues[-1]
 
     yield make
@@ -497,3 +498,36 @@ def test_a_use_record_that_fails_to_write_never_fails_the_pull_and_is_written_by
     clock.advance(60)
     images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
     assert state.used == {JOB.key: clock()}
+
+
+def test_the_thread_queue_refuses_builds_beyond_its_bound() -> None:
+    state = MemoryState()
+    builder = FakeBuilder(state, sample_manifests(), seconds=0)
+    builder.release.clear()
+    queue = ThreadBuildQueue(builder, state, workers=1, max_queued=1)
+    try:
+        for packages in (("a",), ("b",)):
+            assert queue.build(sample_job(*packages), 0) is None
+        assert queue.running(sample_job("a").key)
+        with pytest.raises(BuildQueueFull):
+            queue.build(sample_job("c"), 0)
+        assert queue.build(sample_job("a"), 0) is None, "joining a queued build is free"
+    finally:
+        builder.release.set()
+        queue.shutdown()
+
+
+def test_a_client_that_hangs_up_frees_its_thread_at_once() -> None:
+    state = MemoryState()
+    builder = FakeBuilder(state, sample_manifests(), seconds=0)
+    builder.release.clear()
+    queue = ThreadBuildQueue(builder, state, workers=1)
+    hung_up = threading.Event()
+    threading.Timer(0.5, hung_up.set).start()
+    try:
+        started = time.monotonic()
+        assert queue.build(sample_job(), wait=60, gone=hung_up.is_set) is None
+        assert time.monotonic() - started < 5
+    finally:
+        builder.release.set()
+        queue.shutdown()

@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 import nixery
+from tests.helpers.boundary import building_modules
 
 ROOT = Path(nixery.__file__).parent
 
@@ -65,6 +66,18 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_module_of_the_package_imports_itself_through_others() -> None:
     found = cycle(import_graph())
     assert found is None, "import cycle: " + " -> ".join(found or [])
+
+
+def test_nothing_the_registry_function_imports_builds_images() -> None:
+    """Every import statement reachable from the function's app, those that run only on some
+    requests too; tests/e2e/test_function_imports.py checks what a real run loads."""
+    graph, reached, todo = import_graph(), set(), ["nixery.gcp.registry_app"]
+    while todo:
+        if (module := todo.pop()) not in reached:
+            reached.add(module)
+            todo += graph[module]
+    assert "nixery.http.protocol" in reached
+    assert building_modules(reached) == []
 
 
 def test_the_cycle_finder_finds_a_planted_cycle() -> None:

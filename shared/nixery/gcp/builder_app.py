@@ -102,7 +102,7 @@ def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
         settings.build,
         source=open_source(settings.source),
         blobs=GcsBlobStore(bucket(settings.gcp), signer=None, url_ttl=60),
-        stores=database.stores(),
+        state=database.ports(),
         popularity=load_popularity(settings.build.popularity_url),
         signer=KmsSigner(settings.kms_key, runtime_token(), settings.kms_endpoint)
         if settings.kms_key

@@ -38,7 +38,7 @@ from nixery.errors import BuildQueueFull, DatabaseUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
-from nixery.ports import Stores
+from nixery.ports import StatePorts
 from nixery.records import (
     BuildReport,
     Failure,
@@ -91,6 +91,10 @@ def _failed(failure: Failure) -> dict[str, Any]:
         "updated": at,
         "expires": _expires(failure.at, FAILURE_KEEP),
     }
+
+
+def _manifest(doc: Mapping[str, Any]) -> Manifest:
+    return Manifest(doc["media_type"], doc["body"])
 
 
 @dataclass
@@ -165,12 +169,12 @@ class FirestoreDatabase:
         # Every pull by tag asks for them; they change only when an image is built again.
         self.referrer_cache: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
 
-    def stores(self) -> Stores:
+    def ports(self) -> StatePorts:
         """The state ports, each a view of this database."""
-        return Stores(
-            FirestoreImageIndex(self),
+        return StatePorts(
+            FirestorePublishedImages(self),
             FirestoreLayerCache(self),
-            FirestoreReports(self),
+            FirestoreBuildReports(self),
             FirestorePackageNames(self),
         )
 
@@ -196,7 +200,7 @@ class _Part:
         return read_time + timedelta(seconds=self.skew())
 
 
-class FirestoreImageIndex(_Part):
+class FirestorePublishedImages(_Part):
     def status(self, key: str) -> ImageStatus:
         if (published := self._published.get(key)) is not None:
             return published
@@ -221,7 +225,7 @@ class FirestoreImageIndex(_Part):
         doc = self.manifests.document(digest).get().to_dict()
         if not doc:
             return None
-        return self._manifests.keep(digest, Manifest(doc["media_type"], doc["body"]))
+        return self._manifests.keep(digest, _manifest(doc))
 
     @bounded
     def publish(
@@ -307,7 +311,7 @@ class FirestoreLayerCache(_Part):
         self.layers.document(layer_key).set(asdict(layer))
 
 
-class FirestoreReports(_Part):
+class FirestoreBuildReports(_Part):
     @bounded
     def record_report(self, report: BuildReport) -> None:
         # The layers' digests are a field of their own, for layer_users' query.
@@ -481,7 +485,7 @@ class FirestoreInventory(_Part):
 
     def manifest(self, digest: str) -> Manifest | None:
         doc = self.manifests.document(digest).get().to_dict()
-        return Manifest(doc["media_type"], doc["body"]) if doc else None
+        return _manifest(doc) if doc else None
 
     def images(self) -> Iterable[ImageRecord]:
         done = self.builds.where(filter=FieldFilter("status", "==", "done"))

@@ -16,7 +16,7 @@ from nixery.gcp.firestore_state import FirestoreBuildRecords
 from nixery.gcp.gcs_blob_store import GcsBlobStore
 from nixery.gcp.settings import registry_settings
 from nixery.gcp.signed_urls import runtime_signer
-from nixery.gcp.task_queue import TaskBuildQueue, TaskQueue
+from nixery.gcp.task_queue import CloudTasksEnqueuer, TaskBuildQueue
 from nixery.http.protocol import create_app
 from nixery.service.catalog import Catalog
 from nixery.service.images import ImageService
@@ -26,9 +26,9 @@ from nixery.sources import open_source
 def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
     settings = registry_settings(env)
     database = firestore_database(settings.gcp)
-    stores = database.stores()
+    state = database.ports()
     source = open_source(settings.source)
-    images = stores.images
+    images = state.images
     blobs = GcsBlobStore(
         bucket(settings.gcp),
         # A public mirror signs nothing, so it needs no signing permission either.
@@ -38,7 +38,7 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
         blob_url=settings.blob_url,
         timeout=settings.gcp.backend_timeout,
     )
-    tasks = TaskQueue(
+    tasks = CloudTasksEnqueuer(
         tasks_client(settings.tasks_emulator),
         settings.tasks_queue,
         settings.builder_url,
@@ -67,4 +67,4 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             else None
         ),
     )
-    return create_app(service, settings.serve, Catalog.of(source, stores))
+    return create_app(service, settings.serve, Catalog.of(source, state))

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from google.api_core import exceptions
 from google.cloud import tasks_v2
@@ -22,13 +21,13 @@ from nixery.errors import QueueUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
-from nixery.ports import BuildRecords, ImageIndex, never
+from nixery.ports import BuildRecords, Enqueue, PublishedImages, never
 from nixery.records import Failure, Pending, Published
 
 log = logging.getLogger(__name__)
 
 
-class TaskQueue:
+class CloudTasksEnqueuer:
     def __init__(
         self,
         client: tasks_v2.CloudTasksClient,
@@ -74,16 +73,12 @@ class TaskQueue:
             self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]
 
 
-class Enqueue(Protocol):
-    def enqueue(self, job: BuildJob, attempt: int) -> None: ...
-
-
 class TaskBuildQueue:
     """The BuildQueue of Google Cloud mode."""
 
     def __init__(
         self,
-        images: ImageIndex,
+        images: PublishedImages,
         records: BuildRecords,
         tasks: Enqueue,
         pickup: float,

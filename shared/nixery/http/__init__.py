@@ -1,0 +1,1 @@
+"""The registry over HTTP: the distribution protocol, authentication and the web pages."""

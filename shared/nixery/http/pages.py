@@ -3,8 +3,9 @@
 The front page (how to pull from this very host, the package source and its revision, the
 meta-packages, the latest builds, a search box over the package names), a page per build
 (its packages, closure, layers, manifests and pull commands, or why it failed and Nix's
-log), and under ``/api/v1/`` the same information as JSON. Everything comes from the state's
-build reports, so it reads alike in local mode and on Google Cloud; templates escape it all.
+log), and under ``/api/v1/`` the same information as JSON. Everything comes from the build
+reports, through the read model ``service.catalog``, so it reads alike in local mode and on
+Google Cloud; templates escape it all.
 """
 
 from __future__ import annotations

@@ -323,7 +323,7 @@ def _blob(service: ImageService, digest: Digest) -> BaseResponse:
         response.content_length = location.size
     else:
         # Built by hand rather than with send_file, which honours Range only for paths.
-        body = wrap_file(request.environ, service.blobs.open(digest))
+        body = wrap_file(request.environ, service.open_blob(digest))
         response = Response(body, content_type="application/octet-stream", direct_passthrough=True)
         response.content_length = location.size
         response.set_etag(digest.partition(":")[2])

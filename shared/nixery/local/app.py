@@ -16,7 +16,7 @@ from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.nix.popularity import load_popularity
 from nixery.nix.runner import check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
-from nixery.ports import Source, Stores
+from nixery.ports import Source, StatePorts
 from nixery.service.catalog import Catalog
 from nixery.service.images import ImageService
 from nixery.sources import open_source
@@ -26,18 +26,18 @@ log = logging.getLogger(__name__)
 
 def create_local_app(settings: LocalSettings) -> Flask:
     source = open_source(settings.source)
-    stores = SqliteDatabase(settings.state_path).stores()
-    service = local_service(settings, source, stores)
-    return create_app(service, settings.serve, Catalog.of(source, stores))
+    state = SqliteDatabase(settings.state_path).ports()
+    service = local_service(settings, source, state)
+    return create_app(service, settings.serve, Catalog.of(source, state))
 
 
 def local_service(
-    settings: LocalSettings, source: Source | None = None, stores: Stores | None = None
+    settings: LocalSettings, source: Source | None = None, state: StatePorts | None = None
 ) -> ImageService:
     """The images of local mode, found or built: what `nixery serve` serves and `nixery
     build` writes to a file."""
     source = source or open_source(settings.source)
-    stores = stores or SqliteDatabase(settings.state_path).stores()
+    state = state or SqliteDatabase(settings.state_path).ports()
     blobs = FileBlobStore(settings.storage_path)
     blobs.remove_leftovers()
     log.info("building with Nix %s", check_nix_version())
@@ -46,16 +46,14 @@ def local_service(
         settings.build,
         source=source,
         blobs=blobs,
-        stores=stores,
+        state=state,
         popularity=load_popularity(settings.build.popularity_url),
     )
     return ImageService(
         source=source,
-        images=stores.images,
+        images=state.images,
         blobs=blobs,
-        builds=ThreadBuildQueue(
-            builder, stores.images, settings.build_workers, settings.max_queued
-        ),
+        builds=ThreadBuildQueue(builder, state.images, settings.build_workers, settings.max_queued),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
         limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,

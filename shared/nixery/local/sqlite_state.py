@@ -7,7 +7,7 @@ holding the lock, a read-only file, a full disk, an I/O error, a damaged file) i
 translated there once for every method, as distribution's base driver does for all
 storage drivers, so no method translates anything itself.
 
-One connection and its guard are shared by a class per port (``SqliteDatabase.stores``).
+One connection and its guard are shared by a class per port (``SqliteDatabase.ports``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from nixery.errors import DatabaseUnavailable
 from nixery.oci.manifests import LayerBlob, Manifest
-from nixery.ports import Stores
+from nixery.ports import StatePorts
 from nixery.records import (
     BuildReport,
     Failure,
@@ -113,18 +113,18 @@ class SqliteDatabase:
         """``busy_timeout``: seconds a statement waits for another process's lock."""
         self.clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _Guard()
-        with self._lock:
-            self._db = sqlite3.connect(
+        self.guard = _Guard()
+        with self.guard:
+            self.connection = sqlite3.connect(
                 path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA synchronous=FULL")
+            self.connection.executescript(_SCHEMA)
         try:
-            with self._lock:
+            with self.guard:
                 # Images published before their use was recorded count as used from now.
-                self._db.execute(
+                self.connection.execute(
                     "INSERT OR IGNORE INTO image_use SELECT DISTINCT key, ? FROM images", (clock(),)
                 )
         except DatabaseUnavailable as e:
@@ -133,12 +133,12 @@ class SqliteDatabase:
             log.warning("%s: it serves the images it holds, and writes fail until it can be "
                         "written", e.message)  # fmt: skip
 
-    def stores(self) -> Stores:
+    def ports(self) -> StatePorts:
         """The state ports, each a view of this database."""
-        return Stores(
-            SqliteImageIndex(self),
+        return StatePorts(
+            SqlitePublishedImages(self),
             SqliteLayerCache(self),
-            SqliteReports(self),
+            SqliteBuildReports(self),
             SqlitePackageNames(self),
         )
 
@@ -147,7 +147,7 @@ class _Part:
     """One port's view of the database."""
 
     def __init__(self, database: SqliteDatabase) -> None:
-        self._db, self._lock, self.clock = database._db, database._lock, database.clock
+        self._db, self._lock, self.clock = database.connection, database.guard, database.clock
 
     def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
@@ -158,7 +158,7 @@ class _Part:
         return Manifest(row[0], bytes(row[1])) if row else None
 
 
-class SqliteImageIndex(_Part):
+class SqlitePublishedImages(_Part):
     def status(self, key: str) -> ImageStatus:
         with self._lock:
             rows = self._db.execute(
@@ -238,7 +238,7 @@ class SqliteLayerCache(_Part):
             )
 
 
-class SqliteReports(_Part):
+class SqliteBuildReports(_Part):
     def record_report(self, report: BuildReport) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")

@@ -11,8 +11,7 @@ from functools import partial
 
 from nixery.errors import BuildQueueFull
 from nixery.job import BuildJob
-from nixery.pipeline.builder import Builder
-from nixery.ports import ImageIndex, never
+from nixery.ports import BuildRunner, PublishedImages, never
 from nixery.records import Failure, Published
 
 # Seconds between looks at whether a waiting client is still there.
@@ -21,7 +20,11 @@ _GONE_POLL = 1.0
 
 class ThreadBuildQueue:
     def __init__(
-        self, builder: Builder, images: ImageIndex, workers: int, max_queued: int | None = None
+        self,
+        builder: BuildRunner,
+        images: PublishedImages,
+        workers: int,
+        max_queued: int | None = None,
     ) -> None:
         """``workers`` builds run at once and ``max_queued`` more may wait for a worker
         (NIXERY_BUILD_WORKERS, NIXERY_MAX_QUEUED_BUILDS; None: no limit)."""

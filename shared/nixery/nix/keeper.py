@@ -2,10 +2,11 @@
 
 On Cloud Run the builder's store lives on an in-memory disk: every byte it keeps is memory,
 paid for and limited. A build's outputs are garbage-collector roots only while its image is
-made (``nix.Nix.build``), so the rest of the store is a cache of paths that later builds would
-otherwise fetch again. After a build, when no other build runs, the store is measured (the
-sum of its paths' NAR sizes, from Nix's database, which is quick) and, if above the limit,
-Nix deletes dead paths until it is a quarter below it, so that not every build collects.
+made (``nix.runner.Nix.build``), so the rest of the store is a cache of paths that later
+builds would otherwise fetch again. After a build, when no other build runs, the store is
+measured (the sum of its paths' NAR sizes, from Nix's database, which is quick) and, if above
+the limit, Nix deletes dead paths until it is a quarter below it, so that not every build
+collects.
 
 Collection never overlaps a build: between a build's evaluation and its realisation, its
 derivations are nobody's roots, and a collection then would delete them.

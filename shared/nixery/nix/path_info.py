@@ -1,7 +1,5 @@
-"""Store paths as Nix describes them: the closure graph's nodes, their names, their meta.
-
-Parsed here once for the whole package: the pipeline layers and archives them, the SBOM and
-the build pages name them, popularity counts them.
+"""Store paths as Nix describes them: the closure graph's nodes and what the package set's
+meta says of them, read from Nix's JSON once for the pipeline, the SBOM and popularity.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ EMPTY_BLOB = b"{}"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
-MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 _FORMATS = {
     OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER),
     DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER),

@@ -51,7 +51,7 @@ from nixery.pipeline.progress import NullProgress, Progress, Reporter
 from nixery.pipeline.runtime import runtime_config
 from nixery.pipeline.sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from nixery.pipeline.signing import PemSigner, signature_for
-from nixery.ports import BlobStore, Signer, Source, Stores
+from nixery.ports import BlobStore, Signer, Source, StatePorts
 from nixery.records import Failure, Published, report_url
 from nixery.request import Architecture, suggest
 
@@ -87,13 +87,13 @@ class Builder:
         source: Source,
         nix: Nix,
         blobs: BlobStore,
-        stores: Stores,
+        state: StatePorts,
         popularity: Mapping[str, int],
         budget: int,
         pool: Executor,
         compressor: Compressor,
         nix_budget: float,
-        store: StoreKeeper,
+        keeper: StoreKeeper,
         max_image_size: int | None = None,
         signer: Signer | None = None,
         public_url: str | None = None,
@@ -110,13 +110,13 @@ class Builder:
         self.source = source
         self.nix = nix
         self.blobs = blobs
-        self.stores = stores
+        self.state = state
         self.popularity = popularity
         self.budget = budget
         self.pool = pool
         self.compressor = compressor
         self.nix_budget = nix_budget
-        self.store = store
+        self.keeper = keeper
         self.max_image_size = max_image_size
         self.signer = signer
         self.public_url = public_url
@@ -131,7 +131,7 @@ class Builder:
         *,
         source: Source,
         blobs: BlobStore,
-        stores: Stores,
+        state: StatePorts,
         popularity: Mapping[str, int],
         signer: Signer | None = None,
     ) -> Builder:
@@ -144,13 +144,13 @@ class Builder:
             source=source,
             nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
             blobs=blobs,
-            stores=stores,
+            state=state,
             popularity=popularity,
             budget=settings.layer_budget,
             pool=ThreadPoolExecutor(cores, thread_name_prefix="archive"),
             compressor=Compressor(cores),
             nix_budget=settings.nix_budget,
-            store=StoreKeeper(settings.store_limit),
+            keeper=StoreKeeper(settings.store_limit),
             max_image_size=settings.max_image_size,
             signer=signer,
             public_url=settings.public_url,
@@ -159,17 +159,17 @@ class Builder:
     def run(self, job: BuildJob) -> None:
         """Builds and publishes the image, or records why it cannot be built.
 
-        Failures that a retry would repeat (a ``BuildError``) are recorded in the state;
+        Failures that a retry would repeat (a ``BuildError``) are recorded with the image;
         anything else (``Transient`` trouble, I/O) propagates to be retried.
         """
-        if isinstance(self.stores.images.status(job.key), Published):
+        if isinstance(self.state.images.status(job.key), Published):
             return  # built already: a duplicate delivery, or a request that raced the build
         started = time.monotonic()
         BuildLog(log, job.key).info(
             "starting %s for %s", "/".join(job.request.packages), job.revision,
         )  # fmt: skip
-        reporter = Reporter(self.stores.reports, job, self.clock)
-        with self.store.build():  # the store is tidied after the outcome is recorded
+        reporter = Reporter(self.state.reports, job, self.clock)
+        with self.keeper.build():  # the store is tidied after the outcome is recorded
             try:
                 manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
             except BuildError as e:
@@ -177,7 +177,7 @@ class Builder:
                 self._fail(job, failure)
                 reporter.failed(failure)
                 return
-            self.stores.images.publish(job.key, manifests, artifacts)
+            self.state.images.publish(job.key, manifests, artifacts)
             reporter.published(manifests)
             BuildLog(log, job.key).info(
                 "published in %.2fs", time.monotonic() - started,
@@ -186,7 +186,7 @@ class Builder:
 
     def _fail(self, job: BuildJob, failure: Failure) -> None:
         BuildLog(log, job.key).warning("failed: %s", failure.message)
-        self.stores.images.record_failure(job.key, failure)
+        self.state.images.record_failure(job.key, failure)
 
     def _build(
         self, job: BuildJob, nix_deadline: float, reporter: Reporter
@@ -246,10 +246,11 @@ class Builder:
         reporter: Progress,
     ) -> tuple[list[Manifest], list[Manifest]]:
         """One platform's image: its manifests in every format, and their SBOMs."""
-        key = f"{job.key}/{arch.oci_arch}" if job.request.platforms else job.key
+        # Each platform's steps are told apart by a field; the key stays the build's.
+        where = {"platform": arch.oci_arch} if job.request.platforms else {}
         with ExitStack() as built:  # the Nix outputs stay GC roots until the image is made
             reporter.update(step="nix")
-            with step("nix", key) as record:
+            with step("nix", job.key, **where) as record:
                 try:
                     result = built.enter_context(
                         self.nix.build(
@@ -257,7 +258,7 @@ class Builder:
                         )
                     )
                 except UnknownPackages as e:
-                    names = self.stores.names.package_names(str(job.revision)) or []
+                    names = self.state.names.package_names(str(job.revision)) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
                 reporter.closure(
@@ -266,7 +267,7 @@ class Builder:
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
-            with step("layering", key) as record:
+            with step("layering", job.key, **where) as record:
                 closure = {
                     p.path: {"narSize": p.nar_size, "references": p.references}
                     for p in result.closure.values()
@@ -275,7 +276,7 @@ class Builder:
                 groups = plan_layers(closure, roots, self.popularity, self.budget - 1)
                 record["layers"] = len(groups) + 1
             reporter.update(step="archives")
-            with step("archives", key) as record:
+            with step("archives", job.key, **where) as record:
                 layers, fresh = self._store_layers(groups)
                 root_entries = image_root(list(result.outputs.values()), job.request.nonroot)
                 layers.append(
@@ -288,7 +289,7 @@ class Builder:
                 record.update(new=fresh, reused=len(groups) - fresh)
             reporter.layers(groups, layers)
         title = "/".join(job.request.packages)
-        with step("sbom", key) as record:
+        with step("sbom", job.key, **where) as record:
             try:
                 sbom = image_sbom(
                     title=title,
@@ -306,7 +307,7 @@ class Builder:
             store_bytes(self.blobs, sha256_digest(EMPTY_BLOB), EMPTY_BLOB)
             record["bytes"] = len(sbom)
         reporter.update(step="manifests")
-        with step("manifests", key):
+        with step("manifests", job.key, **where):
             source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
             page = report_url(self.public_url, job.key) if self.public_url else None
             annotations = provenance(title, source, job.revision.value, page)
@@ -336,7 +337,7 @@ class Builder:
         the build: a set whose names cannot be listed gets an empty list, and passing trouble
         (or running out of time) leaves them to be listed by the revision's next build."""
         revision = str(job.revision)
-        if revision in self._indexed or self.stores.names.package_names(revision) is not None:
+        if revision in self._indexed or self.state.names.package_names(revision) is not None:
             self._indexed.add(revision)
             return
         with step("names", job.key) as record:
@@ -352,14 +353,14 @@ class Builder:
                                                e.message)  # fmt: skip
                 names = []
             record["names"] = len(names)
-        self.stores.names.record_package_names(revision, names)
+        self.state.names.record_package_names(revision, names)
         self._indexed.add(revision)
 
     def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
         """Archives the groups not archived before, in parallel; returns them in order."""
         found: dict[int, LayerBlob] = {}
         for i, paths in enumerate(groups):
-            cached = self.stores.layers.layer(layer_key(paths, self.gzip_level))
+            cached = self.state.layers.layer(layer_key(paths, self.gzip_level))
             if cached and self.blobs.intact(cached.digest):
                 found[i] = cached
         pending = {
@@ -372,7 +373,7 @@ class Builder:
         wait(pending.values())
         for i, future in pending.items():
             found[i] = future.result()
-            self.stores.layers.record_layer(layer_key(groups[i], self.gzip_level), found[i])
+            self.state.layers.record_layer(layer_key(groups[i], self.gzip_level), found[i])
         return [found[i] for i in range(len(groups))], len(pending)
 
     def _archive(self, write: Callable[[Sink], LayerBlob]) -> LayerBlob:

@@ -1,6 +1,6 @@
 """Build reports: what a build did, kept so that people can see it on the registry's pages.
 
-The state's image status says whether an image can be served; a report says how it came to
+The image's status (``PublishedImages``) says whether it can be served; a report says how it came to
 be: its packages and their store paths, its closure, its layers, its manifests, its steps and
 their times, and for a failure the reason and the end of Nix's log. The builder writes one at
 every step, so a build under way shows where it is. Reports are stored as JSON in every mode.
@@ -44,7 +44,7 @@ class NullProgress:
 
 
 class Reporter:
-    """Keeps one build's report up to date in the state, a write per step."""
+    """Keeps one build's report up to date in ``BuildReports``, a write per step."""
 
     def __init__(
         self, reports: BuildReports, job: BuildJob, clock: Callable[[], float] = time.time

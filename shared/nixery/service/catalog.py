@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from nixery.caches import BoundedCache
 from nixery.errors import NixeryError
-from nixery.ports import BuildReports, ImageIndex, PackageNames, Source, Stores
+from nixery.ports import BuildReports, PackageNames, PublishedImages, Source, StatePorts
 from nixery.records import BuildReport, ImageStatus, Revision
 
 # Builds on the front page.
@@ -23,7 +23,7 @@ SHARED_TTL = 60.0
 
 class Catalog:
     def __init__(
-        self, source: Source, images: ImageIndex, reports: BuildReports, names: PackageNames
+        self, source: Source, images: PublishedImages, reports: BuildReports, names: PackageNames
     ) -> None:
         self.source = source
         self._images = images
@@ -34,8 +34,8 @@ class Catalog:
         self._names_of: BoundedCache[list[str]] = BoundedCache(4)
 
     @classmethod
-    def of(cls, source: Source, stores: Stores) -> Catalog:
-        return cls(source, stores.images, stores.reports, stores.names)
+    def of(cls, source: Source, state: StatePorts) -> Catalog:
+        return cls(source, state.images, state.reports, state.names)
 
     def latest(self) -> list[BuildReport]:
         """The latest builds, the latest started first."""

@@ -34,7 +34,7 @@ KEEP_NAME_LISTS = 4
 
 
 @dataclass
-class Report:
+class GcReport:
     images: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
@@ -60,7 +60,7 @@ class Report:
 
 
 def collect(
-    state: Inventory,
+    inventory: Inventory,
     blobs: BlobInventory,
     *,
     max_age: float,
@@ -69,10 +69,10 @@ def collect(
     now: float,
     apply: bool = False,
     progress: Callable[[str], None] = log.info,
-) -> Report:
-    report = Report()
+) -> GcReport:
+    report = GcReport()
     live_manifests: set[str] = set()
-    for image in state.images():
+    for image in inventory.images():
         if image.used >= now - max_age:
             live_manifests.update(image.manifests)
             report.kept_images += 1
@@ -81,16 +81,16 @@ def collect(
     live_blobs: set[str] = set()
     pending = list(live_manifests)
     while pending:  # an index keeps the manifests it names, and they their blobs
-        manifest = state.manifest(pending.pop())
+        manifest = inventory.manifest(pending.pop())
         if manifest is not None:
             live_blobs.update(manifest.blobs())
             children = set(manifest.children()) - live_manifests
             live_manifests |= children
             pending += children
-    report.manifests = [d for d in state.manifest_digests() if d not in live_manifests]
-    report.layers = [key for key, digest in state.layer_rows() if digest not in live_blobs]
-    report.failures = [key for key, at in state.failures() if at < now - failure_ttl]
-    report.name_lists = list(state.name_lists())[KEEP_NAME_LISTS:]
+    report.manifests = [d for d in inventory.manifest_digests() if d not in live_manifests]
+    report.layers = [key for key, digest in inventory.layer_rows() if digest not in live_blobs]
+    report.failures = [key for key, at in inventory.failures() if at < now - failure_ttl]
+    report.name_lists = list(inventory.name_lists())[KEEP_NAME_LISTS:]
     progress(f"{len(report.images)} images to collect, {len(live_blobs)} blobs in use")
     for blob in blobs.blobs():
         if blob.digest in live_blobs or blob.created >= now - grace:
@@ -99,8 +99,10 @@ def collect(
             report.blobs.append(blob)
     if apply:
         # Records first: nothing published names what is about to go.
-        state.delete(images=report.images, failures=report.failures)
-        state.delete(manifests=report.manifests, layers=report.layers, name_lists=report.name_lists)
+        inventory.delete(images=report.images, failures=report.failures)
+        inventory.delete(
+            manifests=report.manifests, layers=report.layers, name_lists=report.name_lists
+        )
         for i, blob in enumerate(report.blobs, 1):
             blobs.delete(blob.digest)
             if i % 1000 == 0:

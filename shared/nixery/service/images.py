@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from cachetools import TTLCache
 
@@ -33,7 +34,7 @@ from nixery.logs import BuildLog
 from nixery.oci.cosign import is_signature, signed_digest
 from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
 from nixery.oci.referrers import referrers_index
-from nixery.ports import BlobStore, BuildQueue, ImageIndex, Limiter, Source, never
+from nixery.ports import BlobStore, BuildQueue, Limiter, PublishedImages, Source, never
 from nixery.records import Failure, Published, Revision, remembered
 from nixery.request import Digest, ImageRequest, Tag
 
@@ -63,7 +64,7 @@ class ImageService:
         self,
         *,
         source: Source,
-        images: ImageIndex,
+        images: PublishedImages,
         blobs: BlobStore,
         builds: BuildQueue,
         wait: float,
@@ -186,8 +187,9 @@ class ImageService:
             return
         wait = self.limiter.admit(caller.address)
         if wait is not None:
-            log.warning("client %s: too many new builds", caller.address,
-                        extra={"client": caller.address, "build_key": job.key})  # fmt: skip
+            BuildLog(log, job.key).warning(
+                "client %s: too many new builds", caller.address, extra={"client": caller.address}
+            )
             raise TooManyBuilds(
                 "this client has started as many new builds as it may for now; images built "
                 f"before can still be pulled. Retry in {wait:.0f} seconds",
@@ -212,6 +214,14 @@ class ImageService:
             raise UnknownBlob("blob unknown", {"digest": digest})
         return BlobLocation(size, self.blobs.url(digest))
 
+    def open_blob(self, digest: str) -> BinaryIO:
+        """The bytes of a blob that ``blob`` found, for a registry that serves them itself;
+        ``UnknownBlob`` if it went since."""
+        return self.blobs.open(digest)
+
+    def manifest_by_digest(self, digest: str) -> Manifest | None:
+        return self.images.manifest(digest)
+
     def _resolve(self, tag: Tag) -> Revision:
         with _source_unavailable():
             revision = self.source.resolve(tag.name)
@@ -234,4 +244,4 @@ def _source_unavailable() -> Iterator[None]:
         yield
     except SourceUnavailable as e:
         log.warning("the package source is unavailable: %s", e)
-        raise SourceUnavailable(f"the package source is unavailable: {e}") from e
+        raise e.with_message(f"the package source is unavailable: {e.message}") from e

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from nixery.config import SourceSettings
 from nixery.ports import Source
-from nixery.records import Revision
 from nixery.sources import channel, git, path
 from nixery.sources.channel import ChannelSource
 from nixery.sources.git import GitSource
 from nixery.sources.path import PathSource
-
-__all__ = ["ChannelSource", "GitSource", "PathSource", "Revision", "Source", "open_source"]
 
 
 def open_source(settings: SourceSettings) -> Source:

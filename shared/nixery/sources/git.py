@@ -15,7 +15,7 @@ from nixery.errors import ConfigError, SourceUnavailable
 from nixery.records import Revision
 from nixery.request import TAG_RE
 from nixery.sources.checkouts import Checkouts, extract, materialise
-from nixery.sources.git_command import git as _git
+from nixery.sources.git_command import run_git
 from nixery.sources.history import History
 from nixery.sources.trust import COMMIT_RE, Answer, Untrusted, check_source, public_url, trusted
 
@@ -99,7 +99,7 @@ class GitSource:
 
     def _ls_remote(self, *patterns: str) -> dict[str, str]:
         """The remote's refs matching `patterns` (tail globs, filtered exactly by the caller)."""
-        out = _git("ls-remote", "--", self._url, *patterns, timeout=_QUERY_TIMEOUT)
+        out = run_git("ls-remote", "--", self._url, *patterns, timeout=_QUERY_TIMEOUT)
         refs = {}
         for line in out.splitlines():
             commit, _, ref = line.partition("\t")
@@ -115,7 +115,7 @@ class GitSource:
             return found
         mirror = materialise(
             self._mirror,
-            lambda dest: _git("init", "--quiet", "--bare", dest, timeout=_QUERY_TIMEOUT),
+            lambda dest: run_git("init", "--quiet", "--bare", dest, timeout=_QUERY_TIMEOUT),
         )
         # Concurrent shallow fetches into one repository fail on its shallow.lock.
         with self._fetch_lock:
@@ -123,7 +123,7 @@ class GitSource:
             if found is not None:
                 return found
             try:
-                _git(
+                run_git(
                     *("-C", mirror, "-c", "gc.auto=0", "-c", "maintenance.auto=false", "fetch"),
                     *("--quiet", "--depth=1", "--no-tags", "--no-write-fetch-head"),
                     *("--", self._url, f"+{commit}:refs/nixery/{commit}"),
@@ -142,7 +142,7 @@ class GitSource:
         if not self._mirror.is_dir():
             return None
         try:
-            out = _git(
+            out = run_git(
                 *("-C", self._mirror, "rev-parse", "--quiet", "--verify", f"{commit}^{{commit}}"),
                 timeout=_QUERY_TIMEOUT,
             )
@@ -154,7 +154,7 @@ class GitSource:
         if self._fetch(revision.value) is None:
             raise SourceUnavailable(f"{revision} is no longer available from the remote")
         with tempfile.TemporaryFile(dir=self._dir) as archive:
-            _git(
+            run_git(
                 *("-C", self._mirror, "archive", "--format=tar", revision.value),
                 stdout=archive,
                 timeout=_FETCH_TIMEOUT,

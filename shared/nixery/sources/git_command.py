@@ -10,7 +10,7 @@ from typing import IO
 from nixery.errors import SourceUnavailable
 
 
-def git(*args: str | Path, timeout: float, stdout: IO[bytes] | None = None) -> str:
+def run_git(*args: str | Path, timeout: float, stdout: IO[bytes] | None = None) -> str:
     """Runs git without ever prompting (a server has nobody to answer); failures, including
     a remote that cannot be reached, become SourceUnavailable. Returns stdout unless
     redirected."""

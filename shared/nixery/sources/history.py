@@ -28,7 +28,7 @@ from cachetools import LRUCache
 
 from nixery.errors import SourceUnavailable
 from nixery.sources.checkouts import materialise
-from nixery.sources.git_command import git
+from nixery.sources.git_command import run_git
 
 # Commit dates are set by the committer's clock; descendants made on a clock a little behind
 # their parent's must still fall within the history fetched.
@@ -72,20 +72,20 @@ class History:
             return False
 
     def _git(self, *args: str, timeout: float = _QUERY_TIMEOUT) -> str:
-        return git("-C", self._dir, *args, timeout=timeout)
+        return run_git("-C", self._dir, *args, timeout=timeout)
 
     def _fetch_commit(self, commit: str) -> str | None:
         """Fetches the commit by itself (no parents, no trees); its peeled id, or None."""
         materialise(
             self._dir,
-            lambda dest: git("init", "--quiet", "--bare", dest, timeout=_QUERY_TIMEOUT),
+            lambda dest: run_git("init", "--quiet", "--bare", dest, timeout=_QUERY_TIMEOUT),
         )
         try:
             self._fetch(["--depth=1"], [f"+{commit}:refs/nixery-probe/{commit}"])
         except SourceUnavailable:
             # The remote's message for an unknown object differs between servers and
             # versions, so ask whether it answers at all: if so, the commit is unknown.
-            git("ls-remote", "--", self._url, "HEAD", timeout=_QUERY_TIMEOUT)
+            run_git("ls-remote", "--", self._url, "HEAD", timeout=_QUERY_TIMEOUT)
             return None
         try:
             return self._git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}").strip()
@@ -101,7 +101,7 @@ class History:
         except SourceUnavailable:
             # No trusted ref has a commit since then (git refuses an empty shallow fetch), or
             # the remote failed: then ls-remote raises, and the request is retried later.
-            git("ls-remote", "--", self._url, "HEAD", timeout=_QUERY_TIMEOUT)
+            run_git("ls-remote", "--", self._url, "HEAD", timeout=_QUERY_TIMEOUT)
             return False
         refs = self._git("for-each-ref", "--contains", commit, "--format=%(refname)", _TRUSTED)
         return bool(refs.strip())
