@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class FileBlobWriter:
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
-        with _unavailable("write a blob"):
+        with _Unavailable("write a blob"):
             fd, name = tempfile.mkstemp(dir=store.scratch, suffix=".part")
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self._path = Path(name)
@@ -48,7 +48,7 @@ class FileBlobWriter:
     def write(self, data: bytes | memoryview) -> int:
         assert self._file is not None, "write after commit or cancel"
         self._hash.update(data)
-        with _unavailable("write a blob"):
+        with _Unavailable("write a blob"):
             return self._file.write(data)
 
     def commit(self, digest: str) -> None:
@@ -58,7 +58,7 @@ class FileBlobWriter:
         # A blob that is intact is this one (blobs are content-addressed): keep it. A damaged
         # one is replaced.
         if not self._store.intact(digest):
-            with _unavailable("write a blob"):
+            with _Unavailable("write a blob"):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 # Durable before visible: a published blob survives a crash of the machine.
                 self._file.flush()
@@ -74,15 +74,30 @@ class FileBlobWriter:
         self._path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _unavailable(doing: str) -> Iterator[None]:
+class _Unavailable:
     """What the disk refuses (full, read-only, not ours, failing) is trouble outside the
-    request; the caller handles a missing blob, which is no trouble, before this sees it."""
-    try:
-        yield
-    except OSError as e:
-        log.warning("the blob store cannot %s: %s", doing, e)
-        raise StorageUnavailable(f"the blob store cannot {doing}: {os_cause(e)}") from e
+    request; the caller handles a missing blob, which is no trouble, before this sees it.
+    A class rather than a generator: every blob of every pull passes through it."""
+
+    def __init__(self, doing: str) -> None:
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        if isinstance(error, OSError):
+            log.warning("the blob store cannot %s: %s", self.doing, error)
+            cause = os_cause(error)
+            raise StorageUnavailable(f"the blob store cannot {self.doing}: {cause}") from error
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is replaced or written to."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class FileBlobStore:
@@ -108,16 +123,21 @@ class FileBlobStore:
         return FileBlobWriter(self)
 
     def size(self, digest: str) -> int | None:
-        with _unavailable("read a blob"):
+        with _Unavailable("read a blob"):
             try:
                 return self.path(digest).stat().st_size
             except FileNotFoundError:
                 return None
 
     def intact(self, digest: str) -> bool:
-        with self._hashing.hold(digest), _unavailable("read a blob"):
+        with _Unavailable("read a blob"):
             try:
-                return self._intact(digest)
+                # A blob found intact before and unchanged since costs a stat and no lock that
+                # another request's hashing holds: that is every blob of a cached pull.
+                if self._verified.get(digest) == _identity(self.path(digest)):
+                    return True
+                with self._hashing.hold(digest):
+                    return self._intact(digest)
             except FileNotFoundError:  # gone, or removed while it was checked
                 with self._mutex:
                     self._verified.pop(digest, None)
@@ -125,8 +145,7 @@ class FileBlobStore:
 
     def _intact(self, digest: str) -> bool:
         path = self.path(digest)
-        stat = path.stat()
-        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        identity = _identity(path)
         with self._mutex:
             if self._verified.get(digest) == identity:
                 return True
@@ -151,11 +170,11 @@ class FileBlobStore:
                 yield StoredBlob(f"sha256:{path.name}", stat.st_size, stat.st_mtime)
 
     def delete(self, digest: str) -> None:
-        with _unavailable("delete a blob"):
+        with _Unavailable("delete a blob"):
             self.path(digest).unlink(missing_ok=True)
 
     def open(self, digest: str) -> BinaryIO:
-        with _unavailable("read a blob"):
+        with _Unavailable("read a blob"):
             try:
                 return self.path(digest).open("rb")
             except FileNotFoundError:  # removed since its check
