@@ -42,7 +42,7 @@ class Hasher:
 
 
 def store_bytes(blobs: BlobStore, digest: str, data: bytes) -> None:
-    """StatePorts a small blob held in memory (a config); one that exists is kept, by commit."""
+    """Stores a small blob held in memory (a config); one that exists is kept, by commit."""
     writer = blobs.writer()
     try:
         writer.write(data)

@@ -14,14 +14,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar, cast
 
-from cachetools import Cache, LRUCache, TTLCache
+from cachetools import Cache, LRUCache, TLRUCache, TTLCache
 
 T = TypeVar("T")
 Clock = Callable[[], float]
 
 # Entries per cache; a manifest is ~1 KB, so this bounds each cache to a few MB.
 CACHE_SIZE = 4096
-_MISSING = object()
+# Tags' answers kept at once: a flood of made-up tags costs memory, not the real tags' answers
+# (the least recently used go first).
+MEMO_SIZE = 100_000
 
 
 class BoundedCache(Generic[T]):
@@ -70,21 +72,27 @@ class KeyedLocks:
 
 
 class Memo(Generic[T]):
-    """Answers kept for ``ttl`` seconds by ``clock``, each computed once at a time; exceptions
-    propagate and are not kept. A ``None`` answer is kept like any other."""
+    """Answers kept for ``ttl`` seconds by ``clock`` from when their lookup started (an answer
+    is as old as the question), each computed once at a time; exceptions propagate and are
+    not kept. A ``None`` answer is kept like any other."""
 
-    def __init__(self, ttl: float, clock: Clock, size: int = CACHE_SIZE) -> None:
-        self._entries: TTLCache[str, object] = TTLCache(size, ttl, timer=clock)
+    def __init__(self, ttl: float, clock: Clock, size: int = MEMO_SIZE) -> None:
+        self._clock = clock
+        # key -> (when its lookup started, the answer)
+        self._entries: TLRUCache[str, tuple[float, object]] = TLRUCache(
+            size, lambda _key, entry, _now: entry[0] + ttl, timer=clock
+        )
         self._locks = KeyedLocks()
         self._mutex = threading.Lock()
 
     def get(self, key: str, compute: Callable[[], T]) -> T:
         with self._locks.hold(key):
             with self._mutex:
-                found = self._entries.get(key, _MISSING)
-            if found is not _MISSING:
-                return cast(T, found)  # stored below, as a T
+                found = self._entries.get(key)
+            if found is not None:
+                return cast(T, found[1])  # stored below, as a T
+            started = self._clock()
             value = compute()
             with self._mutex:
-                self._entries[key] = value
+                self._entries[key] = (started, value)
             return value

@@ -204,4 +204,5 @@ _OS_CAUSES = {
 
 def os_cause(error: OSError) -> str:
     """Why the operating system refused, named for the client (``the disk is full``)."""
-    return _OS_CAUSES.get(error.errno or 0) or (error.strerror or str(error)).lower()
+    # Never str(error): it may hold a path, which is the server's business.
+    return _OS_CAUSES.get(error.errno or 0) or (error.strerror or "refused by the system").lower()

@@ -82,7 +82,7 @@ class PublishedImages(Protocol):
     def publish(
         self, key: str, manifests: list[Manifest], referrers: Sequence[Manifest] = ()
     ) -> None:
-        """StatePorts the manifests and makes the image visible, atomically; clears any failure.
+        """Stores the manifests and makes the image visible, atomically; clears any failure.
         ``referrers`` (an SBOM, a signature: artifacts whose subject is one of the manifests)
         are stored in the same step, so an image is never visible without them, and are
         kept as long as the image."""
@@ -118,7 +118,7 @@ class BuildReports(Protocol):
     """What people see of builds on the registry's pages."""
 
     def record_report(self, report: BuildReport) -> None:
-        """StatePorts a build's report, replacing the one of its key."""
+        """Stores a build's report, replacing the one of its key."""
         ...
 
     def report(self, key: str) -> BuildReport | None: ...

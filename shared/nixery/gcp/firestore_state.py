@@ -483,6 +483,7 @@ class FirestoreBuildRecords(_Part):
 class FirestoreInventory(_Part):
     """What `nixery gc` lists and deletes."""
 
+    @bounded
     def manifest(self, digest: str) -> Manifest | None:
         doc = self.manifests.document(digest).get().to_dict()
         return _manifest(doc) if doc else None

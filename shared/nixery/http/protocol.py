@@ -158,8 +158,9 @@ def create_app(
             return _referrers(service, digest)
         raise UnknownEndpoint("no such endpoint", {"path": path[:200]})
 
-    if settings is not None and catalog is not None:
-        app.config[pages.PUBLIC_URL] = settings.public_url
+    if settings is not None:
+        app.config[pages.PUBLIC_URL] = settings.public_url  # failures' replies name it too
+    if catalog is not None:
         app.register_blueprint(pages.blueprint(catalog))
 
     @app.route("/<path:path>")

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 # How often a pulled image's use is written down: `nixery gc` counts in days.
 TOUCH_EVERY = 3600.0
+TOUCH_RETRY = 60.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class ImageService:
         self.failure_ttl = failure_ttl
         self.limiter = limiter
         self.clock = clock
-        self._touched: TTLCache[str, bool] = TTLCache(100_000, TOUCH_EVERY)
+        # key -> when its use is to be noted again, by ``clock``
+        self._touched: TTLCache[str, float] = TTLCache(100_000, TOUCH_EVERY)
         self._touch_lock = threading.Lock()
 
     def manifest(
@@ -117,21 +119,22 @@ class ImageService:
         return found
 
     def _touch(self, key: str) -> None:
-        """Notes that the image was used, once per TOUCH_EVERY: marked done only once written,
-        so that a failed note is tried again by the next pull, and never failing this one (the
-        image is there; only `nixery gc` reads the note)."""
+        """Notes that the image was used, once per TOUCH_EVERY. Marked before the write, so
+        that the pulls meanwhile do not write too (nor wait for a locked database); a write
+        that fails is tried again after TOUCH_RETRY rather than an hour later, since `nixery
+        gc` would see the image unused. It never fails the pull: the image is there."""
+        now = self.clock()
         with self._touch_lock:
-            if key in self._touched:
+            due = self._touched.get(key)
+            if due is not None and now < due:
                 return
+            self._touched[key] = now + TOUCH_EVERY
         try:
-            self.images.touch(key, self.clock())
-        except Exception as e:
-            BuildLog(log, key).warning(
-                "the image's use is not recorded: %s", e, exc_info=not isinstance(e, Transient)
-            )
-            return
-        with self._touch_lock:
-            self._touched[key] = True
+            self.images.touch(key, now)
+        except Transient as e:
+            BuildLog(log, key).warning("the image's use is not recorded: %s", e.message)
+            with self._touch_lock:
+                self._touched[key] = now + TOUCH_RETRY
 
     def _signature(self, signed: str) -> Manifest:
         """The signature of a manifest, which cosign asks for by tag (``sha256-<hex>.sig``)."""

@@ -1,0 +1,42 @@
+"""How long a tag's answer is kept (``Memo``): from when it was asked, once at a time."""
+
+from __future__ import annotations
+
+import pytest
+
+from nixery.caches import Memo
+from tests.helpers.fakes import FakeClock
+
+
+def test_an_answer_expires_ttl_after_its_lookup_started_not_ended() -> None:
+    clock = FakeClock(0.0)
+    memo: Memo[str | None] = Memo(10.0, clock)
+
+    def slow() -> str:
+        clock.advance(8)  # a slow ls-remote
+        return "abc"
+
+    assert memo.get("latest", slow) == "abc"
+    assert memo.get("latest", lambda: "new") == "abc"
+    clock.advance(2)  # 10 s after the question
+    assert memo.get("latest", lambda: "new") == "new"
+
+
+def test_none_is_an_answer_kept_and_an_error_is_not() -> None:
+    clock = FakeClock(0.0)
+    memo: Memo[str | None] = Memo(10.0, clock)
+    assert memo.get("nope", lambda: None) is None
+    assert memo.get("nope", lambda: "found") is None
+
+    def broken() -> str:
+        raise OSError("unreachable")
+
+    with pytest.raises(OSError):
+        memo.get("other", broken)
+    assert memo.get("other", lambda: "found") == "found"
+
+
+def test_no_ttl_keeps_nothing() -> None:
+    memo: Memo[int] = Memo(0.0, FakeClock(0.0))
+    answers = iter(range(3))
+    assert [memo.get("k", lambda: next(answers)) for _ in range(3)] == [0, 1, 2]
