@@ -93,7 +93,7 @@ def _failed(failure: Failure) -> dict[str, Any]:
     }
 
 
-def _manifest(doc: Mapping[str, Any]) -> Manifest:
+def _manifest_of(doc: Mapping[str, Any]) -> Manifest:
     return Manifest(doc["media_type"], doc["body"])
 
 
@@ -194,6 +194,19 @@ class _Part:
         self._published, self._manifests = db.published, db.manifest_cache
         self._referrers = db.referrer_cache
 
+    def _manifest(self, digest: str) -> Manifest | None:
+        """A manifest never changes: once read, it is kept."""
+        if (manifest := self._manifests.get(digest)) is not None:
+            return manifest
+        return self._read_manifest(digest)
+
+    @bounded
+    def _read_manifest(self, digest: str) -> Manifest | None:
+        doc = self.manifests.document(digest).get().to_dict()
+        if not doc:
+            return None
+        return self._manifests.keep(digest, _manifest_of(doc))
+
     def _now(self, snapshot: firestore.DocumentSnapshot[Any]) -> datetime:
         """The database's time when it read the snapshot."""
         read_time: datetime = snapshot.read_time
@@ -216,16 +229,7 @@ class FirestorePublishedImages(_Part):
         return status
 
     def manifest(self, digest: str) -> Manifest | None:
-        if (manifest := self._manifests.get(digest)) is not None:
-            return manifest
-        return self._read_manifest(digest)
-
-    @bounded
-    def _read_manifest(self, digest: str) -> Manifest | None:
-        doc = self.manifests.document(digest).get().to_dict()
-        if not doc:
-            return None
-        return self._manifests.keep(digest, _manifest(doc))
+        return self._manifest(digest)
 
     @bounded
     def publish(
@@ -483,10 +487,8 @@ class FirestoreBuildRecords(_Part):
 class FirestoreInventory(_Part):
     """What `nixery gc` lists and deletes."""
 
-    @bounded
     def manifest(self, digest: str) -> Manifest | None:
-        doc = self.manifests.document(digest).get().to_dict()
-        return _manifest(doc) if doc else None
+        return self._manifest(digest)
 
     def images(self) -> Iterable[ImageRecord]:
         done = self.builds.where(filter=FieldFilter("status", "==", "done"))

@@ -103,7 +103,7 @@ class Builder:
         """``pool`` runs layers in parallel and ``compressor`` their chunks: both are the
         process's, shared by all builds, so that concurrent builds share the cores.
         ``nix_budget`` is the seconds a build has, from its start, until Nix must be done;
-        ``store`` keeps the Nix store bounded between builds; an image whose closure is
+        ``keeper`` keeps the Nix store bounded between builds; an image whose closure is
         larger than ``max_image_size`` bytes fails before anything of it is archived; with a
         ``signer``, each manifest is published with its signature; with a ``public_url``, the
         images' ``org.opencontainers.image.url`` names their build page there."""
