@@ -261,8 +261,12 @@ class ContainerBuilderRegistry(GcpRegistry):
 
 @pytest.fixture(scope="session")
 def builder_image() -> str:
-    """The builder image, built from functions/builder/Dockerfile for this test session."""
-    tag = "localhost/nixery-builder:test"
+    """The builder image, built from functions/builder/Dockerfile for this test session.
+
+    NIXERY_TEST_BUILDER_TAG names another tag, so that checkouts tested side by side on one
+    machine do not rebuild one image under each other.
+    """
+    tag = os.environ.get("NIXERY_TEST_BUILDER_TAG", "localhost/nixery-builder:test")
     subprocess.run([str(REPO / "scripts" / "build-builder-image.sh"), tag], check=True)
     return tag
 
