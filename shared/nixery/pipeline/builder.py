@@ -308,7 +308,8 @@ class Builder:
             record["bytes"] = len(sbom)
         reporter.update(step="manifests")
         with step("manifests", job.key, **where):
-            source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
+            # The URL, not the kind; a path source has neither ("path").
+            source = job.revision.source.partition(":")[2]
             page = report_url(self.public_url, job.key) if self.public_url else None
             annotations = provenance(title, source, job.revision.value, page)
             runtime = runtime_config(job.request, root_entries, result.main_programs)
