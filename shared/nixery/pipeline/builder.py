@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Part of every layer-cache key: a change to how layers are archived must not reuse old ones.
 ARCHIVE_FORMAT = 3  # 3: ISA-L deflate
+# What an interrupted build's page says of a fault of ours: its details are in the log.
+INTERNAL_ERROR = "an internal error of the registry (its log has the details)"
 
 
 @contextmanager
@@ -172,13 +174,16 @@ class Builder:
         with self.keeper.build():  # the store is tidied after the outcome is recorded
             try:
                 manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
+                self.state.images.publish(job.key, manifests, artifacts)
+                reporter.published(manifests)
             except BuildError as e:
                 failure = Failure.of(e, self.clock())
                 self._fail(job, failure)
                 reporter.failed(failure)
                 return
-            self.state.images.publish(job.key, manifests, artifacts)
-            reporter.published(manifests)
+            except Exception as e:  # retried: the pages must not say "building" for ever
+                reporter.interrupted(e.message if isinstance(e, Transient) else INTERNAL_ERROR)
+                raise
             BuildLog(log, job.key).info(
                 "published in %.2fs", time.monotonic() - started,
                 extra={"seconds": time.monotonic() - started},
