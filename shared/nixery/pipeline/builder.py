@@ -175,7 +175,6 @@ class Builder:
             try:
                 manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
                 self.state.images.publish(job.key, manifests, artifacts)
-                reporter.published(manifests)
             except BuildError as e:
                 failure = Failure.of(e, self.clock())
                 self._fail(job, failure)
@@ -184,6 +183,7 @@ class Builder:
             except Exception as e:  # retried: the pages must not say "building" for ever
                 reporter.interrupted(e.message if isinstance(e, Transient) else INTERNAL_ERROR)
                 raise
+            reporter.published(manifests)
             BuildLog(log, job.key).info(
                 "published in %.2fs", time.monotonic() - started,
                 extra={"seconds": time.monotonic() - started},
