@@ -37,6 +37,10 @@ class ConfigError(Exception):
     """The configuration is invalid: raised at start, naming the variable; never a request's."""
 
 
+class BadOutput(Exception):
+    """The file ``nixery build -o`` names cannot or must not be written: told before the build."""
+
+
 # --- The request itself is wrong -------------------------------------------------------
 
 

@@ -165,7 +165,9 @@ def report_url(base: str, key: str) -> str:
 # --- Build reports ------------------------------------------------------------------
 
 
-Status = Literal["building", "published", "failed"]
+# "interrupted": stopped by a transient fault (a full disk, a database or service down, a
+# restart); nothing of it is remembered, so the next pull builds it again.
+Status = Literal["building", "published", "failed", "interrupted"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,10 @@ class LayerReport:
     size: int  # bytes of the compressed blob
     unpacked: int  # bytes of its store paths, as Nix counts them (NAR size)
     paths: tuple[str, ...]  # none for the image's root (its symlinks to the packages)
+
+
+# The kind of an interrupted build's ``FailureReport``; a failed one's is a ``FailureKind``.
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from nixery.oci.manifests import (
     Manifest,
     artifact_manifest,
 )
+from nixery.pipeline.progress import Reporter
 from nixery.records import (
     MAX_LOG,
     MAX_MESSAGE,
@@ -45,11 +46,13 @@ from nixery.records import (
     Pending,
     Published,
 )
+from nixery.service.catalog import SILENT, Catalog
 from tests.helpers.disk_faults import fail_reads_and_writes, fill, locked, read_only, small_disk
 from tests.helpers.fakes import (
     BUILD_ERRORS,
     FakeClock,
     MemoryState,
+    StaticSource,
     all_at_once,
     sample_job,
     sample_manifests,
@@ -448,6 +451,30 @@ def test_a_report_round_trips_and_a_later_one_replaces_it(state: StateUnderTest)
     later = replace(report, status="failed", step="nix", layers=())
     state.record_report(later)
     assert state.report(KEY) == later
+
+
+def test_a_build_interrupted_or_silent_too_long_reads_as_interrupted(state: StateUnderTest) -> None:
+    """What the pages read of a build stopped by a transient fault, said by its builder, or
+    (when even that could not be written) judged by the report's age: never "building" for
+    ever."""
+    clock = FakeClock(AT)
+    catalog = Catalog(StaticSource({}), state, state, state, deadline=600, clock=clock)
+    stopped, silent = sample_job("stopped"), sample_job("silent")
+    Reporter(state, stopped, clock).interrupted("the disk is full")
+    Reporter(state, silent, clock)
+    report, status = catalog.build(stopped.key)
+    assert status is None and report is not None
+    assert report.status == "interrupted" and report.finished == AT
+    assert report.failure == FailureReport("interrupted", "the disk is full", "")
+    clock.advance(1199)
+    assert catalog.build(silent.key)[0].status == "building", "a slow build is still building"
+    clock.advance(2)
+    judged = catalog.build(silent.key)[0]
+    assert judged.status == "interrupted" and judged.failure.message == SILENT
+    assert {r.key: r.status for r in catalog.latest()} == {
+        stopped.key: "interrupted",
+        silent.key: "interrupted",
+    }
 
 
 def test_recent_reports_come_latest_first_and_are_limited(state: StateUnderTest) -> None:

@@ -3,12 +3,15 @@ server, loaded and run by podman; its digests are the registry's, in both modes.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import tarfile
 
 import pytest
 
+from tests.helpers import disk_faults
 from tests.helpers.protocol import OCI, OCI_INDEX
 from tests.helpers.registries import NIXERY
 
@@ -20,12 +23,12 @@ def target(request):
     return request.getfixturevalue({"local": "registry", "gcp": "gcp_registry"}[request.param])
 
 
-def nixery_build(registry, *args: str) -> subprocess.CompletedProcess[str]:
+def nixery_build(registry, *args: str, text: bool = True, cwd=None) -> subprocess.CompletedProcess:
     """`nixery build` with the local registry's package set and Nix settings, and storage of
     its own (a temporary directory): nothing is shared with a running registry."""
     env = {k: v for k, v in registry.env.items() if k not in ("STORAGE_PATH", "PORT")}
     return subprocess.run([str(NIXERY), "build", *args], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)  # fmt: skip
+                          text=text, timeout=600, check=False, cwd=cwd)  # fmt: skip
 
 
 def served(target, name: str) -> dict:
@@ -100,3 +103,58 @@ def test_a_multi_platform_oci_archive_holds_the_registrys_index(multi_registry, 
     ran = clients.podman("run", "--rm", image, "hello")
     assert ran.stdout.strip() == "Hello, world!", ran.stderr
     clients.podman("rmi", "-f", image)
+
+
+def test_dash_writes_the_archive_to_stdout_and_no_file(registry, tmp_path):
+    (tmp_path / "work").mkdir()
+    piped = nixery_build(registry, "hello", "-o", "-", text=False, cwd=tmp_path / "work")
+    assert piped.returncode == 0, piped.stderr
+    assert list((tmp_path / "work").iterdir()) == [], "no file named -"
+    assert nixery_build(registry, "hello", "-o", str(tmp_path / "hello.tar")).returncode == 0
+    assert piped.stdout == (tmp_path / "hello.tar").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(piped.stdout)) as tar:
+        assert "index.json" in tar.getnames()
+
+
+def test_an_output_that_must_not_or_cannot_be_written_is_refused_before_the_build(
+    registry, tmp_path
+):
+    """A clear line, exit status 2, no traceback, no build, and nothing replaced: never a
+    symlink, a device, a pipe or a directory, nor the registry's own storage."""
+    victim = tmp_path / "victim"
+    victim.write_text("kept")
+    (tmp_path / "link").symlink_to(victim)
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    storage = tmp_path / "storage"
+    (storage / "blobs").mkdir(parents=True)
+    (storage / "state.sqlite3").write_text("the registry's state")
+    (tmp_path / "ro").mkdir()
+    cases = [
+        ("", "empty"),
+        (str(tmp_path / "missing" / "x.tar"), "does not exist"),
+        (str(victim / "x.tar"), "is not a directory"),
+        (str(tmp_path / "dir"), "is a directory"),
+        (str(tmp_path / "link"), "is a symbolic link"),
+        ("/dev/null", "is a character device"),
+        (str(tmp_path / "fifo"), "is a named pipe"),
+        (str(tmp_path / ("x" * 256)), "longer than 255 bytes"),
+        (str(storage / "state.sqlite3"), "state database"),
+        (str(storage / "state.sqlite3-wal"), "state database"),
+        (str(storage / "blobs" / "x.tar"), "storage (STORAGE_PATH)"),
+        (str(tmp_path / "dir" / ".." / "storage" / "x.tar"), "storage (STORAGE_PATH)"),
+    ]
+    with disk_faults.read_only(tmp_path / "ro"):
+        cases.append((str(tmp_path / "ro" / "x.tar"), "the disk is read-only"))
+        for output, says in cases:
+            args = ["hello", "-o", output, "--storage-path", str(storage)]
+            refused = nixery_build(registry, *args)
+            assert refused.returncode == 2, (output, refused.stderr)
+            assert says in refused.stderr, (output, refused.stderr)
+            assert "building" not in refused.stderr, "refused before the build"
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert list((tmp_path / "ro").iterdir()) == []
+    assert victim.read_text() == "kept" and (tmp_path / "link").is_symlink()
+    assert (storage / "state.sqlite3").read_text() == "the registry's state"
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == []

@@ -99,6 +99,23 @@ def test_a_full_disk_is_a_503_and_leaves_nothing_damaged(make_registry, clients,
     assert all_intact(reg.storage)
 
 
+def test_a_build_stopped_by_a_full_disk_says_so_and_that_it_is_retried(make_registry, small_disk):
+    """Its page and /api/v1 say what happened and that the next pull builds it again,
+    never "building" for ever; the next pull, with room, publishes it."""
+    reg = make_registry(small_disk / "storage")
+    assert manifest(reg, "shell/hello").status_code == 503
+    (build,) = reg.get("/api/v1/registry").json()["builds"]
+    assert build["status"] == "interrupted", build
+    assert "the disk is full" in build["failure"] and "next pull" in build["retry"]
+    report = reg.get(f"/api/v1/builds/{build['key']}").json()
+    assert report["status"] == "interrupted" and "the disk is full" in report["failure"]
+    page = reg.get(f"/builds/{build['key']}").text
+    assert "Interrupted" in page and "the disk is full" in page and "builds it again" in page
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert manifest(reg, "shell/hello").status_code == 200
+    assert reg.get(f"/api/v1/builds/{build['key']}").json()["status"] == "published"
+
+
 def processes(pattern: str) -> list[str]:
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return found.stdout.split()

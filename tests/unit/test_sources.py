@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import shutil
 import tarfile
 import threading
 import time
@@ -49,9 +50,9 @@ def test_path_latest_resolves_and_other_tags_do_not(pkgs: Path) -> None:
     source = PathSource(pkgs)
     revision = source.resolve("latest")
     assert revision is not None
-    assert revision.source == f"path:{pkgs}"
+    assert revision.source == "path", "named by its content, not by where it lies"
     assert len(revision.value) == 64
-    assert str(revision) == f"path:{pkgs}@{revision.value}"
+    assert str(revision) == f"path@{revision.value}"
     assert source.resolve("v1") is None
     assert source.checkout(revision) == pkgs
     assert source.tags() == ["latest"]
@@ -101,9 +102,15 @@ def test_path_hash_ignores_git_metadata(pkgs: Path) -> None:
     assert PathSource(pkgs).resolve("latest") == before
 
 
-def test_path_missing_directory_is_a_source_error(tmp_path: Path) -> None:
-    with pytest.raises(SourceUnavailable):
+def test_path_missing_directory_is_a_source_error_naming_no_path(tmp_path: Path) -> None:
+    with pytest.raises(SourceUnavailable) as raised:
         PathSource(tmp_path / "absent").resolve("latest")
+    assert str(tmp_path) not in raised.value.message
+
+
+def test_the_same_set_in_two_places_is_the_same_revision(pkgs: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(pkgs, tmp_path / "elsewhere" / "set")
+    assert PathSource(copy).resolve("latest") == PathSource(pkgs).resolve("latest")
 
 
 # --- GitSource --------------------------------------------------------------------------------

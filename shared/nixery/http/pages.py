@@ -34,6 +34,8 @@ CLIENT_LOG_LINES = 6
 CLIENT_LINE = 200
 # A status line's reason phrase (what containerd shows) is one short line of ASCII.
 MAX_REASON = 400
+# What becomes of an interrupted build: nothing of it is remembered.
+RETRIED = "it will be retried: the next pull of this image builds it again"
 PUBLIC_URL = "NIXERY_PUBLIC_URL"  # the app's config key
 
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -140,6 +142,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
             "size": report.size,
             "url": build_url(report.key),
             "failure": report.failure.message if report.failure else None,
+            **({"retry": RETRIED} if report.status == "interrupted" else {}),
         }
 
     def build(key: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def create_local_app(settings: LocalSettings) -> Flask:
     source = open_source(settings.source)
     state = SqliteDatabase(settings.state_path).ports()
     service = local_service(settings, source, state)
-    return create_app(service, settings.serve, Catalog.of(source, state))
+    return create_app(service, settings.serve, Catalog.of(source, state, settings.build.deadline))
 
 
 def local_service(

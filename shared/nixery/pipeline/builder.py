@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Part of every layer-cache key: a change to how layers are archived must not reuse old ones.
 ARCHIVE_FORMAT = 3  # 3: ISA-L deflate
+# What an interrupted build's page says of a fault of ours: its details are in the log.
+INTERNAL_ERROR = "an internal error of the registry (its log has the details)"
 
 
 @contextmanager
@@ -172,12 +174,15 @@ class Builder:
         with self.keeper.build():  # the store is tidied after the outcome is recorded
             try:
                 manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
+                self.state.images.publish(job.key, manifests, artifacts)
             except BuildError as e:
                 failure = Failure.of(e, self.clock())
                 self._fail(job, failure)
                 reporter.failed(failure)
                 return
-            self.state.images.publish(job.key, manifests, artifacts)
+            except Exception as e:  # retried: the pages must not say "building" for ever
+                reporter.interrupted(e.message if isinstance(e, Transient) else INTERNAL_ERROR)
+                raise
             reporter.published(manifests)
             BuildLog(log, job.key).info(
                 "published in %.2fs", time.monotonic() - started,
@@ -308,7 +313,8 @@ class Builder:
             record["bytes"] = len(sbom)
         reporter.update(step="manifests")
         with step("manifests", job.key, **where):
-            source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
+            # The URL, not the kind; a path source has neither ("path").
+            source = job.revision.source.partition(":")[2]
             page = report_url(self.public_url, job.key) if self.public_url else None
             annotations = provenance(title, source, job.revision.value, page)
             runtime = runtime_config(job.request, root_entries, result.main_programs)

@@ -8,15 +8,19 @@ every step, so a build under way shows where it is. Reports are stored as JSON i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from nixery.errors import Transient
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import BuildReports
-from nixery.records import BuildReport, Failure, FailureReport, LayerReport
+from nixery.records import INTERRUPTED, BuildReport, Failure, FailureReport, LayerReport
+
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -91,6 +95,19 @@ class Reporter:
             finished=self.clock(),
             manifests={m.media_type: m.digest for m in manifests},
         )
+
+    def interrupted(self, cause: str) -> None:
+        """The build stopped for a reason outside the image (``Transient``): said, for the
+        pages, instead of a "building" that would never end. Best effort: the fault may be
+        the database's own, and then the pages judge by the report's age."""
+        try:
+            self.update(
+                status="interrupted",
+                finished=self.clock(),
+                failure=FailureReport(INTERRUPTED, cause, ""),
+            )
+        except Transient as e:
+            log.warning("build %s: its interruption could not be reported: %s", self.report.key, e)
 
     def failed(self, failure: Failure) -> None:
         log = str(failure.detail.get("log", ""))
