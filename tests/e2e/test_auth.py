@@ -50,9 +50,9 @@ def test_the_hash_is_salted_pbkdf2_and_checks_only_its_password(hashed) -> None:
     assert hashed.startswith("pbkdf2-sha256$600000$")
     assert hash_password(PASSWORD) != hashed, "salted"
     auth = Auth(AuthSettings("basic", {"alice": hashed}, SECRET.encode()))
-    assert auth.check_password("alice", PASSWORD)
-    assert not auth.check_password("alice", PASSWORD + "!")
-    assert not auth.check_password("bob", PASSWORD), "an unknown user"
+    assert auth.check_password("alice", PASSWORD, "192.0.2.1")
+    assert not auth.check_password("alice", PASSWORD + "!", "192.0.2.1")
+    assert not auth.check_password("bob", PASSWORD, "192.0.2.1"), "an unknown user"
 
 
 def test_tokens_are_signed_and_expire(hashed, monkeypatch) -> None:
@@ -195,6 +195,9 @@ def test_the_token_realm_is_the_public_url_when_one_is_set(make_registry, hashed
                  "Host": "mirror.example.org"}  # fmt: skip
     challenge = proxied.get("/v2/", headers=forwarded).headers["WWW-Authenticate"]
     assert challenge.startswith('Bearer realm="https://mirror.example.org/auth/token"'), challenge
+    direct = make_registry(**env)  # no proxy is trusted: a client's own X-Forwarded-* is not
+    challenge = direct.get("/v2/", headers=forwarded).headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="http://mirror.example.org/auth/token"'), challenge
 
 
 def _basic(raw: bytes) -> str:
