@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.lib.harness import command_parser, parse_args
-from bench.soak import Results, pct
+from bench.soak import Results
 from nixery.http.auth import hash_password
 from tests.helpers.registries import OCI, Registry
 
@@ -132,10 +132,7 @@ def main() -> None:
             reg.stop()
     print(f"{args.seconds:g} s; wrong passwords on {args.connections} connections from "
           f"{args.addresses} addresses")  # fmt: skip
-    print(f"{'requests':<16} {'count':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8}")
-    for kind, seconds in sorted(results.latencies.items()):
-        print(f"{kind:<16} {len(seconds):7} {len(results.errors[kind]):7} "
-              f"{pct(seconds, 0.5):8.1f} {pct(seconds, 0.99):8.1f}")  # fmt: skip
+    results.print_table()
     for kind, errors in results.errors.items():
         print(f"  {kind} errors: {dict(Counter(errors))}")
     print(f"flood: {sum(answers.values())} answers {dict(answers)}; wrong passwords checked: "
