@@ -86,7 +86,7 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_AUTH": "basic or token, for a private registry",
     "NIXERY_AUTH_USERS": "name:hash pairs, hashes from nixery hash-password",
     "NIXERY_AUTH_SECRET": "the key tokens are signed with",
-    "NIXERY_AUTH_FAILURES": "wrong passwords one address or user name may send, as COUNT/SECONDS",
+    "NIXERY_AUTH_FAILURES": "failed logins one address or user name may have, as COUNT/SECONDS",
     "NIXERY_AUTH_CHECKS": "passwords checked at once",
     # Signing
     "NIXERY_SIGNING_KEY": "a PEM private key every image manifest is signed with",
@@ -322,7 +322,7 @@ PASSWORD_HASH_RE = re.compile(rf"{PASSWORD_HASH}\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-
 USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
-# Wrong passwords an address, or a user name, may send before it is refused unchecked.
+# Failed logins an address, or a user name, may have per window before it is refused unchecked.
 AUTH_FAILURES = Rate(10, 60.0)
 
 

@@ -81,7 +81,7 @@ class TooManyBuilds(Throttled):
 
 
 class TooManyLogins(Throttled):
-    """Too many wrong passwords from the client's address, or for the user name it claims
+    """Too many failed logins from the client's address, or for the user name it claims
     (NIXERY_AUTH_FAILURES): its password is not checked for now."""
 
 

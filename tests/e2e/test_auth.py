@@ -100,6 +100,9 @@ def test_strangers_get_a_401_challenge_and_leave_no_secret_in_the_log(private) -
     for path in ("/v2/hello/manifests/latest", f"/v2/hello/referrers/{digest}"):
         challenge = private.get(path).headers["WWW-Authenticate"]
         assert 'scope="repository:hello:pull"' in challenge or scheme == "basic"
+    # A name that is no repository's gets no scope: its quote would end the parameter.
+    challenge = private.get('/v2/a",realm="http://evil/manifests/latest').headers
+    assert challenge["WWW-Authenticate"].count("realm=") == 1
     bad_token = private.get("/v2/", headers={"Authorization": "Bearer forged.token.here"})
     assert bad_token.status_code == 401
     assert "wrong password" not in private.log() and "forged.token" not in private.log()

@@ -54,6 +54,7 @@ from nixery.ports import never
 from nixery.request import (
     AMD64,
     MAX_PACKAGES,
+    NAME_RE,
     Digest,
     ImageRequest,
     Tag,
@@ -264,10 +265,11 @@ def _credentials() -> Authorization | None:
 
 
 def _scope(path: str) -> str | None:
-    """The token scope a request needs: pulling the repository it names."""
+    """The token scope a request needs: pulling the repository it names, if it names a valid
+    one (a stranger's quote would end the header's parameter: another realm could follow)."""
     api = path.removeprefix("/v2/")
     for pattern in (_MANIFEST, _BLOB, _TAGS, _REFERRERS):
-        if match := pattern.fullmatch(api):
+        if (match := pattern.fullmatch(api)) and NAME_RE.fullmatch(match["name"]):
             return f"repository:{match['name']}:pull"
     return None
 
