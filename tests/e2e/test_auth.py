@@ -16,8 +16,8 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
-from nixery.config import AuthSettings, Env, auth_settings
-from nixery.errors import ConfigError
+from nixery.config import AuthSettings, Env, Rate, auth_settings
+from nixery.errors import ConfigError, TooManyLogins
 from nixery.http.auth import TOKEN_SALT, TOKEN_TTL, Auth, hash_password
 from tests.helpers.clients import Containerd
 from tests.helpers.registries import NIXERY, OCI, Registry
@@ -53,6 +53,18 @@ def test_the_hash_is_salted_pbkdf2_and_checks_only_its_password(hashed) -> None:
     assert auth.check_password("alice", PASSWORD, "192.0.2.1")
     assert not auth.check_password("alice", PASSWORD + "!", "192.0.2.1")
     assert not auth.check_password("bob", PASSWORD, "192.0.2.1"), "an unknown user"
+
+
+def test_a_good_password_takes_its_attempt_back(hashed) -> None:
+    """Only failed logins count: a user who mistypes once and then logs in has used none."""
+    auth = Auth(AuthSettings("basic", {"alice": hashed}, SECRET.encode(), Rate(2, 3600.0)))
+    assert not auth.check_password("alice", "typo", "192.0.2.1")
+    assert auth.check_password("alice", PASSWORD, "192.0.2.1")
+    assert not auth.check_password("alice", "another typo", "192.0.2.1")
+    with pytest.raises(TooManyLogins) as refused:
+        auth.check_password("alice", "a third", "192.0.2.1")
+    assert 3590 < refused.value.retry_after <= 3600
+    assert auth.check_password("alice", PASSWORD, "192.0.2.1"), "remembered: not checked"
 
 
 def test_tokens_are_signed_and_expire(hashed, monkeypatch) -> None:
@@ -270,9 +282,10 @@ def throttled(make_registry, hashed) -> Registry:
 def test_a_flood_of_wrong_passwords_is_throttled_per_address_before_hashing(throttled) -> None:
     """Eight addresses send wrong passwords, each for user names of its own; each is refused
     429 after FAILURES failed logins, without a password checked (each checked one is logged),
-    while a client that logged in before is answered all along, and one that logs in after
-    too."""
+    while clients that logged in before (Basic, whose login is remembered, and a token) are
+    answered all along, and a new login after the flood is checked as usual."""
     assert _ask(throttled, "127.0.0.1", "alice", PASSWORD)[0] == 200
+    token = throttled.get("/auth/token", auth=("alice", PASSWORD)).json()["token"]
     attackers = [f"127.0.0.{i}" for i in range(2, 10)]
     answers: dict[str, list] = {a: [] for a in attackers}
 
@@ -287,6 +300,8 @@ def test_a_flood_of_wrong_passwords_is_throttled_per_address_before_hashing(thro
         flooding = [pool.submit(flood, a) for a in attackers]
         while not all(f.done() for f in flooding):
             served.append(_ask(throttled, "127.0.0.1", "alice", PASSWORD)[0])
+            bearer = {"Authorization": f"Bearer {token}"}
+            served.append(throttled.get("/v2/", headers=bearer).status_code)
         for f in flooding:
             f.result()
     assert served and set(served) == {200}, served
