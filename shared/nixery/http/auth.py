@@ -21,8 +21,8 @@ design, which a stranger could spend for us at will, so:
   refused 429 before its password is checked;
 - at most NIXERY_AUTH_CHECKS passwords are checked at once; another is refused 503 at once,
   rather than queued on a thread: the CPU left serves the clients that have logged in. It is
-  counted as failed, so that a flood soon meets the 429s, which cost nothing, and leaves the
-  checks to logins from elsewhere.
+  counted as failed, so that a flood soon meets the 429s, which check no password, and
+  leaves the checks to logins from elsewhere.
 
 Tokens are checked with one HMAC, not a hash of the password. They are signed with
 NIXERY_AUTH_SECRET (one key for every instance) and expire; a token that does not verify, or
@@ -55,7 +55,7 @@ TOKEN_TTL = 300  # seconds; clients ask again when one expires
 TOKEN_SALT = "nixery-token"  # what a token is signed for: nothing else the secret signs
 REMEMBER = 300.0  # seconds a checked password is not checked again
 CHECKED = 4096  # logins remembered at once
-# Addresses and user names whose wrong passwords are counted at once (a few MB); beyond,
+# Addresses and user names whose failed logins are counted at once (a few MB); beyond,
 # those that failed least recently are forgotten.
 FAILING = 50_000
 
