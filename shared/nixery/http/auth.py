@@ -55,9 +55,9 @@ TOKEN_TTL = 300  # seconds; clients ask again when one expires
 TOKEN_SALT = "nixery-token"  # what a token is signed for: nothing else the secret signs
 REMEMBER = 300.0  # seconds a checked password is not checked again
 CHECKED = 4096  # logins remembered at once
-# Addresses and user names whose failed logins are counted at once (a few MB); beyond,
+# Addresses and user names whose failed logins are counted at once (about 10 MB); beyond,
 # those that failed least recently are forgotten.
-FAILING = 50_000
+FAILING = 20_000
 
 
 def _b64(data: bytes) -> str:
