@@ -72,12 +72,21 @@ class UnknownEndpoint(NixeryError):
     """A path under ``/v2/`` that names no endpoint of the protocol."""
 
 
-class TooManyBuilds(NixeryError):
-    """The client started as many new builds as it may for now (NIXERY_CLIENT_BUILDS)."""
+class Throttled(NixeryError):
+    """The client asked for more than it may for now: ``retry_after`` seconds until it may."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, {"retry_after": round(retry_after)})
         self.retry_after = retry_after
+
+
+class TooManyBuilds(Throttled):
+    """The client started as many new builds as it may for now (NIXERY_CLIENT_BUILDS)."""
+
+
+class TooManyLogins(Throttled):
+    """Too many failed logins from the client's address, or for the user name it claims
+    (NIXERY_AUTH_FAILURES): its password is not checked for now."""
 
 
 # --- What was asked for does not exist -------------------------------------------------
@@ -183,6 +192,10 @@ class QueueUnavailable(Transient):
 
 class BuildQueueFull(Transient):
     """As many builds as the registry allows are running or waiting."""
+
+
+class LoginsBusy(Transient):
+    """As many passwords as the registry checks at once are being checked (NIXERY_AUTH_CHECKS)."""
 
 
 class ClientGone(Transient):

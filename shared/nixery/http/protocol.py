@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
+from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.http import parse_range_header
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -38,7 +39,7 @@ from nixery.errors import (
     InvalidPageSize,
     InvalidTag,
     NixeryError,
-    TooManyBuilds,
+    Throttled,
     Transient,
     UnknownBlob,
     UnknownEndpoint,
@@ -54,6 +55,7 @@ from nixery.ports import never
 from nixery.request import (
     AMD64,
     MAX_PACKAGES,
+    NAME_RE,
     Digest,
     ImageRequest,
     Tag,
@@ -89,7 +91,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnknownManifest: (404, "MANIFEST_UNKNOWN"),
     UnknownBlob: (404, "BLOB_UNKNOWN"),
     Unsupported: (405, "UNSUPPORTED"),
-    TooManyBuilds: (429, "TOOMANYREQUESTS"),
+    Throttled: (429, "TOOMANYREQUESTS"),  # too many new builds, or wrong passwords
     ImageTooLarge: (403, "DENIED"),  # this registry's limit, not a failure of the build
     # Unknown packages, failed, timed-out or unevaluable builds: final, and remembered. Not
     # 404: containerd shows nothing of a 404 but "not found", and of other codes their
@@ -200,7 +202,7 @@ def create_app(
             message = f"request path longer than {MAX_PATH} characters"
             return _json_error(414, "NAME_INVALID", message, None, {})
         if auth is not None and _is_api(request.path) and _user(auth) is None:
-            challenge = auth.challenge(request.host_url, request.host, _scope(request.path))
+            challenge = auth.challenge(pages.base_url(), _scope(request.path))
             headers = {"WWW-Authenticate": challenge}
             return _json_error(401, "UNAUTHORIZED", "authentication required", None, headers)
         return None
@@ -210,7 +212,7 @@ def create_app(
         """Docker's token endpoint: a name and password (Basic) for a short-lived token."""
         if auth is None:
             raise NotFound()
-        credentials = request.authorization
+        credentials = _credentials()
         if credentials is None or credentials.type != "basic" or _user(auth) is None:
             headers = {"WWW-Authenticate": 'Basic realm="nixery"'}
             return _json_error(401, "UNAUTHORIZED", "a user name and password are needed",
@@ -235,29 +237,40 @@ def create_app(
 
 def _user(auth: Auth) -> str | None:
     """The user the request's credentials prove, if any; a refusal is logged without them."""
-    credentials = request.authorization
+    credentials = _credentials()
     if credentials is None:
         return None
     user: str | None = None
+    client = request.remote_addr or ""
     if credentials.type == "basic" and credentials.username and credentials.password:
         claimed = credentials.username[:64]
-        user = claimed if auth.check_password(credentials.username, credentials.password) else None
+        good = auth.check_password(credentials.username, credentials.password, client)
+        user = claimed if good else None
     elif credentials.type == "bearer" and credentials.token:
         claimed = "(a token)"
         user = auth.user_of_token(credentials.token)
     else:
         claimed = f"(a {credentials.type} credential)"
     if user is None:
-        log.warning("refused %s from %s", claimed, request.remote_addr,
-                    extra={"client": request.remote_addr, "user": claimed})  # fmt: skip
+        log.warning("refused %s from %s", claimed, client,
+                    extra={"client": client, "user": claimed})  # fmt: skip
     return user
 
 
+def _credentials() -> Authorization | None:
+    """The request's Authorization header, or None: a malformed one is no credential."""
+    try:
+        return request.authorization
+    except ValueError:  # werkzeug's Basic parser lets base64's refusal of non-ASCII through
+        return None
+
+
 def _scope(path: str) -> str | None:
-    """The token scope a request needs: pulling the repository it names."""
+    """The token scope a request needs: pulling the repository it names, if it names a valid
+    one (a stranger's quote would end the header's parameter: another realm could follow)."""
     api = path.removeprefix("/v2/")
     for pattern in (_MANIFEST, _BLOB, _TAGS, _REFERRERS):
-        if match := pattern.fullmatch(api):
+        if (match := pattern.fullmatch(api)) and NAME_RE.fullmatch(match["name"]):
             return f"repository:{match['name']}:pull"
     return None
 
@@ -282,7 +295,7 @@ def error_response(e: Exception) -> Response:
         headers["Allow"] = e.allow
     if isinstance(e, Transient):
         headers["Retry-After"] = str(RETRY_AFTER)
-    if isinstance(e, TooManyBuilds):
+    if isinstance(e, Throttled):
         headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
     if not isinstance(e, NixeryError):
         return _json_error(status, code, "internal error", None, headers)
