@@ -484,6 +484,12 @@ let
       numpy = mkPy3 { pname = "numpy"; version = "1.25.2"; size = 5000; deps = [ zlib ]; };
     };
 
+    # A nested set that names no interpreter with `withPackages`, as nixpkgs' nodePackages:
+    # its packages stay plain.
+    nodePackages = {
+      prettier = mkPkg { pname = "prettier"; version = "3.0.3"; size = 60; deps = [ glibc ]; };
+    };
+
     # Fails at build time with a clear message.
     broken = mkDrv {
       name = "broken-1.0";

@@ -185,6 +185,7 @@ class Environment:
     interpreter: str  # its derivation's name, e.g. python3-3.11.5
     path: str  # the environment's store path
     members: tuple[str, ...]  # the name's packages it holds, the interpreter's own included
+    contents: tuple[str, ...] = ()  # the store paths of the set's packages among them
     program: str | None = None  # its meta.mainProgram
 
     @classmethod
@@ -194,6 +195,7 @@ class Environment:
             str(data["interpreter"]),
             str(data["path"]),
             tuple(data["members"]),
+            tuple(data.get("contents", ())),
             data.get("program"),
         )
 

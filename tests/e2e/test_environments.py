@@ -4,14 +4,18 @@ demo set's stand-ins answer imports as the real ones do) sees them all, and no o
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import tarfile
+import time
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.e2e.test_runtime_images import config_of
+from tests.helpers.protocol import OCI
 from tests.helpers.registries import NIXERY, REPO
 
 pytestmark = pytest.mark.e2e
@@ -108,3 +112,64 @@ def test_images_without_a_nested_sets_package_keep_their_bytes(registry, tmp_pat
         was = _built_digest(registry, builds, name, before, {"PYTHONPATH": str(old / "shared")})
         now = _built_digest(registry, builds, name, [str(NIXERY)], {})
         assert now == was, name
+
+
+def build_of(target, name: str) -> dict:
+    """The build's JSON, once the front page's list (cached for seconds) names it."""
+    for _ in range(30):
+        builds = target.get("/api/v1/registry").json()["builds"]
+        urls = [b["url"] for b in builds if set(b["name"].split("/")) == set(name.split("/"))]
+        if urls:
+            return target.get("/api/v1/builds/" + urls[0].rsplit("/", 1)[1]).json()
+        time.sleep(0.5)
+    raise AssertionError(f"{name} is not among the latest builds")
+
+
+def sbom_of(target, name: str) -> dict:
+    response = target.get(f"/v2/{name}/manifests/latest", headers={"Accept": OCI})
+    digest = response.headers["Docker-Content-Digest"]
+    (artifact,) = target.get(f"/v2/{name}/referrers/{digest}").json()["manifests"]
+    manifest = target.get(f"/v2/{name}/manifests/{artifact['digest']}",
+                          headers={"Accept": OCI}).json()  # fmt: skip
+    blob = target.get(f"/v2/{name}/blobs/{manifest['layers'][0]['digest']}",
+                      allow_redirects=True)  # fmt: skip
+    return json.loads(blob.content)
+
+
+def test_the_build_page_and_the_sbom_show_the_environment_and_its_members(target):
+    name = "python3packages.requests/python3packages.numpy"
+    config_of(target, name)  # built
+    build = build_of(target, name)
+    (env,) = build["environments"]
+    assert env["language"] == "python" and env["interpreter"] == "python3-3.11.5"
+    assert env["members"] == ["python3packages.numpy", "python3packages.requests"]
+    assert env["store_path"].endswith("-python3-3.11.5-env")
+    assert {p["store_path"] for p in build["packages"] if "." in p["attribute"]} == {
+        env["store_path"]
+    }
+    page = target.get(urlsplit(build["url"]).path).text
+    assert "Environments" in page and "python3-3.11.5" in page
+
+    bom = sbom_of(target, name)
+    components = {c["name"]: c for c in bom["components"]}
+    for member in ("requests", "numpy", "certifi", "idna", "urllib3", "charset-normalizer"):
+        assert member in components, member
+    assert components["requests"]["type"] == components["numpy"]["type"] == "application"
+    environment = next(c for c in bom["components"] if c["bom-ref"] == env["store_path"])
+    properties = {(p["name"], p["value"]) for p in environment["properties"]}
+    assert ("nixery:environment:interpreter", "python3-3.11.5") in properties
+    assert ("nixery:environment:package", "python3packages.requests") in properties
+    depends = next(d for d in bom["dependencies"] if d["ref"] == env["store_path"])
+    assert components["requests"]["bom-ref"] in depends["dependsOn"]
+
+
+def test_a_set_without_with_packages_stays_plain_and_its_page_says_so(target, clients):
+    name = "nodepackages.prettier"
+    config = config_of(target, name)
+    assert "Entrypoint" not in config
+    build = build_of(target, name)
+    assert build["plain"] == [name] and build["environments"] == []
+    page = target.get(urlsplit(build["url"]).path).text
+    assert 'id="plain"' in page
+    ran = run(clients, f"{target.host}/{name}", "prettier")
+    assert ran.returncode == 0 and ran.stdout.strip() == "prettier 3.0.3", ran.stderr

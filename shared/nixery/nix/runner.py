@@ -209,7 +209,7 @@ class Nix:
         programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
         environments = tuple(
             Environment(e["language"], e["interpreter"], e["out"], tuple(e["members"]),
-                        e.get("mainProgram"))
+                        tuple(e.get("contents", ())), e.get("mainProgram"))
             for e in plan.get("environments", ())
         )  # fmt: skip
         try:

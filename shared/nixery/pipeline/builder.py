@@ -300,6 +300,7 @@ class Builder:
                     roots=result.outputs.values(),
                     closure=result.closure,
                     meta=result.meta,
+                    environments=result.environments,
                 )
             except (ValueError, KeyError) as e:
                 # What Nix said of the closure cannot be described (a hash in a form unknown

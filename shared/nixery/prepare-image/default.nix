@@ -17,7 +17,9 @@
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
 #   { "missing": [], "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ],
-#     "environments": [ { language, interpreter, members, drvPath, out, mainProgram }, ... ],
+#     "environments": [ { language, interpreter, members, contents, drvPath, out,
+#                         mainProgram }, ... ],
+#     (`contents`: the store paths of the set's packages the name asks for)
 #     "plain": [ <names of nested sets without an interpreter's withPackages> ],
 #     "meta": [ { path, pname, version, description, homepage, licenses }, ... ] }
 # or, when two interpreters of one language are asked for,
@@ -140,6 +142,7 @@ let
         language = i.language;
         interpreter = i.drv.name;
         members = namesOf i;
+        contents = map (r: r.value.outPath) inside;
         drvPath = env.drvPath;
         out = env.outPath;
         mainProgram = programOf env;
