@@ -133,14 +133,11 @@ class ConflictingInterpreters(BuildFailed):
     """The name asks for packages of two interpreters of one language: an image holds one
     environment per language, whose ``python3`` (or ``perl``...) is the one on PATH."""
 
-    def __init__(self, groups: Sequence[Sequence[tuple[str, Sequence[str]]]]) -> None:
-        parts = [
-            " and ".join(f"{', '.join(names)} ({interpreter})" for interpreter, names in group)
-            for group in groups
-        ]
+    def __init__(self, conflicts: Sequence[str]) -> None:
+        """``conflicts``: one per language, naming its packages and their interpreters."""
         super().__init__(
             "packages of different interpreters of one language cannot share an image: "
-            + "; ".join(parts)
+            + "; ".join(conflicts)
             + ". Ask for one interpreter's packages."
         )
 

@@ -202,9 +202,10 @@ class Nix:
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
         if conflicts := plan.get("conflicts"):
-            raise ConflictingInterpreters(
-                [[(i["interpreter"], i["names"]) for i in group] for group in conflicts]
-            )
+            raise ConflictingInterpreters([
+                " and ".join(f"{', '.join(i['names'])} ({i['interpreter']})" for i in group)
+                for group in conflicts
+            ])  # fmt: skip
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
         programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
         environments = tuple(
