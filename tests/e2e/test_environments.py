@@ -73,13 +73,13 @@ def test_a_bare_interpreter_sees_no_set_packages(target, clients):
     assert "No module named 'requests'" in ran.stderr
 
 
-def test_two_interpreters_of_one_language_are_a_422_naming_both(target):
-    name = "python312packages.six/python3packages.requests"
+@pytest.mark.parametrize("other", ["python312packages.six", "python312"])
+def test_two_interpreters_of_one_language_are_a_422_naming_both(target, other):
+    name = f"{other}/python3packages.requests"
     response = target.get(f"/v2/{name}/manifests/latest")
     assert response.status_code == 422, response.text
     message = response.json()["errors"][0]["message"]
-    for part in ("python312packages.six", "python3packages.requests",
-                 "python3-3.12.0", "python3-3.11.5"):  # fmt: skip
+    for part in (other, "python3packages.requests", "python3-3.12.0", "python3-3.11.5"):
         assert part in message, message
 
 

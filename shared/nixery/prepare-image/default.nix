@@ -103,7 +103,8 @@ let
   # such an attribute (rubyPackages = ruby.gems names no ruby) keeps its packages plain.
   interpreterNames = [ "python" "perl" "lua" "ruby" "ghc" ];
   # A derivation's identity, usable as an attribute name.
-  keyOf = d: tryOr "" (builtins.unsafeDiscardStringContext d.drvPath);
+  keyOf = d: tryOr "" (if builtins.isAttrs d && d ? drvPath
+    then builtins.unsafeDiscardStringContext d.drvPath else "");
   tryOr = default: v: let t = builtins.tryEval v; in if t.success then t.value else default;
   isInterpreter = v: tryOr false (builtins.isAttrs v && (v.type or null) == "derivation"
     && v ? withPackages && builtins.isString v.drvPath);
@@ -127,10 +128,23 @@ let
       own = interpreterOf r;
       key = if own != null then own.key else keyOf r.value;
     in if builtins.any (i: i.key == key) interpreters then key else null;
-  # Two interpreters of one language in one image: each would put its `python3` on PATH.
-  conflicts = builtins.filter (l: builtins.length l > 1) (map (language:
-    builtins.filter (i: i.language == language) interpreters) interpreterNames);
-  namesOf = i: map (r: r.name) (builtins.filter (r: environmentOf r == i.key) ok);
+  # A top-level interpreter outside every environment (python312 beside python3Packages.*):
+  # one whose own set (`pkgs`) names it as its interpreter.
+  loose = builtins.concatMap (r:
+    let
+      v = r.value;
+      key = keyOf v;
+      languages = builtins.filter (n: keyOf (v.pkgs.${n} or null) == key) interpreterNames;
+    in if builtins.length r.path != 1 || environmentOf r != null || !(isInterpreter v)
+        || !(tryOr false (builtins.isAttrs (v.pkgs or null))) || languages == [ ] then [ ]
+      else [ { language = builtins.head languages; drv = v; inherit key; names = [ r.name ]; } ])
+    ok;
+  # Two interpreters of one language in one image, one of them an environment's: each would
+  # put its `python3` on PATH.
+  conflicts = builtins.filter (l: builtins.length l > 1 && builtins.any (i: !(i ? names)) l)
+    (map (language: builtins.filter (i: i.language == language) (interpreters ++ loose))
+      interpreterNames);
+  namesOf = i: i.names or (map (r: r.name) (builtins.filter (r: environmentOf r == i.key) ok));
   environments = map (i:
     let
       inside = builtins.filter (r: (interpreterOf r).key or null == i.key) ok;
