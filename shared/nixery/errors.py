@@ -142,6 +142,19 @@ class BuildFailed(BuildError):
         self.log_tail = log_tail
 
 
+class ConflictingInterpreters(BuildFailed):
+    """The name asks for packages of two interpreters of one language: an image holds one
+    environment per language, whose ``python3`` (or ``perl``...) is the one on PATH."""
+
+    def __init__(self, conflicts: Sequence[str]) -> None:
+        """``conflicts``: one per language, naming its packages and their interpreters."""
+        super().__init__(
+            "packages of different interpreters of one language cannot share an image: "
+            + "; ".join(conflicts)
+            + ". Ask for one interpreter's packages."
+        )
+
+
 class BuildTimedOut(BuildFailed):
     """A Nix builder ran past ``NIX_TIMEOUT``, or Nix past its own deadline."""
 

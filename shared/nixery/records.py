@@ -183,6 +183,30 @@ INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
+class Environment:
+    """An interpreter's environment (its package set's ``withPackages``), which an image holds
+    in place of the packages it names in ``members``: their interpreter sees them all."""
+
+    language: str  # the interpreter's attribute in its set: python, perl, lua, ruby, ghc
+    interpreter: str  # its derivation's name, e.g. python3-3.11.5
+    path: str  # the environment's store path
+    members: tuple[str, ...]  # the name's packages it holds, the interpreter's own included
+    contents: tuple[str, ...] = ()  # the store paths of the set's packages among them
+    program: str | None = None  # its meta.mainProgram
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Environment:
+        return cls(
+            str(data["language"]),
+            str(data["interpreter"]),
+            str(data["path"]),
+            tuple(data["members"]),
+            tuple(data.get("contents", ())),
+            data.get("program"),
+        )
+
+
+@dataclass(frozen=True)
 class FailureReport:
     kind: str
     message: str
@@ -205,6 +229,8 @@ class BuildReport:
     manifests: Mapping[str, str] = field(default_factory=dict)  # media type -> digest
     failure: FailureReport | None = None
     nonroot: bool = False
+    environments: tuple[Environment, ...] = ()
+    plain: tuple[str, ...] = ()  # nested sets' packages whose set has no ``withPackages``
 
     @property
     def size(self) -> int:
@@ -247,4 +273,6 @@ class BuildReport:
             manifests=dict(data.get("manifests", {})),
             failure=FailureReport(**failure) if failure else None,
             nonroot=bool(data.get("nonroot", False)),
+            environments=tuple(Environment.from_json(e) for e in data.get("environments", [])),
+            plain=tuple(data.get("plain", [])),
         )

@@ -159,6 +159,17 @@ def blueprint(catalog: Catalog) -> Blueprint:
             oci = report.manifests.get(OCI_INDEX) or report.manifests.get(OCI_MANIFEST)
             info |= summary(report) | {
                 "packages": [_package(p, report.outputs.get(p)) for p in report.packages],
+                "environments": [
+                    {
+                        "language": e.language,
+                        "interpreter": e.interpreter,
+                        "store_path": e.path,
+                        "members": list(e.members),
+                        "contents": list(e.contents),
+                    }
+                    for e in report.environments
+                ],
+                "plain": list(report.plain),
                 "closure": [
                     {"path": path, "size": size} for path, size in sorted(report.closure.items())
                 ],

@@ -38,8 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nixery.errors import BuildFailed, BuildInterrupted, BuildTimedOut, ConfigError, UnknownPackages
+from nixery.errors import (
+    BuildFailed,
+    BuildInterrupted,
+    BuildTimedOut,
+    ConfigError,
+    ConflictingInterpreters,
+    UnknownPackages,
+)
 from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info
+from nixery.records import Environment
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +134,10 @@ class BuildResult:
     closure: dict[str, StorePath]
     meta: dict[str, PackageMeta]
     main_programs: dict[str, str | None]  # package name -> its meta.mainProgram, if any
+    # The interpreters' environments that hold the packages of nested sets (an environment
+    # is then those packages' output), and the nested sets' packages left plain.
+    environments: tuple[Environment, ...] = ()
+    plain: tuple[str, ...] = ()
 
 
 # A build's outputs are garbage-collector roots while its image is made: links in a directory
@@ -189,8 +201,18 @@ class Nix:
             )
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
+        if conflicts := plan.get("conflicts"):
+            raise ConflictingInterpreters([
+                " and ".join(f"{', '.join(i['names'])} ({i['interpreter']})" for i in group)
+                for group in conflicts
+            ])  # fmt: skip
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
         programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
+        environments = tuple(
+            Environment(e["language"], e["interpreter"], e["out"], tuple(e["members"]),
+                        tuple(e.get("contents", ())), e.get("mainProgram"))
+            for e in plan.get("environments", ())
+        )  # fmt: skip
         try:
             with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
                 drvs = sorted({p["drvPath"] for p in plan["packages"]})
@@ -198,7 +220,10 @@ class Nix:
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
                 self._run(realise, "building", math.inf, deadline)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
-                yield BuildResult(outputs, closure, parse_meta(plan.get("meta", ())), programs)
+                yield BuildResult(
+                    outputs, closure, parse_meta(plan.get("meta", ())), programs,
+                    environments, tuple(plan.get("plain", ())),
+                )  # fmt: skip
         finally:
             remove_stale_roots()
 

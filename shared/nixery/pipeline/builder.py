@@ -269,6 +269,8 @@ class Builder:
                 reporter.closure(
                     result.outputs, {p.path: p.nar_size for p in result.closure.values()}
                 )
+                if result.environments or result.plain:
+                    reporter.update(environments=result.environments, plain=result.plain)
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
@@ -303,6 +305,7 @@ class Builder:
                     roots=result.outputs.values(),
                     closure=result.closure,
                     meta=result.meta,
+                    environments=result.environments,
                 )
             except (ValueError, KeyError) as e:
                 # What Nix said of the closure cannot be described (a hash in a form unknown
@@ -317,7 +320,9 @@ class Builder:
             source = job.revision.source.partition(":")[2]
             page = report_url(self.public_url, job.key) if self.public_url else None
             annotations = provenance(title, source, job.revision.value, page)
-            runtime = runtime_config(job.request, root_entries, result.main_programs)
+            runtime = runtime_config(
+                job.request, root_entries, result.main_programs, result.environments
+            )
             config = image_config(arch.oci_arch, layers, runtime, labels=annotations)
             store_bytes(self.blobs, sha256_digest(config), config)
             manifests = image_manifests(config, layers, annotations)
