@@ -26,7 +26,7 @@ from nixery.gcp.signed_urls import runtime_token
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
 from nixery.nix.popularity import load_popularity
-from nixery.nix.runner import check_nix_version, report_sandbox
+from nixery.nix.runner import CHECKOUTS, check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
 from nixery.sources import open_source
 
@@ -107,6 +107,7 @@ def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
         signer=KmsSigner(settings.kms_key, runtime_token(), settings.kms_endpoint)
         if settings.kms_key
         else None,
+        private={settings.source.cache_dir: CHECKOUTS},
     )
     return create_builder_app(
         BuildWorker(builder, FirestoreBuildRecords(database), settings.gcp.lease)

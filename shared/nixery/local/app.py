@@ -14,7 +14,7 @@ from nixery.local.memory_limiter import MemoryLimiter
 from nixery.local.sqlite_state import SqliteDatabase
 from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.nix.popularity import load_popularity
-from nixery.nix.runner import check_nix_version, report_sandbox
+from nixery.nix.runner import CHECKOUTS, STORAGE, check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
 from nixery.ports import Source, StatePorts
 from nixery.service.catalog import Catalog
@@ -48,6 +48,7 @@ def local_service(
         blobs=blobs,
         state=state,
         popularity=load_popularity(settings.build.popularity_url),
+        private={settings.storage_path: STORAGE, settings.source.cache_dir: CHECKOUTS},
     )
     return ImageService(
         source=source,

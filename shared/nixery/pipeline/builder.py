@@ -136,15 +136,17 @@ class Builder:
         state: StatePorts,
         popularity: Mapping[str, int],
         signer: Signer | None = None,
+        private: Mapping[Path, str] | None = None,
     ) -> Builder:
         """A builder on the given adapters, with a pool and a compressor sized to the machine;
-        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one."""
+        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one.
+        ``private``: the server's directories Nix's errors must not show clients (``Nix``)."""
         cores = os.cpu_count() or 1
         if signer is None and settings.signing_key is not None:
             signer = PemSigner.load(settings.signing_key)
         return cls(
             source=source,
-            nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
+            nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow, private),
             blobs=blobs,
             state=state,
             popularity=popularity,
