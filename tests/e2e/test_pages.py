@@ -11,15 +11,19 @@ import contextlib
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from nixery.records import BuildReport, FailureReport
+from nixery.service.catalog import FRONT_TTL
 from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, Registry
 
 pytestmark = pytest.mark.e2e
@@ -151,6 +155,29 @@ def test_an_evaluation_error_names_no_server_path(make_registry, tmp_path):
         for private in ("srv-secret", str(reg.storage), "prepare-image/"):
             assert private not in answer.text, (answer.url, private)
     assert str(where) in reg.log(), "the server's log keeps it"
+
+
+def test_an_interruption_the_image_overcame_is_not_shown(make_registry):
+    """A report left saying "interrupted" (another build published the image, or its
+    publication raised after it was made): the image's status is the authority, on the
+    build's page, its JSON and the front page; no retry is promised."""
+    reg = make_registry()
+    assert manifest(reg, "shell/hello").status_code == 200
+    (build,) = reg.get("/api/v1/registry").json()["builds"]
+    with contextlib.closing(sqlite3.connect(reg.storage / "state.sqlite3")) as db, db:
+        (text,) = db.execute("SELECT report FROM reports WHERE key = ?", (build["key"],)).fetchone()
+        failure = FailureReport("interrupted", "the database was unavailable", "")
+        stale = replace(BuildReport.decode(text), status="interrupted", failure=failure)
+        db.execute("UPDATE reports SET report = ? WHERE key = ?", (stale.encode(), build["key"]))
+    time.sleep(FRONT_TTL)  # the front page's builds are kept that long
+    report = reg.get(f"/api/v1/builds/{build['key']}").json()
+    assert report["status"] == "published" and "retry" not in report, report
+    assert report["failure"] is None and report["reason"] is None
+    page = reg.get(f"/builds/{build['key']}").text
+    assert "Interrupted" not in page and "database" not in page
+    (listed,) = reg.get("/api/v1/registry").json()["builds"]
+    assert listed["status"] == "published" and "retry" not in listed and not listed["failure"]
+    assert "database" not in reg.get("/").text
 
 
 def test_the_search_box_finds_nested_attribute_names(site, page, tmp_path):

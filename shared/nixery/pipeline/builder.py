@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 # Part of every layer-cache key: a change to how layers are archived must not reuse old ones.
 ARCHIVE_FORMAT = 3  # 3: ISA-L deflate
-# What an interrupted build's page says of a fault of ours: its details are in the log.
-INTERNAL_ERROR = "an internal error of the registry (its log has the details)"
 
 
 @contextmanager
@@ -183,7 +181,8 @@ class Builder:
                 reporter.failed(failure)
                 return
             except Exception as e:  # retried: the pages must not say "building" for ever
-                reporter.interrupted(e.message if isinstance(e, Transient) else INTERNAL_ERROR)
+                BuildLog(log, job.key).warning("interrupted: %r", e)
+                reporter.interrupted(e, self.state.images)
                 raise
             reporter.published(manifests)
             BuildLog(log, job.key).info(
