@@ -49,6 +49,7 @@ from nixery.records import (
     Published,
 )
 from nixery.service.catalog import SILENT, Catalog
+from nixery.service.gc import collect
 from tests.helpers.disk_faults import fail_reads_and_writes, fill, locked, read_only, small_disk
 from tests.helpers.fakes import (
     BUILD_ERRORS,
@@ -226,6 +227,49 @@ def test_a_referrer_two_images_share_stays_with_the_one_kept(state: StateUnderTe
     assert state.referrers(manifests[0].digest) == [referrers[0]]
     (record,) = state.images()
     assert {r.digest for r in referrers} <= set(record.manifests)
+
+
+class _NoBlobs:
+    """A blob store with nothing in it: these tests collect records alone."""
+
+    def blobs(self) -> list:
+        return []
+
+    def delete(self, digest: str) -> None:
+        raise AssertionError("nothing to delete")
+
+
+def test_gc_collects_reports_of_builds_that_never_finished(state: StateUnderTest) -> None:
+    """Interrupted, or silent ("building" with no word): once older than the grace period,
+    their pages go; a recent one, a finished one, a live image's and a remembered failure's
+    stay."""
+    if isinstance(state, MemoryState):
+        pytest.skip("the fake keeps no inventory for `nixery gc`")
+    grace, now = 1200.0, AT + 10_000
+    old, recent = now - grace - 1, now - grace + 60
+    jobs = {name: sample_job(name) for name in
+            ("interrupted", "silent", "recent", "published", "live", "remembered")}  # fmt: skip
+    for name, job in jobs.items():
+        status = "interrupted" if name == "interrupted" else "building"
+        if name == "published":
+            status = "published"
+        started = recent if name == "recent" else old
+        state.record_report(replace(sample_report(job.key, started=started), status=status))
+    state.publish(jobs["live"].key, sample_manifests())
+    state.record_failure(
+        jobs["remembered"].key, Failure(FailureKind.BUILD_ERROR, "broken", {"log": ""}, now)
+    )
+    unfinished = dict(state.inventory.unfinished_reports())
+    assert set(unfinished) == {
+        jobs[n].key for n in ("interrupted", "silent", "recent", "live", "remembered")
+    }
+    assert unfinished[jobs["recent"].key] == recent
+    report = collect(state.inventory, _NoBlobs(), max_age=86400, grace=grace,
+                     failure_ttl=3600, now=now, apply=True)  # fmt: skip
+    assert sorted(report.reports) == sorted([jobs["interrupted"].key, jobs["silent"].key])
+    assert "2 unfinished build reports" in report.summary(True)
+    kept = {name for name, job in jobs.items() if state.report(job.key) is not None}
+    assert kept == {"recent", "published", "live", "remembered"}
 
 
 def test_a_missing_manifest_digest_is_none_even_beside_others(state: StateUnderTest) -> None:
