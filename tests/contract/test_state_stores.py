@@ -476,7 +476,7 @@ def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] =
         key=key,
         packages=("cacert", "hello"),
         system="x86_64-linux",
-        revision="path:/demo@abc",
+        revision="path@abc",
         started=started,
         status="published",
         step="manifests",
