@@ -215,3 +215,30 @@ def test_dash_with_stdout_closed_or_a_terminal_is_refused(registry, tmp_path):
     assert typed.returncode == 2, typed.stderr
     assert "will not write an archive to a terminal" in typed.stderr
     assert len(typed.stderr.strip().splitlines()) == 1
+
+
+def test_a_directory_symlink_re_pointed_during_the_build_does_not_move_the_output(
+    registry, tmp_path
+):
+    """The directory is opened before the build and the rename made relative to it: a
+    symlink on the way re-pointed at the storage meanwhile changes nothing."""
+    chosen, storage = tmp_path / "chosen", tmp_path / "storage"
+    chosen.mkdir()
+    storage.mkdir()
+    (tmp_path / "link").symlink_to(chosen)
+    env = {k: v for k, v in registry.env.items() if k not in ("STORAGE_PATH", "PORT")}
+    args = ["hello", "-o", str(tmp_path / "link" / "hello.tar"), "--storage-path", str(storage)]
+    with subprocess.Popen([str(NIXERY), "build", *args], env=env, stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True) as build:  # fmt: skip
+        assert build.stderr is not None
+        said = [build.stderr.readline()]
+        while said[-1] and not said[-1].startswith("nixery build: building"):
+            said.append(build.stderr.readline())
+        assert said[-1], "".join(said)
+        (tmp_path / "new-link").symlink_to(storage)
+        (tmp_path / "new-link").replace(tmp_path / "link")  # atomically, as a deploy would
+        said += build.stderr.readlines()
+    assert build.returncode == 0, "".join(said)
+    assert (chosen / "hello.tar").is_file() and tarfile.is_tarfile(chosen / "hello.tar")
+    assert not (storage / "hello.tar").exists()
+    assert [p.name for p in chosen.iterdir()] == ["hello.tar"], "no temporary file left"
