@@ -21,6 +21,7 @@ from nixery.records import Revision
 from nixery.sources import channel, open_source
 from nixery.sources.channel import ChannelSource
 from nixery.sources.checkouts import Checkouts
+from nixery.sources.git_command import run_git
 from nixery.sources.git import GitSource
 from nixery.sources.path import PathSource
 from nixery.sources.trust import public_url
@@ -117,6 +118,13 @@ def test_a_checkout_that_cannot_be_made_names_no_server_path(tmp_path: Path) -> 
         checkouts.get("0" * 40, lambda d: None)
     assert str(tmp_path) not in raised.value.message
     assert raised.value.message.startswith("cannot create the package set's checkout: ")
+
+
+def test_gits_message_names_the_checkouts_not_their_path(tmp_path: Path) -> None:
+    with pytest.raises(SourceUnavailable) as raised:
+        run_git("-C", tmp_path / "no-mirror", "rev-parse", "HEAD", timeout=30)
+    assert str(tmp_path) not in raised.value.message
+    assert "<checkouts>" in raised.value.message, raised.value.message
 
 
 def test_the_same_set_in_two_places_is_the_same_revision(pkgs: Path, tmp_path: Path) -> None:

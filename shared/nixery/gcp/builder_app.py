@@ -26,9 +26,10 @@ from nixery.gcp.signed_urls import runtime_token
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
 from nixery.nix.popularity import load_popularity
-from nixery.nix.runner import CHECKOUTS, check_nix_version, report_sandbox
+from nixery.nix.runner import check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
 from nixery.sources import open_source
+from nixery.sources.checkouts import CHECKOUTS
 
 log = logging.getLogger(__name__)
 

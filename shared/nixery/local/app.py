@@ -15,13 +15,14 @@ from nixery.local.memory_limiter import MemoryLimiter
 from nixery.local.sqlite_state import SqliteDatabase
 from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.nix.popularity import load_popularity
-from nixery.nix.runner import CHECKOUTS, STORAGE, check_nix_version, report_sandbox
+from nixery.nix.runner import STORAGE, check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
 from nixery.ports import Source, StatePorts
 from nixery.records import BuildReport
 from nixery.service.catalog import Catalog
 from nixery.service.images import ImageService
 from nixery.sources import open_source
+from nixery.sources.checkouts import CHECKOUTS
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,6 @@ RESTRICTED = (
 PACKAGE_SET = "<package set>"
 PREPARE_IMAGE = "<prepare-image>"
 STORAGE = "<storage>"
-CHECKOUTS = "<checkouts>"
 # The oldest Nix this code is tested with (Debian 12's); the builder image has 2.26.
 MIN_NIX_VERSION = "2.8"
 

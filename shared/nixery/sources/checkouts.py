@@ -20,6 +20,9 @@ from nixery.sources.trust import COMMIT_RE
 
 log = logging.getLogger(__name__)
 
+# The checkouts' directory (NIXERY_CACHE_DIR), as clients read of it: never its path.
+CHECKOUTS = "<checkouts>"
+
 # Module-wide so that two source objects sharing a cache directory still take turns.
 _CHECKOUT_LOCKS = KeyedLocks()
 
