@@ -21,8 +21,8 @@ from nixery.records import Revision
 from nixery.sources import channel, open_source
 from nixery.sources.channel import ChannelSource
 from nixery.sources.checkouts import Checkouts
-from nixery.sources.git_command import run_git
 from nixery.sources.git import GitSource
+from nixery.sources.git_command import run_git
 from nixery.sources.path import PathSource
 from nixery.sources.trust import public_url
 from tests.helpers.registries import git

@@ -183,10 +183,8 @@ def blueprint(catalog: Catalog) -> Blueprint:
                 "reason": report.failure.kind if report.failure else None,
             }
         # The image status is the authority: a build may have failed without a report
-        # (builders killed too often), or a report may lag; an interruption it overcame
-        # (another build published or failed it) is no longer news.
-        if isinstance(status, Failure | Published):
-            info.pop("retry", None)
+        # (builders killed too often), or a report may lag. (An interrupted report whose
+        # image is published or failed since is read so by the catalog: no retry is shown.)
         if isinstance(status, Failure):
             log = str(status.detail.get("log", ""))
             info |= {"status": "failed", "reason": status.kind.value, "failure": status.message}
@@ -194,8 +192,6 @@ def blueprint(catalog: Catalog) -> Blueprint:
         elif isinstance(status, Published):
             info["status"] = "published"
             info["manifests"] = dict(status.manifests)
-            if report is not None and report.status == "interrupted":
-                info |= {"failure": None, "reason": None, "log": None}
         elif isinstance(status, Pending) and report is None:
             info |= {"status": "building", "step": "waiting for a builder"}
         return info
