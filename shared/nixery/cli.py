@@ -116,8 +116,8 @@ def _with_flags(args: argparse.Namespace, flags: Iterable[str]) -> dict[str, str
 
 def _build(args: argparse.Namespace) -> int:
     """Builds as `nixery serve` would (same settings, same pipeline, so the same digests) and
-    writes the image to a file. Without a storage path, blobs and state live in a temporary
-    directory; with one, its layer cache is reused (and `nixery serve` may serve it too).
+    writes the image to a file or stdout. Without a storage path, blobs and state live in a
+    temporary directory; with one, its layer cache is reused (and `nixery serve` may serve it).
     Where it writes is checked first, so that a mistake there costs no build."""
     import tempfile
 
@@ -140,6 +140,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _build_into(output: Output, args: argparse.Namespace, settings: config.LocalSettings) -> int:
+    """``_build`` once the output is known good: its imports are the pipeline's and Nix's,
+    which a mistake in ``-o`` need not wait for."""
     from nixery.errors import BuildError, NixeryError, StillBuilding, os_cause
     from nixery.local.app import local_service
     from nixery.oci.manifests import OCI_INDEX, OCI_MANIFEST
@@ -179,7 +181,7 @@ def _build_into(output: Output, args: argparse.Namespace, settings: config.Local
     except OSError as e:  # a full disk, a closed pipe
         print(f"nixery build: cannot write {args.output!r}: {os_cause(e)}", file=sys.stderr)
         return 1
-    where = "stdout" if output.target is None else repr(str(output.target))
+    where = "stdout" if output.target is None else repr(output.target)
     print(f"nixery build: wrote {args.format} to {where} (manifest {manifest.digest})",
           file=sys.stderr)  # fmt: skip
     return 0

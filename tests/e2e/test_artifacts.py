@@ -157,8 +157,8 @@ def test_a_package_set_in_two_places_gives_one_digest_and_names_neither(make_reg
     """A path source is named by its content hash, never by where it lies on the server:
     not in the image key, the manifest, the config's labels, the SBOM or the build page."""
     answers = []
-    for place in ("srv", "elsewhere"):
-        copy = shutil.copytree(DEMO, tmp_path / place / "demo-pkgs", symlinks=True)
+    for place in ("srv/pkgs", "elsewhere/other-set"):
+        copy = shutil.copytree(DEMO, tmp_path / place, symlinks=True)
         registry = make_registry(
             NIXERY_PKGS_PATH=str(copy), NIXERY_EVAL_ALLOW=f"{DEMO_EVAL_ALLOW}:{copy}"
         )

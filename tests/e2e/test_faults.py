@@ -29,6 +29,8 @@ from nixery.config import local_settings
 from nixery.local import app as local_mode
 from nixery.local.file_blob_store import FileBlobStore
 from nixery.local.sqlite_state import SqliteDatabase
+from nixery.pipeline.progress import DISK_FULL
+from nixery.service.catalog import RESTARTED
 from tests.helpers import disk_faults
 from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, NIX_CONFIG, OCI, Registry, big_set
 
@@ -106,11 +108,12 @@ def test_a_build_stopped_by_a_full_disk_says_so_and_that_it_is_retried(make_regi
     assert manifest(reg, "shell/hello").status_code == 503
     (build,) = reg.get("/api/v1/registry").json()["builds"]
     assert build["status"] == "interrupted", build
-    assert "the disk is full" in build["failure"] and "next pull" in build["retry"]
+    assert build["failure"] == DISK_FULL and "next pull" in build["retry"]
     report = reg.get(f"/api/v1/builds/{build['key']}").json()
-    assert report["status"] == "interrupted" and "the disk is full" in report["failure"]
+    assert report["status"] == "interrupted" and report["failure"] == DISK_FULL
+    assert str(reg.storage) not in report["failure"], "a fixed phrase, not the error's details"
     page = reg.get(f"/builds/{build['key']}").text
-    assert "Interrupted" in page and "the disk is full" in page and "builds it again" in page
+    assert "Interrupted" in page and DISK_FULL in page and "builds it again" in page
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     assert manifest(reg, "shell/hello").status_code == 200
     assert reg.get(f"/api/v1/builds/{build['key']}").json()["status"] == "published"
@@ -145,6 +148,11 @@ def test_nix_dies_with_the_server_and_the_next_server_builds(make_registry, tmp_
         time.sleep(0.2)
 
     again = make_registry(tmp_path / "storage")
+    # Its report said "building" when the server died: the next one knows no thread runs it.
+    (slow,) = [b for b in again.get("/api/v1/registry").json()["builds"] if b["name"] == "slow"]
+    assert slow["status"] == "interrupted", slow
+    assert slow["failure"] == RESTARTED and "next pull" in slow["retry"]
+    assert again.get(f"/api/v1/builds/{slow['key']}").json()["status"] == "interrupted"
     assert manifest(again, "shell/hello").status_code == 200
     assert all_intact(again.storage)
 

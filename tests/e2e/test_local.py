@@ -163,6 +163,40 @@ def test_ranges_are_read_as_rfc_9110_reads_them_by_requests_and_curl(registry, t
             assert "Content-Range" not in answer.headers and ranged is None
 
 
+def test_conditions_come_before_the_range_in_rfc_9110s_order(registry):
+    """If-Range names this blob's entity tag, strongly, or the range is ignored; a false
+    If-Match is a 412 and a true If-None-Match a 304, whatever the Range (section 13.2.2)."""
+    layer = manifest(registry, "shell/hello").json()["layers"][0]
+    path, size = f"/v2/shell/hello/blobs/{layer['digest']}", layer["size"]
+    full = registry.get(path).content
+    tag = f'"{layer["digest"].removeprefix("sha256:")}"'
+    cases = [
+        ({"If-Range": tag}, 206),
+        ({"If-Range": "W/" + tag}, 200),  # weak: never for a range
+        ({"If-Range": "Sat, 05 Dec 2026 09:00:00 GMT"}, 200),  # a date: a blob has none
+        ({"If-Range": '"another"'}, 200),
+        ({"If-None-Match": tag}, 304),
+        ({"If-None-Match": "W/" + tag}, 304),  # weak comparison
+        ({"If-None-Match": '"another"'}, 206),
+        ({"If-None-Match": "*"}, 304),
+        ({"If-Match": '"another"'}, 412),
+        ({"If-Match": '"another"', "If-None-Match": tag}, 412),  # If-Match first
+        ({"If-Match": tag}, 206),
+        ({"If-Match": "*", "If-Range": tag}, 206),
+        ({"If-Match": "W/" + tag}, 412),  # strong comparison
+    ]
+    for conditions, status in cases:
+        answer = registry.get(path, headers={"Range": "bytes=10-109", **conditions})
+        assert answer.status_code == status, (conditions, answer.status_code)
+        expected = {200: full, 206: full[10:110]}.get(status, b"")
+        assert answer.content == expected, conditions
+        assert answer.headers["ETag"] == tag, conditions
+        if status == 206:
+            assert answer.headers["Content-Range"] == f"bytes 10-109/{size}"
+        else:
+            assert "Content-Range" not in answer.headers, conditions
+
+
 def test_errors(registry):
     missing = "sha256:" + "0" * 64
     assert_error(registry.get(f"/v2/shell/hello/blobs/{missing}"), 404, "BLOB_UNKNOWN")

@@ -254,17 +254,27 @@ _ONE_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 _SUFFIX = re.compile(r"bytes=-(\d+)")
 
 
+_TAG = f'"{sha256_digest(BLOB).removeprefix("sha256:")}"'
+# If-Range values: only the blob's own strong entity tag lets the range through.
+if_ranges = st.sampled_from(
+    [None, _TAG, "W/" + _TAG, '"another"', "Sat, 05 Dec 2026 09:00:00 GMT", "garbage"]
+)
+
+
 @FAST
-@given(range_header=ranges, method=st.sampled_from(["GET", "HEAD"]))
-def test_any_range_is_served_as_rfc_9110_reads_it(app, range_header, method):
+@given(range_header=ranges, method=st.sampled_from(["GET", "HEAD"]), if_range=if_ranges)
+def test_any_range_is_served_as_rfc_9110_reads_it(app, range_header, method, if_range):
     """One range is served (a suffix longer than the blob is all of it); a first byte past
-    the end is a 416; anything else (unparsable, another unit, several ranges) is ignored."""
-    response = app.open(
-        f"/v2/hello/blobs/{sha256_digest(BLOB)}", method=method, headers={"Range": range_header}
-    )
+    the end is a 416; anything else (unparsable, another unit, several ranges) is ignored,
+    and so is any range under an If-Range that is not the blob's strong entity tag."""
+    headers = {"Range": range_header, **({"If-Range": if_range} if if_range else {})}
+    response = app.open(f"/v2/hello/blobs/{sha256_digest(BLOB)}", method=method, headers=headers)
     check(response, method)
     if method == "HEAD":  # no range handling is defined for it (RFC 9110 section 14.2)
         assert response.status_code == 200
+        return
+    if if_range not in (None, _TAG):
+        assert response.status_code == 200 and response.get_data() == BLOB
         return
     assert response.status_code in (200, 206, 416)
     one, suffix = _ONE_RANGE.fullmatch(range_header), _SUFFIX.fullmatch(range_header)

@@ -25,7 +25,7 @@ from typing import Any
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException, NotFound
-from werkzeug.http import parse_range_header
+from werkzeug.http import parse_etags, parse_range_header
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.wsgi import wrap_file
@@ -331,22 +331,25 @@ def _manifest(service: ImageService, image: ImageRequest, reference: Tag | Diges
 
 def _blob(service: ImageService, digest: Digest) -> BaseResponse:
     location = service.blob(digest)
+    etag = digest.partition(":")[2]
     if location.url and request.method == "GET":
         response = redirect(location.url, code=307)
     elif request.method == "HEAD":
         response = Response(content_type="application/octet-stream")
         response.content_length = location.size
+    elif (refused := _precondition(etag)) is not None:
+        response = Response(status=refused)
+        _cacheable(response, etag)
     else:
         # Built by hand rather than with send_file, which honours Range only for paths.
         body = wrap_file(request.environ, service.open_blob(digest))
         response = Response(body, content_type="application/octet-stream", direct_passthrough=True)
         response.content_length = location.size
-        response.set_etag(digest.partition(":")[2])
-        response.cache_control.public = True
-        response.cache_control.max_age = 31536000  # content-addressed: never changes
-        environ = dict(request.environ)
-        wanted = byte_range(environ.pop("HTTP_RANGE", None), location.size)
-        if wanted:
+        _cacheable(response, etag)
+        # werkzeug only serves the range: the conditions are decided above, in the RFC's order.
+        environ = {k: v for k, v in request.environ.items() if k not in _CONDITIONS}
+        wanted = byte_range(request.headers.get("Range"), location.size)
+        if wanted and _range_applies(etag):
             environ["HTTP_RANGE"] = wanted
         response = response.make_conditional(
             environ, accept_ranges=True, complete_length=location.size
@@ -355,12 +358,46 @@ def _blob(service: ImageService, digest: Digest) -> BaseResponse:
     return response
 
 
+# What werkzeug would read as conditions of a request, or as its range.
+_CONDITIONS = frozenset({
+    "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE", "HTTP_RANGE",
+})  # fmt: skip
+
+
+def _cacheable(response: BaseResponse, etag: str) -> None:
+    response.set_etag(etag)
+    response.cache_control.public = True
+    response.cache_control.max_age = 31536000  # content-addressed: never changes
+
+
+def _precondition(etag: str) -> int | None:
+    """The status a GET's preconditions answer in place of the blob, in RFC 9110 section
+    13.2.2's order, before any Range: a false ``If-Match`` (strong comparison) is a 412,
+    then a true ``If-None-Match`` (weak comparison) a 304. A blob has no modification date,
+    so the date conditions are ignored (sections 13.1.3 and 13.1.4)."""
+    headers = request.headers
+    if "If-Match" in headers and not parse_etags(headers["If-Match"]).contains(etag):
+        return 412
+    if "If-None-Match" in headers and parse_etags(headers["If-None-Match"]).contains_weak(etag):
+        return 304
+    return None
+
+
+def _range_applies(etag: str) -> bool:
+    """``If-Range`` (section 13.1.5): the range is served only if it names this blob's
+    entity tag, compared strongly; a weak tag, a date (a blob has none) or another tag
+    has the whole blob served."""
+    if_range = request.headers.get("If-Range")
+    return if_range is None or if_range.strip() == f'"{etag}"'
+
+
 def byte_range(header: str | None, size: int) -> str | None:
     """The Range header read as RFC 9110 reads it, for werkzeug to serve, or None to serve
     the whole blob.
 
-    Werkzeug parses, checks ``If-Range`` and serves one range (a 416 with ``bytes */SIZE``
-    for one that starts past the end), but refuses with a 416 what the RFC has a server
+    Werkzeug parses and serves one range (a 416 with ``bytes */SIZE`` for one that starts
+    past the end), but refuses with a 416 what the RFC has a server
     ignore (a header it cannot parse, another unit: section 14.2) or serve whole (a suffix
     longer than the blob: 14.1.2). Several ranges are served as the whole blob, as 14.2
     allows: registry clients never ask for them, and multipart answers to many small or

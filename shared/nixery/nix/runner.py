@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +66,11 @@ RESTRICTED = (
     *("--option", "allowed-uris", ""),
     *("--option", "allow-import-from-derivation", "false"),
 )
+# What a client reads of Nix's output names the package set and the server's directories
+# by these, never by where they lie (the server's log keeps the paths).
+PACKAGE_SET = "<package set>"
+PREPARE_IMAGE = "<prepare-image>"
+STORAGE = "<storage>"
 # The oldest Nix this code is tested with (Debian 12's); the builder image has 2.26.
 MIN_NIX_VERSION = "2.8"
 
@@ -180,11 +185,21 @@ def remove_stale_roots() -> None:
 class Nix:
     """Runs the Nix commands of one build; holds no state between builds."""
 
-    def __init__(self, prepare_image: Path, timeout: int, eval_allow: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        prepare_image: Path,
+        timeout: int,
+        eval_allow: Sequence[Path] = (),
+        private: Mapping[Path, str] | None = None,
+    ) -> None:
+        """``private``: the server's directories (its storage, its checkouts) and the token
+        that names each in what clients read; the package set's and prepare-image's are
+        known here."""
         # Resolved: a restricted evaluation compares real paths with the allowed ones.
         self.expression = (prepare_image / "default.nix").resolve()
         self.timeout = timeout
         self.eval_allow = tuple(eval_allow)
+        self.private = {prepare_image: PREPARE_IMAGE, **(private or {})}
 
     @contextmanager
     def build(
@@ -218,7 +233,7 @@ class Nix:
                 drvs = sorted({p["drvPath"] for p in plan["packages"]})
                 cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
-                self._run(realise, "building", math.inf, deadline)
+                self._run(realise, "building", math.inf, deadline, source)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
                 yield BuildResult(
                     outputs, closure, parse_meta(plan.get("meta", ())), programs,
@@ -231,7 +246,7 @@ class Nix:
         """The package set's attribute names, for the search box (prepare-image's ``names``)."""
         names: list[str] = json.loads(
             self._run(self._eval(source, "names", [], system), "listing the package names",
-                      EVAL_TIMEOUT, deadline)
+                      EVAL_TIMEOUT, deadline, source)
         )  # fmt: skip
         return names
 
@@ -244,7 +259,7 @@ class Nix:
     ) -> dict[str, Any]:
         cmd = self._eval(source, "plan", packages, system)
         plan: dict[str, Any] = json.loads(
-            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
+            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
         )
         return plan
 
@@ -261,9 +276,17 @@ class Nix:
             "--argstr", "system", system,
         ]  # fmt: skip
 
-    def _run(self, cmd: list[str], what: str, cap: float, build_deadline: float) -> str:
+    def _run(
+        self,
+        cmd: list[str],
+        what: str,
+        cap: float,
+        build_deadline: float,
+        source: Path | None = None,
+    ) -> str:
         """Runs a Nix command for at most ``cap`` seconds and the time the build has left,
-        streaming its log into ours, and returns its stdout."""
+        streaming its log into ours, and returns its stdout. Its error, for clients, names
+        no server path (Nix's evaluation errors quote ``at /srv/pkgs/default.nix:1:52``)."""
         started = time.monotonic()
         left = build_deadline - started
         if left <= 0:
@@ -304,9 +327,24 @@ class Nix:
                 reader.join()
         elapsed = time.monotonic() - started
         if code != 0:
-            raise _classify(what, code, elapsed >= deadline, deadline, list(tail), left <= cap)
+            private = {**self.private, **({source: PACKAGE_SET} if source else {})}
+            shown = redact(tail, private)
+            raise _classify(what, code, elapsed >= deadline, deadline, shown, left <= cap)
         log.debug("%s took %.2fs", what, elapsed)
         return "".join(stdout)
+
+
+def redact(lines: Iterable[str], private: Mapping[Path, str]) -> list[str]:
+    """The lines with each private directory, as given or resolved, replaced by its token;
+    the most specific first (a checkout inside the storage is the package set)."""
+    spelled = {str(way): token for path, token in private.items()
+               for way in (path, path.resolve()) if len(str(way)) > 1}  # fmt: skip
+    if not spelled:
+        return list(lines)
+    # A whole path only: /srv/pkgs is not /srv/pkgs2.
+    ways = "|".join(re.escape(p) for p in sorted(spelled, key=len, reverse=True))
+    pattern = re.compile(f"(?:{ways})" + r"(?![\w.-])")
+    return [pattern.sub(lambda m: spelled[m.group()], line) for line in lines]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 # Part of every layer-cache key: a change to how layers are archived must not reuse old ones.
 ARCHIVE_FORMAT = 3  # 3: ISA-L deflate
-# What an interrupted build's page says of a fault of ours: its details are in the log.
-INTERNAL_ERROR = "an internal error of the registry (its log has the details)"
 
 
 @contextmanager
@@ -136,15 +134,17 @@ class Builder:
         state: StatePorts,
         popularity: Mapping[str, int],
         signer: Signer | None = None,
+        private: Mapping[Path, str] | None = None,
     ) -> Builder:
         """A builder on the given adapters, with a pool and a compressor sized to the machine;
-        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one."""
+        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one.
+        ``private``: the server's directories Nix's errors must not show clients (``Nix``)."""
         cores = os.cpu_count() or 1
         if signer is None and settings.signing_key is not None:
             signer = PemSigner.load(settings.signing_key)
         return cls(
             source=source,
-            nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
+            nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow, private),
             blobs=blobs,
             state=state,
             popularity=popularity,
@@ -181,7 +181,8 @@ class Builder:
                 reporter.failed(failure)
                 return
             except Exception as e:  # retried: the pages must not say "building" for ever
-                reporter.interrupted(e.message if isinstance(e, Transient) else INTERNAL_ERROR)
+                BuildLog(log, job.key).warning("interrupted: %r", e)
+                reporter.interrupted(e, self.state.images)
                 raise
             reporter.published(manifests)
             BuildLog(log, job.key).info(

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import stat
 import sys
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -104,10 +104,8 @@ def _hex(digest: str) -> str:
 
 
 STDOUT = "-"
-# What a name that is no regular file names, for the refusal.
-_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+# Linux's PATH_MAX, its final NUL included: a longer name is refused before any system call.
+PATH_MAX = 4096
 # The files SQLite keeps beside a database.
 _DATABASE_FILES = ("", "-wal", "-shm", "-journal")
 
@@ -119,75 +117,112 @@ class Output:
     file is written beside its target and renamed over it once whole, and only while the
     target is absent or a regular file: a symlink, a device, a directory is never replaced
     (as root, a rename over ``/dev/null`` would replace the device). The registry's own
-    storage and state database are refused: a build must not overwrite what it reads."""
+    storage and state database are refused: a build must not overwrite what it reads. The
+    directory is opened once, and the checks and the rename are made relative to it: a
+    symlink on the way re-pointed during the build cannot move the rename elsewhere (into
+    the storage, say)."""
 
-    def __init__(self, target: Path | None, partial: Path | None) -> None:
-        self.target, self._partial = target, partial
+    def __init__(
+        self,
+        target: str | None,
+        directory: int = -1,
+        name: str = "",
+        partial: str = "",
+        fd: int = -1,
+    ) -> None:
+        """``target``: the name as given, None for stdout; ``directory``: the target's open
+        directory, where ``partial`` (open as ``fd``) takes ``name``'s place once whole."""
+        self.target = target
+        self._dir, self._name, self._partial, self._fd = directory, name, partial, fd
 
     @classmethod
     def check(cls, name: str, storage: Path, database: Path) -> Output:
         """The output ``name`` names, a temporary file already made beside it; ``BadOutput``
         when it cannot or must not be written there."""
         if name == STDOUT:
+            if sys.stdout is None:  # started with stdout closed (``>&-``)
+                raise BadOutput("stdout is closed: redirect it, or name a file")
             if sys.stdout.isatty():
                 raise BadOutput("will not write an archive to a terminal: redirect it")
-            return cls(None, None)
+            return cls(None)
         if not name:
             raise BadOutput("the output's name is empty")
-        target = Path(name)
-        directory = target.parent
-        if not directory.is_dir():
-            missing = "does not exist" if not directory.exists() else "is not a directory"
-            raise BadOutput(f"the output's directory {str(directory)!r} {missing}")
-        longest = os.pathconf(directory, "PC_NAME_MAX")
-        if len(os.fsencode(target.name)) > longest:
-            raise BadOutput(f"the output's name is longer than {longest} bytes")
-        if len(os.fsencode(name)) >= os.pathconf(directory, "PC_PATH_MAX"):
+        if len(os.fsencode(name)) >= PATH_MAX:
             raise BadOutput("the output's path is longer than the system takes")
-        _refuse_other_than_a_file(target)
-        where = directory.resolve() / target.name
-        db = database.resolve()
-        if where in [db.with_name(db.name + suffix) for suffix in _DATABASE_FILES]:
-            raise BadOutput(f"{str(target)!r} is the registry's state database")
-        if where == storage.resolve() or where.is_relative_to(storage.resolve()):
-            raise BadOutput(f"{str(target)!r} is in the registry's storage (STORAGE_PATH)")
         try:
-            fd, partial = tempfile.mkstemp(prefix=".nixery-build-", dir=directory)
+            return cls._file(name, storage, database)
         except OSError as e:
-            raise BadOutput(f"cannot write in {str(directory)!r}: {os_cause(e)}") from None
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # as a file the shell would create, not mkstemp's 0600
-        os.close(fd)
-        return cls(target, Path(partial))
+            raise BadOutput(f"cannot write {name!r}: {os_cause(e)}") from None
+
+    @classmethod
+    def _file(cls, name: str, storage: Path, database: Path) -> Output:
+        target = Path(name)
+        if name.endswith("/") or target.name in ("", ".."):
+            raise BadOutput(f"{name!r} names a directory: only a file is written (or - for stdout)")
+        try:
+            directory = os.open(target.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            missing = "does not exist" if isinstance(e, FileNotFoundError) else "is not a directory"
+            raise BadOutput(f"the output's directory {str(target.parent)!r} {missing}") from None
+        try:
+            longest = os.pathconf(directory, "PC_NAME_MAX")
+            if len(os.fsencode(target.name)) > longest:
+                raise BadOutput(f"the output's name is longer than {longest} bytes")
+            _refuse_other_than_a_file(name, target.name, directory)
+            # Where the opened directory is, whatever symlinks led there.
+            where = Path(os.readlink(f"/proc/self/fd/{directory}")) / target.name
+            db = database.resolve()
+            if where in [db.with_name(db.name + suffix) for suffix in _DATABASE_FILES]:
+                raise BadOutput(f"{name!r} is the registry's state database")
+            if where.is_relative_to(storage.resolve()):
+                raise BadOutput(f"{name!r} is in the registry's storage (STORAGE_PATH)")
+            partial = f".nixery-build-{secrets.token_hex(8)}"
+            # 0o666 less the umask, as the shell would create it.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            fd = os.open(partial, flags, 0o666, dir_fd=directory)
+        except BaseException:
+            os.close(directory)
+            raise
+        return cls(name, directory, target.name, partial, fd)
 
     @contextlib.contextmanager
     def open(self) -> Iterator[BinaryIO]:
         """The stream to write the archive to; a file takes the target's place once it is
         whole, if the target is still absent or a regular file."""
-        if self.target is None or self._partial is None:
+        if self.target is None:
             yield sys.stdout.buffer
             sys.stdout.flush()
             return
-        with self._partial.open("wb") as out:
+        fd, self._fd = self._fd, -1
+        with os.fdopen(fd, "wb") as out:
             yield out
-        _refuse_other_than_a_file(self.target)  # it may have changed during the build
-        self._partial.replace(self.target)
-        self._partial = None
+        _refuse_other_than_a_file(self.target, self._name, self._dir)  # it may have changed
+        os.replace(self._partial, self._name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        self._partial = ""
 
     def discard(self) -> None:
         """Removes the temporary file, unless it took the target's place."""
-        if self._partial is not None:
-            self._partial.unlink(missing_ok=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+        if self._partial:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._partial, dir_fd=self._dir)
+        if self._dir >= 0:
+            os.close(self._dir)
+        self._fd = self._dir = -1
+        self._partial = ""
 
 
-def _refuse_other_than_a_file(target: Path) -> None:
+def _refuse_other_than_a_file(shown: str, name: str, directory: int) -> None:
+    """``BadOutput`` unless ``name`` in ``directory`` is absent or a regular file; checked
+    before the build and again before the rename."""
     try:
-        mode = target.lstat().st_mode
+        mode = os.lstat(name, dir_fd=directory).st_mode
     except FileNotFoundError:
         return
-    for test, kind in _KINDS:
-        if test(mode):
-            raise BadOutput(
-                f"{str(target)!r} is {kind}: only a regular file is replaced (or - for stdout)"
-            )
+    except OSError as e:
+        raise BadOutput(f"cannot write {shown!r}: {os_cause(e)}") from None
+    if not stat.S_ISREG(mode):
+        raise BadOutput(
+            f"{shown!r} is not a regular file: only a regular file is replaced (or - for stdout)"
+        )
