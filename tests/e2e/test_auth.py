@@ -283,9 +283,15 @@ def _basic(raw: bytes) -> str:
     return "Basic " + base64.b64encode(raw).decode()
 
 
-def test_every_malformed_credential_is_a_401(private) -> None:
+@pytest.mark.parametrize("scheme", ["basic", "token"])
+def test_every_malformed_credential_is_a_401(make_registry, hashed, scheme) -> None:
     """Tokens signed with the registry's own secret (as only it could sign them) whose payload
-    is no claim, and Basic headers that are no name and password: refused, never a 500."""
+    is no claim, and Basic headers that are no name and password: refused, never a 500. Those
+    that are a name and a wrong password count as failed logins: enough are allowed here that
+    none is a 429."""
+    private = make_registry(NIXERY_AUTH=scheme, NIXERY_AUTH_USERS=f"alice:{hashed}",
+                            NIXERY_AUTH_SECRET=SECRET,
+                            NIXERY_AUTH_FAILURES="1000/60")  # fmt: skip
     tokens = URLSafeTimedSerializer(SECRET, salt=TOKEN_SALT)
     signer = tokens.make_signer()
     signed = [
