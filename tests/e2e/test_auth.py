@@ -488,3 +488,26 @@ def test_parallel_requests_of_a_new_login_are_checked_once_and_never_fail(
     for user in ("alice", "dave"):
         guesses = [_ask(reg, f"127.0.1.{i}", user, "wrong")[0] for i in range(failures + 1)]
         assert guesses == [401] * failures + [429], (user, guesses)
+
+
+@pytest.mark.parametrize("trusted", [1, 0])
+def test_failed_logins_count_by_the_address_the_trusted_proxies_forward(
+    make_registry, hashed, trusted
+) -> None:
+    """Behind one trusted proxy, the client is the last X-Forwarded-For entry (the one the
+    proxy added; the first is whatever the client sent); trusting none, it is the socket's
+    address whatever the header holds, so that a client cannot pick its own."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hashed}",
+                        NIXERY_AUTH_FAILURES="2/3600",
+                        NIXERY_TRUSTED_PROXIES=str(trusted))  # fmt: skip
+    client = "192.0.2.7" if trusted else "127.0.0.1"
+
+    def guess(user: str, last: str) -> int:
+        headers = {"X-Forwarded-For": f"203.0.113.9, {last}"}
+        return reg.get("/v2/", auth=(user, "wrong"), headers=headers).status_code
+
+    assert [guess(f"u{i}", "192.0.2.7") for i in range(3)] == [401, 401, 429]
+    assert guess("u3", "192.0.2.8") == (401 if trusted else 429), "another client, or not"
+    log = reg.log()
+    assert f"refused u0 from {client}" in log and f"address {client}: 2 failed logins" in log
+    assert "203.0.113.9" not in log
