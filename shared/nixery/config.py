@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -326,10 +326,26 @@ USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 AUTH_FAILURES = Rate(10, 60.0)
 
 
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # a container's CPU limit, under cgroup v2
+
+
+def cpus(cpu_max: Path = CPU_MAX) -> int:
+    """The CPUs this process may keep busy: those it may run on, or fewer under a cgroup v2
+    quota (a container's CPU limit, which the CPU count does not show); at least one."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 here, or none of ours
+        pass
+    return max(1, count)
+
+
 def auth_checks() -> int:
     """Passwords checked at once by default: half the CPUs, so that a flood of wrong passwords
     leaves the other half to the requests of clients that have logged in."""
-    return max(1, len(os.sched_getaffinity(0)) // 2)
+    return max(1, cpus() // 2)
 
 
 @dataclass(frozen=True)
@@ -338,7 +354,7 @@ class AuthSettings:
     users: Mapping[str, str]  # name -> hash
     secret: bytes  # signs tokens
     failures: Rate = AUTH_FAILURES
-    checks: int = 1
+    checks: int = field(default_factory=auth_checks)
 
 
 def auth_settings(env: Env, need_secret: bool = False) -> AuthSettings | None:

@@ -2,8 +2,10 @@
 
 Log lines carry what strangers send (paths, user names, tags), and a reader of the log must be
 able to trust that a line which looks like a record is one: in the text format, a record is
-one line, its message's control characters escaped (``\\n``, ``\\x1b``...), and the lines of
-a traceback after it are indented. JSON escapes them by itself.
+one line, its message's control characters escaped (``\\n``, ``\\x1b``...) and its
+backslashes doubled (so that a path holding a backslash and an ``n`` reads otherwise than one
+holding a line break), and the lines of a traceback after it are indented. JSON escapes them
+by itself.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 # What ends a line for some reader of a log (Python's splitlines, a terminal), or moves or
 # hides text on a terminal: C0 and C1 controls, DEL, Unicode's line and paragraph separators,
-# and the bidirectional overrides that reorder what is shown.
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# the bidirectional marks and overrides that reorder what is shown; and the backslash, which
+# starts the escapes.
+_UNSAFE = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def escape(text: str) -> str:
-    """``text`` on one line, its control characters written as Python writes them."""
+    """``text`` on one line, its control characters and backslashes written as Python writes
+    them."""
     return _UNSAFE.sub(lambda match: repr(match.group())[1:-1], text)
 
 

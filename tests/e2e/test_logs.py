@@ -56,6 +56,20 @@ def test_the_text_log_has_one_line_per_record_whatever_a_request_holds(
     assert sum(f"refused \\n{FORGED_USER}" in line for line in lines) == 1, "escaped, not dropped"
 
 
+def test_the_text_log_tells_an_escape_from_a_backslash_and_shows_no_direction_mark(
+    make_registry,
+) -> None:
+    """A path with a backslash and an ``n`` is not written as one with a line break; the
+    direction marks (LRM, RLM, ALM) that reorder what a terminal shows are escaped too."""
+    reg = make_registry()
+    for path in ("/literal%5Cn", "/broken%0An", "/marked%E2%80%8Fx%E2%80%8Ey%D8%9Cz"):
+        assert reg.get(path).status_code == 404
+    log = reg.log()
+    assert "GET /literal\\\\n 404" in log and "GET /broken\\nn 404" in log, log
+    assert "GET /marked\\u200fx\\u200ey\\u061cz 404" in log, log
+    assert not any(mark in log for mark in "\u200e\u200f\u061c")
+
+
 def test_the_json_log_has_one_object_per_line_with_the_values_intact(make_registry, hashed) -> None:
     reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"bob:{hashed}",
                         K_SERVICE="nixery-test")  # fmt: skip

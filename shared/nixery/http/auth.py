@@ -13,16 +13,20 @@ compared in constant time; an unknown user costs the same work as a wrong passwo
 timing does not tell them apart. Checking a hash costs a few hundred milliseconds of CPU by
 design, which a stranger could spend for us at will, so:
 
-- clients send Basic credentials with every request: a success is remembered for a few
-  minutes under a keyed hash of the credentials (a key of this process's, so that the cache
-  is no list of fast hashes to guess passwords against), and is not checked again;
-- failed logins (a wrong password, or one refused while the checks are busy) are counted per
-  address and per claimed user name (NIXERY_AUTH_FAILURES): past the count, a login is
-  refused 429 before its password is checked;
+- clients send Basic credentials with every request: a success is remembered under a keyed
+  hash of the credentials (a key of this process's, so that the cache is no list of fast
+  hashes to guess passwords against) until it goes unused for a few minutes, and is not
+  checked again; one request at a time checks a given credential, so that a client's
+  parallel requests cost one check;
+- failed logins (a wrong password) are counted per address (an IPv6 address's /64) and per
+  claimed user name (NIXERY_AUTH_FAILURES, a sliding window): past the count, a login is
+  refused 429 before its password is checked. A user name's count does not apply where that
+  user logged in from before (a day's memory of user and address pairs, keyed-hashed too), so
+  that a stranger guessing a user's password from elsewhere does not lock the user out;
 - at most NIXERY_AUTH_CHECKS passwords are checked at once; another is refused 503 at once,
   rather than queued on a thread: the CPU left serves the clients that have logged in. It is
-  counted as failed, so that a flood soon meets the 429s, which check no password, and
-  leaves the checks to logins from elsewhere.
+  counted as failed against its address only (not its user name, which a flood could then
+  lock), so that a flood soon meets the 429s, which check no password.
 
 Tokens are checked with one HMAC, not a hash of the password. They are signed with
 NIXERY_AUTH_SECRET (one key for every instance) and expire; a token that does not verify, or
@@ -44,19 +48,22 @@ from typing import Any
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
-from nixery.caches import BoundedCache
-from nixery.config import PASSWORD_HASH, PASSWORD_HASH_RE, AuthSettings, Rate
+from nixery.caches import BoundedCache, Clock, KeyedLocks
+from nixery.config import PASSWORD_HASH, PASSWORD_HASH_RE, AuthSettings
 from nixery.errors import LoginsBusy, TooManyLogins
+from nixery.limits import SlidingWindows, client_key
 
 log = logging.getLogger(__name__)
 
 ITERATIONS = 600_000  # OWASP's advice for PBKDF2-HMAC-SHA256
 TOKEN_TTL = 300  # seconds; clients ask again when one expires
 TOKEN_SALT = "nixery-token"  # what a token is signed for: nothing else the secret signs
-REMEMBER = 300.0  # seconds a checked password is not checked again
+REMEMBER = 300.0  # seconds a checked password is not checked again, from its last use
 CHECKED = 4096  # logins remembered at once
-# Addresses and user names whose failed logins are counted at once (about 10 MB); beyond,
-# those that failed least recently are forgotten.
+KNOWN = 86400.0  # seconds a user stays known at an address, from its last login there
+KNOWN_PAIRS = 20_000  # user and address pairs known at once
+# Addresses and user names whose failed logins are counted at once; beyond, those that
+# failed least recently are forgotten (docs/security.md says what they cost).
 FAILING = 20_000
 
 
@@ -70,82 +77,69 @@ def hash_password(password: str, iterations: int = ITERATIONS) -> str:
     return f"{PASSWORD_HASH}${iterations}${_b64(salt)}${_b64(digest)}"
 
 
-class Attempts:
-    """Logins that needed a password checked and did not prove it right (wrong, or refused
-    while the checks were busy), per key (an address, a user name), in a window of
-    ``rate.window`` seconds from the key's first one. A key with ``rate.count`` of them is
-    refused until its window ends; so is every key of an attempt when one of its keys is."""
-
-    def __init__(self, rate: Rate) -> None:
-        self._rate = rate
-        self._counts: BoundedCache[tuple[float, int]] = BoundedCache(FAILING, rate.window)
-        self._lock = threading.Lock()
-
-    def admit(self, keys: tuple[str, ...]) -> float:
-        """Counts an attempt against each of ``keys``, or refuses it: 0, or the seconds until
-        it would be admitted."""
-        with self._lock:
-            now = time.monotonic()
-            counts = [self._current(key, now) for key in keys]
-            wait = max((s + self._rate.window - now for s, c in counts if c >= self._rate.count),
-                       default=0.0)  # fmt: skip
-            if wait > 0:
-                return wait
-            for key, (started, count) in zip(keys, counts, strict=True):
-                self._counts.keep(key, (started, count + 1))
-                if count + 1 == self._rate.count:
-                    log.warning("%s: %d failed logins; the next are refused unchecked for up "
-                                "to %g s", key, count + 1, self._rate.window,
-                                extra={"throttled": key})  # fmt: skip
-            return 0.0
-
-    def refund(self, keys: tuple[str, ...]) -> None:
-        """Takes back an attempt that proved its password right."""
-        with self._lock:
-            now = time.monotonic()
-            for key in keys:
-                started, count = self._current(key, now)
-                if count:
-                    self._counts.keep(key, (started, count - 1))
-
-    def _current(self, key: str, now: float) -> tuple[float, int]:
-        started, count = self._counts.get(key) or (now, 0)
-        return (started, count) if now < started + self._rate.window else (now, 0)
-
-
 class Auth:
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, clock: Clock = time.monotonic) -> None:
         self.scheme = settings.scheme
         self._users = dict(settings.users)
         self._tokens = URLSafeTimedSerializer(settings.secret, salt=TOKEN_SALT)
         # What an unknown user is checked against: the same work as a real one.
         self._nobody = hash_password(os.urandom(16).hex())
         self._key = os.urandom(32)  # the remembered logins' keyed hash
-        self._checked: BoundedCache[str] = BoundedCache(CHECKED, REMEMBER)
-        self._attempts = Attempts(settings.failures)
+        self._checked: BoundedCache[str] = BoundedCache(CHECKED, REMEMBER, clock)
+        self._known: BoundedCache[str] = BoundedCache(KNOWN_PAIRS, KNOWN, clock)
+        self._one_check = KeyedLocks()
+        self._failures = SlidingWindows(settings.failures, FAILING, clock)
         self._checking = threading.BoundedSemaphore(settings.checks)
 
     def check_password(self, user: str, password: str, client: str) -> bool:
         """Whether ``password`` is ``user``'s, for a request from the address ``client``.
         Raises ``TooManyLogins`` while the address or the user name has failed too many logins,
         ``LoginsBusy`` while as many passwords as allowed are being checked."""
-        # A user name holds no colon (Basic splits there), so the pair is unambiguous.
-        key = hmac.new(self._key, f"{user}:{password}".encode(), "sha256").hexdigest()
-        if self._checked.get(key) == user:
+        # A user name holds no colon (Basic splits there), so each pair is unambiguous.
+        address = client_key(client)
+        login, pair = self._hash(f"{user}:{password}"), self._hash(f"{user}:{address}")
+        if self._remembered(login, pair, user):
             return True
-        keys = (f"address {client}", f"user {user[:64]}")
-        if wait := self._attempts.admit(keys):
-            raise TooManyLogins("too many failed logins: try again later", wait)
-        if not self._checking.acquire(blocking=False):
-            raise LoginsBusy("too many passwords are being checked at once")
-        try:
-            good = self._verify(user, password)
-        finally:
-            self._checking.release()
-        if good:
-            self._attempts.refund(keys)
-            self._checked.keep(key, user)
-        return good
+        with self._one_check.hold(login):
+            if self._remembered(login, pair, user):  # checked while this request waited
+                return True
+            keys: tuple[str, ...] = (f"address {address}",)
+            if self._known.get(pair) != user:
+                keys += (f"user {user[:64]}",)
+            if wait := self._failures.admit(keys):
+                raise TooManyLogins("too many failed logins: try again later", wait)
+            self._warn_when_full(keys)
+            if not self._checking.acquire(blocking=False):
+                self._failures.take_back(keys[1:])
+                raise LoginsBusy("too many passwords are being checked at once")
+            try:
+                good = self._verify(user, password)
+            finally:
+                self._checking.release()
+            if good:
+                self._failures.take_back(keys)
+                self._checked.keep(login, user)
+                self._known.keep(pair, user)
+            return good
+
+    def _hash(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), "sha256").hexdigest()
+
+    def _remembered(self, login: str, pair: str, user: str) -> bool:
+        """Whether the login was checked before; if so it is remembered for longer, and so is
+        the user at this address."""
+        if self._checked.get(login) != user:
+            return False
+        self._checked.keep(login, user)
+        self._known.keep(pair, user)
+        return True
+
+    def _warn_when_full(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            if (count := self._failures.count(key)) == self._failures.rate.count:
+                log.warning("%s: %d failed logins; the next are refused unchecked for up to %g s",
+                            key, count, self._failures.rate.window,
+                            extra={"throttled": key})  # fmt: skip
 
     def _verify(self, user: str, password: str) -> bool:
         stored = self._users.get(user)

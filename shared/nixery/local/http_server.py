@@ -25,6 +25,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 
 from nixery.config import ConnectionLimits
+from nixery.limits import client_key
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,15 @@ class _Channel(HTTPChannel):
     """A connection: refuses TLS at once, and remembers when its current request began."""
 
     _first = True
+    client = ""  # what its address's limits count by
     began: float | None = None  # time.monotonic() of the unfinished request's first byte
 
     def __init__(self, server: _Server, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
-        client = addr[0]
-        held = sum(1 for c in server.channels() if c.addr[0] == client)
+        self.client = client_key(addr[0])
+        held = sum(1 for c in server.channels() if c.client == self.client)
         if held > server.limits.per_client:  # itself included
-            log.warning("refused a connection from %s: it holds %d already", client, held - 1)
+            log.warning("refused a connection from %s: it holds %d already", addr[0], held - 1)
             self.will_close = True
 
     def received(self, data: bytes) -> bool:

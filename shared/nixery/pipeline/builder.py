@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
@@ -18,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from nixery.blobs import store_bytes
-from nixery.config import BuildSettings
+from nixery.config import BuildSettings, cpus
 from nixery.errors import (
     BuildError,
     BuildFailed,
@@ -139,7 +138,7 @@ class Builder:
         """A builder on the given adapters, with a pool and a compressor sized to the machine;
         it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one.
         ``private``: the server's directories Nix's errors must not show clients (``Nix``)."""
-        cores = os.cpu_count() or 1
+        cores = cpus()
         if signer is None and settings.signing_key is not None:
             signer = PemSigner.load(settings.signing_key)
         return cls(

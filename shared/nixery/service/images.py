@@ -30,6 +30,7 @@ from nixery.errors import (
     UnknownTag,
 )
 from nixery.job import BuildJob
+from nixery.limits import client_key
 from nixery.logs import BuildLog
 from nixery.oci.cosign import is_signature, signed_digest
 from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
@@ -188,7 +189,7 @@ class ImageService:
         """Charges a new build to the caller, unless one of the image runs already."""
         if self.limiter is None or self.builds.running(job.key):
             return
-        wait = self.limiter.admit(caller.address)
+        wait = self.limiter.admit(client_key(caller.address))
         if wait is not None:
             BuildLog(log, job.key).warning(
                 "client %s: too many new builds", caller.address, extra={"client": caller.address}
