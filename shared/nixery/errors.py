@@ -181,6 +181,11 @@ class BuildQueueFull(Transient):
     """As many builds as the registry allows are running or waiting."""
 
 
+class TooManyWaiters(Transient):
+    """As many requests wait for builds as may (in all, from the address, or for the image):
+    each holds a request thread, and cached pulls need some left. The build goes on."""
+
+
 class ClientGone(Transient):
     """The client hung up while its request waited for a build."""
 

@@ -19,6 +19,7 @@ from nixery.pipeline.builder import Builder
 from nixery.ports import Source, StatePorts
 from nixery.service.catalog import Catalog
 from nixery.service.images import ImageService
+from nixery.service.waiters import Waiters
 from nixery.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def local_service(
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
         limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
+        waiters=Waiters(settings.waiters),
     )
 
 
