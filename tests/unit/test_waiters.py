@@ -58,10 +58,13 @@ def test_a_refused_request_is_answered_at_once_and_its_build_goes_on() -> None:
         waiters=Waiters(WaitLimits(total=1, per_client=1, per_build=1)),
     )  # fmt: skip
     job = sample_job("refused")
+    assert service.waiters is not None
     try:
-        with service.waiters.waiting("another", "somebody"):  # type: ignore[union-attr]
-            with pytest.raises(TooManyWaiters, match="the build goes on"):
-                service.manifest(job.request, Tag("latest"), [], Caller("1.2.3.4"))
+        with (
+            service.waiters.waiting("another", "somebody"),
+            pytest.raises(TooManyWaiters, match="the build goes on"),
+        ):
+            service.manifest(job.request, Tag("latest"), [], Caller("1.2.3.4"))
         assert builder.started.wait(10) and builder.calls == [job]
         assert queue.running(job.key)
     finally:
