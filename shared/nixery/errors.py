@@ -211,6 +211,11 @@ class LoginsBusy(Transient):
     """As many passwords as the registry checks at once are being checked (NIXERY_AUTH_CHECKS)."""
 
 
+class TooManyWaiters(Transient):
+    """As many requests wait for builds as may (in all, from the address, or for the image):
+    each holds a request thread, and cached pulls need some left. The build goes on."""
+
+
 class ClientGone(Transient):
     """The client hung up while its request waited for a build."""
 

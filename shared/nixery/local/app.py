@@ -21,6 +21,7 @@ from nixery.ports import Source, StatePorts
 from nixery.records import BuildReport
 from nixery.service.catalog import Catalog
 from nixery.service.images import ImageService
+from nixery.service.waiters import Waiters
 from nixery.sources import open_source
 from nixery.sources.checkouts import CHECKOUTS
 
@@ -70,6 +71,7 @@ def local_service(
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
         limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
+        waiters=Waiters(settings.waiters),
     )
 
 
