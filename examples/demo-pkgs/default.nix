@@ -134,9 +134,10 @@ let
     '';
   });
 
-  # The modules a list of packages needs, theirs included: nixpkgs' requiredPythonModules.
-  requiredModules = attr: drvs: map (x: x.drv) (builtins.genericClosure {
-    startSet = map (d: { key = d.outPath; drv = d; }) drvs;
+  # The modules a list of packages needs, theirs included: nixpkgs' requiredPythonModules,
+  # which, like it, keeps only the packages that `isModule` (nixpkgs' hasPythonModule).
+  requiredModules = attr: isModule: drvs: map (x: x.drv) (builtins.genericClosure {
+    startSet = map (d: { key = d.outPath; drv = d; }) (builtins.filter isModule drvs);
     operator = item: map (d: { key = d.outPath; drv = d; }) (item.drv.${attr} or [ ]);
   });
 
@@ -186,7 +187,8 @@ let
         pythonVersion = short;
         withPackages = f: mkEnv {
           interpreter = python;
-          modules = requiredModules "propagatedPythonModules" (f pkgs);
+          modules = requiredModules "propagatedPythonModules"
+            (d: (d.pythonModule.outPath or null) == python.outPath) (f pkgs);
           programs = [ "python3" "python" "python${short}" ];
           setup = "export NIX_PYTHONPREFIX=$out";
           link = ''
@@ -200,8 +202,8 @@ let
     in python;
 
   # A package of a python set: a module directory in the interpreter's site-packages.
-  mkPy = python: { pname, version, size, deps ? [ ], mod ? pname }: (mkPkg {
-    inherit pname version size;
+  mkPy = python: { pname, version, size, deps ? [ ], mod ? pname, meta ? { } }: (mkPkg {
+    inherit pname version size meta;
     deps = [ python ] ++ deps;
     payloadDir = "${python.sitePackages}/${mod}";
     payloadName = "_${mod}.cpython-311-x86_64-linux-gnu.so";
@@ -408,7 +410,7 @@ let
       pkgs = perlPackages;
       withPackages = f: mkEnv {
         interpreter = perl;
-        modules = requiredModules "propagatedPerlModules" (f perlPackages);
+        modules = requiredModules "propagatedPerlModules" (d: d ? perlModule) (f perlPackages);
         programs = [ "perl" "perl5.38.0" ];
         setup = "export PERL5LIB=$perl5lib";
         link = ''perl5lib="''${perl5lib:+$perl5lib:}$m/lib/perl5/site_perl/5.38.0"'';
@@ -482,6 +484,22 @@ let
       charset-normalizer = mkPy3 { pname = "charset-normalizer"; version = "3.2.0"; size = 400; mod = "charset_normalizer"; };
       requests = mkPy3 { pname = "requests"; version = "2.31.0"; size = 400; deps = [ certifi idna urllib3 charset-normalizer ]; };
       numpy = mkPy3 { pname = "numpy"; version = "1.25.2"; size = 5000; deps = [ zlib ]; };
+      # A module with a program of its own, as nixpkgs' black: a name of it alone runs that.
+      black = mkPy3 { pname = "black"; version = "23.9.1"; size = 60; meta.mainProgram = "black"; };
+      # An application in the set, as nixpkgs' toPythonApplication makes (`pythonModule` false):
+      # no module, so it stays a plain package.
+      httpie = mkPy3 { pname = "httpie"; version = "3.2.2"; size = 60; } // { pythonModule = false; };
+    };
+
+    # A whole package set inside the set, as nixpkgs' pkgsStatic or pkgsMusl: it holds
+    # interpreters, yet its packages are no interpreter's modules.
+    pkgsAlt = { inherit hello perl python3; };
+
+    # A derivation whose passthru names an interpreter, as nixpkgs' nodejs (`nodejs.python`),
+    # and a derivation of its own (nixpkgs' nodejs has a `libv8` output).
+    nodejs = mkPkg { pname = "nodejs"; version = "20.8.0"; size = 60; deps = [ glibc ]; } // {
+      python = python3;
+      libv8 = mkPkg { pname = "libv8"; version = "11.3"; size = 60; deps = [ glibc ]; };
     };
 
     # A nested set that names no interpreter with `withPackages`, as nixpkgs' nodePackages:

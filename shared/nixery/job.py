@@ -20,8 +20,9 @@ from nixery.request import ImageRequest, architecture
 # images published by an older version are rebuilt rather than served stale.
 FORMAT_VERSION = 2  # 2: provenance annotations, an SBOM per image, the entrypoint rule
 # The format of images whose names hold a nested set's package (``python3packages.requests``):
-# only those changed when such packages became their interpreter's environment, so only their
-# keys moved; every other image kept its key and its bytes.
+# a superset of the images that changed when such packages became their interpreter's
+# environment, which only evaluating the package set tells, after the key is needed; every
+# other image kept its key and its bytes.
 ENVIRONMENTS_FORMAT = 3  # 3: a nested set's packages as their interpreter's environment
 
 

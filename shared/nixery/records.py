@@ -230,7 +230,7 @@ class BuildReport:
     failure: FailureReport | None = None
     nonroot: bool = False
     environments: tuple[Environment, ...] = ()
-    plain: tuple[str, ...] = ()  # nested sets' packages whose set has no ``withPackages``
+    plain: tuple[str, ...] = ()  # nested sets' packages in no environment (not modules)
 
     @property
     def size(self) -> int:

@@ -9,6 +9,7 @@ suite, with a fake clock.
 from __future__ import annotations
 
 import errno
+import json
 import sqlite3
 import time
 import uuid
@@ -41,6 +42,7 @@ from nixery.records import (
     MAX_MESSAGE,
     MAX_PACKAGE_NAMES,
     BuildReport,
+    Environment,
     Failure,
     FailureKind,
     FailureReport,
@@ -471,6 +473,11 @@ def test_a_failure_within_bounds_is_stored_unchanged(state: StateUnderTest) -> N
 # --- Build reports and package names (the pages) ---------------------------------------
 
 
+ENV = "/nix/store/cccc-python3-3.11.5-env"
+REQUESTS = ("python3packages.requests",)
+CONTENTS = ("/nix/store/dddd-requests-2.31.0",)
+
+
 def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] = ()) -> BuildReport:
     return BuildReport(
         key=key,
@@ -486,6 +493,8 @@ def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] =
         layers=tuple(LayerReport(d, 100, 1800, ("/nix/store/aaaa-hello-2.12.1",)) for d in layers),
         manifests={OCI_MANIFEST: "sha256:" + "1" * 64},
         failure=FailureReport("build_error", "it <b>broke</b>", "line\n<script>x</script>\n"),
+        environments=(Environment("python", "python3-3.11.5", ENV, REQUESTS, CONTENTS, "python3"),),
+        plain=("nodepackages.prettier",),
     )
 
 
@@ -497,6 +506,15 @@ def test_a_report_round_trips_and_a_later_one_replaces_it(state: StateUnderTest)
     later = replace(report, status="failed", step="nix", layers=())
     state.record_report(later)
     assert state.report(KEY) == later
+
+
+def test_a_report_written_before_environments_reads_without_them() -> None:
+    """Reports that stores kept before environments existed have neither field."""
+    old = sample_report().to_json()
+    del old["environments"], old["plain"]
+    report = BuildReport.decode(json.dumps(old))
+    assert report.environments == () and report.plain == ()
+    assert report == replace(sample_report(), environments=(), plain=())
 
 
 def test_a_build_interrupted_or_silent_too_long_reads_as_interrupted(state: StateUnderTest) -> None:

@@ -85,6 +85,9 @@ def test_a_pull_is_served_by_the_containers_nix(container_registry, registry, cl
          ""),
         ("perlpackages.json", ["-MJSON", "-e", "1"], 0, ""),
         ("perlpackages.json", ["-MTry::Tiny", "-e", "1"], 2, "Can't locate Try/Tiny.pm"),
+        # No interpreter's module, though its set holds interpreters: plain, with either Nix.
+        ("pkgsalt.hello", ["hello", "--version"], 0, ""),
+        ("python3packages.black", [], 0, ""),  # runs black, its own program
     ],
 )  # fmt: skip
 def test_environments_built_by_the_containers_nix_import_their_packages(

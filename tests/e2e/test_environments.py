@@ -10,19 +10,24 @@ import re
 import subprocess
 import tarfile
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from nixery.nix.runner import Nix
 from tests.e2e.test_runtime_images import config_of
 from tests.helpers.protocol import OCI
-from tests.helpers.registries import NIXERY, REPO
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, NIX_CONFIG, NIXERY, REPO
 
 pytestmark = pytest.mark.e2e
 
-# The commit this feature was built on: images that hold no nested set's package are built
-# by it and by this checkout, and must come out byte for byte the same.
-BEFORE = "16aa580"
+# Main just before environments were merged (80e0482's first parent): images that hold no
+# environment are built by it and by this checkout, and must come out byte for byte the same.
+# A later change that moves every image's bytes on purpose moves this commit too. Not recorded
+# digests: a demo image's digest moves with every edit of the demo set (its revision, a hash
+# of its files, is in the image's annotations) and with the host's busybox.
+BEFORE = "e6a5034"
 
 
 @pytest.fixture(scope="module", params=["local", "gcp"])
@@ -96,9 +101,13 @@ def _built_digest(registry, tmp_path, name: str, code: list[str], env: dict[str,
     return match.group(1)
 
 
-def test_images_without_a_nested_sets_package_keep_their_bytes(registry, tmp_path):
+def test_images_without_an_environment_keep_their_bytes(registry, tmp_path):
     """Built by the commit before environments and by this one, from the same package set:
     the same manifest digest, so the same config and layers."""
+    has = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{BEFORE}^{{commit}}"],
+                         capture_output=True, check=False)  # fmt: skip
+    if has.returncode != 0:
+        pytest.skip(f"commit {BEFORE} (before environments) is not in this clone (shallow?)")
     old = tmp_path / "before"
     old.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE, "shared"],
@@ -108,7 +117,10 @@ def test_images_without_a_nested_sets_package_keep_their_bytes(registry, tmp_pat
               "import sys; from nixery.cli import main; sys.exit(main())"]  # fmt: skip
     builds = tmp_path / "builds"
     builds.mkdir()
-    for name in ("hello", "jq", "python3", "shell/git"):
+    # Dotted names, so their keys moved (job.py), yet no environment: a set without
+    # interpreter, and packages that are no interpreter's modules.
+    dotted = ("nodepackages.prettier", "pkgsalt.hello", "nodejs.libv8", "python3packages.httpie")
+    for name in ("hello", "jq", "python3", "shell/git", *dotted):
         was = _built_digest(registry, builds, name, before, {"PYTHONPATH": str(old / "shared")})
         now = _built_digest(registry, builds, name, [str(NIXERY)], {})
         assert now == was, name
@@ -149,6 +161,9 @@ def test_the_build_page_and_the_sbom_show_the_environment_and_its_members(target
     }
     page = target.get(urlsplit(build["url"]).path).text
     assert "Environments" in page and "python3-3.11.5" in page
+    # The names in one cell, their store paths in the next.
+    cells = r'<li>python3packages\.requests</li></ul></td><td><ul class="mono"><li>/nix/store/'
+    assert re.search(cells, page)
 
     bom = sbom_of(target, name)
     components = {c["name"]: c for c in bom["components"]}
@@ -173,3 +188,65 @@ def test_a_set_without_with_packages_stays_plain_and_its_page_says_so(target, cl
     assert 'id="plain"' in page
     ran = run(clients, f"{target.host}/{name}", "prettier")
     assert ran.returncode == 0 and ran.stdout.strip() == "prettier 3.0.3", ran.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "noted"),
+    [
+        # A whole package set holding interpreters (nixpkgs' pkgsStatic): hello is no module.
+        ("pkgsalt.hello", "-hello-2.12.1", True),
+        # A derivation's passthru beside its `python` (nixpkgs' nodejs): no package set at all.
+        ("nodejs.libv8", "-libv8-11.3", False),
+        # An application of a python set (nixpkgs' toPythonApplication: pythonModule false).
+        ("python3packages.httpie", "-httpie-3.2.2", True),
+    ],
+)
+def test_a_package_without_its_interpreters_marker_stays_plain(target, clients, name, path, noted):
+    """Only a package that says it is an interpreter's module (nixpkgs' pythonModule,
+    perlModule...) joins an environment: where it sits proves nothing."""
+    config_of(target, name)  # built
+    build = build_of(target, name)
+    assert build["environments"] == [], build["environments"]
+    (package,) = (p for p in build["packages"] if p["attribute"] == name)
+    assert package["store_path"].endswith(path)
+    assert build["plain"] == ([name] if noted else []), "the note is for package sets only"
+    program = path.split("-")[1]
+    ran = run(clients, f"{target.host}/{name}", program, "--version")
+    assert ran.returncode == 0 and ran.stdout.startswith(program), ran.stderr
+
+
+def test_one_module_with_a_program_of_its_own_runs_it(target, clients):
+    """python3packages.black is a module (in its environment) and a tool, which it runs."""
+    assert config_of(target, "python3packages.black")["Entrypoint"] == ["/bin/black"]
+    ran = run(clients, f"{target.host}/python3packages.black")
+    assert ran.returncode == 0 and ran.stdout.strip() == "black 23.9.1", ran.stderr
+
+
+def test_a_package_its_environment_leaves_out_is_kept_plain(monkeypatch, tmp_path):
+    """A set whose withPackages leaves out a package the name asks for (nixpkgs' keep only
+    what they know as modules): the image holds it as a plain package rather than lose it."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    (pkgs / "default.nix").write_text(
+        f"args: let pkgs = import {DEMO} args;\n"
+        "  python = pkgs.python3 // { withPackages = f: pkgs.python3.withPackages\n"
+        '    (ps: builtins.filter (p: p.pname != "numpy") (f ps)); };\n'
+        "  mark = p: p // { pythonModule = python; };\n"
+        "  set = pkgs.python3Packages;\n"
+        "in pkgs // { python3Packages = set // {\n"
+        "  inherit python; numpy = mark set.numpy; requests = mark set.requests; }; }\n"
+    )
+    nix = Nix(REPO / "prepare-image", eval_allow=[Path(p) for p in DEMO_EVAL_ALLOW.split(":")],
+              timeout=60)  # fmt: skip
+    numpy, requests = "python3packages.numpy", "python3packages.requests"
+    with nix.build(pkgs, [requests, numpy], "x86_64-linux") as result:
+        assert result.outputs[numpy].endswith("-numpy-1.25.2")
+        assert result.outputs[numpy] in result.closure
+        assert result.outputs[requests].endswith("-python3-3.11.5-env")
+        (env,) = result.environments
+        assert env.members == (requests,) and not env.contents[0].endswith("-numpy-1.25.2")
+        assert result.plain == (numpy,)
+    with nix.build(pkgs, [numpy], "x86_64-linux") as result:
+        assert result.outputs[numpy] in result.closure
+        assert result.environments == () and result.plain == (numpy,)

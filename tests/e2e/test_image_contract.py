@@ -71,6 +71,9 @@ def test_every_image_has_the_ca_bundle_and_ssl_cert_file(target, clients):
 def test_every_image_has_passwd_and_group_with_root_and_nobody(target, clients):
     passwd, group = text_of(target, "hello", "etc/passwd"), text_of(target, "hello", "etc/group")
     assert passwd.startswith("root:x:0:0:") and "\nnobody:x:65534:65534:" in passwd
+    assert passwd.split("\n")[0].split(":")[5] == "/root"
+    home = files_of(target, "hello")["root"]
+    assert home.isdir() and home.mode == 0o700
     assert group.startswith("root:x:0:") and "\nnogroup:x:65534:" in group
     assert "nixery" not in passwd + group
     assert sh(clients, target, "shell", "id -un; id -gn").split() == ["root", "root"]
@@ -94,8 +97,10 @@ def test_every_image_has_tmp_with_mode_1777(target, clients):
 
 def test_usr_bin_env_exists_with_an_env_program(target, clients):
     assert "usr/bin/env" not in files_of(target, "hello"), "no env program, no /usr/bin/env"
-    assert files_of(target, "coreutils")["usr/bin/env"].issym()
-    assert sh(clients, target, "shell", "/usr/bin/env sh -c 'echo ok'").strip() == "ok"
+    for name in ("coreutils", "busybox"):
+        assert files_of(target, name)["usr/bin/env"].issym(), name
+    for name in ("shell", "busybox"):
+        assert sh(clients, target, name, "/usr/bin/env sh -c 'echo ok'").strip() == "ok", name
 
 
 def test_every_image_has_services_and_protocols(target, clients):

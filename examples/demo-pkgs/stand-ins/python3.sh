@@ -23,7 +23,8 @@ importable() {
 }
 
 set -f
-printf '%s\n' "$2" | tr ';' '\n' | while IFS= read -r statement; do
+# A here-document, not a pipe: `exit` below leaves the script, not a subshell.
+while IFS= read -r statement; do
   set -- $statement
   case "$1" in
     import) shift; names=$(printf '%s\n' "$*" | tr ',' '\n' | awk '{ print $1 }') ;;
@@ -42,4 +43,7 @@ printf '%s\n' "$2" | tr ';' '\n' | while IFS= read -r statement; do
       exit 1
     fi
   done
-done
+done <<EOF
+$(printf '%s\n' "$2" | tr ';' '\n')
+EOF
+exit 0

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,21 @@ def remove_stale_roots() -> None:
                 link.unlink(missing_ok=True)
 
 
+def _without(
+    environments: Iterable[Environment], left_out: Sequence[str], outputs: Mapping[str, str]
+) -> tuple[Environment, ...]:
+    """The environments without the packages they left out, and without those that hold
+    none of the name's packages any more."""
+    kept = set(outputs.values())
+    gone = {outputs[name] for name in left_out}
+    return tuple(
+        replace(e, members=tuple(m for m in e.members if m not in left_out),
+                contents=tuple(c for c in e.contents if c not in gone))
+        for e in environments
+        if e.path in kept
+    )  # fmt: skip
+
+
 class Nix:
     """Runs the Nix commands of one build; holds no state between builds."""
 
@@ -228,16 +243,29 @@ class Nix:
                         tuple(e.get("contents", ())), e.get("mainProgram"))
             for e in plan.get("environments", ())
         )  # fmt: skip
+        # The environments' packages as themselves, built too (an environment builds them
+        # anyway): should their environment leave one out, the image holds it plain.
+        own = {p["name"]: p for e in plan.get("environments", ()) for p in e.get("packages", ())}
+        plain = tuple(plan.get("plain", ()))
         try:
             with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
-                drvs = sorted({p["drvPath"] for p in plan["packages"]})
+                drvs = sorted({p["drvPath"] for p in [*plan["packages"], *own.values()]})
                 cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
                 self._run(realise, "building", math.inf, deadline, source)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
+                if left_out := [name for name, p in own.items() if p["out"] not in closure]:
+                    # A set's withPackages keeps what it knows as modules, and the build would
+                    # succeed without a package the name asks for: it goes in plain instead,
+                    # which is what the user asked for, as before environments.
+                    log.warning("kept plain, left out of their environment: %s", left_out)
+                    outputs |= {name: own[name]["out"] for name in left_out}
+                    environments = _without(environments, left_out, outputs)
+                    plain += tuple(left_out)
+                    closure = self.closure(sorted(set(outputs.values())), deadline)
                 yield BuildResult(
                     outputs, closure, parse_meta(plan.get("meta", ())), programs,
-                    environments, tuple(plan.get("plain", ())),
+                    environments, plain,
                 )  # fmt: skip
         finally:
             remove_stale_roots()

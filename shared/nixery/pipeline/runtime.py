@@ -5,7 +5,9 @@ One predictable rule, documented in docs/images.md: an image with a shell (``bas
 main program (nixpkgs' ``meta.mainProgram``, read by Nix as data), the image runs it
 (``Entrypoint``); a name made only of one interpreter's packages (``python3packages.requests``,
 with or without ``python3``) counts as one package, its environment, which runs the
-interpreter; otherwise it runs nothing unless told. A program name that is not a plain
+interpreter, unless it is one package that declares a program of its own
+(``python3packages.black`` runs black, as it did before environments); otherwise it runs
+nothing unless told. A program name that is not a plain
 file name, or that the image does not have in ``/bin``, is ignored rather than trusted.
 """
 
@@ -60,8 +62,7 @@ def main_program(
     """The program of the one package the name asks for (or of the one environment that
     holds all it asks for), if it declares a usable one."""
     named = [p for p in request.packages if p not in ALWAYS_INCLUDED]
-    one_environment = any(named and set(named) <= set(e.members) for e in environments)
-    if len(named) != 1 and not one_environment:
-        return None
-    program = main_programs.get(named[0])
+    holder = next((e for e in environments if named and set(named) <= set(e.members)), None)
+    own = main_programs.get(named[0]) if len(named) == 1 else None
+    program = own or (holder.program if holder else None)
     return program if program and _PROGRAM.fullmatch(program) else None

@@ -17,16 +17,17 @@
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
 #   { "missing": [], "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ],
-#     "environments": [ { language, interpreter, members, contents, drvPath, out,
+#     "environments": [ { language, interpreter, members, contents, packages, drvPath, out,
 #                         mainProgram }, ... ],
-#     (`contents`: the store paths of the set's packages the name asks for)
-#     "plain": [ <names of nested sets without an interpreter's withPackages> ],
+#     (`contents`: the store paths of the set's packages the name asks for; `packages`:
+#      those packages' own { name, drvPath, out, mainProgram })
+#     "plain": [ <names of nested sets' packages that are no interpreter's modules> ],
 #     "meta": [ { path, pname, version, description, homepage, licenses }, ... ] }
 # or, when two interpreters of one language are asked for,
 #   { "missing": [], "packages": [], "conflicts": [ [ { interpreter, names }, ... ], ... ] }
 # A package of an environment (and the interpreter itself, asked for by its top-level
-# name) has the environment's drvPath, out and mainProgram: the image holds the
-# environment in its place.
+# name) has the environment's drvPath and out (the image holds the environment in its
+# place) and its own mainProgram.
 # `meta` describes the outputs of the packages and of the derivations they
 # take as inputs (buildInputs, propagatedBuildInputs, and the demo set's
 # deps), as far as the package set's `meta` knows them: the SBOM's data.
@@ -96,25 +97,41 @@ let
   missing = map (r: r.name) (builtins.filter (r: !r.ok) resolved);
 
   # Language environments. A package of a nested set (python3Packages.requests) joins the
-  # environment of the set's interpreter: the set's attribute, among `interpreterNames`,
-  # that is a derivation with `withPackages` (nixpkgs: python3Packages.python,
-  # perlPackages.perl, luaPackages.lua, haskellPackages.ghc). The names are one per
-  # language, never per version: python314Packages needs no change here. A set without
-  # such an attribute (rubyPackages = ruby.gems names no ruby) keeps its packages plain.
+  # environment of its interpreter when the package itself says it is one of its modules, as
+  # nixpkgs marks them (its own hasPythonModule, hasPerlModule...): a `pythonModule` that is
+  # its set's `python`, `perlModule`, `luaModule`, `isHaskellLibrary`, or a gem's `isRubyGem`
+  # and `ruby`. The interpreter is the one it names, else its set's (haskellPackages.ghc, whose
+  # `withPackages` is ghcWithPackages); it must be a derivation with `withPackages`. A parent
+  # that is a derivation (nodejs.libv8) or a whole package set holding interpreters
+  # (pkgsStatic.hello) proves nothing: only the package's marker counts. So a new interpreter
+  # version (python314Packages) needs no change here; the five language names are the table.
   interpreterNames = [ "python" "perl" "lua" "ruby" "ghc" ];
   # A derivation's identity, usable as an attribute name.
   keyOf = d: tryOr "" (if builtins.isAttrs d && d ? drvPath
     then builtins.unsafeDiscardStringContext d.drvPath else "");
   tryOr = default: v: let t = builtins.tryEval v; in if t.success then t.value else default;
-  isInterpreter = v: tryOr false (builtins.isAttrs v && (v.type or null) == "derivation"
-    && v ? withPackages && builtins.isString v.drvPath);
+  isDerivation = v: tryOr false (builtins.isAttrs v && (v.type or null) == "derivation");
+  isInterpreter = v: tryOr false (isDerivation v && v ? withPackages && builtins.isString v.drvPath);
+  ownOr = own: fallback: if isInterpreter own then own else fallback;
+  # language -> the interpreter whose module the package `v` of the set `set` says it is.
+  markedBy = {
+    python = v: set: let i = v.pythonModule or null; in
+      if isInterpreter i && (!(set ? python) || keyOf set.python == keyOf i) then i else null;
+    perl = v: set: if v ? perlModule then ownOr v.perlModule (set.perl or null) else null;
+    lua = v: set: if v ? luaModule then ownOr v.luaModule (set.lua or null) else null;
+    ruby = v: set: if (v.isRubyGem or false) == true then v.ruby or null else null;
+    ghc = v: set: if (v.isHaskellLibrary or false) == true then set.ghc or null else null;
+  };
+  inSet = r: builtins.length r.path >= 2 && tryOr false (builtins.isAttrs r.parent)
+    && !(isDerivation r.parent);
   interpreterOf = r:
     let
-      languages = if builtins.length r.path < 2 || !(tryOr false (builtins.isAttrs r.parent)) then [ ]
-        else builtins.filter (n: isInterpreter (r.parent.${n} or null)) interpreterNames;
-      language = builtins.head languages;
-    in if languages == [ ] then null
-      else { inherit language; drv = r.parent.${language}; key = keyOf r.parent.${language}; };
+      found = builtins.filter (x: isInterpreter x.drv) (map (language: {
+        inherit language;
+        drv = tryOr null (markedBy.${language} r.value r.parent);
+      }) interpreterNames);
+      first = builtins.head found;
+    in if !(inSet r) || found == [ ] then null else first // { key = keyOf first.drv; };
   ok = builtins.filter (r: r.ok) resolved;
   members = builtins.filter (r: r.interpreter != null)
     (map (r: r // { interpreter = interpreterOf r; }) ok);
@@ -157,6 +174,9 @@ let
         interpreter = i.drv.name;
         members = namesOf i;
         contents = map (r: r.value.outPath) inside;
+        # The packages themselves, should the environment leave one out (runner.py).
+        packages = map (r: { inherit (r) name; drvPath = r.value.drvPath; out = r.value.outPath;
+                             mainProgram = programOf r.value; }) inside;
         drvPath = env.drvPath;
         out = env.outPath;
         mainProgram = programOf env;
@@ -164,8 +184,8 @@ let
     }) interpreters;
   programOf = d: let m = tryOr null (d.meta.mainProgram or null);
     in if builtins.isString m then m else null;
-  # Packages of nested sets whose set names no interpreter with `withPackages`.
-  plain = map (r: r.name) (builtins.filter (r: builtins.length r.path > 1
+  # Packages of nested sets (not of derivations' passthru) that are no interpreter's modules.
+  plain = map (r: r.name) (builtins.filter (r: inSet r
     && interpreterOf r == null && environmentOf r == null) ok);
   entryOf = r:
     let key = environmentOf r;
@@ -179,7 +199,8 @@ let
     } else {
       inherit (r) name;
       attrPath = r.path;
-      inherit (e.info) drvPath out mainProgram;
+      inherit (e.info) drvPath out;
+      mainProgram = programOf r.value;
     };
 
   # Runtime inputs worth describing; nixpkgs names them so, the demo set `deps`.
