@@ -4,7 +4,8 @@ Nix knows an image exactly: every store path of its closure, the hash of its con
 NAR hash) and what it references. Each store path is one component (its name and version,
 its NAR hash as a SHA-256 checksum, the description, homepage and licenses the package set's
 ``meta`` gives it), the closure's references are the dependency graph, and the image itself
-is the BOM's subject, with the package set's source and exact revision.
+is the BOM's subject, with the package set's source and exact revision (and, for a flake,
+what its lock pins).
 
 CycloneDX rather than SPDX because both Trivy (``trivy sbom``) and Grype read either, but
 the referrers tooling around them (Trivy's referrer plugin, its ``--sbom-sources oci``) looks
@@ -17,39 +18,20 @@ Everything here is sorted and canonical, so the same image always gives the same
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nixery.nix.path_info import PackageMeta, StorePath
+from nixery.nix.path_info import PackageMeta, StorePath, nar_hash_hex, sri
 from nixery.oci.manifests import CREATED, canonical_json
-from nixery.records import Revision
+from nixery.records import FlakeLock, Revision
 from nixery.store_names import parse_store_name
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
 SPEC_VERSION = "1.6"
 SBOM_FILE = "sbom.cdx.json"  # what `oras pull` saves it as
 _IMAGE_REF = "image"
-# Nix's base-32 alphabet (no e, o, u, t); its digits are little-endian.
-_NIX32 = "0123456789abcdfghijklnpqrsvwxyz"
-
-
-def nar_hash_hex(nar_hash: str) -> str:
-    """The hex SHA-256 of a NAR hash as Nix prints it: ``sha256:<base-32>`` up to Nix 2.18,
-    ``sha256-<base64>`` (SRI) since; CycloneDX wants hex."""
-    if nar_hash.startswith("sha256-"):
-        return base64.b64decode(nar_hash.removeprefix("sha256-")).hex()
-    algorithm, _, text = nar_hash.partition(":")
-    if algorithm != "sha256":
-        raise ValueError(f"not a SHA-256 NAR hash: {nar_hash!r}")
-    if len(text) == 64:
-        return bytes.fromhex(text).hex()
-    value = 0
-    for char in text:  # the first character holds the highest bits
-        value = value * 32 + _NIX32.index(char)
-    return value.to_bytes(32, "little").hex()
 
 
 def image_sbom(
@@ -60,9 +42,11 @@ def image_sbom(
     roots: Iterable[str],
     closure: Mapping[str, StorePath],
     meta: Mapping[str, PackageMeta],
+    flake: FlakeLock | None = None,
 ) -> bytes:
     """The SBOM of the image named ``title`` (its packages), whose packages' outputs are
-    ``roots``, built from ``revision`` for ``system``."""
+    ``roots``, built from ``revision`` for ``system``; from a ``flake``, with the flake's NAR
+    hash and each locked input's URL and NAR hash, which pin everything it was built from."""
     roots = sorted(set(roots))
     bom: dict[str, Any] = {
         "bomFormat": "CycloneDX",
@@ -80,6 +64,7 @@ def image_sbom(
                     ("nixery:package-set:source", revision.source),
                     ("nixery:package-set:revision", revision.value),
                     ("nixery:system", system),
+                    *(_flake_properties(flake) if flake else ()),
                 ),
             },
         },
@@ -109,7 +94,7 @@ def _component(path: StorePath, meta: PackageMeta | None, requested: bool) -> di
         "properties": _properties(
             ("nix:store-path", path.path),
             # One spelling whatever Nix printed, so that every Nix gives the same SBOM.
-            ("nix:nar-hash", "sha256-" + base64.b64encode(bytes.fromhex(nar_hex)).decode()),
+            ("nix:nar-hash", sri(path.nar_hash)),
             ("nix:nar-size", str(path.nar_size)),
         ),
     }
@@ -122,6 +107,14 @@ def _component(path: StorePath, meta: PackageMeta | None, requested: bool) -> di
     if meta and meta.licenses:
         component["licenses"] = [{"license": {kind: value}} for kind, value in meta.licenses]
     return component
+
+
+def _flake_properties(flake: FlakeLock) -> list[tuple[str, str]]:
+    pairs = [("nixery:flake:nar-hash", flake.nar_hash)]
+    for i in flake.inputs:
+        pairs += [(f"nixery:flake:input:{i.name}:url", i.url)]
+        pairs += [(f"nixery:flake:input:{i.name}:nar-hash", i.nar_hash)]
+    return pairs
 
 
 def _properties(*pairs: tuple[str, str]) -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from nixery.caches import Clock, Memo
 from nixery.config import BUILD_DEADLINE, KEEP_CHECKOUTS
 from nixery.errors import ConfigError, SourceUnavailable
-from nixery.records import Revision
+from nixery.records import FlakeOrigin, Revision
 from nixery.request import TAG_RE
 from nixery.sources.checkouts import Checkouts, extract, materialise
 from nixery.sources.git_command import run_git
@@ -77,6 +77,18 @@ class GitSource:
     def checkout(self, revision: Revision) -> Path:
         check_source(self._id, revision)
         return self._checkouts.get(revision.value, lambda dest: self._export(revision, dest))
+
+    def flake_origin(self, revision: Revision) -> FlakeOrigin:
+        """The commit and its time, as Nix's own git fetcher gives a flake (``self.rev``,
+        ``self.lastModified``); asked of the mirror, which holds any commit checked out."""
+        check_source(self._id, revision)
+        if self._fetch(revision.value) is None:
+            raise SourceUnavailable(f"{revision} is no longer available from the remote")
+        when = run_git(
+            *("-C", self._mirror, "show", "--no-patch", "--format=%ct", revision.value),
+            timeout=_QUERY_TIMEOUT,
+        )
+        return FlakeOrigin(revision.value, int(when.strip()))
 
     def _lookup(self, tag: str) -> Answer:
         if COMMIT_RE.fullmatch(tag):

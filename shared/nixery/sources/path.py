@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nixery.caches import Clock, Memo
 from nixery.errors import SourceUnavailable
-from nixery.records import Revision
+from nixery.records import FlakeOrigin, Revision
 from nixery.sources.trust import check_source
 
 DEFAULT_TTL = 10.0
@@ -38,6 +38,11 @@ class PathSource:
 
     def tags(self) -> list[str]:
         return ["latest"]
+
+    def flake_origin(self, revision: Revision) -> FlakeOrigin:
+        """No commit and no time: a directory's flake is known by its content alone."""
+        check_source(self._id, revision)
+        return FlakeOrigin(None, 0)
 
     def _content_hash(self) -> str:
         return self._hashes.get("", lambda: _tree_hash(self._path))
