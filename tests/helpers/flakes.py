@@ -50,7 +50,8 @@ FLAKE = """{
           name = "iana-etc-20230316";
           inherit system;
           builder = sh;
-          args = [ "-c" "${demo.busybox}/bin/mkdir -p $out/etc && ${demo.busybox}/bin/cp ${bb}/etc/services ${bb}/etc/protocols $out/etc/" ];
+          PATH = "${demo.busybox}/bin";
+          args = [ "-c" "mkdir -p $out/etc; cp ${bb}/etc/services ${bb}/etc/protocols $out/etc" ];
         };
         tools.shout = script "shout" "SHOUT";
       };
