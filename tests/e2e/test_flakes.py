@@ -1,0 +1,188 @@
+"""A flake as the package source, end to end: a local git repository (``helpers.flakes``)
+whose flake takes its busybox from a locked, non-flake input, served by a real registry and
+pulled and run by skopeo and podman; its branches as tags; the lock as the only source of
+inputs; pure evaluation; and everything the image carries about where it comes from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nixery.job import image_key
+from nixery.records import Revision
+from nixery.request import parse_name
+from nixery.sources.path import PathSource
+from tests.helpers.flakes import GREETINGS, FlakeRepo, flake_repo
+from tests.helpers.registries import DEMO, NIXERY, OCI, Registry
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def flake(tmp_path_factory: pytest.TempPathFactory) -> FlakeRepo:
+    return flake_repo(tmp_path_factory.mktemp("flake"))
+
+
+@pytest.fixture(scope="module")
+def flake_registry(
+    flake: FlakeRepo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Registry]:
+    storage = tmp_path_factory.mktemp("flake-registry") / "storage"
+    reg = Registry(storage, NIXERY_PKGS_REPO=flake.url, NIX_TIMEOUT="30").start()
+    yield reg
+    reg.stop()
+
+
+def manifest(registry: Registry, name: str, tag: str = "latest"):
+    return registry.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": OCI})
+
+
+def report_of(registry: Registry, name: str, revision: Revision) -> dict:
+    """The build page's JSON of the image built from ``revision``."""
+    key = image_key(parse_name(name), revision)
+    return registry.get(f"/api/v1/builds/{key}").json()
+
+
+def master(flake: FlakeRepo) -> Revision:
+    return Revision(f"git:{flake.url}", flake.commits["master"])
+
+
+def error_of(response) -> str:
+    assert response.status_code == 422, response.text
+    return response.json()["errors"][0]["message"]
+
+
+def test_images_from_packages_and_nested_legacy_packages_pull_and_run(
+    flake_registry, clients, tmp_path
+):
+    host = flake_registry.host
+    copied = clients.copy(host, "greeting", tmp_path / "greeting")
+    assert copied.returncode == 0, copied.stderr + flake_registry.log()
+    ran = clients.podman("run", "--rm", f"{host}/greeting", "greeting")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == GREETINGS["master"]
+    ran = clients.podman("run", "--rm", f"{host}/tools.shout", "shout")
+    assert (ran.returncode, ran.stdout.strip()) == (0, "SHOUT"), ran.stderr
+    # The demo set as legacyPackages: the usual names, nested sets and the shell.
+    ran = clients.podman("run", "--rm", f"{host}/shell/python3packages.requests", "bash", "-c",
+                         "requests")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr + flake_registry.log()
+    assert ran.stdout.split("\n")[0] == "requests 2.31.0"
+
+
+def test_the_same_derivations_as_the_set_served_by_its_default_nix(flake_registry, flake, registry):
+    """The flake's legacyPackages are the demo set, its busybox a locked input: the same
+    store paths as the demo set read from the host."""
+    assert manifest(flake_registry, "hello").status_code == 200
+    assert manifest(registry, "hello").status_code == 200
+    flaky = report_of(flake_registry, "hello", master(flake))
+    plain = report_of(registry, "hello", PathSource(DEMO).resolve("latest"))
+    hello = {p["attribute"]: p["store_path"] for p in plain["packages"]}["hello"]
+    assert {p["attribute"]: p["store_path"] for p in flaky["packages"]}["hello"] == hello
+
+
+def test_a_second_branch_gives_another_image(flake_registry, clients):
+    host = flake_registry.host
+    ran = clients.podman("run", "--rm", f"{host}/greeting:second", "greeting")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == GREETINGS["second"]
+    first, second = (
+        manifest(flake_registry, "greeting"),
+        manifest(flake_registry, "greeting", "second"),
+    )
+    assert first.headers["Docker-Content-Digest"] != second.headers["Docker-Content-Digest"]
+
+
+@pytest.mark.parametrize(
+    ("branch", "said"),
+    [
+        ("unlocked", "the flake has no flake.lock to pin its inputs (bb)"),
+        ("incomplete", "flake.lock does not pin the flake's inputs more"),
+    ],
+)
+def test_a_flake_whose_lock_does_not_pin_its_inputs_is_refused_naming_it(
+    flake_registry, branch, said
+):
+    assert said in error_of(manifest(flake_registry, "greeting", branch))
+
+
+def test_a_flake_that_reads_a_host_file_fails_and_leaks_nothing(flake_registry):
+    hostname = Path("/etc/hostname").read_text().strip()
+    response = manifest(flake_registry, "pwn", "hostile")
+    message = error_of(response)
+    assert "access to absolute path '/etc/hostname' is forbidden in pure eval mode" in message
+    assert hostname not in response.text
+    url = response.json()["errors"][0]["detail"]["url"]
+    page = flake_registry.get(f"/api/v1/builds/{url.rsplit('/', 1)[1]}")
+    assert page.json()["status"] == "failed" and hostname not in page.text
+
+
+def test_unknown_attributes_are_refused_with_suggestions_from_the_flake(flake_registry):
+    response = manifest(flake_registry, "greetin/requests")
+    message = error_of(response)
+    assert "greetin (did you mean greeting?)" in message
+    assert "requests (did you mean python3Packages.requests?)" in message
+
+
+def test_the_build_page_shows_the_flake_and_what_the_image_goes_without(flake_registry, flake):
+    """The flake has iana-etc and the shell's packages but no cacert: the image goes without,
+    and says so; asked for by name, cacert is an unknown package."""
+    assert manifest(flake_registry, "shell/hello").status_code == 200
+    page = report_of(flake_registry, "shell/hello", master(flake))
+    assert page["left_out"] == ["cacert"]
+    assert page["flake"]["inputs"][0]["name"] == "bb"
+    html = flake_registry.get(page["url"].removeprefix(flake_registry.url)).text
+    assert 'id="left-out"' in html and "<code>cacert</code>" in html and 'id="inputs"' in html
+    assert "unknown packages: cacert" in error_of(manifest(flake_registry, "cacert/hello"))
+    front = flake_registry.get("/api/v1/registry").json()
+    assert (
+        front["flake"] is True
+        and front["source"] == f"git:{flake_registry.env['NIXERY_PKGS_REPO']}"
+    )
+
+
+def test_the_sbom_and_annotations_name_the_flake_its_commit_and_locked_inputs(
+    flake_registry, flake
+):
+    response = manifest(flake_registry, "greeting")
+    assert response.status_code == 200
+    annotations = response.json()["annotations"]
+    assert annotations["org.opencontainers.image.source"] == flake.url
+    assert annotations["org.opencontainers.image.revision"] == flake.commits["master"]
+    digest = response.headers["Docker-Content-Digest"]
+    (sbom,) = flake_registry.get(f"/v2/greeting/referrers/{digest}").json()["manifests"]
+    artifact = flake_registry.get(f"/v2/greeting/manifests/{sbom['digest']}",
+                                  headers={"Accept": OCI}).json()  # fmt: skip
+    blob = flake_registry.get(f"/v2/greeting/blobs/{artifact['layers'][0]['digest']}",
+                              allow_redirects=True).json()  # fmt: skip
+    properties = {p["name"]: p["value"] for p in blob["metadata"]["component"]["properties"]}
+    lock = json.loads((flake.path / "flake.lock").read_text())["nodes"]["bb"]["locked"]
+    assert properties["nixery:flake:input:bb:nar-hash"] == lock["narHash"]
+    assert properties["nixery:flake:input:bb:url"] == (
+        f"git+file://{flake.inputs}?ref=master&rev={lock['rev']}"
+    )
+    assert properties["nixery:flake:nar-hash"].startswith("sha256-")
+    assert properties["nixery:package-set:revision"] == flake.commits["master"]
+
+
+def test_search_lists_the_flakes_attributes(flake_registry):
+    assert manifest(flake_registry, "greeting").status_code == 200
+    found = flake_registry.get("/api/v1/packages", params={"q": "greet"}).json()
+    assert [r["attribute"] for r in found["results"]] == ["greeting"]
+    nested = flake_registry.get("/api/v1/packages", params={"q": "requests"}).json()
+    assert "python3Packages.requests" in [r["attribute"] for r in nested["results"]]
+
+
+def test_nixery_build_writes_an_image_from_a_flake(flake_registry, tmp_path):
+    """Without a server, the same image the registry serves."""
+    env = {k: v for k, v in flake_registry.env.items() if k not in ("STORAGE_PATH", "PORT")}
+    out = tmp_path / "greeting.tar"
+    built = subprocess.run([str(NIXERY), "build", "greeting:second", "-o", str(out)], env=env,
+                           capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    served = manifest(flake_registry, "greeting", "second").headers["Docker-Content-Digest"]
+    assert f"manifest {served}" in built.stderr
