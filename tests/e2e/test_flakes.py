@@ -6,6 +6,7 @@ inputs; pure evaluation; and everything the image carries about where it comes f
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,9 +16,10 @@ import pytest
 
 from nixery.job import image_key
 from nixery.records import Revision
-from nixery.request import parse_name
+from nixery.request import UID, parse_name
 from nixery.service.catalog import FRONT_TTL
 from nixery.sources.path import PathSource
+from tests.helpers.emulators import ContainerBuilderRegistry
 from tests.helpers.flakes import GREETINGS, FlakeRepo, flake_repo
 from tests.helpers.registries import DEMO, NIXERY, OCI, Registry
 
@@ -191,3 +193,52 @@ def test_nixery_build_writes_an_image_from_a_flake(flake_registry, tmp_path):
     assert built.returncode == 0, built.stderr
     served = manifest(flake_registry, "greeting", "second").headers["Docker-Content-Digest"]
     assert f"manifest {served}" in built.stderr
+
+
+# Google Cloud mode, the builder run as its image: Nix 2.26 gives the images Nix 2.8 gives.
+
+
+@pytest.fixture(scope="module")
+def container_flake_registry(flake, emulators, builder_image, tmp_path_factory):
+    """The same repositories, copied and owned by the image's user (git and Nix 2.26's
+    libgit2 refuse another user's repository), mounted at the paths the lock names."""
+    copy = tmp_path_factory.mktemp("flake-copy")
+    mounts = {}
+    for repo in (flake.path, flake.inputs):
+        shutil.copytree(repo, copy / repo.name, symlinks=True)
+        mounts[str(copy / repo.name)] = str(repo)
+    subprocess.run(["chown", "-R", f"{UID}:{UID}", str(copy)], check=True)
+    reg = ContainerBuilderRegistry(
+        tmp_path_factory.mktemp("gcp-flake"), emulators, builder_image, mounts,
+        NIXERY_PKGS_PATH="", NIXERY_PKGS_REPO=flake.url, NIX_TIMEOUT="30",
+    )  # fmt: skip
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+@pytest.mark.parametrize(("name", "tag"), [("greeting", "latest"), ("greeting", "second"),
+                                           ("shell/tools.shout", "latest")])  # fmt: skip
+def test_google_cloud_mode_with_nix_2_26_gives_the_same_images(
+    container_flake_registry, flake_registry, name, tag
+):
+    via_container = manifest(container_flake_registry, name, tag)
+    assert via_container.status_code == 200, (
+        via_container.text + container_flake_registry.builder_log.read_text()
+    )
+    assert "building with Nix 2.26" in container_flake_registry.builder_log.read_text()
+    via_host = manifest(flake_registry, name, tag)
+    digest = via_host.headers["Docker-Content-Digest"]
+    assert via_container.headers["Docker-Content-Digest"] == digest
+    # The same SBOM too: the flake's and its inputs' NAR hashes in one spelling.
+    index = [r.get(f"/v2/{name}/referrers/{digest}")
+             for r in (container_flake_registry, flake_registry)]  # fmt: skip
+    assert index[0].status_code == 200 and index[0].content == index[1].content
+
+
+def test_google_cloud_mode_refuses_what_local_mode_refuses(container_flake_registry):
+    registry = container_flake_registry
+    assert "flake.lock" in error_of(manifest(registry, "greeting", "unlocked"))
+    # Nix 2.26 says "pure evaluation mode".
+    assert "is forbidden in pure eval" in error_of(manifest(registry, "pwn", "hostile"))
+    assert "did you mean greeting?" in error_of(manifest(registry, "greetin"))

@@ -423,11 +423,14 @@ def _plain(lines: Iterable[str]) -> list[str]:
 
 
 def _error_message(lines: Iterable[str]) -> str:
-    """The first ``error:`` line of Nix's output, without ANSI colours."""
+    """The first ``error:`` line of Nix's output, without ANSI colours. Since Nix 2.20 an
+    evaluation error is a bare ``error:``, its trace, and the error itself last, on an
+    ``error:`` line of its own: that one is taken."""
     plain = _plain(lines)
-    for i, line in enumerate(plain):
-        match = _ERROR_RE.match(line)
-        if match:
-            rest = [match.group(1), *plain[i + 1 : i + 4]]
-            return " ".join(x for x in rest if x)[:1000]
-    return plain[-1][:1000] if plain else "no output"
+    found = [(i, m.group(1)) for i, line in enumerate(plain) if (m := _ERROR_RE.match(line))]
+    if not found:
+        return plain[-1][:1000] if plain else "no output"
+    at, message = found[0]
+    if not message:
+        at, message = next(((i, said) for i, said in reversed(found) if said), (at, message))
+    return " ".join(x for x in [message, *plain[at + 1 : at + 4]] if x)[:1000]
