@@ -74,9 +74,12 @@ def nix_env() -> dict[str, str]:
     return {**os.environ, "NIX_CONFIG": NIX_CONFIG}
 
 
-def busybox_repo(dest: Path) -> Path:
-    """A git repository holding the host's static busybox and its /etc files."""
+def busybox_repo(dest: Path, nonce: str = "") -> Path:
+    """A git repository holding the host's static busybox and its /etc files; with a
+    ``nonce``, a file that makes its tree, and so its store path, new."""
     (dest / "etc").mkdir(parents=True)
+    if nonce:
+        (dest / "nonce").write_text(nonce)
     shutil.copy2(Path("/bin/busybox").resolve(), dest / "busybox")
     for name in ("services", "protocols"):
         shutil.copy(f"/etc/{name}", dest / "etc" / name)
@@ -100,9 +103,9 @@ def write_flake(repo: Path, inputs_url: str, greeting: str, extra: str = "") -> 
     (repo / "greeting.txt").write_text(greeting)
 
 
-def flake_repo(dest: Path) -> FlakeRepo:
-    """The flake repository and its input, under ``dest``."""
-    inputs = busybox_repo(dest / "busybox")
+def flake_repo(dest: Path, nonce: str = "") -> FlakeRepo:
+    """The flake repository and its input (with ``nonce``, a new one), under ``dest``."""
+    inputs = busybox_repo(dest / "busybox", nonce)
     repo = dest / "flake"
     shutil.copytree(DEMO, repo / "demo")
     inputs_url = f"git+file://{inputs}"
