@@ -39,7 +39,7 @@ class Rate:
 # to read a name that is not here, so a new variable cannot skip the documentation.
 VARIABLES: Mapping[str, str] = {
     # The package source (exactly one of the first three)
-    "NIXERY_PKGS_PATH": "a local package set: a directory with default.nix",
+    "NIXERY_PKGS_PATH": "a local package set: a directory with default.nix or flake.nix",
     "NIXERY_PKGS_REPO": "a git repository; the tag is a branch, tag or commit",
     "NIXERY_CHANNEL": "a nixpkgs channel or commit; other tags name other channels or commits",
     "NIXERY_CHANNEL_URL": "where <channel>/git-revision is read",
@@ -195,11 +195,11 @@ class Env:
             raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
         return value.rstrip("/")
 
-    def directory(self, name: str, default: Path, marker: str) -> Path:
-        """A directory holding ``marker``, e.g. a package set's default.nix."""
+    def directory(self, name: str, default: Path, *markers: str) -> Path:
+        """A directory holding one of ``markers``, e.g. a package set's default.nix."""
         path = Path(self.get(name) or default)
-        if not (path / marker).is_file():
-            raise ConfigError(f"{name}: no {marker} in {path}")
+        if not any((path / marker).is_file() for marker in markers):
+            raise ConfigError(f"{name}: no {' or '.join(markers)} in {path}")
         return path
 
 
@@ -249,7 +249,7 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
     return SourceSettings(
         channel=env.get("NIXERY_CHANNEL"),
         pkgs_repo=env.get("NIXERY_PKGS_REPO"),
-        pkgs_path=env.directory("NIXERY_PKGS_PATH", Path(), "default.nix") if pkgs_path else None,
+        pkgs_path=env.directory("NIXERY_PKGS_PATH", Path(), "default.nix", "flake.nix") if pkgs_path else None,
         channel_url=env.url("NIXERY_CHANNEL_URL", "https://channels.nixos.org"),
         archive_url=env.url("NIXERY_ARCHIVE_URL", "https://github.com/NixOS/nixpkgs/archive"),
         revision_ttl=env.seconds("NIXERY_REVISION_TTL", 0.0)

@@ -242,3 +242,16 @@ def test_google_cloud_mode_refuses_what_local_mode_refuses(container_flake_regis
     # Nix 2.26 says "pure evaluation mode".
     assert "is forbidden in pure eval" in error_of(manifest(registry, "pwn", "hostile"))
     assert "did you mean greeting?" in error_of(manifest(registry, "greetin"))
+
+
+def test_a_path_source_holding_a_flake_is_read_as_one(make_registry, flake, flake_registry):
+    """Its working tree (.git left out, as git's own checkout has none): the same packages
+    as the repository's HEAD."""
+    reg = make_registry(NIXERY_PKGS_PATH=str(flake.path), NIX_TIMEOUT="30")
+    assert manifest(reg, "greeting").status_code == 200, reg.log()
+    revision = PathSource(flake.path).resolve("latest")
+    page = report_of(reg, "greeting", revision)
+    assert page["flake"] and page["left_out"] == ["cacert"]
+    assert manifest(flake_registry, "greeting").status_code == 200
+    from_git = report_of(flake_registry, "greeting", master(flake))
+    assert page["packages"] == from_git["packages"]

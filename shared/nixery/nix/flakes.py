@@ -110,11 +110,3 @@ def input_url(locked: Mapping[str, Any]) -> str:
     skip = {"type", "url", "narHash", "lastModified", "revCount"}
     query = urllib.parse.urlencode(sorted((k, str(v)) for k, v in locked.items() if k not in skip))
     return f"{kind}+{public_url(str(locked['url']))}" + (f"?{query}" if query else "")
-
-
-def explain_lock_error(message: str) -> str:
-    """Nix's refusal to change a lock (an input of an input missing from it), naming the
-    file."""
-    if "lock file" in message and ("not allowed" in message or "pure" in message):
-        return f"{LOCK_FILE} is not complete: {_HOW_TO_LOCK}. Nix said: {message}"
-    return message

@@ -250,12 +250,7 @@ class Nix:
         optional: Sequence[str] = (),
     ) -> dict[str, Any]:
         cmd = self._eval(source, "plan", packages, system, locked, optional)
-        try:
-            out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
-        except BuildFailed as e:
-            if locked is None:
-                raise
-            raise e.with_message(flakes.explain_lock_error(e.message)) from e
+        out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
         plan: dict[str, Any] = json.loads(out)
         return plan
 
