@@ -246,10 +246,11 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
     if len(chosen) > 1:
         raise ConfigError(f"set only one of {', '.join(chosen)}")
     pkgs_path = env.get("NIXERY_PKGS_PATH")
+    marked = ("default.nix", "flake.nix")  # a flake is read as one (nix.flakes)
     return SourceSettings(
         channel=env.get("NIXERY_CHANNEL"),
         pkgs_repo=env.get("NIXERY_PKGS_REPO"),
-        pkgs_path=env.directory("NIXERY_PKGS_PATH", Path(), "default.nix", "flake.nix") if pkgs_path else None,
+        pkgs_path=env.directory("NIXERY_PKGS_PATH", Path(), *marked) if pkgs_path else None,
         channel_url=env.url("NIXERY_CHANNEL_URL", "https://channels.nixos.org"),
         archive_url=env.url("NIXERY_ARCHIVE_URL", "https://github.com/NixOS/nixpkgs/archive"),
         revision_ttl=env.seconds("NIXERY_REVISION_TTL", 0.0)
