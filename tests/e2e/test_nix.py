@@ -61,7 +61,6 @@ def test_error_message_takes_the_error_line():
     assert _error_message(lines).startswith("broken is broken on purpose")
 
 
-
 def test_error_message_of_nix_2_20_and_later_is_the_last_error_line_after_the_trace():
     """As Nix 2.26 prints an evaluation error: a bare `error:`, the trace, then the error."""
     lines = [
