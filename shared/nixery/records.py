@@ -186,8 +186,11 @@ class FailureReport:
 @dataclass(frozen=True)
 class FlakeOrigin:
     """What a flake read from a revision knows of itself: ``self.rev`` (the commit, for a git
-    source) and ``self.lastModified`` (the commit's time; 0 where there is none)."""
+    source) and ``self.lastModified`` (the commit's time; 0 where there is none); and the
+    revision's value, by which its copy in the store is known (a path source's directory
+    stays the same when its content changes)."""
 
+    revision: str
     rev: str | None
     last_modified: int
 

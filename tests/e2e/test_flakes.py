@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from nixery.job import image_key
+from nixery.nix.runner import Nix
 from nixery.records import Revision
 from nixery.request import UID, parse_name
 from nixery.service.catalog import FRONT_TTL
 from nixery.sources.path import PathSource
 from tests.helpers.emulators import ContainerBuilderRegistry
 from tests.helpers.flakes import GREETINGS, FlakeRepo, flake_repo
-from tests.helpers.registries import DEMO, NIXERY, OCI, Registry
+from tests.helpers.registries import DEMO, NIX_CONFIG, NIXERY, OCI, REPO, Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -255,3 +256,20 @@ def test_a_path_source_holding_a_flake_is_read_as_one(make_registry, flake, flak
     assert manifest(flake_registry, "greeting").status_code == 200
     from_git = report_of(flake_registry, "greeting", master(flake))
     assert page["packages"] == from_git["packages"]
+
+
+def test_a_path_source_flake_edited_in_place_is_read_anew(flake, tmp_path, monkeypatch):
+    """The directory stays, its revision (content hash) changes: so does its copy."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    tree = tmp_path / "flake"
+    shutil.copytree(flake.path, tree, symlinks=True)
+    source, nix = PathSource(tree, ttl=0), Nix(REPO / "prepare-image", 60)
+    outputs = []
+    for text in ("one", "two"):
+        (tree / "greeting.txt").write_text(text)
+        revision = source.resolve("latest")
+        assert revision is not None
+        origin = source.flake_origin(revision)
+        with nix.build(source.checkout(revision), ["greeting"], "x86_64-linux", flake=origin) as b:
+            outputs.append(b.outputs["greeting"])
+    assert outputs[0] != outputs[1]

@@ -60,8 +60,8 @@ def test_unpinned_inputs_are_refused_naming_the_lock():
 
 
 def test_the_locked_reference_carries_the_commit_and_its_time():
-    assert locked_ref("/nix/store/x-source", HASH, FlakeOrigin(REV, 7)) == (
+    assert locked_ref("/nix/store/x-source", HASH, FlakeOrigin(REV, REV, 7)) == (
         "path:/nix/store/x-source?narHash=sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D"
         f"&lastModified=7&rev={REV}"
     )
-    assert "rev=" not in locked_ref("/nix/store/x-source", HASH, FlakeOrigin(None, 0))
+    assert "rev=" not in locked_ref("/nix/store/x-source", HASH, FlakeOrigin("h", None, 0))

@@ -88,7 +88,7 @@ class GitSource:
             *("-C", self._mirror, "show", "--no-patch", "--format=%ct", revision.value),
             timeout=_QUERY_TIMEOUT,
         )
-        return FlakeOrigin(revision.value, int(when.strip()))
+        return FlakeOrigin(revision.value, revision.value, int(when.strip()))
 
     def _lookup(self, tag: str) -> Answer:
         if COMMIT_RE.fullmatch(tag):

@@ -42,7 +42,7 @@ class PathSource:
     def flake_origin(self, revision: Revision) -> FlakeOrigin:
         """No commit and no time: a directory's flake is known by its content alone."""
         check_source(self._id, revision)
-        return FlakeOrigin(None, 0)
+        return FlakeOrigin(revision.value, None, 0)
 
     def _content_hash(self) -> str:
         return self._hashes.get("", lambda: _tree_hash(self._path))
