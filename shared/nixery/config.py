@@ -48,6 +48,7 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_TRUSTED_REFS": "git ref patterns whose history a commit tag must be in",
     "NIXERY_TRUSTED_COMMITS": "commits accepted as tags whatever their history",
     "NIXERY_CHANNEL_REPO": "the git repository whose channel branches hold the trusted commits",
+    "NIXERY_PKGS_FLAKE": "auto: a git or path set holding flake.nix is a flake; off: never",
     "NIXERY_CHECKOUTS_KEEP": "package-set checkouts kept",
     "NIXERY_CACHE_DIR": "where source checkouts are kept",
     # Storage
@@ -239,6 +240,7 @@ class SourceSettings:
     channel_repo: str | None  # the repository whose channel branches say which commits to trust
     trusted_refs: tuple[str, ...] | None  # None: each source kind's own default
     trusted_commits: tuple[str, ...]
+    flakes: bool = True  # a git or path checkout holding flake.nix is read as a flake
 
 
 def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
@@ -246,7 +248,11 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
     if len(chosen) > 1:
         raise ConfigError(f"set only one of {', '.join(chosen)}")
     pkgs_path = env.get("NIXERY_PKGS_PATH")
-    marked = ("default.nix", "flake.nix")  # a flake is read as one (nix.flakes)
+    flakes = env.get("NIXERY_PKGS_FLAKE") or "auto"
+    if flakes not in ("auto", "off"):
+        raise ConfigError(f"NIXERY_PKGS_FLAKE must be auto or off, not {flakes!r}")
+    # A flake is read as one (nix.flakes), unless told otherwise.
+    marked = ("default.nix", "flake.nix") if flakes == "auto" else ("default.nix",)
     return SourceSettings(
         channel=env.get("NIXERY_CHANNEL"),
         pkgs_repo=env.get("NIXERY_PKGS_REPO"),
@@ -262,6 +268,7 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
         channel_repo=env.get("NIXERY_CHANNEL_REPO"),
         trusted_refs=env.words("NIXERY_TRUSTED_REFS", r"refs/[A-Za-z0-9._/*-]+"),
         trusted_commits=env.words("NIXERY_TRUSTED_COMMITS", r"[0-9a-fA-F]{40}") or (),
+        flakes=flakes == "auto",
     )
 
 

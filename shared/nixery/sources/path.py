@@ -19,9 +19,17 @@ class PathSource:
     """A package set in a local directory (NIXERY_PKGS_PATH). It has a single version, `latest`,
     identified by a hash of its contents so that editing the directory changes the cache key."""
 
-    def __init__(self, path: Path, ttl: float = DEFAULT_TTL, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ttl: float = DEFAULT_TTL,
+        clock: Clock = time.monotonic,
+        flakes: bool = True,
+    ) -> None:
+        """With ``flakes`` off (NIXERY_PKGS_FLAKE), a flake.nix is ignored."""
         # Not resolved: a symlink that is re-pointed on deploy should be followed each time.
         self._path = Path(path).absolute()
+        self._flakes = flakes
         self._id = f"path:{self._path}"
         self._hashes: Memo[str] = Memo(ttl, clock)
 
@@ -39,10 +47,10 @@ class PathSource:
     def tags(self) -> list[str]:
         return ["latest"]
 
-    def flake_origin(self, revision: Revision) -> FlakeOrigin:
+    def flake_origin(self, revision: Revision) -> FlakeOrigin | None:
         """No commit and no time: a directory's flake is known by its content alone."""
         check_source(self._id, revision)
-        return FlakeOrigin(revision.value, None, 0)
+        return FlakeOrigin(revision.value, None, 0) if self._flakes else None
 
     def _content_hash(self) -> str:
         return self._hashes.get("", lambda: _tree_hash(self._path))
