@@ -6,6 +6,7 @@ inputs; pure evaluation; and everything the image carries about where it comes f
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -273,3 +274,20 @@ def test_a_path_source_flake_edited_in_place_is_read_anew(flake, tmp_path, monke
         with nix.build(source.checkout(revision), ["greeting"], "x86_64-linux", flake=origin) as b:
             outputs.append(b.outputs["greeting"])
     assert outputs[0] != outputs[1]
+
+
+def test_a_flake_without_inputs_needs_no_lock(tmp_path, monkeypatch):
+    """As nixpkgs' own flake: nothing to pin. Only evaluated: its builder is not on the host."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    (tmp_path / "flake.nix").write_text(
+        "{ outputs = { self }: { legacyPackages.x86_64-linux.tiny = derivation {\n"
+        '  name = "tiny"; system = "x86_64-linux"; builder = "/nonexistent"; }; }; }\n'
+    )
+    source = PathSource(tmp_path)
+    revision = source.resolve("latest")
+    assert revision is not None
+    nix = Nix(REPO / "prepare-image", 60)
+    locked = nix._lock(tmp_path, source.flake_origin(revision), math.inf)
+    assert locked is not None and locked.lock.inputs == ()
+    plan = nix._plan(tmp_path, ["tiny", "cacert"], "x86_64-linux", math.inf, locked, ["cacert"])
+    assert [p["name"] for p in plan["packages"]] == ["tiny"] and plan["absent"] == ["cacert"]
