@@ -78,6 +78,7 @@ def main() -> None:
         revision = source.resolve("latest")
         assert revision is not None
         checkout, origin = source.checkout(revision), source.flake_origin(revision)
+        assert origin is not None, "a git source reads a flake as one"
         fetching = flake_plan(new_nix(home=True), checkout, origin)
         cold = flake_plan(new_nix(home=False), checkout, origin)
         nix = new_nix(home=False)
