@@ -47,6 +47,13 @@ class Results:
             if error:
                 self.errors[kind].append(error)
 
+    def print_table(self) -> None:
+        """Each kind's count, errors and p50/p99 latency."""
+        print(f"{'requests':<16} {'count':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        for kind, seconds in sorted(self.latencies.items()):
+            print(f"{kind:<16} {len(seconds):7} {len(self.errors[kind]):7} "
+                  f"{pct(seconds, 0.5):8.1f} {pct(seconds, 0.99):8.1f}")  # fmt: skip
+
 
 def get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -189,10 +196,7 @@ def main() -> None:
             reg.stop()
     print(f"{args.minutes:g} minutes, {args.pullers} pullers, a new image every "
           f"{args.build_every:g} s; 100 slow clients, a hang-up a second")  # fmt: skip
-    print(f"{'requests':<16} {'count':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8}")
-    for kind, seconds in sorted(results.latencies.items()):
-        print(f"{kind:<16} {len(seconds):7} {len(results.errors[kind]):7} "
-              f"{pct(seconds, 0.5):8.1f} {pct(seconds, 0.99):8.1f}")  # fmt: skip
+    results.print_table()
     for kind, errors in results.errors.items():
         for error in errors[:5]:
             print(f"  {kind} error: {error}")

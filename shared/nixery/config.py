@@ -87,6 +87,8 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_AUTH": "basic or token, for a private registry",
     "NIXERY_AUTH_USERS": "name:hash pairs, hashes from nixery hash-password",
     "NIXERY_AUTH_SECRET": "the key tokens are signed with",
+    "NIXERY_AUTH_FAILURES": "failed logins one address or user name may have, as COUNT/SECONDS",
+    "NIXERY_AUTH_CHECKS": "passwords checked at once",
     # Signing
     "NIXERY_SIGNING_KEY": "a PEM private key every image manifest is signed with",
     "NIXERY_SIGNING_KMS_KEY": "a Cloud KMS key version the builder signs manifests with",
@@ -328,11 +330,23 @@ PASSWORD_HASH_RE = re.compile(rf"{PASSWORD_HASH}\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-
 USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
+# Failed logins an address, or a user name, may have per window before it is refused unchecked.
+AUTH_FAILURES = Rate(10, 60.0)
+
+
+def auth_checks() -> int:
+    """Passwords checked at once by default: half the CPUs, so that a flood of wrong passwords
+    leaves the other half to the requests of clients that have logged in."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     scheme: Literal["basic", "token"]
     users: Mapping[str, str]  # name -> hash
     secret: bytes  # signs tokens
+    failures: Rate = AUTH_FAILURES
+    checks: int = 1
 
 
 def auth_settings(env: Env, need_secret: bool = False) -> AuthSettings | None:
@@ -359,7 +373,13 @@ def auth_settings(env: Env, need_secret: bool = False) -> AuthSettings | None:
     if secret is None and need_secret and scheme == "token":
         raise ConfigError("NIXERY_AUTH_SECRET must be set, so that every instance accepts tokens")
     kind: Literal["basic", "token"] = "basic" if scheme == "basic" else "token"
-    return AuthSettings(kind, users, secret.encode() if secret else os.urandom(32))
+    return AuthSettings(
+        kind,
+        users,
+        secret.encode() if secret else os.urandom(32),
+        failures=env.rate("NIXERY_AUTH_FAILURES") or AUTH_FAILURES,
+        checks=env.integer("NIXERY_AUTH_CHECKS", auth_checks(), 1, 1024),
+    )
 
 
 # How long a manifest request waits for its build before a 503 with Retry-After: under the

@@ -3,14 +3,22 @@ podman, containerd's ctr), and the errors and logs a refused client leaves."""
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import subprocess
+import threading
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from itsdangerous import URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
-from nixery.config import AuthSettings, Env, auth_settings
-from nixery.errors import ConfigError
-from nixery.http.auth import TOKEN_TTL, Auth, hash_password
+from nixery.config import AuthSettings, Env, Rate, auth_settings
+from nixery.errors import ConfigError, TooManyLogins
+from nixery.http.auth import TOKEN_SALT, TOKEN_TTL, Auth, hash_password
 from tests.helpers.clients import Containerd
 from tests.helpers.registries import NIXERY, OCI, Registry
 
@@ -42,9 +50,21 @@ def test_the_hash_is_salted_pbkdf2_and_checks_only_its_password(hashed) -> None:
     assert hashed.startswith("pbkdf2-sha256$600000$")
     assert hash_password(PASSWORD) != hashed, "salted"
     auth = Auth(AuthSettings("basic", {"alice": hashed}, SECRET.encode()))
-    assert auth.check_password("alice", PASSWORD)
-    assert not auth.check_password("alice", PASSWORD + "!")
-    assert not auth.check_password("bob", PASSWORD), "an unknown user"
+    assert auth.check_password("alice", PASSWORD, "192.0.2.1")
+    assert not auth.check_password("alice", PASSWORD + "!", "192.0.2.1")
+    assert not auth.check_password("bob", PASSWORD, "192.0.2.1"), "an unknown user"
+
+
+def test_a_good_password_takes_its_attempt_back(hashed) -> None:
+    """Only failed logins count: a user who mistypes once and then logs in has used none."""
+    auth = Auth(AuthSettings("basic", {"alice": hashed}, SECRET.encode(), Rate(2, 3600.0)))
+    assert not auth.check_password("alice", "typo", "192.0.2.1")
+    assert auth.check_password("alice", PASSWORD, "192.0.2.1")
+    assert not auth.check_password("alice", "another typo", "192.0.2.1")
+    with pytest.raises(TooManyLogins) as refused:
+        auth.check_password("alice", "a third", "192.0.2.1")
+    assert 3590 < refused.value.retry_after <= 3600
+    assert auth.check_password("alice", PASSWORD, "192.0.2.1"), "remembered: not checked"
 
 
 def test_tokens_are_signed_and_expire(hashed, monkeypatch) -> None:
@@ -92,6 +112,9 @@ def test_strangers_get_a_401_challenge_and_leave_no_secret_in_the_log(private) -
     for path in ("/v2/hello/manifests/latest", f"/v2/hello/referrers/{digest}"):
         challenge = private.get(path).headers["WWW-Authenticate"]
         assert 'scope="repository:hello:pull"' in challenge or scheme == "basic"
+    # A name that is no repository's gets no scope: its quote would end the parameter.
+    challenge = private.get('/v2/a",realm="http://evil/manifests/latest').headers
+    assert challenge["WWW-Authenticate"].count("realm=") == 1
     bad_token = private.get("/v2/", headers={"Authorization": "Bearer forged.token.here"})
     assert bad_token.status_code == 401
     assert "wrong password" not in private.log() and "forged.token" not in private.log()
@@ -170,3 +193,164 @@ def test_the_registry_function_is_private_too(emulators, hashed, tmp_path) -> No
     finally:
         first.stop()
         second.stop()
+
+
+def test_the_token_realm_is_the_public_url_when_one_is_set(make_registry, hashed) -> None:
+    """Behind a TLS proxy the request's own URL is http://: a client sent there would send
+    its password in clear text, or fail to log in."""
+    env = {"NIXERY_AUTH": "token", "NIXERY_AUTH_USERS": f"alice:{hashed}",
+           "NIXERY_AUTH_SECRET": SECRET}  # fmt: skip
+    public = make_registry(NIXERY_PUBLIC_URL="https://nixery.example.org", **env)
+    challenge = public.get("/v2/hello/manifests/latest").headers["WWW-Authenticate"]
+    assert challenge.startswith(
+        'Bearer realm="https://nixery.example.org/auth/token",service="nixery.example.org"'
+    ), challenge
+    proxied = make_registry(NIXERY_TRUSTED_PROXIES="1", **env)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "192.0.2.1",
+                 "Host": "mirror.example.org"}  # fmt: skip
+    challenge = proxied.get("/v2/", headers=forwarded).headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="https://mirror.example.org/auth/token"'), challenge
+    direct = make_registry(**env)  # no proxy is trusted: a client's own X-Forwarded-* is not
+    challenge = direct.get("/v2/", headers=forwarded).headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="http://mirror.example.org/auth/token"'), challenge
+
+
+def _basic(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def test_every_malformed_credential_is_a_401(private) -> None:
+    """Tokens signed with the registry's own secret (as only it could sign them) whose payload
+    is no claim, and Basic headers that are no name and password: refused, never a 500."""
+    tokens = URLSafeTimedSerializer(SECRET, salt=TOKEN_SALT)
+    signer = tokens.make_signer()
+    signed = [
+        signer.sign(base64_encode(b"not json")),
+        signer.sign(b"!!not base64!!"),
+        signer.sign(b"." + base64_encode(b"not zlib")),
+        signer.sign(b"." + base64_encode(zlib.compress(b"not json"))),
+        *(tokens.dumps(claims) for claims in (
+            [1, 2], "alice", None, 7, {}, {"sub": 1}, {"sub": ["alice"]}, {"sub": {"alice": 1}},
+            {"sub": None}, {"sub": "mallory"},
+        )),
+    ]  # fmt: skip
+    headers = [f"Bearer {t.decode() if isinstance(t, bytes) else t}" for t in signed] + [
+        "Basic é", "Basic !!!", "Basic", "Basic  ", _basic(b"no colon"), _basic(b"\xff\xfe:pw"),
+        _basic(b":" + PASSWORD.encode()), _basic(b"alice:"), _basic("ålice:x".encode()),
+        _basic(b"alice\x00:" + PASSWORD.encode()), "Bearer", "Bearer a=b,c", "Digest x",
+        "basic" + _basic(b"alice:x")[5:] + " trailing",
+    ]  # fmt: skip
+    for header in headers:
+        for path in ("/v2/", "/v2/hello/manifests/latest", "/auth/token"):
+            answer = private.get(path, headers={"Authorization": header})
+            assert answer.status_code == 401, (header, path, answer.status_code, answer.text)
+            assert answer.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert "Traceback" not in private.log()
+
+
+def _ask(reg: Registry, source: str, user: str, password: str, path: str = "/v2/"):
+    """One request from the loopback address ``source``: its status, headers and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60,
+                                      source_address=(source, 0))  # fmt: skip
+    try:
+        conn.request("GET", path, headers={"Authorization": _basic(f"{user}:{password}".encode())})
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        conn.close()
+
+
+def _throttled(answer) -> bool:
+    status, headers, body = answer
+    if status != 429:
+        return False
+    assert int(headers["Retry-After"]) >= 1
+    assert json.loads(body)["errors"][0]["code"] == "TOOMANYREQUESTS"
+    return True
+
+
+FAILURES = 4
+
+
+@pytest.fixture
+def throttled(make_registry, hashed) -> Registry:
+    """A registry that takes FAILURES failed logins an hour from an address or for a user."""
+    return make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hashed},dave:{hashed}",
+                         NIXERY_AUTH_FAILURES=f"{FAILURES}/3600")  # fmt: skip
+
+
+def test_a_flood_of_wrong_passwords_is_throttled_per_address_before_hashing(throttled) -> None:
+    """Eight addresses send wrong passwords, each for user names of its own; each is refused
+    429 after FAILURES failed logins, without a password checked (each checked one is logged),
+    while clients that logged in before (Basic, whose login is remembered, and a token) are
+    answered all along, and a new login after the flood is checked as usual."""
+    assert _ask(throttled, "127.0.0.1", "alice", PASSWORD)[0] == 200
+    token = throttled.get("/auth/token", auth=("alice", PASSWORD)).json()["token"]
+    attackers = [f"127.0.0.{i}" for i in range(2, 10)]
+    answers: dict[str, list] = {a: [] for a in attackers}
+
+    def flood(source: str) -> None:
+        for n in range(500):  # a bound; each stops at its third 429
+            answers[source].append(_ask(throttled, source, f"{source}-{n}", "wrong"))
+            if sum(map(_throttled, answers[source][-3:])) == 3:
+                return
+
+    served = []
+    with ThreadPoolExecutor(len(attackers)) as pool:
+        flooding = [pool.submit(flood, a) for a in attackers]
+        while not all(f.done() for f in flooding):
+            served.append(_ask(throttled, "127.0.0.1", "alice", PASSWORD)[0])
+            bearer = {"Authorization": f"Bearer {token}"}
+            served.append(throttled.get("/v2/", headers=bearer).status_code)
+        for f in flooding:
+            f.result()
+    assert served and set(served) == {200}, served
+    log = throttled.log()
+    for source, seen in answers.items():
+        first = next(i for i, a in enumerate(seen) if _throttled(a))
+        # 503: the checks were busy with others' passwords; counted as failed too.
+        assert len(seen[:first]) == FAILURES and {a[0] for a in seen[:first]} <= {401, 503}
+        assert all(_throttled(a) for a in seen[first:]), source
+        checked = [a[0] for a in seen].count(401)
+        assert log.count(f"refused {source}-") == checked, "no password checked past the limit"
+        assert f"address {source}: {FAILURES} failed logins" in log
+    assert _ask(throttled, "127.0.0.10", "dave", PASSWORD)[0] == 200, "a login checked after"
+    assert _throttled(_ask(throttled, "127.0.0.2", "carol", "x")), "unchecked from a flooder"
+
+
+def test_wrong_passwords_for_one_user_are_throttled_from_every_address(throttled) -> None:
+    """Guessing one user's password from many addresses: after FAILURES wrong ones, that user
+    name is refused 429 from anywhere, unchecked, the right password too (a login that was
+    checked before goes on: see the test above); other user names are checked as before."""
+    for i in range(FAILURES):
+        assert _ask(throttled, f"127.0.0.{i + 2}", "alice", f"guess {i}")[0] == 401
+    assert _throttled(_ask(throttled, "127.0.0.20", "alice", "another guess"))
+    assert _throttled(_ask(throttled, "127.0.0.21", "alice", PASSWORD)), "a login unchecked"
+    assert _ask(throttled, "127.0.0.20", "bob", "a guess")[0] == 401, "another user name"
+    assert throttled.log().count("refused alice") == FAILURES
+
+
+def test_passwords_checked_at_once_are_bounded(make_registry, hashed) -> None:
+    """Past NIXERY_AUTH_CHECKS passwords being checked, another is answered at once with a 503
+    and Retry-After: the server's CPU is busy, which is not that client's fault."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hashed}",
+                        NIXERY_AUTH_CHECKS="1")  # fmt: skip
+    busy = []
+    for round in range(10):  # until two checks overlap, which they do nearly always at once
+        sources = [f"127.0.{round + 1}.{i}" for i in range(1, 13)]
+        barrier = threading.Barrier(len(sources))
+
+        def one(source: str, barrier: threading.Barrier = barrier):
+            barrier.wait()
+            return _ask(reg, source, f"bob-{source}", "wrong")
+
+        with ThreadPoolExecutor(len(sources)) as pool:
+            seen = list(pool.map(one, sources))
+        assert {s for s, _, _ in seen} <= {401, 503}
+        busy = [(h, b) for s, h, b in seen if s == 503]
+        if busy:
+            break
+    assert busy, "no two checks overlapped in ten rounds"
+    headers, body = busy[0]
+    assert int(headers["Retry-After"]) >= 1
+    assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"

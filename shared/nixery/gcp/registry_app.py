@@ -67,4 +67,4 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             else None
         ),
     )
-    return create_app(service, settings.serve, Catalog.of(source, state))
+    return create_app(service, settings.serve, Catalog.of(source, state, settings.build_deadline))

@@ -103,6 +103,9 @@ def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) ->
         max_request_header_size=MAX_HEADER_BYTES,
         max_request_body_size=MAX_BODY_BYTES,
         channel_request_lookahead=1,
+        # X-Forwarded-*: the app trusts as many proxies as NIXERY_TRUSTED_PROXIES says, and
+        # none by default; waitress, which trusts none, would drop what the proxies add.
+        clear_untrusted_proxy_headers=False,
     )
     server.limits = limits
     server.channel_class = _Channel

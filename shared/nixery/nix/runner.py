@@ -34,18 +34,25 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nixery.caches import BoundedCache
-from nixery.errors import BuildFailed, BuildInterrupted, BuildTimedOut, ConfigError, UnknownPackages
+from nixery.errors import (
+    BuildFailed,
+    BuildInterrupted,
+    BuildTimedOut,
+    ConfigError,
+    ConflictingInterpreters,
+    UnknownPackages,
+)
 from nixery.nix import flakes
 from nixery.nix.flakes import LockedFlake
 from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info, sri
-from nixery.records import FlakeLock, FlakeOrigin
+from nixery.records import Environment, FlakeLock, FlakeOrigin
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,11 @@ RESTRICTED = (
     *("--option", "allowed-uris", ""),
     *("--option", "allow-import-from-derivation", "false"),
 )
+# What a client reads of Nix's output names the package set and the server's directories
+# by these, never by where they lie (the server's log keeps the paths).
+PACKAGE_SET = "<package set>"
+PREPARE_IMAGE = "<prepare-image>"
+STORAGE = "<storage>"
 # The oldest Nix this code is tested with (Debian 12's); the builder image has 2.26.
 MIN_NIX_VERSION = "2.8"
 
@@ -134,6 +146,10 @@ class BuildResult:
     main_programs: dict[str, str | None]  # package name -> its meta.mainProgram, if any
     absent: tuple[str, ...] = ()  # optional packages the flake lacks, left out
     flake: FlakeLock | None = None  # the set was read as this flake
+    # The interpreters' environments that hold the packages of nested sets (an environment
+    # is then those packages' output), and the nested sets' packages left plain.
+    environments: tuple[Environment, ...] = ()
+    plain: tuple[str, ...] = ()
 
 
 # A build's outputs are garbage-collector roots while its image is made: links in a directory
@@ -176,11 +192,21 @@ def remove_stale_roots() -> None:
 class Nix:
     """Runs the Nix commands of one build; holds no state between builds."""
 
-    def __init__(self, prepare_image: Path, timeout: int, eval_allow: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        prepare_image: Path,
+        timeout: int,
+        eval_allow: Sequence[Path] = (),
+        private: Mapping[Path, str] | None = None,
+    ) -> None:
+        """``private``: the server's directories (its storage, its checkouts) and the token
+        that names each in what clients read; the package set's and prepare-image's are
+        known here."""
         # Resolved: a restricted evaluation compares real paths with the allowed ones.
         self.expression = (prepare_image / "default.nix").resolve()
         self.timeout = timeout
         self.eval_allow = tuple(eval_allow)
+        self.private = {prepare_image: PREPARE_IMAGE, **(private or {})}
         # Checkouts already in the store, by directory and origin: checked again before use,
         # since the store is collected between builds.
         self._locked: BoundedCache[LockedFlake] = BoundedCache(16)
@@ -210,18 +236,29 @@ class Nix:
             )
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
+        if conflicts := plan.get("conflicts"):
+            raise ConflictingInterpreters([
+                " and ".join(f"{', '.join(i['names'])} ({i['interpreter']})" for i in group)
+                for group in conflicts
+            ])  # fmt: skip
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
         programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
+        environments = tuple(
+            Environment(e["language"], e["interpreter"], e["out"], tuple(e["members"]),
+                        tuple(e.get("contents", ())), e.get("mainProgram"))
+            for e in plan.get("environments", ())
+        )  # fmt: skip
         try:
             with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
                 drvs = sorted({p["drvPath"] for p in plan["packages"]})
                 cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
-                self._run(realise, "building", math.inf, deadline)
+                self._run(realise, "building", math.inf, deadline, source)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
                 yield BuildResult(
                     outputs, closure, parse_meta(plan.get("meta", ())), programs,
                     tuple(plan.get("absent", ())), locked.lock if locked else None,
+                    environments, tuple(plan.get("plain", ())),
                 )  # fmt: skip
         finally:
             remove_stale_roots()
@@ -232,7 +269,7 @@ class Nix:
         """The package set's attribute names, for the search box (prepare-image's ``names``)."""
         cmd = self._eval(source, "names", [], system, self._lock(source, flake, deadline))
         names: list[str] = json.loads(
-            self._run(cmd, "listing the package names", EVAL_TIMEOUT, deadline)
+            self._run(cmd, "listing the package names", EVAL_TIMEOUT, deadline, source)
         )
         return names
 
@@ -250,7 +287,7 @@ class Nix:
         optional: Sequence[str] = (),
     ) -> dict[str, Any]:
         cmd = self._eval(source, "plan", packages, system, locked, optional)
-        out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
+        out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
         plan: dict[str, Any] = json.loads(out)
         return plan
 
@@ -306,7 +343,7 @@ class Nix:
         if found is not None and all(os.path.exists(p) for p in (found.source, found.prepare)):
             return found
         cmd = self._restricted(source, "flakeSource")
-        copied = json.loads(self._run(cmd, "reading the flake", EVAL_TIMEOUT, deadline))
+        copied = json.loads(self._run(cmd, "reading the flake", EVAL_TIMEOUT, deadline, source))
         flakes.check_pinned(bool(copied["hasLock"]), list(copied["unpinned"]))
         hashes = self.closure([copied["source"], copied["prepare"]], deadline)
         nar_hash = sri(hashes[copied["source"]].nar_hash)
@@ -319,9 +356,17 @@ class Nix:
         )
         return self._locked.keep(key, locked)
 
-    def _run(self, cmd: list[str], what: str, cap: float, build_deadline: float) -> str:
+    def _run(
+        self,
+        cmd: list[str],
+        what: str,
+        cap: float,
+        build_deadline: float,
+        source: Path | None = None,
+    ) -> str:
         """Runs a Nix command for at most ``cap`` seconds and the time the build has left,
-        streaming its log into ours, and returns its stdout."""
+        streaming its log into ours, and returns its stdout. Its error, for clients, names
+        no server path (Nix's evaluation errors quote ``at /srv/pkgs/default.nix:1:52``)."""
         started = time.monotonic()
         left = build_deadline - started
         if left <= 0:
@@ -362,9 +407,24 @@ class Nix:
                 reader.join()
         elapsed = time.monotonic() - started
         if code != 0:
-            raise _classify(what, code, elapsed >= deadline, deadline, list(tail), left <= cap)
+            private = {**self.private, **({source: PACKAGE_SET} if source else {})}
+            shown = redact(tail, private)
+            raise _classify(what, code, elapsed >= deadline, deadline, shown, left <= cap)
         log.debug("%s took %.2fs", what, elapsed)
         return "".join(stdout)
+
+
+def redact(lines: Iterable[str], private: Mapping[Path, str]) -> list[str]:
+    """The lines with each private directory, as given or resolved, replaced by its token;
+    the most specific first (a checkout inside the storage is the package set)."""
+    spelled = {str(way): token for path, token in private.items()
+               for way in (path, path.resolve()) if len(str(way)) > 1}  # fmt: skip
+    if not spelled:
+        return list(lines)
+    # A whole path only: /srv/pkgs is not /srv/pkgs2.
+    ways = "|".join(re.escape(p) for p in sorted(spelled, key=len, reverse=True))
+    pattern = re.compile(f"(?:{ways})" + r"(?![\w.-])")
+    return [pattern.sub(lambda m: spelled[m.group()], line) for line in lines]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
