@@ -12,13 +12,14 @@ Nix 2.8 and still on 2.26: they are enabled for these calls alone, on the comman
 from __future__ import annotations
 
 import json
+import logging
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nixery.errors import BuildFailed
+from nixery.errors import BuildFailed, os_cause
 from nixery.records import FlakeInput, FlakeLock, FlakeOrigin
 from nixery.sources.trust import public_url
 
@@ -37,6 +38,8 @@ ENTRY = (
     ' (builtins.fetchTree { type = "path"; path = prepare; narHash = prepareHash; }'
     ' + "/default.nix") (removeAttrs args [ "prepare" "prepareHash" ])'
 )
+log = logging.getLogger(__name__)
+
 _HOW_TO_LOCK = f"run `nix flake lock` and commit {LOCK_FILE}"
 
 
@@ -91,7 +94,10 @@ def read_lock(checkout: Path, nar_hash: str) -> FlakeLock:
         )
     except FileNotFoundError:
         inputs = ()  # a flake without inputs needs no lock
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except OSError as e:  # its message names the server's path: the log keeps it
+        log.error("cannot read %s: %s", checkout / LOCK_FILE, e)
+        raise BuildFailed(f"{LOCK_FILE} cannot be read: {os_cause(e)}") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise BuildFailed(f"{LOCK_FILE} cannot be read: {e}") from e
     return FlakeLock(nar_hash, inputs)
 
