@@ -80,6 +80,21 @@ def test_images_from_packages_and_nested_legacy_packages_pull_and_run(
     assert ran.stdout.split("\n")[0] == "requests 2.31.0"
 
 
+def test_a_flakes_interpreter_sets_give_language_environments(flake_registry, flake, clients):
+    """The flake's legacyPackages carry the demo set's python3 with withPackages: its
+    packages become one environment, as from a default.nix, and its interpreter sees them."""
+    host = flake_registry.host
+    clients.trust(host)
+    image = f"{host}/python3packages.requests"  # its entrypoint: the environment's python3
+    ran = clients.podman("run", "--rm", image, "-c", "import requests")
+    assert ran.returncode == 0, ran.stderr + flake_registry.log()
+    ran = clients.podman("run", "--rm", image, "-c", "import numpy")
+    assert ran.returncode == 1 and "No module named 'numpy'" in ran.stderr
+    page = report_of(flake_registry, "python3packages.requests", master(flake))
+    (env,) = page["environments"]
+    assert env["members"] == ["python3packages.requests"] and page["flake"] is not None
+
+
 def test_the_same_derivations_as_the_set_served_by_its_default_nix(flake_registry, flake, registry):
     """The flake's legacyPackages are the demo set, its busybox a locked input: the same
     store paths as the demo set read from the host."""
