@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nixery.errors import BuildFailed
 from nixery.job import image_key
 from nixery.nix.runner import Nix
 from nixery.records import Revision
@@ -22,8 +23,8 @@ from nixery.request import UID, parse_name
 from nixery.service.catalog import FRONT_TTL
 from nixery.sources.path import PathSource
 from tests.helpers.emulators import ContainerBuilderRegistry
-from tests.helpers.flakes import GREETINGS, FlakeRepo, flake_repo
-from tests.helpers.registries import DEMO, NIX_CONFIG, NIXERY, OCI, REPO, Registry
+from tests.helpers.flakes import GREETINGS, FlakeRepo, flake_repo, lock
+from tests.helpers.registries import DEMO, NIX_CONFIG, NIXERY, OCI, REPO, Registry, git
 
 pytestmark = pytest.mark.e2e
 
@@ -306,3 +307,38 @@ def test_a_flake_without_inputs_needs_no_lock(tmp_path, monkeypatch):
     assert locked is not None and locked.lock.inputs == ()
     plan = nix._plan(tmp_path, ["tiny", "cacert"], "x86_64-linux", math.inf, locked, ["cacert"])
     assert [p["name"] for p in plan["packages"]] == ["tiny"] and plan["absent"] == ["cacert"]
+
+
+def test_an_input_of_an_input_the_lock_lacks_is_refused_naming_the_lock(tmp_path, monkeypatch):
+    """The flake's own inputs are pinned, an input's input is not: Nix calls that input's
+    outputs without it, which reads as the lock's fault. Only evaluated."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    (tmp_path / "bb").mkdir()
+    (tmp_path / "bb" / "x").write_text("tiny")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "flake.nix").write_text(
+        f'{{ inputs.bb = {{ url = "git+file://{tmp_path}/bb"; flake = false; }};\n'
+        '  outputs = { self, bb }: { name = builtins.readFile "${bb}/x"; }; }\n'
+    )
+    (tmp_path / "top").mkdir()
+    (tmp_path / "top" / "flake.nix").write_text(
+        f'{{ inputs.sub.url = "git+file://{tmp_path}/sub";\n'
+        "  outputs = { self, sub }: { legacyPackages.x86_64-linux.tiny = derivation {\n"
+        '    inherit (sub) name; system = "x86_64-linux"; builder = "/nonexistent"; }; }; }\n'
+    )
+    for repo in ("bb", "sub"):
+        git(tmp_path / repo, "init", "-q", "-b", "master")
+        git(tmp_path / repo, "add", "-A")
+        git(tmp_path / repo, "commit", "-qm", repo)
+    top = tmp_path / "top"
+    lock(top)
+    locked = json.loads((top / "flake.lock").read_text())
+    del locked["nodes"]["sub"]["inputs"], locked["nodes"]["bb"]
+    (top / "flake.lock").write_text(json.dumps(locked))
+    source = PathSource(top)
+    revision = source.resolve("latest")
+    assert revision is not None
+    nix = Nix(REPO / "prepare-image", 60)
+    with pytest.raises(BuildFailed, match=r"flake\.lock does not pin the input bb of one of"):
+        nix._plan(top, ["tiny"], "x86_64-linux", math.inf,
+                  nix._lock(top, source.flake_origin(revision), math.inf))  # fmt: skip

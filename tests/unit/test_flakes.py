@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nixery.errors import BuildFailed
-from nixery.nix.flakes import check_pinned, input_url, locked_ref, read_lock
+from nixery.nix.flakes import check_pinned, input_url, locked_ref, read_lock, unpinned_deeper
 from nixery.records import FlakeInput, FlakeOrigin
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -65,3 +65,20 @@ def test_the_locked_reference_carries_the_commit_and_its_time():
         f"&lastModified=7&rev={REV}"
     )
     assert "rev=" not in locked_ref("/nix/store/x-source", HASH, FlakeOrigin("h", None, 0))
+
+
+@pytest.mark.parametrize(
+    "said",
+    [  # Nix 2.8, then 2.26 (its location on a line of its own)
+        "error: 'outputs' at /nix/store/x-source/flake.nix:2:13 called without required "
+        "argument 'bb'",
+        "error: function 'outputs' called without required argument 'bb'\n"
+        "       at /nix/store/x-source/flake.nix:2:13:",
+    ],
+)
+def test_an_input_of_an_input_the_lock_lacks_names_the_lock(said):
+    explained = unpinned_deeper(BuildFailed(f"evaluating the package set failed: {said}", said))
+    assert str(explained).startswith("flake.lock does not pin the input bb of one of the flake's")
+    assert explained.log_tail == said
+    other = BuildFailed("evaluating the package set failed: error: attribute 'x' missing")
+    assert unpinned_deeper(other) is other

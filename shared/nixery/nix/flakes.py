@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nixery.errors import BuildFailed, os_cause
+from nixery.errors import BuildFailed, BuildTimedOut, os_cause
 from nixery.records import FlakeInput, FlakeLock, FlakeOrigin
 from nixery.sources.trust import public_url
 
@@ -41,6 +42,10 @@ ENTRY = (
 log = logging.getLogger(__name__)
 
 _HOW_TO_LOCK = f"run `nix flake lock` and commit {LOCK_FILE}"
+# Nix takes an input's own inputs from the lock alone, without reading its flake.nix again:
+# one the lock lacks is left out of the call of its `outputs` (Nix 2.8: "'outputs' at ...
+# called without required argument 'x'"; 2.26: "function 'outputs' called without ...").
+_UNPINNED_DEEPER = re.compile(r"'outputs'.* called without required argument '([^']+)'")
 
 
 def is_flake(checkout: Path) -> bool:
@@ -79,6 +84,20 @@ def check_pinned(has_lock: bool, unpinned: list[str]) -> None:
             f"the flake has no {LOCK_FILE} to pin its inputs ({names}): {_HOW_TO_LOCK}"
         )
     raise BuildFailed(f"{LOCK_FILE} does not pin the flake's inputs {names}: {_HOW_TO_LOCK}")
+
+
+def unpinned_deeper(error: BuildFailed) -> BuildFailed:
+    """Nix's error for an input of an input that the lock does not pin, as the refusal of an
+    unpinned input of the flake's own (which is checked before Nix runs); any other error
+    as it is."""
+    match = _UNPINNED_DEEPER.search(str(error))
+    if match is None or isinstance(error, BuildTimedOut):
+        return error
+    return BuildFailed(
+        f"{LOCK_FILE} does not pin the input {match.group(1)} of one of the flake's inputs: "
+        f"{_HOW_TO_LOCK}",
+        error.log_tail,
+    )
 
 
 def read_lock(checkout: Path, nar_hash: str) -> FlakeLock:

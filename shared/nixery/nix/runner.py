@@ -287,7 +287,13 @@ class Nix:
         optional: Sequence[str] = (),
     ) -> dict[str, Any]:
         cmd = self._eval(source, "plan", packages, system, locked, optional)
-        out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
+        try:
+            out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
+        except BuildFailed as e:
+            explained = flakes.unpinned_deeper(e) if locked else e
+            if explained is e:
+                raise
+            raise explained from e
         plan: dict[str, Any] = json.loads(out)
         return plan
 
