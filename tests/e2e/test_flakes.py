@@ -236,7 +236,8 @@ def container_flake_registry(flake, emulators, builder_image, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("name", "tag"), [("greeting", "latest"), ("greeting", "second"),
-                                           ("shell/tools.shout", "latest")])  # fmt: skip
+                                           ("shell/tools.shout", "latest"),
+                                           ("python3packages.requests", "latest")])  # fmt: skip
 def test_google_cloud_mode_with_nix_2_26_gives_the_same_images(
     container_flake_registry, flake_registry, name, tag
 ):
