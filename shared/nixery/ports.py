@@ -18,6 +18,7 @@ from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.records import (
     BuildReport,
     Failure,
+    FlakeOrigin,
     ImageRecord,
     ImageStatus,
     Published,
@@ -263,6 +264,12 @@ class Source(Protocol):
 
     def tags(self) -> list[str]:
         """The tags worth listing (tags/list): `latest`, and whatever else can be enumerated."""
+        ...
+
+    def flake_origin(self, revision: Revision) -> FlakeOrigin | None:
+        """What a checkout of `revision` that holds flake.nix knows of itself when read as a
+        flake; None where the source's sets are read by their default.nix whatever they hold
+        (a channel's nixpkgs, as Nixery always has)."""
         ...
 
 

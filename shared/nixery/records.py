@@ -214,6 +214,40 @@ class FailureReport:
 
 
 @dataclass(frozen=True)
+class FlakeOrigin:
+    """What a flake read from a revision knows of itself: ``self.rev`` (the commit, for a git
+    source) and ``self.lastModified`` (the commit's time; 0 where there is none); and the
+    revision's value, by which its copy in the store is known (a path source's directory
+    stays the same when its content changes)."""
+
+    revision: str
+    rev: str | None
+    last_modified: int
+
+
+@dataclass(frozen=True)
+class FlakeInput:
+    """An input of a flake as its flake.lock pins it: the locked URL and the NAR hash Nix
+    checks what it fetches against."""
+
+    name: str  # the lock's node name
+    url: str
+    nar_hash: str
+
+
+@dataclass(frozen=True)
+class FlakeLock:
+    """A package set read as a flake: its own tree's NAR hash and its locked inputs."""
+
+    nar_hash: str
+    inputs: tuple[FlakeInput, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FlakeLock:
+        return cls(data["nar_hash"], tuple(FlakeInput(**i) for i in data.get("inputs", ())))
+
+
+@dataclass(frozen=True)
 class BuildReport:
     key: str
     packages: tuple[str, ...]
@@ -229,6 +263,8 @@ class BuildReport:
     manifests: Mapping[str, str] = field(default_factory=dict)  # media type -> digest
     failure: FailureReport | None = None
     nonroot: bool = False
+    flake: FlakeLock | None = None  # the package set was read as this flake
+    left_out: tuple[str, ...] = ()  # packages every image holds that the flake lacks
     environments: tuple[Environment, ...] = ()
     plain: tuple[str, ...] = ()  # nested sets' packages in no environment (not modules)
 
@@ -273,6 +309,8 @@ class BuildReport:
             manifests=dict(data.get("manifests", {})),
             failure=FailureReport(**failure) if failure else None,
             nonroot=bool(data.get("nonroot", False)),
+            flake=FlakeLock.from_json(data["flake"]) if data.get("flake") else None,
+            left_out=tuple(data.get("left_out", ())),
             environments=tuple(Environment.from_json(e) for e in data.get("environments", [])),
             plain=tuple(data.get("plain", [])),
         )

@@ -141,7 +141,8 @@ def test_an_evaluation_error_names_no_server_path(make_registry, tmp_path):
     where = tmp_path / "srv-secret" / "pkgs-here"
     shutil.copytree(DEMO, where)
     expression = (where / "default.nix").read_text()
-    head = "{ system ? builtins.currentSystem, ... }:\n"
+    head = "{ system ? builtins.currentSystem, bootstrap ? null, ... }:\n"
+    assert head in expression
     (where / "default.nix").write_text(expression.replace(head, head + "assert undefinedHere;\n"))
     reg = make_registry(NIXERY_PKGS_PATH=str(where), NIXERY_EVAL_ALLOW=DEMO_EVAL_ALLOW)
     failed = manifest(reg, "hello")

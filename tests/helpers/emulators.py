@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -226,16 +226,26 @@ class ContainerBuilderRegistry(GcpRegistry):
     host's busybox, CA bundle and /etc/services are mounted at the host's paths, so that the
     image's store paths, and so its digests, are the host's."""
 
-    def __init__(self, root: Path, emulators: Emulators, image: str, **env: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        emulators: Emulators,
+        image: str,
+        mounts: Mapping[str, str] | None = None,
+        **env: str,
+    ) -> None:
+        """``mounts``: more host directories, mounted read-only at the paths given."""
         super().__init__(root, emulators, **env)
         self.image = image
         self.container = f"nixery-builder-{self.builder_port}"
+        self.mounts = dict(mounts or {})
 
     def start_builder(self) -> None:
-        passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_FIRESTORE_PREFIX",
-                  "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT",
+        passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_PKGS_REPO",
+                  "NIXERY_FIRESTORE_PREFIX", "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT",
                   "NIXERY_EVAL_ALLOW"]  # fmt: skip
         mounts = {
+            **self.mounts,
             str(DEMO): str(DEMO),
             "/bin/busybox": "/usr/local/bin/busybox",
             "/etc/ssl/certs/ca-certificates.crt": "/etc/ssl/certs/ca-certificates.crt",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,6 +117,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
             "url": base_url(),
             "source": revision.source if revision else None,
             "revision": revision.value if revision else None,
+            "flake": catalog.is_flake(revision) if revision else None,
             "source_trouble": trouble,
             "meta_packages": {
                 "shell": list(SHELL_PACKAGES),
@@ -192,6 +193,8 @@ def blueprint(catalog: Catalog) -> Blueprint:
                 "pull": _pulls(host, name, oci) if oci else [],
                 "log": report.failure.log if report.failure else None,
                 "reason": report.failure.kind if report.failure else None,
+                "flake": asdict(report.flake) if report.flake else None,
+                "left_out": list(report.left_out),
             }
         # The image status is the authority: a build may have failed without a report
         # (builders killed too often), or a report may lag. (An interrupted report whose

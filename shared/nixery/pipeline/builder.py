@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from nixery.blobs import store_bytes
@@ -28,6 +29,7 @@ from nixery.errors import (
 )
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
+from nixery.nix.flakes import is_flake
 from nixery.nix.keeper import StoreKeeper
 from nixery.nix.runner import Nix
 from nixery.oci.manifests import (
@@ -51,7 +53,7 @@ from nixery.pipeline.runtime import runtime_config
 from nixery.pipeline.sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from nixery.pipeline.signing import PemSigner, signature_for
 from nixery.ports import BlobStore, Signer, Source, StatePorts
-from nixery.records import Failure, Published, report_url
+from nixery.records import Failure, FlakeOrigin, Published, report_url
 from nixery.request import Architecture, suggest
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,15 @@ def step(name: str, key: str, **fields: object) -> Iterator[dict[str, object]]:
         "%s done in %.2fs %s", name, seconds, details,
         extra={"step": name, "seconds": seconds, **record},
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """The package set as checked out for one build, and how it is read: as a flake from
+    this origin, or by its default.nix."""
+
+    path: Path
+    flake: FlakeOrigin | None
 
 
 def layer_key(paths: Sequence[str], level: int) -> str:
@@ -197,19 +208,22 @@ class Builder:
         self, job: BuildJob, nix_deadline: float, reporter: Reporter
     ) -> tuple[list[Manifest], list[Manifest]]:
         """The image's manifests, and the artifacts that refer to them (SBOMs, signatures)."""
-        with step("checkout", job.key):
+        with step("checkout", job.key) as record:
             source_dir = self.source.checkout(job.revision)
-        self._index(job, source_dir, nix_deadline)
+            flake = self.source.flake_origin(job.revision) if is_flake(source_dir) else None
+            record["flake"] = flake is not None
+        checkout = Checkout(source_dir, flake)
+        self._index(job, checkout, nix_deadline)
         if not job.request.platforms:
             manifests, artifacts = self._image(
-                job, source_dir, job.request.arch, nix_deadline, reporter
+                job, checkout, job.request.arch, nix_deadline, reporter
             )
         else:
-            manifests, artifacts = self._images(job, source_dir, nix_deadline, reporter)
+            manifests, artifacts = self._images(job, checkout, nix_deadline, reporter)
         return manifests, artifacts + self._signatures(job.key, manifests)
 
     def _images(
-        self, job: BuildJob, source_dir: Path, nix_deadline: float, reporter: Reporter
+        self, job: BuildJob, checkout: Checkout, nix_deadline: float, reporter: Reporter
     ) -> tuple[list[Manifest], list[Manifest]]:
         """Every platform's image at once, under one index; a failure of one fails them all.
 
@@ -222,7 +236,7 @@ class Builder:
                 each.submit(
                     self._image,
                     job,
-                    source_dir,
+                    checkout,
                     arch,
                     nix_deadline,
                     reporter if i == 0 else NullProgress(),
@@ -245,7 +259,7 @@ class Builder:
     def _image(
         self,
         job: BuildJob,
-        source_dir: Path,
+        checkout: Checkout,
         arch: Architecture,
         nix_deadline: float,
         reporter: Progress,
@@ -259,13 +273,20 @@ class Builder:
                 try:
                     result = built.enter_context(
                         self.nix.build(
-                            source_dir, job.request.packages, arch.nix_system, nix_deadline
+                            checkout.path,
+                            job.request.packages,
+                            arch.nix_system,
+                            nix_deadline,
+                            flake=checkout.flake,
+                            optional=job.request.optional,
                         )
                     )
                 except UnknownPackages as e:
                     names = self.state.names.package_names(str(job.revision)) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
+                if result.flake is not None:
+                    reporter.update(flake=result.flake, left_out=result.absent)
                 reporter.closure(
                     result.outputs, {p.path: p.nar_size for p in result.closure.values()}
                 )
@@ -305,6 +326,7 @@ class Builder:
                     roots=result.outputs.values(),
                     closure=result.closure,
                     meta=result.meta,
+                    flake=result.flake,
                     environments=result.environments,
                 )
             except (ValueError, KeyError) as e:
@@ -343,7 +365,7 @@ class Builder:
                 signatures.append(signature.manifest)
         return signatures
 
-    def _index(self, job: BuildJob, source_dir: Path, nix_deadline: float) -> None:
+    def _index(self, job: BuildJob, checkout: Checkout, nix_deadline: float) -> None:
         """Lists the package set's names for the search box, once per revision. It never fails
         the build: a set whose names cannot be listed gets an empty list, and passing trouble
         (or running out of time) leaves them to be listed by the revision's next build."""
@@ -353,8 +375,8 @@ class Builder:
             return
         with step("names", job.key) as record:
             try:
-                names = self.nix.attribute_names(source_dir, job.request.arch.nix_system,
-                                                 nix_deadline)  # fmt: skip
+                names = self.nix.attribute_names(checkout.path, job.request.arch.nix_system,
+                                                 nix_deadline, checkout.flake)  # fmt: skip
             except (BuildTimedOut, Transient) as e:
                 BuildLog(log, job.key).warning("the package names are left for later: %s",
                                                e.message)  # fmt: skip
