@@ -101,6 +101,9 @@ class Pending:
     """A build under way (only where builds outlive a request: Google Cloud mode)."""
 
     lease_left: float  # seconds, by the store's clock when it answered; <= 0 once lapsed
+    # Why an attempt stopped short, for a passing cause, while the queue retries it; empty
+    # if none did since the build started afresh.
+    cause: str = ""
 
 
 ImageStatus = Published | Failure | Pending | None

@@ -252,6 +252,7 @@ def test_concurrent_publishes_of_one_key_end_consistent(state: StateUnderTest) -
 
 PICKUP = 30.0
 TTL = 60.0
+HOLD = 45.0  # a released build left to the queue's retry
 
 
 def assert_pending(status: object, seconds: float) -> None:
@@ -381,17 +382,30 @@ class TestFirestoreBuildRecords:
         records.publish(KEY, sample_manifests())
         assert records.renew(KEY, "builder-a", TTL) is False
 
-    def test_release_lets_a_retry_start_at_once(self, records, clock, attempt) -> None:
+    def test_release_hands_the_build_back_to_the_queue_with_its_cause(
+        self, records, clock, attempt
+    ) -> None:
+        """Released, a build says why until it starts afresh, is left to the queue's retry
+        for ``hold`` seconds (any builder may claim it), and is enqueued again by a request
+        after that, counting no builder's death."""
         job = sample_job()
         records.start(job, PICKUP)
         records.claim(job, "builder-a", TTL)
-        assert records.start(job, PICKUP) is None
-        records.release(KEY, "builder-b")  # not the owner: nothing happens
-        assert records.start(job, PICKUP) is None
-        records.release(KEY, "builder-a")
+        records.release(KEY, "builder-b", "storage down", HOLD)  # not the owner: nothing
+        assert records.status(KEY).cause == ""
+        records.release(KEY, "builder-a", "storage down", HOLD)
+        status = records.status(KEY)
+        assert_pending(status, HOLD)
+        assert status.cause == "storage down"
+        assert records.start(job, PICKUP) is None, "the queue retries it"
+        assert records.claim(job, "builder-b", TTL) == "taken"
+        assert records.status(KEY).cause == "storage down", "a retry may fail alike"
+        records.release(KEY, "builder-b", "storage down", HOLD)
+        clock.advance(HOLD + 1)
         assert records.start(job, PICKUP) == 2
         assert attempt() == 2
-        assert_pending(records.status(KEY), PICKUP)
+        assert records.status(KEY).cause == ""
+        assert records.builds.document(KEY).get().to_dict()["deaths"] == 0
 
 
 @pytest.mark.parametrize("error_type", [BuildFailed, BuildTimedOut])

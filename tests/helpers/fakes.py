@@ -121,7 +121,7 @@ class FakeClock:
 
 
 class MemoryState:
-    """Every state port in dicts, plus the build records (``start``, ``claim``) that
+    """Every state port in dicts, plus the build records (``start``, ``claim``, ``release``) that
     ``TaskBuildQueue`` and builders use, with ``FirestoreBuildRecords``' lease rules.
 
     ``reads`` counts ``status`` calls and ``attempts`` the builds started per key.
@@ -133,6 +133,7 @@ class MemoryState:
         self.attempts: Counter[str] = Counter()
         self._images: dict[str, Published | Failure] = {}
         self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
+        self._causes: dict[str, str] = {}  # by ``release``
         self._manifests: dict[str, Manifest] = {}
         self._layers: dict[str, LayerBlob] = {}
         self._reports: dict[str, BuildReport] = {}
@@ -147,7 +148,7 @@ class MemoryState:
         with self._lock:
             self.reads += 1
             if key in self._leases:
-                return Pending(self._leases[key][1] - self.clock())
+                return Pending(self._leases[key][1] - self.clock(), self._causes.get(key, ""))
             return self._images.get(key)
 
     def manifest(self, digest: str) -> Manifest | None:
@@ -222,6 +223,7 @@ class MemoryState:
             if self._leases.get(job.key, (None, 0.0))[1] > self.clock():
                 return None
             self._images.pop(job.key, None)
+            self._causes.pop(job.key, None)
             self._leases[job.key] = (None, self.clock() + pickup)
             self.attempts[job.key] += 1
             return self.attempts[job.key]
@@ -235,6 +237,12 @@ class MemoryState:
                 return "busy"
             self._leases[job.key] = (owner, self.clock() + ttl)
             return "taken"
+
+    def release(self, key: str, owner: str, cause: str, hold: float) -> None:
+        with self._lock:
+            if self._leases.get(key, (None, 0.0))[0] == owner:
+                self._leases[key] = (None, self.clock() + hold)
+                self._causes[key] = cause
 
 
 class MemoryBlobWriter:
