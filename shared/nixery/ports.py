@@ -221,7 +221,9 @@ class BuildRunner(Protocol):
     """What runs a build to its end, its outcome recorded in the state (the pipeline's
     ``Builder``): local mode's queue runs it on its threads."""
 
-    def run(self, job: BuildJob) -> None: ...
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
+        """Runs the build that its queue took at ``enqueued`` (``time.time()``)."""
+        ...
 
 
 class Enqueue(Protocol):

@@ -187,6 +187,27 @@ class FailureReport:
 
 
 @dataclass(frozen=True)
+class StepTime:
+    """When one step of a build began and ended (``time.time()``). A step done several times
+    over (each layer's upload) spans from the first beginning to the last end."""
+
+    step: str
+    began: float
+    ended: float
+
+
+# The steps of a build in their order, as reports name them: waiting in the queue (enqueued
+# until a builder picks it up), the package set's checkout, Nix's evaluation and
+# realisation, planning the layers, archiving them, uploading the blobs (what is not
+# streamed while archiving), the SBOM, the manifests, their signatures, publishing, and the
+# wait of the first client answered after the publication.
+STEPS = (
+    "queue", "checkout", "names", "evaluate", "realise", "layer", "archive", "upload", "sbom",
+    "manifests", "signatures", "publish", "answer",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class BuildReport:
     key: str
     packages: tuple[str, ...]
@@ -202,6 +223,7 @@ class BuildReport:
     manifests: Mapping[str, str] = field(default_factory=dict)  # media type -> digest
     failure: FailureReport | None = None
     nonroot: bool = False
+    steps: tuple[StepTime, ...] = ()  # in the order they began; none in older reports
 
     @property
     def size(self) -> int:
@@ -244,4 +266,8 @@ class BuildReport:
             manifests=dict(data.get("manifests", {})),
             failure=FailureReport(**failure) if failure else None,
             nonroot=bool(data.get("nonroot", False)),
+            steps=tuple(
+                StepTime(x["step"], float(x["began"]), float(x["ended"]))
+                for x in data.get("steps", [])
+            ),
         )

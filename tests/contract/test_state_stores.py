@@ -8,6 +8,7 @@ suite, with a fake clock.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -44,6 +45,7 @@ from nixery.records import (
     LayerReport,
     Pending,
     Published,
+    StepTime,
 )
 from tests.helpers.disk_faults import fail_reads_and_writes, fill, locked, read_only, small_disk
 from tests.helpers.fakes import (
@@ -451,6 +453,7 @@ def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] =
         layers=tuple(LayerReport(d, 100, 1800, ("/nix/store/aaaa-hello-2.12.1",)) for d in layers),
         manifests={OCI_MANIFEST: "sha256:" + "1" * 64},
         failure=FailureReport("build_error", "it <b>broke</b>", "line\n<script>x</script>\n"),
+        steps=(StepTime("queue", started - 0.1, started), StepTime("checkout", started, started)),
     )
 
 
@@ -462,6 +465,13 @@ def test_a_report_round_trips_and_a_later_one_replaces_it(state: StateUnderTest)
     later = replace(report, status="failed", step="nix", layers=())
     state.record_report(later)
     assert state.report(KEY) == later
+
+
+def test_a_report_stored_before_steps_were_timed_still_reads() -> None:
+    report = sample_report()
+    older = report.to_json()
+    del older["steps"]
+    assert BuildReport.decode(json.dumps(older)) == replace(report, steps=())
 
 
 def test_recent_reports_come_latest_first_and_are_limited(state: StateUnderTest) -> None:

@@ -365,7 +365,7 @@ class FakeBuilder:
         self.release.set()
         self._lock = threading.Lock()
 
-    def run(self, job: BuildJob) -> None:
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
         with self._lock:
             self.calls.append(job)
         self.started.set()

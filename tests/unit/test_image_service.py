@@ -131,7 +131,7 @@ class RestoringBuilder(FakeBuilder):
         super().__init__(state, MANIFESTS)
         self.blobs = blobs
 
-    def run(self, job: BuildJob) -> None:
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
         store_bytes(self.blobs, CONFIG, sample_config())
         super().run(job)
 

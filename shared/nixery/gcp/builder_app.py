@@ -13,6 +13,7 @@ and Cloud Tasks delivers it again.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import uuid
@@ -46,9 +47,10 @@ class BuildWorker:
         self.lease = lease
         self.owner = f"builder-{uuid.uuid4().hex[:12]}"
 
-    def handle(self, job: BuildJob) -> tuple[int, str]:
+    def handle(self, job: BuildJob, enqueued: float | None = None) -> tuple[int, str]:
         """The task's answer: 2xx when it is done with, 503 (with Retry-After) for a passing
-        cause, 500 for a bug; Cloud Tasks delivers it again after either of the last two."""
+        cause, 500 for a bug; Cloud Tasks delivers it again after either of the last two.
+        ``enqueued``: when the queue took the task, for the build's report."""
         try:
             claim = self.records.claim(job, self.owner, self.lease)
         except Transient as e:
@@ -62,7 +64,7 @@ class BuildWorker:
         heartbeat.start()
         answer: tuple[int, str] = (200, "built")
         try:
-            self.builder.run(job)
+            self.builder.run(job, enqueued)
         except Transient as e:
             BuildLog(log, job.key).warning("%s; to be retried", e.message)
             answer = (503, e.message[:MAX_MESSAGE])
@@ -99,7 +101,8 @@ def create_builder_app(worker: BuildWorker) -> Flask:
             # A malformed task can never succeed: 2xx so Cloud Tasks drops it.
             log.error("rejected task: %s", e)
             return Response(f"rejected: {e}", status=202)
-        status, message = worker.handle(job)
+        eta = _task_eta(request.headers.get("X-CloudTasks-TaskETA"))
+        status, message = worker.handle(job, eta)
         if status == 503:
             # Cloud Tasks backs off further on a 503 and weighs its Retry-After.
             return Response(message, status=503, headers={"Retry-After": str(RETRY_AFTER)})
@@ -110,6 +113,15 @@ def create_builder_app(worker: BuildWorker) -> Flask:
         return "ok"
 
     return app
+
+
+def _task_eta(header: str | None) -> float | None:
+    """When the task was due (its creation, for ours), as Cloud Tasks says; None without."""
+    try:
+        eta = float(header or "")
+    except ValueError:
+        return None
+    return eta if math.isfinite(eta) else None
 
 
 def builder_app(env: Mapping[str, str] = os.environ) -> Flask:

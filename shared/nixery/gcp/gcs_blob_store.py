@@ -52,12 +52,14 @@ class GcsBlobWriter:
         self._upload: BlobWriter | None = None  # started once a chunk's worth has come
         self._buffer = bytearray()
         self._hash = Hasher()
+        self._size = 0
         self._open = True
         self._staged = False  # the staging object exists
 
     def write(self, data: bytes | memoryview) -> int:
         assert self._open, "write after commit or cancel"
         self._hash.update(data)
+        self._size += len(data)
         with self._store.deadline.translated():
             if self._upload is None:
                 self._buffer += data
@@ -74,7 +76,9 @@ class GcsBlobWriter:
     def commit(self, digest: str) -> None:
         assert self._open, "commit after commit or cancel"
         self._hash.check(digest)
-        if self._store.size(digest) is not None:
+        # A large blob stored already needs neither its last chunk nor its copy; a small one
+        # goes in one request, refused if it is stored, which costs what the check would.
+        if self._upload is not None and self._store.size(digest) is not None:
             self.cancel()
             return
         final = self._store.bucket.blob(blob_path(digest))
@@ -101,6 +105,7 @@ class GcsBlobWriter:
             pass  # another builder stored the same bytes first
         finally:
             self.cancel()
+        self._store.stored(digest, self._size)
 
     def cancel(self) -> None:
         if not self._open:
@@ -160,6 +165,10 @@ class GcsBlobStore:
         if blob is None or blob.size is None:
             return None
         return self._sizes.keep(digest, blob.size)
+
+    def stored(self, digest: str, size: int) -> None:
+        """Notes a blob that a writer of this store just stored, sparing a later lookup."""
+        self._sizes.keep(digest, size)
 
     def intact(self, digest: str) -> bool:
         """Present means intact here: the writer checked the bytes against the digest before

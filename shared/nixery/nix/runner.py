@@ -32,8 +32,8 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,12 +176,19 @@ class Nix:
 
     @contextmanager
     def build(
-        self, source: Path, packages: Sequence[str], system: str, deadline: float = math.inf
+        self,
+        source: Path,
+        packages: Sequence[str],
+        system: str,
+        deadline: float = math.inf,
+        timed: Callable[[str], AbstractContextManager[None]] = lambda _: nullcontext(),
     ) -> Iterator[BuildResult]:
         """Builds the packages by ``deadline`` (a ``time.monotonic()`` value), or raises
         ``BuildTimedOut``; their outputs stay garbage-collector roots until the block ends,
-        so that a `nix-collect-garbage` meanwhile cannot delete what is being archived."""
-        plan = self._plan(source, packages, system, deadline)
+        so that a `nix-collect-garbage` meanwhile cannot delete what is being archived.
+        ``timed`` times the evaluation (``evaluate``) and the realisation (``realise``)."""
+        with timed("evaluate"):
+            plan = self._plan(source, packages, system, deadline)
         if too_old := plan.get("nixTooOld"):
             raise BuildFailed(
                 f"the package set needs Nix >= {too_old['required']}, "
@@ -196,8 +203,9 @@ class Nix:
                 drvs = sorted({p["drvPath"] for p in plan["packages"]})
                 cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
-                self._run(realise, "building", math.inf, deadline)
-                closure = self.closure(sorted(set(outputs.values())), deadline)
+                with timed("realise"):
+                    self._run(realise, "building", math.inf, deadline)
+                    closure = self.closure(sorted(set(outputs.values())), deadline)
                 yield BuildResult(outputs, closure, parse_meta(plan.get("meta", ())), programs)
         finally:
             remove_stale_roots()
