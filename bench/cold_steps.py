@@ -48,8 +48,8 @@ def build_key(reg: Registry, name: str) -> str:
 
 def breakdown(report: dict[str, Any], asked: float, answered: float) -> list[Row]:
     """The client's wait, in order: the time to the first step (the request, its record,
-    the enqueue), each step, the gaps between them, and the end of the last step to the
-    client's answer."""
+    the enqueue), each step, the gaps between them, and the end of the last step (the
+    registry's ``answer``: it learnt of the publication) to the client's answer."""
     steps = sorted(report["steps"], key=lambda s: s["began"])
     rows: list[Row] = [("request until enqueue", steps[0]["began"] - asked)]
     covered = steps[0]["began"]
@@ -59,7 +59,7 @@ def breakdown(report: dict[str, Any], asked: float, answered: float) -> list[Row
         # Overlapping steps (uploads during archiving) count only what they add.
         rows.append((s["step"], max(0.0, s["ended"] - max(s["began"], covered))))
         covered = max(covered, s["ended"])
-    rows.append(("answer (publication to the client)", answered - covered))
+    rows.append(("reply (the last step's end to the client)", answered - covered))
     return rows
 
 
@@ -75,7 +75,12 @@ def cold_pull(reg: Registry, image: str) -> tuple[float, list[Row]]:
     answered = time.time()
     if got.status_code != 200:
         raise RuntimeError(f"cold pull of {image}: {got.status_code} {got.text[:500]}")
-    report = reg.get(f"/api/v1/builds/{build_key(reg, image)}").json()
+    key = build_key(reg, image)
+    deadline = time.monotonic() + 30  # the answer is noted off the request's path
+    while (report := reg.get(f"/api/v1/builds/{key}").json())["steps"][-1]["step"] != "answer":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer step in {report['steps']}")
+        time.sleep(0.5)
     return seconds, breakdown(report, asked, answered)
 
 

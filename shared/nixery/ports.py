@@ -121,7 +121,14 @@ class BuildReports(Protocol):
         """Stores a build's report, replacing the one of its key."""
         ...
 
-    def report(self, key: str) -> BuildReport | None: ...
+    def report(self, key: str) -> BuildReport | None:
+        """The report, with its ``answer`` step once a request waiting for it was answered."""
+        ...
+
+    def record_answer(self, key: str, at: float) -> None:
+        """Notes when a request that waited for the build learnt of its publication: apart
+        from the report, which its builder may still be writing then."""
+        ...
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         """The reports of the latest builds, the latest started first."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -205,6 +205,16 @@ STEPS = (
     "queue", "checkout", "names", "evaluate", "realise", "layer", "archive", "upload", "sbom",
     "manifests", "signatures", "publish", "answer",
 )  # fmt: skip
+
+
+def with_answer(report: BuildReport, answered: float | None) -> BuildReport:
+    """The report with its ``answer`` step: from the end of its publication (or of the
+    build) to the moment a request that waited for it learnt of it."""
+    if answered is None or answered < report.started:  # none, or an earlier build's
+        return report
+    done = max((s.ended for s in report.steps if s.step == "publish"), default=None)
+    began = min(answered, done or report.finished or answered)
+    return replace(report, steps=(*report.steps, StepTime("answer", began, answered)))
 
 
 @dataclass(frozen=True)

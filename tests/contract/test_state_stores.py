@@ -467,6 +467,23 @@ def test_a_report_round_trips_and_a_later_one_replaces_it(state: StateUnderTest)
     assert state.report(KEY) == later
 
 
+def test_a_report_gets_its_answer_step_which_outlives_its_rewrites(state: StateUnderTest):
+    """The registry notes the answer apart from the report, which the builder may write
+    after it; an earlier build's answer is no step of a rebuild's report."""
+    report = sample_report()
+    state.record_report(report)
+    state.record_answer(KEY, AT + 2)
+    state.record_report(replace(report, status="published"))
+    answer = state.report(KEY).steps[-1]
+    assert (answer.step, answer.ended) == ("answer", AT + 2)
+    assert answer.began == report.finished, "from the build's end (no publish step here)"
+    assert state.recent_reports(1)[0].steps[-1] == answer
+    state.record_report(replace(report, started=AT + 10))
+    assert [s.step for s in state.report(KEY).steps] == ["queue", "checkout"]
+    state.record_answer(KEY, AT + 12)
+    assert state.report(KEY).steps[-1].ended == AT + 12
+
+
 def test_a_report_stored_before_steps_were_timed_still_reads() -> None:
     report = sample_report()
     older = report.to_json()

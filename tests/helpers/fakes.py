@@ -39,6 +39,7 @@ from nixery.records import (
     Published,
     Revision,
     bounded_names,
+    with_answer,
 )
 from nixery.request import AMD64, ImageRequest
 
@@ -137,6 +138,7 @@ class MemoryState:
         self._manifests: dict[str, Manifest] = {}
         self._layers: dict[str, LayerBlob] = {}
         self._reports: dict[str, BuildReport] = {}
+        self._answers: dict[str, float] = {}
         self._package_names: dict[str, list[str]] = {}
         self.used: dict[str, float] = {}  # by ``touch``
         self._lock = threading.Lock()
@@ -197,11 +199,17 @@ class MemoryState:
 
     def report(self, key: str) -> BuildReport | None:
         with self._lock:
-            return self._reports.get(key)
+            report = self._reports.get(key)
+            return with_answer(report, self._answers.get(key)) if report else None
+
+    def record_answer(self, key: str, at: float) -> None:
+        with self._lock:
+            self._answers[key] = at
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:
-            return sorted(self._reports.values(), key=lambda r: -r.started)[:limit]
+            latest = sorted(self._reports.values(), key=lambda r: -r.started)[:limit]
+            return [with_answer(r, self._answers.get(r.key)) for r in latest]
 
     def layer_users(self, digest: str, limit: int) -> int:
         with self._lock:

@@ -49,6 +49,7 @@ from nixery.records import (
     Published,
     decode_names,
     encode_names,
+    with_answer,
 )
 
 Claim = Literal["taken", "done", "busy"]
@@ -91,6 +92,10 @@ def _failed(failure: Failure) -> dict[str, Any]:
         "updated": at,
         "expires": _expires(failure.at, FAILURE_KEEP),
     }
+
+
+def _report(doc: Mapping[str, Any]) -> BuildReport:
+    return with_answer(BuildReport.decode(doc["report"]), doc.get("answered"))
 
 
 def _manifest_of(doc: Mapping[str, Any]) -> Manifest:
@@ -319,22 +324,28 @@ class FirestoreLayerCache(_Part):
 class FirestoreBuildReports(_Part):
     @bounded
     def record_report(self, report: BuildReport) -> None:
-        # The layers' digests are a field of their own, for layer_users' query.
+        # The layers' digests are a field of their own, for layer_users' query. Merged, so
+        # that a request's answer (``answered``) written meanwhile stays.
         self.reports.document(report.key).set({
             "started": report.started,
             "layers": [layer.digest for layer in report.layers],
             "report": report.encode(),
-        })  # fmt: skip
+        }, merge=True)  # fmt: skip
 
     @bounded
     def report(self, key: str) -> BuildReport | None:
         doc = self.reports.document(key).get().to_dict()
-        return BuildReport.decode(doc["report"]) if doc else None
+        return _report(doc) if doc and "report" in doc else None
+
+    @bounded
+    def record_answer(self, key: str, at: float) -> None:
+        """The latest answer, where SQLite keeps the first: no read, one write."""
+        self.reports.document(key).set({"answered": at}, merge=True)
 
     @bounded
     def recent_reports(self, limit: int) -> list[BuildReport]:
         query = self.reports.order_by("started", direction=firestore.Query.DESCENDING)
-        return [BuildReport.decode(doc.get("report")) for doc in query.limit(limit).stream()]
+        return [_report(doc.to_dict() or {}) for doc in query.limit(limit).stream()]
 
     @bounded
     def layer_users(self, digest: str, limit: int) -> int:

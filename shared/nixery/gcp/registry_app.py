@@ -66,5 +66,6 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             if (rate := settings.serve.client_builds)
             else None
         ),
+        reports=state.reports,
     )
     return create_app(service, settings.serve, Catalog.of(source, state))

@@ -170,9 +170,12 @@ class Builder:
             "starting %s for %s", "/".join(job.request.packages), job.revision,
         )  # fmt: skip
         reporter = Reporter(self.state.reports, job, self.clock, enqueued)
+        deadline = started + self.nix_budget
         with self.keeper.build():  # the store is tidied after the outcome is recorded
             try:
-                manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
+                with step("checkout", job.key), reporter.span("checkout"):
+                    source_dir = self.source.checkout(job.revision)
+                manifests, artifacts = self._build(job, source_dir, deadline, reporter)
             except BuildError as e:
                 failure = Failure.of(e, self.clock())
                 self._fail(job, failure)
@@ -185,18 +188,18 @@ class Builder:
                 "published in %.2fs", time.monotonic() - started,
                 extra={"seconds": time.monotonic() - started},
             )  # fmt: skip
+            # Once the image is out: listing nixpkgs' names takes longer than the build's own
+            # evaluation, and the waiting clients need none of it.
+            self._index(job, source_dir, deadline, NullProgress())
 
     def _fail(self, job: BuildJob, failure: Failure) -> None:
         BuildLog(log, job.key).warning("failed: %s", failure.message)
         self.state.images.record_failure(job.key, failure)
 
     def _build(
-        self, job: BuildJob, nix_deadline: float, reporter: Reporter
+        self, job: BuildJob, source_dir: Path, nix_deadline: float, reporter: Reporter
     ) -> tuple[list[Manifest], list[Manifest]]:
         """The image's manifests, and the artifacts that refer to them (SBOMs, signatures)."""
-        with step("checkout", job.key), reporter.span("checkout"):
-            source_dir = self.source.checkout(job.revision)
-        self._index(job, source_dir, nix_deadline, reporter)
         if not job.request.platforms:
             manifests, artifacts = self._image(
                 job, source_dir, job.request.arch, nix_deadline, reporter
@@ -264,7 +267,9 @@ class Builder:
                         )
                     )
                 except UnknownPackages as e:
-                    names = self.state.names.package_names(str(job.revision)) or []
+                    names = self.state.names.package_names(str(job.revision))
+                    if names is None:  # the revision's first build: listed for the suggestions
+                        names = self._index(job, source_dir, nix_deadline, reporter) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
                 reporter.closure(
@@ -343,14 +348,15 @@ class Builder:
 
     def _index(
         self, job: BuildJob, source_dir: Path, nix_deadline: float, reporter: Progress
-    ) -> None:
-        """Lists the package set's names for the search box, once per revision. It never fails
-        the build: a set whose names cannot be listed gets an empty list, and passing trouble
-        (or running out of time) leaves them to be listed by the revision's next build."""
+    ) -> list[str] | None:
+        """Lists the package set's names for the search box, once per revision; the names
+        listed now, if any. It never fails the build: a set whose names cannot be listed gets
+        an empty list, and passing trouble (or running out of time) leaves them to be listed
+        by the revision's next build."""
         revision = str(job.revision)
         if revision in self._indexed or self.state.names.package_names(revision) is not None:
             self._indexed.add(revision)
-            return
+            return None
         with step("names", job.key) as record, reporter.span("names"):
             try:
                 names = self.nix.attribute_names(source_dir, job.request.arch.nix_system,
@@ -358,7 +364,7 @@ class Builder:
             except (BuildTimedOut, Transient) as e:
                 BuildLog(log, job.key).warning("the package names are left for later: %s",
                                                e.message)  # fmt: skip
-                return
+                return None
             except BuildError as e:
                 BuildLog(log, job.key).warning("the package names cannot be listed: %s",
                                                e.message)  # fmt: skip
@@ -366,6 +372,7 @@ class Builder:
             record["names"] = len(names)
         self.state.names.record_package_names(revision, names)
         self._indexed.add(revision)
+        return names
 
     def _store_layers(
         self, groups: list[list[str]], reporter: Progress
