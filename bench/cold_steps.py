@@ -31,6 +31,8 @@ from tests.helpers.emulators import BUCKET, PROJECT, Emulators, GcpRegistry
 from tests.helpers.registries import OCI, Registry
 
 Row = tuple[str, float]  # a step or a gap, and its seconds
+# Seconds each service took to start, on this machine (no part of a pull: a cold instance's).
+STARTS: dict[str, list[float]] = {}
 
 
 def build_key(reg: Registry, name: str) -> str:
@@ -107,8 +109,18 @@ def gcp_registry(emulators: Emulators, root: Path) -> Callable[[], Any]:
         reg = GcpRegistry(
             root / f"gcp-{uuid.uuid4().hex[:8]}", emulators,
             NIXERY_FIRESTORE_PREFIX=f"b{uuid.uuid4().hex[:8]}_", NIX_TIMEOUT="600",
-        ).start()  # fmt: skip
+        )  # fmt: skip
         try:
+            began = time.perf_counter()
+            reg.start_builder()
+            started = time.perf_counter()
+            reg.start_registry()
+            STARTS.setdefault("builder's start, to its first health check", []).append(
+                started - began
+            )
+            STARTS.setdefault("registry function's start, to its first /v2/", []).append(
+                time.perf_counter() - started
+            )
             yield reg
         finally:
             reg.stop()
@@ -142,8 +154,14 @@ def print_side_by_side(image: str, local: dict[str, Any], gcp: dict[str, Any]) -
         print(f"{name:44} {median(here):8.3f} {median(there):26.3f}")
     lt, gt = median(local["total"]), median(gcp["total"])
     print(f"{'total, as the client saw it':44} {lt:8.3f} {gt:26.3f}")
-    print(f"Google Cloud mode adds {gt - lt:.3f} s (runs: local {local['total']}, "
-          f"Google Cloud {gcp['total']})")  # fmt: skip
+    print(f"Google Cloud mode adds {gt - lt:.3f} s (runs: local {rounded(local['total'])}, "
+          f"Google Cloud {rounded(gcp['total'])})")  # fmt: skip
+    for name, seconds in STARTS.items():
+        print(f"{name}: median {median(seconds):.2f} s of {rounded(seconds)}")
+
+
+def rounded(values: list[float]) -> list[float]:
+    return [round(v, 3) for v in values]
 
 
 def main() -> None:

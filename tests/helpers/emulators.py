@@ -203,6 +203,10 @@ class GcpRegistry(Registry):
 
     def start(self) -> GcpRegistry:
         self.start_builder()
+        self.start_registry()
+        return self
+
+    def start_registry(self) -> None:
         self.registry = Process("registry function", [
             *self.launcher, str(BIN / "functions-framework"), "--target", "registry",
             "--source", str(REPO / "functions" / "registry" / "main.py"),
@@ -212,7 +216,6 @@ class GcpRegistry(Registry):
         self.registry.wait_until(
             lambda: requests.get(self.url + "/v2/", timeout=1).status_code in (200, 401)
         )
-        return self
 
     def start_builder(self) -> None:
         self.builder = Process("builder", [
