@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.emulators import BUCKET, PROJECT, Emulators, GcpRegistry, Process
+from tests.helpers.emulators import (
+    BUCKET,
+    PROJECT,
+    ContainerBuilderRegistry,
+    Emulators,
+    GcpRegistry,
+    Process,
+)
 from tests.helpers.registries import OCI, big_set
 
 pytestmark = pytest.mark.e2e
@@ -115,7 +122,22 @@ def test_storage_down_during_a_build_is_a_quick_503_and_the_task_is_retried(
     answers 503 naming Cloud Storage within seconds (it used to wait out the client while
     the builder retried in place). Cloud Tasks delivers the task again (the registry
     enqueued it once), and once storage is back the image is served."""
-    reg = make()
+    check_storage_outage(make(), own_emulators, fault)
+
+
+def test_storage_down_with_the_builder_image(own_emulators, builder_image, tmp_path):
+    """The same with the builder run as deployed: the image's Nix, Python and libraries."""
+    reg = ContainerBuilderRegistry(
+        tmp_path / "r", own_emulators, builder_image, NIXERY_BACKEND_TIMEOUT=str(TIMEOUT),
+        NIXERY_FIRESTORE_PREFIX=f"c{uuid.uuid4().hex[:8]}_",
+    ).start()  # fmt: skip
+    try:
+        check_storage_outage(reg, own_emulators, "stopped")
+    finally:
+        reg.stop()
+
+
+def check_storage_outage(reg: GcpRegistry, own_emulators: Emulators, fault: str) -> None:
     path = "/v2/hello/manifests/latest"
     # The first calls to a fresh emulator and on a fresh channel may take the whole backend
     # timeout on a busy machine: made before the clock runs.

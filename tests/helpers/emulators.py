@@ -248,7 +248,7 @@ class ContainerBuilderRegistry(GcpRegistry):
     def start_builder(self) -> None:
         passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_FIRESTORE_PREFIX",
                   "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT",
-                  "NIXERY_EVAL_ALLOW"]  # fmt: skip
+                  "NIXERY_EVAL_ALLOW", "NIXERY_BACKEND_TIMEOUT"]  # fmt: skip
         mounts = {
             str(DEMO): str(DEMO),
             "/bin/busybox": "/usr/local/bin/busybox",
