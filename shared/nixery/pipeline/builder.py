@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -380,9 +380,16 @@ class Builder:
         """Each group's layer, from the layer cache or archived, all in parallel (a cache
         lookup is a database round trip); returns them in order, and how many were new."""
         futures = [self.pool.submit(self._store_layer, paths, reporter) for paths in groups]
-        # All of them end before the first failure is raised: none keeps writing after its
-        # build has failed.
+        # At the first failure the layers not started yet are dropped (a storage that stopped
+        # answering would fail each in turn, a timeout each), and those under way end before
+        # the failure is raised: none keeps writing after its build has failed.
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            future.cancel()
         wait(futures)
+        for future in futures:
+            if not future.cancelled() and (error := future.exception()) is not None:
+                raise error
         layers = [future.result() for future in futures]
         return [layer for layer, _ in layers], sum(fresh for _, fresh in layers)
 
