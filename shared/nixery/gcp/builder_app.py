@@ -36,6 +36,7 @@ from nixery.nix.runner import check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
 from nixery.records import MAX_MESSAGE
 from nixery.sources import open_source
+from nixery.sources.checkouts import CHECKOUTS
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
         signer=KmsSigner(settings.kms_key, runtime_token(), settings.kms_endpoint)
         if settings.kms_key
         else None,
+        private={settings.source.cache_dir: CHECKOUTS},
     )
     return create_builder_app(
         BuildWorker(builder, FirestoreBuildRecords(database), settings.gcp.lease)

@@ -17,7 +17,16 @@
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
 #   { "missing": [], "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ],
+#     "environments": [ { language, interpreter, members, contents, drvPath, out,
+#                         mainProgram }, ... ],
+#     (`contents`: the store paths of the set's packages the name asks for)
+#     "plain": [ <names of nested sets without an interpreter's withPackages> ],
 #     "meta": [ { path, pname, version, description, homepage, licenses }, ... ] }
+# or, when two interpreters of one language are asked for,
+#   { "missing": [], "packages": [], "conflicts": [ [ { interpreter, names }, ... ], ... ] }
+# A package of an environment (and the interpreter itself, asked for by its top-level
+# name) has the environment's drvPath, out and mainProgram: the image holds the
+# environment in its place.
 # `meta` describes the outputs of the packages and of the derivations they
 # take as inputs (buildInputs, propagatedBuildInputs, and the demo set's
 # deps), as far as the package set's `meta` knows them: the SBOM's data.
@@ -59,6 +68,7 @@ let
         found = attr: state // {
           path = state.path ++ [ attr ];
           value = set.${attr};
+          parent = set;
         };
       in
       if !isSet.success then state // { throws = true; }
@@ -70,7 +80,7 @@ let
   resolve = name:
     let
       walked = builtins.foldl' step
-        { ok = true; throws = false; path = [ ]; value = pkgs; }
+        { ok = true; throws = false; path = [ ]; value = pkgs; parent = null; }
         (splitDots name);
       # A value that throws counts as present: its error surfaces when its
       # drvPath is forced below instead of being hidden as "missing".
@@ -78,12 +88,99 @@ let
         (builtins.isAttrs walked.value && (walked.value.type or null) == "derivation");
     in {
       inherit name;
-      inherit (walked) path value;
+      inherit (walked) path value parent;
       ok = walked.ok && (walked.throws || !isDrv.success || isDrv.value);
     };
 
   resolved = map resolve names;
   missing = map (r: r.name) (builtins.filter (r: !r.ok) resolved);
+
+  # Language environments. A package of a nested set (python3Packages.requests) joins the
+  # environment of the set's interpreter: the set's attribute, among `interpreterNames`,
+  # that is a derivation with `withPackages` (nixpkgs: python3Packages.python,
+  # perlPackages.perl, luaPackages.lua, haskellPackages.ghc). The names are one per
+  # language, never per version: python314Packages needs no change here. A set without
+  # such an attribute (rubyPackages = ruby.gems names no ruby) keeps its packages plain.
+  interpreterNames = [ "python" "perl" "lua" "ruby" "ghc" ];
+  # A derivation's identity, usable as an attribute name.
+  keyOf = d: tryOr "" (if builtins.isAttrs d && d ? drvPath
+    then builtins.unsafeDiscardStringContext d.drvPath else "");
+  tryOr = default: v: let t = builtins.tryEval v; in if t.success then t.value else default;
+  isInterpreter = v: tryOr false (builtins.isAttrs v && (v.type or null) == "derivation"
+    && v ? withPackages && builtins.isString v.drvPath);
+  interpreterOf = r:
+    let
+      languages = if builtins.length r.path < 2 || !(tryOr false (builtins.isAttrs r.parent)) then [ ]
+        else builtins.filter (n: isInterpreter (r.parent.${n} or null)) interpreterNames;
+      language = builtins.head languages;
+    in if languages == [ ] then null
+      else { inherit language; drv = r.parent.${language}; key = keyOf r.parent.${language}; };
+  ok = builtins.filter (r: r.ok) resolved;
+  members = builtins.filter (r: r.interpreter != null)
+    (map (r: r // { interpreter = interpreterOf r; }) ok);
+  interpreters = builtins.attrValues (builtins.listToAttrs (map (r: {
+    name = r.interpreter.key; value = r.interpreter;
+  }) members));
+  # A top-level package that is an environment's interpreter (python3 beside
+  # python3Packages.requests) is that environment.
+  environmentOf = r:
+    let
+      own = interpreterOf r;
+      key = if own != null then own.key else keyOf r.value;
+    in if builtins.any (i: i.key == key) interpreters then key else null;
+  # A top-level interpreter outside every environment (python312 beside python3Packages.*):
+  # one whose own set (`pkgs`) names it as its interpreter.
+  loose = builtins.concatMap (r:
+    let
+      v = r.value;
+      key = keyOf v;
+      languages = builtins.filter (n: keyOf (v.pkgs.${n} or null) == key) interpreterNames;
+    in if builtins.length r.path != 1 || environmentOf r != null || !(isInterpreter v)
+        || !(tryOr false (builtins.isAttrs (v.pkgs or null))) || languages == [ ] then [ ]
+      else [ { language = builtins.head languages; drv = v; inherit key; names = [ r.name ]; } ])
+    ok;
+  # Two interpreters of one language in one image, one of them an environment's: each would
+  # put its `python3` on PATH.
+  conflicts = builtins.filter (l: builtins.length l > 1 && builtins.any (i: !(i ? names)) l)
+    (map (language: builtins.filter (i: i.language == language) (interpreters ++ loose))
+      interpreterNames);
+  namesOf = i: i.names or (map (r: r.name) (builtins.filter (r: environmentOf r == i.key) ok));
+  environments = map (i:
+    let
+      inside = builtins.filter (r: (interpreterOf r).key or null == i.key) ok;
+      env = i.drv.withPackages (_: map (r: r.value) inside);
+    in {
+      inherit (i) key;
+      inherit env;
+      info = {
+        language = i.language;
+        interpreter = i.drv.name;
+        members = namesOf i;
+        contents = map (r: r.value.outPath) inside;
+        drvPath = env.drvPath;
+        out = env.outPath;
+        mainProgram = programOf env;
+      };
+    }) interpreters;
+  programOf = d: let m = tryOr null (d.meta.mainProgram or null);
+    in if builtins.isString m then m else null;
+  # Packages of nested sets whose set names no interpreter with `withPackages`.
+  plain = map (r: r.name) (builtins.filter (r: builtins.length r.path > 1
+    && interpreterOf r == null && environmentOf r == null) ok);
+  entryOf = r:
+    let key = environmentOf r;
+        e = builtins.head (builtins.filter (e: e.key == key) environments);
+    in if key == null then {
+      inherit (r) name;
+      attrPath = r.path;
+      drvPath = r.value.drvPath;
+      out = r.value.outPath;
+      mainProgram = programOf r.value;
+    } else {
+      inherit (r) name;
+      attrPath = r.path;
+      inherit (e.info) drvPath out mainProgram;
+    };
 
   # Runtime inputs worth describing; nixpkgs names them so, the demo set `deps`.
   inputsOf = d: builtins.filter (x: builtins.isAttrs x && (x.type or null) == "derivation")
@@ -91,7 +188,8 @@ let
       [ "buildInputs" "propagatedBuildInputs" "deps" ]));
   drvKey = d: let k = builtins.tryEval d.drvPath; in if k.success then k.value else "";
   derivations = builtins.genericClosure {
-    startSet = map (r: { key = drvKey r.value; drv = r.value; }) resolved;
+    startSet = map (d: { key = drvKey d; drv = d; })
+      (map (r: r.value) resolved ++ map (e: e.env) environments);
     operator = item: map (d: { key = drvKey d; drv = d; })
       (let i = builtins.tryEval (inputsOf item.drv); in if i.success then i.value else [ ]);
   };
@@ -142,17 +240,13 @@ in
     nixTooOld = { required = minver; running = builtins.nixVersion; };
   } else {
     inherit missing;
-    packages =
-      if missing != [ ] then [ ]
-      else map (r: {
-        inherit (r) name;
-        attrPath = r.path;
-        drvPath = r.value.drvPath;
-        out = r.value.outPath;
-        mainProgram =
-          let m = builtins.tryEval (r.value.meta.mainProgram or null);
-          in if m.success && builtins.isString m.value then m.value else null;
-      }) resolved;
-    meta = if missing != [ ] then [ ] else builtins.concatLists (map metaOf derivations);
-  };
+  } // (if missing != [ ] then { packages = [ ]; } else if conflicts != [ ] then {
+    packages = [ ];
+    conflicts = map (l: map (i: { interpreter = i.drv.name; names = namesOf i; }) l) conflicts;
+  } else {
+    packages = map entryOf resolved;
+    environments = map (e: e.info) environments;
+    inherit plain;
+    meta = builtins.concatLists (map metaOf derivations);
+  });
 }
