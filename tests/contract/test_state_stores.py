@@ -552,7 +552,7 @@ def test_a_build_interrupted_or_silent_too_long_reads_as_interrupted(state: Stat
         raise StorageUnavailable("the blob store cannot write in /srv/storage") from full
     except StorageUnavailable as e:
         Reporter(state, stopped, clock).interrupted(e, state)
-    Reporter(state, silent, clock)
+    Reporter(state, silent, clock).close()
     report, status = catalog.build(stopped.key)
     assert status is None and report is not None
     assert report.status == "interrupted" and report.finished == AT
@@ -575,8 +575,8 @@ def test_a_silent_build_whose_image_was_published_or_failed_reads_so(
     clock = FakeClock(AT)
     catalog = Catalog(StaticSource({}), state, state, state, deadline=600, clock=clock)
     published, failed = sample_job("published"), sample_job("failed")
-    Reporter(state, published, clock)
-    Reporter(state, failed, clock)
+    Reporter(state, published, clock).close()
+    Reporter(state, failed, clock).close()
     state.publish(published.key, sample_manifests())
     state.record_failure(failed.key, Failure(FailureKind.BUILD_ERROR, "broken", {"log": "l"}, AT))
     clock.advance(1201)

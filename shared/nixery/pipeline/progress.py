@@ -132,6 +132,7 @@ class Reporter:
         self._spans: dict[str, tuple[float, float]] = {}
         self._version = 0  # of the report; the writer goes on while it is not written
         self._writing: Future[None] | None = None  # while a write is under way
+        self._failed: Exception | None = None  # by the last write, for ``close``
         if enqueued is not None:
             self._spans["queue"] = (min(enqueued, started), started)
         self.report = BuildReport(
@@ -159,26 +160,32 @@ class Reporter:
             self._writing = _WRITES.submit(self._write)
 
     def _write(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    report, version = self.report, self._version
-                self.reports.record_report(report)
-                with self._lock:
-                    if version == self._version:
-                        self._writing = None
-                        return
-        except BaseException:
+        while True:
             with self._lock:
-                self._writing = None
-            raise
+                report, version = self.report, self._version
+            try:
+                self.reports.record_report(report)
+            except Exception as e:  # kept until a later version is written, or raised
+                with self._lock:
+                    self._failed, self._writing = e, None
+                return
+            with self._lock:
+                self._failed = None
+                if version == self._version:
+                    self._writing = None
+                    return
 
     def close(self) -> None:
-        """Waits for the writes; the last one's failure is raised (a Transient one)."""
+        """Waits for the writes; the last one's failure is raised (a Transient one), even
+        when it ended before this call."""
         with self._lock:
             writing = self._writing
         if writing is not None:
             writing.result()
+        with self._lock:
+            failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
 
     def add(self, step: str, began: float, ended: float) -> None:
         with self._lock:
@@ -232,14 +239,15 @@ class Reporter:
         name the server's paths or hosts, and stay in the log. Best effort: the fault may
         be the database's own, and then the pages judge by the report's age."""
         try:
-            if isinstance(images.status(self.report.key), Published):
-                return
-            self.update(
-                status="interrupted",
-                finished=self.clock(),
-                failure=FailureReport(INTERRUPTED, interruption(error), ""),
-            )
-            self.close()
+            try:
+                if not isinstance(images.status(self.report.key), Published):
+                    self.update(
+                        status="interrupted",
+                        finished=self.clock(),
+                        failure=FailureReport(INTERRUPTED, interruption(error), ""),
+                    )
+            finally:
+                self.close()  # the steps' writes end before the build's error is raised
         except Exception as e:  # never in place of the error being raised
             log.warning("build %s: its interruption could not be reported: %r", self.report.key, e)
 
