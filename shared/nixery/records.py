@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -101,6 +101,9 @@ class Pending:
     """A build under way (only where builds outlive a request: Google Cloud mode)."""
 
     lease_left: float  # seconds, by the store's clock when it answered; <= 0 once lapsed
+    # Why an attempt stopped short, for a passing cause, while the queue retries it; empty
+    # if none did since the build started afresh.
+    cause: str = ""
 
 
 ImageStatus = Published | Failure | Pending | None
@@ -248,6 +251,37 @@ class FlakeLock:
 
 
 @dataclass(frozen=True)
+class StepTime:
+    """When one step of a build began and ended (``time.time()``). A step done several times
+    over (each layer's upload) spans from the first beginning to the last end."""
+
+    step: str
+    began: float
+    ended: float
+
+
+# The steps of a build in their order, as reports name them: waiting in the queue (enqueued
+# until a builder picks it up), the package set's checkout, Nix's evaluation and
+# realisation, planning the layers, archiving them, uploading the blobs (what is not
+# streamed while archiving), the SBOM, the manifests, their signatures, publishing, and the
+# wait of the first client answered after the publication.
+STEPS = (
+    "queue", "checkout", "names", "evaluate", "realise", "layer", "archive", "upload", "sbom",
+    "manifests", "signatures", "publish", "answer",
+)  # fmt: skip
+
+
+def with_answer(report: BuildReport, answered: float | None) -> BuildReport:
+    """The report with its ``answer`` step: from the end of its publication (or of the
+    build) to the moment a request that waited for it learnt of it."""
+    if answered is None or answered < report.started:  # none, or an earlier build's
+        return report
+    done = max((s.ended for s in report.steps if s.step == "publish"), default=None)
+    began = min(answered, done or report.finished or answered)
+    return replace(report, steps=(*report.steps, StepTime("answer", began, answered)))
+
+
+@dataclass(frozen=True)
 class BuildReport:
     key: str
     packages: tuple[str, ...]
@@ -267,6 +301,7 @@ class BuildReport:
     left_out: tuple[str, ...] = ()  # packages every image holds that the flake lacks
     environments: tuple[Environment, ...] = ()
     plain: tuple[str, ...] = ()  # nested sets' packages in no environment (not modules)
+    steps: tuple[StepTime, ...] = ()  # in the order they began; none in older reports
 
     @property
     def size(self) -> int:
@@ -313,4 +348,8 @@ class BuildReport:
             left_out=tuple(data.get("left_out", ())),
             environments=tuple(Environment.from_json(e) for e in data.get("environments", [])),
             plain=tuple(data.get("plain", [])),
+            steps=tuple(
+                StepTime(x["step"], float(x["began"]), float(x["ended"]))
+                for x in data.get("steps", [])
+            ),
         )

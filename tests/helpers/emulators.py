@@ -94,11 +94,12 @@ class Emulators:
         root.mkdir(parents=True, exist_ok=True)
         self.gcs_port, self.firestore_port, self.tasks_port = free_port(), free_port(), free_port()
         gcs = f"127.0.0.1:{self.gcs_port}"
-        self.gcs = Process("fake-gcs-server", [
+        self._gcs_command = [
             _get_binary_path(), "-scheme", "http", "-host", "127.0.0.1",
             "-port", str(self.gcs_port), "-backend", "memory", "-external-url", f"http://{gcs}",
             "-public-host", gcs, "-log-level", "error",
-        ], root / "gcs.log")  # fmt: skip
+        ]  # fmt: skip
+        self.gcs = Process("fake-gcs-server", self._gcs_command, root / "gcs.log")
         self.firestore = Process("firestore emulator", [
             "java", "-Duser.language=en", "-cp", str(FIRESTORE_JAR),
             "com.google.cloud.datastore.emulator.firestore.CloudFirestore", "start",
@@ -108,13 +109,23 @@ class Emulators:
             str(TASKS_EMULATOR), "start", "-p", str(self.tasks_port), "-q",
             "-d", f"projects/{PROJECT}/locations/{QUEUE[0]}/queues/{QUEUE[1]}",
         ], root / "tasks.log")  # fmt: skip
-        self.gcs.wait_until(lambda: _ok(f"http://{gcs}/storage/v1/b"))
-        requests.post(
-            f"http://{gcs}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET},
-            timeout=10,
-        ).raise_for_status()  # fmt: skip
+        self._gcs_ready()
         self.firestore.wait_until(lambda: _ok(f"http://127.0.0.1:{self.firestore_port}/"))
         self.tasks.wait_until(lambda: _listening(self.tasks_port))
+
+    def _gcs_ready(self) -> None:
+        gcs = f"http://127.0.0.1:{self.gcs_port}"
+        self.gcs.wait_until(lambda: _ok(f"{gcs}/storage/v1/b"))
+        requests.post(
+            f"{gcs}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET}, timeout=10
+        ).raise_for_status()
+
+    def restart_gcs(self) -> None:
+        """Cloud Storage back after an outage, on the same port; empty (it keeps its objects in
+        memory), with the bucket created again."""
+        self.gcs.kill(signal.SIGKILL)
+        self.gcs = Process("fake-gcs-server", self._gcs_command, self.root / "gcs.log")
+        self._gcs_ready()
 
     def env(self) -> dict[str, str]:
         return {
@@ -192,6 +203,10 @@ class GcpRegistry(Registry):
 
     def start(self) -> GcpRegistry:
         self.start_builder()
+        self.start_registry()
+        return self
+
+    def start_registry(self) -> None:
         self.registry = Process("registry function", [
             *self.launcher, str(BIN / "functions-framework"), "--target", "registry",
             "--source", str(REPO / "functions" / "registry" / "main.py"),
@@ -201,13 +216,12 @@ class GcpRegistry(Registry):
         self.registry.wait_until(
             lambda: requests.get(self.url + "/v2/", timeout=1).status_code in (200, 401)
         )
-        return self
 
     def start_builder(self) -> None:
         self.builder = Process("builder", [
             *self.launcher, str(BIN / "gunicorn"), "--chdir", str(REPO / "functions" / "builder"),
             "--bind", f"127.0.0.1:{self.builder_port}", "--threads", "8", "--timeout", "0",
-            "main:app",
+            "--access-logfile", "-", "main:app",
         ], self.builder_log, self.env)  # fmt: skip
         self.builder.wait_until(lambda: _ok(f"http://127.0.0.1:{self.builder_port}/healthz"))
 
@@ -243,7 +257,7 @@ class ContainerBuilderRegistry(GcpRegistry):
     def start_builder(self) -> None:
         passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_PKGS_REPO",
                   "NIXERY_FIRESTORE_PREFIX", "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT",
-                  "NIXERY_EVAL_ALLOW"]  # fmt: skip
+                  "NIXERY_EVAL_ALLOW", "NIXERY_BACKEND_TIMEOUT"]  # fmt: skip
         mounts = {
             **self.mounts,
             str(DEMO): str(DEMO),

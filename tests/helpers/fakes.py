@@ -39,6 +39,7 @@ from nixery.records import (
     Published,
     Revision,
     bounded_names,
+    with_answer,
 )
 from nixery.request import AMD64, ImageRequest
 
@@ -121,7 +122,7 @@ class FakeClock:
 
 
 class MemoryState:
-    """Every state port in dicts, plus the build records (``start``, ``claim``) that
+    """Every state port in dicts, plus the build records (``start``, ``claim``, ``release``) that
     ``TaskBuildQueue`` and builders use, with ``FirestoreBuildRecords``' lease rules.
 
     ``reads`` counts ``status`` calls and ``attempts`` the builds started per key.
@@ -133,9 +134,11 @@ class MemoryState:
         self.attempts: Counter[str] = Counter()
         self._images: dict[str, Published | Failure] = {}
         self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
+        self._causes: dict[str, str] = {}  # by ``release``
         self._manifests: dict[str, Manifest] = {}
         self._layers: dict[str, LayerBlob] = {}
         self._reports: dict[str, BuildReport] = {}
+        self._answers: dict[str, float] = {}
         self._package_names: dict[str, list[str]] = {}
         self.used: dict[str, float] = {}  # by ``touch``
         self._lock = threading.Lock()
@@ -147,7 +150,7 @@ class MemoryState:
         with self._lock:
             self.reads += 1
             if key in self._leases:
-                return Pending(self._leases[key][1] - self.clock())
+                return Pending(self._leases[key][1] - self.clock(), self._causes.get(key, ""))
             return self._images.get(key)
 
     def manifest(self, digest: str) -> Manifest | None:
@@ -196,11 +199,17 @@ class MemoryState:
 
     def report(self, key: str) -> BuildReport | None:
         with self._lock:
-            return self._reports.get(key)
+            report = self._reports.get(key)
+            return with_answer(report, self._answers.get(key)) if report else None
+
+    def record_answer(self, key: str, at: float) -> None:
+        with self._lock:
+            self._answers[key] = at
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:
-            return sorted(self._reports.values(), key=lambda r: -r.started)[:limit]
+            latest = sorted(self._reports.values(), key=lambda r: -r.started)[:limit]
+            return [with_answer(r, self._answers.get(r.key)) for r in latest]
 
     def layer_users(self, digest: str, limit: int) -> int:
         with self._lock:
@@ -222,6 +231,7 @@ class MemoryState:
             if self._leases.get(job.key, (None, 0.0))[1] > self.clock():
                 return None
             self._images.pop(job.key, None)
+            self._causes.pop(job.key, None)
             self._leases[job.key] = (None, self.clock() + pickup)
             self.attempts[job.key] += 1
             return self.attempts[job.key]
@@ -235,6 +245,12 @@ class MemoryState:
                 return "busy"
             self._leases[job.key] = (owner, self.clock() + ttl)
             return "taken"
+
+    def release(self, key: str, owner: str, cause: str, hold: float) -> None:
+        with self._lock:
+            if self._leases.get(key, (None, 0.0))[0] == owner:
+                self._leases[key] = (None, self.clock() + hold)
+                self._causes[key] = cause
 
 
 class MemoryBlobWriter:
@@ -357,7 +373,7 @@ class FakeBuilder:
         self.release.set()
         self._lock = threading.Lock()
 
-    def run(self, job: BuildJob) -> None:
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
         with self._lock:
             self.calls.append(job)
         self.started.set()

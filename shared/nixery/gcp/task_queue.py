@@ -17,7 +17,7 @@ from collections.abc import Callable
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from nixery.errors import QueueUnavailable
+from nixery.errors import BuildRetrying, QueueUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
@@ -64,10 +64,14 @@ class CloudTasksEnqueuer:
                 "service_account_email": self.service_account,
                 "audience": self.builder_url,
             }
+        now = time.time()
         task = {
             "name": f"{self.queue}/tasks/{job.key}-{attempt}",
             "http_request": request,
             "dispatch_deadline": {"seconds": int(self.build_deadline)},
+            # Due now, as without it; said here, so that every delivery carries it in its
+            # X-CloudTasks-TaskETA header (the emulator's only then), for the build's report.
+            "schedule_time": {"seconds": int(now), "nanos": int(now % 1 * 1e9)},
         }
         with contextlib.suppress(exceptions.AlreadyExists):  # enqueued already
             self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]
@@ -103,7 +107,8 @@ class TaskBuildQueue:
     def build(
         self, job: BuildJob, wait: float, gone: Callable[[], bool] = never
     ) -> Published | Failure | None:
-        """Records and enqueues the build, then polls its record: one read per poll."""
+        """Records and enqueues the build, then polls its record: one read per poll. A build
+        that a builder gave back for a passing cause (``release``) raises ``BuildRetrying``."""
         deadline = self.clock() + wait
         self._start(job)
         delay = 0.2
@@ -111,6 +116,9 @@ class TaskBuildQueue:
             status = self.images.status(job.key)
             if isinstance(status, Published | Failure):
                 return status
+            if isinstance(status, Pending) and status.cause:
+                # The queue retries it later: nothing to wait for now.
+                raise BuildRetrying(f"the build will be retried: {status.cause}")
             if not isinstance(status, Pending) or status.lease_left <= 0:
                 self._start(job)  # the builder died, or the task was lost: build again
             if self.clock() + delay > deadline or gone():

@@ -94,6 +94,22 @@ def image_name(packages: tuple[str, ...], system: str, nonroot: bool = False) ->
     return "/".join(prefix + [p.lower().lstrip("_") for p in sorted(left)]) or "cacert"
 
 
+def _steps(report: BuildReport) -> list[dict[str, Any]]:
+    """Each step's times, in seconds from the first one's beginning (the enqueue, where
+    known), and as they were recorded."""
+    origin = min((s.began for s in report.steps), default=report.started)
+    return [
+        {
+            "step": s.step,
+            "began": s.began,
+            "ended": s.ended,
+            "at": round(s.began - origin, 3),
+            "seconds": round(s.ended - s.began, 3),
+        }
+        for s in report.steps
+    ]
+
+
 def report_name(report: BuildReport) -> str:
     """The name that pulls the report's image. A build of several platforms (its manifests
     include an index) is pulled without ``arm64/``, whichever platform its report follows."""
@@ -190,6 +206,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
                     for layer in report.layers
                 ],
                 "manifests": dict(report.manifests),
+                "steps": _steps(report),
                 "pull": _pulls(host, name, oci) if oci else [],
                 "log": report.failure.log if report.failure else None,
                 "reason": report.failure.kind if report.failure else None,

@@ -34,8 +34,8 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -236,14 +236,17 @@ class Nix:
         *,
         flake: FlakeOrigin | None = None,
         optional: Sequence[str] = (),
+        timed: Callable[[str], AbstractContextManager[None]] = lambda _: nullcontext(),
     ) -> Iterator[BuildResult]:
         """Builds the packages by ``deadline`` (a ``time.monotonic()`` value), or raises
         ``BuildTimedOut``; their outputs stay garbage-collector roots until the block ends,
         so that a `nix-collect-garbage` meanwhile cannot delete what is being archived.
         With ``flake``, a checkout holding flake.nix is read as a flake from that origin, and
-        the ``optional`` packages it lacks are left out rather than missing."""
-        locked = self._lock(source, flake, deadline)
-        plan = self._plan(source, packages, system, deadline, locked, optional)
+        the ``optional`` packages it lacks are left out rather than missing. ``timed`` times
+        the evaluation (``evaluate``) and the realisation (``realise``)."""
+        with timed("evaluate"):
+            locked = self._lock(source, flake, deadline)
+            plan = self._plan(source, packages, system, deadline, locked, optional)
         if too_old := plan.get("nixTooOld"):
             raise BuildFailed(
                 f"the package set needs Nix >= {too_old['required']}, "
@@ -272,8 +275,9 @@ class Nix:
                 drvs = sorted({p["drvPath"] for p in [*plan["packages"], *own.values()]})
                 cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
-                self._run(realise, "building", math.inf, deadline, source)
-                closure = self.closure(sorted(set(outputs.values())), deadline)
+                with timed("realise"):
+                    self._run(realise, "building", math.inf, deadline, source)
+                    closure = self.closure(sorted(set(outputs.values())), deadline)
                 if left_out := [name for name, p in own.items() if p["out"] not in closure]:
                     # A set's withPackages keeps what it knows as modules, and the build would
                     # succeed without a package the name asks for: it goes in plain instead,
