@@ -112,21 +112,17 @@ class ImageService:
         accept: Iterable[str],
         caller: Caller = Caller(),
     ) -> Manifest:
+        accept = list(accept)
+        if (warm := self.warm(request, reference, accept)) is not None:
+            return warm
+        # Read before the image is checked: a change meanwhile has it checked again next time.
+        generation = self.images.generation()
         if not isinstance(reference, Tag):
-            return self._manifest_by_digest(reference)
+            return self._manifest_by_digest(reference, generation)
         if (signed := signed_digest(reference.name)) is not None:
             return self._signature(signed)
         revision = self._resolve(reference)
-        media_type = preferred_type(accept)
-        if request.platforms:  # a client that takes an index gets one, others the default's
-            media_type = preferred_index_type(accept) or media_type
-        # Read before the image is checked: a change meanwhile has it checked again next time.
-        generation = self.images.generation()
-        at = (request, revision, media_type)
-        warm = self._warm.get(at)
-        if warm is not None and warm.generation == generation:
-            self._touch(warm.key)
-            return warm.manifest
+        media_type = _media_type(request, accept)
         job = BuildJob.of(request, revision)
         found = self._whole(self.image(job, caller), media_type)
         if found is None:
@@ -142,16 +138,31 @@ class ImageService:
         manifest, blobs = found
         with self._warm_lock:
             self._make_room()
-            self._warm[at] = _Answer(job.key, manifest, generation)
+            self._warm[request, revision, media_type] = _Answer(job.key, manifest, generation)
             self._warm_blobs.update(blobs)
         self._touch(job.key)
         return manifest
 
-    def _manifest_by_digest(self, digest: Digest) -> Manifest:
+    def warm(
+        self, request: ImageRequest, reference: Tag | Digest, accept: Iterable[str]
+    ) -> Manifest | None:
+        """The manifest if a pull before found it whole and nothing since says it may have
+        changed, else None: from memory (the tag's revision, then a dict), with no build,
+        no state read and no lock other pulls wait on. Its errors are ``manifest``'s."""
         generation = self.images.generation()
-        warm = self._by_digest.get(digest)
-        if warm is not None and warm[0] == generation:
-            return warm[1]
+        if not isinstance(reference, Tag):
+            found = self._by_digest.get(reference)
+            return found[1] if found is not None and found[0] == generation else None
+        if signed_digest(reference.name) is not None:
+            return None
+        at = (request, self._resolve(reference), _media_type(request, accept))
+        answer = self._warm.get(at)
+        if answer is None or answer.generation != generation:
+            return None
+        self._touch(answer.key)
+        return answer.manifest
+
+    def _manifest_by_digest(self, digest: Digest, generation: int) -> Manifest:
         found = self.images.manifest(digest)
         if found is None:
             raise UnknownManifest("manifest unknown", {"digest": digest})
@@ -299,6 +310,15 @@ class ImageService:
         if revision is None:
             raise UnknownTag("unknown tag", {"tag": tag.name})
         return revision
+
+
+def _media_type(request: ImageRequest, accept: Iterable[str]) -> str:
+    """The manifest format a client gets: an index, if the image has several platforms and
+    the client takes one, else the default platform's manifest in a format it reads."""
+    media_type = preferred_type(accept)
+    if request.platforms:
+        return preferred_index_type(accept) or media_type
+    return media_type
 
 
 def _of_build(failure: Failure, job: BuildJob) -> BuildError:
