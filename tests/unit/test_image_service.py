@@ -310,31 +310,24 @@ def test_a_warm_pull_by_tag_reads_no_state_and_checks_no_blob(source, blobs, clo
     assert images.manifest(JOB.request, LATEST, []).media_type == DOCKER_MANIFEST, "its own"
 
 
-def test_an_image_another_process_deleted_is_checked_and_built_again(
-    service, state, blobs, thread_queue
+@pytest.mark.parametrize("how", ["gc deleted it", "its blob's GET found it gone"])
+def test_an_image_answered_from_memory_is_checked_again_once_it_may_have_changed(
+    service, state, blobs, thread_queue, how: str
 ) -> None:
-    """`nixery gc` (another process) moves the state's generation: the next pull sees it."""
+    """`nixery gc` (another process) moves the state's generation, while a blob deleted or
+    damaged by hand is found out by its own GET: either way the next pull checks the image
+    and builds it again."""
     state.publish(JOB.key, MANIFESTS)
     builder = RestoringBuilder(state, blobs)
     images = service(thread_queue(builder))
     assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
-    del blobs.blobs[CONFIG]
-    state.forget(JOB.key)  # as gc deletes an image record, then its blobs
-    assert within(30, lambda: images.manifest(JOB.request, LATEST, [OCI_MANIFEST])) == OCI
-    assert builder.calls == [JOB]
-
-
-def test_a_blob_found_gone_has_the_next_pull_check_its_image(
-    service, state, blobs, thread_queue
-) -> None:
-    """Deleted or damaged by hand (the generation does not move): its own GET finds out."""
-    state.publish(JOB.key, MANIFESTS)
-    builder = RestoringBuilder(state, blobs)
-    images = service(thread_queue(builder))
-    assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
-    blobs.blobs[CONFIG] = b"damaged"
-    with pytest.raises(UnknownBlob):
-        images.blob(Digest(CONFIG))
+    if how == "gc deleted it":
+        del blobs.blobs[CONFIG]
+        state.forget(JOB.key)  # as gc deletes an image record, then its blobs
+    else:
+        blobs.blobs[CONFIG] = b"damaged"
+        with pytest.raises(UnknownBlob):
+            images.blob(Digest(CONFIG))
     assert within(30, lambda: images.manifest(JOB.request, LATEST, [OCI_MANIFEST])) == OCI
     assert builder.calls == [JOB]
 

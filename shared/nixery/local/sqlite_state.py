@@ -110,14 +110,9 @@ class _Guard(_Unavailable):
     def __enter__(self) -> None:
         self._mutex.acquire()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exception: Any) -> None:
         self._mutex.release()
-        super().__exit__(kind, error, traceback)
+        super().__exit__(*exception)
 
 
 class _Generation:
