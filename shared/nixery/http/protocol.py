@@ -124,7 +124,7 @@ def create_app(
     platforms = settings.platforms if settings else (AMD64,)
     auth = Auth(settings.auth) if settings and settings.auth else None
     if auth is None:  # a private registry's pulls prove who asks first, through the app
-        app.wsgi_app = _WarmManifests(  # type: ignore[method-assign]
+        app.wsgi_app = _WarmManifests(  # type: ignore[method-assign, assignment]
             service, app.wsgi_app, max_packages, platforms
         )
     if settings and settings.trusted_proxies:
@@ -265,24 +265,27 @@ class _WarmManifests:
         # repository name -> what it asks for; bounded, since names come from the internet
         self._names: dict[str, ImageRequest] = {}
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(
+        self, wsgi_environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        # Not named environ: its keys are the request's, not settings of the environment.
         started = time.perf_counter()
-        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        method, path = wsgi_environ["REQUEST_METHOD"], wsgi_environ.get("PATH_INFO", "")
         if method not in _READ or not path.startswith("/v2/") or len(path) > MAX_PATH:
-            return self.app(environ, start_response)
+            return self.app(wsgi_environ, start_response)
         match = _MANIFEST.fullmatch(path, 4)
         if match is None:
-            return self.app(environ, start_response)
+            return self.app(wsgi_environ, start_response)
         try:
             manifest = self.service.warm(
                 self._request(match["name"]),
                 parse_reference(match["reference"]),
-                [environ.get("HTTP_ACCEPT", "")],
+                [wsgi_environ.get("HTTP_ACCEPT", "")],
             )
         except NixeryError:  # the app answers it
             manifest = None
         if manifest is None:
-            return self.app(environ, start_response)
+            return self.app(wsgi_environ, start_response)
         start_response("200 OK", [
             ("Content-Type", manifest.media_type),
             ("Content-Length", str(len(manifest.body))),
