@@ -1,14 +1,16 @@
 """Serving a cached image: local mode against the Go reference registry, same run, same client.
 
-    .venv/bin/python -m bench.serve [IMAGE] [--runs 5] [--seconds 10] [--connections 16] [--smoke]
+    .venv/bin/python -m bench.serve [IMAGE] [--runs 5] [--seconds 10] [--connections 16]
+                                    [--rounds 3] [--smoke]
 
 The image is built by a local registry (demo set), pulled out with skopeo and pushed into
 Debian's `docker-registry` (distribution/distribution, filesystem storage), so both serve the
 same bytes. Then, alternating between them: end-to-end `skopeo copy` into a fresh OCI
 directory (median of --runs), manifest GETs by tag under concurrent load with wrk (requests
 per second and latency percentiles), then with a single connection (latency without
-queueing), and GETs of the image's largest blob under the same load; last, the ratios of
-ours to the reference's. Needs skopeo, wrk and docker-registry.
+queueing), and GETs of the image's largest blob under the same load, each --rounds times
+with the two taking turns (medians), so that a burst of other work on the machine hits both;
+last, the ratios of ours to the reference's. Needs skopeo, wrk and docker-registry.
 """
 
 from __future__ import annotations
@@ -64,6 +66,24 @@ def wrk(url: str, seconds: int, connections: int) -> tuple[float, float, float]:
     return rps, _ms(figure(r"^\s+50%\s+(\S+)", out)), _ms(figure(r"^\s+99%\s+(\S+)", out))
 
 
+def alternating(
+    urls: dict[str, str], seconds: int, connections: int, rounds: int
+) -> dict[str, tuple[float, float, float]]:
+    """``wrk``'s figures for each server, the median of ``rounds`` runs taking turns."""
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in urls}
+    for _ in range(rounds):
+        for name, url in urls.items():
+            runs[name].append(wrk(url, seconds, connections))
+    return {
+        name: (
+            statistics.median(r[0] for r in figures),
+            statistics.median(r[1] for r in figures),
+            statistics.median(r[2] for r in figures),
+        )
+        for name, figures in runs.items()
+    }
+
+
 def _ms(latency: str) -> float:
     """wrk's ``765.00us``, ``1.02ms`` or ``1.10s``, in milliseconds."""
     for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
@@ -89,7 +109,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    args = parse_args(parser, image="shell/hello", runs=1, seconds=1, connections=2)
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per figure and server")
+    args = parse_args(parser, image="shell/hello", runs=1, seconds=1, connections=2, rounds=1)
     work = Path(tempfile.mkdtemp(prefix="nixery-serve-"))
     ours = Registry(work / "storage").start()
     ref: subprocess.Popen[bytes] | None = None
@@ -111,9 +132,9 @@ def main() -> None:
         digest, size = largest_blob(ours.host, args.image)
         blobs = {name: f"http://{host}/v2/{args.image}/blobs/{digest}"
                  for name, host in hosts.items()}  # fmt: skip
-        load = {name: wrk(url, args.seconds, args.connections) for name, url in manifests.items()}
-        alone = {name: wrk(url, args.seconds, 1) for name, url in manifests.items()}
-        blob = {name: wrk(url, args.seconds, args.connections) for name, url in blobs.items()}
+        load = alternating(manifests, args.seconds, args.connections, args.rounds)
+        alone = alternating(manifests, args.seconds, 1, args.rounds)
+        blob = alternating(blobs, args.seconds, args.connections, args.rounds)
     finally:
         ours.stop()
         if ref:
@@ -121,7 +142,8 @@ def main() -> None:
             ref.wait()
         shutil.rmtree(work, ignore_errors=True)
     print(f"image {args.image} (demo set); skopeo copy median of {args.runs}; "
-          f"wrk {args.seconds}s, {args.connections} connections, 2 threads; "
+          f"wrk {args.seconds}s, {args.connections} connections, 2 threads, median of "
+          f"{args.rounds} taking turns; "
           f"blob: the largest layer, {size / 1e6:.1f} MB")  # fmt: skip
     for name in hosts:
         rps, p50, p99 = load[name]
