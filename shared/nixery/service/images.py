@@ -308,18 +308,25 @@ class ImageService:
     def blob(self, digest: Digest) -> BlobLocation:
         size = self.blobs.size(digest)
         if size is None or not self.blobs.intact(digest):
-            if digest in self._warm_blobs:
-                # A manifest answered from memory names it: the next pull checks its image
-                # again (and builds it again).
-                with self._warm_lock:
-                    self._forget_answers()
+            self._lost(digest)
             raise UnknownBlob("blob unknown", {"digest": digest})
         return BlobLocation(size, self.blobs.url(digest))
 
     def open_blob(self, digest: str) -> BinaryIO:
         """The bytes of a blob that ``blob`` found, for a registry that serves them itself;
         ``UnknownBlob`` if it went since."""
-        return self.blobs.open(digest)
+        try:
+            return self.blobs.open(digest)
+        except UnknownBlob:
+            self._lost(digest)
+            raise
+
+    def _lost(self, digest: str) -> None:
+        """A blob found gone or damaged: if a manifest answered from memory names it, the
+        next pull checks its image again (and builds it again)."""
+        if digest in self._warm_blobs:
+            with self._warm_lock:
+                self._forget_answers()
 
     def manifest_by_digest(self, digest: str) -> Manifest | None:
         return self.images.manifest(digest)
