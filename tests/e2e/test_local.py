@@ -155,6 +155,34 @@ def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monk
         server.close()
 
 
+def test_a_manifest_answered_from_memory_is_the_reply_flask_gives(make_registry, tmp_path):
+    """The first pull of each kind goes through Flask's route, the same pull again is answered
+    from memory before Flask (``_WarmManifests``): the same status, headers and body, by tag
+    in either format and by digest, GET and HEAD, each with its access log line."""
+    reg = make_registry(tmp_path / "storage")
+
+    def reply(response: requests.Response) -> tuple[int, dict[str, str], bytes]:
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return response.status_code, {k: v for k, v in headers.items()
+                                      if k not in ("date", "server")}, response.content  # fmt: skip
+
+    digest = manifest(reg, "shell/hello").headers["Docker-Content-Digest"]
+    pulls = [("latest", OCI, "GET"), ("latest", DOCKER, "HEAD"), ("latest", DOCKER, "GET"),
+             (digest, OCI, "GET"), (digest, OCI, "HEAD")]  # fmt: skip
+    for ref, accept, method in pulls:
+        through_flask = reply(manifest(reg, "shell/hello", ref, accept, method))
+        from_memory = reply(manifest(reg, "shell/hello", ref, accept, method))
+        assert from_memory == through_flask, (ref, accept, method)
+        status, headers, body = from_memory
+        assert status == 200 and headers["docker-content-digest"].startswith("sha256:")
+        assert headers["docker-distribution-api-version"] == "registry/2.0"
+        assert headers["content-type"] == (accept if ref == "latest" else OCI)
+        assert body == b"" if method == "HEAD" else int(headers["content-length"]) == len(body)
+    log = reg.log()
+    for ref, _, method in pulls:
+        assert log.count(f"{method} /v2/shell/hello/manifests/{ref} 200 ") >= 2, (method, ref)
+
+
 def test_a_tag_whose_package_set_changed_is_the_new_image_at_its_next_pull(make_registry, tmp_path):
     """A pull by tag is answered from memory by the tag's revision: a new revision is a new
     image at once (with NIXERY_REVISION_TTL=0), never the old one remembered."""
