@@ -5,7 +5,9 @@
 Cold import: a fresh interpreter importing the function's module (what a cold instance does
 before it can answer the /v2/ ping), then importing the Google Cloud wiring the first real
 request loads. Warm latency: manifest GETs of a cached image through functions-framework,
-with the same requests against local mode (`nixery serve`) as the reference in this run.
+with the same requests against local mode (`nixery serve`) as the reference in this run,
+each beside its `/v2/` ping (answered before the registry's app: the floor of the server and
+the client).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def import_seconds(module: str, cwd: Path, runs: int, env: dict[str, str]) -> fl
     return statistics.median(times)
 
 
-def latencies(url: str, n: int) -> list[float]:
+def latencies(url: str, n: int, path: str = "/v2/shell/hello/manifests/latest") -> list[float]:
     session = requests.Session()
-    path = f"{url}/v2/shell/hello/manifests/latest"
+    path = url + path
     session.headers["Accept"] = OCI
     session.get(path, timeout=300).raise_for_status()
     out = []
@@ -67,8 +69,12 @@ def main() -> None:
         )
         for name, reg in (("function (Firestore emulator)", gcp), ("local mode", local)):
             ms = latencies(reg.url, args.requests)
+            ping = latencies(reg.url, args.requests, "/v2/")
             p50, p90 = ms[len(ms) // 2], ms[int(len(ms) * 0.9)]
-            print(f"warm manifest GET, {name}: p50 {p50:.1f} ms, p90 {p90:.1f} ms, n={len(ms)}")
+            print(
+                f"warm manifest GET, {name}: p50 {p50:.2f} ms, p90 {p90:.2f} ms, n={len(ms)}; "
+                f"the /v2/ ping's p50 (the server and client alone) {ping[len(ping) // 2]:.2f} ms"
+            )
     finally:
         gcp.stop()
         local.stop()

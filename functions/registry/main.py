@@ -20,7 +20,10 @@ _lock = threading.Lock()
 
 
 def _registry() -> Flask:
+    """The app, made once; a request after that takes no lock."""
     global _app
+    if _app is not None:
+        return _app
     with _lock:
         if _app is None:
             from nixery import logs

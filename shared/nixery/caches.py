@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar, cast
 
-from cachetools import Cache, LRUCache, TLRUCache, TTLCache
+from cachetools import Cache, LRUCache, TTLCache
 
 T = TypeVar("T")
 Clock = Callable[[], float]
 
 # Entries per cache; a manifest is ~1 KB, so this bounds each cache to a few MB.
 CACHE_SIZE = 4096
-# Tags' answers kept at once: a flood of made-up tags costs memory, not the real tags' answers
-# (the least recently used go first).
+# Tags' answers kept at once: a flood of made-up tags costs memory and, once it is full, a
+# lookup again of the real tags' answers (the oldest go first).
 MEMO_SIZE = 100_000
 
 
@@ -78,25 +78,40 @@ class KeyedLocks:
 class Memo(Generic[T]):
     """Answers kept for ``ttl`` seconds by ``clock`` from when their lookup started (an answer
     is as old as the question), each computed once at a time; exceptions propagate and are
-    not kept. A ``None`` answer is kept like any other."""
+    not kept. A ``None`` answer is kept like any other.
+
+    A fresh answer is read from a plain dict, without a lock: every pull by tag asks, and
+    a lock there would be one that all of them wait on. Only a lookup takes locks."""
 
     def __init__(self, ttl: float, clock: Clock, size: int = MEMO_SIZE) -> None:
+        self._ttl = ttl
         self._clock = clock
-        # key -> (when its lookup started, the answer)
-        self._entries: TLRUCache[str, tuple[float, object]] = TLRUCache(
-            size, lambda _key, entry, _now: entry[0] + ttl, timer=clock
-        )
+        self._size = size
+        # key -> (when its answer goes stale, the answer); written under ``_mutex`` only
+        self._entries: dict[str, tuple[float, object]] = {}
         self._locks = KeyedLocks()
         self._mutex = threading.Lock()
 
     def get(self, key: str, compute: Callable[[], T]) -> T:
+        found = self._entries.get(key)
+        if found is not None and self._clock() < found[0]:
+            return cast(T, found[1])  # stored below, as a T
         with self._locks.hold(key):
-            with self._mutex:
-                found = self._entries.get(key)
-            if found is not None:
-                return cast(T, found[1])  # stored below, as a T
-            started = self._clock()
+            found = self._entries.get(key)
+            if found is not None and self._clock() < found[0]:
+                return cast(T, found[1])
+            stale = self._clock() + self._ttl
             value = compute()
             with self._mutex:
-                self._entries[key] = (started, value)
+                if len(self._entries) >= self._size:
+                    self._evict()
+                self._entries.pop(key, None)  # to the end: the oldest answers go first
+                self._entries[key] = (stale, value)
             return value
+
+    def _evict(self) -> None:
+        """Makes room: the stale answers go, and if none is, the oldest tenth."""
+        now = self._clock()
+        stale = [k for k, (until, _) in self._entries.items() if until <= now]
+        for key in stale or list(self._entries)[: max(1, self._size // 10)]:
+            del self._entries[key]

@@ -104,6 +104,13 @@ class PublishedImages(Protocol):
 
     def record_failure(self, key: str, failure: Failure) -> None: ...
 
+    def generation(self) -> int:
+        """A number that moves whenever published images, their manifests or blobs may have
+        gone (`nixery gc`, an image forgotten, by any process): what a caller found out about
+        them holds while it stays. Asked on every pull: it takes no lock that other calls
+        wait on, and reads the state only when the state changed."""
+        ...
+
 
 class LayerCache(Protocol):
     """Layers archived before, by the store-path set (and archive format) they hold."""

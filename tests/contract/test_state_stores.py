@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -721,6 +722,33 @@ def published_sqlite(tmp_path: Path) -> Path:
     state.record_report(sample_report())
     state.record_package_names("rev-1", ["hello"])
     return path
+
+
+def test_the_sqlite_generation_moves_with_deletions_by_any_connection_only(
+    published_sqlite: Path,
+) -> None:
+    """What a registry answers from memory holds while it stays: a publication, a pull's
+    record, a report leave it; `nixery gc` (another process: another connection) and a
+    forgotten image move it, seen by every thread at its next call."""
+    served = sqlite_ports(published_sqlite)
+    collector = sqlite_ports(published_sqlite)
+    first = served.generation()
+    served.publish("another", sample_manifests())
+    served.touch(KEY, AT)
+    collector.record_report(sample_report())
+    assert served.generation() == first
+    collector.inventory.delete(images=["another"])
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.append(served.generation())) for _ in "ab"]
+    for thread in threads:
+        thread.start()
+        thread.join()
+    seen.append(served.generation())
+    assert len(set(seen)) == 1 and seen[0] != first
+    served.forget(KEY)
+    assert served.generation() not in (first, seen[0])
+    with locked(published_sqlite):  # readers go on (WAL)
+        assert served.generation() == collector.generation()
 
 
 def test_sqlite_writes_while_another_process_holds_the_lock_are_unavailable_naming_it(

@@ -200,6 +200,10 @@ def test_the_token_endpoint_trades_a_password_for_a_token(private) -> None:
         headers={"Authorization": f"Bearer {token}", "Accept": OCI},
     )
     assert pulled.status_code == 200, pulled.text
+    # Held in memory now, but for those who prove who they are only (no answer before Flask).
+    again = private.get("/v2/hello/manifests/latest", method="HEAD", headers={"Accept": OCI})
+    assert again.status_code == 401
+    assert private.get("/v2/hello/manifests/latest", headers={"Accept": OCI}).status_code == 401
 
 
 def test_skopeo_with_credentials_and_without(private, clients, tmp_path) -> None:

@@ -6,10 +6,20 @@ import hashlib
 import http.client
 import http.server
 import json
+import os
 import subprocess
+import threading
 
 import pytest
+import requests
 
+from nixery.blobs import store_bytes
+from nixery.config import ConnectionLimits
+from nixery.http.protocol import create_app
+from nixery.local import http_server
+from nixery.local.file_blob_store import FileBlobStore
+from nixery.service.images import ImageService
+from tests.helpers.fakes import MemoryState, ScriptedQueue, StaticSource
 from tests.helpers.registries import DEMO, Registry, git, pull_concurrently
 
 pytestmark = pytest.mark.e2e
@@ -113,6 +123,81 @@ def test_blobs_serve_with_ranges(registry):
     assert int(head.headers["Content-Length"]) == layer["size"]
     config = registry.get(f"/v2/shell/hello/blobs/{body['config']['digest']}")
     assert json.loads(config.content)["architecture"] == "amd64"
+
+
+def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monkeypatch):
+    """The kernel copies a blob from the page cache to the socket: none of its bytes pass
+    through Python. A range is served as before, by werkzeug."""
+    data = os.urandom(3 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs = FileBlobStore(tmp_path / "storage")
+    store_bytes(blobs, digest, data)
+    service = ImageService(source=StaticSource({}), images=MemoryState(), blobs=blobs,
+                           builds=ScriptedQueue(), wait=1, failure_ttl=1)  # fmt: skip
+    sent: list[int] = []
+
+    def sendfile(out: int, fd: int, offset: int, count: int) -> int:
+        sent.append(real(out, fd, offset, count))
+        return sent[-1]
+
+    real = os.sendfile
+    monkeypatch.setattr(http_server.os, "sendfile", sendfile)
+    server = http_server.create_server(create_app(service), "127.0.0.1", 0, ConnectionLimits())
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.effective_port}/v2/hello/blobs/{digest}"
+        whole = requests.get(url, timeout=30)
+        assert whole.status_code == 200 and whole.content == data
+        assert sum(sent) == len(data)
+        part = requests.get(url, headers={"Range": "bytes=10-109"}, timeout=30)
+        assert part.status_code == 206 and part.content == data[10:110]
+    finally:
+        server.close()
+
+
+def test_a_manifest_answered_from_memory_is_the_reply_flask_gives(make_registry, tmp_path):
+    """The first pull of each kind goes through Flask's route, the same pull again is answered
+    from memory before Flask (``_WarmManifests``): the same status, headers and body, by tag
+    in either format and by digest, GET and HEAD, each with its access log line."""
+    reg = make_registry(tmp_path / "storage")
+
+    def reply(response: requests.Response) -> tuple[int, dict[str, str], bytes]:
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        return response.status_code, {k: v for k, v in headers.items()
+                                      if k not in ("date", "server")}, response.content  # fmt: skip
+
+    digest = manifest(reg, "shell/hello").headers["Docker-Content-Digest"]
+    pulls = [("latest", OCI, "GET"), ("latest", DOCKER, "HEAD"), ("latest", DOCKER, "GET"),
+             (digest, OCI, "GET"), (digest, OCI, "HEAD")]  # fmt: skip
+    for ref, accept, method in pulls:
+        through_flask = reply(manifest(reg, "shell/hello", ref, accept, method))
+        from_memory = reply(manifest(reg, "shell/hello", ref, accept, method))
+        assert from_memory == through_flask, (ref, accept, method)
+        status, headers, body = from_memory
+        assert status == 200 and headers["docker-content-digest"].startswith("sha256:")
+        assert headers["docker-distribution-api-version"] == "registry/2.0"
+        assert headers["content-type"] == (accept if ref == "latest" else OCI)
+        assert body == b"" if method == "HEAD" else int(headers["content-length"]) == len(body)
+    log = reg.log()
+    for ref, _, method in pulls:
+        assert log.count(f"{method} /v2/shell/hello/manifests/{ref} 200 ") >= 2, (method, ref)
+
+
+def test_a_tag_whose_package_set_changed_is_the_new_image_at_its_next_pull(make_registry, tmp_path):
+    """A pull by tag is answered from memory by the tag's revision: a new revision is a new
+    image at once (with NIXERY_REVISION_TTL=0), never the old one remembered."""
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    (pkgs / "default.nix").write_text(f"# first\nargs: import {DEMO} args\n")
+    reg = make_registry(tmp_path / "storage", NIXERY_PKGS_PATH=str(pkgs), NIXERY_REVISION_TTL="0")
+    first = manifest(reg, "hello")
+    assert first.ok, first.text
+    assert manifest(reg, "hello").content == first.content
+    (pkgs / "default.nix").write_text(f"# second\nargs: import {DEMO} args\n")
+    second = manifest(reg, "hello")
+    assert second.ok, second.text
+    assert second.headers["Docker-Content-Digest"] != first.headers["Docker-Content-Digest"]
+    assert reg.builds_started() == 2
 
 
 def range_cases(size: int) -> list[tuple[str, int, tuple[int, int] | None]]:

@@ -141,6 +141,7 @@ class MemoryState:
         self._answers: dict[str, float] = {}
         self._package_names: dict[str, list[str]] = {}
         self.used: dict[str, float] = {}  # by ``touch``
+        self.deletions = 0  # the generation
         self._lock = threading.Lock()
 
     def ports(self) -> StatePorts:
@@ -178,6 +179,10 @@ class MemoryState:
         with self._lock:
             if isinstance(self._images.get(key), Published):
                 del self._images[key]
+            self.deletions += 1
+
+    def generation(self) -> int:
+        return self.deletions
 
     def record_failure(self, key: str, failure: Failure) -> None:
         with self._lock:

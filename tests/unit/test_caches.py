@@ -40,3 +40,18 @@ def test_no_ttl_keeps_nothing() -> None:
     memo: Memo[int] = Memo(0.0, FakeClock(0.0))
     answers = iter(range(3))
     assert [memo.get("k", lambda: next(answers)) for _ in range(3)] == [0, 1, 2]
+
+
+def test_a_full_memo_drops_the_stale_answers_first_then_the_oldest() -> None:
+    clock = FakeClock(0.0)
+    memo: Memo[int] = Memo(10.0, clock, size=4)
+    for i in range(2):
+        memo.get(f"old{i}", lambda i=i: i)
+    clock.advance(10)  # old0 and old1 are stale
+    for i in range(3):
+        memo.get(f"new{i}", lambda i=i: i)
+    assert memo.get("new0", lambda: -1) == 0, "kept: the stale ones made room"
+    memo.get("new3", lambda: 3)
+    memo.get("new4", lambda: 4)  # full of fresh answers: the oldest, new0, goes
+    assert memo.get("new0", lambda: -1) == -1
+    assert memo.get("new4", lambda: -1) == 4

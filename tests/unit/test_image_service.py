@@ -32,7 +32,7 @@ from nixery.job import BuildJob
 from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.oci.manifests import DOCKER_MANIFEST, OCI_MANIFEST, sha256_digest
 from nixery.ports import BuildQueue
-from nixery.records import Failure, Published
+from nixery.records import Failure, Published, Revision
 from nixery.request import Digest, Tag
 from nixery.service.images import BlobLocation, ImageService
 from tests.helpers.fakes import (
@@ -262,6 +262,99 @@ def test_blobs_are_found_with_their_size_or_unknown(service, blobs) -> None:
     assert images.blob(Digest(sha256_digest(b"config"))) == BlobLocation(6, None)
     with pytest.raises(UnknownBlob):
         images.blob(Digest(sha256_digest(b"other")))
+
+
+# A published image never changes: after its first pull, a pull by tag is answered from
+# memory (the tag's revision, then a dict), until something says the image may have changed.
+
+
+class CountingState(MemoryState):
+    """Counts every read of a manifest or of referrers, besides the status reads."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.part_reads = 0
+
+    def manifest(self, digest: str):
+        self.part_reads += 1
+        return super().manifest(digest)
+
+    def referrers(self, subject: str):
+        self.part_reads += 1
+        return super().referrers(subject)
+
+
+class CountingBlobs(MemoryBlobStore):
+    def __init__(self, source: MemoryBlobStore) -> None:
+        super().__init__()
+        self.blobs = source.blobs
+        self.checks = 0
+
+    def intact(self, digest: str) -> bool:
+        self.checks += 1
+        return super().intact(digest)
+
+
+def test_a_warm_pull_by_tag_reads_no_state_and_checks_no_blob(source, blobs, clock) -> None:
+    state = CountingState(clock)
+    counted = CountingBlobs(blobs)
+    state.publish(JOB.key, MANIFESTS)
+    images = ImageService(source=source, images=state, blobs=counted, builds=ScriptedQueue(),
+                          wait=WAIT, failure_ttl=FAILURE_TTL, clock=clock)  # fmt: skip
+    assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
+    assert images.manifest(JOB.request, Digest(OCI.digest), []) == OCI
+    reads, part_reads, checks = state.reads, state.part_reads, counted.checks
+    for _ in range(3):
+        assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
+        assert images.manifest(JOB.request, Digest(OCI.digest), []) == OCI
+    assert (state.reads, state.part_reads, counted.checks) == (reads, part_reads, checks)
+    assert images.manifest(JOB.request, LATEST, []).media_type == DOCKER_MANIFEST, "its own"
+
+
+@pytest.mark.parametrize("how", ["gc deleted it", "its blob's GET found it gone"])
+def test_an_image_answered_from_memory_is_checked_again_once_it_may_have_changed(
+    service, state, blobs, thread_queue, how: str
+) -> None:
+    """`nixery gc` (another process) moves the state's generation, while a blob deleted or
+    damaged by hand is found out by its own GET: either way the next pull checks the image
+    and builds it again."""
+    state.publish(JOB.key, MANIFESTS)
+    builder = RestoringBuilder(state, blobs)
+    images = service(thread_queue(builder))
+    assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
+    if how == "gc deleted it":
+        del blobs.blobs[CONFIG]
+        state.forget(JOB.key)  # as gc deletes an image record, then its blobs
+    else:
+        blobs.blobs[CONFIG] = b"damaged"
+        with pytest.raises(UnknownBlob):
+            images.blob(Digest(CONFIG))
+    assert within(30, lambda: images.manifest(JOB.request, LATEST, [OCI_MANIFEST])) == OCI
+    assert builder.calls == [JOB]
+
+
+def test_an_unknown_blob_leaves_the_answers_in_memory(service, state) -> None:
+    """Else any client could have every pull read the state again, with a made-up digest."""
+    state.publish(JOB.key, MANIFESTS)
+    images = service(ScriptedQueue())
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    reads = state.reads
+    with pytest.raises(UnknownBlob):
+        images.blob(Digest(sha256_digest(b"other")))
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert state.reads == reads
+
+
+def test_a_tag_that_moves_to_a_new_revision_is_the_new_image_at_once(
+    service, state, source
+) -> None:
+    state.publish(JOB.key, MANIFESTS)
+    queue = ScriptedQueue(PUBLISHED)
+    images = service(queue)
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    source.revisions["latest"] = Revision("test", "1" * 40)
+    images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
+    assert [job.revision for job, _ in queue.calls] == [source.revisions["latest"]]
 
 
 # --- ThreadBuildQueue ------------------------------------------------------------------

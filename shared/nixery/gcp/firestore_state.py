@@ -309,6 +309,11 @@ class FirestorePublishedImages(_Part):
 
         record(self.client.transaction())
 
+    def generation(self) -> int:
+        """Nothing tells an instance what another one (or `nixery gc`) deleted: what it found
+        out is checked again every PUBLISHED_TTL, as the answers it keeps are."""
+        return int(self.clock() // PUBLISHED_TTL)
+
 
 class FirestoreLayerCache(_Part):
     @bounded

@@ -19,8 +19,8 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
 from werkzeug.datastructures import Authorization
@@ -57,6 +57,7 @@ from nixery.request import (
     AMD64,
     MAX_PACKAGES,
     NAME_RE,
+    Architecture,
     Digest,
     ImageRequest,
     Tag,
@@ -66,6 +67,9 @@ from nixery.request import (
 )
 from nixery.service.catalog import Catalog
 from nixery.service.images import Caller, ImageService
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     Transient: (503, "UNAVAILABLE"),
     Exception: (500, "UNKNOWN"),  # our own bugs
 }
+# Repository names whose parse a registry keeps.
+_NAMES = 4096
 # More digits than any real page size; also keeps int() far from its 4300-digit limit.
 _PAGE_SIZE = re.compile(r"[0-9]{1,9}")
 
@@ -123,6 +129,10 @@ def create_app(
     max_packages = settings.max_packages if settings else MAX_PACKAGES
     platforms = settings.platforms if settings else (AMD64,)
     auth = Auth(settings.auth) if settings and settings.auth else None
+    if auth is None:  # a private registry's pulls prove who asks first, through the app
+        app.wsgi_app = _WarmManifests(  # type: ignore[method-assign, assignment]
+            service, app.wsgi_app, max_packages, platforms
+        )
     if settings and settings.trusted_proxies:
         # The proxies in front append their client's address to X-Forwarded-For (and the
         # scheme to X-Forwarded-Proto): the real client is found that many entries back.
@@ -227,15 +237,78 @@ def create_app(
     def headers(response: Response) -> Response:
         if _is_api(request.path):
             response.headers[API_VERSION[0]] = API_VERSION[1]
-        ms = (time.perf_counter() - g.started) * 1000
-        log.info(
-            "%s %s %d %.1fms", request.method, request.path, response.status_code, ms,
-            extra={"http_method": request.method, "path": request.path,
-                   "status": response.status_code, "ms": round(ms, 1)},
-        )  # fmt: skip
+        _access(request.method, request.path, response.status_code, g.started)
         return response
 
     return app
+
+
+def _access(method: str, path: str, status: int, started: float) -> None:
+    """A request's line in the log."""
+    if log.isEnabledFor(logging.INFO):
+        ms = (time.perf_counter() - started) * 1000
+        log.info(
+            "%s %s %d %.1fms", method, path, status, ms,
+            extra={"http_method": method, "path": path, "status": status, "ms": round(ms, 1)},
+        )  # fmt: skip
+
+
+class _WarmManifests:
+    """Answers the pulls of manifests that the service holds in memory (``ImageService.warm``)
+    before Flask sees them: their reply is the manifest's bytes and four headers, and Flask's
+    request context, routing and hooks cost more than the rest of such a pull. Anything
+    else, a miss, and any error, go on to the app, which answers them the one way."""
+
+    def __init__(
+        self,
+        service: ImageService,
+        app: WSGIApplication,
+        max_packages: int,
+        platforms: Sequence[Architecture],
+    ) -> None:
+        self.service, self.app = service, app
+        self.max_packages, self.platforms = max_packages, platforms
+        # repository name -> what it asks for; bounded, since names come from the internet
+        self._names: dict[str, ImageRequest] = {}
+
+    def __call__(
+        self, wsgi_environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        # Not named environ: its keys are the request's, not settings of the environment.
+        started = time.perf_counter()
+        method, path = wsgi_environ["REQUEST_METHOD"], wsgi_environ.get("PATH_INFO", "")
+        if method not in _READ or not path.startswith("/v2/") or len(path) > MAX_PATH:
+            return self.app(wsgi_environ, start_response)
+        match = _MANIFEST.fullmatch(path, 4)
+        if match is None:
+            return self.app(wsgi_environ, start_response)
+        try:
+            manifest = self.service.warm(
+                self._request(match["name"]),
+                parse_reference(match["reference"]),
+                [wsgi_environ.get("HTTP_ACCEPT", "")],
+            )
+        except NixeryError:  # the app answers it
+            manifest = None
+        if manifest is None:
+            return self.app(wsgi_environ, start_response)
+        start_response("200 OK", [
+            ("Content-Type", manifest.media_type),
+            ("Content-Length", str(len(manifest.body))),
+            ("Docker-Content-Digest", manifest.digest),
+            API_VERSION,
+        ])  # fmt: skip
+        _access(method, path, 200, started)
+        return [] if method == "HEAD" else [manifest.body]
+
+    def _request(self, name: str) -> ImageRequest:
+        if (found := self._names.get(name)) is not None:
+            return found
+        image = parse_name(name, self.max_packages, self.platforms)
+        if len(self._names) >= _NAMES:
+            self._names.clear()
+        self._names[name] = image
+        return image
 
 
 def _user(auth: Auth) -> str | None:

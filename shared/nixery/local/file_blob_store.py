@@ -94,10 +94,10 @@ class _Unavailable:
             raise StorageUnavailable(f"the blob store cannot {self.doing}: {cause}") from error
 
 
-def _identity(path: Path) -> tuple[int, int, int]:
+def _identity(path: str) -> tuple[int, int, int, int]:
     """What changes when a file is replaced or written to."""
-    stat = path.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class FileBlobStore:
@@ -106,8 +106,9 @@ class FileBlobStore:
         self.scratch = root / "tmp"
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
+        self._prefix = f"{root}/"  # a blob's path is this and its blob_path: no Path per pull
         # digest -> the identity of the file found intact: checked again once it changes
-        self._verified: dict[str, tuple[int, int, int]] = {}
+        self._verified: dict[str, tuple[int, int, int, int]] = {}
         self._mutex = threading.Lock()
         self._hashing = KeyedLocks()  # one hash of a blob at a time, however many ask
 
@@ -125,16 +126,16 @@ class FileBlobStore:
     def size(self, digest: str) -> int | None:
         with _Unavailable("read a blob"):
             try:
-                return self.path(digest).stat().st_size
+                return os.stat(self._prefix + blob_path(digest)).st_size
             except FileNotFoundError:
                 return None
 
     def intact(self, digest: str) -> bool:
         with _Unavailable("read a blob"):
             try:
-                # A blob found intact before and unchanged since costs a stat and no lock that
-                # another request's hashing holds: that is every blob of a cached pull.
-                if self._verified.get(digest) == _identity(self.path(digest)):
+                # A blob found intact before and unchanged since costs a stat and no lock:
+                # that is every blob of a cached pull.
+                if self._verified.get(digest) == _identity(self._prefix + blob_path(digest)):
                     return True
                 with self._hashing.hold(digest):
                     return self._intact(digest)
@@ -145,7 +146,7 @@ class FileBlobStore:
 
     def _intact(self, digest: str) -> bool:
         path = self.path(digest)
-        identity = _identity(path)
+        identity = _identity(str(path))
         with self._mutex:
             if self._verified.get(digest) == identity:
                 return True
@@ -176,6 +177,6 @@ class FileBlobStore:
     def open(self, digest: str) -> BinaryIO:
         with _Unavailable("read a blob"):
             try:
-                return self.path(digest).open("rb")
+                return open(self._prefix + blob_path(digest), "rb")
             except FileNotFoundError:  # removed since its check
                 raise UnknownBlob("blob unknown", {"digest": digest}) from None

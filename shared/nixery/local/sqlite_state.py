@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS package_sets (revision TEXT PRIMARY KEY, names TEXT N
 CREATE TABLE IF NOT EXISTS referrers (
     subject TEXT NOT NULL, digest TEXT NOT NULL, key TEXT NOT NULL,
     PRIMARY KEY (subject, digest, key));
+CREATE TABLE IF NOT EXISTS generation (n INTEGER NOT NULL);  -- one row, moved by deletions
 """
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,27 @@ _CAUSES = {
 }
 
 
-class _Guard:
+class _Unavailable:
+    """SQLite's failures outside the request raised as ``DatabaseUnavailable``."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(error, sqlite3.Error):
+            # The extended code's low byte is the primary one; none where sqlite3 refused.
+            cause = _CAUSES.get(getattr(error, "sqlite_errorcode", 0) & 0xFF)
+            if cause is not None:
+                log.warning("the state database %s: %s", cause, error)
+                raise DatabaseUnavailable(f"the state database {cause}") from error
+
+
+class _Guard(_Unavailable):
     """The one way into the database: one thread at a time on the shared connection, and
     SQLite's failures outside the request raised as ``DatabaseUnavailable``."""
 
@@ -94,19 +115,38 @@ class _Guard:
     def __enter__(self) -> None:
         self._mutex.acquire()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exception: Any) -> None:
         self._mutex.release()
-        if isinstance(error, sqlite3.Error):
-            # The extended code's low byte is the primary one; none where sqlite3 refused.
-            cause = _CAUSES.get(getattr(error, "sqlite_errorcode", 0) & 0xFF)
-            if cause is not None:
-                log.warning("the state database %s: %s", cause, error)
-                raise DatabaseUnavailable(f"the state database {cause}") from error
+        super().__exit__(*exception)
+
+
+class _Generation:
+    """``PublishedImages.generation`` for every process on the file: the ``generation`` row,
+    which deletions move, read again only once SQLite's ``data_version`` says another
+    connection wrote. Each server thread asks on a connection of its own, so that a pull
+    shares no lock with the others."""
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self._path, self._timeout = path, busy_timeout
+        self._local = threading.local()  # .connection, .version: the thread's
+        self._seen = 0  # the highest generation read
+        self._mutex = threading.Lock()
+
+    def __call__(self) -> int:
+        local = self._local
+        with _Unavailable():
+            if not hasattr(local, "connection"):
+                local.connection = sqlite3.connect(
+                    self._path, timeout=self._timeout, isolation_level=None
+                )
+                local.version = None
+            version = local.connection.execute("PRAGMA data_version").fetchone()[0]
+            if version != local.version:
+                row = local.connection.execute("SELECT max(n) FROM generation").fetchone()
+                with self._mutex:  # another thread may have read a later one meanwhile
+                    self._seen = max(self._seen, row[0] or 0)
+                local.version = version
+        return self._seen
 
 
 class SqliteDatabase:
@@ -118,6 +158,7 @@ class SqliteDatabase:
         """``busy_timeout``: seconds a statement waits for another process's lock."""
         self.clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.generation = _Generation(path, busy_timeout)
         self.guard = _Guard()
         with self.guard:
             self.connection = sqlite3.connect(
@@ -153,6 +194,14 @@ class _Part:
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._db, self._lock, self.clock = database.connection, database.guard, database.clock
+        self._generation = database.generation
+
+    def _next_generation(self) -> None:
+        """In a deletion's transaction: what callers keep of the images is to be checked."""
+        self._db.execute(
+            "INSERT INTO generation SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM generation)"
+        )
+        self._db.execute("UPDATE generation SET n = n + 1")
 
     def _one(self, sql: str, *args: object) -> Any:
         with self._lock:
@@ -219,8 +268,10 @@ class SqlitePublishedImages(_Part):
             self._db.execute("UPDATE image_use SET used = max(used, ?) WHERE key = ?", (now, key))
 
     def forget(self, key: str) -> None:
-        with self._lock:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM images WHERE key = ?", (key,))
+            self._next_generation()
 
     def record_failure(self, key: str, failure: Failure) -> None:
         with self._lock:
@@ -228,6 +279,9 @@ class SqlitePublishedImages(_Part):
                 "INSERT OR REPLACE INTO failed_builds VALUES (?, ?, ?, ?, ?)",
                 (key, *failure.encode()),
             )
+
+    def generation(self) -> int:
+        return self._generation()
 
 
 class SqliteLayerCache(_Part):
@@ -360,10 +414,13 @@ class SqliteInventory(_Part):
         reports: Iterable[str] = (),
     ) -> None:
         images = list(images)
+        manifests = list(manifests)
         failures = list(failures)
         pages = [*images, *failures, *reports]
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            if images or manifests:
+                self._next_generation()
             for table, column, keys in (
                 ("images", "key", images), ("image_use", "key", images),
                 ("referrers", "key", images),

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from nixery.request import Architecture
@@ -50,8 +51,9 @@ class Manifest:
     media_type: str
     body: bytes
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """Hashed once: a manifest answered from memory names its digest in every reply."""
         return sha256_digest(self.body)
 
     def blobs(self) -> list[str]:

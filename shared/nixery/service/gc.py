@@ -15,7 +15,8 @@ Safe while the registry serves: a blob younger than ``grace`` (a build's deadlin
 is never collected, so a build under way keeps what it has written before it publishes;
 a build that reused a cached layer in the instant its blob was collected publishes an image
 whose next pull finds the blob missing and builds it again (``ImageService`` checks every
-blob before it serves a manifest). Image records go before the manifests and blobs they
+blob before it serves a manifest, and again whenever the state's generation moves, as
+deleting images or manifests does). Image records go before the manifests and blobs they
 name, so no published image ever names something already gone. A dry run (the default)
 reports what would go and changes nothing.
 """
@@ -112,12 +113,14 @@ def collect(
     if apply:
         # Records first: nothing published names what is about to go.
         inventory.delete(images=report.images, failures=report.failures, reports=report.reports)
-        inventory.delete(
-            manifests=report.manifests, layers=report.layers, name_lists=report.name_lists
-        )
         for i, blob in enumerate(report.blobs, 1):
             blobs.delete(blob.digest)
             if i % 1000 == 0:
                 progress(f"{i} of {len(report.blobs)} blobs deleted")
+        # Last, so that a registry serving from memory checks again what it found out while
+        # the blobs went (an image built again meanwhile from a layer about to go).
+        inventory.delete(
+            manifests=report.manifests, layers=report.layers, name_lists=report.name_lists
+        )
     progress(report.summary(apply))
     return report

@@ -16,8 +16,6 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cachetools import TTLCache
-
 from nixery.errors import (
     BuildError,
     ClientGone,
@@ -57,6 +55,10 @@ _NOTES = ThreadPoolExecutor(1, thread_name_prefix="answers")
 # How often a pulled image's use is written down: `nixery gc` counts in days.
 TOUCH_EVERY = 3600.0
 TOUCH_RETRY = 60.0
+# Images whose use is remembered as noted; beyond it, the notes due go (and are written again).
+TOUCHED_SIZE = 100_000
+# Whole manifests answered from memory, by tag and by digest; a manifest is a few KB.
+WARM_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,16 @@ class Caller:
 
     address: str = ""
     gone: Callable[[], bool] = never
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A manifest found whole (its parts, their referrers and every blob they name), as of
+    a generation of the published images: it stays true while the generation does."""
+
+    key: str  # the image's, whose use a pull by tag notes
+    manifest: Manifest
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -102,9 +114,16 @@ class ImageService:
         self.waiters = waiters
         self.reports = reports
         self.clock = clock
-        # key -> when its use is to be noted again, by ``clock``
-        self._touched: TTLCache[str, float] = TTLCache(100_000, TOUCH_EVERY)
+        # key -> when its use is to be noted again, by ``clock``; read without a lock
+        self._touched: dict[str, float] = {}
         self._touch_lock = threading.Lock()
+        # A published image never changes: once found whole, its manifest is answered from
+        # these until the state's generation moves (`nixery gc`, an image forgotten) or a blob
+        # it names is found gone. Read without a lock; written under ``_warm_lock``.
+        self._warm: dict[tuple[ImageRequest, Revision, str], _Answer] = {}
+        self._by_digest: dict[str, tuple[int, Manifest]] = {}
+        self._warm_blobs: set[str] = set()  # the blobs the answers name
+        self._warm_lock = threading.Lock()
 
     def manifest(
         self,
@@ -113,17 +132,18 @@ class ImageService:
         accept: Iterable[str],
         caller: Caller = Caller(),
     ) -> Manifest:
+        accept = list(accept)
+        if (warm := self.warm(request, reference, accept)) is not None:
+            return warm
+        # Read before the image is checked: a change meanwhile has it checked again next time.
+        generation = self.images.generation()
         if not isinstance(reference, Tag):
-            found = self.images.manifest(reference)
-            if found is None:
-                raise UnknownManifest("manifest unknown", {"digest": reference})
-            return found
+            return self._manifest_by_digest(reference, generation)
         if (signed := signed_digest(reference.name)) is not None:
             return self._signature(signed)
-        job = BuildJob.of(request, self._resolve(reference))
-        media_type = preferred_type(accept)
-        if request.platforms:  # a client that takes an index gets one, others the default's
-            media_type = preferred_index_type(accept) or media_type
+        revision = self._resolve(reference)
+        media_type = _media_type(request, accept)
+        job = BuildJob.of(request, revision)
         found = self._whole(self.image(job, caller), media_type)
         if found is None:
             # Its manifest or a blob is gone (deleted, or damaged and removed): build it again
@@ -135,19 +155,73 @@ class ImageService:
             found = self._whole(self.image(job, caller), media_type)
             if found is None:
                 raise ImageLost("the image was lost and is being built again; retry later")
+        manifest, blobs = found
+        with self._warm_lock:
+            self._make_room()
+            self._warm[request, revision, media_type] = _Answer(job.key, manifest, generation)
+            self._warm_blobs.update(blobs)
         self._touch(job.key)
+        return manifest
+
+    def warm(
+        self, request: ImageRequest, reference: Tag | Digest, accept: Iterable[str]
+    ) -> Manifest | None:
+        """The manifest if a pull before found it whole and nothing since says it may have
+        changed, else None: from memory (the tag's revision, then a dict), with no build,
+        no state read and no lock other pulls wait on. Its errors are ``manifest``'s."""
+        generation = self.images.generation()
+        if not isinstance(reference, Tag):
+            found = self._by_digest.get(reference)
+            return found[1] if found is not None and found[0] == generation else None
+        if signed_digest(reference.name) is not None:
+            return None
+        at = (request, self._resolve(reference), _media_type(request, accept))
+        answer = self._warm.get(at)
+        if answer is None or answer.generation != generation:
+            return None
+        self._touch(answer.key)
+        return answer.manifest
+
+    def _manifest_by_digest(self, digest: Digest, generation: int) -> Manifest:
+        found = self.images.manifest(digest)
+        if found is None:
+            raise UnknownManifest("manifest unknown", {"digest": digest})
+        with self._warm_lock:
+            self._make_room()
+            self._by_digest[digest] = (generation, found)
         return found
+
+    def _make_room(self) -> None:
+        """Under ``_warm_lock`` (readers never iterate): the oldest answer goes once there are
+        WARM_SIZE, and all of them once the blobs they name are too many to keep track of."""
+        if len(self._warm_blobs) > 64 * WARM_SIZE:
+            self._forget_answers()
+        if len(self._warm) >= WARM_SIZE:
+            del self._warm[next(iter(self._warm))]
+        if len(self._by_digest) >= WARM_SIZE:
+            del self._by_digest[next(iter(self._by_digest))]
+
+    def _forget_answers(self) -> None:
+        self._warm.clear()
+        self._by_digest.clear()
+        self._warm_blobs.clear()
 
     def _touch(self, key: str) -> None:
         """Notes that the image was used, once per TOUCH_EVERY. Marked before the write, so
         that the pulls meanwhile do not write too (nor wait for a locked database); a write
         that fails is tried again after TOUCH_RETRY rather than an hour later, since `nixery
-        gc` would see the image unused. It never fails the pull: the image is there."""
+        gc` would see the image unused. It never fails the pull: the image is there. A pull
+        that finds the use noted takes no lock."""
         now = self.clock()
+        due = self._touched.get(key)
+        if due is not None and now < due:
+            return
         with self._touch_lock:
             due = self._touched.get(key)
             if due is not None and now < due:
                 return
+            if len(self._touched) >= TOUCHED_SIZE:
+                self._touched = {k: at for k, at in self._touched.items() if now < at}
             self._touched[key] = now + TOUCH_EVERY
         try:
             self.images.touch(key, now)
@@ -163,10 +237,10 @@ class ImageService:
                 return referrer
         raise UnknownManifest("no signature for this manifest", {"digest": signed})
 
-    def _whole(self, image: Published, media_type: str) -> Manifest | None:
-        """The image's manifest, if it, the manifests it names (an index's), their referrers
-        (the SBOM, a signature) and every blob they name are intact: an image is served whole
-        or built again."""
+    def _whole(self, image: Published, media_type: str) -> tuple[Manifest, list[str]] | None:
+        """The image's manifest and the blobs it needs, if it, the manifests it names (an
+        index's), their referrers (the SBOM, a signature) and every blob they name are intact:
+        an image is served whole or built again."""
         manifest = self.images.manifest(image.manifests[media_type])
         if manifest is None:
             return None
@@ -177,7 +251,7 @@ class ImageService:
         parts = [manifest, *children]
         referrers = [r for p in parts for r in self.images.referrers(p.digest)]
         blobs = [d for p in [*parts, *referrers] for d in p.blobs()]
-        return manifest if all(self.blobs.intact(d) for d in blobs) else None
+        return (manifest, blobs) if all(self.blobs.intact(d) for d in blobs) else None
 
     def image(self, job: BuildJob, caller: Caller = Caller()) -> Published:
         """The published image of a job, building it if need be."""
@@ -258,13 +332,25 @@ class ImageService:
     def blob(self, digest: Digest) -> BlobLocation:
         size = self.blobs.size(digest)
         if size is None or not self.blobs.intact(digest):
+            self._lost(digest)
             raise UnknownBlob("blob unknown", {"digest": digest})
         return BlobLocation(size, self.blobs.url(digest))
 
     def open_blob(self, digest: str) -> BinaryIO:
         """The bytes of a blob that ``blob`` found, for a registry that serves them itself;
         ``UnknownBlob`` if it went since."""
-        return self.blobs.open(digest)
+        try:
+            return self.blobs.open(digest)
+        except UnknownBlob:
+            self._lost(digest)
+            raise
+
+    def _lost(self, digest: str) -> None:
+        """A blob found gone or damaged: if a manifest answered from memory names it, the
+        next pull checks its image again (and builds it again)."""
+        if digest in self._warm_blobs:
+            with self._warm_lock:
+                self._forget_answers()
 
     def manifest_by_digest(self, digest: str) -> Manifest | None:
         return self.images.manifest(digest)
@@ -275,6 +361,15 @@ class ImageService:
         if revision is None:
             raise UnknownTag("unknown tag", {"tag": tag.name})
         return revision
+
+
+def _media_type(request: ImageRequest, accept: Iterable[str]) -> str:
+    """The manifest format a client gets: an index, if the image has several platforms and
+    the client takes one, else the default platform's manifest in a format it reads."""
+    media_type = preferred_type(accept)
+    if request.platforms:
+        return preferred_index_type(accept) or media_type
+    return media_type
 
 
 def _of_build(failure: Failure, job: BuildJob) -> BuildError:
