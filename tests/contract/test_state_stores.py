@@ -8,6 +8,7 @@ suite, with a fake clock.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import time
 import uuid
@@ -41,6 +42,7 @@ from nixery.records import (
     Failure,
     FailureKind,
     FailureReport,
+    ImageStatus,
     LayerReport,
     Pending,
     Published,
@@ -392,6 +394,32 @@ class TestFirestoreBuildRecords:
         assert records.start(job, PICKUP) == 2
         assert attempt() == 2
         assert_pending(records.status(KEY), PICKUP)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("firestore", marks=pytest.mark.e2e), "memory"])
+def test_a_listener_hears_the_record_at_once_then_each_change_until_closed(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """What ``TaskBuildQueue`` waits on, from Firestore and from the fake alike."""
+    records: StateUnderTest = MemoryState()
+    if kind == "firestore":
+        client = request.getfixturevalue("firestore_client")
+        records = firestore_ports(client, prefix=f"t{uuid.uuid4().hex}_")
+    heard: queue.Queue[ImageStatus] = queue.Queue()
+    job = sample_job()
+    listening = records.listen(job.key, heard.put)
+    assert heard.get(timeout=10) is None
+    records.start(job, PICKUP)
+    assert_pending(heard.get(timeout=10), PICKUP)
+    manifests = sample_manifests()
+    records.publish(job.key, manifests)
+    assert heard.get(timeout=10) == Published({m.media_type: m.digest for m in manifests})
+    assert listening.is_active
+    listening.unsubscribe()
+    assert not listening.is_active
+    records.forget(job.key)
+    time.sleep(0.5)
+    assert heard.empty()
 
 
 @pytest.mark.parametrize("error_type", [BuildFailed, BuildTimedOut])

@@ -38,7 +38,7 @@ from nixery.errors import BuildQueueFull, DatabaseUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
-from nixery.ports import StatePorts
+from nixery.ports import Listening, StatePorts
 from nixery.records import (
     BuildReport,
     Failure,
@@ -431,6 +431,22 @@ class FirestoreBuildRecords(_Part):
 
         attempt: int | None = take_over(self.client.transaction())
         return attempt
+
+    def listen(self, key: str, changed: Callable[[ImageStatus], None]) -> Listening:
+        """A Firestore listener on the record: one read for its first snapshot (none while
+        the record does not exist), then one per change. A published status is remembered,
+        as a read's is."""
+
+        def snapshot(docs: list[firestore.DocumentSnapshot[Any]], *_: object) -> None:
+            status: ImageStatus = None
+            if docs and (record := _BuildRecord.read(docs[0].to_dict())):
+                status = record.status_of(self._now(docs[0]))
+            if isinstance(status, Published):
+                self._published.keep(key, status)
+            changed(status)
+
+        listening: Listening = self.builds.document(key).on_snapshot(snapshot)
+        return listening
 
     @bounded
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Claim:
