@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from nixery.caches import Memo
-from tests.helpers.fakes import FakeClock
+from nixery.caches import BoundedCache, Memo
+from tests.helpers.fakes import FakeClock, all_at_once
 
 
 def test_an_answer_expires_ttl_after_its_lookup_started_not_ended() -> None:
@@ -40,3 +43,22 @@ def test_no_ttl_keeps_nothing() -> None:
     memo: Memo[int] = Memo(0.0, FakeClock(0.0))
     answers = iter(range(3))
     assert [memo.get("k", lambda: next(answers)) for _ in range(3)] == [0, 1, 2]
+
+
+def test_fetch_reads_a_key_once_for_concurrent_misses_and_keeps_no_none() -> None:
+    """The herd that hears an image published at once costs one read of each part."""
+    cache: BoundedCache[str] = BoundedCache()
+    reads: list[str] = []
+    lock = threading.Lock()
+
+    def read() -> str:
+        with lock:
+            reads.append("read")
+        time.sleep(0.05)  # the other misses arrive meanwhile
+        return "value"
+
+    assert not all_at_once([lambda: cache.fetch("key", read) for _ in range(20)])
+    assert reads == ["read"]
+    assert cache.fetch("key", lambda: pytest.fail("a hit reads nothing")) == "value"
+    assert cache.fetch("none", lambda: None) is None
+    assert cache.fetch("none", lambda: "later") == "later", "a None read is not kept"

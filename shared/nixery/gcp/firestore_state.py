@@ -196,16 +196,12 @@ class _Part:
 
     def _manifest(self, digest: str) -> Manifest | None:
         """A manifest never changes: once read, it is kept."""
-        if (manifest := self._manifests.get(digest)) is not None:
-            return manifest
-        return self._read_manifest(digest)
+        return self._manifests.fetch(digest, lambda: self._read_manifest(digest))
 
     @bounded
     def _read_manifest(self, digest: str) -> Manifest | None:
         doc = self.manifests.document(digest).get().to_dict()
-        if not doc:
-            return None
-        return self._manifests.keep(digest, _manifest_of(doc))
+        return _manifest_of(doc) if doc else None
 
     def _now(self, snapshot: firestore.DocumentSnapshot[Any]) -> datetime:
         """The database's time when it read the snapshot."""
@@ -258,16 +254,13 @@ class FirestorePublishedImages(_Part):
         batch.commit()
 
     def referrers(self, subject: str) -> list[Manifest]:
-        if (referrers := self._referrers.get(subject)) is not None:
-            return referrers
-        return self._read_referrers(subject)
+        # None yet may mean not published yet: only an answer with referrers is kept.
+        return self._referrers.fetch(subject, lambda: self._read_referrers(subject) or None) or []
 
     @bounded
     def _read_referrers(self, subject: str) -> list[Manifest]:
         found = self.manifests.where(filter=FieldFilter("subject", "==", subject)).stream()
-        referrers = [Manifest(d["media_type"], d["body"]) for s in found if (d := s.to_dict())]
-        # None yet may mean not published yet: only an answer with referrers is kept.
-        return self._referrers.keep(subject, referrers) if referrers else referrers
+        return [Manifest(d["media_type"], d["body"]) for s in found if (d := s.to_dict())]
 
     @bounded
     def touch(self, key: str, now: float) -> None:

@@ -207,7 +207,8 @@ class TaskBuildQueue:
                     else:
                         if now >= deadline or gone():
                             return None
-                        wake = min(deadline, poll_at)
+                        # A listener breaks silently: look at it every SLOW_POLL.
+                        wake = min(deadline, poll_at, now + SLOW_POLL)
                         if gone is not never:  # a server that can say so
                             wake = min(wake, now + GONE_EVERY)
                         if lease_end > now:  # then start it again
