@@ -28,6 +28,7 @@ from typing import Any
 from bench.lib.gcp_services import (
     all_pull,
     builds_started,
+    error_kinds,
     instances,
     percentile,
     publications,
@@ -105,6 +106,7 @@ def main() -> None:
             "manifest_answers": sorted({p.status for p in pulls}),
             "served": sum(p.status == 200 and not p.blob_errors for p in pulls),
             "blob_errors": sum(p.blob_errors for p in pulls),
+            "error_kinds": error_kinds(pulls),
             "requests": sum(p.requests for p in pulls),
             "seconds": round(ended - began, 2),
             "record_reads_direct": direct,
@@ -141,6 +143,8 @@ def main() -> None:
     lag = figures["answer_after_publication_ms"]
     print(f"manifests answered after the publication: p50 {lag['p50']} ms, p99 {lag['p99']} ms, "
           f"max {lag['max']} ms; a listener heard it after {listener:.1f} ms")  # fmt: skip
+    if figures["error_kinds"]:
+        print(f"errors: {figures['error_kinds']}")
     print(json.dumps(figures, sort_keys=True))
     builds = figures["builds"]
     ok = sum(builds.values()) == 1 and figures["served"] == args.clients

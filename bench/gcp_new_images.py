@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from bench.lib.gcp_services import all_pull, builds_started, instances, start, stop
+from bench.lib.gcp_services import all_pull, builds_started, error_kinds, instances, start, stop
 from bench.lib.harness import command_parser, parse_args
 from tests.helpers.emulators import Emulators
 from tests.helpers.registries import demo_plus
@@ -69,6 +69,7 @@ def main() -> None:
         "build_seconds": args.build_seconds,
         "answers": {str(k): v for k, v in sorted(answers.items())},
         "served_whole": sum(p.status == 200 and not p.blob_errors for p in pulls),
+        "error_kinds": error_kinds(pulls),
         "built": len(built),
         "built_twice": sorted(k for k, n in builds.items() if n > 1),
         "refused_but_built": sorted(
@@ -82,6 +83,8 @@ def main() -> None:
         f"{figures['answers']}, {figures['served_whole']} served whole, {len(built)} built "
         f"(twice: {figures['built_twice'] or 'none'}) in {seconds:.1f} s"
     )
+    if figures["error_kinds"]:
+        print(f"errors: {figures['error_kinds']}")
     print(json.dumps(figures, sort_keys=True))
     refused = answers.get(503, 0)
     ok = (

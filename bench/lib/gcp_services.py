@@ -169,6 +169,7 @@ class Pull:
     began: float = 0.0
     answered: float = 0.0
     ended: float = 0.0
+    error: str = ""  # the first: an answer's status and message, or the client's exception
 
 
 def pull(base: str, name: str, timeout: float = 600) -> Pull:
@@ -178,9 +179,11 @@ def pull(base: str, name: str, timeout: float = 600) -> Pull:
     began = time.time()
     try:
         answer = session.get(f"{base}/v2/{name}/manifests/latest", headers=ACCEPT, timeout=timeout)
-    except requests.RequestException:
-        return Pull(0, began=began, ended=time.time())
+    except requests.RequestException as e:
+        return Pull(0, began=began, ended=time.time(), error=f"manifest: {type(e).__name__}")
     result = Pull(answer.status_code, began=began, answered=time.time())
+    if answer.status_code != 200:
+        result.error = f"manifest: {answer.status_code} {answer.text[:120]}"
     if answer.status_code == 200:
         body = answer.json()
         for blob in [body["config"], *body["layers"]]:
@@ -189,11 +192,19 @@ def pull(base: str, name: str, timeout: float = 600) -> Pull:
             try:
                 got = session.get(f"{base}/v2/{name}/blobs/{blob['digest']}", timeout=timeout,
                                   allow_redirects=False)  # fmt: skip
-                result.blob_errors += got.status_code != 307
-            except requests.RequestException:
+                if got.status_code != 307:
+                    result.blob_errors += 1
+                    result.error = result.error or f"blob: {got.status_code} {got.text[:120]}"
+            except requests.RequestException as e:
                 result.blob_errors += 1
+                result.error = result.error or f"blob: {type(e).__name__}"
     result.ended = time.time()
     return result
+
+
+def error_kinds(pulls: list[Pull]) -> dict[str, int]:
+    """The pulls' first errors, counted by kind (digests and numbers left out)."""
+    return dict(Counter(re.sub(r"[0-9a-f]{12,}|\d+\.\d+", "*", p.error) for p in pulls if p.error))
 
 
 def all_pull(functions: list[GcpRegistry], names: list[str], timeout: float = 600) -> list[Pull]:
