@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -168,6 +169,8 @@ class FirestoreDatabase:
         self.manifest_cache: BoundedCache[Manifest] = BoundedCache()
         # Every pull by tag asks for them; they change only when an image is built again.
         self.referrer_cache: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
+        # Held while a new build is counted against NIXERY_MAX_QUEUED_BUILDS and recorded.
+        self.admitting = threading.Lock()
 
     def ports(self) -> StatePorts:
         """The state ports, each a view of this database."""
@@ -193,6 +196,7 @@ class _Part:
         self.reports, self.package_sets = db.reports, db.package_sets
         self._published, self._manifests = db.published, db.manifest_cache
         self._referrers = db.referrer_cache
+        self._admitting = db.admitting
 
     def _manifest(self, digest: str) -> Manifest | None:
         """A manifest never changes: once read, it is kept."""
@@ -377,16 +381,31 @@ class FirestoreBuildRecords(_Part):
         # only for the create, not for locks on the record (which make transactions fail).
         snapshot = ref.get()
         record = _BuildRecord.read(snapshot.to_dict())
-        if max_building is not None and (record is None or record.status == "failed"):
+        limited = max_building is not None and (record is None or record.status == "failed")
+        if not limited:
+            return self._record_start(ref, snapshot, record, fresh)
+        # This instance's new builds are counted and recorded one at a time, so that a burst
+        # of them on one instance stays within the limit (instances may still overlap).
+        with self._admitting:
             # The library's annotations of aggregation queries are wrong; it is a list of
             # lists of results.
             building: Any = self.builds.where(filter=FieldFilter("status", "==", "building"))
             under_way = int(building.count().get()[0][0].value)
-            if under_way >= max_building:
+            if max_building is not None and under_way >= max_building:
                 raise BuildQueueFull(
                     f"{under_way} builds are under way, as many as this registry allows; "
                     "retry later"
                 )
+            return self._record_start(ref, snapshot, record, fresh)
+
+    def _record_start(
+        self,
+        ref: firestore.DocumentReference,
+        snapshot: firestore.DocumentSnapshot[Any],
+        record: _BuildRecord | None,
+        fresh: Callable[[datetime, int], dict[str, Any]],
+    ) -> int | None:
+        """Creates the record, or takes a failed or lapsed one over: start's second half."""
         if record is None:
             try:
                 ref.create(fresh(self._now(snapshot), 1))
