@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -29,14 +28,12 @@ from bench.lib.gcp_services import (
     all_pull,
     builds_started,
     error_kinds,
-    instances,
     percentile,
     publications,
     registry_cpu,
     role,
     rpc_log,
-    start,
-    stop,
+    services,
 )
 from bench.lib.harness import command_parser, parse_args
 from tests.helpers.emulators import PROJECT, Emulators
@@ -74,12 +71,9 @@ def main() -> None:
         "herd": f"${{demo.busybox}}/bin/sleep {args.build_seconds:g}; "
                 f"${{demo.busybox}}/bin/mkdir $out; echo {uuid.uuid4().hex} > $out/nonce",
     })  # fmt: skip
-    emulators = Emulators(work / "emulators")
-    reg = start(work / "services", emulators, NIXERY_PKGS_PATH=str(pkgs), THREADS=str(args.threads))
-    prefix = reg.env["NIXERY_FIRESTORE_PREFIX"]
-    functions = []
-    try:
-        functions = instances(reg, emulators, count)
+    env = {"NIXERY_PKGS_PATH": str(pkgs), "THREADS": str(args.threads)}
+    with services(work, count, **env) as (emulators, reg, functions):
+        prefix = reg.env["NIXERY_FIRESTORE_PREFIX"]
         heard, listening = hear_publications(emulators, prefix)
         cpu = registry_cpu(functions)
         began = time.time()
@@ -121,12 +115,6 @@ def main() -> None:
                 "max": round(max(lags, default=math.nan) * 1000, 1),
             },
         }
-    finally:
-        for f in functions[1:]:
-            f.stop()
-        stop(reg)
-        emulators.stop()
-        shutil.rmtree(work, ignore_errors=True)
     print(
         f"{figures['clients']} clients on {count} instance(s) of {args.threads} threads, one new "
         f"image built in {args.build_seconds:g} s: builds started {figures['builds']}; "

@@ -18,16 +18,14 @@ the emulators the admitted builds run one after another: at most one builder, wi
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
-from bench.lib.gcp_services import all_pull, builds_started, error_kinds, instances, start, stop
+from bench.lib.gcp_services import all_pull, builds_started, error_kinds, services
 from bench.lib.harness import command_parser, parse_args
-from tests.helpers.emulators import Emulators
 from tests.helpers.registries import demo_plus
 
 
@@ -45,22 +43,16 @@ def main() -> None:
               f"${{demo.busybox}}/bin/mkdir $out; echo {nonce} > $out/nonce"
         for name in names
     })  # fmt: skip
-    emulators = Emulators(work / "emulators")
-    reg = start(
-        work / "services", emulators, NIXERY_PKGS_PATH=str(pkgs), THREADS="80",
-        NIXERY_MAX_QUEUED_BUILDS=str(args.max_queued),
-        NIXERY_BUILD_WAIT=str(60 + 3 * args.images * (args.build_seconds + 2)),
-    )  # fmt: skip
-    try:
-        functions = instances(reg, emulators, 1)
+    env = {
+        "NIXERY_PKGS_PATH": str(pkgs), "THREADS": "80",
+        "NIXERY_MAX_QUEUED_BUILDS": str(args.max_queued),
+        "NIXERY_BUILD_WAIT": str(60 + 3 * args.images * (args.build_seconds + 2)),
+    }  # fmt: skip
+    with services(work, 1, **env) as (_, reg, functions):
         began = time.time()
         pulls = all_pull(functions, names)
         seconds = time.time() - began
         builds = builds_started(reg)
-    finally:
-        stop(reg)
-        emulators.stop()
-        shutil.rmtree(work, ignore_errors=True)
     answers = Counter(p.status for p in pulls)
     built = {key.replace("cacert/", "").replace("/iana-etc", "") for key in builds}
     figures = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +23,12 @@ from bench.lib.gcp_services import (
     Pull,
     all_pull,
     error_kinds,
-    instances,
     percentile,
     pull,
     registry_cpu,
-    start,
-    stop,
+    services,
 )
 from bench.lib.harness import command_parser, parse_args
-from tests.helpers.emulators import Emulators
 
 IMAGES = ["shell/hello", "hello", "zlib", "shell/htop", "shell/git"]
 # Cloud Run, request-based billing, Tier 1 (docs/cost.md): the function's 1 vCPU and 512 MiB.
@@ -54,11 +50,7 @@ def main() -> None:
     args = parse_args(parser, pulls=10, instances=1)
     count = args.instances or math.ceil(args.pulls / args.threads)
     work = Path(tempfile.mkdtemp(prefix="nixery-bench-warm-"))
-    emulators = Emulators(work / "emulators")
-    reg = start(work / "services", emulators, THREADS=str(args.threads))
-    functions = []
-    try:
-        functions = instances(reg, emulators, count)
+    with services(work, count, THREADS=str(args.threads)) as (_, _, functions):
         for name in IMAGES:  # built, then pulled once by every instance: all of it warm
             for f in functions:
                 if args.cold_blobs:
@@ -72,12 +64,6 @@ def main() -> None:
         pulls = all_pull(functions, [IMAGES[i % len(IMAGES)] for i in range(args.pulls)])
         seconds = time.time() - began
         cpu = registry_cpu(functions) - cpu
-    finally:
-        for f in functions[1:]:
-            f.stop()
-        stop(reg)
-        emulators.stop()
-        shutil.rmtree(work, ignore_errors=True)
     durations = [(p.ended - p.began) * 1000 for p in pulls]
     per_request = [d / p.requests for d, p in zip(durations, pulls, strict=True)]
     requests = sum(p.requests for p in pulls)

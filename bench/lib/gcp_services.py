@@ -9,12 +9,14 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,3 +237,26 @@ def publications(reg: GcpRegistry) -> list[float]:
         if e.get("rpc") == "commit" and role(reg, e) == "builder"
         and any("manifests/" in d for d in e["docs"]) and any("builds/" in d for d in e["docs"])
     ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def services(
+    work: Path, count: int, **env: str
+) -> Iterator[tuple[Emulators, GcpRegistry, list[GcpRegistry]]]:
+    """The emulators, a counted registry with its builder (`start`, given `env`) and `count`
+    function instances in all (`instances`); all stopped, and `work` removed, after."""
+    emulators = Emulators(work / "emulators")
+    try:
+        reg = start(work / "services", emulators, **env)
+        try:
+            functions = instances(reg, emulators, count)
+            try:
+                yield emulators, reg, functions
+            finally:
+                for extra in functions[1:]:
+                    extra.stop()
+        finally:
+            stop(reg)
+    finally:
+        emulators.stop()
+        shutil.rmtree(work, ignore_errors=True)
