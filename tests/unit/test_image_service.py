@@ -490,6 +490,7 @@ def test_tasks_waiting_together_share_one_listener_and_one_start(
     answers: list[object] = []
 
     def another() -> None:
+        assert task_queue.running(JOB.key), "joining a build a request waits for is free"
         clock.after(1, lambda: state.publish(JOB.key, MANIFESTS))
         answers.append(task_queue.build(JOB, 60))
 
@@ -497,6 +498,7 @@ def test_tasks_waiting_together_share_one_listener_and_one_start(
     assert task_queue.build(JOB, 60) == PUBLISHED
     assert answers == [PUBLISHED]
     assert len(state.listeners[JOB.key]) == 1
+    assert not task_queue.running(JOB.key)
     assert not state.listeners[JOB.key][0].is_active
     assert len(tasks.enqueued) == 1
 

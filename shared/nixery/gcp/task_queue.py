@@ -6,10 +6,10 @@ for a while): the build record in Firestore decides who enqueues, and the builde
 decides who builds.
 
 A waiting request learns of its build's end from a Firestore listener on the record rather
-than by polling it: the end is known within milliseconds, and an instance pays one read per
-change of the record, however many of its requests wait (they share one listener per
-build, closed when the last one leaves). The record is read directly only when the listener
-is broken, or silent although a change is due, once per ``SLOW_POLL``.
+than by polling it: the end is known within tens of milliseconds, and an instance pays one
+read per change of the record, however many of its requests wait (they share one listener
+per build, closed when the last one leaves). The record is read directly only when the
+listener is broken, or silent although a change is due, once per ``SLOW_POLL``.
 """
 
 from __future__ import annotations
@@ -179,8 +179,10 @@ class TaskBuildQueue:
         self._lock = threading.Lock()
 
     def running(self, key: str) -> bool:
-        """Nothing known here: a record under way says so itself (``Pending``)."""
-        return False
+        """Whether a request of this instance waits for the build already (joining it is
+        free); otherwise a record under way says so itself (``Pending``)."""
+        with self._lock:
+            return key in self._watches
 
     def build(
         self, job: BuildJob, wait: float, gone: Callable[[], bool] = never
