@@ -72,7 +72,7 @@ def main() -> None:
                 f"${{demo.busybox}}/bin/mkdir $out; echo {uuid.uuid4().hex} > $out/nonce",
     })  # fmt: skip
     env = {"NIXERY_PKGS_PATH": str(pkgs), "THREADS": str(args.threads)}
-    with services(work, count, **env) as (emulators, reg, functions):
+    with services(work, count, None, **env) as (emulators, reg, functions):
         prefix = reg.env["NIXERY_FIRESTORE_PREFIX"]
         heard, listening = hear_publications(emulators, prefix)
         cpu = registry_cpu(functions)

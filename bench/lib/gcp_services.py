@@ -241,11 +241,12 @@ def publications(reg: GcpRegistry) -> list[float]:
 
 @contextlib.contextmanager
 def services(
-    work: Path, count: int, **env: str
+    work: Path, count: int, dispatches: int | None = None, **env: str
 ) -> Iterator[tuple[Emulators, GcpRegistry, list[GcpRegistry]]]:
-    """The emulators, a counted registry with its builder (`start`, given `env`) and `count`
-    function instances in all (`instances`); all stopped, and `work` removed, after."""
-    emulators = Emulators(work / "emulators")
+    """The emulators (Cloud Tasks sending ``dispatches`` tasks at once), a counted registry
+    with its builder (`start`, given `env`) and `count` function instances in all
+    (`instances`); all stopped, and `work` removed, after."""
+    emulators = Emulators(work / "emulators", dispatches)
     try:
         reg = start(work / "services", emulators, **env)
         try:
