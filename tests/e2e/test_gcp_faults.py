@@ -88,7 +88,8 @@ def test_a_service_that_stops_answering_is_a_quick_503(make, own_emulators, whic
         assert_quick_503(reg, path, service)
     # Once it answers again, so does the registry.
     if "/manifests/" in path:
-        assert reg.get(path, headers={"Accept": OCI}).status_code == 200
+        again = reg.get(path, headers={"Accept": OCI})
+        assert again.status_code == 200, again.text
     else:
         assert reg.get(path).status_code == 404
 
