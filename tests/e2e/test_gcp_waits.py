@@ -122,6 +122,6 @@ def test_a_waiting_request_whose_listener_broke_gets_its_answer_by_polling(
     until(lambda: tasks.enqueued and records.opened)
     records.opened[0].unsubscribe()
     database.ports().images.publish(job.key, MANIFESTS)
-    assert waiting.result(timeout=SLOW_POLL + 10) == PUBLISHED
-    assert images.reads == 1
+    assert waiting.result(timeout=2 * SLOW_POLL + 10) == PUBLISHED
+    assert images.reads in (1, 2), "a poll, or two if one came between the break and the end"
     assert len(records.opened) == 1, "opened again only after RELISTEN"

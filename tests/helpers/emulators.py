@@ -112,13 +112,17 @@ class Emulators:
             *(concurrent or [str(TASKS_EMULATOR)]), "start", "-p", str(self.tasks_port), "-q",
             "-d", f"projects/{PROJECT}/locations/{QUEUE[0]}/queues/{QUEUE[1]}",
         ], root / "tasks.log")  # fmt: skip
-        self.gcs.wait_until(lambda: _ok(f"http://{gcs}/storage/v1/b"))
-        requests.post(
-            f"http://{gcs}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET},
-            timeout=10,
-        ).raise_for_status()  # fmt: skip
-        self.firestore.wait_until(lambda: _ok(f"http://127.0.0.1:{self.firestore_port}/"))
-        self.tasks.wait_until(lambda: _listening(self.tasks_port))
+        try:
+            self.gcs.wait_until(lambda: _ok(f"http://{gcs}/storage/v1/b"))
+            requests.post(
+                f"http://{gcs}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET},
+                timeout=10,
+            ).raise_for_status()  # fmt: skip
+            self.firestore.wait_until(lambda: _ok(f"http://127.0.0.1:{self.firestore_port}/"))
+            self.tasks.wait_until(lambda: _listening(self.tasks_port))
+        except BaseException:
+            self.stop()  # one that failed (a port taken meanwhile) leaves none running
+            raise
 
     def env(self) -> dict[str, str]:
         return {
