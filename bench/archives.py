@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 
 from bench.lib.harness import command_parser, parse_args
+from nixery.config import cpus
 from nixery.oci.manifests import LayerBlob
 from nixery.pipeline import archives
 
@@ -109,7 +110,7 @@ def main() -> None:
     if args.rss_only:
         peak_rss(args.rss_gb, levels[0])
         return
-    threads = os.cpu_count() or 1
+    threads = cpus()
     paths, total = pick_paths(args.gb)
     subprocess.run(["tar", "-cf", "/dev/null", *paths], check=True)  # warm the page cache
     print(f"input: {len(paths)} directories of /usr/lib, {total / 1e6:.0f} MB of files; "

@@ -25,6 +25,7 @@ from nixery.nix.runner import Nix
 from nixery.pipeline.sbom import image_sbom
 from nixery.records import Revision
 from nixery.request import parse_name
+from nixery.sources.path import SOURCE_ID
 from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, REPO, Registry
 
 PREPARE = REPO / "shared" / "nixery" / "prepare-image" / "default.nix"
@@ -71,7 +72,7 @@ def main() -> None:
         for _ in range(max(args.runs, 1) * 10):
             started = time.perf_counter()
             image_sbom(
-                title="/".join(packages), revision=Revision("path:" + str(DEMO), "0" * 64),
+                title="/".join(packages), revision=Revision(SOURCE_ID, "0" * 64),
                 system="x86_64-linux", roots=result.outputs.values(), closure=result.closure,
                 meta=result.meta,
             )  # fmt: skip

@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench.lib.harness import command_parser, parse_args
+from bench.lib.harness import command_parser, parse_args, percentile_ms, rss_mb
 from tests.helpers.registries import OCI, Registry
 
 PACKAGES = ["hello", "zlib", "libffi", "expat", "ncurses", "readline", "pcre2", "oniguruma",
@@ -46,6 +46,13 @@ class Results:
             self.latencies[kind].append(seconds)
             if error:
                 self.errors[kind].append(error)
+
+    def print_table(self) -> None:
+        """Each kind's count, errors and p50/p99 latency."""
+        print(f"{'requests':<16} {'count':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        for kind, seconds in sorted(self.latencies.items()):
+            p50, p99 = percentile_ms(seconds, 0.5), percentile_ms(seconds, 0.99)
+            print(f"{kind:<16} {len(seconds):7} {len(self.errors[kind]):7} {p50:8.1f} {p99:8.1f}")
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -142,18 +149,6 @@ def hang_ups(port: int, stop: threading.Event) -> None:
             sock.close()
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def main() -> None:
     parser = command_parser(__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -189,10 +184,7 @@ def main() -> None:
             reg.stop()
     print(f"{args.minutes:g} minutes, {args.pullers} pullers, a new image every "
           f"{args.build_every:g} s; 100 slow clients, a hang-up a second")  # fmt: skip
-    print(f"{'requests':<16} {'count':>7} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8}")
-    for kind, seconds in sorted(results.latencies.items()):
-        print(f"{kind:<16} {len(seconds):7} {len(results.errors[kind]):7} "
-              f"{pct(seconds, 0.5):8.1f} {pct(seconds, 0.99):8.1f}")  # fmt: skip
+    results.print_table()
     for kind, errors in results.errors.items():
         for error in errors[:5]:
             print(f"  {kind} error: {error}")

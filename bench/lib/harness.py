@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
 from tests.helpers.registries import NIX_CONFIG
 
@@ -54,3 +55,17 @@ def skopeo_copy(src: str, dest: str) -> float:
         check=True,
     )
     return time.perf_counter() - started
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (0 once it is gone)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    """The ``q`` quantile of durations in seconds, in milliseconds (nearest rank)."""
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000

@@ -75,8 +75,8 @@ let
   # gzip's 32 KiB window cannot exploit the ~2 MB repeats.
   mkPkg = { pname, version, deps ? [ ], size ? 64, aliases ? [ ]
           , payloadDir ? "lib", payloadName ? "lib${pname}.so"
-          , description ? "demo stand-in for ${pname}", extra ? "", meta ? { } }:
-    mkDrv {
+          , description ? "demo stand-in for ${pname}", extra ? "", meta ? { }, env ? { } }:
+    mkDrv (env // {
       name = "${pname}-${version}";
       inherit pname version deps aliases payloadDir payloadName;
       size = size * 1024;
@@ -118,7 +118,99 @@ let
         printf '%s %s\nA generated stand-in package from demo-pkgs.\n' "$pname" "$version" \
           > "$out/share/doc/$pname/README"
       '' + extra;
-    };
+    });
+
+  # A stand-in interpreter: mkPkg's package whose bin/<pname> is the script in ./stand-ins,
+  # which answers imports from its environment, and a library directory of its own.
+  mkInterpreter = { pname, libDir, stdlib, ... }@args: mkPkg ((removeAttrs args [ "libDir" "stdlib" ]) // {
+    env = { standIn = ./stand-ins + "/${pname}.sh"; inherit libDir stdlib; };
+    extra = ''
+      mkdir -p "$out/$libDir"
+      for m in $stdlib; do echo "# demo-pkgs stand-in" > "$out/$libDir/$m"; done
+      rm -f "$out/bin/$pname"
+      sed -e "s|@out@|$out|g" -e "s|@shell@|$shell|g" -e "s|@deps@|$deps|g" \
+        -e "s|@libDir@|$libDir|g" -e "s|@version@|$version|g" "$standIn" > "$out/bin/$pname"
+      chmod 0555 "$out/bin/$pname"
+    '';
+  });
+
+  # The modules a list of packages needs, theirs included: nixpkgs' requiredPythonModules,
+  # which, like it, keeps only the packages that `isModule` (nixpkgs' hasPythonModule).
+  requiredModules = attr: isModule: drvs: map (x: x.drv) (builtins.genericClosure {
+    startSet = map (d: { key = d.outPath; drv = d; }) (builtins.filter isModule drvs);
+    operator = item: map (d: { key = d.outPath; drv = d; }) (item.drv.${attr} or [ ]);
+  });
+
+  # An interpreter's environment, shaped like nixpkgs' `withPackages`: one store path whose
+  # bin/ holds the interpreter's wrapper (`setup` says what it sets before running the
+  # interpreter) and the modules' programs; `link` is what else of each module it links.
+  mkEnv = { interpreter, modules, programs, setup, link ? "" }: mkDrv {
+    name = "${interpreter.name}-env";
+    inherit modules programs setup link;
+    deps = modules;  # read by prepare-image, for the SBOM's meta
+    real = "${interpreter}/bin/${interpreter.pname}";
+    shell = "${busybox}/bin/sh";
+    meta = interpreter.meta // { description = "${interpreter.pname} with its packages"; };
+    script = ''
+      mkdir -p "$out/bin"
+      for m in $modules; do
+        if [ -d "$m/bin" ]; then
+          for f in "$m"/bin/*; do
+            if [ ! -e "$out/bin/$(basename "$f")" ]; then ln -s "$f" "$out/bin/"; fi
+          done
+        fi
+        eval "$link"
+      done
+      for n in $programs; do
+        rm -f "$out/bin/$n"
+        printf '#!%s\n%s\nexec %s "$@"\n' "$shell" "$(eval "echo \"$setup\"")" "$real" > "$out/bin/$n"
+        chmod 0555 "$out/bin/$n"
+      done
+    '';
+  };
+
+  # A python interpreter and its set, as nixpkgs shapes them: python.pkgs is the set, the
+  # set's `python` is the interpreter, python.withPackages makes an environment.
+  mkPython = { version, size, deps, stdlib, pkgs }:
+    let
+      short = builtins.concatStringsSep "." (builtins.genList
+        (i: builtins.elemAt (builtins.splitVersion version) i) 2);
+      sitePackages = "lib/python${short}/site-packages";
+      python = mkInterpreter {
+        pname = "python3"; inherit version size deps stdlib;
+        aliases = [ "python" "python${short}" ];
+        payloadName = "libpython${short}.so";
+        libDir = "lib/python${short}";
+        meta.mainProgram = "python3";
+      } // {
+        inherit pkgs sitePackages;
+        pythonVersion = short;
+        withPackages = f: mkEnv {
+          interpreter = python;
+          modules = requiredModules "propagatedPythonModules"
+            (d: (d.pythonModule.outPath or null) == python.outPath) (f pkgs);
+          programs = [ "python3" "python" "python${short}" ];
+          setup = "export NIX_PYTHONPREFIX=$out";
+          link = ''
+            mkdir -p "$out/${sitePackages}"
+            for f in "$m"/${sitePackages}/*; do
+              if [ -e "$f" ]; then ln -sf "$f" "$out/${sitePackages}/"; fi
+            done
+          '';
+        };
+      };
+    in python;
+
+  # A package of a python set: a module directory in the interpreter's site-packages.
+  mkPy = python: { pname, version, size, deps ? [ ], mod ? pname, meta ? { } }: (mkPkg {
+    inherit pname version size meta;
+    deps = [ python ] ++ deps;
+    payloadDir = "${python.sitePackages}/${mod}";
+    payloadName = "_${mod}.cpython-311-x86_64-linux-gnu.so";
+    extra = ''
+      printf '__version__ = "%s"\n' "$version" > "$out/$payloadDir/__init__.py"
+    '';
+  }) // { pythonModule = python; propagatedPythonModules = deps; };
 
   busybox = derivation {
     name = "busybox-1.35.0";
@@ -308,14 +400,56 @@ let
     oniguruma = mkPkg { pname = "oniguruma"; version = "6.9.8"; size = 600; deps = [ glibc ]; };
     openssl = mkPkg { pname = "openssl"; version = "3.0.10"; size = 5000; deps = [ glibc ]; payloadName = "libcrypto.so"; };
     curl = mkPkg { pname = "curl"; version = "8.3.0"; size = 1200; deps = [ openssl zlib glibc ]; };
-    perl = mkPkg { pname = "perl"; version = "5.38.0"; size = 6000; deps = [ glibc zlib ]; aliases = [ "perl5.38.0" ]; };
+    # Interpreters with nixpkgs' passthru: `withPackages`, their package set as `pkgs`, and
+    # that set naming its interpreter (`perlPackages.perl`, `python3Packages.python`).
+    perl = mkInterpreter {
+      pname = "perl"; version = "5.38.0"; size = 6000; deps = [ glibc zlib ]; aliases = [ "perl5.38.0" ];
+      libDir = "lib/perl5/5.38.0"; stdlib = [ "strict.pm" "warnings.pm" ];
+      meta.mainProgram = "perl";
+    } // {
+      pkgs = perlPackages;
+      withPackages = f: mkEnv {
+        interpreter = perl;
+        modules = requiredModules "propagatedPerlModules" (d: d ? perlModule) (f perlPackages);
+        programs = [ "perl" "perl5.38.0" ];
+        setup = "export PERL5LIB=$perl5lib";
+        link = ''perl5lib="''${perl5lib:+$perl5lib:}$m/lib/perl5/site_perl/5.38.0"'';
+      };
+    };
+    perlPackages = let
+      mkPerl = { pname, version, module, size, deps ? [ ] }: mkPkg {
+        inherit pname version size;
+        deps = [ perl ] ++ deps;
+        payloadDir = "lib/perl5/site_perl/5.38.0/auto/${builtins.replaceStrings [ "::" ] [ "/" ] module}";
+        env.pm = "lib/perl5/site_perl/5.38.0/${builtins.replaceStrings [ "::" ] [ "/" ] module}.pm";
+        env.module = module;
+        extra = ''
+          mkdir -p "$(dirname "$out/$pm")"
+          printf 'package %s;\nour $VERSION = "%s";\n1;\n' "$module" "$version" > "$out/$pm"
+        '';
+      } // { perlModule = perl; propagatedPerlModules = deps; };
+    in rec {
+      inherit perl;
+      TryTiny = mkPerl { pname = "Try-Tiny"; version = "0.31"; module = "Try::Tiny"; size = 40; };
+      URI = mkPerl { pname = "URI"; version = "5.21"; module = "URI"; size = 120; };
+      JSON = mkPerl { pname = "JSON"; version = "4.10"; module = "JSON"; size = 90; deps = [ URI ]; };
+    };
     git = mkPkg { pname = "git"; version = "2.42.0"; size = 8000; deps = [ curl openssl zlib perl expat pcre2 glibc ]; };
     gitMinimal = mkPkg { pname = "git-minimal"; version = "2.42.0"; size = 5000; deps = [ curl openssl zlib expat glibc ]; aliases = [ "git" ]; };
-    python3 = mkPkg {
-      pname = "python3"; version = "3.11.5"; size = 15000;
+    python3 = mkPython {
+      version = "3.11.5"; size = 15000;
       deps = [ glibc openssl zlib ncurses readline libffi expat ];
-      aliases = [ "python" "python3.11" ];
-      payloadName = "libpython3.11.so";
+      stdlib = [ "os.py" "json.py" "ssl.py" "re.py" ];
+      pkgs = python3Packages;
+    };
+    # A second python, so that an image asking for both (a 422) can be tested; never built.
+    python312 = mkPython {
+      version = "3.12.0"; size = 300; deps = [ glibc ]; stdlib = [ "os.py" ];
+      pkgs = python312Packages;
+    };
+    python312Packages = {
+      python = python312;
+      six = mkPy python312 { pname = "six"; version = "1.16.0"; size = 40; };
     };
     htop = mkPkg { pname = "htop"; version = "3.2.2"; size = 300; deps = [ ncurses ]; };
     vim = mkPkg { pname = "vim"; version = "9.0.1897"; size = 3500; deps = [ ncurses glibc ]; aliases = [ "vi" "xxd" ]; };
@@ -341,23 +475,37 @@ let
     };
 
     # A nested set (not itself a derivation), like nixpkgs' python3Packages.
-    python3Packages = let
-      mkPy = { pname, version, size, deps ? [ ], mod ? pname }: mkPkg {
-        inherit pname version size;
-        deps = [ python3 ] ++ deps;
-        payloadDir = "lib/python3.11/site-packages/${mod}";
-        payloadName = "_${mod}.cpython-311-x86_64-linux-gnu.so";
-        extra = ''
-          printf '__version__ = "%s"\n' "$version" > "$out/$payloadDir/__init__.py"
-        '';
-      };
+    python3Packages = let mkPy3 = mkPy python3;
     in rec {
-      certifi = mkPy { pname = "certifi"; version = "2023.7.22"; size = 300; };
-      idna = mkPy { pname = "idna"; version = "3.4"; size = 250; };
-      urllib3 = mkPy { pname = "urllib3"; version = "2.0.4"; size = 900; };
-      charset-normalizer = mkPy { pname = "charset-normalizer"; version = "3.2.0"; size = 400; mod = "charset_normalizer"; };
-      requests = mkPy { pname = "requests"; version = "2.31.0"; size = 400; deps = [ certifi idna urllib3 charset-normalizer ]; };
-      numpy = mkPy { pname = "numpy"; version = "1.25.2"; size = 5000; deps = [ zlib ]; };
+      python = python3;
+      certifi = mkPy3 { pname = "certifi"; version = "2023.7.22"; size = 300; };
+      idna = mkPy3 { pname = "idna"; version = "3.4"; size = 250; };
+      urllib3 = mkPy3 { pname = "urllib3"; version = "2.0.4"; size = 900; };
+      charset-normalizer = mkPy3 { pname = "charset-normalizer"; version = "3.2.0"; size = 400; mod = "charset_normalizer"; };
+      requests = mkPy3 { pname = "requests"; version = "2.31.0"; size = 400; deps = [ certifi idna urllib3 charset-normalizer ]; };
+      numpy = mkPy3 { pname = "numpy"; version = "1.25.2"; size = 5000; deps = [ zlib ]; };
+      # A module with a program of its own, as nixpkgs' black: a name of it alone runs that.
+      black = mkPy3 { pname = "black"; version = "23.9.1"; size = 60; meta.mainProgram = "black"; };
+      # An application in the set, as nixpkgs' toPythonApplication makes (`pythonModule` false):
+      # no module, so it stays a plain package.
+      httpie = mkPy3 { pname = "httpie"; version = "3.2.2"; size = 60; } // { pythonModule = false; };
+    };
+
+    # A whole package set inside the set, as nixpkgs' pkgsStatic or pkgsMusl: it holds
+    # interpreters, yet its packages are no interpreter's modules.
+    pkgsAlt = { inherit hello perl python3; };
+
+    # A derivation whose passthru names an interpreter, as nixpkgs' nodejs (`nodejs.python`),
+    # and a derivation of its own (nixpkgs' nodejs has a `libv8` output).
+    nodejs = mkPkg { pname = "nodejs"; version = "20.8.0"; size = 60; deps = [ glibc ]; } // {
+      python = python3;
+      libv8 = mkPkg { pname = "libv8"; version = "11.3"; size = 60; deps = [ glibc ]; };
+    };
+
+    # A nested set that names no interpreter with `withPackages`, as nixpkgs' nodePackages:
+    # its packages stay plain.
+    nodePackages = {
+      prettier = mkPkg { pname = "prettier"; version = "3.0.3"; size = 60; deps = [ glibc ]; };
     };
 
     # Fails at build time with a clear message.

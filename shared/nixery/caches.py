@@ -10,6 +10,7 @@ burst of requests for one tag costs one lookup.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar, cast
@@ -27,9 +28,12 @@ MEMO_SIZE = 100_000
 
 
 class BoundedCache(Generic[T]):
-    def __init__(self, size: int = CACHE_SIZE, ttl: float | None = None) -> None:
-        """``ttl``: seconds an entry is kept, for answers that are true only for a while."""
-        self._entries: Cache[str, T] = TTLCache(size, ttl) if ttl else LRUCache(size)
+    def __init__(
+        self, size: int = CACHE_SIZE, ttl: float | None = None, clock: Clock = time.monotonic
+    ) -> None:
+        """``ttl``: seconds by ``clock`` an entry is kept from when it was last kept, for
+        answers that are true only for a while."""
+        self._entries: Cache[str, T] = TTLCache(size, ttl, timer=clock) if ttl else LRUCache(size)
         self._lock = threading.Lock()
         self._reading = KeyedLocks()
 

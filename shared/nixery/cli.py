@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from nixery import config, logs
-from nixery.errors import ConfigError
-from nixery.pipeline.exports import FORMATS, write_archive
+from nixery.errors import BadOutput, ConfigError
+from nixery.pipeline.exports import FORMATS, Output, write_archive
 
 # flag -> environment variable
 _FLAGS = {
@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         "the same image a registry would serve for its name",
     )
     build.add_argument("image", help="NAME[:TAG], as it would be pulled (e.g. shell/hello)")
-    build.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+    build.add_argument(
+        "-o", "--output", required=True,
+        help="the file to write (a new or regular file, not in the storage), or - for stdout",
+    )  # fmt: skip
     build.add_argument("--format", choices=FORMATS, default="oci",
                        help="oci (an OCI image layout in a tar) or docker-archive")  # fmt: skip
     for flag in _BUILD_FLAGS:
@@ -113,56 +116,74 @@ def _with_flags(args: argparse.Namespace, flags: Iterable[str]) -> dict[str, str
 
 def _build(args: argparse.Namespace) -> int:
     """Builds as `nixery serve` would (same settings, same pipeline, so the same digests) and
-    writes the image to a file. Without a storage path, blobs and state live in a temporary
-    directory; with one, its layer cache is reused (and `nixery serve` may serve it too)."""
+    writes the image to a file or stdout. Without a storage path, blobs and state live in a
+    temporary directory; with one, its layer cache is reused (and `nixery serve` may serve it).
+    Where it writes is checked first, so that a mistake there costs no build."""
     import tempfile
-
-    from nixery.errors import BuildError, NixeryError, StillBuilding
-    from nixery.local.app import local_service
-    from nixery.oci.manifests import OCI_INDEX, OCI_MANIFEST
-    from nixery.request import Tag, parse_digest, parse_name, parse_reference
 
     env = _with_flags(args, _BUILD_FLAGS)
     with tempfile.TemporaryDirectory(prefix="nixery-build-") as scratch:
         env.setdefault("STORAGE_PATH", scratch)
         settings = config.local_settings(env)
-        name, _, tag = args.image.partition(":")
         try:
-            platforms = settings.serve.platforms
-            request = parse_name(name, settings.serve.max_packages, platforms)
-            reference = parse_reference(tag or "latest")
-            if not isinstance(reference, Tag):
-                print("nixery build: name the image by tag, not by digest", file=sys.stderr)
-                return 2
-            service = local_service(settings)
-            # An OCI archive holds the index of a multi-platform image; a docker-archive,
-            # which cannot, the default platform's image.
-            accept = [OCI_INDEX, OCI_MANIFEST] if args.format == "oci" else [OCI_MANIFEST]
-            print(f"nixery build: building {name}:{reference.name}", file=sys.stderr)
-            while True:
-                try:
-                    manifest = service.manifest(request, reference, accept)
-                    break
-                except StillBuilding:
-                    continue  # the build goes on; wait for it again
-        except NixeryError as e:
-            print(f"nixery build: {e.message}", file=sys.stderr)
-            log = (e.detail or {}).get("log") if isinstance(e, BuildError) else None
-            if isinstance(log, str):
-                print(log, file=sys.stderr)
-            return 1
-        children = [m for d in manifest.children() if (m := service.manifest_by_digest(d))]
-        partial = args.output.with_name(args.output.name + ".partial")
-        with partial.open("wb") as out:
+            output = Output.check(args.output, settings.storage_path, settings.state_path)
+        except BadOutput as e:
+            print(f"nixery build: {e}", file=sys.stderr)
+            return 2
+        try:
+            return _build_into(output, args, settings)
+        except BadOutput as e:  # the target became something else during the build
+            print(f"nixery build: {e}", file=sys.stderr)
+            return 2
+        finally:
+            output.discard()
+
+
+def _build_into(output: Output, args: argparse.Namespace, settings: config.LocalSettings) -> int:
+    """``_build`` once the output is known good: its imports are the pipeline's and Nix's,
+    which a mistake in ``-o`` need not wait for."""
+    from nixery.errors import BuildError, NixeryError, StillBuilding, os_cause
+    from nixery.local.app import local_service
+    from nixery.oci.manifests import OCI_INDEX, OCI_MANIFEST
+    from nixery.request import Tag, parse_digest, parse_name, parse_reference
+
+    name, _, tag = args.image.partition(":")
+    try:
+        platforms = settings.serve.platforms
+        request = parse_name(name, settings.serve.max_packages, platforms)
+        reference = parse_reference(tag or "latest")
+        if not isinstance(reference, Tag):
+            print("nixery build: name the image by tag, not by digest", file=sys.stderr)
+            return 2
+        service = local_service(settings)
+        # An OCI archive holds the index of a multi-platform image; a docker-archive,
+        # which cannot, the default platform's image.
+        accept = [OCI_INDEX, OCI_MANIFEST] if args.format == "oci" else [OCI_MANIFEST]
+        print(f"nixery build: building {name}:{reference.name}", file=sys.stderr)
+        while True:
+            try:
+                manifest = service.manifest(request, reference, accept)
+                break
+            except StillBuilding:
+                continue  # the build goes on; wait for it again
+    except NixeryError as e:
+        print(f"nixery build: {e.message}", file=sys.stderr)
+        log = (e.detail or {}).get("log") if isinstance(e, BuildError) else None
+        if isinstance(log, str):
+            print(log, file=sys.stderr)
+        return 1
+    children = [m for d in manifest.children() if (m := service.manifest_by_digest(d))]
+    try:
+        with output.open() as out:
             write_archive(out, args.format, manifest, f"{name}:{reference.name}",
                           service.open_blob, lambda d: service.blob(parse_digest(d)).size,
                           children)  # fmt: skip
-        partial.replace(args.output)
-    print(
-        f"nixery build: wrote {args.output} ({args.format}, manifest {manifest.digest}, "
-        f"{args.output.stat().st_size / 1e6:.1f} MB)",
-        file=sys.stderr,
-    )
+    except OSError as e:  # a full disk, a closed pipe
+        print(f"nixery build: cannot write {args.output!r}: {os_cause(e)}", file=sys.stderr)
+        return 1
+    where = "stdout" if output.target is None else repr(output.target)
+    print(f"nixery build: wrote {args.format} to {where} (manifest {manifest.digest})",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -78,6 +78,9 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_MAX_QUEUED_BUILDS": "builds that may wait (local) or be under way (Google Cloud)",
     "NIXERY_TRUSTED_PROXIES": "proxies in front that append their client to X-Forwarded-For",
     "NIXERY_SERVER_THREADS": "local server: request threads",
+    "NIXERY_MAX_WAITERS": "requests that may wait for builds at once",
+    "NIXERY_CLIENT_WAITERS": "requests one address may have waiting for builds",
+    "NIXERY_BUILD_WAITERS": "requests that may wait for one image's build",
     "NIXERY_MAX_CONNECTIONS": "local server: open connections",
     "NIXERY_CLIENT_CONNECTIONS": "local server: connections one address may hold",
     "NIXERY_HEADER_TIMEOUT": "local server: seconds a request may take to arrive",
@@ -86,6 +89,8 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_AUTH": "basic or token, for a private registry",
     "NIXERY_AUTH_USERS": "name:hash pairs, hashes from nixery hash-password",
     "NIXERY_AUTH_SECRET": "the key tokens are signed with",
+    "NIXERY_AUTH_FAILURES": "failed logins one address or user name may have, as COUNT/SECONDS",
+    "NIXERY_AUTH_CHECKS": "passwords checked at once",
     # Signing
     "NIXERY_SIGNING_KEY": "a PEM private key every image manifest is signed with",
     "NIXERY_SIGNING_KMS_KEY": "a Cloud KMS key version the builder signs manifests with",
@@ -102,6 +107,7 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_TASKS_SERVICE_ACCOUNT": "the account whose OIDC token the tasks carry",
     "NIXERY_TASKS_EMULATOR_HOST": "a Cloud Tasks emulator to enqueue to instead",
     "NIXERY_URL_TTL": "seconds a signed blob URL is valid",
+    "THREADS": "the registry function's request threads (functions-framework's)",
     "NIXERY_FUNCTION_TIMEOUT": "the registry function's request timeout as deployed",
     "CLOUD_RUN_TIMEOUT_SECONDS": "the registry function's request timeout, from the runtime",
     "NIXERY_PICKUP_WAIT": "seconds an enqueued build may wait for a builder to claim it",
@@ -219,6 +225,32 @@ def build_deadline(env: Env, high: float = 86400.0) -> float:
     return env.seconds("NIXERY_BUILD_DEADLINE", BUILD_DEADLINE, 60.0, high)
 
 
+@dataclass(frozen=True)
+class WaitLimits:
+    """How many requests may wait for builds at once: in all, from one address, for one
+    image (``service.waiters``). Each holds a request thread while it waits."""
+
+    total: int
+    per_client: int
+    per_build: int
+
+
+def wait_limits(env: Env, threads_from: str, threads: int) -> WaitLimits:
+    """By default half the threads may wait, an eighth from one address and a quarter for one
+    image; the rest are for cached pulls, which must never find every thread waiting."""
+    total = env.integer("NIXERY_MAX_WAITERS", max(1, threads // 2), 1, 100_000)
+    if total >= threads:
+        raise ConfigError(
+            f"NIXERY_MAX_WAITERS ({total}) must be under {threads_from} ({threads}): requests "
+            "for cached images need threads that no waiting request holds"
+        )
+    return WaitLimits(
+        total=total,
+        per_client=env.integer("NIXERY_CLIENT_WAITERS", min(total, max(1, threads // 8)), 1, total),
+        per_build=env.integer("NIXERY_BUILD_WAITERS", min(total, max(1, threads // 4)), 1, total),
+    )
+
+
 # A checkout of nixpkgs takes a few hundred MB, on the builder's in-memory disk.
 KEEP_CHECKOUTS = 2
 
@@ -320,11 +352,39 @@ PASSWORD_HASH_RE = re.compile(rf"{PASSWORD_HASH}\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-
 USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
+# Failed logins an address, or a user name, may have per window before it is refused unchecked.
+AUTH_FAILURES = Rate(10, 60.0)
+
+
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # a container's CPU limit, under cgroup v2
+
+
+def cpus(cpu_max: Path = CPU_MAX) -> int:
+    """The CPUs this process may keep busy: those it may run on, or fewer under a cgroup v2
+    quota (a container's CPU limit, which the CPU count does not show); at least one."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 here, or none of ours
+        pass
+    return max(1, count)
+
+
+def auth_checks() -> int:
+    """Passwords checked at once by default: half the CPUs, so that a flood of wrong passwords
+    leaves the other half to the requests of clients that have logged in."""
+    return max(1, cpus() // 2)
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     scheme: Literal["basic", "token"]
     users: Mapping[str, str]  # name -> hash
     secret: bytes  # signs tokens
+    failures: Rate = AUTH_FAILURES
+    checks: int = field(default_factory=auth_checks)
 
 
 def auth_settings(env: Env, need_secret: bool = False) -> AuthSettings | None:
@@ -351,7 +411,13 @@ def auth_settings(env: Env, need_secret: bool = False) -> AuthSettings | None:
     if secret is None and need_secret and scheme == "token":
         raise ConfigError("NIXERY_AUTH_SECRET must be set, so that every instance accepts tokens")
     kind: Literal["basic", "token"] = "basic" if scheme == "basic" else "token"
-    return AuthSettings(kind, users, secret.encode() if secret else os.urandom(32))
+    return AuthSettings(
+        kind,
+        users,
+        secret.encode() if secret else os.urandom(32),
+        failures=env.rate("NIXERY_AUTH_FAILURES") or AUTH_FAILURES,
+        checks=env.integer("NIXERY_AUTH_CHECKS", auth_checks(), 1, 1024),
+    )
 
 
 # How long a manifest request waits for its build before a 503 with Retry-After: under the
@@ -445,10 +511,10 @@ def check_backend(env: Env, expected: str) -> None:
 class ConnectionLimits:
     """What the local HTTP server lets clients hold (``local.http_server``)."""
 
-    threads: int = 64  # each manifest request waiting for a build holds one
+    threads: int = 64  # each manifest request waiting for a build holds one (WaitLimits)
     connections: int = 1000
     per_client: int = 32  # connections one address may hold
-    header_timeout: float = 10.0  # seconds from a request's first byte to its last
+    header_timeout: float = 10.0  # seconds from a request's first byte (or accept) to its last
     idle_timeout: float = 30.0  # seconds a connection may sit without a request
 
 
@@ -464,12 +530,14 @@ class LocalSettings:
     build_workers: int
     max_queued: int | None  # builds that may wait for a worker
     connections: ConnectionLimits
+    waiters: WaitLimits
 
 
 def local_settings(environ: Mapping[str, str] = os.environ) -> LocalSettings:
     env = Env(environ)
     check_backend(env, "filesystem")
     storage = Path(env.need("STORAGE_PATH", "for local mode (NIXERY_STORAGE_BACKEND=filesystem)"))
+    threads = env.integer("NIXERY_SERVER_THREADS", 64, 4, 1024)
     return LocalSettings(
         source=source_settings(env, storage / "sources"),
         build=build_settings(env),
@@ -481,10 +549,11 @@ def local_settings(environ: Mapping[str, str] = os.environ) -> LocalSettings:
         build_workers=env.integer("NIXERY_BUILD_WORKERS", 2, 1, 64),
         max_queued=env.integer("NIXERY_MAX_QUEUED_BUILDS", 32, 0, 100_000),
         connections=ConnectionLimits(
-            threads=env.integer("NIXERY_SERVER_THREADS", 64, 4, 1024),
+            threads=threads,
             connections=env.integer("NIXERY_MAX_CONNECTIONS", 1000, 10, 100_000),
             per_client=env.integer("NIXERY_CLIENT_CONNECTIONS", 32, 1, 100_000),
             header_timeout=env.seconds("NIXERY_HEADER_TIMEOUT", 10.0, 1.0, 600.0),
             idle_timeout=env.seconds("NIXERY_IDLE_TIMEOUT", 30.0, 1.0, 3600.0),
         ),
+        waiters=wait_limits(env, "NIXERY_SERVER_THREADS", threads),
     )

@@ -37,6 +37,10 @@ class ConfigError(Exception):
     """The configuration is invalid: raised at start, naming the variable; never a request's."""
 
 
+class BadOutput(Exception):
+    """The file ``nixery build -o`` names cannot or must not be written: told before the build."""
+
+
 # --- The request itself is wrong -------------------------------------------------------
 
 
@@ -68,12 +72,21 @@ class UnknownEndpoint(NixeryError):
     """A path under ``/v2/`` that names no endpoint of the protocol."""
 
 
-class TooManyBuilds(NixeryError):
-    """The client started as many new builds as it may for now (NIXERY_CLIENT_BUILDS)."""
+class Throttled(NixeryError):
+    """The client asked for more than it may for now: ``retry_after`` seconds until it may."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, {"retry_after": round(retry_after)})
         self.retry_after = retry_after
+
+
+class TooManyBuilds(Throttled):
+    """The client started as many new builds as it may for now (NIXERY_CLIENT_BUILDS)."""
+
+
+class TooManyLogins(Throttled):
+    """Too many failed logins from the client's address, or for the user name it claims
+    (NIXERY_AUTH_FAILURES): its password is not checked for now."""
 
 
 # --- What was asked for does not exist -------------------------------------------------
@@ -129,6 +142,19 @@ class BuildFailed(BuildError):
         self.log_tail = log_tail
 
 
+class ConflictingInterpreters(BuildFailed):
+    """The name asks for packages of two interpreters of one language: an image holds one
+    environment per language, whose ``python3`` (or ``perl``...) is the one on PATH."""
+
+    def __init__(self, conflicts: Sequence[str]) -> None:
+        """``conflicts``: one per language, naming its packages and their interpreters."""
+        super().__init__(
+            "packages of different interpreters of one language cannot share an image: "
+            + "; ".join(conflicts)
+            + ". Ask for one interpreter's packages."
+        )
+
+
 class BuildTimedOut(BuildFailed):
     """A Nix builder ran past ``NIX_TIMEOUT``, or Nix past its own deadline."""
 
@@ -179,6 +205,15 @@ class QueueUnavailable(Transient):
 
 class BuildQueueFull(Transient):
     """As many builds as the registry allows are running or waiting."""
+
+
+class LoginsBusy(Transient):
+    """As many passwords as the registry checks at once are being checked (NIXERY_AUTH_CHECKS)."""
+
+
+class TooManyWaiters(Transient):
+    """As many requests wait for builds as may (in all, from the address, or for the image):
+    each holds a request thread, and cached pulls need some left. The build goes on."""
 
 
 class ClientGone(Transient):

@@ -19,12 +19,22 @@ from nixery.request import ImageRequest, architecture
 # Bumped whenever a change to the pipeline changes what an image key produces, so that
 # images published by an older version are rebuilt rather than served stale.
 FORMAT_VERSION = 2  # 2: provenance annotations, an SBOM per image, the entrypoint rule
+# The format of images whose names hold a nested set's package (``python3packages.requests``):
+# a superset of the images that changed when such packages became their interpreter's
+# environment, which only evaluating the package set tells, after the key is needed; every
+# other image kept its key and its bytes.
+ENVIRONMENTS_FORMAT = 3  # 3: a nested set's packages as their interpreter's environment
+
+
+def nested(packages: tuple[str, ...]) -> bool:
+    """Whether a name holds a package of a nested set, which may join an environment."""
+    return any("." in p for p in packages)
 
 
 def image_key(request: ImageRequest, revision: Revision) -> str:
     """The cache key of a request built from one exact source revision."""
     content: dict[str, Any] = {
-        "format": FORMAT_VERSION,
+        "format": ENVIRONMENTS_FORMAT if nested(request.packages) else FORMAT_VERSION,
         "revision": str(revision),
         "packages": request.packages,
         "system": request.arch.nix_system,

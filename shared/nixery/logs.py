@@ -1,16 +1,60 @@
-"""Logging: readable lines locally, JSON that Cloud Logging understands on Google Cloud."""
+"""Logging: readable lines locally, JSON that Cloud Logging understands on Google Cloud.
+
+Log lines carry what strangers send (paths, user names, tags), and a reader of the log must be
+able to trust that a line which looks like a record is one: in the text format, a record is
+one line, its message's control characters escaped (``\\n``, ``\\x1b``...) and its
+backslashes doubled (so that a path holding a backslash and an ``n`` reads otherwise than one
+holding a line break), and the lines of a traceback after it are indented. JSON escapes them
+by itself.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in `extra` and is a field.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+
+# What ends a line for some reader of a log (Python's splitlines, a terminal), or moves or
+# hides text on a terminal: C0 and C1 controls, DEL, Unicode's line and paragraph separators,
+# the bidirectional marks and overrides that reorder what is shown; and the backslash, which
+# starts the escapes.
+_UNSAFE = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def escape(text: str) -> str:
+    """``text`` on one line, its control characters and backslashes written as Python writes
+    them."""
+    return _UNSAFE.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record; a traceback's lines follow it, indented."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape(line) for line in text.split("\n"))
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,11 +90,7 @@ def setup(level: str = "INFO", json_format: bool | None = None) -> None:
     if json_format is None:
         json_format = "K_SERVICE" in os.environ
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if json_format
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -176,6 +176,11 @@ class Inventory(Protocol):
         """The revisions whose package names are stored, the most recently stored first."""
         ...
 
+    def unfinished_reports(self) -> Iterable[tuple[str, float]]:
+        """(image key, when its build started) of each report that says "building" or
+        "interrupted": a build that stopped, or one under way."""
+        ...
+
     def delete(
         self,
         *,
@@ -184,7 +189,10 @@ class Inventory(Protocol):
         layers: Iterable[str] = (),
         failures: Iterable[str] = (),
         name_lists: Iterable[str] = (),
-    ) -> None: ...
+        reports: Iterable[str] = (),
+    ) -> None:
+        """An image's or a failure's report goes with it; ``reports`` are others."""
+        ...
 
 
 class BlobInventory(Protocol):

@@ -165,7 +165,9 @@ def report_url(base: str, key: str) -> str:
 # --- Build reports ------------------------------------------------------------------
 
 
-Status = Literal["building", "published", "failed"]
+# "interrupted": stopped by a transient fault (a full disk, a database or service down, a
+# restart); nothing of it is remembered, so the next pull builds it again.
+Status = Literal["building", "published", "failed", "interrupted"]
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,34 @@ class LayerReport:
     size: int  # bytes of the compressed blob
     unpacked: int  # bytes of its store paths, as Nix counts them (NAR size)
     paths: tuple[str, ...]  # none for the image's root (its symlinks to the packages)
+
+
+# The kind of an interrupted build's ``FailureReport``; a failed one's is a ``FailureKind``.
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """An interpreter's environment (its package set's ``withPackages``), which an image holds
+    in place of the packages it names in ``members``: their interpreter sees them all."""
+
+    language: str  # the interpreter's attribute in its set: python, perl, lua, ruby, ghc
+    interpreter: str  # its derivation's name, e.g. python3-3.11.5
+    path: str  # the environment's store path
+    members: tuple[str, ...]  # the name's packages it holds, the interpreter's own included
+    contents: tuple[str, ...] = ()  # the store paths of the set's packages among them
+    program: str | None = None  # its meta.mainProgram
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Environment:
+        return cls(
+            str(data["language"]),
+            str(data["interpreter"]),
+            str(data["path"]),
+            tuple(data["members"]),
+            tuple(data.get("contents", ())),
+            data.get("program"),
+        )
 
 
 @dataclass(frozen=True)
@@ -199,6 +229,8 @@ class BuildReport:
     manifests: Mapping[str, str] = field(default_factory=dict)  # media type -> digest
     failure: FailureReport | None = None
     nonroot: bool = False
+    environments: tuple[Environment, ...] = ()
+    plain: tuple[str, ...] = ()  # nested sets' packages in no environment (not modules)
 
     @property
     def size(self) -> int:
@@ -241,4 +273,6 @@ class BuildReport:
             manifests=dict(data.get("manifests", {})),
             failure=FailureReport(**failure) if failure else None,
             nonroot=bool(data.get("nonroot", False)),
+            environments=tuple(Environment.from_json(e) for e in data.get("environments", [])),
+            plain=tuple(data.get("plain", [])),
         )

@@ -91,3 +91,16 @@ def test_only_new_builds_are_charged() -> None:
     assert 3500 < raised.value.retry_after <= 3600
     state.publish(job.key, sample_manifests())
     assert service.image(job, caller), "a published image is free"
+
+
+def test_an_ipv6_client_is_charged_by_its_64() -> None:
+    """An IPv6 client may send from any address of its /64 (at least what it is given): each
+    address its own count would be no limit."""
+    limiter = MemoryLimiter(Rate(1, 3600.0))
+    service = make_service(MemoryState(), ScriptedQueue(None, None), limiter)
+    with pytest.raises(Exception, match="still being built"):
+        service.image(sample_job(), Caller("2001:db8:0:1::1"))
+    with pytest.raises(TooManyBuilds):
+        service.image(sample_job("jq"), Caller("2001:db8:0:1:ffff::2"))
+    with pytest.raises(Exception, match="still being built"):
+        service.image(sample_job("jq"), Caller("2001:db8:0:2::1")), "another /64"

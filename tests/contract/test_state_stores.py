@@ -8,6 +8,8 @@ suite, with a fake clock.
 
 from __future__ import annotations
 
+import errno
+import json
 import queue
 import sqlite3
 import time
@@ -24,6 +26,7 @@ from nixery.errors import (
     BuildFailed,
     BuildTimedOut,
     DatabaseUnavailable,
+    StorageUnavailable,
     UnknownPackages,
 )
 from nixery.gcp.firestore_state import MAX_ATTEMPTS
@@ -34,11 +37,13 @@ from nixery.oci.manifests import (
     Manifest,
     artifact_manifest,
 )
+from nixery.pipeline.progress import DISK_FULL, Reporter
 from nixery.records import (
     MAX_LOG,
     MAX_MESSAGE,
     MAX_PACKAGE_NAMES,
     BuildReport,
+    Environment,
     Failure,
     FailureKind,
     FailureReport,
@@ -47,11 +52,14 @@ from nixery.records import (
     Pending,
     Published,
 )
+from nixery.service.catalog import SILENT, Catalog
+from nixery.service.gc import collect
 from tests.helpers.disk_faults import fail_reads_and_writes, fill, locked, read_only, small_disk
 from tests.helpers.fakes import (
     BUILD_ERRORS,
     FakeClock,
     MemoryState,
+    StaticSource,
     all_at_once,
     sample_job,
     sample_manifests,
@@ -223,6 +231,49 @@ def test_a_referrer_two_images_share_stays_with_the_one_kept(state: StateUnderTe
     assert state.referrers(manifests[0].digest) == [referrers[0]]
     (record,) = state.images()
     assert {r.digest for r in referrers} <= set(record.manifests)
+
+
+class _NoBlobs:
+    """A blob store with nothing in it: these tests collect records alone."""
+
+    def blobs(self) -> list:
+        return []
+
+    def delete(self, digest: str) -> None:
+        raise AssertionError("nothing to delete")
+
+
+def test_gc_collects_reports_of_builds_that_never_finished(state: StateUnderTest) -> None:
+    """Interrupted, or silent ("building" with no word): once older than the grace period,
+    their pages go; a recent one, a finished one, a live image's and a remembered failure's
+    stay."""
+    if isinstance(state, MemoryState):
+        pytest.skip("the fake keeps no inventory for `nixery gc`")
+    grace, now = 1200.0, AT + 10_000
+    old, recent = now - grace - 1, now - grace + 60
+    jobs = {name: sample_job(name) for name in
+            ("interrupted", "silent", "recent", "published", "live", "remembered")}  # fmt: skip
+    for name, job in jobs.items():
+        status = "interrupted" if name == "interrupted" else "building"
+        if name == "published":
+            status = "published"
+        started = recent if name == "recent" else old
+        state.record_report(replace(sample_report(job.key, started=started), status=status))
+    state.publish(jobs["live"].key, sample_manifests())
+    state.record_failure(
+        jobs["remembered"].key, Failure(FailureKind.BUILD_ERROR, "broken", {"log": ""}, now)
+    )
+    unfinished = dict(state.inventory.unfinished_reports())
+    assert set(unfinished) == {
+        jobs[n].key for n in ("interrupted", "silent", "recent", "live", "remembered")
+    }
+    assert unfinished[jobs["recent"].key] == recent
+    report = collect(state.inventory, _NoBlobs(), max_age=86400, grace=grace,
+                     failure_ttl=3600, now=now, apply=True)  # fmt: skip
+    assert sorted(report.reports) == sorted([jobs["interrupted"].key, jobs["silent"].key])
+    assert "2 unfinished build reports" in report.summary(True)
+    kept = {name for name, job in jobs.items() if state.report(job.key) is not None}
+    assert kept == {"recent", "published", "live", "remembered"}
 
 
 def test_a_missing_manifest_digest_is_none_even_beside_others(state: StateUnderTest) -> None:
@@ -450,12 +501,17 @@ def test_a_failure_within_bounds_is_stored_unchanged(state: StateUnderTest) -> N
 # --- Build reports and package names (the pages) ---------------------------------------
 
 
+ENV = "/nix/store/cccc-python3-3.11.5-env"
+REQUESTS = ("python3packages.requests",)
+CONTENTS = ("/nix/store/dddd-requests-2.31.0",)
+
+
 def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] = ()) -> BuildReport:
     return BuildReport(
         key=key,
         packages=("cacert", "hello"),
         system="x86_64-linux",
-        revision="path:/demo@abc",
+        revision="path@abc",
         started=started,
         status="published",
         step="manifests",
@@ -465,6 +521,8 @@ def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] =
         layers=tuple(LayerReport(d, 100, 1800, ("/nix/store/aaaa-hello-2.12.1",)) for d in layers),
         manifests={OCI_MANIFEST: "sha256:" + "1" * 64},
         failure=FailureReport("build_error", "it <b>broke</b>", "line\n<script>x</script>\n"),
+        environments=(Environment("python", "python3-3.11.5", ENV, REQUESTS, CONTENTS, "python3"),),
+        plain=("nodepackages.prettier",),
     )
 
 
@@ -476,6 +534,92 @@ def test_a_report_round_trips_and_a_later_one_replaces_it(state: StateUnderTest)
     later = replace(report, status="failed", step="nix", layers=())
     state.record_report(later)
     assert state.report(KEY) == later
+
+
+def test_a_report_written_before_environments_reads_without_them() -> None:
+    """Reports that stores kept before environments existed have neither field."""
+    old = sample_report().to_json()
+    del old["environments"], old["plain"]
+    report = BuildReport.decode(json.dumps(old))
+    assert report.environments == () and report.plain == ()
+    assert report == replace(sample_report(), environments=(), plain=())
+
+
+def test_a_build_interrupted_or_silent_too_long_reads_as_interrupted(state: StateUnderTest) -> None:
+    """What the pages read of a build stopped by a transient fault, said by its builder, or
+    (when even that could not be written) judged by the report's age: never "building" for
+    ever. The page reads a fixed phrase for the cause, never the error's details."""
+    clock = FakeClock(AT)
+    catalog = Catalog(StaticSource({}), state, state, state, deadline=600, clock=clock)
+    stopped, silent = sample_job("stopped"), sample_job("silent")
+    full = OSError(errno.ENOSPC, "No space left on device", "/srv/storage/blobs/x")
+    try:
+        raise StorageUnavailable("the blob store cannot write in /srv/storage") from full
+    except StorageUnavailable as e:
+        Reporter(state, stopped, clock).interrupted(e, state)
+    Reporter(state, silent, clock)
+    report, status = catalog.build(stopped.key)
+    assert status is None and report is not None
+    assert report.status == "interrupted" and report.finished == AT
+    assert report.failure == FailureReport("interrupted", DISK_FULL, "")
+    clock.advance(1199)
+    assert catalog.build(silent.key)[0].status == "building", "a slow build is still building"
+    clock.advance(2)
+    judged = catalog.build(silent.key)[0]
+    assert judged.status == "interrupted" and judged.failure.message == SILENT
+    assert {r.key: r.status for r in catalog.latest()} == {
+        stopped.key: "interrupted",
+        silent.key: "interrupted",
+    }
+
+
+def test_a_silent_build_whose_image_was_published_or_failed_reads_so(
+    state: StateUnderTest,
+) -> None:
+    """Its last report was lost, not its outcome: the image's status is the authority."""
+    clock = FakeClock(AT)
+    catalog = Catalog(StaticSource({}), state, state, state, deadline=600, clock=clock)
+    published, failed = sample_job("published"), sample_job("failed")
+    Reporter(state, published, clock)
+    Reporter(state, failed, clock)
+    state.publish(published.key, sample_manifests())
+    state.record_failure(failed.key, Failure(FailureKind.BUILD_ERROR, "broken", {"log": "l"}, AT))
+    clock.advance(1201)
+    assert catalog.build(published.key)[0].status == "published"
+    judged = catalog.build(failed.key)[0]
+    assert judged.status == "failed" and judged.failure == FailureReport(
+        "build_error", "broken", "l"
+    )
+    assert {r.key: r.status for r in catalog.latest()} == {
+        published.key: "published",
+        failed.key: "failed",
+    }
+
+
+def test_an_interruption_is_not_reported_over_a_published_image(state: StateUnderTest) -> None:
+    """A publication that raised after it was made, or another build's: the report is left
+    as it was."""
+    job = sample_job("raced")
+    reporter = Reporter(state, job, FakeClock(AT))
+    state.publish(job.key, sample_manifests())
+    reporter.interrupted(DatabaseUnavailable("the answer was lost"), state)
+    assert state.report(job.key).status == "building"
+
+
+class _Unreadable:
+    """Images whose status cannot be read: a bug's exception, not a ``Transient``."""
+
+    def status(self, key: str) -> None:
+        raise RuntimeError("not a Transient")
+
+
+def test_an_interruption_that_cannot_be_reported_is_logged_not_raised(
+    state: StateUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = sample_job("unreported")
+    Reporter(state, job, FakeClock(AT)).interrupted(ValueError("a bug"), _Unreadable())
+    assert state.report(job.key).status == "building"
+    assert "could not be reported" in caplog.text
 
 
 def test_recent_reports_come_latest_first_and_are_limited(state: StateUnderTest) -> None:

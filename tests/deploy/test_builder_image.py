@@ -75,6 +75,58 @@ def test_a_pull_is_served_by_the_containers_nix(container_registry, registry, cl
     assert index[0].content == index[1].content
 
 
+@pytest.mark.parametrize(
+    ("name", "args", "code", "says"),
+    [
+        ("python3/python3packages.requests", ["-c", "import requests"], 0, ""),
+        ("python3/python3packages.requests", ["-c", "import numpy"], 1,
+         "ModuleNotFoundError: No module named 'numpy'"),
+        ("python3packages.requests/python3packages.numpy", ["-c", "import numpy, requests"], 0,
+         ""),
+        ("perlpackages.json", ["-MJSON", "-e", "1"], 0, ""),
+        ("perlpackages.json", ["-MTry::Tiny", "-e", "1"], 2, "Can't locate Try/Tiny.pm"),
+        # No interpreter's module, though its set holds interpreters: plain, with either Nix.
+        ("pkgsalt.hello", ["hello", "--version"], 0, ""),
+        ("python3packages.black", [], 0, ""),  # runs black, its own program
+    ],
+)  # fmt: skip
+def test_environments_built_by_the_containers_nix_import_their_packages(
+    container_registry, registry, clients, name, args, code, says
+):
+    """Nix 2.26 evaluates the environments as the host's Nix 2.8 does: the same image."""
+    clients.trust(container_registry.host)
+    ran = clients.podman("run", "--rm", f"{container_registry.host}/{name}", *args)
+    assert ran.returncode == code, ran.stderr + container_registry.builder_log.read_text()[-2000:]
+    assert says in ran.stderr
+    digests = [
+        r.get(f"/v2/{name}/manifests/latest", headers={"Accept": OCI})
+        for r in (container_registry, registry)
+    ]
+    assert (
+        digests[0].headers["Docker-Content-Digest"] == digests[1].headers["Docker-Content-Digest"]
+    )
+
+
+@pytest.mark.parametrize("name", ["hello", "nonroot/shell", "hello/glibclocales", "busybox"])
+def test_the_contracts_images_from_the_containers_nix_are_the_hosts(
+    container_registry, registry, name
+):
+    """The same digests as the host's Nix gives, so the contract's tests
+    (tests/e2e/test_image_contract.py) hold for the builder image's images too."""
+    digests = [
+        r.get(f"/v2/{name}/manifests/latest", headers={"Accept": OCI}).headers
+        for r in (container_registry, registry)
+    ]
+    assert digests[0]["Docker-Content-Digest"] == digests[1]["Docker-Content-Digest"], name
+
+
+def test_two_pythons_are_a_422_from_the_containers_nix_too(container_registry):
+    name = "python312packages.six/python3packages.requests"
+    response = container_registry.get(f"/v2/{name}/manifests/latest")
+    assert response.status_code == 422, response.text
+    assert "python3-3.12.0" in response.text and "python3-3.11.5" in response.text
+
+
 @pytest.fixture(scope="module")
 def bounded_registry(emulators, builder_image, tmp_path_factory):
     reg = ContainerBuilderRegistry(

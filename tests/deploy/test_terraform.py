@@ -210,7 +210,7 @@ DEPLOYED = {
     "NIXERY_AUTH_SECRET": "s" * 40,
 }
 # Read by the platform or a library rather than by our settings.
-PLATFORM = {"registry": {"THREADS"}, "builder": set(), "collector": set()}
+PLATFORM: dict[str, set[str]] = {"registry": set(), "builder": set(), "collector": set()}
 
 
 class Recording(dict[str, str]):

@@ -11,6 +11,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import tarfile
@@ -149,6 +150,32 @@ def test_sbom_digests_are_the_same_in_two_fresh_registries(make_registry):
         answers.append(
             (subject, index.content, descriptor["digest"], artifact["layers"][0]["digest"])
         )
+    assert answers[0] == answers[1]
+
+
+def test_a_package_set_in_two_places_gives_one_digest_and_names_neither(make_registry, tmp_path):
+    """A path source is named by its content hash, never by where it lies on the server:
+    not in the image key, the manifest, the config's labels, the SBOM or the build page."""
+    answers = []
+    for place in ("srv/pkgs", "elsewhere/other-set"):
+        copy = shutil.copytree(DEMO, tmp_path / place, symlinks=True)
+        registry = make_registry(
+            NIXERY_PKGS_PATH=str(copy), NIXERY_EVAL_ALLOW=f"{DEMO_EVAL_ALLOW}:{copy}"
+        )
+        subject = digest_of(registry, "htop")
+        manifest = registry.get(f"/v2/htop/manifests/{subject}")
+        config = registry.get(f"/v2/htop/blobs/{manifest.json()['config']['digest']}")
+        (descriptor,) = registry.get(f"/v2/htop/referrers/{subject}").json()["manifests"]
+        artifact = registry.get(f"/v2/htop/manifests/{descriptor['digest']}").json()
+        sbom = registry.get(f"/v2/htop/blobs/{artifact['layers'][0]['digest']}")
+        (build,) = registry.get("/api/v1/registry").json()["builds"]
+        page = registry.get(f"/api/v1/builds/{build['key']}")
+        front = registry.get("/api/v1/registry")
+        for what in (manifest, config, sbom, page, front):
+            assert what.status_code == 200, what.text
+            assert str(tmp_path) not in what.text, what.url
+        assert "org.opencontainers.image.source" not in config.json()["config"]["Labels"]
+        answers.append((subject, build["key"], descriptor["digest"]))
     assert answers[0] == answers[1]
 
 

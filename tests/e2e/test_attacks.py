@@ -1,6 +1,7 @@
 """Attacks on local mode as a stranger would make them, while a well-behaved client pulls:
-slow clients, clients that hang up, one address holding many connections, many new builds,
-huge images and requests. The well-behaved client is answered throughout.
+slow and silent clients, clients that hang up or wait for slow builds, one address holding
+many connections, many new builds, huge images and requests. The well-behaved client is
+answered throughout. Requests waiting for builds are bounded on the registry function too.
 
 The attackers connect from other loopback addresses (127.0.0.2 and up) than the client
 (127.0.0.1), as they would from other hosts: limits are per address.
@@ -11,13 +12,18 @@ from __future__ import annotations
 import contextlib
 import http.client
 import itertools
+import json
+import selectors
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.helpers.emulators import Emulators, GcpRegistry
 from tests.helpers.registries import OCI, Registry
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +46,54 @@ def get(reg: Registry, path: str, source: str = "127.0.0.1", timeout: float = 60
         return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
+
+
+def ask(reg: Registry, source: str, path: str) -> socket.socket:
+    """Sends a request and leaves its answer to be read (the server closes after it)."""
+    sock = connect(reg, source)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {OCI}\r\n"
+                 "Connection: close\r\n\r\n".encode())  # fmt: skip
+    return sock
+
+
+def answers(socks: list[socket.socket], count: int, within: float) -> dict[socket.socket, bytes]:
+    """The whole answers of the first ``count`` requests answered, waiting at most ``within``
+    seconds (a generous deadline: the others are meant to go on waiting)."""
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    read = {sock: b"" for sock in socks}
+    done: dict[socket.socket, bytes] = {}
+    deadline = time.monotonic() + within
+    while len(done) < count and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            read[sock] += chunk
+            if not chunk:
+                done[sock] = read[sock]
+                selector.unregister(sock)
+    selector.close()
+    return done
+
+
+def status_of(answer: bytes) -> tuple[int, dict[str, str], dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body) if body else {}
+
+
+def slow_images(count: int) -> list[str]:
+    """Distinct new images that each wait for the demo set's `slow` (600 s) to build."""
+    names = [f"slow/{p}" for p in DEMO_PACKAGES] + [
+        f"slow/{a}/{b}" for a, b in itertools.combinations(DEMO_PACKAGES, 2)
+    ]
+    return names[:count]
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
@@ -114,7 +168,9 @@ def test_slow_clients_are_cut_off_and_lock_nobody_out(make_registry) -> None:
     assert all(closed_by_server(sock, within=5) for sock in slow)
 
 
-def test_one_address_may_hold_only_so_many_connections(reg) -> None:
+def test_one_address_may_hold_only_so_many_connections(make_registry) -> None:
+    # The header timeout (10 s) outlasts the checks: silent connections are closed after it.
+    reg = make_registry(NIXERY_CLIENT_CONNECTIONS="8")
     held = [connect(reg, "127.0.0.2") for _ in range(20)]
     time.sleep(1)
     refused = [sock for sock in held if closed_by_server(sock, within=0.5)]
@@ -169,3 +225,82 @@ def test_images_and_requests_over_the_limits_get_clear_errors(make_registry) -> 
         sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 40_000 + b"\r\n\r\n")
         assert sock.recv(64).split(b" ")[1].startswith(b"4")
     assert get(reg, "/v2/iana-etc/manifests/latest")[0] == 200, "a small image is built"
+
+
+def test_requests_waiting_for_builds_are_bounded_and_cached_pulls_answered(make_registry) -> None:
+    """50 requests for slow new images from 5 addresses against 16 request threads: half the
+    threads (8) may wait, 2 from one address; the others are a 503 at once, naming the bound,
+    and a cached pull is answered while the 8 wait. Without the bounds every thread waits for
+    NIXERY_BUILD_WAIT (600 s here) and the cached pull gets no answer."""
+    reg = make_registry(NIX_TIMEOUT="600", NIXERY_SERVER_THREADS="16", NIXERY_BUILD_WAIT="600",
+                        NIXERY_MAX_QUEUED_BUILDS="100")  # fmt: skip
+    assert get(reg, "/v2/hello/manifests/latest")[0] == 200
+    sources = [f"127.0.0.{i}" for i in range(2, 7)]
+    socks = [ask(reg, sources[i % 5], f"/v2/{name}/manifests/latest")
+             for i, name in enumerate(slow_images(50))]  # fmt: skip
+    answered = answers(socks, len(socks) - 8, within=120)
+    assert len(answered) == len(socks) - 8
+    waiting = [sock for sock in socks if sock not in answered]
+    by_address = [sock.getsockname()[0] for sock in waiting]
+    assert max(by_address.count(source) for source in sources) == 2
+    messages = set()
+    for answer in answered.values():
+        status, headers, body = status_of(answer)
+        assert status == 503 and int(headers["Retry-After"]) > 0, answer
+        error = body["errors"][0]
+        assert error["code"] == "UNAVAILABLE" and "the build goes on" in error["message"]
+        messages.add(error["detail"]["limit"])
+    assert messages == {"NIXERY_CLIENT_WAITERS", "NIXERY_MAX_WAITERS"}
+    assert get(reg, "/v2/hello/manifests/latest", timeout=60)[0] == 200
+    assert not answers(waiting, 1, within=0.5), "the waiting requests still wait"
+    for sock in socks:
+        sock.close()
+
+
+def test_requests_waiting_on_the_function_are_bounded(emulators: Emulators, tmp_path: Path) -> None:
+    """The registry function (functions-framework, 8 threads) keeps half its threads from
+    requests waiting for builds, so a cached pull is answered while 8 addresses wait for slow
+    new images; without the bound all 8 threads wait for NIXERY_BUILD_WAIT."""
+    reg = GcpRegistry(tmp_path, emulators, THREADS="8", NIX_TIMEOUT="600",
+                      NIXERY_BUILD_WAIT="120").start()  # fmt: skip
+    try:
+        assert get(reg, "/v2/hello/manifests/latest", timeout=300)[0] == 200
+        socks = [ask(reg, f"127.0.0.{i}", f"/v2/{name}/manifests/latest")
+                 for i, name in enumerate(slow_images(8), start=2)]  # fmt: skip
+        answered = answers(socks, 4, within=60)
+        assert len(answered) == 4
+        for answer in answered.values():
+            status, _, body = status_of(answer)
+            assert status == 503 and body["errors"][0]["detail"]["limit"] == "NIXERY_MAX_WAITERS"
+        assert get(reg, "/v2/hello/manifests/latest", timeout=60)[0] == 200
+        for sock in socks:
+            sock.close()
+    finally:
+        # Not SIGTERM: gunicorn would let the waits and the slow builds finish first.
+        for process in (reg.registry, reg.builder):
+            if process:
+                process.kill(signal.SIGKILL)
+
+
+def test_silent_connections_are_closed_from_their_accept(make_registry) -> None:
+    """A connection that never sends a byte goes after NIXERY_HEADER_TIMEOUT from its accept,
+    not after the idle timeout (an hour here)."""
+    reg = make_registry(NIXERY_HEADER_TIMEOUT="2", NIXERY_IDLE_TIMEOUT="3600")
+    silent = [connect(reg, f"127.0.0.{2 + i % 4}") for i in range(20)]
+    assert all(closed_by_server(sock, within=60) for sock in silent)
+    assert get(reg, "/v2/")[0] == 200
+
+
+def test_a_thousand_silent_connections_keep_nobody_out(make_registry) -> None:
+    """1,000 silent connections from 42 addresses fill the server's connections; a new client
+    still gets in, as the server closes the silent ones that have waited longest to make room
+    (the deadlines are an hour here: they are not what lets it in)."""
+    reg = make_registry(NIXERY_HEADER_TIMEOUT="600", NIXERY_IDLE_TIMEOUT="3600")
+    silent = [connect(reg, f"127.0.0.{2 + i % 42}") for i in range(1000)]
+    try:
+        assert get(reg, "/v2/", timeout=60)[0] == 200
+        assert get(reg, "/v2/", source="127.0.0.99", timeout=60)[0] == 200
+        assert any(closed_by_server(sock, within=0.01) for sock in silent[:100])
+    finally:
+        for sock in silent:
+            sock.close()

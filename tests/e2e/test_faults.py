@@ -29,6 +29,8 @@ from nixery.config import local_settings
 from nixery.local import app as local_mode
 from nixery.local.file_blob_store import FileBlobStore
 from nixery.local.sqlite_state import SqliteDatabase
+from nixery.pipeline.progress import DISK_FULL
+from nixery.service.catalog import RESTARTED
 from tests.helpers import disk_faults
 from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, NIX_CONFIG, OCI, Registry, big_set
 
@@ -99,6 +101,24 @@ def test_a_full_disk_is_a_503_and_leaves_nothing_damaged(make_registry, clients,
     assert all_intact(reg.storage)
 
 
+def test_a_build_stopped_by_a_full_disk_says_so_and_that_it_is_retried(make_registry, small_disk):
+    """Its page and /api/v1 say what happened and that the next pull builds it again,
+    never "building" for ever; the next pull, with room, publishes it."""
+    reg = make_registry(small_disk / "storage")
+    assert manifest(reg, "shell/hello").status_code == 503
+    (build,) = reg.get("/api/v1/registry").json()["builds"]
+    assert build["status"] == "interrupted", build
+    assert build["failure"] == DISK_FULL and "next pull" in build["retry"]
+    report = reg.get(f"/api/v1/builds/{build['key']}").json()
+    assert report["status"] == "interrupted" and report["failure"] == DISK_FULL
+    assert str(reg.storage) not in report["failure"], "a fixed phrase, not the error's details"
+    page = reg.get(f"/builds/{build['key']}").text
+    assert "Interrupted" in page and DISK_FULL in page and "builds it again" in page
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert manifest(reg, "shell/hello").status_code == 200
+    assert reg.get(f"/api/v1/builds/{build['key']}").json()["status"] == "published"
+
+
 def processes(pattern: str) -> list[str]:
     found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return found.stdout.split()
@@ -128,6 +148,11 @@ def test_nix_dies_with_the_server_and_the_next_server_builds(make_registry, tmp_
         time.sleep(0.2)
 
     again = make_registry(tmp_path / "storage")
+    # Its report said "building" when the server died: the next one knows no thread runs it.
+    (slow,) = [b for b in again.get("/api/v1/registry").json()["builds"] if b["name"] == "slow"]
+    assert slow["status"] == "interrupted", slow
+    assert slow["failure"] == RESTARTED and "next pull" in slow["retry"]
+    assert again.get(f"/api/v1/builds/{slow['key']}").json()["status"] == "interrupted"
     assert manifest(again, "shell/hello").status_code == 200
     assert all_intact(again.storage)
 

@@ -83,10 +83,11 @@ def test_same_digests_as_local_mode(gcp_registry, registry):
     assert gcp.headers["Docker-Content-Digest"] == local.headers["Docker-Content-Digest"]
 
 
-def test_twenty_concurrent_pulls_cause_one_build(gcp_registry):
+def test_concurrent_pulls_cause_one_build(gcp_registry):
     before = gcp_registry.builds_started()
-    results = pull_concurrently(gcp_registry, "jq/htop", 20)
-    assert [r.status_code for r in results] == [200] * 20
+    # As many as one address may have waiting for builds (NIXERY_CLIENT_WAITERS: 80 threads / 8).
+    results = pull_concurrently(gcp_registry, "jq/htop", 10)
+    assert [r.status_code for r in results] == [200] * 10
     assert len({r.headers["Docker-Content-Digest"] for r in results}) == 1
     assert gcp_registry.builds_started() == before + 1
 

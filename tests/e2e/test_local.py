@@ -115,6 +115,88 @@ def test_blobs_serve_with_ranges(registry):
     assert json.loads(config.content)["architecture"] == "amd64"
 
 
+def range_cases(size: int) -> list[tuple[str, int, tuple[int, int] | None]]:
+    """(Range, status, the bytes served: first and last, None for all) as RFC 9110 reads it."""
+    return [
+        ("bytes=10-109", 206, (10, 109)),
+        (f"bytes=-{size + 1000}", 206, (0, size - 1)),  # a longer suffix: the whole blob
+        ("bytes=-16", 206, (size - 16, size - 1)),
+        (f"bytes={size - 5}-{size + 99}", 206, (size - 5, size - 1)),
+        ("items=0-5", 200, None),  # another unit: ignored
+        ("bytes=x-y", 200, None),  # unparsable: ignored
+        ("bytes=", 200, None),
+        ("bytes=5-2", 200, None),  # invalid: ignored
+        ("bytes=0-5,10-20", 200, None),  # several: the whole blob (docs/clients.md)
+        (f"bytes={size}-", 416, None),
+        (f"bytes={size + 10}-{size + 20}", 416, None),
+    ]
+
+
+def test_ranges_are_read_as_rfc_9110_reads_them_by_requests_and_curl(registry, tmp_path):
+    layer = manifest(registry, "shell/hello").json()["layers"][0]
+    path, size = f"/v2/shell/hello/blobs/{layer['digest']}", layer["size"]
+    full = registry.get(path).content
+    for header, status, span in range_cases(size):
+        answer = registry.get(path, headers={"Range": header})
+        assert answer.status_code == status, (header, answer.text)
+        curled = subprocess.run(
+            ["curl", "-sS", "-o", str(tmp_path / "body"), "-D", str(tmp_path / "head"),
+             "-w", "%{http_code}", "-H", f"Range: {header}", registry.url + path],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert int(curled.stdout) == status, header
+        body = (tmp_path / "body").read_bytes()
+        lines = (tmp_path / "head").read_text().splitlines()
+        ranged = [line.split(":", 1)[1].strip() for line in lines
+                  if line.lower().startswith("content-range:")] or None  # fmt: skip
+        if status == 416:
+            assert answer.headers["Content-Range"] == f"bytes */{size}"
+            assert ranged == [f"bytes */{size}"]
+            continue
+        first, last = span or (0, size - 1)
+        for got in (answer.content, body):
+            assert got == full[first : last + 1], header
+        if status == 206:
+            assert answer.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+            assert ranged == [f"bytes {first}-{last}/{size}"]
+        else:
+            assert "Content-Range" not in answer.headers and ranged is None
+
+
+def test_conditions_come_before_the_range_in_rfc_9110s_order(registry):
+    """If-Range names this blob's entity tag, strongly, or the range is ignored; a false
+    If-Match is a 412 and a true If-None-Match a 304, whatever the Range (section 13.2.2)."""
+    layer = manifest(registry, "shell/hello").json()["layers"][0]
+    path, size = f"/v2/shell/hello/blobs/{layer['digest']}", layer["size"]
+    full = registry.get(path).content
+    tag = f'"{layer["digest"].removeprefix("sha256:")}"'
+    cases = [
+        ({"If-Range": tag}, 206),
+        ({"If-Range": "W/" + tag}, 200),  # weak: never for a range
+        ({"If-Range": "Sat, 05 Dec 2026 09:00:00 GMT"}, 200),  # a date: a blob has none
+        ({"If-Range": '"another"'}, 200),
+        ({"If-None-Match": tag}, 304),
+        ({"If-None-Match": "W/" + tag}, 304),  # weak comparison
+        ({"If-None-Match": '"another"'}, 206),
+        ({"If-None-Match": "*"}, 304),
+        ({"If-Match": '"another"'}, 412),
+        ({"If-Match": '"another"', "If-None-Match": tag}, 412),  # If-Match first
+        ({"If-Match": tag}, 206),
+        ({"If-Match": "*", "If-Range": tag}, 206),
+        ({"If-Match": "W/" + tag}, 412),  # strong comparison
+    ]
+    for conditions, status in cases:
+        answer = registry.get(path, headers={"Range": "bytes=10-109", **conditions})
+        assert answer.status_code == status, (conditions, answer.status_code)
+        expected = {200: full, 206: full[10:110]}.get(status, b"")
+        assert answer.content == expected, conditions
+        assert answer.headers["ETag"] == tag, conditions
+        if status == 206:
+            assert answer.headers["Content-Range"] == f"bytes 10-109/{size}"
+        else:
+            assert "Content-Range" not in answer.headers, conditions
+
+
 def test_errors(registry):
     missing = "sha256:" + "0" * 64
     assert_error(registry.get(f"/v2/shell/hello/blobs/{missing}"), 404, "BLOB_UNKNOWN")
@@ -169,7 +251,8 @@ def test_nix_timeout_bounds_the_build(registry):
 
 def test_concurrent_pulls_share_one_build(registry):
     before = registry.builds_started()
-    results = pull_concurrently(registry, "jq/htop/ripgrep", 12)
+    # As many as one address may have waiting for builds (NIXERY_CLIENT_WAITERS: 64 threads / 8).
+    results = pull_concurrently(registry, "jq/htop/ripgrep", 8)
     assert all(r.status_code == 200 for r in results)
     assert len({r.headers["Docker-Content-Digest"] for r in results}) == 1
     assert registry.builds_started() == before + 1

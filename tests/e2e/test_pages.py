@@ -11,16 +11,20 @@ import contextlib
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.helpers.registries import OCI, Registry
+from nixery.records import BuildReport, FailureReport
+from nixery.service.catalog import FRONT_TTL
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, Registry
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +85,7 @@ def test_the_front_page_shows_this_host_its_source_and_the_latest_builds(site, p
     page.goto(site.url + "/")
     assert f"docker pull {site.host}/shell/git/htop" in page.locator("#pull").inner_text()
     assert re.fullmatch(r"[0-9a-f]{64}", page.locator("#revision").inner_text())
-    assert "demo-pkgs" in page.locator("#source").inner_text()
+    assert page.locator("#source").inner_text() == "path", "a path source, not its directory"
     assert "bashInteractive" in page.locator("#meta").inner_text()
     assert "uid and gid 1000" in page.locator("#meta").inner_text(), "nonroot"
     assert "meta.mainProgram" in page.locator("#runs").inner_text()
@@ -128,6 +132,52 @@ def test_a_failed_build_page_shows_the_reason_and_the_log_as_text(site, page, tm
     assert page.title() != "pwned"
     assert page.locator("#pull").count() == 0
     screenshot(page, tmp_path, "failed")
+
+
+def test_an_evaluation_error_names_no_server_path(make_registry, tmp_path):
+    """Nix quotes where an evaluation error is (``at /srv/pkgs/default.nix:11:8:``): the
+    client's 422, the build's page and /api/v1 name the package set instead; the server's
+    log keeps the path."""
+    where = tmp_path / "srv-secret" / "pkgs-here"
+    shutil.copytree(DEMO, where)
+    expression = (where / "default.nix").read_text()
+    head = "{ system ? builtins.currentSystem, ... }:\n"
+    (where / "default.nix").write_text(expression.replace(head, head + "assert undefinedHere;\n"))
+    reg = make_registry(NIXERY_PKGS_PATH=str(where), NIXERY_EVAL_ALLOW=DEMO_EVAL_ALLOW)
+    failed = manifest(reg, "hello")
+    assert failed.status_code == 422, failed.text
+    assert "undefinedHere" in failed.text and "<package set>/default.nix" in failed.text
+    (build,) = reg.get("/api/v1/registry").json()["builds"]
+    shown = [failed, reg.get("/api/v1/registry"), reg.get(f"/api/v1/builds/{build['key']}"),
+             reg.get(f"/builds/{build['key']}"), reg.get("/")]  # fmt: skip
+    for answer in shown:
+        assert answer.status_code in (200, 422), answer.url
+        for private in ("srv-secret", str(reg.storage), "prepare-image/"):
+            assert private not in answer.text, (answer.url, private)
+    assert str(where) in reg.log(), "the server's log keeps it"
+
+
+def test_an_interruption_the_image_overcame_is_not_shown(make_registry):
+    """A report left saying "interrupted" (another build published the image, or its
+    publication raised after it was made): the image's status is the authority, on the
+    build's page, its JSON and the front page; no retry is promised."""
+    reg = make_registry()
+    assert manifest(reg, "shell/hello").status_code == 200
+    (build,) = reg.get("/api/v1/registry").json()["builds"]
+    with contextlib.closing(sqlite3.connect(reg.storage / "state.sqlite3")) as db, db:
+        (text,) = db.execute("SELECT report FROM reports WHERE key = ?", (build["key"],)).fetchone()
+        failure = FailureReport("interrupted", "the database was unavailable", "")
+        stale = replace(BuildReport.decode(text), status="interrupted", failure=failure)
+        db.execute("UPDATE reports SET report = ? WHERE key = ?", (stale.encode(), build["key"]))
+    time.sleep(FRONT_TTL)  # the front page's builds are kept that long
+    report = reg.get(f"/api/v1/builds/{build['key']}").json()
+    assert report["status"] == "published" and "retry" not in report, report
+    assert report["failure"] is None and report["reason"] is None
+    page = reg.get(f"/builds/{build['key']}").text
+    assert "Interrupted" not in page and "database" not in page
+    (listed,) = reg.get("/api/v1/registry").json()["builds"]
+    assert listed["status"] == "published" and "retry" not in listed and not listed["failure"]
+    assert "database" not in reg.get("/").text
 
 
 def test_the_search_box_finds_nested_attribute_names(site, page, tmp_path):

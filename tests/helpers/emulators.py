@@ -190,7 +190,7 @@ class GcpRegistry(Registry):
             "NIXERY_FIRESTORE_PREFIX": f"t{self.port}_",
             "GOOGLE_APPLICATION_CREDENTIALS": str(root / "key.json"),
             "NIX_TIMEOUT": "3",
-            "THREADS": "32",
+            "THREADS": "80",  # the deployment's registry_concurrency
             "K_SERVICE": "nixery-test",  # as on Cloud Run: structured JSON logs
             "TMPDIR": str(root),
             **env,

@@ -49,6 +49,23 @@ def test_keys_without_new_options_keep_their_shape():
     assert image_key(parse_name("hello"), R) == old
 
 
+# Keys computed on main before environments (commit 16aa580), for Revision("path:/x", "r").
+KEYS_BEFORE = {
+    "hello": "9a91c54fadfdb979e1a36c6c0fa7584261bd18de5b262315da873d314fc9cda0",
+    "shell/jq": "c5be90389a8e8efd9e600df4f7a23da7a447315542e71eba1a3b12f1cdf13ff4",
+    "nonroot/python3": "6535b092591f2ba73a430f340ae36346568ff13dfd08b51b3c9fcbfec733ff12",
+    "python3packages.requests": "3bc97ecfab37f5397dc3c1503ddd1aedbbafe82a688a7bead1fa41927671bb82",
+}
+
+
+def test_only_names_of_nested_sets_changed_key_with_environments():
+    """A nested set's package may now join its interpreter's environment: only such names
+    got a new format, and with it a new key; every other image kept its key."""
+    for name, before in KEYS_BEFORE.items():
+        changed = image_key(parse_name(name), R) != before
+        assert changed == ("." in name), name
+
+
 def test_architecture_is_part_of_the_key():
     assert image_key(parse_name("hello"), R) != image_key(parse_name("arm64/hello"), R)
 

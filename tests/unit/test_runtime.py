@@ -2,6 +2,7 @@
 
 from nixery.pipeline.archives import Entry
 from nixery.pipeline.runtime import runtime_config
+from nixery.records import Environment
 from nixery.request import parse_name
 
 
@@ -34,6 +35,36 @@ def test_no_entrypoint_otherwise():
     for program in ("../../bin/sh", "a b", "", "-rf"):
         config = runtime_config(parse_name("jq"), root("bin/jq", f"bin/{program}"), {"jq": program})
         assert "Entrypoint" not in config, program
+
+
+def test_one_environment_counts_as_one_package():
+    """A name made only of one interpreter's packages runs the environment's program."""
+    members = ("python3", "python3packages.numpy", "python3packages.requests")
+    env = Environment("python", "python3-3.11.5", "/nix/store/x-env", members, (), "python3")
+    programs = {"python3": "python3"}  # each package's own; requests and numpy have none
+    for name in ("python3/python3packages.requests/python3packages.numpy",
+                 "python3packages.requests"):  # fmt: skip
+        config = runtime_config(parse_name(name), root("bin/python3"), programs, [env])
+        assert config["Entrypoint"] == ["/bin/python3"], name
+    mixed = runtime_config(
+        parse_name("hello/python3packages.requests"), root("bin/python3"), programs, [env]
+    )
+    assert "Entrypoint" not in mixed, "a package outside the environment: which one?"
+
+
+def test_one_package_of_an_environment_with_its_own_program_runs_that():
+    """``python3packages.black`` runs black, as it did before environments; beside another
+    package of its set, the interpreter runs."""
+    members = ("python3packages.black", "python3packages.requests")
+    env = Environment("python", "python3-3.11.5", "/nix/store/x-env", members, (), "python3")
+    programs = {"python3packages.black": "black", "python3packages.requests": None}
+    image = root("bin/python3", "bin/black")
+    black = runtime_config(parse_name("python3packages.black"), image, programs, [env])
+    assert black["Entrypoint"] == ["/bin/black"]
+    both = runtime_config(
+        parse_name("python3packages.black/python3packages.requests"), image, programs, [env]
+    )
+    assert both["Entrypoint"] == ["/bin/python3"]
 
 
 def test_locale_only_with_a_locale_archive():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import shutil
 import tarfile
 import threading
 import time
@@ -19,7 +20,9 @@ from nixery.ports import Source
 from nixery.records import Revision
 from nixery.sources import channel, open_source
 from nixery.sources.channel import ChannelSource
+from nixery.sources.checkouts import Checkouts
 from nixery.sources.git import GitSource
+from nixery.sources.git_command import run_git
 from nixery.sources.path import PathSource
 from nixery.sources.trust import public_url
 from tests.helpers.registries import git
@@ -49,9 +52,9 @@ def test_path_latest_resolves_and_other_tags_do_not(pkgs: Path) -> None:
     source = PathSource(pkgs)
     revision = source.resolve("latest")
     assert revision is not None
-    assert revision.source == f"path:{pkgs}"
+    assert revision.source == "path", "named by its content, not by where it lies"
     assert len(revision.value) == 64
-    assert str(revision) == f"path:{pkgs}@{revision.value}"
+    assert str(revision) == f"path@{revision.value}"
     assert source.resolve("v1") is None
     assert source.checkout(revision) == pkgs
     assert source.tags() == ["latest"]
@@ -101,9 +104,32 @@ def test_path_hash_ignores_git_metadata(pkgs: Path) -> None:
     assert PathSource(pkgs).resolve("latest") == before
 
 
-def test_path_missing_directory_is_a_source_error(tmp_path: Path) -> None:
-    with pytest.raises(SourceUnavailable):
+def test_path_missing_directory_is_a_source_error_naming_no_path(tmp_path: Path) -> None:
+    with pytest.raises(SourceUnavailable) as raised:
         PathSource(tmp_path / "absent").resolve("latest")
+    assert str(tmp_path) not in raised.value.message
+
+
+def test_a_checkout_that_cannot_be_made_names_no_server_path(tmp_path: Path) -> None:
+    """The 503's message says why, not where: the checkouts are the server's business."""
+    (tmp_path / "cache").write_text("a file where the checkouts' directory should be")
+    checkouts = Checkouts(tmp_path / "cache" / "sources", keep=2, busy=60)
+    with pytest.raises(SourceUnavailable) as raised:
+        checkouts.get("0" * 40, lambda d: None)
+    assert str(tmp_path) not in raised.value.message
+    assert raised.value.message.startswith("cannot create the package set's checkout: ")
+
+
+def test_gits_message_names_the_checkouts_not_their_path(tmp_path: Path) -> None:
+    with pytest.raises(SourceUnavailable) as raised:
+        run_git("-C", tmp_path / "no-mirror", "rev-parse", "HEAD", timeout=30)
+    assert str(tmp_path) not in raised.value.message
+    assert "<checkouts>" in raised.value.message, raised.value.message
+
+
+def test_the_same_set_in_two_places_is_the_same_revision(pkgs: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(pkgs, tmp_path / "elsewhere" / "set")
+    assert PathSource(copy).resolve("latest") == PathSource(pkgs).resolve("latest")
 
 
 # --- GitSource --------------------------------------------------------------------------------

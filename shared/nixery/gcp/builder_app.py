@@ -29,6 +29,7 @@ from nixery.nix.popularity import load_popularity
 from nixery.nix.runner import check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
 from nixery.sources import open_source
+from nixery.sources.checkouts import CHECKOUTS
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
         signer=KmsSigner(settings.kms_key, runtime_token(), settings.kms_endpoint)
         if settings.kms_key
         else None,
+        private={settings.source.cache_dir: CHECKOUTS},
     )
     return create_builder_app(
         BuildWorker(builder, FirestoreBuildRecords(database), settings.gcp.lease)

@@ -315,9 +315,11 @@ class FirestoreLayerCache(_Part):
 class FirestoreBuildReports(_Part):
     @bounded
     def record_report(self, report: BuildReport) -> None:
-        # The layers' digests are a field of their own, for layer_users' query.
+        # The layers' digests are a field of their own, for layer_users' query; the status,
+        # for the collector's.
         self.reports.document(report.key).set({
             "started": report.started,
+            "status": report.status,
             "layers": [layer.digest for layer in report.layers],
             "report": report.encode(),
         })  # fmt: skip
@@ -546,6 +548,13 @@ class FirestoreInventory(_Part):
         docs.sort(key=lambda d: float(d.get("recorded", 0.0)), reverse=True)
         return [str(d["revision"]) for d in docs if "revision" in d]
 
+    def unfinished_reports(self) -> Iterable[tuple[str, float]]:
+        unfinished = self.reports.where(
+            filter=FieldFilter("status", "in", ["building", "interrupted"])
+        )
+        for doc in unfinished.select(["started"]).stream():
+            yield doc.id, float((doc.to_dict() or {}).get("started", 0.0))
+
     def delete(
         self,
         *,
@@ -554,12 +563,14 @@ class FirestoreInventory(_Part):
         layers: Iterable[str] = (),
         failures: Iterable[str] = (),
         name_lists: Iterable[str] = (),
+        reports: Iterable[str] = (),
     ) -> None:
         images = list(images)
         refs = [
             *(self.package_sets.document(_doc_id(r)) for r in name_lists),
             *(self.builds.document(k) for k in (*images, *failures)),
-            *(self.reports.document(k) for k in (*images, *failures)),  # their pages go too
+            # Their pages go too.
+            *(self.reports.document(k) for k in (*images, *failures, *reports)),
             *(self.manifests.document(d) for d in manifests),
             *(self.layers.document(k) for k in layers),
         ]

@@ -20,6 +20,7 @@ from nixery.gcp.task_queue import CloudTasksEnqueuer, TaskBuildQueue
 from nixery.http.protocol import create_app
 from nixery.service.catalog import Catalog
 from nixery.service.images import ImageService
+from nixery.service.waiters import Waiters
 from nixery.sources import open_source
 
 
@@ -66,5 +67,6 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             if (rate := settings.serve.client_builds)
             else None
         ),
+        waiters=Waiters(settings.waiters),
     )
-    return create_app(service, settings.serve, Catalog.of(source, state))
+    return create_app(service, settings.serve, Catalog.of(source, state, settings.build_deadline))

@@ -18,12 +18,14 @@ from nixery.config import (
     GcSettings,
     ServeSettings,
     SourceSettings,
+    WaitLimits,
     build_deadline,
     build_settings,
     check_backend,
     gc_settings,
     serve_settings,
     source_settings,
+    wait_limits,
 )
 from nixery.errors import ConfigError
 from nixery.gcp.kms_signer import KEY_VERSION, KMS_ENDPOINT
@@ -82,6 +84,7 @@ class RegistrySettings:
     storage_public_url: str | None  # the host signed URLs name, where it is not Google's
     blob_url: str | None  # a public mirror's base URL of blobs, in place of signed URLs
     max_building: int | None  # builds under way (running or queued) before new ones wait
+    waiters: WaitLimits  # per instance: each waiting request holds one of its THREADS
 
 
 def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettings:
@@ -107,6 +110,9 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
             f"NIXERY_BUILD_WAIT ({serve.build_wait:g} s) must be at least 30 s shorter than "
             f"{timeout_from} ({timeout:g} s), the function's request timeout"
         )
+    # functions-framework serves with THREADS threads (its default: four per CPU); the
+    # deployment sets it to the instance's request concurrency.
+    threads = env.integer("THREADS", (os.cpu_count() or 1) * 4, 2, 1000)
     emulator = env.get("NIXERY_TASKS_EMULATOR_HOST")
     if not emulator:
         # Tasks without an OIDC token could only reach a builder open to everyone.
@@ -128,6 +134,7 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
         storage_public_url=env.get("STORAGE_EMULATOR_HOST"),
         blob_url=env.url("NIXERY_BLOB_URL", "") if env.get("NIXERY_BLOB_URL") else None,
         max_building=env.integer("NIXERY_MAX_QUEUED_BUILDS", 0, 0, 1_000_000) or None,
+        waiters=wait_limits(env, "THREADS", threads),
     )
 
 

@@ -34,6 +34,12 @@ CLIENT_LOG_LINES = 6
 CLIENT_LINE = 200
 # A status line's reason phrase (what containerd shows) is one short line of ASCII.
 MAX_REASON = 400
+# What becomes of an interrupted build, in both modes: nothing of it is remembered, and
+# Google Cloud's builder answers its task with an error, which Cloud Tasks retries.
+RETRIED = (
+    "the next pull of this image builds it again; on Google Cloud, Cloud Tasks also "
+    "retries the build by itself"
+)
 PUBLIC_URL = "NIXERY_PUBLIC_URL"  # the app's config key
 
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -140,6 +146,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
             "size": report.size,
             "url": build_url(report.key),
             "failure": report.failure.message if report.failure else None,
+            **({"retry": RETRIED} if report.status == "interrupted" else {}),
         }
 
     def build(key: str) -> dict[str, Any]:
@@ -156,6 +163,17 @@ def blueprint(catalog: Catalog) -> Blueprint:
             oci = report.manifests.get(OCI_INDEX) or report.manifests.get(OCI_MANIFEST)
             info |= summary(report) | {
                 "packages": [_package(p, report.outputs.get(p)) for p in report.packages],
+                "environments": [
+                    {
+                        "language": e.language,
+                        "interpreter": e.interpreter,
+                        "store_path": e.path,
+                        "members": list(e.members),
+                        "contents": list(e.contents),
+                    }
+                    for e in report.environments
+                ],
+                "plain": list(report.plain),
                 "closure": [
                     {"path": path, "size": size} for path, size in sorted(report.closure.items())
                 ],
@@ -176,7 +194,8 @@ def blueprint(catalog: Catalog) -> Blueprint:
                 "reason": report.failure.kind if report.failure else None,
             }
         # The image status is the authority: a build may have failed without a report
-        # (builders killed too often), or a report may lag.
+        # (builders killed too often), or a report may lag. (An interrupted report whose
+        # image is published or failed since is read so by the catalog: no retry is shown.)
         if isinstance(status, Failure):
             log = str(status.detail.get("log", ""))
             info |= {"status": "failed", "reason": status.kind.value, "failure": status.message}

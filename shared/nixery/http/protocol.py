@@ -23,7 +23,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Flask, Response, g, redirect, request, send_from_directory
+from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.http import parse_etags, parse_range_header
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.wsgi import wrap_file
@@ -37,7 +39,8 @@ from nixery.errors import (
     InvalidPageSize,
     InvalidTag,
     NixeryError,
-    TooManyBuilds,
+    Throttled,
+    TooManyWaiters,
     Transient,
     UnknownBlob,
     UnknownEndpoint,
@@ -53,6 +56,7 @@ from nixery.ports import never
 from nixery.request import (
     AMD64,
     MAX_PACKAGES,
+    NAME_RE,
     Digest,
     ImageRequest,
     Tag,
@@ -88,12 +92,14 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnknownManifest: (404, "MANIFEST_UNKNOWN"),
     UnknownBlob: (404, "BLOB_UNKNOWN"),
     Unsupported: (405, "UNSUPPORTED"),
-    TooManyBuilds: (429, "TOOMANYREQUESTS"),
+    Throttled: (429, "TOOMANYREQUESTS"),  # too many new builds, or wrong passwords
     ImageTooLarge: (403, "DENIED"),  # this registry's limit, not a failure of the build
     # Unknown packages, failed, timed-out or unevaluable builds: final, and remembered. Not
     # 404: containerd shows nothing of a 404 but "not found", and of other codes their
     # status line, which carries what failed and the build's page (``pages.explain``).
     BuildError: (422, "MANIFEST_UNKNOWN"),
+    # Beyond a bound on requests waiting for builds: at once, so that they leave threads free.
+    TooManyWaiters: (503, "UNAVAILABLE"),
     Transient: (503, "UNAVAILABLE"),
     Exception: (500, "UNKNOWN"),  # our own bugs
 }
@@ -199,7 +205,7 @@ def create_app(
             message = f"request path longer than {MAX_PATH} characters"
             return _json_error(414, "NAME_INVALID", message, None, {})
         if auth is not None and _is_api(request.path) and _user(auth) is None:
-            challenge = auth.challenge(request.host_url, request.host, _scope(request.path))
+            challenge = auth.challenge(pages.base_url(), _scope(request.path))
             headers = {"WWW-Authenticate": challenge}
             return _json_error(401, "UNAUTHORIZED", "authentication required", None, headers)
         return None
@@ -209,7 +215,7 @@ def create_app(
         """Docker's token endpoint: a name and password (Basic) for a short-lived token."""
         if auth is None:
             raise NotFound()
-        credentials = request.authorization
+        credentials = _credentials()
         if credentials is None or credentials.type != "basic" or _user(auth) is None:
             headers = {"WWW-Authenticate": 'Basic realm="nixery"'}
             return _json_error(401, "UNAUTHORIZED", "a user name and password are needed",
@@ -234,29 +240,40 @@ def create_app(
 
 def _user(auth: Auth) -> str | None:
     """The user the request's credentials prove, if any; a refusal is logged without them."""
-    credentials = request.authorization
+    credentials = _credentials()
     if credentials is None:
         return None
     user: str | None = None
+    client = request.remote_addr or ""
     if credentials.type == "basic" and credentials.username and credentials.password:
         claimed = credentials.username[:64]
-        user = claimed if auth.check_password(credentials.username, credentials.password) else None
+        good = auth.check_password(credentials.username, credentials.password, client)
+        user = claimed if good else None
     elif credentials.type == "bearer" and credentials.token:
         claimed = "(a token)"
         user = auth.user_of_token(credentials.token)
     else:
         claimed = f"(a {credentials.type} credential)"
     if user is None:
-        log.warning("refused %s from %s", claimed, request.remote_addr,
-                    extra={"client": request.remote_addr, "user": claimed})  # fmt: skip
+        log.warning("refused %s from %s", claimed, client,
+                    extra={"client": client, "user": claimed})  # fmt: skip
     return user
 
 
+def _credentials() -> Authorization | None:
+    """The request's Authorization header, or None: a malformed one is no credential."""
+    try:
+        return request.authorization
+    except ValueError:  # werkzeug's Basic parser lets base64's refusal of non-ASCII through
+        return None
+
+
 def _scope(path: str) -> str | None:
-    """The token scope a request needs: pulling the repository it names."""
+    """The token scope a request needs: pulling the repository it names, if it names a valid
+    one (a stranger's quote would end the header's parameter: another realm could follow)."""
     api = path.removeprefix("/v2/")
     for pattern in (_MANIFEST, _BLOB, _TAGS, _REFERRERS):
-        if match := pattern.fullmatch(api):
+        if (match := pattern.fullmatch(api)) and NAME_RE.fullmatch(match["name"]):
             return f"repository:{match['name']}:pull"
     return None
 
@@ -281,7 +298,7 @@ def error_response(e: Exception) -> Response:
         headers["Allow"] = e.allow
     if isinstance(e, Transient):
         headers["Retry-After"] = str(RETRY_AFTER)
-    if isinstance(e, TooManyBuilds):
+    if isinstance(e, Throttled):
         headers["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
     if not isinstance(e, NixeryError):
         return _json_error(status, code, "internal error", None, headers)
@@ -317,24 +334,84 @@ def _manifest(service: ImageService, image: ImageRequest, reference: Tag | Diges
 
 def _blob(service: ImageService, digest: Digest) -> BaseResponse:
     location = service.blob(digest)
+    etag = digest.partition(":")[2]
     if location.url and request.method == "GET":
         response = redirect(location.url, code=307)
     elif request.method == "HEAD":
         response = Response(content_type="application/octet-stream")
         response.content_length = location.size
+    elif (refused := _precondition(etag)) is not None:
+        response = Response(status=refused)
+        _cacheable(response, etag)
     else:
         # Built by hand rather than with send_file, which honours Range only for paths.
         body = wrap_file(request.environ, service.open_blob(digest))
         response = Response(body, content_type="application/octet-stream", direct_passthrough=True)
         response.content_length = location.size
-        response.set_etag(digest.partition(":")[2])
-        response.cache_control.public = True
-        response.cache_control.max_age = 31536000  # content-addressed: never changes
+        _cacheable(response, etag)
+        # werkzeug only serves the range: the conditions are decided above, in the RFC's order.
+        environ = {k: v for k, v in request.environ.items() if k not in _CONDITIONS}
+        wanted = byte_range(request.headers.get("Range"), location.size)
+        if wanted and _range_applies(etag):
+            environ["HTTP_RANGE"] = wanted
         response = response.make_conditional(
-            request.environ, accept_ranges=True, complete_length=location.size
+            environ, accept_ranges=True, complete_length=location.size
         )
     response.headers["Docker-Content-Digest"] = digest
     return response
+
+
+# What werkzeug would read as conditions of a request, or as its range.
+_CONDITIONS = frozenset({
+    "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE", "HTTP_RANGE",
+})  # fmt: skip
+
+
+def _cacheable(response: BaseResponse, etag: str) -> None:
+    response.set_etag(etag)
+    response.cache_control.public = True
+    response.cache_control.max_age = 31536000  # content-addressed: never changes
+
+
+def _precondition(etag: str) -> int | None:
+    """The status a GET's preconditions answer in place of the blob, in RFC 9110 section
+    13.2.2's order, before any Range: a false ``If-Match`` (strong comparison) is a 412,
+    then a true ``If-None-Match`` (weak comparison) a 304. A blob has no modification date,
+    so the date conditions are ignored (sections 13.1.3 and 13.1.4)."""
+    headers = request.headers
+    if "If-Match" in headers and not parse_etags(headers["If-Match"]).contains(etag):
+        return 412
+    if "If-None-Match" in headers and parse_etags(headers["If-None-Match"]).contains_weak(etag):
+        return 304
+    return None
+
+
+def _range_applies(etag: str) -> bool:
+    """``If-Range`` (section 13.1.5): the range is served only if it names this blob's
+    entity tag, compared strongly; a weak tag, a date (a blob has none) or another tag
+    has the whole blob served."""
+    if_range = request.headers.get("If-Range")
+    return if_range is None or if_range.strip() == f'"{etag}"'
+
+
+def byte_range(header: str | None, size: int) -> str | None:
+    """The Range header read as RFC 9110 reads it, for werkzeug to serve, or None to serve
+    the whole blob.
+
+    Werkzeug parses and serves one range (a 416 with ``bytes */SIZE`` for one that starts
+    past the end), but refuses with a 416 what the RFC has a server
+    ignore (a header it cannot parse, another unit: section 14.2) or serve whole (a suffix
+    longer than the blob: 14.1.2). Several ranges are served as the whole blob, as 14.2
+    allows: registry clients never ask for them, and multipart answers to many small or
+    overlapping ranges are a known way to make a server work for nothing."""
+    parsed = parse_range_header(header)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        return None
+    start, stop = parsed.ranges[0]
+    if stop is None and start < 0:  # the last -start bytes, or all of them if fewer
+        return f"bytes={max(0, size + start)}-"
+    return header
 
 
 def _tags(service: ImageService, name: str) -> Response:

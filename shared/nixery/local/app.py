@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask
 
@@ -14,12 +15,15 @@ from nixery.local.memory_limiter import MemoryLimiter
 from nixery.local.sqlite_state import SqliteDatabase
 from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.nix.popularity import load_popularity
-from nixery.nix.runner import check_nix_version, report_sandbox
+from nixery.nix.runner import STORAGE, check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
 from nixery.ports import Source, StatePorts
+from nixery.records import BuildReport
 from nixery.service.catalog import Catalog
 from nixery.service.images import ImageService
+from nixery.service.waiters import Waiters
 from nixery.sources import open_source
+from nixery.sources.checkouts import CHECKOUTS
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +31,17 @@ log = logging.getLogger(__name__)
 def create_local_app(settings: LocalSettings) -> Flask:
     source = open_source(settings.source)
     state = SqliteDatabase(settings.state_path).ports()
+    started = time.time()
     service = local_service(settings, source, state)
-    return create_app(service, settings.serve, Catalog.of(source, state))
+
+    def stopped(report: BuildReport) -> bool:
+        """A build from before this process started that none of its threads runs: the
+        process that ran it is gone (one process serves a storage path; a `nixery build`
+        sharing it, started earlier, reads so until it ends)."""
+        return report.started < started and not service.builds.running(report.key)
+
+    catalog = Catalog.of(source, state, settings.build.deadline, stopped)
+    return create_app(service, settings.serve, catalog)
 
 
 def local_service(
@@ -48,6 +61,7 @@ def local_service(
         blobs=blobs,
         state=state,
         popularity=load_popularity(settings.build.popularity_url),
+        private={settings.storage_path: STORAGE, settings.source.cache_dir: CHECKOUTS},
     )
     return ImageService(
         source=source,
@@ -57,6 +71,7 @@ def local_service(
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
         limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
+        waiters=Waiters(settings.waiters),
     )
 
 

@@ -4,12 +4,16 @@ Waitress reads requests on one thread and serves them on a pool, but by default 
 connection only after 120 s without a byte and takes at most 100 connections: a hundred
 clients each sending a header line every few seconds hold every connection forever, and
 nobody else gets in. Here a request must arrive whole within ``header_timeout`` of its first
-byte, an idle connection goes after ``idle_timeout``, one address may hold at most
+byte (a connection's first request, of its accept: a connection that never sends a byte is
+closed as soon), an idle connection goes after ``idle_timeout``, one address may hold at most
 ``per_client`` connections, headers and bodies are small (nothing is pushed here), and a TLS
-handshake is answered at once with a plain-HTTP error.
+handshake is answered at once with a plain-HTTP error. At the connection limit, the
+connection that has waited longest for a request (silent ones first) is closed to let a new
+one in: a thousand silent connections from many addresses hold every connection for the
+timeouts' length otherwise, and a new client would wait as long.
 
-A request that waits for a build holds a pool thread; the server reads ahead on each
-connection, so that the request can see its client hang up
+A request that waits for a build holds a pool thread (how many may, ``service.waiters``); the
+server reads ahead on each connection, so that the request can see its client hang up
 (``waitress.client_disconnected``) and let the thread go.
 """
 
@@ -25,6 +29,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 
 from nixery.config import ConnectionLimits
+from nixery.limits import client_key
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +42,25 @@ MAX_BODY_BYTES = 64 << 10
 class _Channel(HTTPChannel):
     """A connection: refuses TLS at once, and remembers when its current request began."""
 
-    _first = True
-    began: float | None = None  # time.monotonic() of the unfinished request's first byte
+    silent = True  # no byte received yet
+    client = ""  # what its address's limits count by
 
     def __init__(self, server: _Server, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
-        client = addr[0]
-        held = sum(1 for c in server.channels() if c.addr[0] == client)
+        # time.monotonic() of the unfinished request's first byte; the first request's
+        # deadline counts from the accept, so that a silent connection is closed as soon.
+        self.began: float | None = time.monotonic()
+        self.client = client_key(addr[0])
+        held = sum(1 for c in server.channels() if c.client == self.client)
         if held > server.limits.per_client:  # itself included
-            log.warning("refused a connection from %s: it holds %d already", client, held - 1)
+            log.warning("refused a connection from %s: it holds %d already", addr[0], held - 1)
             self.will_close = True
 
     def received(self, data: bytes) -> bool:
         # skopeo, podman and containerd try HTTPS first even for an insecure registry; an HTTP
         # server that waits for a request line makes each wait out a 10 s handshake timeout.
-        if self._first and data:
-            self._first = False
+        if self.silent and data:
+            self.silent = False
             if data[:1] == b"\x16":  # TLS record type: handshake
                 self.send(b"HTTP/1.0 400 Bad Request\r\nConnection: close\r\n\r\n")
                 self.handle_close()
@@ -68,6 +76,7 @@ class _Channel(HTTPChannel):
 
 class _Server(TcpWSGIServer):
     limits: ConnectionLimits
+    made_room = 0  # connections closed at the limit since the last maintenance
 
     def channels(self) -> list[_Channel]:
         # The stubs call active_channels one channel; it is a dict of them by descriptor.
@@ -77,11 +86,43 @@ class _Server(TcpWSGIServer):
         """Also closes connections whose request has taken too long to arrive."""
         super().maintenance(now)
         cutoff = time.monotonic() - self.limits.header_timeout
+        silent = 0
         for channel in self.channels():
-            if channel.began is not None and channel.began < cutoff:
+            if channel.began is None or channel.began >= cutoff or channel.will_close:
+                continue
+            channel.will_close = True
+            if channel.silent:  # one line for all: they come by the thousand
+                silent += 1
+            else:
                 log.warning("closed a connection from %s: its request came too slowly",
                             channel.addr[0])  # fmt: skip
-                channel.will_close = True
+        if silent:
+            log.warning("closed %d connections that sent nothing within %g s", silent,
+                        self.limits.header_timeout)  # fmt: skip
+        if self.made_room:
+            log.warning("at the connection limit: closed %d idle connections to let others in",
+                        self.made_room)  # fmt: skip
+            self.made_room = 0
+
+    def readable(self) -> bool:
+        """At the connection limit, makes room for the connections waiting to be accepted,
+        which waitress would leave waiting until one closes by itself."""
+        accepting = super().readable()
+        if self.in_connection_overflow:
+            self._make_room()
+        return accepting
+
+    def _make_room(self) -> None:
+        """Closes the connections that have waited longest for a request, silent ones first:
+        none is being answered or has a request queued. Closing takes the loop's next turn, so
+        a batch goes at once. A client whose idle keep-alive connection goes connects again,
+        as it would after the idle timeout."""
+        idle = [c for c in self.channels() if not c.requests and not c.total_outbufs_len
+                and not c.will_close]  # fmt: skip
+        idle.sort(key=lambda c: (not c.silent, c.last_activity))
+        for channel in idle[: max(1, self.adj.connection_limit // 100)]:
+            channel.will_close = True
+            self.made_room += 1
 
 
 def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) -> _Server:
@@ -103,6 +144,11 @@ def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) ->
         max_request_header_size=MAX_HEADER_BYTES,
         max_request_body_size=MAX_BODY_BYTES,
         channel_request_lookahead=1,
+        # X-Forwarded-*: the app trusts as many proxies as NIXERY_TRUSTED_PROXIES says, and
+        # none by default; waitress, which trusts none, would drop what the proxies add.
+        clear_untrusted_proxy_headers=False,
+        # select() fails on descriptors past 1,023, which a thousand connections reach.
+        asyncore_use_poll=True,
     )
     server.limits = limits
     server.channel_class = _Channel

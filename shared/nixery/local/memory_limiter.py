@@ -12,14 +12,11 @@ Local mode counts in memory, with a sliding window; Google Cloud mode counts in 
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
-from cachetools import TTLCache
-
 from nixery.config import Rate
+from nixery.limits import SlidingWindows
 
 # Clients remembered at once; beyond, the least recently seen are forgotten (and so freed).
 MAX_CLIENTS = 100_000
@@ -29,19 +26,7 @@ class MemoryLimiter:
     """A sliding window per client, in this process's memory."""
 
     def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.clock = clock
-        self._starts: TTLCache[str, deque[float]] = TTLCache(MAX_CLIENTS, rate.window, timer=clock)
-        self._lock = threading.Lock()
+        self._windows = SlidingWindows(rate, MAX_CLIENTS, clock)
 
     def admit(self, client: str) -> float | None:
-        now = self.clock()
-        with self._lock:
-            starts = self._starts.get(client) or deque()
-            while starts and starts[0] <= now - self.rate.window:
-                starts.popleft()
-            if len(starts) >= self.rate.count:
-                return starts[0] + self.rate.window - now
-            starts.append(now)
-            self._starts[client] = starts  # re-set: its time to live starts again
-            return None
+        return self._windows.admit((client,))

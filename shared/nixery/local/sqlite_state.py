@@ -325,6 +325,15 @@ class SqliteInventory(_Part):
             rows = self._db.execute("SELECT revision FROM package_sets ORDER BY rowid DESC")
             return [revision for (revision,) in rows]
 
+    def unfinished_reports(self) -> Iterable[tuple[str, float]]:
+        with self._lock:
+            return list(
+                self._db.execute(
+                    "SELECT key, started FROM reports WHERE json_extract(report, '$.status') "
+                    "IN ('building', 'interrupted')"
+                )
+            )
+
     def delete(
         self,
         *,
@@ -333,9 +342,11 @@ class SqliteInventory(_Part):
         layers: Iterable[str] = (),
         failures: Iterable[str] = (),
         name_lists: Iterable[str] = (),
+        reports: Iterable[str] = (),
     ) -> None:
         images = list(images)
         failures = list(failures)
+        pages = [*images, *failures, *reports]
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             for table, column, keys in (
@@ -344,7 +355,7 @@ class SqliteInventory(_Part):
                 ("manifests", "digest", manifests), ("layers", "key", layers),
                 ("failed_builds", "key", failures), ("package_sets", "revision", name_lists),
                 # An image's or failure's page goes with it.
-                ("reports", "key", images + failures), ("report_layers", "key", images + failures),
+                ("reports", "key", pages), ("report_layers", "key", pages),
             ):  # fmt: skip
                 self._db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(k,) for k in keys]

@@ -32,14 +32,22 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nixery.errors import BuildFailed, BuildInterrupted, BuildTimedOut, ConfigError, UnknownPackages
+from nixery.errors import (
+    BuildFailed,
+    BuildInterrupted,
+    BuildTimedOut,
+    ConfigError,
+    ConflictingInterpreters,
+    UnknownPackages,
+)
 from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info
+from nixery.records import Environment
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,11 @@ RESTRICTED = (
     *("--option", "allowed-uris", ""),
     *("--option", "allow-import-from-derivation", "false"),
 )
+# What a client reads of Nix's output names the package set and the server's directories
+# by these, never by where they lie (the server's log keeps the paths).
+PACKAGE_SET = "<package set>"
+PREPARE_IMAGE = "<prepare-image>"
+STORAGE = "<storage>"
 # The oldest Nix this code is tested with (Debian 12's); the builder image has 2.26.
 MIN_NIX_VERSION = "2.8"
 
@@ -126,6 +139,10 @@ class BuildResult:
     closure: dict[str, StorePath]
     meta: dict[str, PackageMeta]
     main_programs: dict[str, str | None]  # package name -> its meta.mainProgram, if any
+    # The interpreters' environments that hold the packages of nested sets (an environment
+    # is then those packages' output), and the nested sets' packages left plain.
+    environments: tuple[Environment, ...] = ()
+    plain: tuple[str, ...] = ()
 
 
 # A build's outputs are garbage-collector roots while its image is made: links in a directory
@@ -165,14 +182,39 @@ def remove_stale_roots() -> None:
                 link.unlink(missing_ok=True)
 
 
+def _without(
+    environments: Iterable[Environment], left_out: Sequence[str], outputs: Mapping[str, str]
+) -> tuple[Environment, ...]:
+    """The environments without the packages they left out, and without those that hold
+    none of the name's packages any more."""
+    kept = set(outputs.values())
+    gone = {outputs[name] for name in left_out}
+    return tuple(
+        replace(e, members=tuple(m for m in e.members if m not in left_out),
+                contents=tuple(c for c in e.contents if c not in gone))
+        for e in environments
+        if e.path in kept
+    )  # fmt: skip
+
+
 class Nix:
     """Runs the Nix commands of one build; holds no state between builds."""
 
-    def __init__(self, prepare_image: Path, timeout: int, eval_allow: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        prepare_image: Path,
+        timeout: int,
+        eval_allow: Sequence[Path] = (),
+        private: Mapping[Path, str] | None = None,
+    ) -> None:
+        """``private``: the server's directories (its storage, its checkouts) and the token
+        that names each in what clients read; the package set's and prepare-image's are
+        known here."""
         # Resolved: a restricted evaluation compares real paths with the allowed ones.
         self.expression = (prepare_image / "default.nix").resolve()
         self.timeout = timeout
         self.eval_allow = tuple(eval_allow)
+        self.private = {prepare_image: PREPARE_IMAGE, **(private or {})}
 
     @contextmanager
     def build(
@@ -189,16 +231,42 @@ class Nix:
             )
         if plan["missing"]:
             raise UnknownPackages(plan["missing"])
+        if conflicts := plan.get("conflicts"):
+            raise ConflictingInterpreters([
+                " and ".join(f"{', '.join(i['names'])} ({i['interpreter']})" for i in group)
+                for group in conflicts
+            ])  # fmt: skip
         outputs = {p["name"]: p["out"] for p in plan["packages"]}
         programs = {p["name"]: p.get("mainProgram") for p in plan["packages"]}
+        environments = tuple(
+            Environment(e["language"], e["interpreter"], e["out"], tuple(e["members"]),
+                        tuple(e.get("contents", ())), e.get("mainProgram"))
+            for e in plan.get("environments", ())
+        )  # fmt: skip
+        # The environments' packages as themselves, built too (an environment builds them
+        # anyway): should their environment leave one out, the image holds it plain.
+        own = {p["name"]: p for e in plan.get("environments", ()) for p in e.get("packages", ())}
+        plain = tuple(plan.get("plain", ()))
         try:
             with tempfile.TemporaryDirectory(dir=_own_roots()) as roots:
-                drvs = sorted({p["drvPath"] for p in plan["packages"]})
+                drvs = sorted({p["drvPath"] for p in [*plan["packages"], *own.values()]})
                 cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
-                self._run(realise, "building", math.inf, deadline)
+                self._run(realise, "building", math.inf, deadline, source)
                 closure = self.closure(sorted(set(outputs.values())), deadline)
-                yield BuildResult(outputs, closure, parse_meta(plan.get("meta", ())), programs)
+                if left_out := [name for name, p in own.items() if p["out"] not in closure]:
+                    # A set's withPackages keeps what it knows as modules, and the build would
+                    # succeed without a package the name asks for: it goes in plain instead,
+                    # which is what the user asked for, as before environments.
+                    log.warning("kept plain, left out of their environment: %s", left_out)
+                    outputs |= {name: own[name]["out"] for name in left_out}
+                    environments = _without(environments, left_out, outputs)
+                    plain += tuple(left_out)
+                    closure = self.closure(sorted(set(outputs.values())), deadline)
+                yield BuildResult(
+                    outputs, closure, parse_meta(plan.get("meta", ())), programs,
+                    environments, plain,
+                )  # fmt: skip
         finally:
             remove_stale_roots()
 
@@ -206,7 +274,7 @@ class Nix:
         """The package set's attribute names, for the search box (prepare-image's ``names``)."""
         names: list[str] = json.loads(
             self._run(self._eval(source, "names", [], system), "listing the package names",
-                      EVAL_TIMEOUT, deadline)
+                      EVAL_TIMEOUT, deadline, source)
         )  # fmt: skip
         return names
 
@@ -219,7 +287,7 @@ class Nix:
     ) -> dict[str, Any]:
         cmd = self._eval(source, "plan", packages, system)
         plan: dict[str, Any] = json.loads(
-            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline)
+            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
         )
         return plan
 
@@ -236,9 +304,17 @@ class Nix:
             "--argstr", "system", system,
         ]  # fmt: skip
 
-    def _run(self, cmd: list[str], what: str, cap: float, build_deadline: float) -> str:
+    def _run(
+        self,
+        cmd: list[str],
+        what: str,
+        cap: float,
+        build_deadline: float,
+        source: Path | None = None,
+    ) -> str:
         """Runs a Nix command for at most ``cap`` seconds and the time the build has left,
-        streaming its log into ours, and returns its stdout."""
+        streaming its log into ours, and returns its stdout. Its error, for clients, names
+        no server path (Nix's evaluation errors quote ``at /srv/pkgs/default.nix:1:52``)."""
         started = time.monotonic()
         left = build_deadline - started
         if left <= 0:
@@ -279,9 +355,24 @@ class Nix:
                 reader.join()
         elapsed = time.monotonic() - started
         if code != 0:
-            raise _classify(what, code, elapsed >= deadline, deadline, list(tail), left <= cap)
+            private = {**self.private, **({source: PACKAGE_SET} if source else {})}
+            shown = redact(tail, private)
+            raise _classify(what, code, elapsed >= deadline, deadline, shown, left <= cap)
         log.debug("%s took %.2fs", what, elapsed)
         return "".join(stdout)
+
+
+def redact(lines: Iterable[str], private: Mapping[Path, str]) -> list[str]:
+    """The lines with each private directory, as given or resolved, replaced by its token;
+    the most specific first (a checkout inside the storage is the package set)."""
+    spelled = {str(way): token for path, token in private.items()
+               for way in (path, path.resolve()) if len(str(way)) > 1}  # fmt: skip
+    if not spelled:
+        return list(lines)
+    # A whole path only: /srv/pkgs is not /srv/pkgs2.
+    ways = "|".join(re.escape(p) for p in sorted(spelled, key=len, reverse=True))
+    pattern = re.compile(f"(?:{ways})" + r"(?![\w.-])")
+    return [pattern.sub(lambda m: spelled[m.group()], line) for line in lines]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

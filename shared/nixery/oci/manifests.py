@@ -84,11 +84,13 @@ def canonical_json(value: Any) -> bytes:
 def provenance(title: str, source: str, revision: str, url: str | None = None) -> dict[str, str]:
     """The image spec's pre-defined annotations that say where an image comes from: its
     packages, the package set and its exact revision. ``created`` is fixed, as in the config,
-    so that they take nothing from reproducibility."""
+    so that they take nothing from reproducibility. A package set with no address to give
+    (a path source's directory is the server's business) has no ``source``: its revision,
+    a content hash, names it."""
     return {
         "org.opencontainers.image.created": CREATED,
         "org.opencontainers.image.revision": revision,
-        "org.opencontainers.image.source": source,
+        **({"org.opencontainers.image.source": source} if source else {}),
         "org.opencontainers.image.title": title,
         **({"org.opencontainers.image.url": url} if url else {}),
     }

@@ -36,6 +36,7 @@ from typing import Literal, Protocol
 
 from isal import isal_zlib
 
+from nixery.config import cpus
 from nixery.oci.manifests import LayerBlob
 
 # ISA-L level 2 (of 0-3), blocks of 16 Ki tokens (memLevel 2-3): 7.3x pigz -6's throughput on
@@ -95,7 +96,7 @@ class Compressor:
     ) -> None:
         """``deflate`` is ISA-L's; bench/archives.py passes the zlib writer it compares with."""
         _check_deflate()
-        threads = threads or os.cpu_count() or 1
+        threads = threads or cpus()
         self._deflate = deflate
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
         self._slots = threading.BoundedSemaphore(in_flight or 4 * threads)

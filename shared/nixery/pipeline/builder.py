@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
@@ -18,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from nixery.blobs import store_bytes
-from nixery.config import BuildSettings
+from nixery.config import BuildSettings, cpus
 from nixery.errors import (
     BuildError,
     BuildFailed,
@@ -134,15 +133,17 @@ class Builder:
         state: StatePorts,
         popularity: Mapping[str, int],
         signer: Signer | None = None,
+        private: Mapping[Path, str] | None = None,
     ) -> Builder:
         """A builder on the given adapters, with a pool and a compressor sized to the machine;
-        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one."""
-        cores = os.cpu_count() or 1
+        it signs with ``signer``, or else with the key of NIXERY_SIGNING_KEY if there is one.
+        ``private``: the server's directories Nix's errors must not show clients (``Nix``)."""
+        cores = cpus()
         if signer is None and settings.signing_key is not None:
             signer = PemSigner.load(settings.signing_key)
         return cls(
             source=source,
-            nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow),
+            nix=Nix(settings.prepare_image, settings.nix_timeout, settings.eval_allow, private),
             blobs=blobs,
             state=state,
             popularity=popularity,
@@ -172,12 +173,16 @@ class Builder:
         with self.keeper.build():  # the store is tidied after the outcome is recorded
             try:
                 manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
+                self.state.images.publish(job.key, manifests, artifacts)
             except BuildError as e:
                 failure = Failure.of(e, self.clock())
                 self._fail(job, failure)
                 reporter.failed(failure)
                 return
-            self.state.images.publish(job.key, manifests, artifacts)
+            except Exception as e:  # retried: the pages must not say "building" for ever
+                BuildLog(log, job.key).warning("interrupted: %r", e)
+                reporter.interrupted(e, self.state.images)
+                raise
             reporter.published(manifests)
             BuildLog(log, job.key).info(
                 "published in %.2fs", time.monotonic() - started,
@@ -264,6 +269,8 @@ class Builder:
                 reporter.closure(
                     result.outputs, {p.path: p.nar_size for p in result.closure.values()}
                 )
+                if result.environments or result.plain:
+                    reporter.update(environments=result.environments, plain=result.plain)
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
@@ -298,6 +305,7 @@ class Builder:
                     roots=result.outputs.values(),
                     closure=result.closure,
                     meta=result.meta,
+                    environments=result.environments,
                 )
             except (ValueError, KeyError) as e:
                 # What Nix said of the closure cannot be described (a hash in a form unknown
@@ -308,10 +316,13 @@ class Builder:
             record["bytes"] = len(sbom)
         reporter.update(step="manifests")
         with step("manifests", job.key, **where):
-            source = job.revision.source.partition(":")[2]  # the URL or path, not the kind
+            # The URL, not the kind; a path source has neither ("path").
+            source = job.revision.source.partition(":")[2]
             page = report_url(self.public_url, job.key) if self.public_url else None
             annotations = provenance(title, source, job.revision.value, page)
-            runtime = runtime_config(job.request, root_entries, result.main_programs)
+            runtime = runtime_config(
+                job.request, root_entries, result.main_programs, result.environments
+            )
             config = image_config(arch.oci_arch, layers, runtime, labels=annotations)
             store_bytes(self.blobs, sha256_digest(config), config)
             manifests = image_manifests(config, layers, annotations)

@@ -8,15 +8,52 @@ every step, so a build under way shows where it is. Reports are stored as JSON i
 
 from __future__ import annotations
 
+import errno
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from nixery.errors import (
+    BuildInterrupted,
+    DatabaseUnavailable,
+    ImageLost,
+    QueueUnavailable,
+    SourceUnavailable,
+    StorageUnavailable,
+    Transient,
+)
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
-from nixery.ports import BuildReports
-from nixery.records import BuildReport, Failure, FailureReport, LayerReport
+from nixery.ports import BuildReports, PublishedImages
+from nixery.records import INTERRUPTED, BuildReport, Failure, FailureReport, LayerReport, Published
+
+log = logging.getLogger(__name__)
+
+# What an interrupted build's page says stopped it: one phrase per kind of fault.
+DISK_FULL = "the disk was full"
+INTERRUPTIONS: dict[type[Exception], str] = {
+    StorageUnavailable: "the blob storage was unavailable",
+    DatabaseUnavailable: "the database was unavailable",
+    SourceUnavailable: "the package source was unavailable",
+    QueueUnavailable: "the build queue was unavailable",
+    BuildInterrupted: "Nix was stopped from outside (a download, the disk or memory)",
+    ImageLost: "a blob of the image was lost",
+    Transient: "a passing fault of the registry",
+    Exception: "an internal error of the registry (its log has the details)",
+}
+
+
+def interruption(error: Exception) -> str:
+    """The phrase for what stopped a build: its kind's, or a full disk whatever the kind
+    (the operator's most common fix)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DISK_FULL
+        cause = cause.__cause__ or cause.__context__
+    return next(INTERRUPTIONS[kind] for kind in type(error).__mro__ if kind in INTERRUPTIONS)
 
 
 class Progress(Protocol):
@@ -91,6 +128,24 @@ class Reporter:
             finished=self.clock(),
             manifests={m.media_type: m.digest for m in manifests},
         )
+
+    def interrupted(self, error: Exception, images: PublishedImages) -> None:
+        """The build stopped for a reason outside the image (``Transient``, or a bug):
+        said, for the pages, instead of a "building" that would never end, unless the image
+        is published already (by another build, or by a publication that raised after it
+        was made). The page reads a fixed phrase for the cause: the error's details may
+        name the server's paths or hosts, and stay in the log. Best effort: the fault may
+        be the database's own, and then the pages judge by the report's age."""
+        try:
+            if isinstance(images.status(self.report.key), Published):
+                return
+            self.update(
+                status="interrupted",
+                finished=self.clock(),
+                failure=FailureReport(INTERRUPTED, interruption(error), ""),
+            )
+        except Exception as e:  # never in place of the error being raised
+            log.warning("build %s: its interruption could not be reported: %r", self.report.key, e)
 
     def failed(self, failure: Failure) -> None:
         log = str(failure.detail.get("log", ""))

@@ -4,7 +4,11 @@ Nix knows an image exactly: every store path of its closure, the hash of its con
 NAR hash) and what it references. Each store path is one component (its name and version,
 its NAR hash as a SHA-256 checksum, the description, homepage and licenses the package set's
 ``meta`` gives it), the closure's references are the dependency graph, and the image itself
-is the BOM's subject, with the package set's source and exact revision.
+is the BOM's subject, with the package set's source and exact revision. An interpreter's
+environment (``python3.withPackages``) is a component like any store path, with properties
+naming its interpreter and the image's packages it holds; those packages are components too
+(the environment references them), of type ``application`` as every package the name asks
+for is.
 
 CycloneDX rather than SPDX because both Trivy (``trivy sbom``) and Grype read either, but
 the referrers tooling around them (Trivy's referrer plugin, its ``--sbom-sources oci``) looks
@@ -20,12 +24,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from nixery.nix.path_info import PackageMeta, StorePath
 from nixery.oci.manifests import CREATED, canonical_json
-from nixery.records import Revision
+from nixery.records import Environment, Revision
 from nixery.store_names import parse_store_name
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
@@ -60,10 +64,13 @@ def image_sbom(
     roots: Iterable[str],
     closure: Mapping[str, StorePath],
     meta: Mapping[str, PackageMeta],
+    environments: Sequence[Environment] = (),
 ) -> bytes:
     """The SBOM of the image named ``title`` (its packages), whose packages' outputs are
-    ``roots``, built from ``revision`` for ``system``."""
+    ``roots``, built from ``revision`` for ``system``; ``environments`` are those it holds."""
     roots = sorted(set(roots))
+    asked = set(roots).union(*(e.contents for e in environments))
+    about = {e.path: e for e in environments}
     bom: dict[str, Any] = {
         "bomFormat": "CycloneDX",
         "specVersion": SPEC_VERSION,
@@ -84,7 +91,8 @@ def image_sbom(
             },
         },
         "components": [
-            _component(closure[path], meta.get(path), path in roots) for path in sorted(closure)
+            _component(closure[path], meta.get(path), path in asked, about.get(path))
+            for path in sorted(closure)
         ],
         "dependencies": [
             {"ref": _IMAGE_REF, "dependsOn": roots},
@@ -98,20 +106,28 @@ def image_sbom(
     return canonical_json(bom)
 
 
-def _component(path: StorePath, meta: PackageMeta | None, requested: bool) -> dict[str, Any]:
+def _component(
+    path: StorePath, meta: PackageMeta | None, requested: bool, environment: Environment | None
+) -> dict[str, Any]:
     name, version = (meta.pname, meta.version) if meta else parse_store_name(path.path)
     nar_hex = nar_hash_hex(path.nar_hash)
+    properties = [
+        ("nix:store-path", path.path),
+        # One spelling whatever Nix printed, so that every Nix gives the same SBOM.
+        ("nix:nar-hash", "sha256-" + base64.b64encode(bytes.fromhex(nar_hex)).decode()),
+        ("nix:nar-size", str(path.nar_size)),
+    ]
+    if environment is not None:
+        properties += [
+            ("nixery:environment:interpreter", environment.interpreter),
+            *(("nixery:environment:package", member) for member in environment.members),
+        ]
     component: dict[str, Any] = {
         "type": "application" if requested else "library",
         "bom-ref": path.path,
         "name": name,
         "hashes": [{"alg": "SHA-256", "content": nar_hex}],
-        "properties": _properties(
-            ("nix:store-path", path.path),
-            # One spelling whatever Nix printed, so that every Nix gives the same SBOM.
-            ("nix:nar-hash", "sha256-" + base64.b64encode(bytes.fromhex(nar_hex)).decode()),
-            ("nix:nar-size", str(path.nar_size)),
-        ),
+        "properties": _properties(*properties),
     }
     if version:
         component["version"] = version

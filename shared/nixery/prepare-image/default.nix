@@ -17,7 +17,17 @@
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
 #   { "missing": [], "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ],
+#     "environments": [ { language, interpreter, members, contents, packages, drvPath, out,
+#                         mainProgram }, ... ],
+#     (`contents`: the store paths of the set's packages the name asks for; `packages`:
+#      those packages' own { name, drvPath, out, mainProgram })
+#     "plain": [ <names of nested sets' packages that are no interpreter's modules> ],
 #     "meta": [ { path, pname, version, description, homepage, licenses }, ... ] }
+# or, when two interpreters of one language are asked for,
+#   { "missing": [], "packages": [], "conflicts": [ [ { interpreter, names }, ... ], ... ] }
+# A package of an environment (and the interpreter itself, asked for by its top-level
+# name) has the environment's drvPath and out (the image holds the environment in its
+# place) and its own mainProgram.
 # `meta` describes the outputs of the packages and of the derivations they
 # take as inputs (buildInputs, propagatedBuildInputs, and the demo set's
 # deps), as far as the package set's `meta` knows them: the SBOM's data.
@@ -59,6 +69,7 @@ let
         found = attr: state // {
           path = state.path ++ [ attr ];
           value = set.${attr};
+          parent = set;
         };
       in
       if !isSet.success then state // { throws = true; }
@@ -70,7 +81,7 @@ let
   resolve = name:
     let
       walked = builtins.foldl' step
-        { ok = true; throws = false; path = [ ]; value = pkgs; }
+        { ok = true; throws = false; path = [ ]; value = pkgs; parent = null; }
         (splitDots name);
       # A value that throws counts as present: its error surfaces when its
       # drvPath is forced below instead of being hidden as "missing".
@@ -78,12 +89,119 @@ let
         (builtins.isAttrs walked.value && (walked.value.type or null) == "derivation");
     in {
       inherit name;
-      inherit (walked) path value;
+      inherit (walked) path value parent;
       ok = walked.ok && (walked.throws || !isDrv.success || isDrv.value);
     };
 
   resolved = map resolve names;
   missing = map (r: r.name) (builtins.filter (r: !r.ok) resolved);
+
+  # Language environments. A package of a nested set (python3Packages.requests) joins the
+  # environment of its interpreter when the package itself says it is one of its modules, as
+  # nixpkgs marks them (its own hasPythonModule, hasPerlModule...): a `pythonModule` that is
+  # its set's `python`, `perlModule`, `luaModule`, `isHaskellLibrary`, or a gem's `isRubyGem`
+  # and `ruby`. The interpreter is the one it names, else its set's (haskellPackages.ghc, whose
+  # `withPackages` is ghcWithPackages); it must be a derivation with `withPackages`. A parent
+  # that is a derivation (nodejs.libv8) or a whole package set holding interpreters
+  # (pkgsStatic.hello) proves nothing: only the package's marker counts. So a new interpreter
+  # version (python314Packages) needs no change here; the five language names are the table.
+  interpreterNames = [ "python" "perl" "lua" "ruby" "ghc" ];
+  # A derivation's identity, usable as an attribute name.
+  keyOf = d: tryOr "" (if builtins.isAttrs d && d ? drvPath
+    then builtins.unsafeDiscardStringContext d.drvPath else "");
+  tryOr = default: v: let t = builtins.tryEval v; in if t.success then t.value else default;
+  isDerivation = v: tryOr false (builtins.isAttrs v && (v.type or null) == "derivation");
+  isInterpreter = v: tryOr false (isDerivation v && v ? withPackages && builtins.isString v.drvPath);
+  ownOr = own: fallback: if isInterpreter own then own else fallback;
+  # language -> the interpreter whose module the package `v` of the set `set` says it is.
+  markedBy = {
+    python = v: set: let i = v.pythonModule or null; in
+      if isInterpreter i && (!(set ? python) || keyOf set.python == keyOf i) then i else null;
+    perl = v: set: if v ? perlModule then ownOr v.perlModule (set.perl or null) else null;
+    lua = v: set: if v ? luaModule then ownOr v.luaModule (set.lua or null) else null;
+    ruby = v: set: if (v.isRubyGem or false) == true then v.ruby or null else null;
+    ghc = v: set: if (v.isHaskellLibrary or false) == true then set.ghc or null else null;
+  };
+  inSet = r: builtins.length r.path >= 2 && tryOr false (builtins.isAttrs r.parent)
+    && !(isDerivation r.parent);
+  interpreterOf = r:
+    let
+      found = builtins.filter (x: isInterpreter x.drv) (map (language: {
+        inherit language;
+        drv = tryOr null (markedBy.${language} r.value r.parent);
+      }) interpreterNames);
+      first = builtins.head found;
+    in if !(inSet r) || found == [ ] then null else first // { key = keyOf first.drv; };
+  ok = builtins.filter (r: r.ok) resolved;
+  members = builtins.filter (r: r.interpreter != null)
+    (map (r: r // { interpreter = interpreterOf r; }) ok);
+  interpreters = builtins.attrValues (builtins.listToAttrs (map (r: {
+    name = r.interpreter.key; value = r.interpreter;
+  }) members));
+  # A top-level package that is an environment's interpreter (python3 beside
+  # python3Packages.requests) is that environment.
+  environmentOf = r:
+    let
+      own = interpreterOf r;
+      key = if own != null then own.key else keyOf r.value;
+    in if builtins.any (i: i.key == key) interpreters then key else null;
+  # A top-level interpreter outside every environment (python312 beside python3Packages.*):
+  # one whose own set (`pkgs`) names it as its interpreter.
+  loose = builtins.concatMap (r:
+    let
+      v = r.value;
+      key = keyOf v;
+      languages = builtins.filter (n: keyOf (v.pkgs.${n} or null) == key) interpreterNames;
+    in if builtins.length r.path != 1 || environmentOf r != null || !(isInterpreter v)
+        || !(tryOr false (builtins.isAttrs (v.pkgs or null))) || languages == [ ] then [ ]
+      else [ { language = builtins.head languages; drv = v; inherit key; names = [ r.name ]; } ])
+    ok;
+  # Two interpreters of one language in one image, one of them an environment's: each would
+  # put its `python3` on PATH.
+  conflicts = builtins.filter (l: builtins.length l > 1 && builtins.any (i: !(i ? names)) l)
+    (map (language: builtins.filter (i: i.language == language) (interpreters ++ loose))
+      interpreterNames);
+  namesOf = i: i.names or (map (r: r.name) (builtins.filter (r: environmentOf r == i.key) ok));
+  environments = map (i:
+    let
+      inside = builtins.filter (r: (interpreterOf r).key or null == i.key) ok;
+      env = i.drv.withPackages (_: map (r: r.value) inside);
+    in {
+      inherit (i) key;
+      inherit env;
+      info = {
+        language = i.language;
+        interpreter = i.drv.name;
+        members = namesOf i;
+        contents = map (r: r.value.outPath) inside;
+        # The packages themselves, should the environment leave one out (runner.py).
+        packages = map (r: { inherit (r) name; drvPath = r.value.drvPath; out = r.value.outPath;
+                             mainProgram = programOf r.value; }) inside;
+        drvPath = env.drvPath;
+        out = env.outPath;
+        mainProgram = programOf env;
+      };
+    }) interpreters;
+  programOf = d: let m = tryOr null (d.meta.mainProgram or null);
+    in if builtins.isString m then m else null;
+  # Packages of nested sets (not of derivations' passthru) that are no interpreter's modules.
+  plain = map (r: r.name) (builtins.filter (r: inSet r
+    && interpreterOf r == null && environmentOf r == null) ok);
+  entryOf = r:
+    let key = environmentOf r;
+        e = builtins.head (builtins.filter (e: e.key == key) environments);
+    in if key == null then {
+      inherit (r) name;
+      attrPath = r.path;
+      drvPath = r.value.drvPath;
+      out = r.value.outPath;
+      mainProgram = programOf r.value;
+    } else {
+      inherit (r) name;
+      attrPath = r.path;
+      inherit (e.info) drvPath out;
+      mainProgram = programOf r.value;
+    };
 
   # Runtime inputs worth describing; nixpkgs names them so, the demo set `deps`.
   inputsOf = d: builtins.filter (x: builtins.isAttrs x && (x.type or null) == "derivation")
@@ -91,7 +209,8 @@ let
       [ "buildInputs" "propagatedBuildInputs" "deps" ]));
   drvKey = d: let k = builtins.tryEval d.drvPath; in if k.success then k.value else "";
   derivations = builtins.genericClosure {
-    startSet = map (r: { key = drvKey r.value; drv = r.value; }) resolved;
+    startSet = map (d: { key = drvKey d; drv = d; })
+      (map (r: r.value) resolved ++ map (e: e.env) environments);
     operator = item: map (d: { key = drvKey d; drv = d; })
       (let i = builtins.tryEval (inputsOf item.drv); in if i.success then i.value else [ ]);
   };
@@ -142,17 +261,13 @@ in
     nixTooOld = { required = minver; running = builtins.nixVersion; };
   } else {
     inherit missing;
-    packages =
-      if missing != [ ] then [ ]
-      else map (r: {
-        inherit (r) name;
-        attrPath = r.path;
-        drvPath = r.value.drvPath;
-        out = r.value.outPath;
-        mainProgram =
-          let m = builtins.tryEval (r.value.meta.mainProgram or null);
-          in if m.success && builtins.isString m.value then m.value else null;
-      }) resolved;
-    meta = if missing != [ ] then [ ] else builtins.concatLists (map metaOf derivations);
-  };
+  } // (if missing != [ ] then { packages = [ ]; } else if conflicts != [ ] then {
+    packages = [ ];
+    conflicts = map (l: map (i: { interpreter = i.drv.name; names = namesOf i; }) l) conflicts;
+  } else {
+    packages = map entryOf resolved;
+    environments = map (e: e.info) environments;
+    inherit plain;
+    meta = builtins.concatLists (map metaOf derivations);
+  });
 }

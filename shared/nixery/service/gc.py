@@ -6,7 +6,8 @@ nothing but cost. An image is live while it was published or pulled (by tag) wit
 platforms names, the artifacts about them: SBOMs and signatures, all their blobs, and the
 layer-cache rows of those blobs) is kept, and the rest is collected: images not used since,
 manifests no live image names, layer-cache rows of collected blobs, blobs nothing live
-references, and failures no longer remembered. Of the package sets' lists of names (for
+references, failures no longer remembered, and the reports of builds that never finished
+(interrupted, or silent) once older than ``grace``. Of the package sets' lists of names (for
 the search box), those of the newest ``KEEP_NAME_LISTS`` revisions stay: search is over the
 current revision, and suggestions for a build of an old one are a nicety.
 
@@ -40,6 +41,7 @@ class GcReport:
     layers: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     name_lists: list[str] = field(default_factory=list)  # revisions
+    reports: list[str] = field(default_factory=list)  # of builds that never finished
     blobs: list[StoredBlob] = field(default_factory=list)
     kept_images: int = 0
     kept_blobs: int = 0
@@ -54,6 +56,7 @@ class GcReport:
             f"{verb} {len(self.images)} images (kept {self.kept_images}), "
             f"{len(self.manifests)} manifests, {len(self.layers)} layer-cache rows, "
             f"{len(self.failures)} failures, {len(self.name_lists)} package name lists, "
+            f"{len(self.reports)} unfinished build reports, "
             f"{len(self.blobs)} blobs "
             f"({self.freed / 1e6:.1f} MB; kept {self.kept_blobs})"
         )
@@ -72,9 +75,11 @@ def collect(
 ) -> GcReport:
     report = GcReport()
     live_manifests: set[str] = set()
+    live_images: set[str] = set()
     for image in inventory.images():
         if image.used >= now - max_age:
             live_manifests.update(image.manifests)
+            live_images.add(image.key)
             report.kept_images += 1
         else:
             report.images.append(image.key)
@@ -89,7 +94,14 @@ def collect(
             pending += children
     report.manifests = [d for d in inventory.manifest_digests() if d not in live_manifests]
     report.layers = [key for key, digest in inventory.layer_rows() if digest not in live_blobs]
-    report.failures = [key for key, at in inventory.failures() if at < now - failure_ttl]
+    failures = list(inventory.failures())
+    report.failures = [key for key, at in failures if at < now - failure_ttl]
+    # A report saying "building" or "interrupted" for longer than any build takes: its build
+    # stopped (a full disk, a restart), and no image or failure takes its page with it. A
+    # live image's or a remembered failure's is kept: it is their page.
+    kept = live_images | {key for key, _ in failures}
+    report.reports = [key for key, started in inventory.unfinished_reports()
+                      if started < now - grace and key not in kept]  # fmt: skip
     report.name_lists = list(inventory.name_lists())[KEEP_NAME_LISTS:]
     progress(f"{len(report.images)} images to collect, {len(live_blobs)} blobs in use")
     for blob in blobs.blobs():
@@ -99,7 +111,7 @@ def collect(
             report.blobs.append(blob)
     if apply:
         # Records first: nothing published names what is about to go.
-        inventory.delete(images=report.images, failures=report.failures)
+        inventory.delete(images=report.images, failures=report.failures, reports=report.reports)
         inventory.delete(
             manifests=report.manifests, layers=report.layers, name_lists=report.name_lists
         )

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -24,12 +24,14 @@ from nixery.errors import (
     SourceUnavailable,
     StillBuilding,
     TooManyBuilds,
+    TooManyWaiters,
     Transient,
     UnknownBlob,
     UnknownManifest,
     UnknownTag,
 )
 from nixery.job import BuildJob
+from nixery.limits import client_key
 from nixery.logs import BuildLog
 from nixery.oci.cosign import is_signature, signed_digest
 from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
@@ -37,6 +39,7 @@ from nixery.oci.referrers import referrers_index
 from nixery.ports import BlobStore, BuildQueue, Limiter, PublishedImages, Source, never
 from nixery.records import Failure, Published, Revision, remembered
 from nixery.request import Digest, ImageRequest, Tag
+from nixery.service.waiters import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,11 @@ class ImageService:
         wait: float,
         failure_ttl: float,
         limiter: Limiter | None = None,
+        waiters: Waiters | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``limiter`` counts each client's new builds (NIXERY_CLIENT_BUILDS)."""
+        """``limiter`` counts each client's new builds (NIXERY_CLIENT_BUILDS); ``waiters``
+        bounds the requests that wait for builds (None: no bound)."""
         self.source = source
         self.images = images
         self.blobs = blobs
@@ -81,6 +86,7 @@ class ImageService:
         self.wait = wait
         self.failure_ttl = failure_ttl
         self.limiter = limiter
+        self.waiters = waiters
         self.clock = clock
         # key -> when its use is to be noted again, by ``clock``
         self._touched: TTLCache[str, float] = TTLCache(100_000, TOUCH_EVERY)
@@ -168,15 +174,12 @@ class ImageService:
             raise _of_build(status, job)
         if status is None or isinstance(status, Failure):
             self._admit(job, caller)
-        try:
-            outcome = self.builds.build(job, self.wait, caller.gone)
-        except Transient as e:
-            BuildLog(log, job.key).warning("%s; to be retried", e.message)
-            raise
-        except Exception as e:
-            BuildLog(log, job.key).exception("crashed")
-            raise Transient("the build failed unexpectedly; retry later") from e
+        with self._waiting(job, caller) as refused:
+            # Refused: the build is started or joined all the same, but not waited for.
+            outcome = self._build(job, 0.0 if refused else self.wait, caller)
         if outcome is None:
+            if refused:
+                raise refused
             if caller.gone():
                 raise ClientGone("the client hung up; the build goes on")
             raise StillBuilding("the image is still being built; retry later")
@@ -184,11 +187,28 @@ class ImageService:
             raise _of_build(outcome, job)
         return outcome
 
+    def _build(self, job: BuildJob, wait: float, caller: Caller) -> Published | Failure | None:
+        try:
+            return self.builds.build(job, wait, caller.gone)
+        except Transient as e:
+            BuildLog(log, job.key).warning("%s; to be retried", e.message)
+            raise
+        except Exception as e:
+            BuildLog(log, job.key).exception("crashed")
+            raise Transient("the build failed unexpectedly; retry later") from e
+
+    def _waiting(
+        self, job: BuildJob, caller: Caller
+    ) -> AbstractContextManager[TooManyWaiters | None]:
+        if self.waiters is None:
+            return nullcontext(None)
+        return self.waiters.waiting(job.key, caller.address)
+
     def _admit(self, job: BuildJob, caller: Caller) -> None:
         """Charges a new build to the caller, unless one of the image runs already."""
         if self.limiter is None or self.builds.running(job.key):
             return
-        wait = self.limiter.admit(caller.address)
+        wait = self.limiter.admit(client_key(caller.address))
         if wait is not None:
             BuildLog(log, job.key).warning(
                 "client %s: too many new builds", caller.address, extra={"client": caller.address}

@@ -3,6 +3,7 @@ tarballs safely."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tarfile
@@ -14,8 +15,13 @@ from pathlib import Path
 from typing import IO
 
 from nixery.caches import KeyedLocks
-from nixery.errors import SourceUnavailable
+from nixery.errors import SourceUnavailable, os_cause
 from nixery.sources.trust import COMMIT_RE
+
+log = logging.getLogger(__name__)
+
+# The checkouts' directory (NIXERY_CACHE_DIR), as clients read of it: never its path.
+CHECKOUTS = "<checkouts>"
 
 # Module-wide so that two source objects sharing a cache directory still take turns.
 _CHECKOUT_LOCKS = KeyedLocks()
@@ -38,7 +44,7 @@ def _fill(target: Path, populate: Callable[[Path], object]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     except OSError as e:
-        raise SourceUnavailable(f"cannot create {target}: {e}") from e
+        raise _cannot_create(target, e) from e
     try:
         populate(staging)
         staging.chmod(0o755)
@@ -48,11 +54,18 @@ def _fill(target: Path, populate: Callable[[Path], object]) -> Path:
         # Another process sharing the cache directory finished first.
         if target.is_dir():
             return target
-        raise SourceUnavailable(f"cannot create {target}: {e}") from e
+        raise _cannot_create(target, e) from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _cannot_create(target: Path, error: OSError) -> SourceUnavailable:
+    """The client's message names no path (the checkouts are the server's business); the
+    log's does."""
+    log.error("cannot create %s: %s", target, error)
+    return SourceUnavailable(f"cannot create the package set's checkout: {os_cause(error)}")
 
 
 class Checkouts:
@@ -133,7 +146,10 @@ def extract(archive: IO[bytes], dest: Path, *, strip_top: bool) -> None:
     try:
         with tarfile.open(fileobj=archive, mode="r|*") as tar:
             tar.extractall(dest, filter=strip if strip_top else "data")
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except OSError as e:
+        log.error("cannot unpack an archive into %s: %s", dest, e)
+        raise SourceUnavailable(f"cannot unpack archive: {os_cause(e)}") from e
+    except (tarfile.TarError, EOFError) as e:
         raise SourceUnavailable(f"cannot unpack archive: {e}") from e
     if strip_top and top is None:
         raise SourceUnavailable("archive is empty")

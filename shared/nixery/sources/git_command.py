@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import IO
 
-from nixery.errors import SourceUnavailable
+from nixery.errors import SourceUnavailable, os_cause
+from nixery.sources.checkouts import CHECKOUTS
+
+log = logging.getLogger(__name__)
 
 
 def run_git(*args: str | Path, timeout: float, stdout: IO[bytes] | None = None) -> str:
@@ -32,7 +36,14 @@ def run_git(*args: str | Path, timeout: float, stdout: IO[bytes] | None = None) 
     except subprocess.TimeoutExpired as e:
         raise SourceUnavailable(f"git timed out after {timeout:g}s") from e
     except OSError as e:
-        raise SourceUnavailable(f"cannot run git: {e}") from e
+        raise SourceUnavailable(f"cannot run git: {os_cause(e)}") from e
     if result.returncode != 0:
-        raise SourceUnavailable(f"git: {result.stderr.decode(errors='replace').strip()}")
+        said = result.stderr.decode(errors="replace").strip()
+        log.warning("git failed: %r", said)
+        # Its message names the directories it was given, the checkouts' (NIXERY_CACHE_DIR):
+        # never shown to clients.
+        paths = {str(p) for a in args if isinstance(a, Path) for p in (a, a.resolve())}
+        for path in sorted(paths, key=len, reverse=True):
+            said = said.replace(path, CHECKOUTS)
+        raise SourceUnavailable(f"git: {said}")
     return "" if stdout is not None else result.stdout.decode()

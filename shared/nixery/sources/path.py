@@ -3,37 +3,44 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
 
 from nixery.caches import Clock, Memo
-from nixery.errors import SourceUnavailable
+from nixery.errors import SourceUnavailable, os_cause
 from nixery.records import Revision
 from nixery.sources.trust import check_source
 
 DEFAULT_TTL = 10.0
+# The source's name in revisions, image keys and images: its content hash names the version,
+# and where it lies on the server is no business of a client's (nor of the image's digest).
+SOURCE_ID = "path"
+
+log = logging.getLogger(__name__)
 
 
 class PathSource:
     """A package set in a local directory (NIXERY_PKGS_PATH). It has a single version, `latest`,
-    identified by a hash of its contents so that editing the directory changes the cache key."""
+    identified by a hash of its contents so that editing the directory changes the cache key,
+    and moving it does not."""
 
     def __init__(self, path: Path, ttl: float = DEFAULT_TTL, clock: Clock = time.monotonic) -> None:
         # Not resolved: a symlink that is re-pointed on deploy should be followed each time.
         self._path = Path(path).absolute()
-        self._id = f"path:{self._path}"
         self._hashes: Memo[str] = Memo(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
         if tag != "latest":
             return None
-        return Revision(self._id, self._content_hash())
+        return Revision(SOURCE_ID, self._content_hash())
 
     def checkout(self, revision: Revision) -> Path:
-        check_source(self._id, revision)
+        check_source(SOURCE_ID, revision)
         if self._content_hash() != revision.value:
-            raise SourceUnavailable(f"{self._path} changed since {revision} was resolved")
+            log.warning("%s changed since %s was resolved", self._path, revision)
+            raise SourceUnavailable(f"the package set changed since {revision} was resolved")
         return self._path
 
     def tags(self) -> list[str]:
@@ -67,10 +74,13 @@ def _tree_hash(root: Path) -> str:
                     content = hashlib.file_digest(f, "sha256").digest()
                 digest.update(b"f\0" + name + b"\0" + (b"x" if executable else b"-") + content)
 
+    # The client's message names no path: the server's log does.
     try:
         if not root.is_dir():
-            raise SourceUnavailable(f"{root} is not a directory")
+            log.error("the package set %s is not a directory", root)
+            raise SourceUnavailable("the package set (NIXERY_PKGS_PATH) is not a directory")
         walk(str(root), b"")
     except OSError as e:
-        raise SourceUnavailable(f"cannot read {root}: {e}") from e
+        log.error("cannot read the package set %s: %s", root, e)
+        raise SourceUnavailable(f"cannot read the package set: {os_cause(e)}") from e
     return digest.hexdigest()
