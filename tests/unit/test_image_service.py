@@ -11,6 +11,7 @@ from concurrent.futures import Executor, Future
 import pytest
 
 from nixery.blobs import store_bytes
+from nixery.config import WaitLimits
 from nixery.errors import (
     BuildError,
     BuildFailed,
@@ -20,6 +21,7 @@ from nixery.errors import (
     ImageLost,
     SourceUnavailable,
     StillBuilding,
+    TooManyWaiters,
     Transient,
     UnknownBlob,
     UnknownManifest,
@@ -32,7 +34,8 @@ from nixery.oci.manifests import DOCKER_MANIFEST, OCI_MANIFEST, sha256_digest
 from nixery.ports import BuildQueue
 from nixery.records import Failure, Published
 from nixery.request import Digest, Tag
-from nixery.service.images import BlobLocation, ImageService
+from nixery.service.images import BlobLocation, Caller, ImageService
+from nixery.service.waiters import Waiters
 from tests.helpers.fakes import (
     BUILD_ERRORS,
     REVISION,
@@ -530,6 +533,26 @@ def test_tasks_read_the_record_when_a_change_due_after_a_start_does_not_come(
     assert clock() - start == 20 + SLOW_POLL  # the lease ran out, the start found it done
     assert state.reads == 1
     assert tasks.enqueued == []
+
+
+def test_tasks_of_a_request_refused_a_wait_start_the_build_without_a_listener(
+    task_queue, state, source, blobs, tasks, clock
+) -> None:
+    """Beyond NIXERY_MAX_WAITERS the request is answered at once and its build goes on: it is
+    started (or joined) with no listener opened, and no wait."""
+    service = ImageService(
+        source=source, images=state, blobs=blobs, builds=task_queue, wait=WAIT,
+        failure_ttl=FAILURE_TTL, clock=clock, waiters=Waiters(WaitLimits(1, 1, 1)),
+    )  # fmt: skip
+    assert service.waiters is not None
+    with service.waiters.waiting("another", "somebody"):
+        with pytest.raises(TooManyWaiters):
+            service.manifest(JOB.request, LATEST, [], Caller("1.2.3.4"))
+        with pytest.raises(TooManyWaiters):
+            service.manifest(JOB.request, LATEST, [], Caller("1.2.3.4"))
+    assert [job for _, job in tasks.enqueued] == [JOB], "started once, then joined"
+    assert JOB.key not in state.listeners
+    assert clock.slept == []
 
 
 def test_a_pull_by_tag_is_written_down_at_most_once_an_hour(service, state, clock) -> None:

@@ -189,7 +189,13 @@ class TaskBuildQueue:
     ) -> Published | Failure | None:
         """Records and enqueues the build unless it is under way, then waits for its record
         to say it ended; starts it again when its lease lapses (a builder died, or none took
-        the task). One request of this instance at a time starts it."""
+        the task). One request of this instance at a time starts it. A request refused a
+        wait (``TooManyWaiters``, no time to wait) starts or joins it without a listener,
+        whose first snapshot would come after its deadline."""
+        if wait <= 0:
+            if not self.running(job.key):
+                self._start(job)
+            return None
         deadline = self.clock() + wait
         with self._watching(job.key) as watch:
             while True:
