@@ -6,11 +6,13 @@
 The registry function runs under functions-framework with THREADS request threads (the
 deployment's registry_concurrency, 80), as many instances as the clients need (one per 80, as
 Cloud Run would start them), beside one builder service (gunicorn, from this checkout), all
-counted by bench/lib/firestore_reads.py. The image is `herd`, a package new on every run
-(a nonce) whose build sleeps --build-seconds, so that the clients wait for it. Each client
-asks for the manifest, then for each blob (a redirect). Prints: builds started, answers,
-Firestore reads per client (direct reads and the listeners' reads apart), the function's CPU
-per client, and the delay from the builder's publication to each client's manifest.
+counted by bench/lib/firestore_reads.py; every client of an instance may wait (the bounds on
+waiting requests raised: they all come from 127.0.0.1). The image is `herd`, a package new
+on every run (a nonce) whose build sleeps --build-seconds, so that the clients wait for it.
+Each client asks for the manifest, then for each blob (a redirect). Prints: builds started,
+answers, Firestore reads per client (direct reads and the listeners' reads apart), the
+function's CPU per client, and the delay from the builder's publication to each client's
+manifest.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.lib.gcp_services import (
+    all_may_wait,
     all_pull,
     builds_started,
     error_kinds,
@@ -71,7 +74,8 @@ def main() -> None:
         "herd": f"${{demo.busybox}}/bin/sleep {args.build_seconds:g}; "
                 f"${{demo.busybox}}/bin/mkdir $out; echo {uuid.uuid4().hex} > $out/nonce",
     })  # fmt: skip
-    env = {"NIXERY_PKGS_PATH": str(pkgs), "THREADS": str(args.threads)}
+    env = {"NIXERY_PKGS_PATH": str(pkgs), "THREADS": str(args.threads),
+           **all_may_wait(args.threads)}  # fmt: skip
     with services(work, count, None, **env) as (emulators, reg, functions):
         prefix = reg.env["NIXERY_FIRESTORE_PREFIX"]
         heard, listening = hear_publications(emulators, prefix)

@@ -7,7 +7,8 @@
 (`new0`, `new1`, ...: packages new on every run, whose builds sleep --build-seconds), through
 the registry function (functions-framework, THREADS 80, as deployed) with
 NIXERY_MAX_QUEUED_BUILDS=--max-queued, beside the builder service (gunicorn, from this
-checkout). Checks: no image built twice, a 503 only for images refused because the queue was
+checkout); every client may wait (the bounds on waiting requests raised: they all come from
+127.0.0.1). Checks: no image built twice, a 503 only for images refused because the queue was
 full (at most images - max-queued of them), every other image served whole.
 
 Cloud Tasks sends a queue's tasks up to its max_concurrent_dispatches at once (--builders,
@@ -26,7 +27,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from bench.lib.gcp_services import all_pull, builds_started, error_kinds, services
+from bench.lib.gcp_services import (
+    all_may_wait,
+    all_pull,
+    builds_started,
+    error_kinds,
+    services,
+)
 from bench.lib.harness import command_parser, parse_args
 from tests.helpers.registries import demo_plus
 
@@ -53,6 +60,7 @@ def main() -> None:
         "NIXERY_PKGS_PATH": str(pkgs), "THREADS": "80",
         "NIXERY_MAX_QUEUED_BUILDS": str(args.max_queued),
         "NIXERY_BUILD_WAIT": str(60 + 3 * args.images * (args.build_seconds + 2)),
+        **all_may_wait(80),
     }  # fmt: skip
     with services(work, 1, args.builders, **env) as (emulators, reg, functions):
         began = time.time()

@@ -143,6 +143,15 @@ def instances(reg: GcpRegistry, emulators: Emulators, count: int) -> list[GcpReg
     return started
 
 
+def all_may_wait(threads: int) -> dict[str, str]:
+    """The function's bounds on waiting requests (``service/waiters.py``) at their most, all
+    but one of an instance's THREADS: the benchmarks' clients all come from 127.0.0.1 and
+    stand for as many addresses, and a scenario measures what waiting costs, not refusals."""
+    most = str(threads - 1)
+    return {"NIXERY_MAX_WAITERS": most, "NIXERY_CLIENT_WAITERS": most,
+            "NIXERY_BUILD_WAITERS": most}  # fmt: skip
+
+
 def registry_cpu(functions: list[GcpRegistry]) -> float:
     """CPU seconds of the function processes so far (functions-framework and its worker)."""
     return sum(
