@@ -7,7 +7,9 @@
 # Builds are deterministic: no timestamps, no randomness; the only host
 # inputs are the busybox binary (/usr/bin or /bin), the CA bundle (cacert) and /etc/{services,protocols}
 # (iana-etc).
-{ system ? builtins.currentSystem, ... }:
+# A flake, whose pure evaluation reads no host path, passes the directory holding
+# busybox as `bootstrap` (a locked input); the store paths are the same.
+{ system ? builtins.currentSystem, bootstrap ? null, ... }:
 
 let
   # Host files are imported by content; a missing one should be an obvious
@@ -26,7 +28,8 @@ let
     && ((builtins.readDir d).busybox or null) == "regular";
   bootDirs = builtins.filter hasBusybox [ /usr/bin /usr/local/bin /bin /usr/sbin /sbin ];
   bootDir =
-    if bootDirs != [ ] then builtins.head bootDirs
+    if bootstrap != null then bootstrap
+    else if bootDirs != [ ] then builtins.head bootDirs
     else throw ("demo-pkgs: needs a static busybox binary in /usr/bin, /usr/local/bin or /bin"
       + " (and, evaluated by the registry, that directory in NIXERY_EVAL_ALLOW)");
 

@@ -39,7 +39,7 @@ class Rate:
 # to read a name that is not here, so a new variable cannot skip the documentation.
 VARIABLES: Mapping[str, str] = {
     # The package source (exactly one of the first three)
-    "NIXERY_PKGS_PATH": "a local package set: a directory with default.nix",
+    "NIXERY_PKGS_PATH": "a local package set: a directory with default.nix or flake.nix",
     "NIXERY_PKGS_REPO": "a git repository; the tag is a branch, tag or commit",
     "NIXERY_CHANNEL": "a nixpkgs channel or commit; other tags name other channels or commits",
     "NIXERY_CHANNEL_URL": "where <channel>/git-revision is read",
@@ -48,6 +48,7 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_TRUSTED_REFS": "git ref patterns whose history a commit tag must be in",
     "NIXERY_TRUSTED_COMMITS": "commits accepted as tags whatever their history",
     "NIXERY_CHANNEL_REPO": "the git repository whose channel branches hold the trusted commits",
+    "NIXERY_PKGS_FLAKE": "auto: a git or path set holding flake.nix is a flake; off: never",
     "NIXERY_CHECKOUTS_KEEP": "package-set checkouts kept",
     "NIXERY_CACHE_DIR": "where source checkouts are kept",
     # Storage
@@ -201,11 +202,11 @@ class Env:
             raise ConfigError(f"{name} must be an http(s) URL, not {value!r}")
         return value.rstrip("/")
 
-    def directory(self, name: str, default: Path, marker: str) -> Path:
-        """A directory holding ``marker``, e.g. a package set's default.nix."""
+    def directory(self, name: str, default: Path, *markers: str) -> Path:
+        """A directory holding one of ``markers``, e.g. a package set's default.nix."""
         path = Path(self.get(name) or default)
-        if not (path / marker).is_file():
-            raise ConfigError(f"{name}: no {marker} in {path}")
+        if not any((path / marker).is_file() for marker in markers):
+            raise ConfigError(f"{name}: no {' or '.join(markers)} in {path}")
         return path
 
 
@@ -271,6 +272,7 @@ class SourceSettings:
     channel_repo: str | None  # the repository whose channel branches say which commits to trust
     trusted_refs: tuple[str, ...] | None  # None: each source kind's own default
     trusted_commits: tuple[str, ...]
+    flakes: bool = True  # a git or path checkout holding flake.nix is read as a flake
 
 
 def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
@@ -278,10 +280,15 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
     if len(chosen) > 1:
         raise ConfigError(f"set only one of {', '.join(chosen)}")
     pkgs_path = env.get("NIXERY_PKGS_PATH")
+    flakes = env.get("NIXERY_PKGS_FLAKE") or "auto"
+    if flakes not in ("auto", "off"):
+        raise ConfigError(f"NIXERY_PKGS_FLAKE must be auto or off, not {flakes!r}")
+    # A flake is read as one (nix.flakes), unless told otherwise.
+    marked = ("default.nix", "flake.nix") if flakes == "auto" else ("default.nix",)
     return SourceSettings(
         channel=env.get("NIXERY_CHANNEL"),
         pkgs_repo=env.get("NIXERY_PKGS_REPO"),
-        pkgs_path=env.directory("NIXERY_PKGS_PATH", Path(), "default.nix") if pkgs_path else None,
+        pkgs_path=env.directory("NIXERY_PKGS_PATH", Path(), *marked) if pkgs_path else None,
         channel_url=env.url("NIXERY_CHANNEL_URL", "https://channels.nixos.org"),
         archive_url=env.url("NIXERY_ARCHIVE_URL", "https://github.com/NixOS/nixpkgs/archive"),
         revision_ttl=env.seconds("NIXERY_REVISION_TTL", 0.0)
@@ -293,6 +300,7 @@ def source_settings(env: Env, cache_dir: Path) -> SourceSettings:
         channel_repo=env.get("NIXERY_CHANNEL_REPO"),
         trusted_refs=env.words("NIXERY_TRUSTED_REFS", r"refs/[A-Za-z0-9._/*-]+"),
         trusted_commits=env.words("NIXERY_TRUSTED_COMMITS", r"[0-9a-fA-F]{40}") or (),
+        flakes=flakes == "auto",
     )
 
 

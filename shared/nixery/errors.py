@@ -191,6 +191,11 @@ class StillBuilding(Transient):
     """The build goes on past the time a request may wait for it."""
 
 
+class BuildRetrying(Transient):
+    """The build's last attempt stopped for a passing cause (its message says which); the
+    queue delivers it again."""
+
+
 class StorageUnavailable(Transient):
     """The blob store did not answer in time, or failed."""
 

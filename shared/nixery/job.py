@@ -43,6 +43,8 @@ def image_key(request: ImageRequest, revision: Revision) -> str:
         content["nonroot"] = True
     if request.platforms:
         content["platforms"] = [a.nix_system for a in request.platforms]
+    if request.asked:  # only then, as nonroot: a flake fails without these, goes without others
+        content["asked"] = list(request.asked)
     material = json.dumps(content, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
 
@@ -66,6 +68,7 @@ class BuildJob:
             "system": self.request.arch.nix_system,
             "nonroot": self.request.nonroot,
             "platforms": [a.nix_system for a in self.request.platforms],
+            "asked": list(self.request.asked),
             "revision": {"source": self.revision.source, "value": self.revision.value},
         }
 
@@ -94,8 +97,15 @@ class BuildJob:
         nonroot = data.get("nonroot", False)
         if not isinstance(nonroot, bool):
             raise ValueError("nonroot must be true or false")
+        asked = data.get("asked", [])
+        if not isinstance(asked, list) or not all(isinstance(p, str) for p in asked):
+            raise ValueError("asked must be a list of names")
         request = ImageRequest(
-            tuple(sorted(set(packages))), arch, nonroot, tuple(a for a in platforms if a)
+            tuple(sorted(set(packages))),
+            arch,
+            nonroot,
+            tuple(a for a in platforms if a),
+            tuple(sorted(set(asked))),
         )
         job = cls.of(request, Revision(str(source), str(value)))
         if job.key != data.get("key"):

@@ -18,6 +18,7 @@ from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.records import (
     BuildReport,
     Failure,
+    FlakeOrigin,
     ImageRecord,
     ImageStatus,
     Published,
@@ -121,7 +122,14 @@ class BuildReports(Protocol):
         """Stores a build's report, replacing the one of its key."""
         ...
 
-    def report(self, key: str) -> BuildReport | None: ...
+    def report(self, key: str) -> BuildReport | None:
+        """The report, with its ``answer`` step once a request waiting for it was answered."""
+        ...
+
+    def record_answer(self, key: str, at: float) -> None:
+        """Notes when a request that waited for the build learnt of its publication: apart
+        from the report, which its builder may still be writing then."""
+        ...
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         """The reports of the latest builds, the latest started first."""
@@ -229,7 +237,9 @@ class BuildRunner(Protocol):
     """What runs a build to its end, its outcome recorded in the state (the pipeline's
     ``Builder``): local mode's queue runs it on its threads."""
 
-    def run(self, job: BuildJob) -> None: ...
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
+        """Runs the build that its queue took at ``enqueued`` (``time.time()``)."""
+        ...
 
 
 class Enqueue(Protocol):
@@ -282,6 +292,12 @@ class Source(Protocol):
 
     def tags(self) -> list[str]:
         """The tags worth listing (tags/list): `latest`, and whatever else can be enumerated."""
+        ...
+
+    def flake_origin(self, revision: Revision) -> FlakeOrigin | None:
+        """What a checkout of `revision` that holds flake.nix knows of itself when read as a
+        flake; None where the source's sets are read by their default.nix whatever they hold
+        (a channel's nixpkgs, as Nixery always has)."""
         ...
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -101,6 +101,9 @@ class Pending:
     """A build under way (only where builds outlive a request: Google Cloud mode)."""
 
     lease_left: float  # seconds, by the store's clock when it answered; <= 0 once lapsed
+    # Why an attempt stopped short, for a passing cause, while the queue retries it; empty
+    # if none did since the build started afresh.
+    cause: str = ""
 
 
 ImageStatus = Published | Failure | Pending | None
@@ -214,6 +217,71 @@ class FailureReport:
 
 
 @dataclass(frozen=True)
+class FlakeOrigin:
+    """What a flake read from a revision knows of itself: ``self.rev`` (the commit, for a git
+    source) and ``self.lastModified`` (the commit's time; 0 where there is none); and the
+    revision's value, by which its copy in the store is known (a path source's directory
+    stays the same when its content changes)."""
+
+    revision: str
+    rev: str | None
+    last_modified: int
+
+
+@dataclass(frozen=True)
+class FlakeInput:
+    """An input of a flake as its flake.lock pins it: the locked URL and the NAR hash Nix
+    checks what it fetches against."""
+
+    name: str  # the lock's node name
+    url: str
+    nar_hash: str
+
+
+@dataclass(frozen=True)
+class FlakeLock:
+    """A package set read as a flake: its own tree's NAR hash and its locked inputs."""
+
+    nar_hash: str
+    inputs: tuple[FlakeInput, ...]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FlakeLock:
+        return cls(data["nar_hash"], tuple(FlakeInput(**i) for i in data.get("inputs", ())))
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """When one step of a build began and ended (``time.time()``). A step done several times
+    over (each layer's upload) spans from the first beginning to the last end."""
+
+    step: str
+    began: float
+    ended: float
+
+
+# The steps of a build in their order, as reports name them: waiting in the queue (enqueued
+# until a builder picks it up), the package set's checkout, Nix's evaluation and
+# realisation, planning the layers, archiving them, uploading the blobs (what is not
+# streamed while archiving), the SBOM, the manifests, their signatures, publishing, and the
+# wait of the first client answered after the publication.
+STEPS = (
+    "queue", "checkout", "names", "evaluate", "realise", "layer", "archive", "upload", "sbom",
+    "manifests", "signatures", "publish", "answer",
+)  # fmt: skip
+
+
+def with_answer(report: BuildReport, answered: float | None) -> BuildReport:
+    """The report with its ``answer`` step: from the end of its publication (or of the
+    build) to the moment a request that waited for it learnt of it."""
+    if answered is None or answered < report.started:  # none, or an earlier build's
+        return report
+    done = max((s.ended for s in report.steps if s.step == "publish"), default=None)
+    began = min(answered, done or report.finished or answered)
+    return replace(report, steps=(*report.steps, StepTime("answer", began, answered)))
+
+
+@dataclass(frozen=True)
 class BuildReport:
     key: str
     packages: tuple[str, ...]
@@ -229,8 +297,11 @@ class BuildReport:
     manifests: Mapping[str, str] = field(default_factory=dict)  # media type -> digest
     failure: FailureReport | None = None
     nonroot: bool = False
+    flake: FlakeLock | None = None  # the package set was read as this flake
+    left_out: tuple[str, ...] = ()  # packages every image holds that the flake lacks
     environments: tuple[Environment, ...] = ()
     plain: tuple[str, ...] = ()  # nested sets' packages in no environment (not modules)
+    steps: tuple[StepTime, ...] = ()  # in the order they began; none in older reports
 
     @property
     def size(self) -> int:
@@ -273,6 +344,12 @@ class BuildReport:
             manifests=dict(data.get("manifests", {})),
             failure=FailureReport(**failure) if failure else None,
             nonroot=bool(data.get("nonroot", False)),
+            flake=FlakeLock.from_json(data["flake"]) if data.get("flake") else None,
+            left_out=tuple(data.get("left_out", ())),
             environments=tuple(Environment.from_json(e) for e in data.get("environments", [])),
             plain=tuple(data.get("plain", [])),
+            steps=tuple(
+                StepTime(x["step"], float(x["began"]), float(x["ended"]))
+                for x in data.get("steps", [])
+            ),
         )

@@ -31,6 +31,7 @@ MAX_PACKAGES = 64
 
 ALWAYS_INCLUDED = ("cacert", "iana-etc")
 SHELL_PACKAGES = ("bashInteractive", "coreutils", "moreutils", "nano")
+_RULE_PACKAGES = frozenset((*ALWAYS_INCLUDED, *SHELL_PACKAGES))
 # The user a `nonroot` image runs as (``pipeline.image_root`` makes it, ``pipeline.runtime``
 # runs as it).
 USER, UID, HOME = "nixery", 1000, "/home/nixery"
@@ -62,6 +63,15 @@ class ImageRequest:
     # More than one: an image per platform under an index, ``arch`` (the first) for clients
     # that take no index. Empty: ``arch``'s image alone.
     platforms: tuple[Architecture, ...] = ()
+    # Those of ``ALWAYS_INCLUDED`` and ``SHELL_PACKAGES`` that the name lists itself: a flake
+    # may lack the others (``optional``), never these.
+    asked: tuple[str, ...] = ()
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        """The packages only the rules added: an image from a flake that lacks them goes
+        without, and its build page says so."""
+        return tuple(p for p in self.packages if p in _RULE_PACKAGES and p not in self.asked)
 
 
 def _fix_segment(segment: str) -> str:
@@ -87,6 +97,7 @@ def parse_name(
     arch = None
     nonroot = False
     packages: set[str] = set(ALWAYS_INCLUDED)
+    named: set[str] = set()
     for component in name.split("/"):
         if component == "shell":
             packages.update(SHELL_PACKAGES)
@@ -95,16 +106,18 @@ def parse_name(
         elif component == "nonroot":
             nonroot = True
         else:
-            packages.add(".".join(_fix_segment(s) for s in component.split(".")))
+            named.add(".".join(_fix_segment(s) for s in component.split(".")))
+    packages |= named
+    asked = tuple(sorted(named & _RULE_PACKAGES))
     if len(packages) > min(max_packages, MAX_PACKAGES):
         raise InvalidName(
             f"an image may hold at most {min(max_packages, MAX_PACKAGES)} packages here "
             f"(this name asks for {len(packages)}, with those every image holds)"
         )
     if arch is not None:
-        return ImageRequest(tuple(sorted(packages)), arch, nonroot)
+        return ImageRequest(tuple(sorted(packages)), arch, nonroot, asked=asked)
     several = tuple(platforms) if len(platforms) > 1 else ()
-    return ImageRequest(tuple(sorted(packages)), platforms[0], nonroot, several)
+    return ImageRequest(tuple(sorted(packages)), platforms[0], nonroot, several, asked)
 
 
 Digest = NewType("Digest", str)

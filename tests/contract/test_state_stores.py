@@ -51,6 +51,7 @@ from nixery.records import (
     LayerReport,
     Pending,
     Published,
+    StepTime,
 )
 from nixery.service.catalog import SILENT, Catalog
 from nixery.service.gc import collect
@@ -305,6 +306,7 @@ def test_concurrent_publishes_of_one_key_end_consistent(state: StateUnderTest) -
 
 PICKUP = 30.0
 TTL = 60.0
+HOLD = 45.0  # a released build left to the queue's retry
 
 
 def assert_pending(status: object, seconds: float) -> None:
@@ -434,17 +436,30 @@ class TestFirestoreBuildRecords:
         records.publish(KEY, sample_manifests())
         assert records.renew(KEY, "builder-a", TTL) is False
 
-    def test_release_lets_a_retry_start_at_once(self, records, clock, attempt) -> None:
+    def test_release_hands_the_build_back_to_the_queue_with_its_cause(
+        self, records, clock, attempt
+    ) -> None:
+        """Released, a build says why until it starts afresh, is left to the queue's retry
+        for ``hold`` seconds (any builder may claim it), and is enqueued again by a request
+        after that, counting no builder's death."""
         job = sample_job()
         records.start(job, PICKUP)
         records.claim(job, "builder-a", TTL)
-        assert records.start(job, PICKUP) is None
-        records.release(KEY, "builder-b")  # not the owner: nothing happens
-        assert records.start(job, PICKUP) is None
-        records.release(KEY, "builder-a")
+        records.release(KEY, "builder-b", "storage down", HOLD)  # not the owner: nothing
+        assert records.status(KEY).cause == ""
+        records.release(KEY, "builder-a", "storage down", HOLD)
+        status = records.status(KEY)
+        assert_pending(status, HOLD)
+        assert status.cause == "storage down"
+        assert records.start(job, PICKUP) is None, "the queue retries it"
+        assert records.claim(job, "builder-b", TTL) == "taken"
+        assert records.status(KEY).cause == "storage down", "a retry may fail alike"
+        records.release(KEY, "builder-b", "storage down", HOLD)
+        clock.advance(HOLD + 1)
         assert records.start(job, PICKUP) == 2
         assert attempt() == 2
-        assert_pending(records.status(KEY), PICKUP)
+        assert records.status(KEY).cause == ""
+        assert records.builds.document(KEY).get().to_dict()["deaths"] == 0
 
 
 @pytest.mark.parametrize("kind", [pytest.param("firestore", marks=pytest.mark.e2e), "memory"])
@@ -523,6 +538,7 @@ def sample_report(key: str = KEY, started: float = AT, layers: tuple[str, ...] =
         failure=FailureReport("build_error", "it <b>broke</b>", "line\n<script>x</script>\n"),
         environments=(Environment("python", "python3-3.11.5", ENV, REQUESTS, CONTENTS, "python3"),),
         plain=("nodepackages.prettier",),
+        steps=(StepTime("queue", started - 0.1, started), StepTime("checkout", started, started)),
     )
 
 
@@ -545,6 +561,30 @@ def test_a_report_written_before_environments_reads_without_them() -> None:
     assert report == replace(sample_report(), environments=(), plain=())
 
 
+def test_a_report_gets_its_answer_step_which_outlives_its_rewrites(state: StateUnderTest):
+    """The registry notes the answer apart from the report, which the builder may write
+    after it; an earlier build's answer is no step of a rebuild's report."""
+    report = sample_report()
+    state.record_report(report)
+    state.record_answer(KEY, AT + 2)
+    state.record_report(replace(report, status="published"))
+    answer = state.report(KEY).steps[-1]
+    assert (answer.step, answer.ended) == ("answer", AT + 2)
+    assert answer.began == report.finished, "from the build's end (no publish step here)"
+    assert state.recent_reports(1)[0].steps[-1] == answer
+    state.record_report(replace(report, started=AT + 10))
+    assert [s.step for s in state.report(KEY).steps] == ["queue", "checkout"]
+    state.record_answer(KEY, AT + 12)
+    assert state.report(KEY).steps[-1].ended == AT + 12
+
+
+def test_a_report_stored_before_steps_were_timed_still_reads() -> None:
+    report = sample_report()
+    older = report.to_json()
+    del older["steps"]
+    assert BuildReport.decode(json.dumps(older)) == replace(report, steps=())
+
+
 def test_a_build_interrupted_or_silent_too_long_reads_as_interrupted(state: StateUnderTest) -> None:
     """What the pages read of a build stopped by a transient fault, said by its builder, or
     (when even that could not be written) judged by the report's age: never "building" for
@@ -557,7 +597,7 @@ def test_a_build_interrupted_or_silent_too_long_reads_as_interrupted(state: Stat
         raise StorageUnavailable("the blob store cannot write in /srv/storage") from full
     except StorageUnavailable as e:
         Reporter(state, stopped, clock).interrupted(e, state)
-    Reporter(state, silent, clock)
+    Reporter(state, silent, clock).close()
     report, status = catalog.build(stopped.key)
     assert status is None and report is not None
     assert report.status == "interrupted" and report.finished == AT
@@ -580,8 +620,8 @@ def test_a_silent_build_whose_image_was_published_or_failed_reads_so(
     clock = FakeClock(AT)
     catalog = Catalog(StaticSource({}), state, state, state, deadline=600, clock=clock)
     published, failed = sample_job("published"), sample_job("failed")
-    Reporter(state, published, clock)
-    Reporter(state, failed, clock)
+    Reporter(state, published, clock).close()
+    Reporter(state, failed, clock).close()
     state.publish(published.key, sample_manifests())
     state.record_failure(failed.key, Failure(FailureKind.BUILD_ERROR, "broken", {"log": "l"}, AT))
     clock.advance(1201)

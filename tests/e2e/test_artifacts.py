@@ -32,12 +32,12 @@ from cryptography.hazmat.primitives.serialization import (
 
 from nixery.config import Env, build_settings
 from nixery.job import BuildJob
-from nixery.nix.path_info import parse_path_info
+from nixery.nix.path_info import nar_hash_hex, parse_path_info
 from nixery.nix.runner import NIX_COMMAND
 from nixery.oci.cosign import SIGNATURE_ANNOTATION, SIMPLE_SIGNING
 from nixery.pipeline import builder as builder_module
 from nixery.pipeline.builder import Builder
-from nixery.pipeline.sbom import SBOM_TYPE, nar_hash_hex
+from nixery.pipeline.sbom import SBOM_TYPE
 from nixery.records import Failure
 from nixery.request import parse_name
 from nixery.sources.path import PathSource

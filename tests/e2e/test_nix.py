@@ -61,6 +61,17 @@ def test_error_message_takes_the_error_line():
     assert _error_message(lines).startswith("broken is broken on purpose")
 
 
+def test_error_message_of_nix_2_20_and_later_is_the_last_error_line_after_the_trace():
+    """As Nix 2.26 prints an evaluation error: a bare `error:`, the trace, then the error."""
+    lines = [
+        "error:",
+        "       … while evaluating attribute 'drvPath'",
+        "         at /nix/store/x-source/default.nix:4:3:",
+        "       error: access to absolute path '/etc' is forbidden in pure evaluation mode",
+    ]
+    assert _error_message(lines).startswith("access to absolute path '/etc' is forbidden")
+
+
 def test_outputs_are_gc_roots_while_the_image_is_made(monkeypatch):
     monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
     nix = Nix(REPO / "prepare-image", eval_allow=DEMO_PATHS, timeout=60)

@@ -113,6 +113,8 @@ def test_a_built_image_page_shows_its_packages_layers_and_pull_commands(site, pa
     assert "the image root" in layers[-1]
     assert page.locator("#manifests tr").count() == 3  # a header and two media types
     assert page.locator("#closure tr").count() > 5
+    steps = page.locator("#steps tr").all_inner_texts()[1:]
+    assert steps[0].startswith("queue") and any(row.startswith("realise") for row in steps)
     # The digest the page gives is the one the registry serves.
     served = manifest(site, "shell/hello").headers["Docker-Content-Digest"]
     assert served in pull
@@ -141,7 +143,8 @@ def test_an_evaluation_error_names_no_server_path(make_registry, tmp_path):
     where = tmp_path / "srv-secret" / "pkgs-here"
     shutil.copytree(DEMO, where)
     expression = (where / "default.nix").read_text()
-    head = "{ system ? builtins.currentSystem, ... }:\n"
+    head = "{ system ? builtins.currentSystem, bootstrap ? null, ... }:\n"
+    assert head in expression
     (where / "default.nix").write_text(expression.replace(head, head + "assert undefinedHere;\n"))
     reg = make_registry(NIXERY_PKGS_PATH=str(where), NIXERY_EVAL_ALLOW=DEMO_EVAL_ALLOW)
     failed = manifest(reg, "hello")
@@ -237,6 +240,19 @@ def check_json(reg: Registry) -> None:
     assert sum(len(layer["paths"]) for layer in hello["layers"]) == len(hello["closure"])
     assert {p["attribute"]: p["version"] for p in hello["packages"]}["hello"] == "2.12.1"
     assert any(f"{reg.host}/shell/hello@sha256:" in line for line in hello["pull"])
+    # Each step's times, in the order they began, from the enqueue on.
+    steps = [s["step"] for s in hello["steps"]]
+    assert steps[0] == "queue" and hello["steps"][0]["at"] == 0
+    order = ["checkout", "evaluate", "realise", "layer", "archive", "upload", "sbom",
+             "manifests", "publish"]  # fmt: skip
+    assert [s for s in steps if s in order] == order, steps
+    assert set(steps) <= {"queue", "names", "answer", *order}, steps
+    assert all(s["ended"] >= s["began"] and s["seconds"] >= 0 for s in hello["steps"])
+    deadline = time.monotonic() + 10  # the answer is noted off the request's path
+    while hello["steps"][-1]["step"] != "answer":
+        assert time.monotonic() < deadline, hello["steps"]
+        time.sleep(0.2)
+        hello = reg.get(f"/api/v1/builds/{builds['shell/hello']['key']}").json()
     broken = reg.get(f"/api/v1/builds/{builds['broken']['key']}").json()
     assert broken["status"] == "failed" and broken["reason"] == "build_error"
     assert "broken is broken on purpose" in broken["log"]

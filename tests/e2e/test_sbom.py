@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from nixery.errors import ConfigError
-from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info
+from nixery.nix.path_info import PackageMeta, StorePath, nar_hash_hex, parse_meta, parse_path_info
 from nixery.nix.runner import NIX_COMMAND
-from nixery.pipeline.sbom import image_sbom, nar_hash_hex
+from nixery.pipeline.sbom import image_sbom
 from nixery.pipeline.signing import PemSigner
 from nixery.records import Revision
 from nixery.store_names import parse_store_name

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -96,11 +96,12 @@ class Emulators:
         root.mkdir(parents=True, exist_ok=True)
         self.gcs_port, self.firestore_port, self.tasks_port = free_port(), free_port(), free_port()
         gcs = f"127.0.0.1:{self.gcs_port}"
-        self.gcs = Process("fake-gcs-server", [
+        self._gcs_command = [
             _get_binary_path(), "-scheme", "http", "-host", "127.0.0.1",
             "-port", str(self.gcs_port), "-backend", "memory", "-external-url", f"http://{gcs}",
             "-public-host", gcs, "-log-level", "error",
-        ], root / "gcs.log")  # fmt: skip
+        ]  # fmt: skip
+        self.gcs = Process("fake-gcs-server", self._gcs_command, root / "gcs.log")
         self.firestore = Process("firestore emulator", [
             "java", "-Duser.language=en", "-cp", str(FIRESTORE_JAR),
             "com.google.cloud.datastore.emulator.firestore.CloudFirestore", "start",
@@ -113,16 +114,26 @@ class Emulators:
             "-d", f"projects/{PROJECT}/locations/{QUEUE[0]}/queues/{QUEUE[1]}",
         ], root / "tasks.log")  # fmt: skip
         try:
-            self.gcs.wait_until(lambda: _ok(f"http://{gcs}/storage/v1/b"))
-            requests.post(
-                f"http://{gcs}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET},
-                timeout=10,
-            ).raise_for_status()  # fmt: skip
+            self._gcs_ready()
             self.firestore.wait_until(lambda: _ok(f"http://127.0.0.1:{self.firestore_port}/"))
             self.tasks.wait_until(lambda: _listening(self.tasks_port))
         except BaseException:
             self.stop()  # one that failed (a port taken meanwhile) leaves none running
             raise
+
+    def _gcs_ready(self) -> None:
+        gcs = f"http://127.0.0.1:{self.gcs_port}"
+        self.gcs.wait_until(lambda: _ok(f"{gcs}/storage/v1/b"))
+        requests.post(
+            f"{gcs}/storage/v1/b", params={"project": PROJECT}, json={"name": BUCKET}, timeout=10
+        ).raise_for_status()
+
+    def restart_gcs(self) -> None:
+        """Cloud Storage back after an outage, on the same port; empty (it keeps its objects in
+        memory), with the bucket created again."""
+        self.gcs.kill(signal.SIGKILL)
+        self.gcs = Process("fake-gcs-server", self._gcs_command, self.root / "gcs.log")
+        self._gcs_ready()
 
     def env(self) -> dict[str, str]:
         return {
@@ -200,6 +211,10 @@ class GcpRegistry(Registry):
 
     def start(self) -> GcpRegistry:
         self.start_builder()
+        self.start_registry()
+        return self
+
+    def start_registry(self) -> None:
         self.registry = Process("registry function", [
             *self.launcher, str(BIN / "functions-framework"), "--target", "registry",
             "--source", str(REPO / "functions" / "registry" / "main.py"),
@@ -209,13 +224,12 @@ class GcpRegistry(Registry):
         self.registry.wait_until(
             lambda: requests.get(self.url + "/v2/", timeout=1).status_code in (200, 401)
         )
-        return self
 
     def start_builder(self) -> None:
         self.builder = Process("builder", [
             *self.launcher, str(BIN / "gunicorn"), "--chdir", str(REPO / "functions" / "builder"),
             "--bind", f"127.0.0.1:{self.builder_port}", "--threads", "8", "--timeout", "0",
-            "main:app",
+            "--access-logfile", "-", "main:app",
         ], self.builder_log, self.env)  # fmt: skip
         self.builder.wait_until(lambda: _ok(f"http://127.0.0.1:{self.builder_port}/healthz"))
 
@@ -234,16 +248,26 @@ class ContainerBuilderRegistry(GcpRegistry):
     host's busybox, CA bundle and /etc/services are mounted at the host's paths, so that the
     image's store paths, and so its digests, are the host's."""
 
-    def __init__(self, root: Path, emulators: Emulators, image: str, **env: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        emulators: Emulators,
+        image: str,
+        mounts: Mapping[str, str] | None = None,
+        **env: str,
+    ) -> None:
+        """``mounts``: more host directories, mounted read-only at the paths given."""
         super().__init__(root, emulators, **env)
         self.image = image
         self.container = f"nixery-builder-{self.builder_port}"
+        self.mounts = dict(mounts or {})
 
     def start_builder(self) -> None:
-        passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_FIRESTORE_PREFIX",
-                  "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT",
-                  "NIXERY_EVAL_ALLOW"]  # fmt: skip
+        passed = [*self.emulators_env, "NIX_CONFIG", "NIXERY_PKGS_PATH", "NIXERY_PKGS_REPO",
+                  "NIXERY_FIRESTORE_PREFIX", "NIX_TIMEOUT", "K_SERVICE", "NIXERY_STORE_LIMIT",
+                  "NIXERY_EVAL_ALLOW", "NIXERY_BACKEND_TIMEOUT"]  # fmt: skip
         mounts = {
+            **self.mounts,
             str(DEMO): str(DEMO),
             "/bin/busybox": "/usr/local/bin/busybox",
             "/etc/ssl/certs/ca-certificates.crt": "/etc/ssl/certs/ca-certificates.crt",

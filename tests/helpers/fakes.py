@@ -39,6 +39,7 @@ from nixery.records import (
     Published,
     Revision,
     bounded_names,
+    with_answer,
 )
 from nixery.request import AMD64, ImageRequest
 
@@ -153,8 +154,9 @@ class MemoryListener:
 
 
 class MemoryState:
-    """Every state port in dicts, plus the build records (``start``, ``claim``, ``listen``)
-    that ``TaskBuildQueue`` and builders use, with ``FirestoreBuildRecords``' lease rules.
+    """Every state port in dicts, plus the build records (``start``, ``claim``, ``release``,
+    ``listen``) that ``TaskBuildQueue`` and builders use, with ``FirestoreBuildRecords``' lease
+    rules.
 
     ``reads`` counts ``status`` calls, ``attempts`` the builds started per key and
     ``listeners`` every listener opened per key. A listener hears each call that may change a
@@ -167,9 +169,11 @@ class MemoryState:
         self.attempts: Counter[str] = Counter()
         self._images: dict[str, Published | Failure] = {}
         self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
+        self._causes: dict[str, str] = {}  # by ``release``
         self._manifests: dict[str, Manifest] = {}
         self._layers: dict[str, LayerBlob] = {}
         self._reports: dict[str, BuildReport] = {}
+        self._answers: dict[str, float] = {}
         self._package_names: dict[str, list[str]] = {}
         self.used: dict[str, float] = {}  # by ``touch``
         self.listeners: dict[str, list[MemoryListener]] = {}
@@ -186,7 +190,7 @@ class MemoryState:
     def _status(self, key: str) -> ImageStatus:
         with self._lock:
             if key in self._leases:
-                return Pending(self._leases[key][1] - self.clock())
+                return Pending(self._leases[key][1] - self.clock(), self._causes.get(key, ""))
             return self._images.get(key)
 
     def listen(self, key: str, changed: Callable[[ImageStatus], None]) -> MemoryListener:
@@ -254,11 +258,17 @@ class MemoryState:
 
     def report(self, key: str) -> BuildReport | None:
         with self._lock:
-            return self._reports.get(key)
+            report = self._reports.get(key)
+            return with_answer(report, self._answers.get(key)) if report else None
+
+    def record_answer(self, key: str, at: float) -> None:
+        with self._lock:
+            self._answers[key] = at
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:
-            return sorted(self._reports.values(), key=lambda r: -r.started)[:limit]
+            latest = sorted(self._reports.values(), key=lambda r: -r.started)[:limit]
+            return [with_answer(r, self._answers.get(r.key)) for r in latest]
 
     def layer_users(self, digest: str, limit: int) -> int:
         with self._lock:
@@ -280,6 +290,7 @@ class MemoryState:
             if self._leases.get(job.key, (None, 0.0))[1] > self.clock():
                 return None
             self._images.pop(job.key, None)
+            self._causes.pop(job.key, None)
             self._leases[job.key] = (None, self.clock() + pickup)
             self.attempts[job.key] += 1
             attempt = self.attempts[job.key]
@@ -296,6 +307,14 @@ class MemoryState:
             self._leases[job.key] = (owner, self.clock() + ttl)
         self._changed(job.key)
         return "taken"
+
+    def release(self, key: str, owner: str, cause: str, hold: float) -> None:
+        with self._lock:
+            if self._leases.get(key, (None, 0.0))[0] != owner:
+                return
+            self._leases[key] = (None, self.clock() + hold)
+            self._causes[key] = cause
+        self._changed(key)
 
 
 class MemoryBlobWriter:
@@ -418,7 +437,7 @@ class FakeBuilder:
         self.release.set()
         self._lock = threading.Lock()
 
-    def run(self, job: BuildJob) -> None:
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
         with self._lock:
             self.calls.append(job)
         self.started.set()

@@ -17,6 +17,7 @@ from nixery.errors import (
     BuildFailed,
     BuildInterrupted,
     BuildQueueFull,
+    BuildRetrying,
     DatabaseUnavailable,
     ImageLost,
     SourceUnavailable,
@@ -132,7 +133,7 @@ class RestoringBuilder(FakeBuilder):
         super().__init__(state, MANIFESTS)
         self.blobs = blobs
 
-    def run(self, job: BuildJob) -> None:
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
         store_bytes(self.blobs, CONFIG, sample_config())
         super().run(job)
 
@@ -553,6 +554,33 @@ def test_tasks_of_a_request_refused_a_wait_start_the_build_without_a_listener(
     assert [job for _, job in tasks.enqueued] == [JOB], "started once, then joined"
     assert JOB.key not in state.listeners
     assert clock.slept == []
+
+
+def test_tasks_answer_a_build_given_back_for_a_passing_cause_at_once(
+    task_queue, state, tasks, clock
+) -> None:
+    """A builder that gave the build back (storage down, say) has the queue retry the task:
+    the waiting request hears it from the listener and answers at once with the cause, and
+    neither it nor the next request enqueues the build again while the hold lasts (a retry
+    under way answers so too); after the hold passes unclaimed, a request enqueues it again
+    and waits for it."""
+    clock.after(1, lambda: state.claim(JOB, "builder-a", 20))
+    cause = "Cloud Storage did not answer within 2s"
+    clock.after(3, lambda: state.release(JOB.key, "builder-a", cause, 30))
+    start = clock()
+    with pytest.raises(BuildRetrying, match=f"the build will be retried: {cause}"):
+        task_queue.build(JOB, 60)
+    assert clock() - start == 3, "at once"
+    with pytest.raises(BuildRetrying):
+        task_queue.build(JOB, 60)
+    assert len(tasks.enqueued) == 1
+    state.claim(JOB, "builder-b", 20)
+    with pytest.raises(BuildRetrying):
+        task_queue.build(JOB, 60)
+    state.release(JOB.key, "builder-b", cause, 30)
+    clock.advance(31)
+    assert task_queue.build(JOB, 1) is None, "a fresh attempt, waited for"
+    assert tasks.attempts == [1, 2]
 
 
 def test_a_pull_by_tag_is_written_down_at_most_once_an_hour(service, state, clock) -> None:

@@ -49,6 +49,23 @@ def test_keys_without_new_options_keep_their_shape():
     assert image_key(parse_name("hello"), R) == old
 
 
+def test_what_only_the_rules_add_is_optional_what_the_name_lists_is_not():
+    """A flake may lack what every image holds and the shell's packages: the image goes
+    without. Listed by the name, they are asked for, and the key says so (only then)."""
+    shell = parse_name("shell/hello")
+    assert shell.optional == ("bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils",
+                              "nano")  # fmt: skip
+    listed = parse_name("cacert/shell/coreutils/hello")
+    assert listed.packages == shell.packages
+    assert listed.asked == ("cacert", "coreutils")
+    assert "cacert" not in listed.optional and "coreutils" not in listed.optional
+    assert image_key(listed, R) != image_key(shell, R)
+    job = BuildJob.of(listed, R)
+    assert BuildJob.from_dict(job.to_dict()) == job
+    with pytest.raises(ValueError, match="key"):
+        BuildJob.from_dict({**job.to_dict(), "asked": []})
+
+
 # Keys computed on main before environments (commit 16aa580), for Revision("path:/x", "r").
 KEYS_BEFORE = {
     "hello": "9a91c54fadfdb979e1a36c6c0fa7584261bd18de5b262315da873d314fc9cda0",

@@ -17,7 +17,7 @@ import pytest
 from nixery.config import Env, source_settings
 from nixery.errors import ConfigError, SourceUnavailable, UntrustedRevision
 from nixery.ports import Source
-from nixery.records import Revision
+from nixery.records import FlakeOrigin, Revision
 from nixery.sources import channel, open_source
 from nixery.sources.channel import ChannelSource
 from nixery.sources.checkouts import Checkouts
@@ -615,3 +615,28 @@ def test_open_source_passes_ttl(pkgs: Path, tmp_path: Path) -> None:
     first = source.resolve("latest")
     (pkgs / "default.nix").write_text("{ }: { }\n")
     assert source.resolve("latest") != first
+
+
+def test_a_flake_is_read_as_one_unless_turned_off(tmp_path: Path) -> None:
+    """A path source says how a flake of its knows itself; under NIXERY_PKGS_FLAKE=off it
+    reads default.nix whatever the tree holds, and needs one."""
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    (flake / "flake.nix").write_text("{ outputs = { self }: { }; }\n")
+    source = open_with(tmp_path, NIXERY_PKGS_PATH=str(flake))
+    revision = source.resolve("latest")
+    assert revision is not None
+    assert source.flake_origin(revision) == FlakeOrigin(revision.value, None, 0)
+    with pytest.raises(ConfigError, match=r"NIXERY_PKGS_PATH: no default\.nix in"):
+        open_with(tmp_path, NIXERY_PKGS_PATH=str(flake), NIXERY_PKGS_FLAKE="off")
+    (flake / "default.nix").write_text("{ ... }: { }\n")
+    off = open_with(tmp_path, NIXERY_PKGS_PATH=str(flake), NIXERY_PKGS_FLAKE="off")
+    revision = off.resolve("latest")
+    assert revision is not None and off.flake_origin(revision) is None
+    with pytest.raises(ConfigError, match="NIXERY_PKGS_FLAKE must be auto or off"):
+        open_with(tmp_path, NIXERY_PKGS_PATH=str(flake), NIXERY_PKGS_FLAKE="yes")
+
+
+def test_a_channel_never_reads_a_flake(tmp_path: Path) -> None:
+    source = open_with(tmp_path, NIXERY_CHANNEL="nixos-24.05")
+    assert source.flake_origin(Revision("nixpkgs:https://example.org", "0" * 40)) is None

@@ -4,12 +4,16 @@ A delivery first claims the build's lease. A build that finished already, or tha
 builder holds a live lease on, is answered at once (2xx and 503 respectively, so Cloud Tasks
 forgets the task or comes back later). While it builds, a heartbeat keeps the lease; if this
 process dies the lease lapses and the next delivery or request takes the build over.
-Permanent failures are recorded and answered 2xx; anything else is answered 500 for a retry.
+Permanent failures are recorded and answered 2xx. A passing one (a service down or slow) is
+answered 503 with Retry-After within the backend timeout, and anything else 500: either way
+the build goes back to the queue with its cause, for the waiting requests to answer at once,
+and Cloud Tasks delivers it again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import uuid
@@ -17,17 +21,20 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
+from nixery.errors import Transient
 from nixery.gcp.clients import bucket, firestore_database
 from nixery.gcp.firestore_state import FirestoreBuildRecords
 from nixery.gcp.gcs_blob_store import GcsBlobStore
 from nixery.gcp.kms_signer import KmsSigner
 from nixery.gcp.settings import builder_settings
 from nixery.gcp.signed_urls import runtime_token
+from nixery.http.protocol import RETRY_AFTER
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
 from nixery.nix.popularity import load_popularity
 from nixery.nix.runner import check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
+from nixery.records import MAX_MESSAGE
 from nixery.sources import open_source
 from nixery.sources.checkouts import CHECKOUTS
 
@@ -41,8 +48,14 @@ class BuildWorker:
         self.lease = lease
         self.owner = f"builder-{uuid.uuid4().hex[:12]}"
 
-    def handle(self, job: BuildJob) -> tuple[int, str]:
-        claim = self.records.claim(job, self.owner, self.lease)
+    def handle(self, job: BuildJob, enqueued: float | None = None) -> tuple[int, str]:
+        """The task's answer: 2xx when it is done with, 503 (with Retry-After) for a passing
+        cause, 500 for a bug; Cloud Tasks delivers it again after either of the last two.
+        ``enqueued``: when the queue took the task, for the build's report."""
+        try:
+            claim = self.records.claim(job, self.owner, self.lease)
+        except Transient as e:
+            return 503, e.message
         if claim == "done":
             return 200, "already built"
         if claim == "busy":
@@ -50,21 +63,26 @@ class BuildWorker:
         stop = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, args=(job.key, stop), daemon=True)
         heartbeat.start()
+        answer: tuple[int, str] = (200, "built")
         try:
-            self.builder.run(job)
+            self.builder.run(job, enqueued)
+        except Transient as e:
+            BuildLog(log, job.key).warning("%s; to be retried", e.message)
+            answer = (503, e.message[:MAX_MESSAGE])
         except Exception:
             BuildLog(log, job.key).exception("failed, to be retried")
-            failed = True
-        else:
-            failed = False
+            answer = (500, "the build failed unexpectedly")
         finally:
             stop.set()
             heartbeat.join()
-        if failed:
-            # Only once the heartbeat has stopped, so it cannot renew what is given up.
-            self.records.release(job.key, self.owner)
-            return 500, "build failed; it will be retried"
-        return 200, "built"
+        if answer[0] != 200:
+            # Only once the heartbeat has stopped, so it cannot renew what is given up. The
+            # queue retries the task; until then the requests that wait for the build say why.
+            try:
+                self.records.release(job.key, self.owner, answer[1], self.lease)
+            except Transient as e:  # the lease lapses by itself
+                BuildLog(log, job.key).warning("the lease is not given back: %s", e.message)
+        return answer
 
     def _heartbeat(self, key: str, stop: threading.Event) -> None:
         while not stop.wait(self.lease / 3):
@@ -84,7 +102,11 @@ def create_builder_app(worker: BuildWorker) -> Flask:
             # A malformed task can never succeed: 2xx so Cloud Tasks drops it.
             log.error("rejected task: %s", e)
             return Response(f"rejected: {e}", status=202)
-        status, message = worker.handle(job)
+        eta = _task_eta(request.headers.get("X-CloudTasks-TaskETA"))
+        status, message = worker.handle(job, eta)
+        if status == 503:
+            # Cloud Tasks backs off further on a 503 and weighs its Retry-After.
+            return Response(message, status=503, headers={"Retry-After": str(RETRY_AFTER)})
         return Response(message, status=status)
 
     @app.get("/healthz")
@@ -92,6 +114,15 @@ def create_builder_app(worker: BuildWorker) -> Flask:
         return "ok"
 
     return app
+
+
+def _task_eta(header: str | None) -> float | None:
+    """When the task was due (its creation, for ours), as Cloud Tasks says; None without."""
+    try:
+        eta = float(header or "")
+    except ValueError:
+        return None
+    return eta if math.isfinite(eta) else None
 
 
 def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
@@ -102,7 +133,9 @@ def builder_app(env: Mapping[str, str] = os.environ) -> Flask:
     builder = Builder.from_settings(
         settings.build,
         source=open_source(settings.source),
-        blobs=GcsBlobStore(bucket(settings.gcp), signer=None, url_ttl=60),
+        blobs=GcsBlobStore(
+            bucket(settings.gcp), signer=None, url_ttl=60, timeout=settings.gcp.backend_timeout
+        ),
         state=database.ports(),
         popularity=load_popularity(settings.build.popularity_url),
         signer=KmsSigner(settings.kms_key, runtime_token(), settings.kms_endpoint)

@@ -12,7 +12,8 @@ error is the caller's to handle (a conflict, a failed precondition) or a bug.
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import requests
@@ -59,11 +60,22 @@ class Deadline:
 
     def call(self, function: Callable[[], T]) -> T:
         future = self._pool.submit(function)
+        with self.translated():
+            try:
+                return future.result(timeout=self.seconds)
+            except concurrent.futures.TimeoutError:
+                future.cancel()  # if it is still queued behind stuck calls, it never runs
+                raise self.error(
+                    f"{self.service} did not answer within {self.seconds:g}s"
+                ) from None
+
+    @contextlib.contextmanager
+    def translated(self) -> Iterator[None]:
+        """The service's unavailability as this deadline's error, for calls that the client
+        library itself bounds (a stream of writes, where a thread per call would cost more
+        than the call)."""
         try:
-            return future.result(timeout=self.seconds)
-        except concurrent.futures.TimeoutError:
-            future.cancel()  # if it is still queued behind stuck calls, it never runs
-            raise self.error(f"{self.service} did not answer within {self.seconds:g}s") from None
+            yield
         except UNAVAILABLE as e:
             raise self.error(f"{self.service} is unavailable: {e}") from e
 

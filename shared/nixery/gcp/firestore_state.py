@@ -50,6 +50,7 @@ from nixery.records import (
     Published,
     decode_names,
     encode_names,
+    with_answer,
 )
 
 Claim = Literal["taken", "done", "busy"]
@@ -94,6 +95,10 @@ def _failed(failure: Failure) -> dict[str, Any]:
     }
 
 
+def _report(doc: Mapping[str, Any]) -> BuildReport:
+    return with_answer(BuildReport.decode(doc["report"]), doc.get("answered"))
+
+
 def _manifest_of(doc: Mapping[str, Any]) -> Manifest:
     return Manifest(doc["media_type"], doc["body"])
 
@@ -108,6 +113,7 @@ class _BuildRecord:
     lease_expires: datetime | None = None  # by the database's clock
     attempt: int = 0  # counts every start, so that each has a task name of its own
     deaths: int = 0  # builders that lost their lease since the build last started afresh
+    cause: str = ""  # why an attempt was given back to the queue (``release``)
     updated: float = 0.0
     used: float = 0.0  # the last pull by tag (`nixery gc`), recorded now and then
     manifests: dict[str, str] = field(default_factory=dict)  # when done
@@ -137,7 +143,7 @@ class _BuildRecord:
             return Failure.decode(
                 self.failure_kind, self.failure_message, self.failure_detail, self.updated
             )
-        return Pending(self.lease_left(now))
+        return Pending(self.lease_left(now), self.cause)
 
 
 class FirestoreDatabase:
@@ -316,23 +322,29 @@ class FirestoreBuildReports(_Part):
     @bounded
     def record_report(self, report: BuildReport) -> None:
         # The layers' digests are a field of their own, for layer_users' query; the status,
-        # for the collector's.
+        # for the collector's. Merged, so that a request's answer (``answered``) written
+        # meanwhile stays.
         self.reports.document(report.key).set({
             "started": report.started,
             "status": report.status,
             "layers": [layer.digest for layer in report.layers],
             "report": report.encode(),
-        })  # fmt: skip
+        }, merge=True)  # fmt: skip
 
     @bounded
     def report(self, key: str) -> BuildReport | None:
         doc = self.reports.document(key).get().to_dict()
-        return BuildReport.decode(doc["report"]) if doc else None
+        return _report(doc) if doc and "report" in doc else None
+
+    @bounded
+    def record_answer(self, key: str, at: float) -> None:
+        """The latest answer, where SQLite keeps the first: no read, one write."""
+        self.reports.document(key).set({"answered": at}, merge=True)
 
     @bounded
     def recent_reports(self, limit: int) -> list[BuildReport]:
         query = self.reports.order_by("started", direction=firestore.Query.DESCENDING)
-        return [BuildReport.decode(doc.get("report")) for doc in query.limit(limit).stream()]
+        return [_report(doc.to_dict() or {}) for doc in query.limit(limit).stream()]
 
     @bounded
     def layer_users(self, digest: str, limit: int) -> int:
@@ -501,15 +513,23 @@ class FirestoreBuildRecords(_Part):
         return bool(renew(self.client.transaction()))
 
     @bounded
-    def release(self, key: str, owner: str) -> None:
-        """Gives the lease up after a transient failure, so a retry need not wait it out."""
+    def release(self, key: str, owner: str, cause: str, hold: float) -> None:
+        """Gives the build back to the queue after a transient failure, saying why: until
+        the build is published or started afresh, the requests for it answer 503 with the
+        ``cause`` at once rather than wait for a retry that may fail the same way (a retry
+        may come within a poll's time, so clearing it when a builder claims the build would
+        hide it). For ``hold`` seconds no request enqueues the build again, since the queue
+        retries the task itself; any builder may claim it meanwhile, and once ``hold`` passed
+        unclaimed a request enqueues it again (as a task that waited for a builder, no
+        builder's death)."""
         ref = self.builds.document(key)
 
         @firestore.transactional
         def release(transaction: firestore.Transaction) -> None:
-            record = _BuildRecord.read(ref.get(transaction=transaction).to_dict())
+            snapshot = ref.get(transaction=transaction)
+            record = _BuildRecord.read(snapshot.to_dict())
             if record and record.status == "building" and record.lease_owner == owner:
-                transaction.update(ref, _NO_LEASE)
+                transaction.update(ref, {**_lease(None, self._now(snapshot), hold), "cause": cause})
 
         release(self.client.transaction())
 

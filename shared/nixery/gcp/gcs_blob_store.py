@@ -18,15 +18,16 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from google.api_core import exceptions
 from google.cloud.storage import Bucket
 from google.cloud.storage.fileio import BlobWriter
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from nixery.blobs import Hasher, blob_path
 from nixery.caches import BoundedCache
-from nixery.errors import StorageUnavailable
+from nixery.errors import StorageUnavailable, Transient
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.gcp.signed_urls import SignedUrls, url_ttl_for
 from nixery.records import StoredBlob
@@ -51,59 +52,74 @@ class GcsBlobWriter:
         self._upload: BlobWriter | None = None  # started once a chunk's worth has come
         self._buffer = bytearray()
         self._hash = Hasher()
+        self._size = 0
         self._open = True
         self._staged = False  # the staging object exists
 
     def write(self, data: bytes | memoryview) -> int:
         assert self._open, "write after commit or cancel"
         self._hash.update(data)
-        if self._upload is None:
-            self._buffer += data
-            if len(self._buffer) >= UPLOAD_CHUNK:
-                self._upload = self._staging.open("wb", chunk_size=UPLOAD_CHUNK, content_type=_TYPE)
-                self._upload.write(bytes(self._buffer))
-                self._buffer = bytearray()
-        else:
-            self._upload.write(data)
+        self._size += len(data)
+        with self._store.deadline.translated():
+            if self._upload is None:
+                self._buffer += data
+                if len(self._buffer) >= UPLOAD_CHUNK:
+                    self._upload = self._staging.open(
+                        "wb", chunk_size=UPLOAD_CHUNK, content_type=_TYPE, **self._store.calls
+                    )
+                    self._upload.write(bytes(self._buffer))
+                    self._buffer = bytearray()
+            else:
+                self._upload.write(data)
         return len(data)
 
     def commit(self, digest: str) -> None:
         assert self._open, "commit after commit or cancel"
         self._hash.check(digest)
-        if self._store.size(digest) is not None:
+        # A large blob stored already needs neither its last chunk nor its copy; a small one
+        # goes in one request, refused if it is stored, which costs what the check would.
+        if self._upload is not None and self._store.size(digest) is not None:
             self.cancel()
             return
         final = self._store.bucket.blob(blob_path(digest))
         final.cache_control = CACHE_CONTROL
         final.content_type = _TYPE
+        calls = self._store.calls
         try:
-            if self._upload is None:
-                final.upload_from_string(
-                    bytes(self._buffer), content_type=_TYPE, if_generation_match=0
-                )
-            else:
-                self._upload.close()  # the staging object is complete
-                self._upload, self._staged = None, True
-                token: str | None = None
-                while True:  # a large copy may take several calls
-                    token, _, _ = final.rewrite(self._staging, token=token, if_generation_match=0)
-                    if token is None:
-                        break
+            with self._store.deadline.translated():
+                if self._upload is None:
+                    final.upload_from_string(
+                        bytes(self._buffer), content_type=_TYPE, if_generation_match=0, **calls
+                    )
+                else:
+                    self._upload.close()  # the staging object is complete
+                    self._upload, self._staged = None, True
+                    token: str | None = None
+                    while True:  # a large copy may take several calls
+                        token, _, _ = final.rewrite(
+                            self._staging, token=token, if_generation_match=0, **calls
+                        )
+                        if token is None:
+                            break
         except exceptions.PreconditionFailed:
             pass  # another builder stored the same bytes first
         finally:
             self.cancel()
+        self._store.stored(digest, self._size)
 
     def cancel(self) -> None:
         if not self._open:
             return
         self._open = False
         self._buffer = bytearray()
-        with contextlib.suppress(exceptions.GoogleAPICallError, OSError, ValueError):
-            if self._upload is not None:
-                self._upload.terminate()  # ends the resumable session; no object remains
+        upload, self._upload = self._upload, None
+        with contextlib.suppress(exceptions.GoogleAPICallError, OSError, ValueError, Transient):
+            if upload is not None:
+                # Ends the resumable session; no object remains. The library's call takes no
+                # timeout, and a storage that stopped answering is a usual reason to cancel.
+                self._store.deadline.call(upload.terminate)
             elif self._staged:
-                self._staging.delete()
+                self._staging.delete(**self._store.calls)
 
 
 class GcsBlobStore:
@@ -117,10 +133,17 @@ class GcsBlobStore:
         blob_url: str | None = None,
         timeout: float = BACKEND_TIMEOUT,
     ) -> None:
-        """The registry's reads (sizes, signed URLs) give up after ``timeout`` seconds with
-        ``StorageUnavailable``; the builder's uploads keep the library's own timeouts."""
+        """Every call gives up after about ``timeout`` seconds with ``StorageUnavailable``:
+        the registry's reads (sizes, signed URLs) under a ``Deadline``, each request of the
+        builder's uploads by the library's own timeout and a retry policy bounded alike (its
+        default retries an unreachable service for two minutes)."""
         self.bucket = bucket
         self.deadline = Deadline("Cloud Storage", StorageUnavailable, timeout)
+        # Passed to every call: a stalled request ends after ``timeout``, and so do retries.
+        self.calls: dict[str, Any] = {
+            "timeout": timeout,
+            "retry": DEFAULT_RETRY.with_timeout(timeout),
+        }
         self._signer = signer
         self._endpoint = public_endpoint
         self._blob_url = blob_url
@@ -136,8 +159,12 @@ class GcsBlobStore:
 
     @bounded
     def _read_size(self, digest: str) -> int | None:
-        blob = self.bucket.get_blob(blob_path(digest))
+        blob = self.bucket.get_blob(blob_path(digest), **self.calls)
         return None if blob is None else blob.size
+
+    def stored(self, digest: str, size: int) -> None:
+        """Notes a blob that a writer of this store just stored, sparing a later lookup."""
+        self._sizes.keep(digest, size)
 
     def intact(self, digest: str) -> bool:
         """Present means intact here: the writer checked the bytes against the digest before
@@ -164,7 +191,8 @@ class GcsBlobStore:
             self.bucket.delete_blob(blob_path(digest))
 
     def open(self, digest: str) -> BinaryIO:
-        return self.bucket.blob(blob_path(digest)).open("rb")  # type: ignore[no-any-return]
+        blob = self.bucket.blob(blob_path(digest))
+        return blob.open("rb", **self.calls)  # type: ignore[no-any-return]
 
     def _sign(self, name: str, ttl: timedelta) -> str:
         kwargs = {"api_access_endpoint": self._endpoint} if self._endpoint else {}

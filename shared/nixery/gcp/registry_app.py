@@ -67,6 +67,7 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             if (rate := settings.serve.client_builds)
             else None
         ),
+        reports=state.reports,
         waiters=Waiters(settings.waiters),
     )
     return create_app(service, settings.serve, Catalog.of(source, state, settings.build_deadline))

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from nixery.errors import QueueUnavailable
+from nixery.errors import BuildRetrying, QueueUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
@@ -79,10 +79,14 @@ class CloudTasksEnqueuer:
                 "service_account_email": self.service_account,
                 "audience": self.builder_url,
             }
+        now = time.time()
         task = {
             "name": f"{self.queue}/tasks/{job.key}-{attempt}",
             "http_request": request,
             "dispatch_deadline": {"seconds": int(self.build_deadline)},
+            # Due now, as without it; said here, so that every delivery carries it in its
+            # X-CloudTasks-TaskETA header (the emulator's only then), for the build's report.
+            "schedule_time": {"seconds": int(now), "nanos": int(now % 1 * 1e9)},
         }
         with contextlib.suppress(exceptions.AlreadyExists):  # enqueued already
             self.client.create_task(parent=self.queue, task=task)  # type: ignore[arg-type]
@@ -128,6 +132,13 @@ class _Watch:
         if isinstance(self.status, Failure) and self.version > self.obsolete:
             return self.status
         return None
+
+    def retrying(self, now: float) -> str:
+        """The cause a builder gave the build back for, while the queue holds it for its retry
+        (or a retry runs); once the hold lapsed unclaimed, a request starts it afresh."""
+        if isinstance(self.status, Pending) and now < self.lease_end():
+            return self.status.cause
+        return ""
 
     def lease_end(self) -> float:
         """When the lease lapses, by the queue's clock; -inf for an absent or failed record."""
@@ -191,7 +202,9 @@ class TaskBuildQueue:
         to say it ended; starts it again when its lease lapses (a builder died, or none took
         the task). One request of this instance at a time starts it. A request refused a
         wait (``TooManyWaiters``, no time to wait) starts or joins it without a listener,
-        whose first snapshot would come after its deadline."""
+        whose first snapshot would come after its deadline. A build that a builder gave back
+        for a passing cause (``release``) raises ``BuildRetrying`` while the queue holds it
+        for its retry."""
         if wait <= 0:
             if not self.running(job.key):
                 self._start(job)
@@ -203,6 +216,9 @@ class TaskBuildQueue:
                     if (answer := watch.answer()) is not None:
                         return answer
                     now = self.clock()
+                    if cause := watch.retrying(now):
+                        # The queue retries it later: nothing to wait for now.
+                        raise BuildRetrying(f"the build will be retried: {cause}")
                     version, poll_at, lease_end = watch.version, watch.poll_at(), watch.lease_end()
                     start = not watch.starting and not watch.due() and lease_end <= now
                     if start:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,6 +94,22 @@ def image_name(packages: tuple[str, ...], system: str, nonroot: bool = False) ->
     return "/".join(prefix + [p.lower().lstrip("_") for p in sorted(left)]) or "cacert"
 
 
+def _steps(report: BuildReport) -> list[dict[str, Any]]:
+    """Each step's times, in seconds from the first one's beginning (the enqueue, where
+    known), and as they were recorded."""
+    origin = min((s.began for s in report.steps), default=report.started)
+    return [
+        {
+            "step": s.step,
+            "began": s.began,
+            "ended": s.ended,
+            "at": round(s.began - origin, 3),
+            "seconds": round(s.ended - s.began, 3),
+        }
+        for s in report.steps
+    ]
+
+
 def report_name(report: BuildReport) -> str:
     """The name that pulls the report's image. A build of several platforms (its manifests
     include an index) is pulled without ``arm64/``, whichever platform its report follows."""
@@ -117,6 +133,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
             "url": base_url(),
             "source": revision.source if revision else None,
             "revision": revision.value if revision else None,
+            "flake": catalog.is_flake(revision) if revision else None,
             "source_trouble": trouble,
             "meta_packages": {
                 "shell": list(SHELL_PACKAGES),
@@ -189,9 +206,12 @@ def blueprint(catalog: Catalog) -> Blueprint:
                     for layer in report.layers
                 ],
                 "manifests": dict(report.manifests),
+                "steps": _steps(report),
                 "pull": _pulls(host, name, oci) if oci else [],
                 "log": report.failure.log if report.failure else None,
                 "reason": report.failure.kind if report.failure else None,
+                "flake": asdict(report.flake) if report.flake else None,
+                "left_out": list(report.left_out),
             }
         # The image status is the authority: a build may have failed without a report
         # (builders killed too often), or a report may lag. (An interrupted report whose

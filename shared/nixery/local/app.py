@@ -71,6 +71,7 @@ def local_service(
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
         limiter=MemoryLimiter(rate) if (rate := settings.serve.client_builds) else None,
+        reports=state.reports,
         waiters=Waiters(settings.waiters),
     )
 

@@ -32,7 +32,11 @@ from nixery.records import (
     Published,
     decode_names,
     encode_names,
+    with_answer,
 )
+
+# A report with its answer, when there is one.
+_REPORTS = "SELECT r.report, a.answered FROM reports r LEFT JOIN report_answers a USING (key)"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS image_use (key TEXT PRIMARY KEY, used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reports (
     key TEXT PRIMARY KEY, started REAL NOT NULL, report TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS reports_started ON reports (started);
+CREATE TABLE IF NOT EXISTS report_answers (key TEXT PRIMARY KEY, answered REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS report_layers (
     key TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (digest, key));
 CREATE TABLE IF NOT EXISTS package_sets (revision TEXT PRIMARY KEY, names TEXT NOT NULL);
@@ -253,15 +258,25 @@ class SqliteBuildReports(_Part):
             )
 
     def report(self, key: str) -> BuildReport | None:
-        row = self._one("SELECT report FROM reports WHERE key = ?", key)
-        return BuildReport.decode(row[0]) if row else None
+        row = self._one(f"{_REPORTS} WHERE r.key = ?", key)
+        return with_answer(BuildReport.decode(row[0]), row[1]) if row else None
+
+    def record_answer(self, key: str, at: float) -> None:
+        with self._lock, self._db:
+            # A rebuild's answer replaces an earlier build's (with_answer tells them apart).
+            self._db.execute(
+                "INSERT INTO report_answers VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET answered = excluded.answered WHERE answered < (SELECT started FROM reports "
+                "WHERE reports.key = excluded.key)",
+                (key, at),
+            )
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT report FROM reports ORDER BY started DESC LIMIT ?", (limit,)
+                f"{_REPORTS} ORDER BY r.started DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [BuildReport.decode(row[0]) for row in rows]
+        return [with_answer(BuildReport.decode(row[0]), row[1]) for row in rows]
 
     def layer_users(self, digest: str, limit: int) -> int:
         row = self._one(
@@ -356,6 +371,7 @@ class SqliteInventory(_Part):
                 ("failed_builds", "key", failures), ("package_sets", "revision", name_lists),
                 # An image's or failure's page goes with it.
                 ("reports", "key", pages), ("report_layers", "key", pages),
+                ("report_answers", "key", pages),
             ):  # fmt: skip
                 self._db.executemany(
                     f"DELETE FROM {table} WHERE {column} = ?", [(k,) for k in keys]

@@ -54,7 +54,7 @@ class ThreadBuildQueue:
                         f"{len(self._running)} builds are running or waiting, as many as this "
                         "registry allows; retry later"
                     )
-                future = self.pool.submit(self.builder.run, job)
+                future = self.pool.submit(self.builder.run, job, time.time())
                 self._running[job.key] = future
         if started:
             # Outside the lock: a build that has ended already runs the callback right here.

@@ -4,12 +4,16 @@ meta says of them, read from Nix's JSON once for the pipeline, the SBOM and popu
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from nixery.errors import BuildFailed
+
+# Nix's base-32 alphabet (no e, o, u, t); its digits are little-endian.
+_NIX32 = "0123456789abcdfghijklnpqrsvwxyz"
 
 
 @dataclass(frozen=True)
@@ -66,3 +70,25 @@ def parse_path_info(text: str) -> dict[str, StorePath]:
         refs = tuple(sorted(r for r in info.get("references", ()) if r != path))
         closure[path] = StorePath(path, refs, int(info["narSize"]), str(info["narHash"]))
     return closure
+
+
+def nar_hash_hex(nar_hash: str) -> str:
+    """The hex SHA-256 of a NAR hash as Nix prints it: ``sha256:<base-32>`` up to Nix 2.18,
+    ``sha256-<base64>`` (SRI) since; CycloneDX wants hex."""
+    if nar_hash.startswith("sha256-"):
+        return base64.b64decode(nar_hash.removeprefix("sha256-")).hex()
+    algorithm, _, text = nar_hash.partition(":")
+    if algorithm != "sha256":
+        raise ValueError(f"not a SHA-256 NAR hash: {nar_hash!r}")
+    if len(text) == 64:
+        return bytes.fromhex(text).hex()
+    value = 0
+    for char in text:  # the first character holds the highest bits
+        value = value * 32 + _NIX32.index(char)
+    return value.to_bytes(32, "little").hex()
+
+
+def sri(nar_hash: str) -> str:
+    """A NAR hash in the one spelling every Nix reads and flake.lock uses (``sha256-<base64>``),
+    so that every Nix gives the same SBOM and the same locked reference."""
+    return "sha256-" + base64.b64encode(bytes.fromhex(nar_hash_hex(nar_hash))).decode()

@@ -8,7 +8,9 @@ Evaluation is restricted (``restrict-eval``): it may read the package set's chec
 sets that import host files, like the demo set), and no URL at all; no search path comes from
 the environment, and nothing is built during evaluation (no import from derivation). Only
 trusted revisions are evaluated in the first place (``sources.history``): this is the second
-wall, should one of them read the server's files or fetch what it likes.
+wall, should one of them read the server's files or fetch what it likes. A flake is read in
+flakes' pure evaluation instead (``nix.flakes``): no host path at all, inputs as its lock pins
+them.
 
 A failure is classified from Nix's exit and log, because the answer differs: a failed
 derivation or an evaluation error is permanent (``BuildFailed``, remembered), a builder past
@@ -32,12 +34,13 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from nixery.caches import BoundedCache
 from nixery.errors import (
     BuildFailed,
     BuildInterrupted,
@@ -46,8 +49,10 @@ from nixery.errors import (
     ConflictingInterpreters,
     UnknownPackages,
 )
-from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info
-from nixery.records import Environment
+from nixery.nix import flakes
+from nixery.nix.flakes import LockedFlake
+from nixery.nix.path_info import PackageMeta, StorePath, parse_meta, parse_path_info, sri
+from nixery.records import Environment, FlakeLock, FlakeOrigin
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +144,8 @@ class BuildResult:
     closure: dict[str, StorePath]
     meta: dict[str, PackageMeta]
     main_programs: dict[str, str | None]  # package name -> its meta.mainProgram, if any
+    absent: tuple[str, ...] = ()  # optional packages the flake lacks, left out
+    flake: FlakeLock | None = None  # the set was read as this flake
     # The interpreters' environments that hold the packages of nested sets (an environment
     # is then those packages' output), and the nested sets' packages left plain.
     environments: tuple[Environment, ...] = ()
@@ -215,15 +222,31 @@ class Nix:
         self.timeout = timeout
         self.eval_allow = tuple(eval_allow)
         self.private = {prepare_image: PREPARE_IMAGE, **(private or {})}
+        # Checkouts already in the store, by directory and origin: checked again before use,
+        # since the store is collected between builds.
+        self._locked: BoundedCache[LockedFlake] = BoundedCache(16)
 
     @contextmanager
     def build(
-        self, source: Path, packages: Sequence[str], system: str, deadline: float = math.inf
+        self,
+        source: Path,
+        packages: Sequence[str],
+        system: str,
+        deadline: float = math.inf,
+        *,
+        flake: FlakeOrigin | None = None,
+        optional: Sequence[str] = (),
+        timed: Callable[[str], AbstractContextManager[None]] = lambda _: nullcontext(),
     ) -> Iterator[BuildResult]:
         """Builds the packages by ``deadline`` (a ``time.monotonic()`` value), or raises
         ``BuildTimedOut``; their outputs stay garbage-collector roots until the block ends,
-        so that a `nix-collect-garbage` meanwhile cannot delete what is being archived."""
-        plan = self._plan(source, packages, system, deadline)
+        so that a `nix-collect-garbage` meanwhile cannot delete what is being archived.
+        With ``flake``, a checkout holding flake.nix is read as a flake from that origin, and
+        the ``optional`` packages it lacks are left out rather than missing. ``timed`` times
+        the evaluation (``evaluate``) and the realisation (``realise``)."""
+        with timed("evaluate"):
+            locked = self._lock(source, flake, deadline)
+            plan = self._plan(source, packages, system, deadline, locked, optional)
         if too_old := plan.get("nixTooOld"):
             raise BuildFailed(
                 f"the package set needs Nix >= {too_old['required']}, "
@@ -252,8 +275,9 @@ class Nix:
                 drvs = sorted({p["drvPath"] for p in [*plan["packages"], *own.values()]})
                 cmd = ["nix-store", "--realise", "--timeout", str(self.timeout)]
                 realise = [*cmd, "--add-root", f"{roots}/out", *drvs]
-                self._run(realise, "building", math.inf, deadline, source)
-                closure = self.closure(sorted(set(outputs.values())), deadline)
+                with timed("realise"):
+                    self._run(realise, "building", math.inf, deadline, source)
+                    closure = self.closure(sorted(set(outputs.values())), deadline)
                 if left_out := [name for name, p in own.items() if p["out"] not in closure]:
                     # A set's withPackages keeps what it knows as modules, and the build would
                     # succeed without a package the name asks for: it goes in plain instead,
@@ -265,17 +289,20 @@ class Nix:
                     closure = self.closure(sorted(set(outputs.values())), deadline)
                 yield BuildResult(
                     outputs, closure, parse_meta(plan.get("meta", ())), programs,
+                    tuple(plan.get("absent", ())), locked.lock if locked else None,
                     environments, plain,
                 )  # fmt: skip
         finally:
             remove_stale_roots()
 
-    def attribute_names(self, source: Path, system: str, deadline: float) -> list[str]:
+    def attribute_names(
+        self, source: Path, system: str, deadline: float, flake: FlakeOrigin | None = None
+    ) -> list[str]:
         """The package set's attribute names, for the search box (prepare-image's ``names``)."""
+        cmd = self._eval(source, "names", [], system, self._lock(source, flake, deadline))
         names: list[str] = json.loads(
-            self._run(self._eval(source, "names", [], system), "listing the package names",
-                      EVAL_TIMEOUT, deadline, source)
-        )  # fmt: skip
+            self._run(cmd, "listing the package names", EVAL_TIMEOUT, deadline, source)
+        )
         return names
 
     def closure(self, paths: Sequence[str], deadline: float) -> dict[str, StorePath]:
@@ -283,26 +310,89 @@ class Nix:
         return parse_path_info(self._run(cmd, "reading the closure", EVAL_TIMEOUT, deadline))
 
     def _plan(
-        self, source: Path, packages: Sequence[str], system: str, deadline: float
+        self,
+        source: Path,
+        packages: Sequence[str],
+        system: str,
+        deadline: float,
+        locked: LockedFlake | None = None,
+        optional: Sequence[str] = (),
     ) -> dict[str, Any]:
-        cmd = self._eval(source, "plan", packages, system)
-        plan: dict[str, Any] = json.loads(
-            self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
-        )
+        cmd = self._eval(source, "plan", packages, system, locked, optional)
+        try:
+            out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
+        except BuildFailed as e:
+            explained = flakes.unpinned_deeper(e) if locked else e
+            if explained is e:
+                raise
+            raise explained from e
+        plan: dict[str, Any] = json.loads(out)
         return plan
 
-    def _eval(self, source: Path, attr: str, packages: Sequence[str], system: str) -> list[str]:
-        """The restricted evaluation of one attribute of prepare-image for the package set."""
+    def _eval(
+        self,
+        source: Path,
+        attr: str,
+        packages: Sequence[str],
+        system: str,
+        locked: LockedFlake | None = None,
+        optional: Sequence[str] = (),
+    ) -> list[str]:
+        """The evaluation of one attribute of prepare-image for the package set: restricted,
+        or for a flake pure."""
+        data = [
+            "--argstr", "packages", json.dumps(list(packages)),
+            "--argstr", "system", system,
+        ]  # fmt: skip
+        if locked is not None:
+            return [
+                "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
+                *flakes.FLAKES, *flakes.PURE, "-E", flakes.ENTRY, "-A", attr,
+                "--argstr", "prepare", locked.prepare,
+                "--argstr", "prepareHash", locked.prepare_hash,
+                "--argstr", "flakeRef", locked.ref,
+                "--argstr", "optional", json.dumps(list(optional)),
+                *data,
+            ]  # fmt: skip
+        return [*self._restricted(source, attr, self.eval_allow), *data]
+
+    def _restricted(self, source: Path, attr: str, host: Sequence[Path] = ()) -> list[str]:
+        """A restricted evaluation of prepare-image for the checkout ``source``, which may
+        also read the ``host`` paths."""
         source = source.resolve()
-        allowed = [source, self.expression.parent, *self.eval_allow]
+        allowed = [source, self.expression.parent, *host]
         return [
             "nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
             *RESTRICTED, *(arg for path in allowed for arg in ("-I", str(path))),
             str(self.expression), "-A", attr,
             "--argstr", "srcPath", str(source),
-            "--argstr", "packages", json.dumps(list(packages)),
-            "--argstr", "system", system,
         ]  # fmt: skip
+
+    def _lock(
+        self, source: Path, origin: FlakeOrigin | None, deadline: float
+    ) -> LockedFlake | None:
+        """The checkout as pure evaluation reads it, if it is a flake read from ``origin``:
+        copied into the store with prepare-image (a restricted evaluation that also reads
+        which declared inputs its lock lacks), then named by NAR hash."""
+        if origin is None or not flakes.is_flake(source):
+            return None
+        key = f"{source.resolve()}\0{origin}"
+        found = self._locked.get(key)
+        if found is not None and all(os.path.exists(p) for p in (found.source, found.prepare)):
+            return found
+        cmd = self._restricted(source, "flakeSource")
+        copied = json.loads(self._run(cmd, "reading the flake", EVAL_TIMEOUT, deadline, source))
+        flakes.check_pinned(bool(copied["hasLock"]), list(copied["unpinned"]))
+        hashes = self.closure([copied["source"], copied["prepare"]], deadline)
+        nar_hash = sri(hashes[copied["source"]].nar_hash)
+        locked = LockedFlake(
+            copied["source"],
+            flakes.locked_ref(copied["source"], nar_hash, origin),
+            copied["prepare"],
+            sri(hashes[copied["prepare"]].nar_hash),
+            flakes.read_lock(source, nar_hash),
+        )
+        return self._locked.keep(key, locked)
 
     def _run(
         self,
@@ -426,11 +516,14 @@ def _plain(lines: Iterable[str]) -> list[str]:
 
 
 def _error_message(lines: Iterable[str]) -> str:
-    """The first ``error:`` line of Nix's output, without ANSI colours."""
+    """The first ``error:`` line of Nix's output, without ANSI colours. Since Nix 2.20 an
+    evaluation error is a bare ``error:``, its trace, and the error itself last, on an
+    ``error:`` line of its own: that one is taken."""
     plain = _plain(lines)
-    for i, line in enumerate(plain):
-        match = _ERROR_RE.match(line)
-        if match:
-            rest = [match.group(1), *plain[i + 1 : i + 4]]
-            return " ".join(x for x in rest if x)[:1000]
-    return plain[-1][:1000] if plain else "no output"
+    found = [(i, m.group(1)) for i, line in enumerate(plain) if (m := _ERROR_RE.match(line))]
+    if not found:
+        return plain[-1][:1000] if plain else "no output"
+    at, message = found[0]
+    if not message:
+        at, message = next(((i, said) for i, said in reversed(found) if said), (at, message))
+    return " ".join(x for x in [message, *plain[at + 1 : at + 4]] if x)[:1000]

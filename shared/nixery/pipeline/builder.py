@@ -12,8 +12,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from nixery.blobs import store_bytes
@@ -28,6 +29,7 @@ from nixery.errors import (
 )
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
+from nixery.nix.flakes import is_flake
 from nixery.nix.keeper import StoreKeeper
 from nixery.nix.runner import Nix
 from nixery.oci.manifests import (
@@ -51,7 +53,7 @@ from nixery.pipeline.runtime import runtime_config
 from nixery.pipeline.sbom import SBOM_FILE, SBOM_TYPE, image_sbom
 from nixery.pipeline.signing import PemSigner, signature_for
 from nixery.ports import BlobStore, Signer, Source, StatePorts
-from nixery.records import Failure, Published, report_url
+from nixery.records import Failure, FlakeOrigin, Published, report_url
 from nixery.request import Architecture, suggest
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,15 @@ def step(name: str, key: str, **fields: object) -> Iterator[dict[str, object]]:
         "%s done in %.2fs %s", name, seconds, details,
         extra={"step": name, "seconds": seconds, **record},
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """The package set as checked out for one build, and how it is read: as a flake from
+    this origin, or by its default.nix."""
+
+    path: Path
+    flake: FlakeOrigin | None
 
 
 def layer_key(paths: Sequence[str], level: int) -> str:
@@ -157,8 +168,9 @@ class Builder:
             public_url=settings.public_url,
         )
 
-    def run(self, job: BuildJob) -> None:
-        """Builds and publishes the image, or records why it cannot be built.
+    def run(self, job: BuildJob, enqueued: float | None = None) -> None:
+        """Builds and publishes the image, or records why it cannot be built; ``enqueued``
+        is when its queue took it (``time.time()``), for the report's times.
 
         Failures that a retry would repeat (a ``BuildError``) are recorded with the image;
         anything else (``Transient`` trouble, I/O) propagates to be retried.
@@ -169,11 +181,18 @@ class Builder:
         BuildLog(log, job.key).info(
             "starting %s for %s", "/".join(job.request.packages), job.revision,
         )  # fmt: skip
-        reporter = Reporter(self.state.reports, job, self.clock)
+        reporter = Reporter(self.state.reports, job, self.clock, enqueued)
+        deadline = started + self.nix_budget
         with self.keeper.build():  # the store is tidied after the outcome is recorded
             try:
-                manifests, artifacts = self._build(job, started + self.nix_budget, reporter)
-                self.state.images.publish(job.key, manifests, artifacts)
+                with step("checkout", job.key) as record, reporter.span("checkout"):
+                    source_dir = self.source.checkout(job.revision)
+                    flake = self.source.flake_origin(job.revision) if is_flake(source_dir) else None
+                    record["flake"] = flake is not None
+                checkout = Checkout(source_dir, flake)
+                manifests, artifacts = self._build(job, checkout, deadline, reporter)
+                with reporter.span("publish"):
+                    self.state.images.publish(job.key, manifests, artifacts)
             except BuildError as e:
                 failure = Failure.of(e, self.clock())
                 self._fail(job, failure)
@@ -188,28 +207,28 @@ class Builder:
                 "published in %.2fs", time.monotonic() - started,
                 extra={"seconds": time.monotonic() - started},
             )  # fmt: skip
+            # Once the image is out: listing nixpkgs' names takes longer than the build's own
+            # evaluation, and the waiting clients need none of it.
+            self._index(job, checkout, deadline, NullProgress())
 
     def _fail(self, job: BuildJob, failure: Failure) -> None:
         BuildLog(log, job.key).warning("failed: %s", failure.message)
         self.state.images.record_failure(job.key, failure)
 
     def _build(
-        self, job: BuildJob, nix_deadline: float, reporter: Reporter
+        self, job: BuildJob, checkout: Checkout, nix_deadline: float, reporter: Reporter
     ) -> tuple[list[Manifest], list[Manifest]]:
         """The image's manifests, and the artifacts that refer to them (SBOMs, signatures)."""
-        with step("checkout", job.key):
-            source_dir = self.source.checkout(job.revision)
-        self._index(job, source_dir, nix_deadline)
         if not job.request.platforms:
             manifests, artifacts = self._image(
-                job, source_dir, job.request.arch, nix_deadline, reporter
+                job, checkout, job.request.arch, nix_deadline, reporter
             )
         else:
-            manifests, artifacts = self._images(job, source_dir, nix_deadline, reporter)
-        return manifests, artifacts + self._signatures(job.key, manifests)
+            manifests, artifacts = self._images(job, checkout, nix_deadline, reporter)
+        return manifests, artifacts + self._signatures(job.key, manifests, reporter)
 
     def _images(
-        self, job: BuildJob, source_dir: Path, nix_deadline: float, reporter: Reporter
+        self, job: BuildJob, checkout: Checkout, nix_deadline: float, reporter: Reporter
     ) -> tuple[list[Manifest], list[Manifest]]:
         """Every platform's image at once, under one index; a failure of one fails them all.
 
@@ -222,7 +241,7 @@ class Builder:
                 each.submit(
                     self._image,
                     job,
-                    source_dir,
+                    checkout,
                     arch,
                     nix_deadline,
                     reporter if i == 0 else NullProgress(),
@@ -245,7 +264,7 @@ class Builder:
     def _image(
         self,
         job: BuildJob,
-        source_dir: Path,
+        checkout: Checkout,
         arch: Architecture,
         nix_deadline: float,
         reporter: Progress,
@@ -259,13 +278,23 @@ class Builder:
                 try:
                     result = built.enter_context(
                         self.nix.build(
-                            source_dir, job.request.packages, arch.nix_system, nix_deadline
+                            checkout.path,
+                            job.request.packages,
+                            arch.nix_system,
+                            nix_deadline,
+                            flake=checkout.flake,
+                            optional=job.request.optional,
+                            timed=reporter.span,
                         )
                     )
                 except UnknownPackages as e:
-                    names = self.state.names.package_names(str(job.revision)) or []
+                    names = self.state.names.package_names(str(job.revision))
+                    if names is None:  # the revision's first build: listed for the suggestions
+                        names = self._index(job, checkout, nix_deadline, reporter) or []
                     raise UnknownPackages(e.names, {n: suggest(n, names) for n in e.names}) from e
                 record["paths"] = len(result.closure)
+                if result.flake is not None:
+                    reporter.update(flake=result.flake, left_out=result.absent)
                 reporter.closure(
                     result.outputs, {p.path: p.nar_size for p in result.closure.values()}
                 )
@@ -274,7 +303,7 @@ class Builder:
                 size = sum(p.nar_size for p in result.closure.values())
                 if self.max_image_size is not None and size > self.max_image_size:
                     raise ImageTooLarge(size, self.max_image_size)
-            with step("layering", job.key, **where) as record:
+            with step("layering", job.key, **where) as record, reporter.span("layer"):
                 closure = {
                     p.path: {"narSize": p.nar_size, "references": p.references}
                     for p in result.closure.values()
@@ -284,19 +313,20 @@ class Builder:
                 record["layers"] = len(groups) + 1
             reporter.update(step="archives")
             with step("archives", job.key, **where) as record:
-                layers, fresh = self._store_layers(groups)
+                layers, fresh = self._store_layers(groups, reporter)
                 root_entries = image_root(list(result.outputs.values()), job.request.nonroot)
                 layers.append(
                     self._archive(
                         lambda out: archives.write_entries_layer(
                             root_entries, out, self.compressor, self.gzip_level
-                        )
+                        ),
+                        reporter,
                     )
                 )
                 record.update(new=fresh, reused=len(groups) - fresh)
             reporter.layers(groups, layers)
         title = "/".join(job.request.packages)
-        with step("sbom", job.key, **where) as record:
+        with step("sbom", job.key, **where) as record, reporter.span("sbom"):
             try:
                 sbom = image_sbom(
                     title=title,
@@ -305,6 +335,7 @@ class Builder:
                     roots=result.outputs.values(),
                     closure=result.closure,
                     meta=result.meta,
+                    flake=result.flake,
                     environments=result.environments,
                 )
             except (ValueError, KeyError) as e:
@@ -315,7 +346,7 @@ class Builder:
             store_bytes(self.blobs, sha256_digest(EMPTY_BLOB), EMPTY_BLOB)
             record["bytes"] = len(sbom)
         reporter.update(step="manifests")
-        with step("manifests", job.key, **where):
+        with step("manifests", job.key, **where), reporter.span("manifests"):
             # The URL, not the kind; a path source has neither ("path").
             source = job.revision.source.partition(":")[2]
             page = report_url(self.public_url, job.key) if self.public_url else None
@@ -330,12 +361,14 @@ class Builder:
             sboms = [artifact_manifest(SBOM_TYPE, sbom, SBOM_FILE, m, about) for m in manifests]
         return manifests, sboms
 
-    def _signatures(self, key: str, manifests: list[Manifest]) -> list[Manifest]:
+    def _signatures(
+        self, key: str, manifests: list[Manifest], reporter: Progress
+    ) -> list[Manifest]:
         """A signature of each manifest (an index's too), with a signer."""
         if self.signer is None:
             return []
         signatures = []
-        with step("signatures", key):
+        with step("signatures", key), reporter.span("signatures"):
             for manifest in manifests:
                 signature = signature_for(manifest, self.signer)
                 for blob in signature.blobs:
@@ -343,22 +376,25 @@ class Builder:
                 signatures.append(signature.manifest)
         return signatures
 
-    def _index(self, job: BuildJob, source_dir: Path, nix_deadline: float) -> None:
-        """Lists the package set's names for the search box, once per revision. It never fails
-        the build: a set whose names cannot be listed gets an empty list, and passing trouble
-        (or running out of time) leaves them to be listed by the revision's next build."""
+    def _index(
+        self, job: BuildJob, checkout: Checkout, nix_deadline: float, reporter: Progress
+    ) -> list[str] | None:
+        """Lists the package set's names for the search box, once per revision; the names
+        listed now, if any. It never fails the build: a set whose names cannot be listed gets
+        an empty list, and passing trouble (or running out of time) leaves them to be listed
+        by the revision's next build."""
         revision = str(job.revision)
         if revision in self._indexed or self.state.names.package_names(revision) is not None:
             self._indexed.add(revision)
-            return
-        with step("names", job.key) as record:
+            return None
+        with step("names", job.key) as record, reporter.span("names"):
             try:
-                names = self.nix.attribute_names(source_dir, job.request.arch.nix_system,
-                                                 nix_deadline)  # fmt: skip
+                names = self.nix.attribute_names(checkout.path, job.request.arch.nix_system,
+                                                 nix_deadline, checkout.flake)  # fmt: skip
             except (BuildTimedOut, Transient) as e:
                 BuildLog(log, job.key).warning("the package names are left for later: %s",
                                                e.message)  # fmt: skip
-                return
+                return None
             except BuildError as e:
                 BuildLog(log, job.key).warning("the package names cannot be listed: %s",
                                                e.message)  # fmt: skip
@@ -366,38 +402,53 @@ class Builder:
             record["names"] = len(names)
         self.state.names.record_package_names(revision, names)
         self._indexed.add(revision)
+        return names
 
-    def _store_layers(self, groups: list[list[str]]) -> tuple[list[LayerBlob], int]:
-        """Archives the groups not archived before, in parallel; returns them in order."""
-        found: dict[int, LayerBlob] = {}
-        for i, paths in enumerate(groups):
-            cached = self.state.layers.layer(layer_key(paths, self.gzip_level))
-            if cached and self.blobs.intact(cached.digest):
-                found[i] = cached
-        pending = {
-            i: self.pool.submit(self._store_layer, paths)
-            for i, paths in enumerate(groups)
-            if i not in found
-        }
-        # All of them end before the first failure is raised: none keeps writing after its
-        # build has failed.
-        wait(pending.values())
-        for i, future in pending.items():
-            found[i] = future.result()
-            self.state.layers.record_layer(layer_key(groups[i], self.gzip_level), found[i])
-        return [found[i] for i in range(len(groups))], len(pending)
+    def _store_layers(
+        self, groups: list[list[str]], reporter: Progress
+    ) -> tuple[list[LayerBlob], int]:
+        """Each group's layer, from the layer cache or archived, all in parallel (a cache
+        lookup is a database round trip); returns them in order, and how many were new."""
+        futures = [self.pool.submit(self._store_layer, paths, reporter) for paths in groups]
+        # At the first failure the layers not started yet are dropped (a storage that stopped
+        # answering would fail each in turn, a timeout each), and those under way end before
+        # the failure is raised: none keeps writing after its build has failed.
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        for future in futures:
+            if not future.cancelled() and (error := future.exception()) is not None:
+                raise error
+        layers = [future.result() for future in futures]
+        return [layer for layer, _ in layers], sum(fresh for _, fresh in layers)
 
-    def _archive(self, write: Callable[[Sink], LayerBlob]) -> LayerBlob:
-        """Streams a layer straight into the blob store: no local copy, even of a large one."""
+    def _archive(self, write: Callable[[Sink], LayerBlob], reporter: Progress) -> LayerBlob:
+        """Streams a layer straight into the blob store: no local copy, even of a large one.
+        Its upload is timed from the end of its bytes (a large blob's earlier chunks go up
+        while it is archived)."""
         writer = self.blobs.writer()
         try:
+            began = self.clock()
             layer = write(writer)
+            archived = self.clock()
+            reporter.add("archive", began, archived)
             writer.commit(layer.digest)
+            reporter.add("upload", archived, self.clock())
         finally:
             writer.cancel()
         return layer
 
-    def _store_layer(self, paths: Sequence[str]) -> LayerBlob:
-        return self._archive(
-            lambda out: archives.write_store_layer(paths, out, self.compressor, self.gzip_level)
+    def _store_layer(self, paths: Sequence[str], reporter: Progress) -> tuple[LayerBlob, bool]:
+        """The layer of the store paths, and whether it was new: one archived before is
+        reused while its blob is intact; a new one is recorded once its blob is stored."""
+        key = layer_key(paths, self.gzip_level)
+        cached = self.state.layers.layer(key)
+        if cached and self.blobs.intact(cached.digest):
+            return cached, False
+        layer = self._archive(
+            lambda out: archives.write_store_layer(paths, out, self.compressor, self.gzip_level),
+            reporter,
         )
+        self.state.layers.record_layer(key, layer)
+        return layer, True

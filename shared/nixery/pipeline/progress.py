@@ -8,10 +8,14 @@ every step, so a build under way shows where it is. Reports are stored as JSON i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -27,7 +31,15 @@ from nixery.errors import (
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import BuildReports, PublishedImages
-from nixery.records import INTERRUPTED, BuildReport, Failure, FailureReport, LayerReport, Published
+from nixery.records import (
+    INTERRUPTED,
+    BuildReport,
+    Failure,
+    FailureReport,
+    LayerReport,
+    Published,
+    StepTime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,14 @@ class Progress(Protocol):
 
     def update(self, **fields: Any) -> None: ...
 
+    def add(self, step: str, began: float, ended: float) -> None:
+        """Notes a step's time, written with the next update (``StepTime``)."""
+        ...
+
+    def span(self, step: str) -> AbstractContextManager[None]:
+        """Times the block as ``step``, whether it ends well or not."""
+        ...
+
     def closure(self, outputs: Mapping[str, str], sizes: Mapping[str, int]) -> None: ...
 
     def layers(self, groups: Sequence[Sequence[str]], blobs: Sequence[LayerBlob]) -> None: ...
@@ -73,6 +93,12 @@ class NullProgress:
     def update(self, **fields: Any) -> None:
         pass
 
+    def add(self, step: str, began: float, ended: float) -> None:
+        pass
+
+    def span(self, step: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def closure(self, outputs: Mapping[str, str], sizes: Mapping[str, int]) -> None:
         pass
 
@@ -80,29 +106,104 @@ class NullProgress:
         pass
 
 
+# Writes the reports in the background: a report write is a database round trip (tens of
+# milliseconds on Firestore), and a build writes one per step.
+_WRITES = ThreadPoolExecutor(4, thread_name_prefix="report")
+
+
 class Reporter:
-    """Keeps one build's report up to date in ``BuildReports``, a write per step."""
+    """Keeps one build's report up to date in ``BuildReports``, a write per step, made in
+    the background (in order, the latest version of the report each time) so that no step
+    waits for it; ``published`` and ``failed`` wait for the last one."""
 
     def __init__(
-        self, reports: BuildReports, job: BuildJob, clock: Callable[[], float] = time.time
+        self,
+        reports: BuildReports,
+        job: BuildJob,
+        clock: Callable[[], float] = time.time,
+        enqueued: float | None = None,
     ):
+        """The build starts now, picked up by a builder; ``enqueued`` is when its queue took
+        it (by ``clock``, which is the wall clock: the queue's is another machine's)."""
         self.reports = reports
         self.clock = clock
+        started = clock()
+        self._lock = threading.Lock()  # the layers' uploads note their times in parallel
+        self._spans: dict[str, tuple[float, float]] = {}
+        self._version = 0  # of the report; the writer goes on while it is not written
+        self._writing: Future[None] | None = None  # while a write is under way
+        self._failed: Exception | None = None  # by the last write, for ``close``
+        if enqueued is not None:
+            self._spans["queue"] = (min(enqueued, started), started)
         self.report = BuildReport(
             key=job.key,
             packages=job.request.packages,
             system=job.request.arch.nix_system,
             nonroot=job.request.nonroot,
             revision=str(job.revision),
-            started=clock(),
+            started=started,
             status="building",
             step="checkout",
+            steps=self._steps(),
         )
-        reports.record_report(self.report)
+        self._save()
 
     def update(self, **fields: Any) -> None:
-        self.report = replace(self.report, **fields)
-        self.reports.record_report(self.report)
+        self.report = replace(self.report, steps=self._steps(), **fields)
+        self._save()
+
+    def _save(self) -> None:
+        with self._lock:
+            self._version += 1
+            if self._writing is not None:
+                return  # the write under way goes on to this version
+            self._writing = _WRITES.submit(self._write)
+
+    def _write(self) -> None:
+        while True:
+            with self._lock:
+                report, version = self.report, self._version
+            try:
+                self.reports.record_report(report)
+            except Exception as e:  # kept until a later version is written, or raised
+                with self._lock:
+                    self._failed, self._writing = e, None
+                return
+            with self._lock:
+                self._failed = None
+                if version == self._version:
+                    self._writing = None
+                    return
+
+    def close(self) -> None:
+        """Waits for the writes; the last one's failure is raised (a Transient one), even
+        when it ended before this call."""
+        with self._lock:
+            writing = self._writing
+        if writing is not None:
+            writing.result()
+        with self._lock:
+            failed, self._failed = self._failed, None
+        if failed is not None:
+            raise failed
+
+    def add(self, step: str, began: float, ended: float) -> None:
+        with self._lock:
+            first, last = self._spans.get(step, (began, ended))
+            self._spans[step] = (min(first, began), max(last, ended))
+
+    @contextlib.contextmanager
+    def span(self, step: str) -> Iterator[None]:
+        began = self.clock()
+        try:
+            yield
+        finally:
+            self.add(step, began, self.clock())
+
+    def _steps(self) -> tuple[StepTime, ...]:
+        with self._lock:
+            spans = sorted(self._spans.items(), key=lambda item: item[1])
+        return tuple(StepTime(step, began, ended) for step, (began, ended) in spans)
 
     def closure(self, outputs: Mapping[str, str], sizes: Mapping[str, int]) -> None:
         self.update(outputs=dict(outputs), closure=dict(sizes))
@@ -128,6 +229,7 @@ class Reporter:
             finished=self.clock(),
             manifests={m.media_type: m.digest for m in manifests},
         )
+        self.close()
 
     def interrupted(self, error: Exception, images: PublishedImages) -> None:
         """The build stopped for a reason outside the image (``Transient``, or a bug):
@@ -137,13 +239,15 @@ class Reporter:
         name the server's paths or hosts, and stay in the log. Best effort: the fault may
         be the database's own, and then the pages judge by the report's age."""
         try:
-            if isinstance(images.status(self.report.key), Published):
-                return
-            self.update(
-                status="interrupted",
-                finished=self.clock(),
-                failure=FailureReport(INTERRUPTED, interruption(error), ""),
-            )
+            try:
+                if not isinstance(images.status(self.report.key), Published):
+                    self.update(
+                        status="interrupted",
+                        finished=self.clock(),
+                        failure=FailureReport(INTERRUPTED, interruption(error), ""),
+                    )
+            finally:
+                self.close()  # the steps' writes end before the build's error is raised
         except Exception as e:  # never in place of the error being raised
             log.warning("build %s: its interruption could not be reported: %r", self.report.key, e)
 
@@ -154,3 +258,4 @@ class Reporter:
             finished=failure.at,
             failure=FailureReport(failure.kind.value, failure.message, log),
         )
+        self.close()

@@ -4,7 +4,8 @@ Nix knows an image exactly: every store path of its closure, the hash of its con
 NAR hash) and what it references. Each store path is one component (its name and version,
 its NAR hash as a SHA-256 checksum, the description, homepage and licenses the package set's
 ``meta`` gives it), the closure's references are the dependency graph, and the image itself
-is the BOM's subject, with the package set's source and exact revision. An interpreter's
+is the BOM's subject, with the package set's source and exact revision (and, for a flake,
+what its lock pins). An interpreter's
 environment (``python3.withPackages``) is a component like any store path, with properties
 naming its interpreter and the image's packages it holds; those packages are components too
 (the environment references them), of type ``application`` as every package the name asks
@@ -21,39 +22,20 @@ Everything here is sorted and canonical, so the same image always gives the same
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from nixery.nix.path_info import PackageMeta, StorePath
+from nixery.nix.path_info import PackageMeta, StorePath, nar_hash_hex, sri
 from nixery.oci.manifests import CREATED, canonical_json
-from nixery.records import Environment, Revision
+from nixery.records import Environment, FlakeLock, Revision
 from nixery.store_names import parse_store_name
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
 SPEC_VERSION = "1.6"
 SBOM_FILE = "sbom.cdx.json"  # what `oras pull` saves it as
 _IMAGE_REF = "image"
-# Nix's base-32 alphabet (no e, o, u, t); its digits are little-endian.
-_NIX32 = "0123456789abcdfghijklnpqrsvwxyz"
-
-
-def nar_hash_hex(nar_hash: str) -> str:
-    """The hex SHA-256 of a NAR hash as Nix prints it: ``sha256:<base-32>`` up to Nix 2.18,
-    ``sha256-<base64>`` (SRI) since; CycloneDX wants hex."""
-    if nar_hash.startswith("sha256-"):
-        return base64.b64decode(nar_hash.removeprefix("sha256-")).hex()
-    algorithm, _, text = nar_hash.partition(":")
-    if algorithm != "sha256":
-        raise ValueError(f"not a SHA-256 NAR hash: {nar_hash!r}")
-    if len(text) == 64:
-        return bytes.fromhex(text).hex()
-    value = 0
-    for char in text:  # the first character holds the highest bits
-        value = value * 32 + _NIX32.index(char)
-    return value.to_bytes(32, "little").hex()
 
 
 def image_sbom(
@@ -64,10 +46,13 @@ def image_sbom(
     roots: Iterable[str],
     closure: Mapping[str, StorePath],
     meta: Mapping[str, PackageMeta],
+    flake: FlakeLock | None = None,
     environments: Sequence[Environment] = (),
 ) -> bytes:
     """The SBOM of the image named ``title`` (its packages), whose packages' outputs are
-    ``roots``, built from ``revision`` for ``system``; ``environments`` are those it holds."""
+    ``roots``, built from ``revision`` for ``system``; from a ``flake``, with the flake's NAR
+    hash and each locked input's URL and NAR hash, which pin everything it was built from;
+    ``environments`` are those it holds."""
     roots = sorted(set(roots))
     asked = set(roots).union(*(e.contents for e in environments))
     about = {e.path: e for e in environments}
@@ -87,6 +72,7 @@ def image_sbom(
                     ("nixery:package-set:source", revision.source),
                     ("nixery:package-set:revision", revision.value),
                     ("nixery:system", system),
+                    *(_flake_properties(flake) if flake else ()),
                 ),
             },
         },
@@ -114,7 +100,7 @@ def _component(
     properties = [
         ("nix:store-path", path.path),
         # One spelling whatever Nix printed, so that every Nix gives the same SBOM.
-        ("nix:nar-hash", "sha256-" + base64.b64encode(bytes.fromhex(nar_hex)).decode()),
+        ("nix:nar-hash", sri(path.nar_hash)),
         ("nix:nar-size", str(path.nar_size)),
     ]
     if environment is not None:
@@ -138,6 +124,14 @@ def _component(
     if meta and meta.licenses:
         component["licenses"] = [{"license": {kind: value}} for kind, value in meta.licenses]
     return component
+
+
+def _flake_properties(flake: FlakeLock) -> list[tuple[str, str]]:
+    pairs = [("nixery:flake:nar-hash", flake.nar_hash)]
+    for i in flake.inputs:
+        pairs += [(f"nixery:flake:input:{i.name}:url", i.url)]
+        pairs += [(f"nixery:flake:input:{i.name}:nar-hash", i.nar_hash)]
+    return pairs
 
 
 def _properties(*pairs: tuple[str, str]) -> list[dict[str, str]]:

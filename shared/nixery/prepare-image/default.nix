@@ -10,13 +10,25 @@
 # The package list arrives as JSON data and is never spliced into Nix code.
 # Only builtins are used, so this works with nixpkgs and the demo set alike.
 #
+# A flake (a set whose root holds flake.nix) is read in two steps instead:
+#  1. restricted, with srcPath: -A flakeSource copies the set into the store as
+#     "source" (without .git) and this directory too, and says which inputs
+#     flake.nix declares that its flake.lock does not pin;
+#  2. pure (pure-eval, flakes enabled), from the store: this file fetched by
+#     its NAR hash (pure evaluation reads nothing else), with
+#     --argstr flakeRef 'path:/nix/store/...-source?narHash=...&rev=...'.
+#     The set is then packages.<system> over legacyPackages.<system>; names in
+#     `optional` (JSON: what every image holds, the shell's) that the flake
+#     lacks are left out and listed as `absent` instead of failing.
+#
 # Output (JSON):
 #   { "nixTooOld": { required, running } } when the set's lib/minver.nix (as
 #     nixpkgs has) asks for a newer Nix than this one: checked before the set
 #     is imported, whose own check would only abort;
 #   { "missing": [ <names not found, input order> ], "packages": [] }
 # or, when nothing is missing,
-#   { "missing": [], "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ],
+#   { "missing": [], "absent": [ <optional names not found> ],
+#     "packages": [ { name, attrPath, drvPath, out, mainProgram }, ... ],
 #     "environments": [ { language, interpreter, members, contents, packages, drvPath, out,
 #                         mainProgram }, ... ],
 #     (`contents`: the store paths of the set's packages the name asks for; `packages`:
@@ -40,11 +52,17 @@
 # string, else null: read as data, for the image's entrypoint.
 # --read-write-mode makes forcing drvPath write the .drv files to the store,
 # so they can be realised afterwards.
-{ srcPath, packages, system ? builtins.currentSystem, ... }:
+{ srcPath ? "", flakeRef ? "", packages ? "[]", optional ? "[]"
+, system ? builtins.currentSystem, ... }:
 
 let
-  pkgs = import srcPath { inherit system; };
+  isFlake = flakeRef != "";
+  flake = builtins.getFlake flakeRef;
+  pkgs = if isFlake
+    then (flake.legacyPackages.${system} or { }) // (flake.packages.${system} or { })
+    else import srcPath { inherit system; };
   names = builtins.fromJSON packages;
+  optionalNames = builtins.fromJSON optional;
 
   upperChars = builtins.genList (i: builtins.substring i 1 "ABCDEFGHIJKLMNOPQRSTUVWXYZ") 26;
   lowerChars = builtins.genList (i: builtins.substring i 1 "abcdefghijklmnopqrstuvwxyz") 26;
@@ -93,7 +111,10 @@ let
       ok = walked.ok && (walked.throws || !isDrv.success || isDrv.value);
     };
 
-  resolved = map resolve names;
+  tried = map resolve names;
+  isOptional = r: !r.ok && builtins.elem r.name optionalNames;
+  absent = map (r: r.name) (builtins.filter isOptional tried);
+  resolved = builtins.filter (r: !isOptional r) tried;
   missing = map (r: r.name) (builtins.filter (r: !r.ok) resolved);
 
   # Language environments. A package of a nested set (python3Packages.requests) joins the
@@ -241,7 +262,7 @@ let
     in if item.key == "" || !outputs.success then [ ]
       else builtins.concatLists (map (describe item.drv) outputs.value);
 
-  minverFile = srcPath + "/lib/minver.nix";
+  minverFile = (if isFlake then flake.outPath else srcPath) + "/lib/minver.nix";
   minver = if builtins.pathExists minverFile then import minverFile else null;
   tooOld = minver != null && builtins.compareVersions minver builtins.nixVersion > 0;
 
@@ -253,14 +274,36 @@ let
        then map (m: "${n}.${m}") (builtins.attrNames pkgs.${n})
        else [ ];
   topNames = builtins.attrNames pkgs;
+
+  # Step 1 of a flake. Its inputs are those of `inputs` and the arguments of `outputs`,
+  # as Nix takes them; only the root's entries of the lock are compared here, Nix itself
+  # refuses any other change the lock would need.
+  flakeFile = import (srcPath + "/flake.nix");
+  lockFile = srcPath + "/flake.lock";
+  lock = builtins.fromJSON (builtins.readFile lockFile);
+  hasLock = builtins.pathExists lockFile;
+  declared = builtins.attrNames ((flakeFile.inputs or { })
+    // removeAttrs (builtins.functionArgs flakeFile.outputs) [ "self" ]);
+  pinned = if hasLock then builtins.attrNames (lock.nodes.${lock.root}.inputs or { }) else [ ];
 in
 {
+  flakeSource = {
+    source = "${builtins.path {
+      path = srcPath;
+      name = "source";
+      filter = p: t: baseNameOf p != ".git";
+    }}";
+    prepare = "${builtins.path { path = ./.; name = "source"; }}";
+    inherit hasLock;
+    unpinned = builtins.filter (n: !builtins.elem n pinned) declared;
+  };
+
   names = if tooOld then [ ] else topNames ++ builtins.concatLists (map nestedNames topNames);
 
   plan = if tooOld then {
     nixTooOld = { required = minver; running = builtins.nixVersion; };
   } else {
-    inherit missing;
+    inherit missing absent;
   } // (if missing != [ ] then { packages = [ ]; } else if conflicts != [ ] then {
     packages = [ ];
     conflicts = map (l: map (i: { interpreter = i.drv.name; names = namesOf i; }) l) conflicts;

@@ -113,6 +113,13 @@ class Catalog:
         except NixeryError as e:
             return None, e.message
 
+    def is_flake(self, revision: Revision) -> bool | None:
+        """Whether the revision was read as a flake, as its latest build among the recent
+        ones says: only a build checks a revision out, so None until one has."""
+        reports = (r for r in self.latest() if r.revision == str(revision))
+        latest = next((r for r in reports if r.status == "published"), None)
+        return None if latest is None else latest.flake is not None
+
     def build(self, key: str) -> tuple[BuildReport | None, ImageStatus]:
         """A build's report and its image's status, as they are now."""
         report, status = self._reports.report(key), self._images.status(key)

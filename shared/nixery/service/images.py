@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -36,13 +37,23 @@ from nixery.logs import BuildLog
 from nixery.oci.cosign import is_signature, signed_digest
 from nixery.oci.manifests import Manifest, preferred_index_type, preferred_type
 from nixery.oci.referrers import referrers_index
-from nixery.ports import BlobStore, BuildQueue, Limiter, PublishedImages, Source, never
+from nixery.ports import (
+    BlobStore,
+    BuildQueue,
+    BuildReports,
+    Limiter,
+    PublishedImages,
+    Source,
+    never,
+)
 from nixery.records import Failure, Published, Revision, remembered
 from nixery.request import Digest, ImageRequest, Tag
 from nixery.service.waiters import Waiters
 
 log = logging.getLogger(__name__)
 
+# Writes when a build's first waiting request was answered (its report's ``answer`` step).
+_NOTES = ThreadPoolExecutor(1, thread_name_prefix="answers")
 # How often a pulled image's use is written down: `nixery gc` counts in days.
 TOUCH_EVERY = 3600.0
 TOUCH_RETRY = 60.0
@@ -75,10 +86,12 @@ class ImageService:
         failure_ttl: float,
         limiter: Limiter | None = None,
         waiters: Waiters | None = None,
+        reports: BuildReports | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``limiter`` counts each client's new builds (NIXERY_CLIENT_BUILDS); ``waiters``
-        bounds the requests that wait for builds (None: no bound)."""
+        bounds the requests that wait for builds (None: no bound); in ``reports``, a build's
+        report notes when the request that started it was answered."""
         self.source = source
         self.images = images
         self.blobs = blobs
@@ -87,6 +100,7 @@ class ImageService:
         self.failure_ttl = failure_ttl
         self.limiter = limiter
         self.waiters = waiters
+        self.reports = reports
         self.clock = clock
         # key -> when its use is to be noted again, by ``clock``
         self._touched: TTLCache[str, float] = TTLCache(100_000, TOUCH_EVERY)
@@ -185,7 +199,17 @@ class ImageService:
             raise StillBuilding("the image is still being built; retry later")
         if isinstance(outcome, Failure):
             raise _of_build(outcome, job)
+        if status is None and self.reports is not None:
+            # Off the request's path: it costs a write, and a failed one costs nothing else.
+            _NOTES.submit(self._note_answer, self.reports, job.key, self.clock())
         return outcome
+
+    @staticmethod
+    def _note_answer(reports: BuildReports, key: str, at: float) -> None:
+        try:
+            reports.record_answer(key, at)
+        except Transient as e:
+            BuildLog(log, key).warning("the answer's time is not recorded: %s", e.message)
 
     def _build(self, job: BuildJob, wait: float, caller: Caller) -> Published | Failure | None:
         try:

@@ -24,7 +24,11 @@ def open_source(settings: SourceSettings) -> Source:
     which reflects how costly its lookups are."""
     ttl = settings.revision_ttl
     if settings.pkgs_path:
-        return PathSource(settings.pkgs_path, ttl=path.DEFAULT_TTL if ttl is None else ttl)
+        return PathSource(
+            settings.pkgs_path,
+            ttl=path.DEFAULT_TTL if ttl is None else ttl,
+            flakes=settings.flakes,
+        )
     if settings.pkgs_repo:
         return GitSource(
             settings.pkgs_repo,
@@ -34,6 +38,7 @@ def open_source(settings: SourceSettings) -> Source:
             busy=settings.checkout_busy,
             trusted_refs=settings.trusted_refs or git.TRUSTED_REFS,
             trusted_commits=settings.trusted_commits,
+            flakes=settings.flakes,
         )
     return ChannelSource(
         settings.channel or "nixos-unstable",

@@ -87,6 +87,10 @@ class ChannelSource:
         """Only `latest`: other channels and every nixpkgs commit are tags too, but uncountable."""
         return ["latest"]
 
+    def flake_origin(self, revision: Revision) -> None:
+        """nixpkgs holds a flake.nix too; a channel reads it by its default.nix regardless."""
+        return None
+
     def _lookup(self, tag: str) -> Answer:
         name = self._channel if tag == "latest" else tag
         if tag == "latest" and COMMIT_RE.fullmatch(name):

@@ -12,7 +12,7 @@ from pathlib import Path
 from nixery.caches import Clock, Memo
 from nixery.config import BUILD_DEADLINE, KEEP_CHECKOUTS
 from nixery.errors import ConfigError, SourceUnavailable
-from nixery.records import Revision
+from nixery.records import FlakeOrigin, Revision
 from nixery.request import TAG_RE
 from nixery.sources.checkouts import Checkouts, extract, materialise
 from nixery.sources.git_command import run_git
@@ -47,7 +47,9 @@ class GitSource:
         busy: float = BUILD_DEADLINE,
         trusted_refs: Sequence[str] = TRUSTED_REFS,
         trusted_commits: Sequence[str] = (),
+        flakes: bool = True,
     ) -> None:
+        """With ``flakes`` off (NIXERY_PKGS_FLAKE), a flake.nix is ignored."""
         if url.startswith("-"):
             raise ConfigError(f"NIXERY_PKGS_REPO: {url!r} could be read as an option")
         self._url = url
@@ -58,6 +60,7 @@ class GitSource:
         self._history = History(url, self._dir, trusted_refs, trusted_commits)
         self._trusted_refs = " ".join(trusted_refs)
         self._checkouts = Checkouts(self._dir, keep, busy)
+        self._flakes = flakes
         self._fetch_lock = threading.Lock()
         self._revisions: Memo[Answer] = Memo(ttl, clock)
         self._refs: Memo[list[str]] = Memo(ttl, clock)
@@ -77,6 +80,20 @@ class GitSource:
     def checkout(self, revision: Revision) -> Path:
         check_source(self._id, revision)
         return self._checkouts.get(revision.value, lambda dest: self._export(revision, dest))
+
+    def flake_origin(self, revision: Revision) -> FlakeOrigin | None:
+        """The commit and its time, as Nix's own git fetcher gives a flake (``self.rev``,
+        ``self.lastModified``); asked of the mirror, which holds any commit checked out."""
+        check_source(self._id, revision)
+        if not self._flakes:
+            return None
+        if self._fetch(revision.value) is None:
+            raise SourceUnavailable(f"{revision} is no longer available from the remote")
+        when = run_git(
+            *("-C", self._mirror, "show", "--no-patch", "--format=%ct", revision.value),
+            timeout=_QUERY_TIMEOUT,
+        )
+        return FlakeOrigin(revision.value, revision.value, int(when.strip()))
 
     def _lookup(self, tag: str) -> Answer:
         if COMMIT_RE.fullmatch(tag):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nixery.caches import Clock, Memo
 from nixery.errors import SourceUnavailable, os_cause
-from nixery.records import Revision
+from nixery.records import FlakeOrigin, Revision
 from nixery.sources.trust import check_source
 
 DEFAULT_TTL = 10.0
@@ -26,9 +26,17 @@ class PathSource:
     identified by a hash of its contents so that editing the directory changes the cache key,
     and moving it does not."""
 
-    def __init__(self, path: Path, ttl: float = DEFAULT_TTL, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ttl: float = DEFAULT_TTL,
+        clock: Clock = time.monotonic,
+        flakes: bool = True,
+    ) -> None:
+        """With ``flakes`` off (NIXERY_PKGS_FLAKE), a flake.nix is ignored."""
         # Not resolved: a symlink that is re-pointed on deploy should be followed each time.
         self._path = Path(path).absolute()
+        self._flakes = flakes
         self._hashes: Memo[str] = Memo(ttl, clock)
 
     def resolve(self, tag: str) -> Revision | None:
@@ -45,6 +53,11 @@ class PathSource:
 
     def tags(self) -> list[str]:
         return ["latest"]
+
+    def flake_origin(self, revision: Revision) -> FlakeOrigin | None:
+        """No commit and no time: a directory's flake is known by its content alone."""
+        check_source(SOURCE_ID, revision)
+        return FlakeOrigin(revision.value, None, 0) if self._flakes else None
 
     def _content_hash(self) -> str:
         return self._hashes.get("", lambda: _tree_hash(self._path))
