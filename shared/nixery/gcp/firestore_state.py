@@ -517,11 +517,11 @@ class FirestoreBuildRecords(_Part):
         """Gives the build back to the queue after a transient failure, saying why: until
         the build is published or started afresh, the requests for it answer 503 with the
         ``cause`` at once rather than wait for a retry that may fail the same way (a retry
-        may come within a poll's time, so clearing it when a builder claims the build would
-        hide it). For ``hold`` seconds no request enqueues the build again, since the queue
-        retries the task itself; any builder may claim it meanwhile, and once ``hold`` passed
-        unclaimed a request enqueues it again (as a task that waited for a builder, no
-        builder's death)."""
+        may claim it before a listener hears the release, so clearing it when a builder
+        claims the build would hide it). For ``hold`` seconds no request enqueues the build
+        again, since the queue retries the task itself; any builder may claim it meanwhile,
+        and once ``hold`` passed unclaimed a request enqueues it again (as a task that waited
+        for a builder, no builder's death)."""
         ref = self.builds.document(key)
 
         @firestore.transactional
