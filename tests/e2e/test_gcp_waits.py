@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
+from nixery.errors import BuildRetrying
 from nixery.gcp.firestore_state import FirestoreBuildRecords, FirestoreDatabase
 from nixery.gcp.task_queue import SLOW_POLL, TaskBuildQueue
 from nixery.job import BuildJob
@@ -125,3 +126,22 @@ def test_a_waiting_request_whose_listener_broke_gets_its_answer_by_polling(
     assert waiting.result(timeout=2 * SLOW_POLL + 10) == PUBLISHED
     assert images.reads in (1, 2), "a poll, or two if one came between the break and the end"
     assert len(records.opened) == 1, "opened again only after RELISTEN"
+
+
+def test_a_waiting_request_hears_its_build_given_back_and_answers_with_the_cause(
+    database: FirestoreDatabase, pool: ThreadPoolExecutor
+) -> None:
+    """A builder that gives the build back for a passing cause (storage down) has the queue
+    retry it: the waiting request hears the release from the listener, no poll, and answers
+    BuildRetrying (a 503 naming the cause) rather than wait for the retry."""
+    records, images, tasks = Records(database), Polls(database), Tasks()
+    queue = TaskBuildQueue(images, records, tasks, pickup=60)
+    job = sample_job()
+    waiting = wait_for(queue, job, pool)
+    until(lambda: tasks.enqueued)
+    assert records.claim(job, "builder-a", 60) == "taken"
+    records.release(job.key, "builder-a", "Cloud Storage did not answer within 2s", 30)
+    with pytest.raises(BuildRetrying, match="retried: Cloud Storage did not answer"):
+        waiting.result(timeout=30)
+    assert images.reads == 0, "heard, not polled"
+    assert len(tasks.enqueued) == 1, "the queue retries it, no request enqueues it again"
