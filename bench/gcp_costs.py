@@ -23,22 +23,20 @@ summary, then all the figures as one JSON line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench.lib.firestore_reads import LOG_VAR
+from bench.lib.gcp_services import cpu_seconds, descendants, role, rpc_log, start, stop
 from bench.lib.harness import ENV, command_parser
 from tests.helpers.boundary import building_modules
 from tests.helpers.emulators import Emulators, GcpRegistry
@@ -98,59 +96,6 @@ def print_imports(r: dict[str, Any]) -> None:
 # --- 2. Firestore reads per cold pull ---------------------------------------------------
 
 
-class CountedRegistry(GcpRegistry):
-    """Both services run under the Firestore counter, which logs where LOG_VAR says."""
-
-    launcher = (sys.executable, "-m", "bench.lib.firestore_reads")
-
-
-def start(root: Path, emulators: Emulators, **env: str) -> GcpRegistry:
-    """A registry and builder whose Firestore RPCs are logged (to root/firestore.jsonl), each
-    with a fresh collection prefix, so that nothing is found in Firestore at first."""
-    root.mkdir(parents=True, exist_ok=True)
-    reg = CountedRegistry(
-        root,
-        emulators,
-        **{
-            "NIXERY_FIRESTORE_PREFIX": f"bench{uuid.uuid4().hex[:8]}_",
-            "NIX_TIMEOUT": "600",
-            LOG_VAR: str(root / "firestore.jsonl"),
-            **env,
-        },
-    )
-    try:
-        return reg.start()
-    except BaseException:
-        stop(reg)
-        raise
-
-
-def stop(reg: GcpRegistry) -> None:
-    """Stops both services and whatever they left running: Nix runs in sessions of its own,
-    which killing the services' process groups does not reach."""
-    builder = reg.builder.proc.pid if reg.builder else None
-    left = descendants(builder) if builder else set()
-    reg.stop()
-    for pid in left - {builder}:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def rpc_log(reg: GcpRegistry) -> list[dict[str, Any]]:
-    path = Path(reg.env[LOG_VAR])
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def role(reg: GcpRegistry, entry: dict[str, Any]) -> str:
-    if reg.registry and entry["sid"] == reg.registry.proc.pid:
-        return "registry"
-    if reg.builder and entry["sid"] == reg.builder.proc.pid:
-        return "builder"
-    return "other"
-
-
 def service_files(reg: GcpRegistry) -> dict[str, list[str]]:
     """Where each service's nixery package was loaded from, as the counter saw it."""
     files: dict[str, set[str]] = {}
@@ -163,7 +108,8 @@ def service_files(reg: GcpRegistry) -> dict[str, list[str]]:
 def tally(entries: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     calls = [e for e in entries if "rpc" in e and "error" not in e]
     reads = [e for e in calls if e["reads"]]
-    per_doc = Counter(d for e in reads if not e["tx"] for d in e["docs"])
+    direct = [e for e in reads if not e["tx"] and e["rpc"] != "listen result"]
+    per_doc = Counter(d for e in direct for d in e["docs"])
     top = per_doc.most_common(1)
 
     def collection(doc: str) -> str:
@@ -173,6 +119,7 @@ def tally(entries: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
     return {
         "reads": sum(e["reads"] for e in calls),
         "reads_in_transactions": sum(e["reads"] for e in calls if e["tx"]),
+        "reads_by_listeners": sum(e["reads"] for e in calls if e["rpc"] == "listen result"),
         "writes": sum(e["writes"] for e in calls),
         "rpcs": dict(Counter(e["rpc"] for e in calls if not e["rpc"].endswith(" result"))),
         "reads_by_collection": dict(
@@ -222,9 +169,9 @@ def measure_reads(emulators: Emulators, work: Path) -> dict[str, Any]:
         others = [e for e in entries if "rpc" in e and role(reg, e) == "other"]
         out["other_processes_reads"] = sum(e.get("reads", 0) for e in others)
         top = out["registry"]["most_read_document"]
-        # The registry's reads of its most-read document outside transactions: the first
-        # look-up of the build record, then one per poll while it waits for the build.
-        out["registry_polls"] = top["reads"] - 1 if top else 0
+        # The registry's direct reads of its most-read document outside transactions: the
+        # status look-up and the start's read of the build record, then one per poll.
+        out["registry_polls"] = max(0, top["reads"] - 2) if top else 0
         return out
     finally:
         stop(reg)
@@ -238,7 +185,8 @@ def print_reads(r: dict[str, Any]) -> None:
         print(
             f"{name}: {t['reads']} document reads ({t['reads_in_transactions']} in transactions, "
             f"{t['during_manifest_get']} during the manifest GET, {t['before_pull']} before it), "
-            f"{t['writes']} document writes, over {t['processes']} process(es)"
+            f"{t['writes']} document writes, over {t['processes']} process(es); "
+            f"{t['reads_by_listeners']} of the reads by listeners"
         )
         print(f"    reads by collection: {t['reads_by_collection']}")
         print(f"    writes by collection: {t['writes_by_collection']}")
@@ -248,8 +196,8 @@ def print_reads(r: dict[str, Any]) -> None:
     top = r["registry"]["most_read_document"]
     if top:
         print(
-            f"registry polls: {r['registry_polls']} (its {top['reads']} plain reads of one "
-            f"{top['collection']} document, less the first look-up)"
+            f"registry polls: {r['registry_polls']} (its {top['reads']} direct reads of one "
+            f"{top['collection']} document, less the status look-up and the start's read)"
         )
     print(f"nixery code of the services: {r['nixery_files']}")
     for name in ("registry", "builder"):
@@ -258,28 +206,6 @@ def print_reads(r: dict[str, Any]) -> None:
 
 
 # --- 3. the builder's peak memory for a big image ---------------------------------------
-
-
-def descendants(root: int) -> set[int]:
-    """`root` and every process under it, from the parent pids in /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
 
 
 def proc_memory(pid: int) -> tuple[bool, int, int] | None:
@@ -294,15 +220,6 @@ def proc_memory(pid: int) -> tuple[bool, int, int] | None:
         return None
     kib = [int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")]
     return exe.startswith("python"), kib[0], kib[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of a process (all its threads), 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scratch_bytes(tmpdir: Path) -> int:

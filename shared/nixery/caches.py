@@ -35,10 +35,23 @@ class BoundedCache(Generic[T]):
         answers that are true only for a while."""
         self._entries: Cache[str, T] = TTLCache(size, ttl, timer=clock) if ttl else LRUCache(size)
         self._lock = threading.Lock()
+        self._reading = KeyedLocks()
 
     def get(self, key: str) -> T | None:
         with self._lock:
             return self._entries.get(key)
+
+    def fetch(self, key: str, read: Callable[[], T | None]) -> T | None:
+        """The kept value, else what ``read`` gives, kept unless None. Misses of one key wait
+        for the first one's read rather than each reading: the herd of requests that hears
+        an image published at once costs one read. A hit takes no lock others wait on."""
+        if (value := self.get(key)) is not None:
+            return value
+        with self._reading.hold(key):
+            if (value := self.get(key)) is not None:
+                return value
+            value = read()
+            return None if value is None else self.keep(key, value)
 
     def keep(self, key: str, value: T) -> T:
         with self._lock:

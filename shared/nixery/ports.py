@@ -255,11 +255,30 @@ class Enqueue(Protocol):
     def enqueue(self, job: BuildJob, attempt: int) -> None: ...
 
 
+class Listening(Protocol):
+    """A listener on a build's record (``BuildRecords.listen``)."""
+
+    @property
+    def is_active(self) -> bool:
+        """False once it broke (its changes no longer arrive) or was closed."""
+        ...
+
+    def unsubscribe(self) -> None:
+        """Closes it and ends its threads."""
+        ...
+
+
 class BuildRecords(Protocol):
     """Google Cloud mode's build records: one record per build decides who enqueues it."""
 
     def start(self, job: BuildJob, pickup: float, max_building: int | None = None) -> int | None:
         """Records a build unless one is under way: the attempt to enqueue, or None."""
+        ...
+
+    def listen(self, key: str, changed: Callable[[ImageStatus], None]) -> Listening:
+        """Calls ``changed`` with the record's status, at once and after each change of the
+        record, on a thread of the listener's, until it is closed; a lease runs out without
+        a change, so a ``Pending`` status says its lease's seconds left when it was read."""
         ...
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import queue
 import sqlite3
 import threading
 import time
@@ -47,6 +48,7 @@ from nixery.records import (
     Failure,
     FailureKind,
     FailureReport,
+    ImageStatus,
     LayerReport,
     Pending,
     Published,
@@ -459,6 +461,32 @@ class TestFirestoreBuildRecords:
         assert attempt() == 2
         assert records.status(KEY).cause == ""
         assert records.builds.document(KEY).get().to_dict()["deaths"] == 0
+
+
+@pytest.mark.parametrize("kind", [pytest.param("firestore", marks=pytest.mark.e2e), "memory"])
+def test_a_listener_hears_the_record_at_once_then_each_change_until_closed(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """What ``TaskBuildQueue`` waits on, from Firestore and from the fake alike."""
+    records: StateUnderTest = MemoryState()
+    if kind == "firestore":
+        client = request.getfixturevalue("firestore_client")
+        records = firestore_ports(client, prefix=f"t{uuid.uuid4().hex}_")
+    heard: queue.Queue[ImageStatus] = queue.Queue()
+    job = sample_job()
+    listening = records.listen(job.key, heard.put)
+    assert heard.get(timeout=10) is None
+    records.start(job, PICKUP)
+    assert_pending(heard.get(timeout=10), PICKUP)
+    manifests = sample_manifests()
+    records.publish(job.key, manifests)
+    assert heard.get(timeout=10) == Published({m.media_type: m.digest for m in manifests})
+    assert listening.is_active
+    listening.unsubscribe()
+    assert not listening.is_active
+    records.forget(job.key)
+    time.sleep(0.5)
+    assert heard.empty()
 
 
 @pytest.mark.parametrize("error_type", [BuildFailed, BuildTimedOut])

@@ -16,7 +16,8 @@ COMMANDS = sorted(p.stem for p in BENCH.glob("*.py") if p.name != "__init__.py")
 
 
 def test_the_benchmarks_are_found() -> None:
-    expected = {"archives", "gcp_function", "incremental", "layers", "pull", "serve"}
+    expected = {"archives", "gcp_function", "incremental", "layers", "pull", "serve",
+                "gcp_herd", "gcp_warm", "gcp_new_images"}  # fmt: skip
     assert expected <= set(COMMANDS)
 
 

@@ -83,7 +83,9 @@ def _ok(url: str) -> bool:
 
 
 class Emulators:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, dispatches: int | None = None) -> None:
+        """``dispatches``: tasks of a queue sent at once, as Cloud Tasks' queues allow
+        (max_concurrent_dispatches); the emulator alone sends one at a time."""
         for need, hint in ((FIRESTORE_JAR, "Google Cloud SDK's Firestore emulator"),
                            (TASKS_EMULATOR, "scripts/setup.sh --test")):  # fmt: skip
             if not need.exists():
@@ -105,13 +107,19 @@ class Emulators:
             "com.google.cloud.datastore.emulator.firestore.CloudFirestore", "start",
             "--host=127.0.0.1", f"--port={self.firestore_port}",
         ], root / "firestore.log")  # fmt: skip
+        concurrent = [str(TASKS_EMULATOR.parent / "python"), str(Path(__file__).parent /
+                      "tasks_emulator.py"), str(dispatches)] if dispatches else []  # fmt: skip
         self.tasks = Process("tasks emulator", [
-            str(TASKS_EMULATOR), "start", "-p", str(self.tasks_port), "-q",
+            *(concurrent or [str(TASKS_EMULATOR)]), "start", "-p", str(self.tasks_port), "-q",
             "-d", f"projects/{PROJECT}/locations/{QUEUE[0]}/queues/{QUEUE[1]}",
         ], root / "tasks.log")  # fmt: skip
-        self._gcs_ready()
-        self.firestore.wait_until(lambda: _ok(f"http://127.0.0.1:{self.firestore_port}/"))
-        self.tasks.wait_until(lambda: _listening(self.tasks_port))
+        try:
+            self._gcs_ready()
+            self.firestore.wait_until(lambda: _ok(f"http://127.0.0.1:{self.firestore_port}/"))
+            self.tasks.wait_until(lambda: _listening(self.tasks_port))
+        except BaseException:
+            self.stop()  # one that failed (a port taken meanwhile) leaves none running
+            raise
 
     def _gcs_ready(self) -> None:
         gcs = f"http://127.0.0.1:{self.gcs_port}"

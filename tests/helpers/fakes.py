@@ -117,15 +117,50 @@ class FakeClock:
         self.slept.append(seconds)
         self.advance(seconds)
 
+    def nap(self, seconds: float) -> None:
+        """Sleeps ``seconds``, or until the next scheduled action has run: how a wait that
+        what the action does may end passes fake time."""
+        upcoming = [at - self.now for at, _ in self._due]
+        self.sleep(min([seconds, *upcoming]))
+
     def after(self, seconds: float, action: Callable[[], None]) -> None:
         self._due.append((self.now + seconds, action))
 
 
-class MemoryState:
-    """Every state port in dicts, plus the build records (``start``, ``claim``, ``release``) that
-    ``TaskBuildQueue`` and builders use, with ``FirestoreBuildRecords``' lease rules.
+class MemoryListener:
+    """A listener ``MemoryState.listen`` opened. ``fail`` breaks it as a stream's terminal
+    error breaks a Firestore listener (it hears nothing more and is no longer active);
+    ``stall`` leaves it active but deaf, as a stream that hangs."""
 
-    ``reads`` counts ``status`` calls and ``attempts`` the builds started per key.
+    def __init__(self, changed: Callable[[ImageStatus], None]) -> None:
+        self.changed = changed
+        self.is_active = True
+        self.deaf = False
+        self.heard = 0  # statuses it passed on
+
+    def hear(self, status: ImageStatus) -> None:
+        if self.is_active and not self.deaf:
+            self.heard += 1
+            self.changed(status)
+
+    def fail(self) -> None:
+        self.is_active = False
+
+    def stall(self) -> None:
+        self.deaf = True
+
+    def unsubscribe(self) -> None:
+        self.is_active = False
+
+
+class MemoryState:
+    """Every state port in dicts, plus the build records (``start``, ``claim``, ``release``,
+    ``listen``) that ``TaskBuildQueue`` and builders use, with ``FirestoreBuildRecords``' lease
+    rules.
+
+    ``reads`` counts ``status`` calls, ``attempts`` the builds started per key and
+    ``listeners`` every listener opened per key. A listener hears each call that may change a
+    record, at once, on the caller's thread.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -142,6 +177,7 @@ class MemoryState:
         self._package_names: dict[str, list[str]] = {}
         self.used: dict[str, float] = {}  # by ``touch``
         self.deletions = 0  # the generation
+        self.listeners: dict[str, list[MemoryListener]] = {}
         self._lock = threading.Lock()
 
     def ports(self) -> StatePorts:
@@ -150,9 +186,27 @@ class MemoryState:
     def status(self, key: str) -> ImageStatus:
         with self._lock:
             self.reads += 1
+        return self._status(key)
+
+    def _status(self, key: str) -> ImageStatus:
+        with self._lock:
             if key in self._leases:
                 return Pending(self._leases[key][1] - self.clock(), self._causes.get(key, ""))
             return self._images.get(key)
+
+    def listen(self, key: str, changed: Callable[[ImageStatus], None]) -> MemoryListener:
+        listener = MemoryListener(changed)
+        with self._lock:
+            self.listeners.setdefault(key, []).append(listener)
+        listener.hear(self._status(key))
+        return listener
+
+    def _changed(self, key: str) -> None:
+        with self._lock:
+            listeners = list(self.listeners.get(key, []))
+        status = self._status(key)
+        for listener in listeners:
+            listener.hear(status)
 
     def manifest(self, digest: str) -> Manifest | None:
         with self._lock:
@@ -166,6 +220,7 @@ class MemoryState:
                 self._manifests.setdefault(m.digest, m)
             self._images[key] = Published({m.media_type: m.digest for m in manifests})
             self._leases.pop(key, None)
+        self._changed(key)
 
     def referrers(self, subject: str) -> list[Manifest]:
         with self._lock:
@@ -177,18 +232,22 @@ class MemoryState:
 
     def forget(self, key: str) -> None:
         with self._lock:
-            if isinstance(self._images.get(key), Published):
-                del self._images[key]
             self.deletions += 1
+            if not isinstance(self._images.get(key), Published):
+                return
+            del self._images[key]
+        self._changed(key)
 
     def generation(self) -> int:
         return self.deletions
 
     def record_failure(self, key: str, failure: Failure) -> None:
         with self._lock:
-            if not isinstance(self._images.get(key), Published):
-                self._images[key] = failure
-                self._leases.pop(key, None)
+            if isinstance(self._images.get(key), Published):
+                return
+            self._images[key] = failure
+            self._leases.pop(key, None)
+        self._changed(key)
 
     def layer(self, layer_key: str) -> LayerBlob | None:
         with self._lock:
@@ -239,7 +298,9 @@ class MemoryState:
             self._causes.pop(job.key, None)
             self._leases[job.key] = (None, self.clock() + pickup)
             self.attempts[job.key] += 1
-            return self.attempts[job.key]
+            attempt = self.attempts[job.key]
+        self._changed(job.key)
+        return attempt
 
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Literal["taken", "done", "busy"]:
         with self._lock:
@@ -249,13 +310,16 @@ class MemoryState:
             if holder not in (None, owner) and expires > self.clock():
                 return "busy"
             self._leases[job.key] = (owner, self.clock() + ttl)
-            return "taken"
+        self._changed(job.key)
+        return "taken"
 
     def release(self, key: str, owner: str, cause: str, hold: float) -> None:
         with self._lock:
-            if self._leases.get(key, (None, 0.0))[0] == owner:
-                self._leases[key] = (None, self.clock() + hold)
-                self._causes[key] = cause
+            if self._leases.get(key, (None, 0.0))[0] != owner:
+                return
+            self._leases[key] = (None, self.clock() + hold)
+            self._causes[key] = cause
+        self._changed(key)
 
 
 class MemoryBlobWriter:

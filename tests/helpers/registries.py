@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,23 +35,33 @@ DEMO_EVAL_ALLOW = ":".join([
 ])  # fmt: skip
 
 
+def demo_plus(dest: Path, scripts: Mapping[str, str]) -> Path:
+    """The demo set plus a package per name, built by its script (busybox's sh, with `$out`
+    and `${demo.busybox}` as in Nix)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    packages = "".join(
+        f"{name} = derivation {{\n"
+        f'  name = "{name}-1.0"; inherit system; builder = "${{demo.busybox}}/bin/sh";\n'
+        f'  args = [ "-c" {json.dumps(script)} ]; }};\n'
+        for name, script in scripts.items()
+    )
+    (dest / "default.nix").write_text(
+        "{ system ? builtins.currentSystem, ... }:\n"
+        f"let demo = import {DEMO} {{ inherit system; }}; in\n"
+        f"demo // {{\n{packages}}}\n"
+    )
+    return dest
+
+
 def big_set(dest: Path, parts: int, part_mib: int) -> Path:
     """The demo set plus `big`: `parts` files of random bytes, new on every run (a nonce),
     which take seconds to archive and upload."""
-    dest.mkdir(parents=True, exist_ok=True)
     script = (
         "mkdir $out; for i in " + " ".join(str(i) for i in range(parts)) + "; do "
         f"${{demo.busybox}}/bin/dd if=/dev/urandom of=$out/part$i bs=1048576 count={part_mib} "
         f"2>/dev/null; done; echo {uuid.uuid4().hex} > $out/nonce"
     )
-    (dest / "default.nix").write_text(
-        "{ system ? builtins.currentSystem, ... }:\n"
-        f"let demo = import {DEMO} {{ inherit system; }}; in\n"
-        "demo // { big = derivation {\n"
-        '  name = "big-1.0"; inherit system; builder = "${demo.busybox}/bin/sh";\n'
-        f'  args = [ "-c" {json.dumps(script)} ]; }}; }}\n'
-    )
-    return dest
+    return demo_plus(dest, {"big": script})
 
 
 def git(repo: Path, *args: str) -> str:

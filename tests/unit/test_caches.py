@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from nixery.caches import Memo
-from tests.helpers.fakes import FakeClock
+from nixery.caches import BoundedCache, Memo
+from tests.helpers.fakes import FakeClock, all_at_once
 
 
 def test_an_answer_expires_ttl_after_its_lookup_started_not_ended() -> None:
@@ -55,3 +58,22 @@ def test_a_full_memo_drops_the_stale_answers_first_then_the_oldest() -> None:
     memo.get("new4", lambda: 4)  # full of fresh answers: the oldest, new0, goes
     assert memo.get("new0", lambda: -1) == -1
     assert memo.get("new4", lambda: -1) == 4
+
+
+def test_fetch_reads_a_key_once_for_concurrent_misses_and_keeps_no_none() -> None:
+    """The herd that hears an image published at once costs one read of each part."""
+    cache: BoundedCache[str] = BoundedCache()
+    reads: list[str] = []
+    lock = threading.Lock()
+
+    def read() -> str:
+        with lock:
+            reads.append("read")
+        time.sleep(0.05)  # the other misses arrive meanwhile
+        return "value"
+
+    assert not all_at_once([lambda: cache.fetch("key", read) for _ in range(20)])
+    assert reads == ["read"]
+    assert cache.fetch("key", lambda: pytest.fail("a hit reads nothing")) == "value"
+    assert cache.fetch("none", lambda: None) is None
+    assert cache.fetch("none", lambda: "later") == "later", "a None read is not kept"

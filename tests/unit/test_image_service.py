@@ -3,7 +3,6 @@ Nix, no HTTP, no emulators, so every branch of the request path is cheap to reac
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from concurrent.futures import Executor, Future
 import pytest
 
 from nixery.blobs import store_bytes
+from nixery.config import WaitLimits
 from nixery.errors import (
     BuildError,
     BuildFailed,
@@ -22,19 +22,21 @@ from nixery.errors import (
     ImageLost,
     SourceUnavailable,
     StillBuilding,
+    TooManyWaiters,
     Transient,
     UnknownBlob,
     UnknownManifest,
     UnknownTag,
 )
-from nixery.gcp.task_queue import TaskBuildQueue
+from nixery.gcp.task_queue import RELISTEN, SLOW_POLL, TaskBuildQueue
 from nixery.job import BuildJob
 from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.oci.manifests import DOCKER_MANIFEST, OCI_MANIFEST, sha256_digest
 from nixery.ports import BuildQueue
 from nixery.records import Failure, Published, Revision
 from nixery.request import Digest, Tag
-from nixery.service.images import BlobLocation, ImageService
+from nixery.service.images import BlobLocation, Caller, ImageService
+from nixery.service.waiters import Waiters
 from tests.helpers.fakes import (
     BUILD_ERRORS,
     REVISION,
@@ -476,7 +478,6 @@ def test_a_wait_that_runs_out_leaves_the_build_running(state, thread_queue) -> N
 # --- TaskBuildQueue --------------------------------------------------------------------
 
 PICKUP = 10.0
-MAX_POLL = 2.0  # the longest pause between two polls
 
 
 class RecordingTasks:
@@ -497,20 +498,32 @@ def tasks(clock: FakeClock) -> RecordingTasks:
     return RecordingTasks(clock)
 
 
+def fake_wait(clock: FakeClock) -> Callable[[threading.Condition, float], None]:
+    """Waits by passing fake time, up to what the world does next (``clock.after``), which
+    the fake state's listeners hear at once: as a change wakes a real wait."""
+    return lambda _, seconds: clock.nap(seconds)
+
+
+def task_queue_of(state, tasks, clock, pickup: float = PICKUP) -> TaskBuildQueue:
+    return TaskBuildQueue(state, state, tasks, pickup, clock=clock, wait=fake_wait(clock))
+
+
 @pytest.fixture
 def task_queue(state, tasks, clock) -> TaskBuildQueue:
-    return TaskBuildQueue(state, state, tasks, PICKUP, clock=clock, sleep=clock.sleep)
+    return task_queue_of(state, tasks, clock)
 
 
-def test_tasks_enqueue_once_and_answer_as_soon_as_the_build_is_published(
+def test_tasks_enqueue_once_and_answer_when_the_build_is_published_without_a_read(
     task_queue, state, tasks, clock
 ) -> None:
+    """The listener says when: no poll, no lag."""
     start = clock()
     clock.after(5, lambda: state.publish(JOB.key, MANIFESTS))
     assert task_queue.build(JOB, 60) == PUBLISHED
     assert [job for _, job in tasks.enqueued] == [JOB]
-    assert start + 5 <= clock() < start + 5 + MAX_POLL
-    assert state.reads == len(clock.slept) + 1  # one read per poll
+    assert clock() == start + 5
+    assert state.reads == 0
+    assert [listener.heard for listener in state.listeners[JOB.key]] == [3]  # none, start, end
 
 
 def test_tasks_answer_a_recorded_failure(task_queue, state, tasks, clock) -> None:
@@ -520,13 +533,24 @@ def test_tasks_answer_a_recorded_failure(task_queue, state, tasks, clock) -> Non
     assert len(tasks.enqueued) == 1
 
 
-def test_tasks_return_none_at_the_deadline_reading_once_per_poll(state, tasks, clock) -> None:
-    queue = TaskBuildQueue(state, state, tasks, 600, clock=clock, sleep=clock.sleep)
+def test_tasks_start_again_the_failure_they_find_and_answer_the_next(
+    task_queue, state, tasks, clock
+) -> None:
+    """The service asks for a build when a failure is no longer remembered: that failure is
+    what is retried, not an answer."""
+    state.record_failure(JOB.key, Failure.of(BuildFailed("old"), clock() - 3600))
+    failure = Failure.of(BuildFailed("new"), clock() + 1)
+    clock.after(1, lambda: state.record_failure(JOB.key, failure))
+    assert task_queue.build(JOB, 60) == failure
+    assert len(tasks.enqueued) == 1
+
+
+def test_tasks_return_none_at_the_deadline_without_a_read(state, tasks, clock) -> None:
+    queue = task_queue_of(state, tasks, clock, pickup=600)
     start = clock()
     assert queue.build(JOB, 15) is None
-    assert start + 15 - MAX_POLL <= clock() <= start + 15
-    assert len(clock.slept) > 5
-    assert state.reads == len(clock.slept) + 1
+    assert clock() == start + 15
+    assert state.reads == 0
     assert len(tasks.enqueued) == 1
 
 
@@ -537,44 +561,109 @@ def test_tasks_of_a_build_under_way_are_not_enqueued_again(task_queue, tasks) ->
 
 
 def test_tasks_restart_a_build_whose_builder_died(task_queue, state, tasks, clock) -> None:
-    """A builder claims the job at t+1 for 20 s and dies: the build is enqueued again once
-    its lease lapsed, not before, and again after each pickup time that passes unclaimed."""
+    """A builder claims the job at t+1 for 20 s and dies: the build is enqueued again when
+    its lease lapses, not before, and again after each pickup time that passes unclaimed."""
     start = clock()
     clock.after(1, lambda: state.claim(JOB, "builder-a", 20))
     assert task_queue.build(JOB, 60) is None
     times = [at - start for at, _ in tasks.enqueued]
-    assert times[0] == 0
-    assert 21 <= times[1] < 21 + MAX_POLL
-    assert all(later - earlier >= PICKUP for earlier, later in itertools.pairwise(times[1:]))
-    assert len(times) >= 3
+    assert times == [0, 21, 21 + PICKUP, 21 + 2 * PICKUP, 21 + 3 * PICKUP]
     assert state.attempts[JOB.key] == len(times)
     assert tasks.attempts == list(range(1, len(times) + 1)), "each attempt its own task name"
-    assert state.reads == len(clock.slept) + 1
+    assert state.reads == 0
 
 
 def test_tasks_restart_a_build_no_builder_picked_up(task_queue, tasks, clock) -> None:
     start = clock()
     assert task_queue.build(JOB, PICKUP + 5) is None
-    times = [at - start for at, _ in tasks.enqueued]
-    assert times[0] == 0
-    assert len(times) == 2
-    assert PICKUP <= times[1] < PICKUP + MAX_POLL
+    assert [at - start for at, _ in tasks.enqueued] == [0, PICKUP]
+
+
+def test_tasks_waiting_together_share_one_listener_and_one_start(
+    task_queue, state, tasks, clock
+) -> None:
+    """Requests of one instance that wait for one build hear it through one listener, and one
+    of them starts it; the listener is closed when the last has its answer."""
+    answers: list[object] = []
+
+    def another() -> None:
+        assert task_queue.running(JOB.key), "joining a build a request waits for is free"
+        clock.after(1, lambda: state.publish(JOB.key, MANIFESTS))
+        answers.append(task_queue.build(JOB, 60))
+
+    clock.after(1, another)
+    assert task_queue.build(JOB, 60) == PUBLISHED
+    assert answers == [PUBLISHED]
+    assert len(state.listeners[JOB.key]) == 1
+    assert not task_queue.running(JOB.key)
+    assert not state.listeners[JOB.key][0].is_active
+    assert len(tasks.enqueued) == 1
+
+
+def test_tasks_whose_listener_broke_poll_slowly_and_listen_again(
+    task_queue, state, tasks, clock
+) -> None:
+    """A broken listener: the record is read every SLOW_POLL seconds instead, and a new
+    listener is opened RELISTEN seconds after the broken one."""
+    start = clock()
+    clock.after(1, lambda: state.listeners[JOB.key][0].fail())
+    clock.after(1 + RELISTEN + 3 * SLOW_POLL, lambda: state.publish(JOB.key, MANIFESTS))
+    assert task_queue.build(JOB, 600) == PUBLISHED
+    assert clock() - start == 1 + RELISTEN + 3 * SLOW_POLL  # the new listener heard it
+    assert len(state.listeners[JOB.key]) == 2
+    assert state.reads == RELISTEN / SLOW_POLL  # then the new listener's first snapshot
+
+
+def test_tasks_read_the_record_when_a_change_due_after_a_start_does_not_come(
+    task_queue, state, tasks, clock
+) -> None:
+    """A listener that stays active but hears nothing (a stalled stream): the start's change
+    does not come, so the record is read SLOW_POLL later, and the build's end with it."""
+    start = clock()
+    state.claim(JOB, "builder-a", 20)  # under way: the first status is a live lease
+    clock.after(0.5, lambda: state.listeners[JOB.key][0].stall())
+    clock.after(1, lambda: state.publish(JOB.key, MANIFESTS))
+    assert task_queue.build(JOB, 60) == PUBLISHED
+    assert clock() - start == 20 + SLOW_POLL  # the lease ran out, the start found it done
+    assert state.reads == 1
+    assert tasks.enqueued == []
+
+
+def test_tasks_of_a_request_refused_a_wait_start_the_build_without_a_listener(
+    task_queue, state, source, blobs, tasks, clock
+) -> None:
+    """Beyond NIXERY_MAX_WAITERS the request is answered at once and its build goes on: it is
+    started (or joined) with no listener opened, and no wait."""
+    service = ImageService(
+        source=source, images=state, blobs=blobs, builds=task_queue, wait=WAIT,
+        failure_ttl=FAILURE_TTL, clock=clock, waiters=Waiters(WaitLimits(1, 1, 1)),
+    )  # fmt: skip
+    assert service.waiters is not None
+    with service.waiters.waiting("another", "somebody"):
+        with pytest.raises(TooManyWaiters):
+            service.manifest(JOB.request, LATEST, [], Caller("1.2.3.4"))
+        with pytest.raises(TooManyWaiters):
+            service.manifest(JOB.request, LATEST, [], Caller("1.2.3.4"))
+    assert [job for _, job in tasks.enqueued] == [JOB], "started once, then joined"
+    assert JOB.key not in state.listeners
+    assert clock.slept == []
 
 
 def test_tasks_answer_a_build_given_back_for_a_passing_cause_at_once(
     task_queue, state, tasks, clock
 ) -> None:
     """A builder that gave the build back (storage down, say) has the queue retry the task:
-    the waiting request answers at once with the cause, and neither it nor the next request
-    enqueues the build again while the hold lasts (a retry under way answers so too); after
-    the hold passes unclaimed, a request enqueues it again and waits for it."""
+    the waiting request hears it from the listener and answers at once with the cause, and
+    neither it nor the next request enqueues the build again while the hold lasts (a retry
+    under way answers so too); after the hold passes unclaimed, a request enqueues it again
+    and waits for it."""
     clock.after(1, lambda: state.claim(JOB, "builder-a", 20))
     cause = "Cloud Storage did not answer within 2s"
     clock.after(3, lambda: state.release(JOB.key, "builder-a", cause, 30))
     start = clock()
     with pytest.raises(BuildRetrying, match=f"the build will be retried: {cause}"):
         task_queue.build(JOB, 60)
-    assert clock() - start < 3 + MAX_POLL
+    assert clock() - start == 3, "at once"
     with pytest.raises(BuildRetrying):
         task_queue.build(JOB, 60)
     assert len(tasks.enqueued) == 1

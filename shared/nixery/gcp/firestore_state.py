@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from nixery.errors import BuildQueueFull, DatabaseUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
-from nixery.ports import StatePorts
+from nixery.ports import Listening, StatePorts
 from nixery.records import (
     BuildReport,
     Failure,
@@ -174,6 +175,8 @@ class FirestoreDatabase:
         self.manifest_cache: BoundedCache[Manifest] = BoundedCache()
         # Every pull by tag asks for them; they change only when an image is built again.
         self.referrer_cache: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
+        # Held while a new build is counted against NIXERY_MAX_QUEUED_BUILDS and recorded.
+        self.admitting = threading.Lock()
 
     def ports(self) -> StatePorts:
         """The state ports, each a view of this database."""
@@ -199,19 +202,16 @@ class _Part:
         self.reports, self.package_sets = db.reports, db.package_sets
         self._published, self._manifests = db.published, db.manifest_cache
         self._referrers = db.referrer_cache
+        self._admitting = db.admitting
 
     def _manifest(self, digest: str) -> Manifest | None:
         """A manifest never changes: once read, it is kept."""
-        if (manifest := self._manifests.get(digest)) is not None:
-            return manifest
-        return self._read_manifest(digest)
+        return self._manifests.fetch(digest, lambda: self._read_manifest(digest))
 
     @bounded
     def _read_manifest(self, digest: str) -> Manifest | None:
         doc = self.manifests.document(digest).get().to_dict()
-        if not doc:
-            return None
-        return self._manifests.keep(digest, _manifest_of(doc))
+        return _manifest_of(doc) if doc else None
 
     def _now(self, snapshot: firestore.DocumentSnapshot[Any]) -> datetime:
         """The database's time when it read the snapshot."""
@@ -264,16 +264,13 @@ class FirestorePublishedImages(_Part):
         batch.commit()
 
     def referrers(self, subject: str) -> list[Manifest]:
-        if (referrers := self._referrers.get(subject)) is not None:
-            return referrers
-        return self._read_referrers(subject)
+        # None yet may mean not published yet: only an answer with referrers is kept.
+        return self._referrers.fetch(subject, lambda: self._read_referrers(subject) or None) or []
 
     @bounded
     def _read_referrers(self, subject: str) -> list[Manifest]:
         found = self.manifests.where(filter=FieldFilter("subject", "==", subject)).stream()
-        referrers = [Manifest(d["media_type"], d["body"]) for s in found if (d := s.to_dict())]
-        # None yet may mean not published yet: only an answer with referrers is kept.
-        return self._referrers.keep(subject, referrers) if referrers else referrers
+        return [Manifest(d["media_type"], d["body"]) for s in found if (d := s.to_dict())]
 
     @bounded
     def touch(self, key: str, now: float) -> None:
@@ -403,16 +400,31 @@ class FirestoreBuildRecords(_Part):
         # only for the create, not for locks on the record (which make transactions fail).
         snapshot = ref.get()
         record = _BuildRecord.read(snapshot.to_dict())
-        if max_building is not None and (record is None or record.status == "failed"):
+        limited = max_building is not None and (record is None or record.status == "failed")
+        if not limited:
+            return self._record_start(ref, snapshot, record, fresh)
+        # This instance's new builds are counted and recorded one at a time, so that a burst
+        # of them on one instance stays within the limit (instances may still overlap).
+        with self._admitting:
             # The library's annotations of aggregation queries are wrong; it is a list of
             # lists of results.
             building: Any = self.builds.where(filter=FieldFilter("status", "==", "building"))
             under_way = int(building.count().get()[0][0].value)
-            if under_way >= max_building:
+            if max_building is not None and under_way >= max_building:
                 raise BuildQueueFull(
                     f"{under_way} builds are under way, as many as this registry allows; "
                     "retry later"
                 )
+            return self._record_start(ref, snapshot, record, fresh)
+
+    def _record_start(
+        self,
+        ref: firestore.DocumentReference,
+        snapshot: firestore.DocumentSnapshot[Any],
+        record: _BuildRecord | None,
+        fresh: Callable[[datetime, int], dict[str, Any]],
+    ) -> int | None:
+        """Creates the record, or takes a failed or lapsed one over: start's second half."""
         if record is None:
             try:
                 ref.create(fresh(self._now(snapshot), 1))
@@ -450,6 +462,22 @@ class FirestoreBuildRecords(_Part):
 
         attempt: int | None = take_over(self.client.transaction())
         return attempt
+
+    def listen(self, key: str, changed: Callable[[ImageStatus], None]) -> Listening:
+        """A Firestore listener on the record: one read for its first snapshot (none while
+        the record does not exist), then one per change. A published status is remembered,
+        as a read's is."""
+
+        def snapshot(docs: list[firestore.DocumentSnapshot[Any]], *_: object) -> None:
+            status: ImageStatus = None
+            if docs and (record := _BuildRecord.read(docs[0].to_dict())):
+                status = record.status_of(self._now(docs[0]))
+            if isinstance(status, Published):
+                self._published.keep(key, status)
+            changed(status)
+
+        listening: Listening = self.builds.document(key).on_snapshot(snapshot)
+        return listening
 
     @bounded
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Claim:
@@ -494,11 +522,11 @@ class FirestoreBuildRecords(_Part):
         """Gives the build back to the queue after a transient failure, saying why: until
         the build is published or started afresh, the requests for it answer 503 with the
         ``cause`` at once rather than wait for a retry that may fail the same way (a retry
-        may come within a poll's time, so clearing it when a builder claims the build would
-        hide it). For ``hold`` seconds no request enqueues the build again, since the queue
-        retries the task itself; any builder may claim it meanwhile, and once ``hold`` passed
-        unclaimed a request enqueues it again (as a task that waited for a builder, no
-        builder's death)."""
+        may claim it before a listener hears the release, so clearing it when a builder
+        claims the build would hide it). For ``hold`` seconds no request enqueues the build
+        again, since the queue retries the task itself; any builder may claim it meanwhile,
+        and once ``hold`` passed unclaimed a request enqueues it again (as a task that waited
+        for a builder, no builder's death)."""
         ref = self.builds.document(key)
 
         @firestore.transactional

@@ -155,16 +155,12 @@ class GcsBlobStore:
         return GcsBlobWriter(self)
 
     def size(self, digest: str) -> int | None:
-        if (size := self._sizes.get(digest)) is not None:
-            return size
-        return self._read_size(digest)
+        return self._sizes.fetch(digest, lambda: self._read_size(digest))
 
     @bounded
     def _read_size(self, digest: str) -> int | None:
         blob = self.bucket.get_blob(blob_path(digest), **self.calls)
-        if blob is None or blob.size is None:
-            return None
-        return self._sizes.keep(digest, blob.size)
+        return None if blob is None else blob.size
 
     def stored(self, digest: str, size: int) -> None:
         """Notes a blob that a writer of this store just stored, sparing a later lookup."""
