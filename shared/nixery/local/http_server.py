@@ -15,6 +15,14 @@ timeouts' length otherwise, and a new client would wait as long.
 A request that waits for a build holds a pool thread (how many may, ``service.waiters``); the
 server reads ahead on each connection, so that the request can see its client hang up
 (``waitress.client_disconnected``) and let the thread go.
+
+Requests wait for a pool thread in turns by address (``client_key``), not in arrival order: a
+flood of cheap requests (wrong passwords answered 429) on many connections from a few
+addresses would otherwise queue ahead of every other client, which then waits for the whole
+flood to be answered. Each address's requests still go in their order, and a connection has
+at most two requests read (waitress' lookahead), so the rest of a flood waits unread. Waitress
+logs a line for each request that waits for a thread (thousands a second in a flood, each
+costing the pool's lock and the GIL); here one line a second says how many waited.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections import deque
 from typing import Any, cast
 
 from flask import Flask
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
+from waitress.task import Task, ThreadedTaskDispatcher
 
 from nixery.config import ConnectionLimits
 from nixery.limits import client_key
@@ -74,8 +84,73 @@ class _Channel(HTTPChannel):
         return accepted
 
 
+class FairQueue:
+    """Waitress' task queue (a deque's ``append``, ``popleft`` and length, under the
+    dispatcher's lock), served one address at a time in turn: a task waits behind at most one
+    task of each other address that has some waiting. A task is a connection with a request
+    read, and a connection is queued once at a time."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, deque[_Channel]] = {}  # by address, in arrival order
+        self._turns: deque[str] = deque()  # addresses with tasks waiting, next first
+        self._length = 0
+
+    def append(self, task: _Channel) -> None:
+        waiting = self._waiting.get(task.client)
+        if waiting is None:
+            waiting = self._waiting[task.client] = deque()
+            self._turns.append(task.client)
+        waiting.append(task)
+        self._length += 1
+
+    def popleft(self) -> _Channel:
+        client = self._turns.popleft()  # IndexError when empty, as a deque's
+        waiting = self._waiting[client]
+        task = waiting.popleft()
+        if waiting:
+            self._turns.append(client)
+        else:
+            del self._waiting[client]
+        self._length -= 1
+        return task
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class _Dispatcher(ThreadedTaskDispatcher):
+    """Waitress' thread pool, with the queue above, counting the requests that wait for a
+    thread instead of logging each."""
+
+    # The stubs call its tasks Task; waitress' servers queue their channels.
+    queue: FairQueue  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = FairQueue()
+        self.waited = 0  # requests queued with no thread idle, since the last maintenance
+        self.deepest = 0  # the most waiting at once since then
+
+    def add_task(self, task: Task) -> None:
+        with self.lock:
+            self.queue.append(cast(_Channel, task))
+            self.queue_cv.notify()
+            waiting = len(self.queue) - (len(self.threads) - self.stop_count - self.active_count)
+            if waiting > 0:
+                self.waited += 1
+                self.deepest = max(self.deepest, waiting)
+
+    def waits(self) -> tuple[int, int]:
+        """The requests that waited for a thread and the most at once, since the last call."""
+        with self.lock:
+            counts = self.waited, self.deepest
+            self.waited = self.deepest = 0
+            return counts
+
+
 class _Server(TcpWSGIServer):
     limits: ConnectionLimits
+    task_dispatcher: _Dispatcher
     made_room = 0  # connections closed at the limit since the last maintenance
 
     def channels(self) -> list[_Channel]:
@@ -103,6 +178,9 @@ class _Server(TcpWSGIServer):
             log.warning("at the connection limit: closed %d idle connections to let others in",
                         self.made_room)  # fmt: skip
             self.made_room = 0
+        waited, deepest = self.task_dispatcher.waits()
+        if waited:
+            log.warning("%d requests waited for a thread, up to %d at once", waited, deepest)
 
     def readable(self) -> bool:
         """At the connection limit, makes room for the connections waiting to be accepted,
@@ -132,8 +210,11 @@ def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) ->
     if soft != resource.RLIM_INFINITY and soft < wanted:
         top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+    dispatcher = _Dispatcher()
+    dispatcher.set_thread_count(limits.threads)
     server = _Server(
         app,
+        dispatcher=dispatcher,
         host=host,
         port=port,
         ident="nixery",
