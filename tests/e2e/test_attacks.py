@@ -332,3 +332,25 @@ def test_a_flood_from_one_address_does_not_queue_ahead_of_others(make_registry) 
 
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_connection_is_not_read_for_a_while_after_a_429(make_registry) -> None:
+    """A client that asks again at once after a 429, on the same connection, has its request
+    read THROTTLED_PAUSE (1 s) later, without a thread: meanwhile another client is answered
+    (a cheap request, well within the pause), and then the paused request is."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hash_password('right')}",
+                        NIXERY_AUTH_FAILURES="1/3600")  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60,
+                                      source_address=("127.0.0.2", 0))  # fmt: skip
+    statuses = []
+    for n in range(2):
+        conn.request("GET", "/v2/", headers={"Authorization": basic(f"u{n}", "x")})
+        statuses.append(conn.getresponse())
+        statuses[-1].read()
+    assert [r.status for r in statuses] == [401, 429]
+    conn.request("GET", "/v2/", headers={"Authorization": basic("u2", "x")})
+    assert get(reg, "/v2/")[0] == 401  # another client, answered meanwhile
+    assert conn.sock is not None
+    assert not select.select([conn.sock], [], [], 0)[0], "read at once after its 429"
+    assert conn.getresponse().status == 429
+    conn.close()

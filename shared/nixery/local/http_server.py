@@ -23,6 +23,11 @@ flood to be answered. Each address's requests still go in their order, and a con
 at most two requests read (waitress' lookahead), so the rest of a flood waits unread. Waitress
 logs a line for each request that waits for a thread (thousands a second in a flood, each
 costing the pool's lock and the GIL); here one line a second says how many waited.
+
+After a 429 a connection is not read for ``THROTTLED_PAUSE``: a client told to come back later
+that asks again at once on the same connection (a flood of wrong passwords on keep-alive
+connections, 2,000 a second) has its next request read a second later, without a thread held,
+rather than take the event loop's time (reading, answering) from everyone else.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any, cast
 from flask import Flask
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import Task, ThreadedTaskDispatcher
+from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
 
 from nixery.config import ConnectionLimits
 from nixery.limits import client_key
@@ -47,13 +52,23 @@ log = logging.getLogger(__name__)
 # many times over; nothing is pushed here, so bodies are empty.
 MAX_HEADER_BYTES = 16 << 10
 MAX_BODY_BYTES = 64 << 10
+THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
+
+
+class _Task(WSGITask):
+    def execute(self) -> None:
+        super().execute()
+        if self.status.startswith("429"):
+            cast(_Channel, self.channel).paused_until = time.monotonic() + THROTTLED_PAUSE
 
 
 class _Channel(HTTPChannel):
     """A connection: refuses TLS at once, and remembers when its current request began."""
 
+    task_class = _Task
     silent = True  # no byte received yet
     client = ""  # what its address's limits count by
+    paused_until = 0.0  # time.monotonic() until which it is not read (after a 429)
 
     def __init__(self, server: _Server, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
@@ -65,6 +80,11 @@ class _Channel(HTTPChannel):
         if held > server.limits.per_client:  # itself included
             log.warning("refused a connection from %s: it holds %d already", addr[0], held - 1)
             self.will_close = True
+
+    def readable(self) -> bool:
+        return super().readable() and (
+            not self.paused_until or self.paused_until <= time.monotonic()
+        )
 
     def received(self, data: bytes) -> bool:
         # skopeo, podman and containerd try HTTPS first even for an insecure registry; an HTTP
