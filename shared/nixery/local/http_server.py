@@ -56,10 +56,11 @@ THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
 
 
 class _Task(WSGITask):
-    def execute(self) -> None:
-        super().execute()
+    def build_response_header(self) -> bytes:
+        # Before a byte is sent: the client's next request may come as soon as it is.
         if self.status.startswith("429"):
             cast(_Channel, self.channel).paused_until = time.monotonic() + THROTTLED_PAUSE
+        return super().build_response_header()
 
 
 class _Channel(HTTPChannel):
@@ -82,9 +83,15 @@ class _Channel(HTTPChannel):
             self.will_close = True
 
     def readable(self) -> bool:
-        return super().readable() and (
-            not self.paused_until or self.paused_until <= time.monotonic()
-        )
+        return super().readable() and not self.paused()
+
+    def handle_read(self) -> None:
+        # A pause may begin while the loop waits on a readable() from before it.
+        if not self.paused():
+            super().handle_read()
+
+    def paused(self) -> bool:
+        return bool(self.paused_until) and self.paused_until > time.monotonic()
 
     def received(self, data: bytes) -> bool:
         # skopeo, podman and containerd try HTTPS first even for an insecure registry; an HTTP
