@@ -64,7 +64,8 @@ class _Task(WSGITask):
 
 
 class _Channel(HTTPChannel):
-    """A connection: refuses TLS at once, and remembers when its current request began."""
+    """A connection: refuses TLS at once, remembers when its current request began, and is
+    not read for a while after a 429."""
 
     task_class = _Task
     silent = True  # no byte received yet
