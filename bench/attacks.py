@@ -13,7 +13,7 @@ new connection, throughout. After a short quiet baseline, each attack runs for a
   them (joining a build is free: no new-build limit counts them), each asked again a second
   after its answer;
 - wrong passwords: --flood keep-alive connections from 8 addresses, each sending a request
-  with a wrong Basic password as soon as the last is answered;
+  with a wrong Basic password as soon as the last is answered (`bench.login_flood`'s);
 - silent: --silent connections from 42 addresses that never send a byte, each opened again
   as soon as the server closes it.
 
@@ -33,11 +33,13 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.lib.harness import command_parser, parse_args, percentile_ms, rss_mb
+from bench.login_flood import attacker
 from nixery.http.auth import hash_password
 from tests.helpers.registries import OCI, Registry
 
@@ -125,23 +127,9 @@ def waiters(port: int, count: int, stop: threading.Event) -> list[threading.Thre
 
 
 def wrong_passwords(port: int, count: int, stop: threading.Event) -> list[threading.Thread]:
-    def slot(i: int) -> None:
-        headers = {"Accept": OCI, "Authorization": basic(USER, f"guess-{i}")}
-        source = (f"127.0.0.{30 + i % 8}", 0)
-        conn: http.client.HTTPConnection | None = None
-        while not stop.is_set():
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, 5 * POLL, source)
-            try:
-                conn.request("GET", CACHED, headers=headers)
-                conn.getresponse().read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    return [threading.Thread(target=slot, args=(i,)) for i in range(count)]
+    answers = Counter[str]()  # not reported: the client's figures are
+    sources = [f"127.0.0.{30 + i % 8}" for i in range(count)]
+    return [threading.Thread(target=attacker, args=(port, s, answers, stop)) for s in sources]
 
 
 def silent(port: int, count: int, stop: threading.Event) -> list[threading.Thread]:

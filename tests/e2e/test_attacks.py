@@ -9,10 +9,12 @@ The attackers connect from other loopback addresses (127.0.0.2 and up) than the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import itertools
 import json
+import select
 import selectors
 import signal
 import socket
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from nixery.http.auth import hash_password
 from tests.helpers.emulators import Emulators, GcpRegistry
 from tests.helpers.registries import OCI, Registry
 
@@ -304,3 +307,50 @@ def test_a_thousand_silent_connections_keep_nobody_out(make_registry) -> None:
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_a_flood_from_one_address_does_not_queue_ahead_of_others(make_registry) -> None:
+    """Requests wait for a thread in turns by address: 24 wrong passwords from one address,
+    each holding one of the 4 threads while its hash is checked, are queued before a logged-in
+    client's request, which is answered before most of them rather than after all."""
+    hashed = hash_password("right")
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hashed}",
+                        NIXERY_SERVER_THREADS="4", NIXERY_AUTH_CHECKS="4",
+                        NIXERY_AUTH_FAILURES="1000/60")  # fmt: skip
+    alice = {"Accept": OCI, "Authorization": basic("alice", "right")}
+    assert reg.get("/v2/hello/manifests/latest", headers=alice).status_code == 200
+    flood = [connect(reg, "127.0.0.2") for _ in range(24)]
+    for n, sock in enumerate(flood):
+        sock.sendall(f"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: {basic(f'u{n}', 'x')}"
+                     "\r\nConnection: close\r\n\r\n".encode())  # fmt: skip
+    time.sleep(0.5)  # for the server to read them: the order is what is tested
+    assert reg.get("/v2/hello/manifests/latest", headers=alice).status_code == 200
+    answered, _, _ = select.select(flood, [], [], 0)
+    assert len(answered) < len(flood) // 2, f"{len(answered)} of the flood answered first"
+    assert all(status_of(a)[0] == 401 for a in answers(flood, len(flood), 120).values())
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_connection_is_not_read_for_a_while_after_a_429(make_registry) -> None:
+    """A client that asks again at once after a 429, on the same connection, has its request
+    read THROTTLED_PAUSE (1 s) later, without a thread: meanwhile another client is answered
+    (a cheap request, well within the pause), and then the paused request is."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hash_password('right')}",
+                        NIXERY_AUTH_FAILURES="1/3600")  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60,
+                                      source_address=("127.0.0.2", 0))  # fmt: skip
+    statuses = []
+    for n in range(2):
+        conn.request("GET", "/v2/", headers={"Authorization": basic(f"u{n}", "x")})
+        statuses.append(conn.getresponse())
+        statuses[-1].read()
+    assert [r.status for r in statuses] == [401, 429]
+    conn.request("GET", "/v2/", headers={"Authorization": basic("u2", "x")})
+    assert get(reg, "/v2/")[0] == 401  # another client, answered meanwhile
+    assert conn.sock is not None
+    assert not select.select([conn.sock], [], [], 0)[0], "read at once after its 429"
+    assert conn.getresponse().status == 429
+    conn.close()

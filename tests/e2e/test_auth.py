@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,7 +23,15 @@ from itsdangerous.encoding import base64_encode
 from nixery import config
 from nixery.config import AuthSettings, Env, Rate, auth_settings
 from nixery.errors import ConfigError, TooManyLogins
-from nixery.http.auth import KNOWN, REMEMBER, TOKEN_SALT, TOKEN_TTL, Auth, hash_password
+from nixery.http.auth import (
+    KNOWN,
+    LOG_REFUSALS,
+    REMEMBER,
+    TOKEN_SALT,
+    TOKEN_TTL,
+    Auth,
+    hash_password,
+)
 from tests.helpers.clients import Containerd
 from tests.helpers.fakes import FakeClock
 from tests.helpers.registries import NIXERY, OCI, Registry
@@ -515,3 +524,30 @@ def test_failed_logins_count_by_the_address_the_trusted_proxies_forward(
     log = reg.log()
     assert f"refused u0 from {client}" in log and f"address {client}: 2 failed logins" in log
     assert "203.0.113.9" not in log
+
+
+def test_logins_refused_unchecked_are_counted_in_one_line_per_address(hashed, caplog) -> None:
+    """A flood's 429s are thousands a second: each address's are logged as one line with
+    their count, with the first refusal LOG_REFUSALS seconds after the last line, and not one
+    by one."""
+    caplog.set_level(logging.WARNING, "nixery.http.auth")
+    clock = FakeClock()
+    auth = Auth(AuthSettings("basic", {"alice": hashed}, SECRET.encode(), Rate(1, 3600.0)),
+                clock)  # fmt: skip
+    for address in ("192.0.2.1", "2001:db8::1"):
+        assert not auth.check_password(f"bob-{address}", "a guess", address)
+    caplog.clear()  # the lines that say the addresses are throttled
+    for n in range(30):
+        with pytest.raises(TooManyLogins):
+            auth.check_password(f"eve{n}", "a guess", "192.0.2.1" if n % 3 else "2001:db8::2")
+    assert "refused" not in caplog.text
+    clock.advance(LOG_REFUSALS)
+    with pytest.raises(TooManyLogins):
+        auth.check_password("eve", "a guess", "192.0.2.1")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"address 192.0.2.1: refused 21 logins unchecked in the last {LOG_REFUSALS:.0f} s: "
+        "too many failed logins",
+        f"address 2001:db8::/64: refused 10 logins unchecked in the last {LOG_REFUSALS:.0f} s: "
+        "too many failed logins",
+    ]

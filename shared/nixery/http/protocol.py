@@ -40,6 +40,7 @@ from nixery.errors import (
     InvalidTag,
     NixeryError,
     Throttled,
+    TooManyLogins,
     TooManyWaiters,
     Transient,
     UnknownBlob,
@@ -189,6 +190,7 @@ def create_app(
 
     @app.errorhandler(NixeryError)
     def domain_error(e: NixeryError) -> Response:
+        g.unlogged = isinstance(e, TooManyLogins)  # Auth counts them, a line per address
         return error_response(e)
 
     @app.errorhandler(HTTPException)
@@ -237,6 +239,8 @@ def create_app(
     def headers(response: Response) -> Response:
         if _is_api(request.path):
             response.headers[API_VERSION[0]] = API_VERSION[1]
+        if g.get("unlogged"):
+            return response
         _access(request.method, request.path, response.status_code, g.started)
         return response
 

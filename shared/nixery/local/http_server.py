@@ -19,6 +19,19 @@ server reads ahead on each connection, so that the request can see its client ha
 A blob (a file the app returns as ``wsgi.file_wrapper``) goes to the socket with sendfile:
 the kernel copies it from the page cache, where waitress would read each chunk into Python
 and write it back.
+
+Requests wait for a pool thread in turns by address (``client_key``), not in arrival order: a
+flood of cheap requests (wrong passwords answered 429) on many connections from a few
+addresses would otherwise queue ahead of every other client, which then waits for the whole
+flood to be answered. Each address's requests still go in their order, and a connection has
+at most two requests read (waitress' lookahead), so the rest of a flood waits unread. Waitress
+logs a line for each request that waits for a thread (thousands a second in a flood, each
+costing the pool's lock and the GIL); here one line a second says how many waited.
+
+After a 429 a connection is not read for ``THROTTLED_PAUSE``: a client told to come back later
+that asks again at once on the same connection (a flood of wrong passwords on keep-alive
+connections, 2,000 a second) has its next request read a second later, without a thread held,
+rather than take the event loop's time (reading, answering) from everyone else.
 """
 
 from __future__ import annotations
@@ -28,12 +41,14 @@ import logging
 import os
 import resource
 import time
+from collections import deque
 from typing import Any, cast
 
 from flask import Flask
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
+from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
 
 from nixery.config import ConnectionLimits
 from nixery.limits import client_key
@@ -47,13 +62,25 @@ MAX_BODY_BYTES = 64 << 10
 # What a send says of a client that hung up (waitress' own list).
 _GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE,
          errno.EBADF}  # fmt: skip
+THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
+
+
+class _Task(WSGITask):
+    def build_response_header(self) -> bytes:
+        # Before a byte is sent: the client's next request may come as soon as it is.
+        if self.status.startswith("429"):
+            cast(_Channel, self.channel).paused_until = time.monotonic() + THROTTLED_PAUSE
+        return super().build_response_header()
 
 
 class _Channel(HTTPChannel):
-    """A connection: refuses TLS at once, and remembers when its current request began."""
+    """A connection: refuses TLS at once, remembers when its current request began, and is
+    not read for a while after a 429."""
 
+    task_class = _Task
     silent = True  # no byte received yet
     client = ""  # what its address's limits count by
+    paused_until = 0.0  # time.monotonic() until which it is not read (after a 429)
 
     def __init__(self, server: _Server, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
@@ -65,6 +92,17 @@ class _Channel(HTTPChannel):
         if held > server.limits.per_client:  # itself included
             log.warning("refused a connection from %s: it holds %d already", addr[0], held - 1)
             self.will_close = True
+
+    def readable(self) -> bool:
+        return super().readable() and not self.paused()
+
+    def handle_read(self) -> None:
+        # A pause may begin while the loop waits on a readable() from before it.
+        if not self.paused():
+            super().handle_read()
+
+    def paused(self) -> bool:
+        return bool(self.paused_until) and self.paused_until > time.monotonic()
 
     def received(self, data: bytes) -> bool:
         # skopeo, podman and containerd try HTTPS first even for an insecure registry; an HTTP
@@ -137,8 +175,73 @@ class _Channel(HTTPChannel):
         return sent
 
 
+class FairQueue:
+    """Waitress' task queue (a deque's ``append``, ``popleft`` and length, under the
+    dispatcher's lock), served one address at a time in turn: a task waits behind at most one
+    task of each other address that has some waiting. A task is a connection with a request
+    read, and a connection is queued once at a time."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, deque[_Channel]] = {}  # by address, in arrival order
+        self._turns: deque[str] = deque()  # addresses with tasks waiting, next first
+        self._length = 0
+
+    def append(self, task: _Channel) -> None:
+        waiting = self._waiting.get(task.client)
+        if waiting is None:
+            waiting = self._waiting[task.client] = deque()
+            self._turns.append(task.client)
+        waiting.append(task)
+        self._length += 1
+
+    def popleft(self) -> _Channel:
+        client = self._turns.popleft()  # IndexError when empty, as a deque's
+        waiting = self._waiting[client]
+        task = waiting.popleft()
+        if waiting:
+            self._turns.append(client)
+        else:
+            del self._waiting[client]
+        self._length -= 1
+        return task
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class _Dispatcher(ThreadedTaskDispatcher):
+    """Waitress' thread pool, with the queue above, counting the requests that wait for a
+    thread instead of logging each."""
+
+    # The stubs call its tasks Task; waitress' servers queue their channels.
+    queue: FairQueue  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = FairQueue()
+        self.waited = 0  # requests queued with no thread idle, since the last maintenance
+        self.deepest = 0  # the most waiting at once since then
+
+    def add_task(self, task: Task) -> None:
+        with self.lock:
+            self.queue.append(cast(_Channel, task))
+            self.queue_cv.notify()
+            waiting = len(self.queue) - (len(self.threads) - self.stop_count - self.active_count)
+            if waiting > 0:
+                self.waited += 1
+                self.deepest = max(self.deepest, waiting)
+
+    def waits(self) -> tuple[int, int]:
+        """The requests that waited for a thread and the most at once, since the last call."""
+        with self.lock:
+            counts = self.waited, self.deepest
+            self.waited = self.deepest = 0
+            return counts
+
+
 class _Server(TcpWSGIServer):
     limits: ConnectionLimits
+    task_dispatcher: _Dispatcher
     made_room = 0  # connections closed at the limit since the last maintenance
 
     def channels(self) -> list[_Channel]:
@@ -166,6 +269,9 @@ class _Server(TcpWSGIServer):
             log.warning("at the connection limit: closed %d idle connections to let others in",
                         self.made_room)  # fmt: skip
             self.made_room = 0
+        waited, deepest = self.task_dispatcher.waits()
+        if waited:
+            log.warning("%d requests waited for a thread, up to %d at once", waited, deepest)
 
     def readable(self) -> bool:
         """At the connection limit, makes room for the connections waiting to be accepted,
@@ -195,8 +301,11 @@ def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) ->
     if soft != resource.RLIM_INFINITY and soft < wanted:
         top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+    dispatcher = _Dispatcher()
+    dispatcher.set_thread_count(limits.threads)
     server = _Server(
         app,
+        dispatcher=dispatcher,
         host=host,
         port=port,
         ident="nixery",
