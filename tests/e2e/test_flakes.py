@@ -5,6 +5,7 @@ inputs; pure evaluation; and everything the image carries about where it comes f
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import shutil
@@ -23,7 +24,7 @@ from nixery.request import UID, parse_name
 from nixery.service.catalog import FRONT_TTL
 from nixery.sources.path import PathSource
 from tests.helpers.emulators import ContainerBuilderRegistry
-from tests.helpers.flakes import GREETINGS, FlakeRepo, flake_repo, lock
+from tests.helpers.flakes import GREETINGS, WRONG_HASH, FlakeRepo, eval_allow, flake_repo, lock
 from tests.helpers.registries import DEMO, NIX_CONFIG, NIXERY, OCI, REPO, Registry, git
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +40,9 @@ def flake_registry(
     flake: FlakeRepo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Registry]:
     storage = tmp_path_factory.mktemp("flake-registry") / "storage"
-    reg = Registry(storage, NIXERY_PKGS_REPO=flake.url, NIX_TIMEOUT="30").start()
+    allow = eval_allow(flake)
+    reg = Registry(storage, NIXERY_PKGS_REPO=flake.url, NIX_TIMEOUT="30", NIXERY_EVAL_ALLOW=allow)
+    reg.start()
     yield reg
     reg.stop()
 
@@ -136,11 +139,63 @@ def test_a_flake_that_reads_a_host_file_fails_and_leaks_nothing(flake_registry):
     hostname = Path("/etc/hostname").read_text().strip()
     response = manifest(flake_registry, "pwn", "hostile")
     message = error_of(response)
-    assert "access to absolute path '/etc/hostname' is forbidden in pure eval mode" in message
+    assert "access to absolute path '<host path>' is forbidden in pure eval mode" in message
     assert hostname not in response.text
     url = response.json()["errors"][0]["detail"]["url"]
     page = flake_registry.get(f"/api/v1/builds/{url.rsplit('/', 1)[1]}")
     assert page.json()["status"] == "failed" and hostname not in page.text
+
+
+def nar_hashes(path: Path) -> tuple[str, str]:
+    """The NAR hash of a file, as the flake.lock and Nix's messages spell it, and as base32."""
+    hashed = [["nix-hash", "--type", "sha256", *how, str(path)] for how in ([], ["--base32"])]
+    base16, base32 = (subprocess.run(c, capture_output=True, text=True, check=True).stdout
+                      for c in hashed)  # fmt: skip
+    return "sha256-" + base64.b64encode(bytes.fromhex(base16.strip())).decode(), base32.strip()
+
+
+def secret_store_path(flake: FlakeRepo) -> str:
+    """Where Nix copies the secret file as a flake input (``source``), without copying it."""
+    return subprocess.run(
+        ["nix-store", "--print-fixed-path", "--recursive", "sha256",
+         nar_hashes(flake.secret)[1], "source"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def leaks(flake: FlakeRepo, *texts: str) -> list[str]:
+    """What of the secret file the texts hold: its content, its hash or its store path's."""
+    secret = (flake.secret.read_text().strip(), *nar_hashes(flake.secret))
+    store_hash = secret_store_path(flake).split("/")[3].split("-")[0]
+    return [s for s in (*secret, store_hash) if any(s in text for text in texts)]
+
+
+def test_a_lock_pinning_a_host_file_is_refused_before_nix_reads_it(flake_registry, flake):
+    """A ``path:`` input with a wrong hash: Nix would copy the file into the store and name
+    its hash in the error; with the right one, the flake would evaluate to its content."""
+    response = manifest(flake_registry, "pwn", "secret-lock")
+    message = error_of(response)
+    assert "flake.lock pins the input secret to a path on the registry's machine" in message
+    assert "NIXERY_EVAL_ALLOW" in message and not leaks(flake, response.text)
+    assert not Path(secret_store_path(flake)).exists(), "the secret was copied into the store"
+
+
+def test_a_git_input_outside_the_allowed_directories_is_refused(flake_registry):
+    message = error_of(manifest(flake_registry, "greeting", "outside"))
+    assert "flake.lock pins the input bb to a path on the registry's machine" in message
+
+
+def test_flake_code_fetching_a_host_file_fails_without_leaking_it(flake_registry, flake):
+    """builtins.fetchTree on a host path, a wrong hash: Nix names the right one, the client
+    does not see it (docs/security.md says what Nix 2.8 still lets such code read)."""
+    response = manifest(flake_registry, "pwn", "secret-fetch")
+    message = error_of(response)
+    assert "<hash>" in message and WRONG_HASH not in message, message
+    url = response.json()["errors"][0]["detail"]["url"]
+    page = flake_registry.get(f"/api/v1/builds/{url.rsplit('/', 1)[1]}")
+    assert page.json()["status"] == "failed"
+    assert not leaks(flake, response.text, page.text)
+    assert str(flake.secret) not in response.text + page.text
 
 
 def test_unknown_attributes_are_refused_with_suggestions_from_the_flake(flake_registry):
@@ -229,6 +284,7 @@ def container_flake_registry(flake, emulators, builder_image, tmp_path_factory):
     reg = ContainerBuilderRegistry(
         tmp_path_factory.mktemp("gcp-flake"), emulators, builder_image, mounts,
         NIXERY_PKGS_PATH="", NIXERY_PKGS_REPO=flake.url, NIX_TIMEOUT="30",
+        NIXERY_EVAL_ALLOW=eval_allow(flake),
     )  # fmt: skip
     reg.start()
     yield reg
@@ -266,7 +322,9 @@ def test_google_cloud_mode_refuses_what_local_mode_refuses(container_flake_regis
 def test_a_path_source_holding_a_flake_is_read_as_one(make_registry, flake, flake_registry):
     """Its working tree (.git left out, as git's own checkout has none): the same packages
     as the repository's HEAD."""
-    reg = make_registry(NIXERY_PKGS_PATH=str(flake.path), NIX_TIMEOUT="30")
+    reg = make_registry(
+        NIXERY_PKGS_PATH=str(flake.path), NIX_TIMEOUT="30", NIXERY_EVAL_ALLOW=eval_allow(flake)
+    )
     assert manifest(reg, "greeting").status_code == 200, reg.log()
     revision = PathSource(flake.path).resolve("latest")
     page = report_of(reg, "greeting", revision)
@@ -281,7 +339,7 @@ def test_a_path_source_flake_edited_in_place_is_read_anew(flake, tmp_path, monke
     monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
     tree = tmp_path / "flake"
     shutil.copytree(flake.path, tree, symlinks=True)
-    source, nix = PathSource(tree, ttl=0), Nix(REPO / "prepare-image", 60)
+    source, nix = PathSource(tree, ttl=0), Nix(REPO / "prepare-image", 60, [flake.inputs])
     outputs = []
     for text in ("one", "two"):
         (tree / "greeting.txt").write_text(text)
@@ -339,7 +397,7 @@ def test_an_input_of_an_input_the_lock_lacks_is_refused_naming_the_lock(tmp_path
     source = PathSource(top)
     revision = source.resolve("latest")
     assert revision is not None
-    nix = Nix(REPO / "prepare-image", 60)
+    nix = Nix(REPO / "prepare-image", 60, [tmp_path])
     with pytest.raises(BuildFailed, match=r"flake\.lock does not pin the input bb of one of"):
         nix._plan(top, ["tiny"], "x86_64-linux", math.inf,
                   nix._lock(top, source.flake_origin(revision), math.inf))  # fmt: skip

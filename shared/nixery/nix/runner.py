@@ -299,9 +299,11 @@ class Nix:
         self, source: Path, system: str, deadline: float, flake: FlakeOrigin | None = None
     ) -> list[str]:
         """The package set's attribute names, for the search box (prepare-image's ``names``)."""
-        cmd = self._eval(source, "names", [], system, self._lock(source, flake, deadline))
+        locked = self._lock(source, flake, deadline)
+        cmd = self._eval(source, "names", [], system, locked)
+        what = "listing the package names"
         names: list[str] = json.loads(
-            self._run(cmd, "listing the package names", EVAL_TIMEOUT, deadline, source)
+            self._run(cmd, what, EVAL_TIMEOUT, deadline, source, scrub=locked is not None)
         )
         return names
 
@@ -320,7 +322,8 @@ class Nix:
     ) -> dict[str, Any]:
         cmd = self._eval(source, "plan", packages, system, locked, optional)
         try:
-            out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
+            what = "evaluating the package set"
+            out = self._run(cmd, what, EVAL_TIMEOUT, deadline, source, scrub=locked is not None)
         except BuildFailed as e:
             explained = flakes.unpinned_deeper(e) if locked else e
             if explained is e:
@@ -390,7 +393,8 @@ class Nix:
             flakes.locked_ref(copied["source"], nar_hash, origin),
             copied["prepare"],
             sri(hashes[copied["prepare"]].nar_hash),
-            flakes.read_lock(source, nar_hash),
+            # The copy evaluated, not the checkout, which a path source may change meanwhile.
+            flakes.read_lock(Path(copied["source"]), nar_hash, self.eval_allow),
         )
         return self._locked.keep(key, locked)
 
@@ -401,10 +405,13 @@ class Nix:
         cap: float,
         build_deadline: float,
         source: Path | None = None,
+        *,
+        scrub: bool = False,
     ) -> str:
         """Runs a Nix command for at most ``cap`` seconds and the time the build has left,
         streaming its log into ours, and returns its stdout. Its error, for clients, names
-        no server path (Nix's evaluation errors quote ``at /srv/pkgs/default.nix:1:52``)."""
+        no server path (Nix's evaluation errors quote ``at /srv/pkgs/default.nix:1:52``);
+        with ``scrub`` (a flake's evaluation), no host path and no hash at all."""
         started = time.monotonic()
         left = build_deadline - started
         if left <= 0:
@@ -447,6 +454,8 @@ class Nix:
         if code != 0:
             private = {**self.private, **({source: PACKAGE_SET} if source else {})}
             shown = redact(tail, private)
+            if scrub:
+                shown = flakes.scrub(shown)
             raise _classify(what, code, elapsed >= deadline, deadline, shown, left <= cap)
         log.debug("%s took %.2fs", what, elapsed)
         return "".join(stdout)
