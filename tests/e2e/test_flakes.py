@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nixery.errors import BuildFailed
+from nixery.errors import BuildFailed, BuildInterrupted
 from nixery.job import image_key
 from nixery.nix.runner import Nix
 from nixery.records import Revision
@@ -401,3 +401,50 @@ def test_an_input_of_an_input_the_lock_lacks_is_refused_naming_the_lock(tmp_path
     with pytest.raises(BuildFailed, match=r"flake\.lock does not pin the input bb of one of"):
         nix._plan(top, ["tiny"], "x86_64-linux", math.inf,
                   nix._lock(top, source.flake_origin(revision), math.inf))  # fmt: skip
+
+
+def test_the_flakes_store_copies_are_kept_from_the_collector_while_cached(tmp_path, monkeypatch):
+    """A collection between locking and evaluating must not fail the build as if the flake
+    were broken: the copies are roots (nix-store --delete refuses a live path; a whole
+    collection would touch every engineer's store here)."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    (tmp_path / "flake.nix").write_text(
+        "{ outputs = { self }: { legacyPackages.x86_64-linux.tiny = derivation {\n"
+        f'  name = "tiny"; system = "x86_64-linux"; builder = "/nonexistent"; '
+        f'nonce = "{time.time_ns()}"; }}; }}; }}\n'
+    )
+    source = PathSource(tmp_path)
+    revision = source.resolve("latest")
+    assert revision is not None
+    nix = Nix(REPO / "prepare-image", 60)
+    locked = nix._lock(tmp_path, source.flake_origin(revision), math.inf)
+    assert locked is not None
+    for path in (locked.source, locked.prepare):
+        deleted = subprocess.run(["nix-store", "--delete", path], capture_output=True, text=True)
+        assert deleted.returncode != 0 and "still alive" in deleted.stderr, deleted.stderr
+    plan = nix._plan(tmp_path, ["tiny"], "x86_64-linux", math.inf, locked)
+    assert [p["name"] for p in plan["packages"]] == ["tiny"]
+
+
+def test_a_git_input_the_network_cannot_fetch_is_transient(tmp_path, monkeypatch):
+    """Its host unreachable (no network here): a 503 to retry, not a failure remembered."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    url = "https://nixery-test.invalid/r.git"
+    (tmp_path / "flake.nix").write_text(
+        f'{{ inputs.bb = {{ url = "git+{url}"; flake = false; }};\n'
+        "  outputs = { self, bb }: { legacyPackages.x86_64-linux.tiny = derivation {\n"
+        '    name = builtins.readFile "${bb}/x"; system = "x86_64-linux";\n'
+        '    builder = "/nonexistent"; }; }; }\n'
+    )
+    pinned = {"type": "git", "url": url}
+    locked = {**pinned, "rev": "0" * 40, "narHash": WRONG_HASH, "lastModified": 1, "revCount": 1}
+    nodes = {"root": {"inputs": {"bb": "bb"}},
+             "bb": {"flake": False, "locked": locked, "original": pinned}}  # fmt: skip
+    (tmp_path / "flake.lock").write_text(json.dumps({"nodes": nodes, "root": "root", "version": 7}))
+    source = PathSource(tmp_path)
+    revision = source.resolve("latest")
+    assert revision is not None
+    nix = Nix(REPO / "prepare-image", 60)
+    with pytest.raises(BuildInterrupted):
+        nix._plan(tmp_path, ["tiny"], "x86_64-linux", math.inf,
+                  nix._lock(tmp_path, source.flake_origin(revision), math.inf))  # fmt: skip

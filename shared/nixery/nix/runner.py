@@ -22,6 +22,7 @@ retried).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -386,6 +387,12 @@ class Nix:
         cmd = self._restricted(source, "flakeSource")
         copied = json.loads(self._run(cmd, "reading the flake", EVAL_TIMEOUT, deadline, source))
         flakes.check_pinned(bool(copied["hasLock"]), list(copied["unpinned"]))
+        # Roots while cached (one per checkout, replaced): a collection between this and the
+        # pure evaluation would otherwise fail the build as if the flake were broken.
+        checkout = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+        for path, name in ((copied["source"], f"flake-{checkout}"), (copied["prepare"], "prepare")):
+            cmd = ["nix-store", "--realise", "--add-root", str(_own_roots() / name), path]
+            self._run(cmd, "keeping the flake's copy", EVAL_TIMEOUT, deadline)
         hashes = self.closure([copied["source"], copied["prepare"]], deadline)
         nar_hash = sri(hashes[copied["source"]].nar_hash)
         locked = LockedFlake(
@@ -487,11 +494,15 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 _ERROR_RE = re.compile(r"^error:\s*(.*)$")
 # Nix's words for trouble outside the package set (2.8 to 2.26): substituter downloads,
-# the disk, memory, and builders killed from outside (the OOM killer sends SIGKILL).
+# the disk, memory, builders killed from outside (the OOM killer sends SIGKILL), and the
+# network under a flake's git input.
 _TRANSIENT_RE = re.compile(
     r"unable to download|cannot download|error: download of|does not exist in binary cache"
     r"|No space left on device|Cannot allocate memory|out of memory|std::bad_alloc"
-    r"|due to signal 9\b|killed by signal 9\b",
+    r"|due to signal 9\b|killed by signal 9\b"
+    # A flake's input fetched by git over the network (2.8 runs git; 2.26 libgit2 too).
+    r"|program 'git' failed|Could not resolve host|Failed to connect|Connection timed out"
+    r"|Temporary failure in name resolution|failed to resolve address",
     re.IGNORECASE,
 )
 
