@@ -154,11 +154,11 @@ def nar_hashes(path: Path) -> tuple[str, str]:
     return "sha256-" + base64.b64encode(bytes.fromhex(base16.strip())).decode(), base32.strip()
 
 
-def secret_store_path(flake: FlakeRepo) -> str:
-    """Where Nix copies the secret file as a flake input (``source``), without copying it."""
+def secret_store_path(secret: Path) -> str:
+    """Where Nix copies a file as a flake input (``source``), without copying it."""
     return subprocess.run(
         ["nix-store", "--print-fixed-path", "--recursive", "sha256",
-         nar_hashes(flake.secret)[1], "source"],
+         nar_hashes(secret)[1], "source"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
 
@@ -166,7 +166,7 @@ def secret_store_path(flake: FlakeRepo) -> str:
 def leaks(flake: FlakeRepo, *texts: str) -> list[str]:
     """What of the secret file the texts hold: its content, its hash or its store path's."""
     secret = (flake.secret.read_text().strip(), *nar_hashes(flake.secret))
-    store_hash = secret_store_path(flake).split("/")[3].split("-")[0]
+    store_hash = secret_store_path(flake.secret).split("/")[3].split("-")[0]
     return [s for s in (*secret, store_hash) if any(s in text for text in texts)]
 
 
@@ -177,7 +177,9 @@ def test_a_lock_pinning_a_host_file_is_refused_before_nix_reads_it(flake_registr
     message = error_of(response)
     assert "flake.lock pins the input secret to a path on the registry's machine" in message
     assert "NIXERY_EVAL_ALLOW" in message and not leaks(flake, response.text)
-    assert not Path(secret_store_path(flake)).exists(), "the secret was copied into the store"
+    assert not Path(secret_store_path(flake.secret)).exists(), (
+        "the secret was copied into the store"
+    )
 
 
 def test_a_git_input_outside_the_allowed_directories_is_refused(flake_registry):
@@ -448,3 +450,27 @@ def test_a_git_input_the_network_cannot_fetch_is_transient(tmp_path, monkeypatch
     with pytest.raises(BuildInterrupted):
         nix._plan(tmp_path, ["tiny"], "x86_64-linux", math.inf,
                   nix._lock(tmp_path, source.flake_origin(revision), math.inf))  # fmt: skip
+
+
+def test_step_one_reads_no_host_file_where_flakes_are_enabled_globally(tmp_path, monkeypatch):
+    """The restricted step that copies the checkout evaluates the flake's ``inputs``: with
+    flakes on in the host's nix.conf, fetchTree would be there to copy a host file."""
+    features = "experimental-features = nix-command flakes\n"
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG + features)
+    secret = tmp_path / "secret"
+    secret.write_text(f"secret {time.time_ns()}\n")
+    tree = tmp_path / "flake"
+    tree.mkdir()
+    (tree / "flake.nix").write_text(
+        "{ inputs = builtins.seq (builtins.fetchTree"
+        f' {{ type = "path"; path = "{secret}"; narHash = "{WRONG_HASH}"; }}) {{ }};\n'
+        "  outputs = { self }: { }; }\n"
+    )
+    source = PathSource(tree)
+    revision = source.resolve("latest")
+    assert revision is not None
+    nix = Nix(REPO / "prepare-image", 60)
+    with pytest.raises(BuildFailed) as raised:
+        nix._lock(tree, source.flake_origin(revision), math.inf)
+    assert not Path(secret_store_path(secret)).exists(), "the file was copied into the store"
+    assert nar_hashes(secret)[0] not in str(raised.value)

@@ -66,8 +66,10 @@ STOP_GRACE = 10.0
 
 # The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
-# Evaluation sees only the paths given with -I, fetches no URL and builds nothing.
+# Evaluation sees only the paths given with -I, fetches no URL and builds nothing; no
+# experimental feature either, whatever nix.conf enables (flakes' fetchTree reads any path).
 RESTRICTED = (
+    *("--option", "experimental-features", ""),
     *("--option", "restrict-eval", "true"),
     *("--option", "allowed-uris", ""),
     *("--option", "allow-import-from-derivation", "false"),
