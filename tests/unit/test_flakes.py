@@ -32,6 +32,11 @@ HASH = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
          f"git+https://example.org/r.git?ref=main&rev={REV}"),
         ({"type": "tarball", "url": "https://example.org/x.tar.gz"},
          "tarball+https://example.org/x.tar.gz"),
+        ({"type": "tarball", "url": "https://example.org/x.tar.gz?access_token=secret#f"},
+         "tarball+https://example.org/x.tar.gz"),
+        ({"type": "git", "url": "https://example.org/r.git?token=secret", "rev": REV,
+          "ref": "main", "dir": "sub", "token": "secret", "lastModified": 1},
+         f"git+https://example.org/r.git?dir=sub&ref=main&rev={REV}"),
         ({"type": "path", "path": "/nix/store/x-source"}, "path:/nix/store/x-source"),
     ],
 )  # fmt: skip

@@ -187,8 +187,13 @@ def check_local(name: str, locked: Mapping[str, Any], allowed: Sequence[Path]) -
     )
 
 
+# What of a locked input's attributes says which revision it is, and nothing secret.
+_KEPT = frozenset({"rev", "ref", "dir", "submodules", "shallow", "allRefs"})
+
+
 def input_url(locked: Mapping[str, Any]) -> str:
-    """A locked input as a flake reference URL, without credentials: ``github:o/r/<rev>``,
+    """A locked input as a flake reference URL, without credentials (nor any query but the
+    revision's keys, which could hold them): ``github:o/r/<rev>``,
     ``git+<url>?ref=...&rev=...``, ``path:<path>``, ``tarball+<url>``."""
     kind = str(locked["type"])
     if kind in ("github", "gitlab", "sourcehut"):
@@ -198,6 +203,7 @@ def input_url(locked: Mapping[str, Any]) -> str:
         return f"path:{locked['path']}"
     if kind == "indirect":
         return f"flake:{locked['id']}"
-    skip = {"type", "url", "narHash", "lastModified", "revCount"}
-    query = urllib.parse.urlencode(sorted((k, str(v)) for k, v in locked.items() if k not in skip))
-    return f"{kind}+{public_url(str(locked['url']))}" + (f"?{query}" if query else "")
+    query = urllib.parse.urlencode(sorted((k, str(v)) for k, v in locked.items() if k in _KEPT))
+    # The URL's own query and fragment may carry a token (``?access_token=``): left out.
+    url = urllib.parse.urlsplit(public_url(str(locked["url"])))._replace(query="", fragment="")
+    return f"{kind}+{url.geturl()}" + (f"?{query}" if query else "")
