@@ -227,6 +227,25 @@ def test_the_build_page_shows_the_flake_and_what_the_image_goes_without(flake_re
     assert front["source"] == f"git:{flake.url}"
 
 
+def sbom_properties(registry: Registry, response) -> dict[str, str]:
+    """The properties of the SBOM's subject, for the image ``response`` is the manifest of."""
+    digest = response.headers["Docker-Content-Digest"]
+    (sbom,) = registry.get(f"/v2/greeting/referrers/{digest}").json()["manifests"]
+    artifact = registry.get(f"/v2/greeting/manifests/{sbom['digest']}",
+                            headers={"Accept": OCI}).json()  # fmt: skip
+    blob = registry.get(f"/v2/greeting/blobs/{artifact['layers'][0]['digest']}",
+                        allow_redirects=True).json()  # fmt: skip
+    return {p["name"]: p["value"] for p in blob["metadata"]["component"]["properties"]}
+
+
+def test_an_input_locked_by_its_commit_alone_has_no_nar_hash_in_the_sbom(flake_registry):
+    response = manifest(flake_registry, "greeting", "rev-only")
+    assert response.status_code == 200, response.text
+    properties = sbom_properties(flake_registry, response)
+    assert "rev=" in properties["nixery:flake:input:bb:url"]
+    assert "nixery:flake:input:bb:nar-hash" not in properties
+
+
 def test_the_sbom_and_annotations_name_the_flake_its_commit_and_locked_inputs(
     flake_registry, flake
 ):
@@ -235,13 +254,7 @@ def test_the_sbom_and_annotations_name_the_flake_its_commit_and_locked_inputs(
     annotations = response.json()["annotations"]
     assert annotations["org.opencontainers.image.source"] == flake.url
     assert annotations["org.opencontainers.image.revision"] == flake.commits["master"]
-    digest = response.headers["Docker-Content-Digest"]
-    (sbom,) = flake_registry.get(f"/v2/greeting/referrers/{digest}").json()["manifests"]
-    artifact = flake_registry.get(f"/v2/greeting/manifests/{sbom['digest']}",
-                                  headers={"Accept": OCI}).json()  # fmt: skip
-    blob = flake_registry.get(f"/v2/greeting/blobs/{artifact['layers'][0]['digest']}",
-                              allow_redirects=True).json()  # fmt: skip
-    properties = {p["name"]: p["value"] for p in blob["metadata"]["component"]["properties"]}
+    properties = sbom_properties(flake_registry, response)
     lock = json.loads((flake.path / "flake.lock").read_text())["nodes"]["bb"]["locked"]
     assert properties["nixery:flake:input:bb:nar-hash"] == lock["narHash"]
     assert properties["nixery:flake:input:bb:url"] == (

@@ -12,6 +12,7 @@ Branches: ``master`` (HEAD) and ``second`` differ in the text ``greeting`` print
 directories the registry allows (``eval_allow``): ``outside`` locks its busybox in another
 repository, ``secret-lock`` locks a ``path:`` input to a secret file (with a wrong NAR hash,
 which Nix would answer with the right one), ``secret-fetch`` calls ``builtins.fetchTree`` on it.
+``rev-only`` locks its input by commit alone, without a NAR hash.
 """
 
 from __future__ import annotations
@@ -179,5 +180,10 @@ def flake_repo(dest: Path, nonce: str = "") -> FlakeRepo:
     locked["nodes"][locked["root"]]["inputs"]["secret"] = "secret"
     (repo / "flake.lock").write_text(json.dumps(locked, indent=2))
     branch("secret-lock")
+    git(repo, "checkout", "-q", "master")
+    locked = json.loads((repo / "flake.lock").read_text())
+    del locked["nodes"]["bb"]["locked"]["narHash"]
+    (repo / "flake.lock").write_text(json.dumps(locked, indent=2))
+    branch("rev-only")
     git(repo, "checkout", "-q", "master")
     return FlakeRepo(repo, f"file://{repo}", inputs, commits, secret)
