@@ -262,6 +262,15 @@ def check_json(reg: Registry) -> None:
     assert reg.get("/api/v1/builds/not-a-key").status_code == 404
 
 
+def test_a_name_that_lists_cacert_itself_is_shown_and_pulled_as_it_was(site):
+    """``cacert/hello`` is another key than ``hello`` (a flake lacking cacert fails it rather
+    than going without): the page's name and pull commands must lead to that image."""
+    assert manifest(site, "cacert/hello").status_code == 200
+    builds = {b["name"]: b for b in site.get("/api/v1/registry").json()["builds"]}
+    report = site.get(f"/api/v1/builds/{builds['cacert/hello']['key']}").json()
+    assert any(f"{site.host}/cacert/hello@sha256:" in line for line in report["pull"])
+
+
 def test_the_json_in_local_mode(site):
     check_json(site)
 
