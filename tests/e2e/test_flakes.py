@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -487,3 +488,33 @@ def test_step_one_reads_no_host_file_where_flakes_are_enabled_globally(tmp_path,
         nix._lock(tree, source.flake_origin(revision), math.inf)
     assert not Path(secret_store_path(secret)).exists(), "the file was copied into the store"
     assert nar_hashes(secret)[0] not in str(raised.value)
+
+
+def test_two_platforms_of_one_build_copy_the_flake_once(tmp_path, monkeypatch):
+    """Both evaluations ask for the flake at once: step 1 runs once, the other waits."""
+    monkeypatch.setenv("NIX_CONFIG", NIX_CONFIG)
+    (tmp_path / "flake.nix").write_text(
+        f"{{ outputs = {{ self }}: {{ nonce = {time.time_ns()}; }}; }}\n"
+    )
+    source = PathSource(tmp_path)
+    revision = source.resolve("latest")
+    assert revision is not None
+    nix = Nix(REPO / "prepare-image", 60)
+    steps: list[str] = []
+    run = nix._run
+
+    def counted(cmd: list[str], what: str, *args, **kwargs) -> str:
+        steps.append(what)
+        return run(cmd, what, *args, **kwargs)
+
+    monkeypatch.setattr(nix, "_run", counted)
+    origin = source.flake_origin(revision)
+    locked: list[object] = []
+    threads = [threading.Thread(target=lambda: locked.append(nix._lock(tmp_path, origin, math.inf)))
+               for _ in range(2)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(locked) == 2 and locked[0] == locked[1]
+    assert steps.count("reading the flake") == 1

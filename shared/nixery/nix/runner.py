@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nixery.caches import BoundedCache
+from nixery.caches import BoundedCache, KeyedLocks
 from nixery.errors import (
     BuildFailed,
     BuildInterrupted,
@@ -228,6 +228,7 @@ class Nix:
         # Checkouts already in the store, by directory and origin: checked again before use,
         # since the store is collected between builds.
         self._locked: BoundedCache[LockedFlake] = BoundedCache(16)
+        self._locking = KeyedLocks()
 
     @contextmanager
     def build(
@@ -244,7 +245,8 @@ class Nix:
         """Builds the packages by ``deadline`` (a ``time.monotonic()`` value), or raises
         ``BuildTimedOut``; their outputs stay garbage-collector roots until the block ends,
         so that a `nix-collect-garbage` meanwhile cannot delete what is being archived.
-        With ``flake``, a checkout holding flake.nix is read as a flake from that origin, and
+        With ``flake``, the checkout (which holds flake.nix: the caller looked) is read as a
+        flake from that origin, and
         the ``optional`` packages it lacks are left out rather than missing. ``timed`` times
         the evaluation (``evaluate``) and the realisation (``realise``)."""
         with timed("evaluate"):
@@ -377,15 +379,19 @@ class Nix:
     def _lock(
         self, source: Path, origin: FlakeOrigin | None, deadline: float
     ) -> LockedFlake | None:
-        """The checkout as pure evaluation reads it, if it is a flake read from ``origin``:
+        """The checkout as pure evaluation reads it, if read as a flake from ``origin``:
         copied into the store with prepare-image (a restricted evaluation that also reads
         which declared inputs its lock lacks), then named by NAR hash."""
-        if origin is None or not flakes.is_flake(source):
+        if origin is None:
             return None
         key = f"{source.resolve()}\0{origin}"
-        found = self._locked.get(key)
-        if found is not None and all(os.path.exists(p) for p in (found.source, found.prepare)):
-            return found
+        with self._locking.hold(key):  # the platforms of one build: step 1 once
+            found = self._locked.get(key)
+            if found is not None and all(os.path.exists(p) for p in (found.source, found.prepare)):
+                return found
+            return self._locked.keep(key, self._copy(source, origin, deadline))
+
+    def _copy(self, source: Path, origin: FlakeOrigin, deadline: float) -> LockedFlake:
         cmd = self._restricted(source, "flakeSource")
         copied = json.loads(self._run(cmd, "reading the flake", EVAL_TIMEOUT, deadline, source))
         flakes.check_pinned(bool(copied["hasLock"]), list(copied["unpinned"]))
@@ -397,7 +403,7 @@ class Nix:
             self._run(cmd, "keeping the flake's copy", EVAL_TIMEOUT, deadline)
         hashes = self.closure([copied["source"], copied["prepare"]], deadline)
         nar_hash = sri(hashes[copied["source"]].nar_hash)
-        locked = LockedFlake(
+        return LockedFlake(
             copied["source"],
             flakes.locked_ref(copied["source"], nar_hash, origin),
             copied["prepare"],
@@ -405,7 +411,6 @@ class Nix:
             # The copy evaluated, not the checkout, which a path source may change meanwhile.
             flakes.read_lock(Path(copied["source"]), nar_hash, self.eval_allow),
         )
-        return self._locked.keep(key, locked)
 
     def _run(
         self,
