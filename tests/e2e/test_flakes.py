@@ -333,6 +333,9 @@ def test_google_cloud_mode_refuses_what_local_mode_refuses(container_flake_regis
     # Nix 2.26 says "pure evaluation mode".
     assert "is forbidden in pure eval" in error_of(manifest(registry, "pwn", "hostile"))
     assert "did you mean greeting?" in error_of(manifest(registry, "greetin"))
+    pinned = "to a path on the registry's machine"
+    assert pinned in error_of(manifest(registry, "pwn", "secret-lock"))
+    assert pinned in error_of(manifest(registry, "greeting", "outside"))
 
 
 def test_a_path_source_holding_a_flake_is_read_as_one(make_registry, flake, flake_registry):
