@@ -22,8 +22,11 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from nixery.job import image_key
 from nixery.records import BuildReport, FailureReport
+from nixery.request import parse_name
 from nixery.service.catalog import FRONT_TTL
+from nixery.sources.path import PathSource
 from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, Registry
 
 pytestmark = pytest.mark.e2e
@@ -266,8 +269,8 @@ def test_a_name_that_lists_cacert_itself_is_shown_and_pulled_as_it_was(site):
     """``cacert/hello`` is another key than ``hello`` (a flake lacking cacert fails it rather
     than going without): the page's name and pull commands must lead to that image."""
     assert manifest(site, "cacert/hello").status_code == 200
-    builds = {b["name"]: b for b in site.get("/api/v1/registry").json()["builds"]}
-    report = site.get(f"/api/v1/builds/{builds['cacert/hello']['key']}").json()
+    key = image_key(parse_name("cacert/hello"), PathSource(DEMO).resolve("latest"))
+    report = site.get(f"/api/v1/builds/{key}").json()
     assert any(f"{site.host}/cacert/hello@sha256:" in line for line in report["pull"])
 
 
