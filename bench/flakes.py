@@ -51,7 +51,8 @@ def main() -> None:
     packages, optional = list(request.packages), request.optional
     work = Path(tempfile.mkdtemp(prefix="nixery-bench-flakes-"))
     os.environ.update(ENV)  # Nix's test configuration, for the Nix calls of this process
-    allow = [Path(p) for p in DEMO_EVAL_ALLOW.split(":")]
+    # The runs' busybox repositories, the flakes' local inputs, lie under ``work``.
+    allow = [*(Path(p) for p in DEMO_EVAL_ALLOW.split(":")), work]
 
     def new_nix(home: bool) -> Nix:
         """A Nix object with nothing known of any checkout; with ``home``, Nix's caches new."""
@@ -60,6 +61,8 @@ def main() -> None:
             os.environ.update(HOME=str(fresh), XDG_CACHE_HOME=str(fresh / ".cache"))
         return Nix(REPO / "prepare-image", 60, allow)
 
+    # The plan alone is timed, without a build: Nix's private steps, on purpose (the
+    # registry has no use for a public plan-only entry).
     def flake_plan(nix: Nix, checkout: Path, origin: FlakeOrigin) -> float:
         started = time.perf_counter()
         locked = nix._lock(checkout, origin, math.inf)

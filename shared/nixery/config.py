@@ -71,7 +71,7 @@ VARIABLES: Mapping[str, str] = {
     "NIXERY_BUILD_WORKERS": "builds that run at once (local mode)",
     "NIXERY_PLATFORMS": "Nix systems each image is built for, the default first",
     "NIXERY_PREPARE_IMAGE": "the prepare-image/ directory",
-    "NIXERY_EVAL_ALLOW": "host paths a restricted evaluation may read besides the package set",
+    "NIXERY_EVAL_ALLOW": "host paths a restricted evaluation (or a flake's local input) may read",
     # Limits
     "NIXERY_MAX_PACKAGES": "packages an image may hold",
     "NIXERY_MAX_IMAGE_SIZE": "bytes of closure an image may hold",

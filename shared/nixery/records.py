@@ -302,6 +302,9 @@ class BuildReport:
     environments: tuple[Environment, ...] = ()
     plain: tuple[str, ...] = ()  # nested sets' packages in no environment (not modules)
     steps: tuple[StepTime, ...] = ()  # in the order they began; none in older reports
+    # Packages every image holds that the name lists itself (``ImageRequest.asked``): part
+    # of the key, so the page's name lists them too.
+    asked: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -348,6 +351,7 @@ class BuildReport:
             left_out=tuple(data.get("left_out", ())),
             environments=tuple(Environment.from_json(e) for e in data.get("environments", [])),
             plain=tuple(data.get("plain", [])),
+            asked=tuple(data.get("asked", [])),
             steps=tuple(
                 StepTime(x["step"], float(x["began"]), float(x["ended"]))
                 for x in data.get("steps", [])

@@ -126,6 +126,10 @@ TRANSIENT_LOGS = [
     "error: writing to file: No space left on device",
     "error: builder for '/nix/store/x-big.drv' failed due to signal 9 (Killed)",
     "\x1b[31;1merror:\x1b[0m std::bad_alloc",
+    # A flake's git+https input, the network down (Nix 2.8 runs git).
+    "fatal: unable to access 'https://example.org/r.git/': Could not resolve host: example.org"
+    "\nerror: program 'git' failed with exit code 128",
+    "error: Failed to connect to example.org port 443 after 3 ms: Couldn't connect to server",
 ]
 PERMANENT_LOGS = [
     "error: builder for '/nix/store/x-broken-1.0.drv' failed with exit code 1",

@@ -22,8 +22,11 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from nixery.job import image_key
 from nixery.records import BuildReport, FailureReport
+from nixery.request import parse_name
 from nixery.service.catalog import FRONT_TTL
+from nixery.sources.path import PathSource
 from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, OCI, Registry
 
 pytestmark = pytest.mark.e2e
@@ -260,6 +263,15 @@ def check_json(reg: Registry) -> None:
     assert [r["attribute"] for r in found["results"]] == ["python3Packages.requests"]
     assert reg.get("/api/v1/builds/" + "0" * 64).status_code == 404
     assert reg.get("/api/v1/builds/not-a-key").status_code == 404
+
+
+def test_a_name_that_lists_cacert_itself_is_shown_and_pulled_as_it_was(site):
+    """``cacert/hello`` is another key than ``hello`` (a flake lacking cacert fails it rather
+    than going without): the page's name and pull commands must lead to that image."""
+    assert manifest(site, "cacert/hello").status_code == 200
+    key = image_key(parse_name("cacert/hello"), PathSource(DEMO).resolve("latest"))
+    report = site.get(f"/api/v1/builds/{key}").json()
+    assert any(f"{site.host}/cacert/hello@sha256:" in line for line in report["pull"])
 
 
 def test_the_json_in_local_mode(site):

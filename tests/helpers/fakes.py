@@ -397,6 +397,10 @@ class StaticSource:
     def tags(self) -> list[str]:
         return sorted(self.revisions)
 
+    def flake_origin(self, revision: Revision) -> None:
+        """Never a flake: nothing is checked out."""
+        return None
+
 
 Outcome = Published | Failure | None | Exception
 

@@ -8,18 +8,24 @@ the ``/etc/services`` and ``/etc/protocols`` its ``iana-etc`` copies. It has no 
 
 Branches: ``master`` (HEAD) and ``second`` differ in the text ``greeting`` prints;
 ``unlocked`` has no flake.lock; ``hostile`` has ``pwn``, which reads the host's
-/etc/hostname; ``incomplete`` declares an input its lock does not pin.
+/etc/hostname; ``incomplete`` declares an input its lock does not pin. Outside the
+directories the registry allows (``eval_allow``): ``outside`` locks its busybox in another
+repository, ``secret-lock`` locks a ``path:`` input to a secret file (with a wrong NAR hash,
+which Nix would answer with the right one), ``secret-fetch`` calls ``builtins.fetchTree`` on it.
+``rev-only`` locks its input by commit alone, without a NAR hash.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.registries import DEMO, NIX_CONFIG, git
+from tests.helpers.registries import DEMO, DEMO_EVAL_ALLOW, NIX_CONFIG, git
 
 FLAKE = """{
   description = "demo-pkgs as a flake, for Nixery's tests";
@@ -59,6 +65,11 @@ FLAKE = """{
 }
 """
 HOSTILE = 'pwn = script "pwn" (builtins.readFile /etc/hostname);'
+WRONG_HASH = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+FETCH_SECRET = (
+    'pwn = script "pwn" (builtins.readFile (builtins.fetchTree'
+    f' {{ type = "path"; path = "@SECRET@"; narHash = "{WRONG_HASH}"; }}));'
+)
 GREETINGS = {"master": "hello from the main branch", "second": "hello from the second branch"}
 
 
@@ -68,6 +79,12 @@ class FlakeRepo:
     url: str  # file://, as NIXERY_PKGS_REPO
     inputs: Path  # the busybox repository, the locked input
     commits: dict[str, str]  # branch -> commit
+    secret: Path  # a file of the host's, outside what the registry allows
+
+
+def eval_allow(repo: FlakeRepo) -> str:
+    """NIXERY_EVAL_ALLOW for a registry serving the flake: its locked input's repository."""
+    return f"{DEMO_EVAL_ALLOW}:{repo.inputs}"
 
 
 def nix_env() -> dict[str, str]:
@@ -136,4 +153,37 @@ def flake_repo(dest: Path, nonce: str = "") -> FlakeRepo:
     (repo / "flake.nix").write_text((repo / "flake.nix").read_text().replace("inputs.bb", more))
     branch("incomplete")
     git(repo, "checkout", "-q", "master")
-    return FlakeRepo(repo, f"file://{repo}", inputs, commits)
+    elsewhere = busybox_repo(dest / "elsewhere", "elsewhere")
+    write_flake(repo, f"git+file://{elsewhere}", GREETINGS["master"])
+    lock(repo)
+    branch("outside")
+    git(repo, "checkout", "-q", "master")
+    secret = dest / "secret" / "token"
+    secret.parent.mkdir()
+    secret.write_text(f"secret {uuid.uuid4().hex}\n")
+    fetch = FETCH_SECRET.replace("@SECRET@", str(secret))
+    write_flake(repo, inputs_url, GREETINGS["master"], fetch)
+    branch("secret-fetch")
+    git(repo, "checkout", "-q", "master")
+    write_flake(
+        repo, inputs_url, GREETINGS["master"], 'pwn = script "pwn" (builtins.readFile secret);'
+    )
+    flake = (repo / "flake.nix").read_text()
+    flake = flake.replace(
+        "inputs.bb", f'inputs.secret = {{ url = "path:{secret}"; flake = false; }};\n  inputs.bb'
+    )
+    (repo / "flake.nix").write_text(flake.replace("{ self, bb }", "{ self, bb, secret }"))
+    locked = json.loads((repo / "flake.lock").read_text())
+    pinned = {"type": "path", "path": str(secret)}
+    wrong = {**pinned, "narHash": WRONG_HASH, "lastModified": 1}
+    locked["nodes"]["secret"] = {"flake": False, "original": pinned, "locked": wrong}
+    locked["nodes"][locked["root"]]["inputs"]["secret"] = "secret"
+    (repo / "flake.lock").write_text(json.dumps(locked, indent=2))
+    branch("secret-lock")
+    git(repo, "checkout", "-q", "master")
+    locked = json.loads((repo / "flake.lock").read_text())
+    del locked["nodes"]["bb"]["locked"]["narHash"]
+    (repo / "flake.lock").write_text(json.dumps(locked, indent=2))
+    branch("rev-only")
+    git(repo, "checkout", "-q", "master")
+    return FlakeRepo(repo, f"file://{repo}", inputs, commits, secret)

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from nixery.errors import BuildFailed
-from nixery.nix.flakes import check_pinned, input_url, locked_ref, read_lock, unpinned_deeper
+from nixery.nix.flakes import (
+    check_local,
+    check_pinned,
+    input_url,
+    locked_ref,
+    read_lock,
+    scrub,
+    unpinned_deeper,
+)
 from nixery.records import FlakeInput, FlakeOrigin
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -24,6 +32,11 @@ HASH = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
          f"git+https://example.org/r.git?ref=main&rev={REV}"),
         ({"type": "tarball", "url": "https://example.org/x.tar.gz"},
          "tarball+https://example.org/x.tar.gz"),
+        ({"type": "tarball", "url": "https://example.org/x.tar.gz?access_token=secret#f"},
+         "tarball+https://example.org/x.tar.gz"),
+        ({"type": "git", "url": "https://example.org/r.git?token=secret", "rev": REV,
+          "ref": "main", "dir": "sub", "token": "secret", "lastModified": 1},
+         f"git+https://example.org/r.git?dir=sub&ref=main&rev={REV}"),
         ({"type": "path", "path": "/nix/store/x-source"}, "path:/nix/store/x-source"),
     ],
 )  # fmt: skip
@@ -82,3 +95,63 @@ def test_an_input_of_an_input_the_lock_lacks_names_the_lock(said):
     assert explained.log_tail == said
     other = BuildFailed("evaluating the package set failed: error: attribute 'x' missing")
     assert unpinned_deeper(other) is other
+
+
+@pytest.mark.parametrize(
+    "locked",
+    [
+        {"type": "path", "path": "/etc/hostname"},
+        {"type": "path", "path": "ALLOWED/../etc"},
+        {"type": "path", "path": "../up"},
+        {"type": "path", "path": "ALLOWED/link/hostname"},  # a symbolic link leading out
+        {"type": "git", "url": "git+file:///srv/other"},
+        {"type": "git", "url": "file:///srv/other", "rev": REV},
+        {"type": "git", "url": "/srv/other", "rev": REV},
+        {"type": "tarball", "url": "tarball+file:///srv/x.tar.gz"},
+        {"type": "file", "url": "file+file:///etc/shadow"},
+        {"type": "mercurial", "url": "hg+file:///srv/hg"},
+        {"type": "git", "url": "https://example.org/r.git", "path": "/srv/other"},
+        {"type": "path", "path": "ALLOWED-sibling/x"},
+    ],
+)  # fmt: skip
+def test_a_locked_input_on_the_host_outside_the_allowed_directories_is_refused(
+    tmp_path: Path, locked: dict[str, str]
+) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "link").symlink_to("/etc")
+    pinned = {k: v.replace("ALLOWED", str(allowed)) for k, v in locked.items()}
+    with pytest.raises(BuildFailed, match=r"flake\.lock pins the input x to a path on the reg"):
+        check_local("x", pinned, [allowed])
+
+
+@pytest.mark.parametrize(
+    "locked",
+    [
+        {"type": "path", "path": "ALLOWED/repo"},
+        {"type": "path", "path": "./sub"},  # inside the flake
+        {"type": "git", "url": "git+file://ALLOWED/repo", "rev": REV},
+        {"type": "git", "url": "https://example.org/r.git", "rev": REV},
+        {"type": "github", "owner": "o", "repo": "r", "rev": REV},
+        {"type": "tarball", "url": "https://example.org/x.tar.gz"},
+    ],
+)  # fmt: skip
+def test_remote_inputs_and_those_inside_the_allowed_directories_pass(
+    tmp_path: Path, locked: dict[str, str]
+) -> None:
+    pinned = {k: v.replace("ALLOWED", str(tmp_path)) for k, v in locked.items()}
+    check_local("x", pinned, [tmp_path])
+
+
+def test_a_flakes_errors_name_no_hash_and_no_host_path() -> None:
+    said = (
+        "error: NAR hash mismatch in input 'path:/srv/secret?narHash=sha256-AAAA%3D' "
+        "(/nix/store/g781jd15fy84qgd57fhsxvk0kwxp8xbz-source), expected 'sha256-AAAA=', "
+        f"got '{HASH}' at /nix/store/0123456789abcdfghijklmnpqrsvwxyz-source/flake.nix:3:1 "
+        "from git+file:///srv/repo or https://example.org/a/b"
+    )
+    assert scrub([said]) == [
+        "error: NAR hash mismatch in input '<host path>?narHash=<hash>' "
+        "(/nix/store/<hash>-source), expected '<hash>', got '<hash>' at "
+        "/nix/store/<hash>-source/flake.nix:3:1 from <host path> or https://example.org/a/b"
+    ]

@@ -3,12 +3,14 @@ client prints, image names, versions from store paths, and suggestions for unkno
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask
 
 from nixery.errors import BuildFailed, BuildTimedOut, UnknownPackages
 from nixery.http import pages
-from nixery.records import Failure
-from nixery.request import suggest
+from nixery.job import image_key
+from nixery.records import Failure, Revision
+from nixery.request import parse_name, suggest
 
 KEY = "ab" * 32
 LOG = "\n".join([
@@ -50,6 +52,16 @@ def test_the_status_line_is_one_short_line_of_printable_ascii_with_the_page():
     assert reason.startswith("a timeout with ?[31mcolour and ? x")
 
 
+@pytest.mark.parametrize(
+    "name", ["hello", "cacert/hello", "shell/bashinteractive/hello", "cacert", "nonroot/iana-etc"]
+)
+def test_the_name_a_page_shows_gives_the_images_key(name: str) -> None:
+    request = parse_name(name)
+    shown = pages.image_name(request.packages, "x86_64-linux", request.nonroot, request.asked)
+    revision = Revision("path:x", "1")
+    assert image_key(parse_name(shown), revision) == image_key(request, revision)
+
+
 def test_image_names_pull_exactly_the_packages():
     shell = ("bashInteractive", "cacert", "coreutils", "hello", "iana-etc", "moreutils", "nano")
     assert pages.image_name(shell, "x86_64-linux") == "shell/hello"
@@ -58,6 +70,12 @@ def test_image_names_pull_exactly_the_packages():
     assert pages.image_name(nested, "aarch64-linux") == "arm64/python3packages.requests"
     assert pages.image_name(("cacert", "iana-etc"), "x86_64-linux") == "cacert"
     assert pages.image_name(shell, "x86_64-linux", nonroot=True) == "nonroot/shell/hello"
+    # Named by the name itself, which makes another key: the name keeps them.
+    packages = ("cacert", "hello", "iana-etc")
+    assert pages.image_name(packages, "x86_64-linux", asked=("cacert",)) == "cacert/hello"
+    assert pages.image_name(shell, "x86_64-linux", asked=("bashinteractive",)) == (
+        "shell/bashinteractive/hello"
+    )
 
 
 def test_an_unknown_name_gets_the_names_it_may_have_meant():

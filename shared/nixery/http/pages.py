@@ -81,9 +81,12 @@ def explain(error: BuildError, key: str) -> Explained:
     return Explained(message, detail, reason)
 
 
-def image_name(packages: tuple[str, ...], system: str, nonroot: bool = False) -> str:
-    """A name that pulls exactly these packages: the ones every image holds are left out,
-    and the shell's are ``shell``."""
+def image_name(
+    packages: tuple[str, ...], system: str, nonroot: bool = False, asked: tuple[str, ...] = ()
+) -> str:
+    """A name that pulls exactly these packages, with the same key: the ones every image
+    holds are left out, and the shell's are ``shell``, unless the name listed them itself
+    (``asked``, part of the key)."""
     prefix = [] if system == AMD64.nix_system else ["arm64"]
     if nonroot:
         prefix.append("nonroot")
@@ -91,6 +94,7 @@ def image_name(packages: tuple[str, ...], system: str, nonroot: bool = False) ->
     if left >= set(SHELL_PACKAGES):
         prefix.append("shell")
         left -= set(SHELL_PACKAGES)
+    left |= set(asked)
     return "/".join(prefix + [p.lower().lstrip("_") for p in sorted(left)]) or "cacert"
 
 
@@ -115,7 +119,7 @@ def report_name(report: BuildReport) -> str:
     include an index) is pulled without ``arm64/``, whichever platform its report follows."""
     several = OCI_INDEX in report.manifests
     system = AMD64.nix_system if several else report.system
-    return image_name(report.packages, system, report.nonroot)
+    return image_name(report.packages, system, report.nonroot, report.asked)
 
 
 def _when(at: float | None) -> str:

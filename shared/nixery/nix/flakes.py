@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,28 @@ _HOW_TO_LOCK = f"run `nix flake lock` and commit {LOCK_FILE}"
 # one the lock lacks is left out of the call of its `outputs` (Nix 2.8: "'outputs' at ...
 # called without required argument 'x'"; 2.26: "function 'outputs' called without ...").
 _UNPINNED_DEEPER = re.compile(r"'outputs'.* called without required argument '([^']+)'")
+
+
+# What a flake's evaluation errors must not show a client: a hash Nix computed of what it
+# fetched (a wrong narHash makes Nix name the right one: an oracle for any file it can read)
+# and a path on the host (a URL's too).
+_HASH = re.compile(
+    r"\b(?:md5|sha1|sha256|sha512)[-:][A-Za-z0-9+/]+(?:=|%3D)*|(?<=')[0-9a-z]{32,}(?=')"
+)
+# A store path's hash is one of its content's, too: its name stays (``-source/flake.nix:3:1``).
+_STORE_HASH = re.compile(r"(?<=/nix/store/)[0-9a-z]{32}(?=-)")
+_HOST_PATH = re.compile(
+    r"(?<![\w.:/-])(?:(?:[a-z]+\+)?(?:file|path):)?/+(?!nix/store/)[^\s'\"?,;]+"
+)
+HASH = "<hash>"
+HOST_PATH = "<host path>"
+
+
+def scrub(lines: list[str]) -> list[str]:
+    """Nix's lines for a client of a flake's evaluation: no hash, no host path."""
+    return [
+        _HOST_PATH.sub(HOST_PATH, _STORE_HASH.sub(HASH, _HASH.sub(HASH, line))) for line in lines
+    ]
 
 
 def is_flake(checkout: Path) -> bool:
@@ -100,16 +123,20 @@ def unpinned_deeper(error: BuildFailed) -> BuildFailed:
     )
 
 
-def read_lock(checkout: Path, nar_hash: str) -> FlakeLock:
-    """The locked inputs, as ``flake.lock`` names them (every node but the root)."""
+def read_lock(checkout: Path, nar_hash: str, allowed: Sequence[Path] = ()) -> FlakeLock:
+    """The locked inputs, as ``flake.lock`` names them (every node but the root), each
+    refused if it reads a host path outside ``allowed`` (``check_local``)."""
     try:
         data = json.loads((checkout / LOCK_FILE).read_text())
         nodes: Mapping[str, Any] = data["nodes"]
         root = data["root"]
+        locked = {name: node["locked"] for name, node in sorted(nodes.items())
+                  if name != root and "locked" in node}  # fmt: skip
+        for name, pinned in locked.items():
+            check_local(name, pinned, allowed)
         inputs = tuple(
-            FlakeInput(name, input_url(node["locked"]), str(node["locked"].get("narHash", "")))
-            for name, node in sorted(nodes.items())
-            if name != root and "locked" in node
+            FlakeInput(name, input_url(pinned), str(pinned.get("narHash", "")))
+            for name, pinned in locked.items()
         )
     except FileNotFoundError:
         inputs = ()  # a flake without inputs needs no lock
@@ -121,8 +148,52 @@ def read_lock(checkout: Path, nar_hash: str) -> FlakeLock:
     return FlakeLock(nar_hash, inputs)
 
 
+def local_path(locked: Mapping[str, Any]) -> str | None:
+    """The host path a locked input reads, if any: a ``path`` input, a ``path`` attribute, or
+    a ``file:`` URL (``git+file:``, ``tarball+file:``...), or a URL that is a bare path."""
+    if "path" in locked or locked.get("type") == "path":
+        return str(locked.get("path", ""))
+    if "url" not in locked:
+        return None
+    url = str(locked["url"])
+    scheme, _, rest = url.partition(":")
+    if not rest or "/" in scheme or scheme.startswith("."):  # a bare path
+        return url
+    if scheme.rpartition("+")[2].lower() == "file":
+        return urllib.parse.unquote(urllib.parse.urlsplit(rest).path or rest)
+    return None
+
+
+def check_local(name: str, locked: Mapping[str, Any], allowed: Sequence[Path]) -> None:
+    """Refuses an input that reads a host path outside the directories the operator allows
+    (NIXERY_EVAL_ALLOW): Nix would copy any file the registry can read into the store, and
+    its hash check names the file's hash. A relative path stays inside the flake's source;
+    ``..`` and a symbolic link leading out are refused."""
+    path = local_path(locked)
+    if path is None:
+        return
+    parts = Path(path).parts
+    if ".." not in parts and path and not path.startswith("/") and locked.get("type") == "path":
+        return
+    real = os.path.realpath(path)
+    if ".." not in parts and path.startswith("/"):
+        for root in map(os.path.realpath, allowed):
+            if real == root or real.startswith(root.rstrip("/") + "/"):
+                return
+    log.warning("refused the flake input %r: it reads %r", name, path)
+    raise BuildFailed(
+        f"{LOCK_FILE} pins the input {name} to a path on the registry's machine, which is "
+        "not one of those it allows (NIXERY_EVAL_ALLOW)"
+    )
+
+
+# What of a locked input's attributes says which revision it is, and nothing secret.
+_KEPT = frozenset({"rev", "ref", "dir", "submodules", "shallow", "allRefs"})
+
+
 def input_url(locked: Mapping[str, Any]) -> str:
-    """A locked input as a flake reference URL, without credentials: ``github:o/r/<rev>``,
+    """A locked input as a flake reference URL, without credentials (nor any query but the
+    revision's keys, which could hold them): ``github:o/r/<rev>``,
     ``git+<url>?ref=...&rev=...``, ``path:<path>``, ``tarball+<url>``."""
     kind = str(locked["type"])
     if kind in ("github", "gitlab", "sourcehut"):
@@ -132,6 +203,7 @@ def input_url(locked: Mapping[str, Any]) -> str:
         return f"path:{locked['path']}"
     if kind == "indirect":
         return f"flake:{locked['id']}"
-    skip = {"type", "url", "narHash", "lastModified", "revCount"}
-    query = urllib.parse.urlencode(sorted((k, str(v)) for k, v in locked.items() if k not in skip))
-    return f"{kind}+{public_url(str(locked['url']))}" + (f"?{query}" if query else "")
+    query = urllib.parse.urlencode(sorted((k, str(v)) for k, v in locked.items() if k in _KEPT))
+    # The URL's own query and fragment may carry a token (``?access_token=``): left out.
+    url = urllib.parse.urlsplit(public_url(str(locked["url"])))._replace(query="", fragment="")
+    return f"{kind}+{url.geturl()}" + (f"?{query}" if query else "")

@@ -91,4 +91,8 @@ def nar_hash_hex(nar_hash: str) -> str:
 def sri(nar_hash: str) -> str:
     """A NAR hash in the one spelling every Nix reads and flake.lock uses (``sha256-<base64>``),
     so that every Nix gives the same SBOM and the same locked reference."""
-    return "sha256-" + base64.b64encode(bytes.fromhex(nar_hash_hex(nar_hash))).decode()
+    return sri_of_hex(nar_hash_hex(nar_hash))
+
+
+def sri_of_hex(nar_hex: str) -> str:
+    return "sha256-" + base64.b64encode(bytes.fromhex(nar_hex)).decode()

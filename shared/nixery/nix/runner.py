@@ -22,6 +22,7 @@ retried).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nixery.caches import BoundedCache
+from nixery.caches import BoundedCache, KeyedLocks
 from nixery.errors import (
     BuildFailed,
     BuildInterrupted,
@@ -65,8 +66,10 @@ STOP_GRACE = 10.0
 
 # The `nix` command's flags for `path-info` on Nix 2.8, where it is still experimental.
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
-# Evaluation sees only the paths given with -I, fetches no URL and builds nothing.
+# Evaluation sees only the paths given with -I, fetches no URL and builds nothing; no
+# experimental feature either, whatever nix.conf enables (flakes' fetchTree reads any path).
 RESTRICTED = (
+    *("--option", "experimental-features", ""),
     *("--option", "restrict-eval", "true"),
     *("--option", "allowed-uris", ""),
     *("--option", "allow-import-from-derivation", "false"),
@@ -225,6 +228,7 @@ class Nix:
         # Checkouts already in the store, by directory and origin: checked again before use,
         # since the store is collected between builds.
         self._locked: BoundedCache[LockedFlake] = BoundedCache(16)
+        self._locking = KeyedLocks()
 
     @contextmanager
     def build(
@@ -241,7 +245,8 @@ class Nix:
         """Builds the packages by ``deadline`` (a ``time.monotonic()`` value), or raises
         ``BuildTimedOut``; their outputs stay garbage-collector roots until the block ends,
         so that a `nix-collect-garbage` meanwhile cannot delete what is being archived.
-        With ``flake``, a checkout holding flake.nix is read as a flake from that origin, and
+        With ``flake``, the checkout (which holds flake.nix: the caller looked) is read as a
+        flake from that origin, and
         the ``optional`` packages it lacks are left out rather than missing. ``timed`` times
         the evaluation (``evaluate``) and the realisation (``realise``)."""
         with timed("evaluate"):
@@ -299,9 +304,11 @@ class Nix:
         self, source: Path, system: str, deadline: float, flake: FlakeOrigin | None = None
     ) -> list[str]:
         """The package set's attribute names, for the search box (prepare-image's ``names``)."""
-        cmd = self._eval(source, "names", [], system, self._lock(source, flake, deadline))
+        locked = self._lock(source, flake, deadline)
+        cmd = self._eval(source, "names", [], system, locked)
+        what = "listing the package names"
         names: list[str] = json.loads(
-            self._run(cmd, "listing the package names", EVAL_TIMEOUT, deadline, source)
+            self._run(cmd, what, EVAL_TIMEOUT, deadline, source, scrub=locked is not None)
         )
         return names
 
@@ -320,7 +327,8 @@ class Nix:
     ) -> dict[str, Any]:
         cmd = self._eval(source, "plan", packages, system, locked, optional)
         try:
-            out = self._run(cmd, "evaluating the package set", EVAL_TIMEOUT, deadline, source)
+            what = "evaluating the package set"
+            out = self._run(cmd, what, EVAL_TIMEOUT, deadline, source, scrub=locked is not None)
         except BuildFailed as e:
             explained = flakes.unpinned_deeper(e) if locked else e
             if explained is e:
@@ -371,28 +379,38 @@ class Nix:
     def _lock(
         self, source: Path, origin: FlakeOrigin | None, deadline: float
     ) -> LockedFlake | None:
-        """The checkout as pure evaluation reads it, if it is a flake read from ``origin``:
+        """The checkout as pure evaluation reads it, if read as a flake from ``origin``:
         copied into the store with prepare-image (a restricted evaluation that also reads
         which declared inputs its lock lacks), then named by NAR hash."""
-        if origin is None or not flakes.is_flake(source):
+        if origin is None:
             return None
         key = f"{source.resolve()}\0{origin}"
-        found = self._locked.get(key)
-        if found is not None and all(os.path.exists(p) for p in (found.source, found.prepare)):
-            return found
+        with self._locking.hold(key):  # the platforms of one build: step 1 once
+            found = self._locked.get(key)
+            if found is not None and all(os.path.exists(p) for p in (found.source, found.prepare)):
+                return found
+            return self._locked.keep(key, self._copy(source, origin, deadline))
+
+    def _copy(self, source: Path, origin: FlakeOrigin, deadline: float) -> LockedFlake:
         cmd = self._restricted(source, "flakeSource")
         copied = json.loads(self._run(cmd, "reading the flake", EVAL_TIMEOUT, deadline, source))
         flakes.check_pinned(bool(copied["hasLock"]), list(copied["unpinned"]))
+        # Roots while cached (one per checkout, replaced): a collection between this and the
+        # pure evaluation would otherwise fail the build as if the flake were broken.
+        checkout = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+        for path, name in ((copied["source"], f"flake-{checkout}"), (copied["prepare"], "prepare")):
+            cmd = ["nix-store", "--realise", "--add-root", str(_own_roots() / name), path]
+            self._run(cmd, "keeping the flake's copy", EVAL_TIMEOUT, deadline)
         hashes = self.closure([copied["source"], copied["prepare"]], deadline)
         nar_hash = sri(hashes[copied["source"]].nar_hash)
-        locked = LockedFlake(
+        return LockedFlake(
             copied["source"],
             flakes.locked_ref(copied["source"], nar_hash, origin),
             copied["prepare"],
             sri(hashes[copied["prepare"]].nar_hash),
-            flakes.read_lock(source, nar_hash),
+            # The copy evaluated, not the checkout, which a path source may change meanwhile.
+            flakes.read_lock(Path(copied["source"]), nar_hash, self.eval_allow),
         )
-        return self._locked.keep(key, locked)
 
     def _run(
         self,
@@ -401,10 +419,13 @@ class Nix:
         cap: float,
         build_deadline: float,
         source: Path | None = None,
+        *,
+        scrub: bool = False,
     ) -> str:
         """Runs a Nix command for at most ``cap`` seconds and the time the build has left,
         streaming its log into ours, and returns its stdout. Its error, for clients, names
-        no server path (Nix's evaluation errors quote ``at /srv/pkgs/default.nix:1:52``)."""
+        no server path (Nix's evaluation errors quote ``at /srv/pkgs/default.nix:1:52``);
+        with ``scrub`` (a flake's evaluation), no host path and no hash at all."""
         started = time.monotonic()
         left = build_deadline - started
         if left <= 0:
@@ -447,6 +468,8 @@ class Nix:
         if code != 0:
             private = {**self.private, **({source: PACKAGE_SET} if source else {})}
             shown = redact(tail, private)
+            if scrub:
+                shown = flakes.scrub(shown)
             raise _classify(what, code, elapsed >= deadline, deadline, shown, left <= cap)
         log.debug("%s took %.2fs", what, elapsed)
         return "".join(stdout)
@@ -478,11 +501,15 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 _ERROR_RE = re.compile(r"^error:\s*(.*)$")
 # Nix's words for trouble outside the package set (2.8 to 2.26): substituter downloads,
-# the disk, memory, and builders killed from outside (the OOM killer sends SIGKILL).
+# the disk, memory, builders killed from outside (the OOM killer sends SIGKILL), and the
+# network under a flake's git input.
 _TRANSIENT_RE = re.compile(
     r"unable to download|cannot download|error: download of|does not exist in binary cache"
     r"|No space left on device|Cannot allocate memory|out of memory|std::bad_alloc"
-    r"|due to signal 9\b|killed by signal 9\b",
+    r"|due to signal 9\b|killed by signal 9\b"
+    # A flake's input fetched by git over the network (2.8 runs git; 2.26 libgit2 too).
+    r"|program 'git' failed|Could not resolve host|Failed to connect|Connection timed out"
+    r"|Temporary failure in name resolution|failed to resolve address",
     re.IGNORECASE,
 )
 

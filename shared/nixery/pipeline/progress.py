@@ -140,6 +140,7 @@ class Reporter:
             packages=job.request.packages,
             system=job.request.arch.nix_system,
             nonroot=job.request.nonroot,
+            asked=job.request.asked,
             revision=str(job.revision),
             started=started,
             status="building",

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from nixery.nix.path_info import PackageMeta, StorePath, nar_hash_hex, sri
+from nixery.nix.path_info import PackageMeta, StorePath, nar_hash_hex, sri_of_hex
 from nixery.oci.manifests import CREATED, canonical_json
 from nixery.records import Environment, FlakeLock, Revision
 from nixery.store_names import parse_store_name
@@ -100,7 +100,7 @@ def _component(
     properties = [
         ("nix:store-path", path.path),
         # One spelling whatever Nix printed, so that every Nix gives the same SBOM.
-        ("nix:nar-hash", sri(path.nar_hash)),
+        ("nix:nar-hash", sri_of_hex(nar_hex)),
         ("nix:nar-size", str(path.nar_size)),
     ]
     if environment is not None:
@@ -130,7 +130,8 @@ def _flake_properties(flake: FlakeLock) -> list[tuple[str, str]]:
     pairs = [("nixery:flake:nar-hash", flake.nar_hash)]
     for i in flake.inputs:
         pairs += [(f"nixery:flake:input:{i.name}:url", i.url)]
-        pairs += [(f"nixery:flake:input:{i.name}:nar-hash", i.nar_hash)]
+        if i.nar_hash:  # an input locked by its commit alone has none
+            pairs += [(f"nixery:flake:input:{i.name}:nar-hash", i.nar_hash)]
     return pairs
 
 
