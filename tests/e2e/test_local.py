@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -9,17 +10,21 @@ import json
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
 
 import pytest
 import requests
+from flask import Flask
 
 from nixery.blobs import store_bytes
-from nixery.config import ConnectionLimits
-from nixery.http.protocol import create_app
+from nixery.config import AuthSettings, ConnectionLimits, ServeSettings
+from nixery.errors import SourceUnavailable
+from nixery.http.protocol import _WarmManifests, create_app
 from nixery.local import http_server
 from nixery.local.file_blob_store import FileBlobStore
+from nixery.records import Revision
 from nixery.service.images import ImageService
-from tests.helpers.fakes import MemoryState, ScriptedQueue, StaticSource
+from tests.helpers.fakes import MemoryBlobStore, MemoryState, ScriptedQueue, StaticSource
 from tests.helpers.registries import DEMO, Registry, git, pull_concurrently
 
 pytestmark = pytest.mark.e2e
@@ -153,6 +158,72 @@ def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monk
         assert part.status_code == 206 and part.content == data[10:110]
     finally:
         server.close()
+
+
+class FailingSource(StaticSource):
+    """A source whose every lookup fails with ``error``, counted in ``resolved``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__({})
+        self.error = error
+
+    def resolve(self, tag: str) -> Revision | None:
+        super().resolve(tag)
+        raise self.error
+
+
+@contextlib.contextmanager
+def served(app: Flask) -> Iterator[str]:
+    """``app`` behind the real server, on a free port: its URL."""
+    server = http_server.create_server(app, "127.0.0.1", 0, ConnectionLimits())
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (SourceUnavailable("git ls-remote timed out"), 503, "UNAVAILABLE"),
+        (RuntimeError("a bug in a source"), 500, "UNKNOWN"),
+    ],
+)
+def test_an_error_of_the_warm_path_is_the_apps_reply_after_one_lookup(
+    error: Exception, status: int, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wrapper before Flask asks the service first; what that raises goes on to the app,
+    which answers it as every error under /v2/ (a JSON body; a bug logged with its traceback)
+    without asking again: a failing lookup (a source's timeout) runs once per pull."""
+    source = FailingSource(error)
+    service = ImageService(source=source, images=MemoryState(), blobs=MemoryBlobStore(),
+                           builds=ScriptedQueue(), wait=1, failure_ttl=1)  # fmt: skip
+    with served(create_app(service)) as url:
+        response = requests.get(f"{url}/v2/shell/hello/manifests/latest", timeout=30)
+    assert_error(response, status, code)
+    assert source.resolved == ["latest"]
+    if status == 500:
+        assert "unexpected error serving GET /v2/shell/hello/manifests/latest" in caplog.text
+        assert "a bug in a source" in caplog.text
+
+
+def test_a_registry_with_auth_answers_every_pull_through_the_app() -> None:
+    """A private registry checks who asks before anything: no answer from memory before it."""
+    service = ImageService(source=StaticSource({}), images=MemoryState(),
+                           blobs=MemoryBlobStore(), builds=ScriptedQueue(), wait=1,
+                           failure_ttl=1)  # fmt: skip
+    assert isinstance(create_app(service).wsgi_app, _WarmManifests)
+    auth = AuthSettings("basic", {"alice": "unused"}, b"k" * 32)
+    settings = ServeSettings(failure_ttl=1, build_wait=1, web_dir=None, max_packages=10,
+                             client_builds=None, trusted_proxies=0, auth=auth,
+                             public_url=None)  # fmt: skip
+    app = create_app(service, settings)
+    assert not isinstance(app.wsgi_app, _WarmManifests)
+    with served(app) as url:
+        response = requests.get(f"{url}/v2/shell/hello/manifests/latest", timeout=30)
+    assert_error(response, 401, "UNAUTHORIZED")
+    assert service.source.resolved == []  # type: ignore[attr-defined]
 
 
 def test_a_manifest_answered_from_memory_is_the_reply_flask_gives(make_registry, tmp_path):
