@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import http.server
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -158,6 +160,35 @@ def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monk
         assert part.status_code == 206 and part.content == data[10:110]
     finally:
         server.close()
+
+
+def test_a_file_the_kernel_will_not_sendfile_goes_as_waitress_sends_it(tmp_path, monkeypatch):
+    """As ``socket.sendfile`` does, a refusal before any byte went (a file system without
+    sendfile: EINVAL) has the file sent with plain sends. No file system here refuses, so
+    ``os.sendfile`` is replaced in-process by one that raises as such a kernel would."""
+    data = os.urandom(3 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs = FileBlobStore(tmp_path / "storage")
+    store_bytes(blobs, digest, data)
+    service = ImageService(source=StaticSource({}), images=MemoryState(), blobs=blobs,
+                           builds=ScriptedQueue(), wait=1, failure_ttl=1)  # fmt: skip
+    refused: list[int] = []
+
+    def sendfile(out: int, fd: int, offset: int, count: int) -> int:
+        refused.append(offset)
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(http_server.os, "sendfile", sendfile)
+    with served(create_app(service)) as url:
+        for _ in range(2):
+            whole = requests.get(f"{url}/v2/hello/blobs/{digest}", timeout=30)
+            assert whole.status_code == 200 and whole.content == data
+    assert refused == [0, 0], "tried once per reply, then left alone"
+
+
+def test_waitress_is_the_version_the_server_copies_from() -> None:
+    """``_Channel._flush_some`` copies waitress 3.0.2's: another version needs it re-read."""
+    assert importlib.metadata.version("waitress") == "3.0.2"
 
 
 class FailingSource(StaticSource):
