@@ -382,12 +382,13 @@ class ImageService:
 
     def _lost(self, digest: str) -> None:
         """A blob found gone or damaged: if a manifest answered from memory names it, the
-        next pull checks its image again (and builds it again)."""
-        with self._warm_lock:
-            if digest in self._warm_blobs:
+        next pull checks its image again (and builds it again). One that no answer names
+        yet forgets nothing (else made-up digests would keep every answer out of memory): a
+        pull that checked its image meanwhile may keep its answer, and the next GET of
+        that blob forgets it."""
+        if digest in self._warm_blobs:
+            with self._warm_lock:
                 self._forget_answers()
-            else:  # a pull checking an image that names it may be about to keep its answer
-                self._forgets += 1
 
     def manifest_by_digest(self, digest: str) -> Manifest | None:
         return self.images.manifest(digest)
