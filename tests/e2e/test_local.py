@@ -132,15 +132,32 @@ def test_blobs_serve_with_ranges(registry):
     assert json.loads(config.content)["architecture"] == "amd64"
 
 
-def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monkeypatch):
-    """The kernel copies a blob from the page cache to the socket: none of its bytes pass
-    through Python. A range is served as before, by werkzeug."""
+@contextlib.contextmanager
+def served(app: Flask) -> Iterator[str]:
+    """``app`` behind the real server, on a free port: its URL."""
+    server = http_server.create_server(app, "127.0.0.1", 0, ConnectionLimits())
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+
+
+def stored_blob(root) -> tuple[bytes, str, ImageService]:
+    """A 3 MB blob in a file store, and a service over it."""
     data = os.urandom(3 << 20)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    blobs = FileBlobStore(tmp_path / "storage")
+    blobs = FileBlobStore(root)
     store_bytes(blobs, digest, data)
     service = ImageService(source=StaticSource({}), images=MemoryState(), blobs=blobs,
                            builds=ScriptedQueue(), wait=1, failure_ttl=1)  # fmt: skip
+    return data, digest, service
+
+
+def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monkeypatch):
+    """The kernel copies a blob from the page cache to the socket: none of its bytes pass
+    through Python. A range is served as before, by werkzeug."""
+    data, digest, service = stored_blob(tmp_path / "storage")
     sent: list[int] = []
 
     def sendfile(out: int, fd: int, offset: int, count: int) -> int:
@@ -149,29 +166,20 @@ def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monk
 
     real = os.sendfile
     monkeypatch.setattr(http_server.os, "sendfile", sendfile)
-    server = http_server.create_server(create_app(service), "127.0.0.1", 0, ConnectionLimits())
-    threading.Thread(target=server.run, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.effective_port}/v2/hello/blobs/{digest}"
-        whole = requests.get(url, timeout=30)
+    with served(create_app(service)) as url:
+        whole = requests.get(f"{url}/v2/hello/blobs/{digest}", timeout=30)
         assert whole.status_code == 200 and whole.content == data
         assert sum(sent) == len(data)
-        part = requests.get(url, headers={"Range": "bytes=10-109"}, timeout=30)
+        headers = {"Range": "bytes=10-109"}
+        part = requests.get(f"{url}/v2/hello/blobs/{digest}", headers=headers, timeout=30)
         assert part.status_code == 206 and part.content == data[10:110]
-    finally:
-        server.close()
 
 
 def test_a_file_the_kernel_will_not_sendfile_goes_as_waitress_sends_it(tmp_path, monkeypatch):
     """As ``socket.sendfile`` does, a refusal before any byte went (a file system without
     sendfile: EINVAL) has the file sent with plain sends. No file system here refuses, so
     ``os.sendfile`` is replaced in-process by one that raises as such a kernel would."""
-    data = os.urandom(3 << 20)
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    blobs = FileBlobStore(tmp_path / "storage")
-    store_bytes(blobs, digest, data)
-    service = ImageService(source=StaticSource({}), images=MemoryState(), blobs=blobs,
-                           builds=ScriptedQueue(), wait=1, failure_ttl=1)  # fmt: skip
+    data, digest, service = stored_blob(tmp_path / "storage")
     refused: list[int] = []
 
     def sendfile(out: int, fd: int, offset: int, count: int) -> int:
@@ -201,17 +209,6 @@ class FailingSource(StaticSource):
     def resolve(self, tag: str) -> Revision | None:
         super().resolve(tag)
         raise self.error
-
-
-@contextlib.contextmanager
-def served(app: Flask) -> Iterator[str]:
-    """``app`` behind the real server, on a free port: its URL."""
-    server = http_server.create_server(app, "127.0.0.1", 0, ConnectionLimits())
-    threading.Thread(target=server.run, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.effective_port}"
-    finally:
-        server.close()
 
 
 @pytest.mark.parametrize(
