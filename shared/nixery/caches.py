@@ -1,19 +1,32 @@
 """Answers kept in memory, bounded, and one lock per key.
 
 A function instance lives long and sees many digests and tags: an unbounded cache would grow
-with the registry, so the least recently used entry goes when a cache is full. Server threads
-share each cache, so each has its own lock. Looking a tag up costs I/O (a directory walk,
-`git ls-remote`, an HTTP request), so ``Memo`` computes an answer once per key at a time: a
-burst of requests for one tag costs one lookup.
+with the registry, so the oldest entries go once a cache is full (``BoundedCache``: the least
+recently used; ``Memo``: the least recently computed). Looking a tag up costs I/O (a directory
+walk, `git ls-remote`, an HTTP request), so ``Memo`` computes an answer once per key at a
+time: a burst of requests for one tag costs one lookup.
+
+Server threads share each cache. ``BoundedCache`` takes a lock of its own on every call;
+``Memo`` is read without one, since every pull by tag asks it.
+
+Reading without a lock: the warm path (``Memo``, ``ImageService``'s answers from memory,
+``_WarmManifests``' names, ``FileBlobStore``'s verified files) reads dicts and sets that
+other threads write, and takes no lock there, so that no pull waits on another. This rests on
+one assumption, written here once: a single operation on a dict or set (a get, ``in``, an
+item set or deleted, ``pop``, ``add``, ``discard``, ``clear``, replacing an attribute that
+holds one) is atomic, under the GIL and under free-threaded 3.13t's per-object locks alike.
+A sequence of them is not: writers make theirs under a lock, and readers only make single
+operations (no reader iterates a dict another thread writes).
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 from cachetools import Cache, LRUCache, TTLCache
 
@@ -25,20 +38,37 @@ CACHE_SIZE = 4096
 # Tags' answers kept at once: a flood of made-up tags costs memory and, once it is full, a
 # lookup again of the real tags' answers (the oldest go first).
 MEMO_SIZE = 100_000
+# Where this process's periods begin, as a fraction of their length: instances started apart
+# do not all drop what they keep at the same moment (and read the state at once).
+_OFFSET = random.random()
+
+
+def period(length: float, clock: Clock = time.time) -> int:
+    """The number of the current period of ``length`` seconds by ``clock``, its boundaries
+    offset by a fraction of ``length`` drawn once per process."""
+    return int(clock() // length + _OFFSET)
 
 
 class BoundedCache(Generic[T]):
     def __init__(
-        self, size: int = CACHE_SIZE, ttl: float | None = None, clock: Clock = time.monotonic
+        self,
+        size: int = CACHE_SIZE,
+        ttl: float | None = None,
+        clock: Clock = time.monotonic,
+        every: float | None = None,
     ) -> None:
         """``ttl``: seconds by ``clock`` an entry is kept from when it was last kept, for
-        answers that are true only for a while."""
+        answers that are true only for a while; ``every``: all entries go when ``period``
+        of that length moves, so that what a period found out was all read within it."""
         self._entries: Cache[str, T] = TTLCache(size, ttl, timer=clock) if ttl else LRUCache(size)
         self._lock = threading.Lock()
         self._reading = KeyedLocks()
+        self._clock, self._every = clock, every
+        self._period = period(every, clock) if every else 0
 
     def get(self, key: str) -> T | None:
         with self._lock:
+            self._expire()
             return self._entries.get(key)
 
     def fetch(self, key: str, read: Callable[[], T | None]) -> T | None:
@@ -55,8 +85,14 @@ class BoundedCache(Generic[T]):
 
     def keep(self, key: str, value: T) -> T:
         with self._lock:
+            self._expire()
             self._entries[key] = value
         return value
+
+    def _expire(self) -> None:
+        if self._every and (now := period(self._every, self._clock)) != self._period:
+            self._entries.clear()
+            self._period = now
 
     def drop(self, key: str) -> None:
         with self._lock:
@@ -100,19 +136,20 @@ class Memo(Generic[T]):
         self._ttl = ttl
         self._clock = clock
         self._size = size
-        # key -> (when its answer goes stale, the answer); written under ``_mutex`` only
-        self._entries: dict[str, tuple[float, object]] = {}
+        # key -> (when its answer goes stale, the answer); written under ``_mutex`` only, read
+        # without a lock (see the module's docstring), in the order the answers go stale
+        self._entries: dict[str, tuple[float, T]] = {}
         self._locks = KeyedLocks()
         self._mutex = threading.Lock()
 
     def get(self, key: str, compute: Callable[[], T]) -> T:
         found = self._entries.get(key)
         if found is not None and self._clock() < found[0]:
-            return cast(T, found[1])  # stored below, as a T
+            return found[1]
         with self._locks.hold(key):
             found = self._entries.get(key)
             if found is not None and self._clock() < found[0]:
-                return cast(T, found[1])
+                return found[1]
             stale = self._clock() + self._ttl
             value = compute()
             with self._mutex:
@@ -123,8 +160,14 @@ class Memo(Generic[T]):
             return value
 
     def _evict(self) -> None:
-        """Makes room: the stale answers go, and if none is, the oldest tenth."""
-        now = self._clock()
-        stale = [k for k, (until, _) in self._entries.items() if until <= now]
-        for key in stale or list(self._entries)[: max(1, self._size // 10)]:
+        """Under ``_mutex``, makes room from the front, where answers go stale first: the
+        stale ones there, and the oldest others up to a tenth. It looks no further than
+        what goes, so each answer stored costs a bounded share of the evictions."""
+        now, tenth = self._clock(), max(1, self._size // 10)
+        going: list[str] = []
+        for key, (until, _) in self._entries.items():
+            if len(going) >= tenth and until > now:
+                break
+            going.append(key)
+        for key in going:
             del self._entries[key]

@@ -106,8 +106,10 @@ class PublishedImages(Protocol):
 
     def generation(self) -> int:
         """A number that moves whenever published images, their manifests or blobs may have
-        gone (`nixery gc`, an image forgotten, by any process): what a caller found out about
-        them holds while it stays. Asked on every pull: it takes no lock that other calls
+        gone (`nixery gc`, an image forgotten): what a caller found out about them holds
+        while it stays. It moves at once for what this process deleted; for what others
+        deleted, at once where the store tells (SQLite), else within a bound (Firestore: 10
+        minutes, docs/security.md). Asked on every pull: it takes no lock that other calls
         wait on, and reads the state only when the state changed."""
         ...
 

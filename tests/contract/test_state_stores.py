@@ -30,7 +30,7 @@ from nixery.errors import (
     StorageUnavailable,
     UnknownPackages,
 )
-from nixery.gcp.firestore_state import MAX_ATTEMPTS
+from nixery.gcp.firestore_state import MAX_ATTEMPTS, PUBLISHED_TTL
 from nixery.oci.manifests import (
     DOCKER_MANIFEST,
     OCI_MANIFEST,
@@ -168,6 +168,39 @@ def test_forget_leaves_a_failure_alone(state: StateUnderTest) -> None:
     state.record_failure(KEY, failure)
     state.forget(KEY)
     assert state.status(KEY) == failure
+
+
+def test_the_generation_holds_until_an_image_is_forgotten(state: StateUnderTest) -> None:
+    """What a registry found out about its images holds while the generation stays: a
+    publication, a pull's record, a report leave it; an image this process forgot moves it
+    at once (a rebuild of an image found broken), whatever the adapter."""
+    first = state.generation()
+    state.publish(KEY, sample_manifests())
+    state.touch(KEY, AT)
+    state.record_report(sample_report())
+    assert state.generation() == first
+    state.forget(KEY)
+    assert state.generation() != first
+
+
+@pytest.mark.e2e
+def test_a_firestore_instance_sees_another_ones_deletions_within_a_period(
+    firestore_client,
+) -> None:
+    """Nothing tells an instance what gc or another instance deleted: its generation moves
+    within PUBLISHED_TTL, and what it kept of the published images goes with it."""
+    clock = FakeClock(AT)
+    prefix = f"t{uuid.uuid4().hex}_"
+    served = firestore_ports(firestore_client, prefix, clock=clock)
+    collector = firestore_ports(firestore_client, prefix, clock=clock)
+    served.publish(KEY, sample_manifests())
+    assert isinstance(served.status(KEY), Published)
+    first = served.generation()
+    collector.inventory.delete(images=[KEY])
+    assert isinstance(served.status(KEY), Published), "kept in memory meanwhile"
+    clock.advance(PUBLISHED_TTL)
+    assert served.generation() != first
+    assert served.status(KEY) is None
 
 
 def test_a_manifest_published_twice_keeps_its_bytes(state: StateUnderTest) -> None:
@@ -777,6 +810,15 @@ def test_the_sqlite_generation_moves_with_deletions_by_any_connection_only(
     assert served.generation() not in (first, seen[0])
     with locked(published_sqlite):  # readers go on (WAL)
         assert served.generation() == collector.generation()
+
+
+def test_the_sqlite_generation_moves_when_gc_deletes_only_layers(published_sqlite: Path) -> None:
+    """gc's last deletion may hold layer rows alone, their blobs gone just before: what a
+    registry answers from memory may name one, so it checks again."""
+    served = sqlite_ports(published_sqlite)
+    first = served.generation()
+    sqlite_ports(published_sqlite).inventory.delete(layers=["paths-1"])
+    assert served.generation() != first
 
 
 def test_sqlite_writes_while_another_process_holds_the_lock_are_unavailable_naming_it(

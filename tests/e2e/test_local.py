@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import http.server
+import importlib.metadata
 import json
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
 
 import pytest
 import requests
+from flask import Flask
 
 from nixery.blobs import store_bytes
-from nixery.config import ConnectionLimits
-from nixery.http.protocol import create_app
+from nixery.config import AuthSettings, ConnectionLimits, ServeSettings
+from nixery.errors import SourceUnavailable
+from nixery.http.protocol import _WarmManifests, create_app
 from nixery.local import http_server
 from nixery.local.file_blob_store import FileBlobStore
+from nixery.records import Revision
 from nixery.service.images import ImageService
-from tests.helpers.fakes import MemoryState, ScriptedQueue, StaticSource
+from tests.helpers.fakes import MemoryBlobStore, MemoryState, ScriptedQueue, StaticSource
 from tests.helpers.registries import DEMO, Registry, git, pull_concurrently
 
 pytestmark = pytest.mark.e2e
@@ -125,15 +132,32 @@ def test_blobs_serve_with_ranges(registry):
     assert json.loads(config.content)["architecture"] == "amd64"
 
 
-def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monkeypatch):
-    """The kernel copies a blob from the page cache to the socket: none of its bytes pass
-    through Python. A range is served as before, by werkzeug."""
+@contextlib.contextmanager
+def served(app: Flask) -> Iterator[str]:
+    """``app`` behind the real server, on a free port: its URL."""
+    server = http_server.create_server(app, "127.0.0.1", 0, ConnectionLimits())
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+
+
+def stored_blob(root) -> tuple[bytes, str, ImageService]:
+    """A 3 MB blob in a file store, and a service over it."""
     data = os.urandom(3 << 20)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    blobs = FileBlobStore(tmp_path / "storage")
+    blobs = FileBlobStore(root)
     store_bytes(blobs, digest, data)
     service = ImageService(source=StaticSource({}), images=MemoryState(), blobs=blobs,
                            builds=ScriptedQueue(), wait=1, failure_ttl=1)  # fmt: skip
+    return data, digest, service
+
+
+def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monkeypatch):
+    """The kernel copies a blob from the page cache to the socket: none of its bytes pass
+    through Python. A range is served as before, by werkzeug."""
+    data, digest, service = stored_blob(tmp_path / "storage")
     sent: list[int] = []
 
     def sendfile(out: int, fd: int, offset: int, count: int) -> int:
@@ -142,17 +166,92 @@ def test_a_blob_goes_out_with_sendfile_whole_and_in_part_as_usual(tmp_path, monk
 
     real = os.sendfile
     monkeypatch.setattr(http_server.os, "sendfile", sendfile)
-    server = http_server.create_server(create_app(service), "127.0.0.1", 0, ConnectionLimits())
-    threading.Thread(target=server.run, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.effective_port}/v2/hello/blobs/{digest}"
-        whole = requests.get(url, timeout=30)
+    with served(create_app(service)) as url:
+        whole = requests.get(f"{url}/v2/hello/blobs/{digest}", timeout=30)
         assert whole.status_code == 200 and whole.content == data
         assert sum(sent) == len(data)
-        part = requests.get(url, headers={"Range": "bytes=10-109"}, timeout=30)
+        headers = {"Range": "bytes=10-109"}
+        part = requests.get(f"{url}/v2/hello/blobs/{digest}", headers=headers, timeout=30)
         assert part.status_code == 206 and part.content == data[10:110]
-    finally:
-        server.close()
+
+
+def test_a_file_the_kernel_will_not_sendfile_goes_as_waitress_sends_it(tmp_path, monkeypatch):
+    """As ``socket.sendfile`` does, a refusal before any byte went (a file system without
+    sendfile: EINVAL) has the file sent with plain sends. No file system here refuses, so
+    ``os.sendfile`` is replaced in-process by one that raises as such a kernel would."""
+    data, digest, service = stored_blob(tmp_path / "storage")
+    refused: list[int] = []
+
+    def sendfile(out: int, fd: int, offset: int, count: int) -> int:
+        refused.append(offset)
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(http_server.os, "sendfile", sendfile)
+    with served(create_app(service)) as url:
+        for _ in range(2):
+            whole = requests.get(f"{url}/v2/hello/blobs/{digest}", timeout=30)
+            assert whole.status_code == 200 and whole.content == data
+    assert refused == [0, 0], "tried once per reply, then left alone"
+
+
+def test_waitress_is_the_version_the_server_copies_from() -> None:
+    """``_Channel._flush_some`` copies waitress 3.0.2's: another version needs it re-read."""
+    assert importlib.metadata.version("waitress") == "3.0.2"
+
+
+class FailingSource(StaticSource):
+    """A source whose every lookup fails with ``error``, counted in ``resolved``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__({})
+        self.error = error
+
+    def resolve(self, tag: str) -> Revision | None:
+        super().resolve(tag)
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (SourceUnavailable("git ls-remote timed out"), 503, "UNAVAILABLE"),
+        (RuntimeError("a bug in a source"), 500, "UNKNOWN"),
+    ],
+)
+def test_an_error_of_the_warm_path_is_the_apps_reply_after_one_lookup(
+    error: Exception, status: int, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wrapper before Flask asks the service first; what that raises goes on to the app,
+    which answers it as every error under /v2/ (a JSON body; a bug logged with its traceback)
+    without asking again: a failing lookup (a source's timeout) runs once per pull."""
+    source = FailingSource(error)
+    service = ImageService(source=source, images=MemoryState(), blobs=MemoryBlobStore(),
+                           builds=ScriptedQueue(), wait=1, failure_ttl=1)  # fmt: skip
+    with served(create_app(service)) as url:
+        response = requests.get(f"{url}/v2/shell/hello/manifests/latest", timeout=30)
+    assert_error(response, status, code)
+    assert source.resolved == ["latest"]
+    if status == 500:
+        assert "unexpected error serving GET /v2/shell/hello/manifests/latest" in caplog.text
+        assert "a bug in a source" in caplog.text
+
+
+def test_a_registry_with_auth_answers_every_pull_through_the_app() -> None:
+    """A private registry checks who asks before anything: no answer from memory before it."""
+    service = ImageService(source=StaticSource({}), images=MemoryState(),
+                           blobs=MemoryBlobStore(), builds=ScriptedQueue(), wait=1,
+                           failure_ttl=1)  # fmt: skip
+    assert isinstance(create_app(service).wsgi_app, _WarmManifests)
+    auth = AuthSettings("basic", {"alice": "unused"}, b"k" * 32)
+    settings = ServeSettings(failure_ttl=1, build_wait=1, web_dir=None, max_packages=10,
+                             client_builds=None, trusted_proxies=0, auth=auth,
+                             public_url=None)  # fmt: skip
+    app = create_app(service, settings)
+    assert not isinstance(app.wsgi_app, _WarmManifests)
+    with served(app) as url:
+        response = requests.get(f"{url}/v2/shell/hello/manifests/latest", timeout=30)
+    assert_error(response, 401, "UNAUTHORIZED")
+    assert service.source.resolved == []  # type: ignore[attr-defined]
 
 
 def test_a_manifest_answered_from_memory_is_the_reply_flask_gives(make_registry, tmp_path):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from nixery.caches import BoundedCache, Memo
+from nixery.caches import BoundedCache, Memo, period
 from tests.helpers.fakes import FakeClock, all_at_once
 
 
@@ -77,3 +77,24 @@ def test_fetch_reads_a_key_once_for_concurrent_misses_and_keeps_no_none() -> Non
     assert cache.fetch("key", lambda: pytest.fail("a hit reads nothing")) == "value"
     assert cache.fetch("none", lambda: None) is None
     assert cache.fetch("none", lambda: "later") == "later", "a None read is not kept"
+
+
+def test_a_memo_full_of_fresh_answers_drops_the_oldest_tenth_at_once() -> None:
+    """Not one at a time: the next lookups store their answers without evicting again."""
+    memo: Memo[int] = Memo(10.0, FakeClock(0.0), size=20)
+    for i in range(21):
+        memo.get(f"k{i}", lambda i=i: i)
+    assert [memo.get(f"k{i}", lambda: -1) for i in (2, 20, 0)] == [2, 20, -1]
+    assert memo.get("k2", lambda: -1) == 2, "k0's answer, the 20th, made no eviction"
+
+
+def test_a_bounded_cache_with_a_period_drops_everything_when_it_moves() -> None:
+    clock = FakeClock(0.0)
+    cache: BoundedCache[int] = BoundedCache(clock=clock, every=600.0)
+    cache.keep("a", 1)
+    number = period(600.0, clock)
+    while period(600.0, clock) == number:
+        assert cache.get("a") == 1
+        clock.advance(60)
+    assert cache.get("a") is None
+    assert clock() <= 600.0, "within one period's length"

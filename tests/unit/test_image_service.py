@@ -35,6 +35,7 @@ from nixery.oci.manifests import DOCKER_MANIFEST, OCI_MANIFEST, sha256_digest
 from nixery.ports import BuildQueue
 from nixery.records import Failure, Published, Revision
 from nixery.request import Digest, Tag
+from nixery.service import images as images_module
 from nixery.service.images import BlobLocation, Caller, ImageService
 from nixery.service.waiters import Waiters
 from tests.helpers.fakes import (
@@ -345,6 +346,70 @@ def test_an_unknown_blob_leaves_the_answers_in_memory(service, state) -> None:
         images.blob(Digest(sha256_digest(b"other")))
     images.manifest(JOB.request, LATEST, [OCI_MANIFEST])
     assert state.reads == reads
+
+
+class RacingBlobs(MemoryBlobStore):
+    """Runs ``meanwhile`` once, right after a blob check: what another thread does between
+    a pull's check of its image and the pull keeping its answer."""
+
+    def __init__(self, source: MemoryBlobStore) -> None:
+        super().__init__()
+        self.blobs = source.blobs
+        self.meanwhile: Callable[[], None] | None = None
+
+    def intact(self, digest: str) -> bool:
+        found = super().intact(digest)
+        if (meanwhile := self.meanwhile) is not None:
+            self.meanwhile = None
+            meanwhile()
+        return found
+
+
+def test_a_blob_found_gone_while_a_pull_checked_its_image_keeps_that_answer_out_of_memory(
+    state, source, blobs, clock
+) -> None:
+    """The blob GET forgets the answers in memory before the pull, which found the blob
+    intact a moment before, keeps its own: that one must not be kept either (the state's
+    generation did not move: nothing was deleted through it)."""
+    state.publish(JOB.key, MANIFESTS)
+    racing = RacingBlobs(blobs)
+    images = ImageService(source=source, images=state, blobs=racing, builds=ScriptedQueue(),
+                          wait=WAIT, failure_ttl=FAILURE_TTL, clock=clock)  # fmt: skip
+
+    def damaged_and_found_so() -> None:
+        racing.blobs[CONFIG] = b"damaged"
+        with pytest.raises(UnknownBlob):
+            images.blob(Digest(CONFIG))
+
+    images.manifest(JOB.request, LATEST, [])  # an answer in memory names the blob
+    racing.meanwhile = damaged_and_found_so
+    assert images.manifest(JOB.request, LATEST, [OCI_MANIFEST]) == OCI
+    assert images.warm(JOB.request, LATEST, [OCI_MANIFEST]) is None
+    assert images.warm(JOB.request, LATEST, []) is None
+
+
+def test_the_blobs_of_answers_that_go_are_no_longer_counted(
+    service, state, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else the blobs named grow without bound while the answers stay bounded."""
+    monkeypatch.setattr(images_module, "WARM_SIZE", 1)
+    state.publish(JOB.key, MANIFESTS)
+    images = service(ScriptedQueue())
+    for accept in ([OCI_MANIFEST], [], [OCI_MANIFEST]):
+        images.manifest(JOB.request, LATEST, accept)
+    assert images._warm_blobs == {CONFIG: 1}
+
+
+def test_the_notes_of_use_stay_bounded_when_none_is_due(
+    service, state, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(images_module, "TOUCHED_SIZE", 10)
+    images = service(ScriptedQueue())
+    for i in range(25):
+        images._touch(f"image-{i}")
+    assert len(images._touched) <= 10
+    assert "image-24" in images._touched and "image-0" not in images._touched
+    assert len(state.used) == 25
 
 
 def test_a_tag_that_moves_to_a_new_revision_is_the_new_image_at_once(

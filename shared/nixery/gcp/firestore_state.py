@@ -34,7 +34,7 @@ from google.api_core import exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from nixery.caches import BoundedCache
+from nixery.caches import BoundedCache, period
 from nixery.errors import BuildQueueFull, DatabaseUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
@@ -169,12 +169,17 @@ class FirestoreDatabase:
         self.package_sets = client.collection(prefix + "package_sets")
         self.clock = clock
         self.skew = skew
-        # A manifest never changes: once read, it is kept. A published image is kept for a
-        # while only, so that one that was collected or forgotten elsewhere is seen to be.
-        self.published: BoundedCache[Published] = BoundedCache(ttl=PUBLISHED_TTL)
+        # A manifest never changes: once read, it is kept. A published image is kept within
+        # a generation's period only, so that one collected or forgotten elsewhere is seen to
+        # be, and an answer from memory is never older than a period (docs/security.md).
+        self.published: BoundedCache[Published] = BoundedCache(clock=clock, every=PUBLISHED_TTL)
         self.manifest_cache: BoundedCache[Manifest] = BoundedCache()
         # Every pull by tag asks for them; they change only when an image is built again.
-        self.referrer_cache: BoundedCache[list[Manifest]] = BoundedCache(ttl=PUBLISHED_TTL)
+        self.referrer_cache: BoundedCache[list[Manifest]] = BoundedCache(
+            clock=clock, every=PUBLISHED_TTL
+        )
+        self.forgotten = 0  # images this instance forgot; moves ``generation``
+        self.forgetting = threading.Lock()
         # Held while a new build is counted against NIXERY_MAX_QUEUED_BUILDS and recorded.
         self.admitting = threading.Lock()
 
@@ -192,6 +197,7 @@ class _Part:
     """One port's view of the database; ``bounded`` calls give up by its deadline."""
 
     def __init__(self, db: FirestoreDatabase) -> None:
+        self._db = db
         self.client, self.deadline, self.clock, self.skew = (
             db.client,
             db.deadline,
@@ -282,6 +288,8 @@ class FirestorePublishedImages(_Part):
         """Deletes the build record only if it still says published, so that a build that
         started meanwhile is left alone."""
         self._published.drop(key)
+        with self._db.forgetting:
+            self._db.forgotten += 1
         ref = self.builds.document(key)
 
         @firestore.transactional
@@ -308,8 +316,10 @@ class FirestorePublishedImages(_Part):
 
     def generation(self) -> int:
         """Nothing tells an instance what another one (or `nixery gc`) deleted: what it found
-        out is checked again every PUBLISHED_TTL, as the answers it keeps are."""
-        return int(self.clock() // PUBLISHED_TTL)
+        out is checked again every PUBLISHED_TTL, when the published images and referrers it
+        keeps go too (the period's boundaries differ per instance: ``caches.period``). What
+        this instance forgets moves it at once."""
+        return (period(PUBLISHED_TTL, self.clock) << 32) + self._db.forgotten
 
 
 class FirestoreLayerCache(_Part):

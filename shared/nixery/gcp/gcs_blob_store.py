@@ -15,6 +15,7 @@ its digest, so its bytes never change and any cache may keep it for a year.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -29,6 +30,7 @@ from nixery.blobs import Hasher, blob_path
 from nixery.caches import BoundedCache
 from nixery.errors import StorageUnavailable, Transient
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
+from nixery.gcp.firestore_state import PUBLISHED_TTL
 from nixery.gcp.signed_urls import SignedUrls, url_ttl_for
 from nixery.records import StoredBlob
 
@@ -40,9 +42,6 @@ _TYPE = "application/octet-stream"
 # or the rewrite: a rewrite applies the destination's properties sent with it (rather than
 # copying the staging object's), so the metadata is set on both paths alike.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
-# Seconds an instance trusts its memory that a blob exists: blobs never change, but
-# `nixery gc` may delete one that no image uses any more.
-SIZE_TTL = 600.0
 
 
 class GcsBlobWriter:
@@ -148,8 +147,11 @@ class GcsBlobStore:
         self._endpoint = public_endpoint
         self._blob_url = blob_url
         self._urls = SignedUrls(self._sign, url_ttl_for(signer, url_ttl))
-        # A size once seen stays true while the blob exists; misses are not remembered.
-        self._sizes: BoundedCache[int] = BoundedCache(ttl=SIZE_TTL)
+        # A size once seen stays true while the blob exists, but `nixery gc` may delete one
+        # that no image uses any more; misses are not remembered. All go when the state's
+        # generation moves (its period), so that an answer from memory never rests on a size
+        # older than that (docs/security.md).
+        self._sizes: BoundedCache[int] = BoundedCache(clock=time.time, every=PUBLISHED_TTL)
 
     def writer(self) -> GcsBlobWriter:
         return GcsBlobWriter(self)

@@ -118,6 +118,8 @@ _MANIFEST = re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
 _BLOB = re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)")
 _TAGS = re.compile(r"(?P<name>.+)/tags/list")
 _REFERRERS = re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)")
+# The environ key under which ``_WarmManifests`` hands the app what its question raised.
+_WARM_ERROR = "nixery.warm_error"
 
 
 def create_app(
@@ -158,6 +160,8 @@ def create_app(
             image = parse_name(match["name"], max_packages, platforms)
             reference = parse_reference(match["reference"])
             _only_read()
+            if (error := request.environ.get(_WARM_ERROR)) is not None:
+                raise error  # the wrapper's question raised it: not asked twice
             return _manifest(service, image, reference)
         if match := _BLOB.fullmatch(path):
             parse_name(match["name"])
@@ -261,7 +265,12 @@ class _WarmManifests:
     """Answers the pulls of manifests that the service holds in memory (``ImageService.warm``)
     before Flask sees them: their reply is the manifest's bytes and four headers, and Flask's
     request context, routing and hooks cost more than the rest of such a pull. Anything
-    else, a miss, and any error, go on to the app, which answers them the one way."""
+    else, a miss, and any error, go on to the app, which answers them the one way (and logs
+    a bug); an error goes with the request (``_WARM_ERROR``), so that the app raises it
+    rather than asking again (a failing source lookup would run twice per pull).
+
+    ``_names`` is read and written without a lock: see ``nixery.caches`` on single dict
+    operations."""
 
     def __init__(
         self,
@@ -292,8 +301,9 @@ class _WarmManifests:
                 parse_reference(match["reference"]),
                 [wsgi_environ.get("HTTP_ACCEPT", "")],
             )
-        except NixeryError:  # the app answers it
-            manifest = None
+        except Exception as e:  # the app answers it, and logs it if it is a bug
+            wsgi_environ[_WARM_ERROR] = e
+            return self.app(wsgi_environ, start_response)
         if manifest is None:
             return self.app(wsgi_environ, start_response)
         start_response("200 OK", [

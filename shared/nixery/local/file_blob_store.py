@@ -107,7 +107,8 @@ class FileBlobStore:
         (root / "blobs").mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self._prefix = f"{root}/"  # a blob's path is this and its blob_path: no Path per pull
-        # digest -> the identity of the file found intact: checked again once it changes
+        # digest -> the identity of the file found intact: checked again once it changes.
+        # Read without a lock (see ``nixery.caches`` on single dict operations).
         self._verified: dict[str, tuple[int, int, int, int]] = {}
         self._mutex = threading.Lock()
         self._hashing = KeyedLocks()  # one hash of a blob at a time, however many ask
@@ -118,7 +119,11 @@ class FileBlobStore:
             leftover.unlink(missing_ok=True)
 
     def path(self, digest: str) -> Path:
-        return self.root / blob_path(digest)
+        return Path(self._file(digest))
+
+    def _file(self, digest: str) -> str:
+        """A blob's path, as a string: what every pull's calls take."""
+        return self._prefix + blob_path(digest)
 
     def writer(self) -> FileBlobWriter:
         return FileBlobWriter(self)
@@ -126,7 +131,7 @@ class FileBlobStore:
     def size(self, digest: str) -> int | None:
         with _Unavailable("read a blob"):
             try:
-                return os.stat(self._prefix + blob_path(digest)).st_size
+                return os.stat(self._file(digest)).st_size
             except FileNotFoundError:
                 return None
 
@@ -135,7 +140,7 @@ class FileBlobStore:
             try:
                 # A blob found intact before and unchanged since costs a stat and no lock:
                 # that is every blob of a cached pull.
-                if self._verified.get(digest) == _identity(self._prefix + blob_path(digest)):
+                if self._verified.get(digest) == _identity(self._file(digest)):
                     return True
                 with self._hashing.hold(digest):
                     return self._intact(digest)
@@ -177,6 +182,6 @@ class FileBlobStore:
     def open(self, digest: str) -> BinaryIO:
         with _Unavailable("read a blob"):
             try:
-                return open(self._prefix + blob_path(digest), "rb")
+                return open(self._file(digest), "rb")
             except FileNotFoundError:  # removed since its check
                 raise UnknownBlob("blob unknown", {"digest": digest}) from None

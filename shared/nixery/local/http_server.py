@@ -18,7 +18,9 @@ server reads ahead on each connection, so that the request can see its client ha
 
 A blob (a file the app returns as ``wsgi.file_wrapper``) goes to the socket with sendfile:
 the kernel copies it from the page cache, where waitress would read each chunk into Python
-and write it back.
+and write it back. A file the kernel will not sendfile goes as waitress sends it, as
+``socket.sendfile`` falls back. That override copies waitress' ``_flush_some`` (3.0.2, pinned
+in shared/pyproject.toml; a test fails on another version).
 
 Requests wait for a pool thread in turns by address (``client_key``), not in arrival order: a
 flood of cheap requests (wrong passwords answered 429) on many connections from a few
@@ -49,6 +51,7 @@ from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
+from waitress.wasyncore import _DISCONNECTED  # type: ignore[attr-defined]  # not in the stubs
 
 from nixery.config import ConnectionLimits
 from nixery.limits import client_key
@@ -59,9 +62,10 @@ log = logging.getLogger(__name__)
 # many times over; nothing is pushed here, so bodies are empty.
 MAX_HEADER_BYTES = 16 << 10
 MAX_BODY_BYTES = 64 << 10
-# What a send says of a client that hung up (waitress' own list).
-_GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE,
-         errno.EBADF}  # fmt: skip
+# What sendfile says of a file it cannot send (a file system without it, an offset past its
+# limits): such a file goes as waitress sends it, if none of it has gone yet.
+_REFUSED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EOVERFLOW}
+
 THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
 
 
@@ -150,26 +154,35 @@ class _Channel(HTTPChannel):
         return bool(sent)
 
     def _send_some(self, outbuf: Any, do_close: bool) -> int:
-        """Bytes sent from the buffer: a file's with sendfile, anything else's as waitress."""
-        if type(outbuf) is ReadOnlyFileBasedBuffer:
+        """Bytes sent from the buffer: a file's with sendfile, anything else's as waitress.
+        A file buffer's ``by_kernel``: unset until sendfile is tried, then whether it
+        sends the file (False: the kernel refused it)."""
+        if type(outbuf) is ReadOnlyFileBasedBuffer and getattr(outbuf, "by_kernel", True):
             try:
                 fd = outbuf.file.fileno()
             except (AttributeError, OSError, ValueError):  # not a file of the system's
                 pass
             else:
-                return self._sendfile(fd, outbuf.file.tell(), outbuf.remain, do_close)
+                sent = self._sendfile(outbuf, fd, do_close)
+                if sent is not None:
+                    return sent
         return self.send(outbuf.get(self.sendbuf_len), do_close=do_close)
 
-    def _sendfile(self, fd: int, offset: int, count: int, do_close: bool) -> int:
+    def _sendfile(self, outbuf: Any, fd: int, do_close: bool) -> int | None:
+        """Bytes sent, or None if the kernel refused the file before any of it went."""
         assert self.socket is not None, "a channel that sends is connected"
         try:
-            sent = os.sendfile(self.socket.fileno(), fd, offset, count)
+            sent = os.sendfile(self.socket.fileno(), fd, outbuf.file.tell(), outbuf.remain)
         except BlockingIOError:
             return 0
         except OSError as e:
-            if e.errno not in _GONE:
+            if e.errno in _REFUSED and not hasattr(outbuf, "by_kernel"):
+                outbuf.by_kernel = False
+                return None
+            if e.errno not in _DISCONNECTED:
                 raise
             sent = 0
+        outbuf.by_kernel = True
         if not sent and do_close:  # gone, or the file shorter than it said: nothing more
             self.handle_close()
         return sent

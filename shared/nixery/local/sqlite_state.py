@@ -415,11 +415,12 @@ class SqliteInventory(_Part):
     ) -> None:
         images = list(images)
         manifests = list(manifests)
+        layers = list(layers)
         failures = list(failures)
         pages = [*images, *failures, *reports]
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            if images or manifests:
+            if images or manifests or layers:  # a layer's row goes when its blob does
                 self._next_generation()
             for table, column, keys in (
                 ("images", "key", images), ("image_use", "key", images),

@@ -59,6 +59,10 @@ TOUCH_RETRY = 60.0
 TOUCHED_SIZE = 100_000
 # Whole manifests answered from memory, by tag and by digest; a manifest is a few KB.
 WARM_SIZE = 4096
+# Distinct blobs the answers may name before they are all forgotten (an image names 2-130):
+# ~160 bytes each (the digest, its count, an answer's reference; tracemalloc, 64 distinct
+# blobs per answer), so ~42 MB at the bound; fewer answers name fewer, as they go.
+WARM_BLOBS = 64 * WARM_SIZE
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class _Answer:
     key: str  # the image's, whose use a pull by tag notes
     manifest: Manifest
     generation: int
+    blobs: tuple[str, ...]  # every blob it needs
 
 
 @dataclass(frozen=True)
@@ -114,16 +119,21 @@ class ImageService:
         self.waiters = waiters
         self.reports = reports
         self.clock = clock
-        # key -> when its use is to be noted again, by ``clock``; read without a lock
+        # key -> when its use is to be noted again, by ``clock``, the oldest first; read
+        # without a lock (see ``nixery.caches`` on single dict operations)
         self._touched: dict[str, float] = {}
         self._touch_lock = threading.Lock()
         # A published image never changes: once found whole, its manifest is answered from
         # these until the state's generation moves (`nixery gc`, an image forgotten) or a blob
-        # it names is found gone. Read without a lock; written under ``_warm_lock``.
+        # it names is found gone. Read without a lock (see ``nixery.caches`` on single dict
+        # operations); written under ``_warm_lock``.
         self._warm: dict[tuple[ImageRequest, Revision, str], _Answer] = {}
         self._by_digest: dict[str, tuple[int, Manifest]] = {}
-        self._warm_blobs: set[str] = set()  # the blobs the answers name
+        self._warm_blobs: dict[str, int] = {}  # digest -> how many answers name it
         self._warm_lock = threading.Lock()
+        # Times the answers were forgotten or a blob found gone: an answer checked before is
+        # not kept, even if the state's generation stayed.
+        self._forgets = 0
 
     def manifest(
         self,
@@ -136,9 +146,9 @@ class ImageService:
         if (warm := self.warm(request, reference, accept)) is not None:
             return warm
         # Read before the image is checked: a change meanwhile has it checked again next time.
-        generation = self.images.generation()
+        generation, forgets = self.images.generation(), self._forgets
         if not isinstance(reference, Tag):
-            return self._manifest_by_digest(reference, generation)
+            return self._manifest_by_digest(reference, generation, forgets)
         if (signed := signed_digest(reference.name)) is not None:
             return self._signature(signed)
         revision = self._resolve(reference)
@@ -151,15 +161,21 @@ class ImageService:
             BuildLog(log, job.key).warning(
                 "the image lost its manifest or a blob: building it again"
             )
+            # Whatever the state's generation does (Firestore's moves every few minutes),
+            # the answers in memory that name a lost blob go now.
+            with self._warm_lock:
+                self._forget_answers()
             self.images.forget(job.key)
             found = self._whole(self.image(job, caller), media_type)
             if found is None:
                 raise ImageLost("the image was lost and is being built again; retry later")
         manifest, blobs = found
         with self._warm_lock:
-            self._make_room()
-            self._warm[request, revision, media_type] = _Answer(job.key, manifest, generation)
-            self._warm_blobs.update(blobs)
+            if self._forgets == forgets:
+                self._keep(
+                    (request, revision, media_type),
+                    _Answer(job.key, manifest, generation, tuple(dict.fromkeys(blobs))),
+                )
         self._touch(job.key)
         return manifest
 
@@ -182,29 +198,44 @@ class ImageService:
         self._touch(answer.key)
         return answer.manifest
 
-    def _manifest_by_digest(self, digest: Digest, generation: int) -> Manifest:
+    def _manifest_by_digest(self, digest: Digest, generation: int, forgets: int) -> Manifest:
         found = self.images.manifest(digest)
         if found is None:
             raise UnknownManifest("manifest unknown", {"digest": digest})
         with self._warm_lock:
-            self._make_room()
-            self._by_digest[digest] = (generation, found)
+            if self._forgets == forgets:
+                if len(self._by_digest) >= WARM_SIZE:
+                    del self._by_digest[next(iter(self._by_digest))]
+                self._by_digest[digest] = (generation, found)
         return found
 
-    def _make_room(self) -> None:
-        """Under ``_warm_lock`` (readers never iterate): the oldest answer goes once there are
-        WARM_SIZE, and all of them once the blobs they name are too many to keep track of."""
-        if len(self._warm_blobs) > 64 * WARM_SIZE:
-            self._forget_answers()
+    def _keep(self, at: tuple[ImageRequest, Revision, str], answer: _Answer) -> None:
+        """Under ``_warm_lock`` (readers never iterate): the oldest answer goes once there
+        are WARM_SIZE, and all of them once the blobs they name are more than WARM_BLOBS."""
+        if (old := self._warm.pop(at, None)) is not None:
+            self._unname(old)
         if len(self._warm) >= WARM_SIZE:
-            del self._warm[next(iter(self._warm))]
-        if len(self._by_digest) >= WARM_SIZE:
-            del self._by_digest[next(iter(self._by_digest))]
+            self._unname(self._warm.pop(next(iter(self._warm))))
+        self._warm[at] = answer
+        for digest in answer.blobs:
+            self._warm_blobs[digest] = self._warm_blobs.get(digest, 0) + 1
+        if len(self._warm_blobs) > WARM_BLOBS:
+            self._forget_answers()
+
+    def _unname(self, answer: _Answer) -> None:
+        """Under ``_warm_lock``: the blobs of an answer that goes are named one time less."""
+        for digest in answer.blobs:
+            if (count := self._warm_blobs[digest]) == 1:
+                del self._warm_blobs[digest]
+            else:
+                self._warm_blobs[digest] = count - 1
 
     def _forget_answers(self) -> None:
+        """Under ``_warm_lock``."""
         self._warm.clear()
         self._by_digest.clear()
         self._warm_blobs.clear()
+        self._forgets += 1
 
     def _touch(self, key: str) -> None:
         """Notes that the image was used, once per TOUCH_EVERY. Marked before the write, so
@@ -221,7 +252,11 @@ class ImageService:
             if due is not None and now < due:
                 return
             if len(self._touched) >= TOUCHED_SIZE:
-                self._touched = {k: at for k, at in self._touched.items() if now < at}
+                # The notes due go; if too few are, the oldest too (their images' use is
+                # written again sooner): a tenth at least, so that this is seldom done.
+                kept = [(k, at) for k, at in self._touched.items() if now < at]
+                self._touched = dict(kept[-(TOUCHED_SIZE - TOUCHED_SIZE // 10) :])
+            self._touched.pop(key, None)  # to the end: the oldest notes come first
             self._touched[key] = now + TOUCH_EVERY
         try:
             self.images.touch(key, now)
@@ -347,7 +382,10 @@ class ImageService:
 
     def _lost(self, digest: str) -> None:
         """A blob found gone or damaged: if a manifest answered from memory names it, the
-        next pull checks its image again (and builds it again)."""
+        next pull checks its image again (and builds it again). One that no answer names
+        yet forgets nothing (else made-up digests would keep every answer out of memory): a
+        pull that checked its image meanwhile may keep its answer, and the next GET of
+        that blob forgets it."""
         if digest in self._warm_blobs:
             with self._warm_lock:
                 self._forget_answers()
