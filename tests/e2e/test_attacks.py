@@ -297,7 +297,8 @@ def test_silent_connections_are_closed_from_their_accept(make_registry) -> None:
 def test_a_thousand_silent_connections_keep_nobody_out(make_registry) -> None:
     """1,000 silent connections from 42 addresses fill the server's connections; a new client
     still gets in, as the server closes the silent ones that have waited longest to make room
-    (the deadlines are an hour here: they are not what lets it in)."""
+    (the header timeout is ten minutes here, the idle timeout an hour: they are not what
+    lets it in)."""
     reg = make_registry(NIXERY_HEADER_TIMEOUT="600", NIXERY_IDLE_TIMEOUT="3600")
     silent = [connect(reg, f"127.0.0.{2 + i % 42}") for i in range(1000)]
     try:
@@ -307,6 +308,28 @@ def test_a_thousand_silent_connections_keep_nobody_out(make_registry) -> None:
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_room_made_at_the_limit_never_turns_away_the_new_client(make_registry) -> None:
+    """The server full of idle keep-alive connections that have each been answered: 20 new
+    clients, one after another, are each let in and answered. The room made for one must not
+    go to the connection just accepted, not read yet (they were all reset before); the idle
+    ones go (the header timeout is ten minutes, the idle timeout an hour: they are not what
+    lets them in)."""
+    reg = make_registry(NIXERY_MAX_CONNECTIONS="10", NIXERY_HEADER_TIMEOUT="600",
+                        NIXERY_IDLE_TIMEOUT="3600")  # fmt: skip
+    idle = [http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60,
+                                       source_address=(f"127.0.0.{2 + n}", 0))
+            for n in range(10)]  # fmt: skip
+    for conn in idle:
+        conn.request("GET", "/v2/")
+        conn.getresponse().read()
+    try:
+        statuses = [get(reg, "/v2/", source="127.0.0.99", timeout=60)[0] for _ in range(20)]
+        assert statuses == [200] * 20
+    finally:
+        for conn in idle:
+            conn.close()
 
 
 def test_a_flood_from_one_address_does_not_queue_ahead_of_others(make_registry) -> None:

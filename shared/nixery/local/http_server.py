@@ -10,7 +10,9 @@ closed as soon), an idle connection goes after ``idle_timeout``, one address may
 handshake is answered at once with a plain-HTTP error. At the connection limit, the
 connection that has waited longest for a request (silent ones first) is closed to let a new
 one in: a thousand silent connections from many addresses hold every connection for the
-timeouts' length otherwise, and a new client would wait as long.
+timeouts' length otherwise, and a new client would wait as long. A connection accepted less
+than ``ACCEPT_GRACE`` ago is never closed so: it is silent only because it has not been read
+yet, and closing it would turn away the very client the room was made for.
 
 A request that waits for a build holds a pool thread (how many may, ``service.waiters``); the
 server reads ahead on each connection, so that the request can see its client hang up
@@ -63,6 +65,7 @@ MAX_BODY_BYTES = 64 << 10
 _GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE,
          errno.EBADF}  # fmt: skip
 THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
+ACCEPT_GRACE = 1.0  # seconds after its accept a connection is not closed to make room
 
 
 class _Task(WSGITask):
@@ -86,7 +89,8 @@ class _Channel(HTTPChannel):
         super().__init__(server, sock, addr, adj, map=map)
         # time.monotonic() of the unfinished request's first byte; the first request's
         # deadline counts from the accept, so that a silent connection is closed as soon.
-        self.began: float | None = time.monotonic()
+        self.accepted = time.monotonic()
+        self.began: float | None = self.accepted
         self.client = client_key(addr[0])
         held = sum(1 for c in server.channels() if c.client == self.client)
         if held > server.limits.per_client:  # itself included
@@ -282,13 +286,15 @@ class _Server(TcpWSGIServer):
         return accepting
 
     def _make_room(self) -> None:
-        """Closes the connections that have waited longest for a request, silent ones first:
-        none is being answered or has a request queued. Closing takes the loop's next turn, so
-        a batch goes at once. A client whose idle keep-alive connection goes connects again,
-        as it would after the idle timeout."""
+        """Closes the connections that have waited longest for a request, silent ones first
+        and those with a request half-received last: none is being answered, has a request
+        queued or was accepted within ``ACCEPT_GRACE`` (not read yet, not silent). Closing
+        takes the loop's next turn, so a batch goes at once. A client whose idle keep-alive
+        connection goes connects again, as it would after the idle timeout."""
+        settled = time.monotonic() - ACCEPT_GRACE
         idle = [c for c in self.channels() if not c.requests and not c.total_outbufs_len
-                and not c.will_close]  # fmt: skip
-        idle.sort(key=lambda c: (not c.silent, c.last_activity))
+                and not c.will_close and c.accepted < settled]  # fmt: skip
+        idle.sort(key=lambda c: (c.request is not None, not c.silent, c.last_activity))
         for channel in idle[: max(1, self.adj.connection_limit // 100)]:
             channel.will_close = True
             self.made_room += 1
