@@ -10,6 +10,7 @@ import pytest
 from nixery.config import Env, WaitLimits, local_settings, wait_limits
 from nixery.errors import ConfigError, TooManyWaiters
 from nixery.gcp.settings import registry_settings
+from nixery.limits import client_key
 from nixery.local.thread_queue import ThreadBuildQueue
 from nixery.request import Tag
 from nixery.service.images import Caller, ImageService
@@ -67,6 +68,32 @@ def test_a_refused_request_is_answered_at_once_and_its_build_goes_on() -> None:
             service.manifest(job.request, Tag("latest"), [], Caller("1.2.3.4"))
         assert builder.started.wait(10) and builder.calls == [job]
         assert queue.running(job.key)
+    finally:
+        builder.release.set()
+        queue.shutdown()
+
+
+def test_an_ipv6_64_is_one_address_for_the_bounds() -> None:
+    """Two addresses of one IPv6 /64 are one client (``client_key``): with one waiter per
+    address, the second is refused at once, as another host of the same network would be."""
+    state = MemoryState()
+    builder = FakeBuilder(state, sample_manifests(), seconds=0)
+    builder.release.clear()
+    queue = ThreadBuildQueue(builder, state, workers=1)
+    service = ImageService(
+        source=StaticSource({"latest": REVISION}), images=state, blobs=MemoryBlobStore(),
+        builds=queue, wait=1, failure_ttl=300,
+        waiters=Waiters(WaitLimits(total=4, per_client=1, per_build=4)),
+    )  # fmt: skip
+    job = sample_job("one-network")
+    assert service.waiters is not None
+    try:
+        with (
+            service.waiters.waiting("another", client_key("2001:db8::1")),
+            pytest.raises(TooManyWaiters) as refused,
+        ):
+            service.manifest(job.request, Tag("latest"), [], Caller("2001:db8::2"))
+        assert refused.value.detail["limit"] == "NIXERY_CLIENT_WAITERS"
     finally:
         builder.release.set()
         queue.shutdown()
