@@ -353,6 +353,55 @@ def test_a_flood_from_one_address_does_not_queue_ahead_of_others(make_registry) 
     assert all(status_of(a)[0] == 401 for a in answers(flood, len(flood), 120).values())
 
 
+def test_behind_a_proxy_a_request_takes_its_forwarded_clients_turn(make_registry) -> None:
+    """A fake proxy (127.0.0.1 sending X-Forwarded-For, NIXERY_TRUSTED_PROXIES=1): a flood of
+    24 wrong passwords from one forwarded client is queued before another forwarded client's
+    request, which takes its own turn and is answered before most of the flood (all were the
+    proxy's turn before)."""
+    hashed = hash_password("right")
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hashed}",
+                        NIXERY_SERVER_THREADS="4", NIXERY_AUTH_CHECKS="4",
+                        NIXERY_AUTH_FAILURES="1000/60", NIXERY_TRUSTED_PROXIES="1")  # fmt: skip
+    alice = {"Accept": OCI, "Authorization": basic("alice", "right"),
+             "X-Forwarded-For": "10.0.0.1"}  # fmt: skip
+    assert reg.get("/v2/hello/manifests/latest", headers=alice).status_code == 200
+    flood = [connect(reg, "127.0.0.1") for _ in range(24)]
+    for n, sock in enumerate(flood):
+        sock.sendall(f"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: {basic(f'u{n}', 'x')}"
+                     "\r\nX-Forwarded-For: 203.0.113.9, 10.0.0.2\r\n"
+                     "Connection: close\r\n\r\n".encode())  # fmt: skip
+    time.sleep(0.5)  # for the server to read them: the order is what is tested
+    assert reg.get("/v2/hello/manifests/latest", headers=alice).status_code == 200
+    answered, _, _ = select.select(flood, [], [], 0)
+    assert len(answered) < len(flood) // 2, f"{len(answered)} of the flood answered first"
+    assert all(status_of(a)[0] == 401 for a in answers(flood, len(flood), 120).values())
+
+
+def test_behind_a_proxy_a_429_does_not_pause_the_connection(make_registry) -> None:
+    """A fake proxy (127.0.0.1 sending X-Forwarded-For, NIXERY_TRUSTED_PROXIES=1): after a 429
+    its connection is read at once, as its next request may be anybody's: that request (a
+    refusal, no password checked) is answered before one sent after it on another connection
+    (a password checked, ~140 ms); paused, it would be read a second later."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hash_password('right')}",
+                        NIXERY_AUTH_FAILURES="1/3600", NIXERY_TRUSTED_PROXIES="1")  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60)
+    forwarded = {"X-Forwarded-For": "10.0.0.2"}
+    statuses = []
+    for n in range(2):
+        conn.request("GET", "/v2/", headers={"Authorization": basic(f"u{n}", "x"), **forwarded})
+        statuses.append(conn.getresponse())
+        statuses[-1].read()
+    assert [r.status for r in statuses] == [401, 429]
+    conn.request("GET", "/v2/", headers={"Authorization": basic("u2", "x"), **forwarded})
+    other = reg.get("/v2/", headers={"Authorization": basic("alice", "wrong"),
+                                     "X-Forwarded-For": "10.0.0.3"})  # fmt: skip
+    assert other.status_code == 401
+    assert conn.sock is not None
+    assert select.select([conn.sock], [], [], 0)[0], "paused after its 429"
+    assert conn.getresponse().status == 429
+    conn.close()
+
+
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 

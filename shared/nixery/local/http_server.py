@@ -34,6 +34,11 @@ After a 429 a connection is not read for ``THROTTLED_PAUSE``: a client told to c
 that asks again at once on the same connection (a flood of wrong passwords on keep-alive
 connections, 2,000 a second) has its next request read a second later, without a thread held,
 rather than take the event loop's time (reading, answering) from everyone else.
+
+Behind trusted proxies (``NIXERY_TRUSTED_PROXIES``) every connection is a proxy's: a request
+takes the turn of the client the proxies name in X-Forwarded-For (ProxyFix's rule, as the app
+reads it), and no connection is paused, since a proxy's pooled connection carries the next
+request of anybody.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
+from werkzeug.http import parse_list_header
 
 from nixery.config import ConnectionLimits
 from nixery.limits import client_key
@@ -71,8 +77,9 @@ ACCEPT_GRACE = 1.0  # seconds after its accept a connection is not closed to mak
 class _Task(WSGITask):
     def build_response_header(self) -> bytes:
         # Before a byte is sent: the client's next request may come as soon as it is.
-        if self.status.startswith("429"):
-            cast(_Channel, self.channel).paused_until = time.monotonic() + THROTTLED_PAUSE
+        channel = cast(_Channel, self.channel)
+        if self.status.startswith("429") and not channel.proxied:
+            channel.paused_until = time.monotonic() + THROTTLED_PAUSE
         return super().build_response_header()
 
 
@@ -83,6 +90,7 @@ class _Channel(HTTPChannel):
     task_class = _Task
     silent = True  # no byte received yet
     client = ""  # what its address's limits count by
+    proxied = False  # a trusted proxy's: its requests are anybody's
     paused_until = 0.0  # time.monotonic() until which it is not read (after a 429)
 
     def __init__(self, server: _Server, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
@@ -92,6 +100,7 @@ class _Channel(HTTPChannel):
         self.accepted = time.monotonic()
         self.began: float | None = self.accepted
         self.client = client_key(addr[0])
+        self.proxied = bool(server.task_dispatcher.trusted_proxies)
         held = sum(1 for c in server.channels() if c.client == self.client)
         if held > server.limits.per_client:  # itself included
             log.warning("refused a connection from %s: it holds %d already", addr[0], held - 1)
@@ -183,18 +192,18 @@ class FairQueue:
     """Waitress' task queue (a deque's ``append``, ``popleft`` and length, under the
     dispatcher's lock), served one address at a time in turn: a task waits behind at most one
     task of each other address that has some waiting. A task is a connection with a request
-    read, and a connection is queued once at a time."""
+    read, queued with its request's address, and a connection is queued once at a time."""
 
     def __init__(self) -> None:
         self._waiting: dict[str, deque[_Channel]] = {}  # by address, in arrival order
         self._turns: deque[str] = deque()  # addresses with tasks waiting, next first
         self._length = 0
 
-    def append(self, task: _Channel) -> None:
-        waiting = self._waiting.get(task.client)
+    def append(self, task: _Channel, client: str) -> None:
+        waiting = self._waiting.get(client)
         if waiting is None:
-            waiting = self._waiting[task.client] = deque()
-            self._turns.append(task.client)
+            waiting = self._waiting[client] = deque()
+            self._turns.append(client)
         waiting.append(task)
         self._length += 1
 
@@ -220,20 +229,34 @@ class _Dispatcher(ThreadedTaskDispatcher):
     # The stubs call its tasks Task; waitress' servers queue their channels.
     queue: FairQueue  # type: ignore[assignment]
 
-    def __init__(self) -> None:
+    def __init__(self, trusted_proxies: int) -> None:
         super().__init__()
+        self.trusted_proxies = trusted_proxies
         self.queue = FairQueue()
         self.waited = 0  # requests queued with no thread idle, since the last maintenance
         self.deepest = 0  # the most waiting at once since then
 
     def add_task(self, task: Task) -> None:
+        channel = cast(_Channel, task)
+        client = self._client_of(channel)
         with self.lock:
-            self.queue.append(cast(_Channel, task))
+            self.queue.append(channel, client)
             self.queue_cv.notify()
             waiting = len(self.queue) - (len(self.threads) - self.stop_count - self.active_count)
             if waiting > 0:
                 self.waited += 1
                 self.deepest = max(self.deepest, waiting)
+
+    def _client_of(self, channel: _Channel) -> str:
+        """The address whose turn the channel's next request takes: behind trusted proxies,
+        the client they name, as ProxyFix finds it (the N-th entry from the right), else the
+        proxy's own when they name none. The channel's caller holds its requests' lock."""
+        if not self.trusted_proxies:
+            return channel.client
+        forwarded = parse_list_header(channel.requests[0].headers.get("X_FORWARDED_FOR", ""))
+        if len(forwarded) < self.trusted_proxies:
+            return channel.client
+        return client_key(forwarded[-self.trusted_proxies])
 
     def waits(self) -> tuple[int, int]:
         """The requests that waited for a thread and the most at once, since the last call."""
@@ -300,14 +323,16 @@ class _Server(TcpWSGIServer):
             self.made_room += 1
 
 
-def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) -> _Server:
+def create_server(
+    app: Flask, host: str, port: int, limits: ConnectionLimits, trusted_proxies: int = 0
+) -> _Server:
     # Each connection is a file descriptor: make room for the limit, within the hard limit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = limits.connections + limits.threads + 256
     if soft != resource.RLIM_INFINITY and soft < wanted:
         top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
-    dispatcher = _Dispatcher()
+    dispatcher = _Dispatcher(trusted_proxies)
     dispatcher.set_thread_count(limits.threads)
     server = _Server(
         app,
