@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from nixery.http.auth import hash_password
+from nixery.sources.history import CHECKS_AT_ONCE
 from tests.helpers.emulators import Emulators, GcpRegistry
 from tests.helpers.registries import OCI, Registry
 
@@ -283,6 +284,30 @@ def test_requests_waiting_on_the_function_are_bounded(emulators: Emulators, tmp_
         for process in (reg.registry, reg.builder):
             if process:
                 process.kill(signal.SIGKILL)
+
+
+def test_commit_tags_checked_at_once_are_bounded(make_registry) -> None:
+    """Made-up commit tags each hold a thread while their checks take turns on the package
+    repository (a git remote that never answers here: the first check's fetch hangs): beyond
+    CHECKS_AT_ONCE, one more is a 503 at once naming the cause, not one more thread held."""
+    remote = socket.create_server(("127.0.0.1", 0))
+    remote.settimeout(60)
+    reg = make_registry(NIXERY_PKGS_REPO=f"http://127.0.0.1:{remote.getsockname()[1]}/x.git")
+    held: list[socket.socket] = []
+    try:
+        socks = [ask(reg, "127.0.0.1", f"/v2/hello/manifests/{n:040x}")
+                 for n in range(CHECKS_AT_ONCE + 3)]  # fmt: skip
+        held.append(remote.accept()[0])  # the first check's fetch, which hangs
+        refused = answers(socks, 3, within=60)
+        assert len(refused) == 3
+        for answer in refused.values():
+            status, headers, body = status_of(answer)
+            assert status == 503 and "Retry-After" in headers
+            assert "commit tags are being checked" in body["errors"][0]["message"]
+    finally:
+        for sock in held:
+            sock.close()
+        remote.close()
 
 
 def test_silent_connections_are_closed_from_their_accept(make_registry) -> None:
