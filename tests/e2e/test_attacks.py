@@ -357,6 +357,30 @@ def test_room_made_at_the_limit_never_turns_away_the_new_client(make_registry) -
             conn.close()
 
 
+def test_at_the_limit_no_connection_is_closed_while_none_waits(make_registry) -> None:
+    """The server at its connection limit (10: 8 connections, the listening socket and
+    waitress' wake-up pipe) with
+    idle keep-alive connections and nobody waiting to connect: room is made only for a
+    connection that waits, so none is closed (the idle timeout is an hour)."""
+    reg = make_registry(NIXERY_MAX_CONNECTIONS="10", NIXERY_IDLE_TIMEOUT="3600")
+    idle = [http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60,
+                                       source_address=(f"127.0.0.{2 + n}", 0))
+            for n in range(8)]  # fmt: skip
+    try:
+        for n, conn in enumerate(idle):
+            if n == len(idle) - 1:  # the others past ACCEPT_GRACE
+                time.sleep(1.5)
+            conn.request("GET", "/v2/")
+            conn.getresponse().read()
+        time.sleep(1.5)  # the last one past ACCEPT_GRACE too: all may be closed from now on
+        idle[0].request("GET", "/v2/")  # the server's loop turns for it
+        assert idle[0].getresponse().status == 200
+        assert not select.select([c.sock for c in idle[1:]], [], [], 0)[0], "closed some"
+    finally:
+        for conn in idle:
+            conn.close()
+
+
 def test_a_flood_from_one_address_does_not_queue_ahead_of_others(make_registry) -> None:
     """Requests wait for a thread in turns by address: 24 wrong passwords from one address,
     each holding one of the 4 threads while its hash is checked, are queued before a logged-in

@@ -47,6 +47,7 @@ import errno
 import logging
 import os
 import resource
+import select
 import time
 from collections import deque
 from typing import Any, cast
@@ -72,6 +73,7 @@ _GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, 
          errno.EBADF}  # fmt: skip
 THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
 ACCEPT_GRACE = 1.0  # seconds after its accept a connection is not closed to make room
+ROOM_INTERVAL = 0.1  # seconds between two looks for room to make at the connection limit
 
 
 class _Task(WSGITask):
@@ -270,6 +272,8 @@ class _Server(TcpWSGIServer):
     limits: ConnectionLimits
     task_dispatcher: _Dispatcher
     made_room = 0  # connections closed at the limit since the last maintenance
+    room_looked = 0.0  # time.monotonic() of the last look for room to make
+    pending: select.poll  # the listening socket, to ask whether a connection waits
 
     def channels(self) -> list[_Channel]:
         # The stubs call active_channels one channel; it is a dict of them by descriptor.
@@ -304,9 +308,19 @@ class _Server(TcpWSGIServer):
         """At the connection limit, makes room for the connections waiting to be accepted,
         which waitress would leave waiting until one closes by itself."""
         accepting = super().readable()
-        if self.in_connection_overflow:
+        if self.in_connection_overflow and self._room_wanted():
             self._make_room()
         return accepting
+
+    def _room_wanted(self) -> bool:
+        """Whether a connection waits to be accepted, asked at most every ``ROOM_INTERVAL``:
+        the loop turns for every socket event, and a look sorts every connection. With none
+        waiting, the idle connections stay."""
+        now = time.monotonic()
+        if now - self.room_looked < ROOM_INTERVAL:
+            return False
+        self.room_looked = now
+        return bool(self.pending.poll(0))
 
     def _make_room(self) -> None:
         """Closes the connections that have waited longest for a request, silent ones first
@@ -354,5 +368,7 @@ def create_server(
         asyncore_use_poll=True,
     )
     server.limits = limits
+    server.pending = select.poll()
+    server.pending.register(server.socket, select.POLLIN)
     server.channel_class = _Channel
     return server
