@@ -369,6 +369,7 @@ def create_server(
     )
     server.limits = limits
     server.pending = select.poll()
+    assert server.socket is not None, "a server listens once made"
     server.pending.register(server.socket, select.POLLIN)
     server.channel_class = _Channel
     return server
