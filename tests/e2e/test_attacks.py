@@ -317,6 +317,7 @@ def test_silent_connections_are_closed_from_their_accept(make_registry) -> None:
     silent = [connect(reg, f"127.0.0.{2 + i % 4}") for i in range(20)]
     assert all(closed_by_server(sock, within=60) for sock in silent)
     assert get(reg, "/v2/")[0] == 200
+    assert "127.0.0.2: 5" in reg.log(), "the line names the addresses with the most"
 
 
 def test_a_thousand_silent_connections_keep_nobody_out(make_registry) -> None:
@@ -449,6 +450,21 @@ def test_behind_a_proxy_a_429_does_not_pause_the_connection(make_registry) -> No
     assert select.select([conn.sock], [], [], 0)[0], "paused after its 429"
     assert conn.getresponse().status == 429
     conn.close()
+
+
+def test_the_last_refusals_of_a_flood_are_logged(make_registry) -> None:
+    """Refusals are counted and logged one line per address every 10 s, by the next refusal:
+    the last counts of a flood that stops are written by the server's maintenance instead."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hash_password('right')}",
+                        NIXERY_AUTH_FAILURES="1/3600")  # fmt: skip
+    for n in range(2):
+        get_headers = {"Authorization": basic(f"u{n}", "x")}
+        assert reg.get("/v2/", headers=get_headers).status_code == [401, 429][n]
+    line = "address 127.0.0.1: refused 1 logins unchecked"
+    deadline = time.monotonic() + 60  # a generous bound: the line comes after about 10 s
+    while line not in reg.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert line in reg.log()
 
 
 def basic(user: str, password: str) -> str:

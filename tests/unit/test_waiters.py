@@ -4,6 +4,7 @@ refused is answered at once and its build goes on; the defaults follow the threa
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pytest
 
@@ -12,12 +13,14 @@ from nixery.errors import ConfigError, TooManyWaiters
 from nixery.gcp.settings import registry_settings
 from nixery.limits import client_key
 from nixery.local.thread_queue import ThreadBuildQueue
+from nixery.logs import flush_tallies
 from nixery.request import Tag
 from nixery.service.images import Caller, ImageService
-from nixery.service.waiters import Waiters
+from nixery.service.waiters import LOG_REFUSALS, Waiters
 from tests.helpers.fakes import (
     REVISION,
     FakeBuilder,
+    FakeClock,
     MemoryBlobStore,
     MemoryState,
     StaticSource,
@@ -46,6 +49,25 @@ def test_each_bound_refuses_one_more_and_releases_on_exit() -> None:
     with waiters.waiting("c", "1"), waiters.waiting("c", "1"):
         assert refusal(waiters, "c", "1") == "NIXERY_CLIENT_WAITERS"
     assert waiters._total == 0 and not waiters._clients and not waiters._builds
+
+
+def test_refusals_are_logged_as_one_line_per_address_and_bound(caplog) -> None:
+    """A flood's refusals, a line each, would cost more than refusing them: each address's
+    are counted, and written in one line LOG_REFUSALS seconds after the last lines, by the
+    next refusal or the server's maintenance (``flush_tallies``)."""
+    caplog.set_level(logging.WARNING, "nixery.service.waiters")
+    clock = FakeClock()
+    waiters = Waiters(WaitLimits(total=4, per_client=1, per_build=4), clock)
+    with waiters.waiting("a", "192.0.2.1"):
+        for _ in range(30):
+            assert refusal(waiters, "b", "192.0.2.1") == "NIXERY_CLIENT_WAITERS"
+        assert not caplog.records
+        clock.advance(LOG_REFUSALS)
+        flush_tallies()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"address 192.0.2.1, NIXERY_CLIENT_WAITERS: refused 30 requests waiting for builds in "
+        f"the last {LOG_REFUSALS:.0f} s"
+    ]
 
 
 def test_a_refused_request_is_answered_at_once_and_its_build_goes_on() -> None:

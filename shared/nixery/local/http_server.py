@@ -49,7 +49,7 @@ import os
 import resource
 import select
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any, cast
 
 from flask import Flask
@@ -61,6 +61,7 @@ from werkzeug.http import parse_list_header
 
 from nixery.config import ConnectionLimits
 from nixery.limits import client_key
+from nixery.logs import flush_tallies
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ class _Dispatcher(ThreadedTaskDispatcher):
 class _Server(TcpWSGIServer):
     limits: ConnectionLimits
     task_dispatcher: _Dispatcher
-    made_room = 0  # connections closed at the limit since the last maintenance
+    made_room: Counter[str]  # connections closed at the limit since the last maintenance
     room_looked = 0.0  # time.monotonic() of the last look for room to make
     pending: select.poll  # the listening socket, to ask whether a connection waits
 
@@ -280,26 +281,28 @@ class _Server(TcpWSGIServer):
         return list(cast(dict[int, _Channel], self.active_channels).values())
 
     def maintenance(self, now: int) -> None:
-        """Also closes connections whose request has taken too long to arrive."""
+        """Also closes connections whose request has taken too long to arrive, and writes
+        the refusals counted (``logs.Tally``) that are due."""
         super().maintenance(now)
         cutoff = time.monotonic() - self.limits.header_timeout
-        silent = 0
+        silent: Counter[str] = Counter()
         for channel in self.channels():
             if channel.began is None or channel.began >= cutoff or channel.will_close:
                 continue
             channel.will_close = True
             if channel.silent:  # one line for all: they come by the thousand
-                silent += 1
+                silent[channel.client] += 1
             else:
                 log.warning("closed a connection from %s: its request came too slowly",
                             channel.addr[0])  # fmt: skip
         if silent:
-            log.warning("closed %d connections that sent nothing within %g s", silent,
-                        self.limits.header_timeout)  # fmt: skip
+            log.warning("closed %d connections that sent nothing within %g s (%s)",
+                        silent.total(), self.limits.header_timeout, _most(silent))  # fmt: skip
         if self.made_room:
-            log.warning("at the connection limit: closed %d idle connections to let others in",
-                        self.made_room)  # fmt: skip
-            self.made_room = 0
+            log.warning("at the connection limit: closed %d idle connections to let others in "
+                        "(%s)", self.made_room.total(), _most(self.made_room))  # fmt: skip
+            self.made_room = Counter()
+        flush_tallies()
         waited, deepest = self.task_dispatcher.waits()
         if waited:
             log.warning("%d requests waited for a thread, up to %d at once", waited, deepest)
@@ -334,7 +337,12 @@ class _Server(TcpWSGIServer):
         idle.sort(key=lambda c: (c.request is not None, not c.silent, c.last_activity))
         for channel in idle[: max(1, self.adj.connection_limit // 100)]:
             channel.will_close = True
-            self.made_room += 1
+            self.made_room[channel.client] += 1
+
+
+def _most(counts: Counter[str]) -> str:
+    """The 5 addresses with the most, for a log line."""
+    return ", ".join(f"{client}: {n}" for client, n in counts.most_common(5))
 
 
 def create_server(
@@ -368,6 +376,7 @@ def create_server(
         asyncore_use_poll=True,
     )
     server.limits = limits
+    server.made_room = Counter()
     server.pending = select.poll()
     assert server.socket is not None, "a server listens once made"
     server.pending.register(server.socket, select.POLLIN)
