@@ -452,6 +452,28 @@ def test_behind_a_proxy_a_429_does_not_pause_the_connection(make_registry) -> No
     conn.close()
 
 
+def test_a_new_build_limits_429_does_not_pause_the_connection(make_registry) -> None:
+    """Only a login's 429 pauses a connection: after the new-build limit's, a cached pull on
+    the same connection (dockerd's pooled one, say) is read at once, answered before three
+    cached pulls sent after it on other connections are; paused, a second later."""
+    reg = make_registry(NIXERY_CLIENT_BUILDS="1/3600")
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=600,
+                                      source_address=("127.0.0.2", 0))  # fmt: skip
+    statuses = []
+    for name in ("hello", "jq"):
+        conn.request("GET", f"/v2/{name}/manifests/latest", headers={"Accept": OCI})
+        statuses.append(conn.getresponse())
+        statuses[-1].read()
+    assert [r.status for r in statuses] == [200, 429]
+    conn.request("GET", "/v2/hello/manifests/latest", headers={"Accept": OCI})
+    for _ in range(3):
+        assert get(reg, "/v2/hello/manifests/latest")[0] == 200
+    assert conn.sock is not None
+    assert select.select([conn.sock], [], [], 0)[0], "paused after the new-build limit's 429"
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
 def test_the_last_refusals_of_a_flood_are_logged(make_registry) -> None:
     """Refusals are counted and logged one line per address every 10 s, by the next refusal:
     the last counts of a flood that stops are written by the server's maintenance instead."""

@@ -73,6 +73,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
+# Set in a request's WSGI environ when its login was refused for too many failures: the local
+# server then pauses the connection (``local.http_server.THROTTLED_PAUSE``), for this 429 only.
+LOGIN_THROTTLED = "nixery.login_throttled"
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -191,6 +194,8 @@ def create_app(
     @app.errorhandler(NixeryError)
     def domain_error(e: NixeryError) -> Response:
         g.unlogged = isinstance(e, TooManyLogins)  # Auth counts them, a line per address
+        if g.unlogged:
+            request.environ[LOGIN_THROTTLED] = True
         return error_response(e)
 
     @app.errorhandler(HTTPException)

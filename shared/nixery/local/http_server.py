@@ -30,10 +30,12 @@ at most two requests read (waitress' lookahead), so the rest of a flood waits un
 logs a line for each request that waits for a thread (thousands a second in a flood, each
 costing the pool's lock and the GIL); here one line a second says how many waited.
 
-After a 429 a connection is not read for ``THROTTLED_PAUSE``: a client told to come back later
-that asks again at once on the same connection (a flood of wrong passwords on keep-alive
-connections, 2,000 a second) has its next request read a second later, without a thread held,
-rather than take the event loop's time (reading, answering) from everyone else.
+After a login refused for too many failures (a 429 the app marks, ``LOGIN_THROTTLED``) a
+connection is not read for ``THROTTLED_PAUSE``: a client told to come back later that asks
+again at once on the same connection (a flood of wrong passwords on keep-alive connections,
+2,000 a second) has its next request read a second later, without a thread held, rather than
+take the event loop's time (reading, answering) from everyone else. Other 429s (the new-build
+limit) do not pause: dockerd's next request on its pooled connection may be a cached pull.
 
 Behind trusted proxies (``NIXERY_TRUSTED_PROXIES``) every connection is a proxy's: a request
 takes the turn of the client the proxies name in X-Forwarded-For (ProxyFix's rule, as the app
@@ -60,6 +62,7 @@ from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
 from werkzeug.http import parse_list_header
 
 from nixery.config import ConnectionLimits
+from nixery.http.protocol import LOGIN_THROTTLED
 from nixery.limits import client_key
 from nixery.logs import flush_tallies
 
@@ -72,7 +75,7 @@ MAX_BODY_BYTES = 64 << 10
 # What a send says of a client that hung up (waitress' own list).
 _GONE = {errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE,
          errno.EBADF}  # fmt: skip
-THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
+THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a login's 429
 ACCEPT_GRACE = 1.0  # seconds after its accept a connection is not closed to make room
 ROOM_INTERVAL = 0.1  # seconds between two looks for room to make at the connection limit
 
@@ -81,20 +84,20 @@ class _Task(WSGITask):
     def build_response_header(self) -> bytes:
         # Before a byte is sent: the client's next request may come as soon as it is.
         channel = cast(_Channel, self.channel)
-        if self.status.startswith("429") and not channel.proxied:
+        if self.environ and self.environ.get(LOGIN_THROTTLED) and not channel.proxied:
             channel.paused_until = time.monotonic() + THROTTLED_PAUSE
         return super().build_response_header()
 
 
 class _Channel(HTTPChannel):
     """A connection: refuses TLS at once, remembers when its current request began, and is
-    not read for a while after a 429."""
+    not read for a while after a login's 429."""
 
     task_class = _Task
     silent = True  # no byte received yet
     client = ""  # what its address's limits count by
     proxied = False  # a trusted proxy's: its requests are anybody's
-    paused_until = 0.0  # time.monotonic() until which it is not read (after a 429)
+    paused_until = 0.0  # time.monotonic() until which it is not read (after a login's 429)
 
     def __init__(self, server: _Server, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
