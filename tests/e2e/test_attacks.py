@@ -9,7 +9,6 @@ The attackers connect from other loopback addresses (127.0.0.2 and up) than the 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import itertools
@@ -28,6 +27,7 @@ import pytest
 from nixery.http.auth import hash_password
 from nixery.sources.history import CHECKS_AT_ONCE
 from tests.helpers.emulators import Emulators, GcpRegistry
+from tests.helpers.protocol import basic
 from tests.helpers.registries import OCI, Registry
 
 pytestmark = pytest.mark.e2e
@@ -487,10 +487,6 @@ def test_the_last_refusals_of_a_flood_are_logged(make_registry) -> None:
     while line not in reg.log() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert line in reg.log()
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def test_a_connection_is_not_read_for_a_while_after_a_429(make_registry) -> None:

@@ -41,7 +41,6 @@ from nixery.errors import (
     NixeryError,
     Throttled,
     TooManyLogins,
-    TooManyWaiters,
     Transient,
     UnknownBlob,
     UnknownEndpoint,
@@ -106,8 +105,6 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     # 404: containerd shows nothing of a 404 but "not found", and of other codes their
     # status line, which carries what failed and the build's page (``pages.explain``).
     BuildError: (422, "MANIFEST_UNKNOWN"),
-    # Beyond a bound on requests waiting for builds: at once, so that they leave threads free.
-    TooManyWaiters: (503, "UNAVAILABLE"),
     Transient: (503, "UNAVAILABLE"),
     Exception: (500, "UNKNOWN"),  # our own bugs
 }
