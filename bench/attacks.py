@@ -23,7 +23,6 @@ and the server's RSS at the phase's start and end.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import itertools
@@ -41,6 +40,7 @@ from pathlib import Path
 from bench.lib.harness import command_parser, parse_args, percentile_ms, rss_mb
 from bench.login_flood import attacker
 from nixery.http.auth import hash_password
+from tests.helpers.protocol import basic
 from tests.helpers.registries import OCI, Registry
 
 PACKAGES = ["hello", "zlib", "libffi", "expat", "ncurses", "readline", "pcre2", "oniguruma",
@@ -50,10 +50,6 @@ CACHED = "/v2/hello/manifests/latest"
 CLIENT_TIMEOUT = 30.0
 # Seconds a blocked attacker's socket waits between looks at whether its phase is over.
 POLL = 1.0
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 @dataclass

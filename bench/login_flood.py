@@ -16,7 +16,6 @@ attackers and the clients, on the same cores: what the server was left).
 
 from __future__ import annotations
 
-import base64
 import http.client
 import itertools
 import os
@@ -31,15 +30,15 @@ from pathlib import Path
 from bench.lib.harness import command_parser, parse_args
 from bench.soak import Results
 from nixery.http.auth import hash_password
+from tests.helpers.protocol import basic
 from tests.helpers.registries import OCI, Registry
 
 PASSWORD = "correct horse battery staple"
 USERS = 100  # users with that password: one a new login
 
 
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}", "Accept": OCI}
+def login(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": basic(user, password), "Accept": OCI}
 
 
 def ask(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -> int:
@@ -70,7 +69,7 @@ def attacker(port: int, source: str, answers: Counter[str], stop: threading.Even
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60, source_address=(source, 0))
     while not stop.is_set():
         try:
-            status = str(ask(conn, "/v2/", basic(uuid.uuid4().hex[:12], "wrong")))
+            status = str(ask(conn, "/v2/", login(uuid.uuid4().hex[:12], "wrong")))
         except (OSError, http.client.HTTPException) as e:
             status = type(e).__name__
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60,
@@ -82,14 +81,14 @@ def puller(port: int, results: Results, stop: threading.Event) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     while not stop.wait(1.0):
         timed(results, "logged-in pull", port, "/v2/hello/manifests/latest",
-              basic("user0", PASSWORD), conn)  # fmt: skip
+              login("user0", PASSWORD), conn)  # fmt: skip
 
 
 def new_logins(port: int, results: Results, stop: threading.Event) -> None:
     for n in itertools.count(1):
         if stop.wait(5.0) or n >= USERS:
             return
-        timed(results, "new login", port, "/v2/", basic(f"user{n}", PASSWORD))
+        timed(results, "new login", port, "/v2/", login(f"user{n}", PASSWORD))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,7 +109,7 @@ def main() -> None:
         reg.start()
         try:
             assert reg.proc is not None
-            warm = reg.get("/v2/hello/manifests/latest", headers=basic("user0", PASSWORD))
+            warm = reg.get("/v2/hello/manifests/latest", headers=login("user0", PASSWORD))
             assert warm.status_code == 200, warm.text
             results, stop = Results(), threading.Event()
             counts = [Counter[str]() for _ in range(args.connections)]  # one per thread

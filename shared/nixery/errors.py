@@ -216,6 +216,11 @@ class LoginsBusy(Transient):
     """As many passwords as the registry checks at once are being checked (NIXERY_AUTH_CHECKS)."""
 
 
+class CommitChecksBusy(Transient):
+    """As many commit tags as may be are being checked against the trusted history: each
+    holds a request thread while the checks take turns, up to a fetch's timeout each."""
+
+
 class TooManyWaiters(Transient):
     """As many requests wait for builds as may (in all, from the address, or for the image):
     each holds a request thread, and cached pulls need some left. The build goes on."""

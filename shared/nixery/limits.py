@@ -44,15 +44,17 @@ class SlidingWindows:
         self._times: TTLCache[str, tuple[float, ...]] = TTLCache(size, rate.window, timer=clock)
         self._lock = threading.Lock()
 
-    def admit(self, keys: tuple[str, ...]) -> float | None:
+    def admit(self, keys: tuple[str, ...]) -> tuple[float, str] | None:
         """Counts an event against every one of ``keys``, or none when one of them is full:
-        then the seconds until it would be admitted."""
+        then the seconds until it would be admitted, and the key that waits longest (the first
+        such of ``keys``)."""
         with self._lock:
             now = self.clock()
             windows = [self._window(key, now) for key in keys]
-            full = [w[0] + self.rate.window - now for w in windows if len(w) >= self.rate.count]
+            full = [(w[0] + self.rate.window - now, key) for key, w in zip(keys, windows,
+                    strict=True) if len(w) >= self.rate.count]  # fmt: skip
             if full:
-                return max(full)
+                return max(full, key=lambda f: f[0])
             for key, window in zip(keys, windows, strict=True):
                 self._times[key] = (*window, now)  # its time to live starts again
             return None

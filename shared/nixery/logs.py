@@ -15,7 +15,11 @@ import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in `extra` and is a field.
@@ -83,6 +87,52 @@ class BuildLog(logging.LoggerAdapter[logging.Logger]):
     ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {"build_key": self.key, **kwargs.get("extra", {})}
         return f"build {self.key[:12]}: {msg}", kwargs
+
+
+class Tally:
+    """Events (refusals) counted per key and logged as one line per key, at most every
+    ``every`` seconds by ``clock``: a flood refused thousands of times a second, a line each,
+    would cost more than refusing it. The lines are written with the first event after
+    ``every`` seconds, or by ``flush_tallies`` (the local server's maintenance, every
+    second), so that the last counts of a flood that stops are written too. ``line`` formats
+    the key, the count and the seconds counted; ``field`` names the key in JSON logs."""
+
+    def __init__(
+        self, logger: logging.Logger, line: str, field: str, every: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self._log, self._line, self._field, self._every = logger, line, field, every
+        self._clock = clock
+        self._counts: Counter[str] = Counter()
+        self._since = clock()
+        self._lock = threading.Lock()
+        _TALLIES.add(self)
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+        self.flush()
+
+    def flush(self) -> None:
+        """Writes the counts if ``every`` seconds have passed since the last lines."""
+        with self._lock:
+            now = self._clock()
+            if not self._counts or now - self._since < self._every:
+                return
+            counts, self._counts = self._counts, Counter()
+            since, self._since = self._since, now
+        for key, count in counts.most_common():
+            self._log.warning(self._line, key, count, now - since,
+                              extra={self._field: key, "refused": count})  # fmt: skip
+
+
+_TALLIES: weakref.WeakSet[Tally] = weakref.WeakSet()
+
+
+def flush_tallies() -> None:
+    """Writes every tally's counts that are due (``Tally.flush``)."""
+    for tally in list(_TALLIES):
+        tally.flush()
 
 
 def setup(level: str = "INFO", json_format: bool | None = None) -> None:

@@ -9,7 +9,6 @@ The attackers connect from other loopback addresses (127.0.0.2 and up) than the 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import itertools
@@ -26,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from nixery.http.auth import hash_password
+from nixery.sources.history import CHECKS_AT_ONCE
 from tests.helpers.emulators import Emulators, GcpRegistry
+from tests.helpers.protocol import basic
 from tests.helpers.registries import OCI, Registry
 
 pytestmark = pytest.mark.e2e
@@ -285,6 +286,30 @@ def test_requests_waiting_on_the_function_are_bounded(emulators: Emulators, tmp_
                 process.kill(signal.SIGKILL)
 
 
+def test_commit_tags_checked_at_once_are_bounded(make_registry) -> None:
+    """Made-up commit tags each hold a thread while their checks take turns on the package
+    repository (a git remote that never answers here: the first check's fetch hangs): beyond
+    CHECKS_AT_ONCE, one more is a 503 at once naming the cause, not one more thread held."""
+    remote = socket.create_server(("127.0.0.1", 0))
+    remote.settimeout(60)
+    reg = make_registry(NIXERY_PKGS_REPO=f"http://127.0.0.1:{remote.getsockname()[1]}/x.git")
+    held: list[socket.socket] = []
+    try:
+        socks = [ask(reg, "127.0.0.1", f"/v2/hello/manifests/{n:040x}")
+                 for n in range(CHECKS_AT_ONCE + 3)]  # fmt: skip
+        held.append(remote.accept()[0])  # the first check's fetch, which hangs
+        refused = answers(socks, 3, within=60)
+        assert len(refused) == 3
+        for answer in refused.values():
+            status, headers, body = status_of(answer)
+            assert status == 503 and "Retry-After" in headers
+            assert "commit tags are being checked" in body["errors"][0]["message"]
+    finally:
+        for sock in held:
+            sock.close()
+        remote.close()
+
+
 def test_silent_connections_are_closed_from_their_accept(make_registry) -> None:
     """A connection that never sends a byte goes after NIXERY_HEADER_TIMEOUT from its accept,
     not after the idle timeout (an hour here)."""
@@ -292,12 +317,14 @@ def test_silent_connections_are_closed_from_their_accept(make_registry) -> None:
     silent = [connect(reg, f"127.0.0.{2 + i % 4}") for i in range(20)]
     assert all(closed_by_server(sock, within=60) for sock in silent)
     assert get(reg, "/v2/")[0] == 200
+    assert "127.0.0.2: 5" in reg.log(), "the line names the addresses with the most"
 
 
 def test_a_thousand_silent_connections_keep_nobody_out(make_registry) -> None:
     """1,000 silent connections from 42 addresses fill the server's connections; a new client
     still gets in, as the server closes the silent ones that have waited longest to make room
-    (the deadlines are an hour here: they are not what lets it in)."""
+    (the header timeout is ten minutes here, the idle timeout an hour: they are not what
+    lets it in)."""
     reg = make_registry(NIXERY_HEADER_TIMEOUT="600", NIXERY_IDLE_TIMEOUT="3600")
     silent = [connect(reg, f"127.0.0.{2 + i % 42}") for i in range(1000)]
     try:
@@ -307,6 +334,52 @@ def test_a_thousand_silent_connections_keep_nobody_out(make_registry) -> None:
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_room_made_at_the_limit_never_turns_away_the_new_client(make_registry) -> None:
+    """The server full of idle keep-alive connections that have each been answered: 20 new
+    clients, one after another, are each let in and answered. The room made for one must not
+    go to the connection just accepted, not read yet (they were all reset before); the idle
+    ones go (the header timeout is ten minutes, the idle timeout an hour: they are not what
+    lets them in)."""
+    reg = make_registry(NIXERY_MAX_CONNECTIONS="10", NIXERY_HEADER_TIMEOUT="600",
+                        NIXERY_IDLE_TIMEOUT="3600")  # fmt: skip
+    idle = [http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60,
+                                       source_address=(f"127.0.0.{2 + n}", 0))
+            for n in range(10)]  # fmt: skip
+    for conn in idle:
+        conn.request("GET", "/v2/")
+        conn.getresponse().read()
+    try:
+        statuses = [get(reg, "/v2/", source="127.0.0.99", timeout=60)[0] for _ in range(20)]
+        assert statuses == [200] * 20
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def test_at_the_limit_no_connection_is_closed_while_none_waits(make_registry) -> None:
+    """The server at its connection limit (10: 8 connections, the listening socket and
+    waitress' wake-up pipe) with
+    idle keep-alive connections and nobody waiting to connect: room is made only for a
+    connection that waits, so none is closed (the idle timeout is an hour)."""
+    reg = make_registry(NIXERY_MAX_CONNECTIONS="10", NIXERY_IDLE_TIMEOUT="3600")
+    idle = [http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60,
+                                       source_address=(f"127.0.0.{2 + n}", 0))
+            for n in range(8)]  # fmt: skip
+    try:
+        for n, conn in enumerate(idle):
+            if n == len(idle) - 1:  # the others past ACCEPT_GRACE
+                time.sleep(1.5)
+            conn.request("GET", "/v2/")
+            conn.getresponse().read()
+        time.sleep(1.5)  # the last one past ACCEPT_GRACE too: all may be closed from now on
+        idle[0].request("GET", "/v2/")  # the server's loop turns for it
+        assert idle[0].getresponse().status == 200
+        assert not select.select([c.sock for c in idle[1:]], [], [], 0)[0], "closed some"
+    finally:
+        for conn in idle:
+            conn.close()
 
 
 def test_a_flood_from_one_address_does_not_queue_ahead_of_others(make_registry) -> None:
@@ -330,8 +403,90 @@ def test_a_flood_from_one_address_does_not_queue_ahead_of_others(make_registry) 
     assert all(status_of(a)[0] == 401 for a in answers(flood, len(flood), 120).values())
 
 
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+def test_behind_a_proxy_a_request_takes_its_forwarded_clients_turn(make_registry) -> None:
+    """A fake proxy (127.0.0.1 sending X-Forwarded-For, NIXERY_TRUSTED_PROXIES=1): a flood of
+    24 wrong passwords from one forwarded client is queued before another forwarded client's
+    request, which takes its own turn and is answered before most of the flood (all were the
+    proxy's turn before)."""
+    hashed = hash_password("right")
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hashed}",
+                        NIXERY_SERVER_THREADS="4", NIXERY_AUTH_CHECKS="4",
+                        NIXERY_AUTH_FAILURES="1000/60", NIXERY_TRUSTED_PROXIES="1")  # fmt: skip
+    alice = {"Accept": OCI, "Authorization": basic("alice", "right"),
+             "X-Forwarded-For": "10.0.0.1"}  # fmt: skip
+    assert reg.get("/v2/hello/manifests/latest", headers=alice).status_code == 200
+    flood = [connect(reg, "127.0.0.1") for _ in range(24)]
+    for n, sock in enumerate(flood):
+        sock.sendall(f"GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: {basic(f'u{n}', 'x')}"
+                     "\r\nX-Forwarded-For: 203.0.113.9, 10.0.0.2\r\n"
+                     "Connection: close\r\n\r\n".encode())  # fmt: skip
+    time.sleep(0.5)  # for the server to read them: the order is what is tested
+    assert reg.get("/v2/hello/manifests/latest", headers=alice).status_code == 200
+    answered, _, _ = select.select(flood, [], [], 0)
+    assert len(answered) < len(flood) // 2, f"{len(answered)} of the flood answered first"
+    assert all(status_of(a)[0] == 401 for a in answers(flood, len(flood), 120).values())
+
+
+def test_behind_a_proxy_a_429_does_not_pause_the_connection(make_registry) -> None:
+    """A fake proxy (127.0.0.1 sending X-Forwarded-For, NIXERY_TRUSTED_PROXIES=1): after a 429
+    its connection is read at once, as its next request may be anybody's: that request (a
+    refusal, no password checked) is answered before one sent after it on another connection
+    (a password checked, ~140 ms); paused, it would be read a second later."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hash_password('right')}",
+                        NIXERY_AUTH_FAILURES="1/3600", NIXERY_TRUSTED_PROXIES="1")  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=60)
+    forwarded = {"X-Forwarded-For": "10.0.0.2"}
+    statuses = []
+    for n in range(2):
+        conn.request("GET", "/v2/", headers={"Authorization": basic(f"u{n}", "x"), **forwarded})
+        statuses.append(conn.getresponse())
+        statuses[-1].read()
+    assert [r.status for r in statuses] == [401, 429]
+    conn.request("GET", "/v2/", headers={"Authorization": basic("u2", "x"), **forwarded})
+    other = reg.get("/v2/", headers={"Authorization": basic("alice", "wrong"),
+                                     "X-Forwarded-For": "10.0.0.3"})  # fmt: skip
+    assert other.status_code == 401
+    assert conn.sock is not None
+    assert select.select([conn.sock], [], [], 0)[0], "paused after its 429"
+    assert conn.getresponse().status == 429
+    conn.close()
+
+
+def test_a_new_build_limits_429_does_not_pause_the_connection(make_registry) -> None:
+    """Only a login's 429 pauses a connection: after the new-build limit's, a cached pull on
+    the same connection (dockerd's pooled one, say) is read at once, answered before three
+    cached pulls sent after it on other connections are; paused, a second later."""
+    reg = make_registry(NIXERY_CLIENT_BUILDS="1/3600")
+    conn = http.client.HTTPConnection("127.0.0.1", reg.port, timeout=600,
+                                      source_address=("127.0.0.2", 0))  # fmt: skip
+    statuses = []
+    for name in ("hello", "jq"):
+        conn.request("GET", f"/v2/{name}/manifests/latest", headers={"Accept": OCI})
+        statuses.append(conn.getresponse())
+        statuses[-1].read()
+    assert [r.status for r in statuses] == [200, 429]
+    conn.request("GET", "/v2/hello/manifests/latest", headers={"Accept": OCI})
+    for _ in range(3):
+        assert get(reg, "/v2/hello/manifests/latest")[0] == 200
+    assert conn.sock is not None
+    assert select.select([conn.sock], [], [], 0)[0], "paused after the new-build limit's 429"
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_the_last_refusals_of_a_flood_are_logged(make_registry) -> None:
+    """Refusals are counted and logged one line per address every 10 s, by the next refusal:
+    the last counts of a flood that stops are written by the server's maintenance instead."""
+    reg = make_registry(NIXERY_AUTH="basic", NIXERY_AUTH_USERS=f"alice:{hash_password('right')}",
+                        NIXERY_AUTH_FAILURES="1/3600")  # fmt: skip
+    for n in range(2):
+        get_headers = {"Authorization": basic(f"u{n}", "x")}
+        assert reg.get("/v2/", headers=get_headers).status_code == [401, 429][n]
+    line = "address 127.0.0.1: refused 1 logins unchecked"
+    deadline = time.monotonic() + 60  # a generous bound: the line comes after about 10 s
+    while line not in reg.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert line in reg.log()
 
 
 def test_a_connection_is_not_read_for_a_while_after_a_429(make_registry) -> None:

@@ -551,3 +551,26 @@ def test_logins_refused_unchecked_are_counted_in_one_line_per_address(hashed, ca
         f"address 2001:db8::/64: refused 10 logins unchecked in the last {LOG_REFUSALS:.0f} s: "
         "too many failed logins",
     ]
+
+
+def test_a_login_refused_for_its_user_names_the_user(hashed, caplog) -> None:
+    """The line counting refusals says which count was full: the address's, or (from an
+    address with none failed) the user name's."""
+    caplog.set_level(logging.WARNING, "nixery.http.auth")
+    clock = FakeClock()
+    auth = Auth(AuthSettings("basic", {"alice": hashed}, SECRET.encode(), Rate(1, 3600.0)),
+                clock)  # fmt: skip
+    assert not auth.check_password("bob", "a guess", "192.0.2.1")
+    caplog.clear()
+    for address in ("192.0.2.1", "192.0.2.9"):
+        with pytest.raises(TooManyLogins):
+            auth.check_password("bob", "a guess", address)
+    clock.advance(LOG_REFUSALS)
+    with pytest.raises(TooManyLogins):
+        auth.check_password("eve", "a guess", "192.0.2.1")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"address 192.0.2.1: refused 2 logins unchecked in the last {LOG_REFUSALS:.0f} s: "
+        "too many failed logins",
+        f"address 192.0.2.9, user bob: refused 1 logins unchecked in the last "
+        f"{LOG_REFUSALS:.0f} s: too many failed logins",
+    ]

@@ -3,6 +3,7 @@ tests and the client tests use them."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import urllib.parse
 from typing import Any
@@ -11,6 +12,13 @@ OCI = "application/vnd.oci.image.manifest.v1+json"
 DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+def basic(user: str, password: str) -> str:
+    """An Authorization header's value for HTTP Basic."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 # What containerd 1.6 sends when it resolves a tag: one comma-joined line.
 CONTAINERD_ACCEPT = f"{DOCKER}, {DOCKER_LIST}, {OCI}, {OCI_INDEX}, */*"
 

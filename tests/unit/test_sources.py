@@ -232,6 +232,18 @@ def test_git_unknown_names_are_not_found(repo: Repo, tmp_path: Path) -> None:
     assert source.resolve("0123456789abcdef0123456789abcdef01234567") is None
 
 
+def test_git_unknown_commits_are_remembered(repo: Repo, tmp_path: Path) -> None:
+    """A made-up commit costs one fetch, not one per request (nor one per revision-cache
+    lifetime): its answer holds with the remote gone, while another commit's is asked."""
+    source = GitSource(repo.url, tmp_path / "cache", ttl=0)
+    made_up = "0123456789abcdef0123456789abcdef01234567"
+    assert source.resolve(made_up) is None
+    shutil.rmtree(repo.path)
+    assert source.resolve(made_up) is None
+    with pytest.raises(SourceUnavailable):
+        source.resolve("1123456789abcdef0123456789abcdef01234567")
+
+
 def test_git_unreachable_remote_is_a_source_error(tmp_path: Path) -> None:
     source = GitSource(f"file://{tmp_path}/absent", tmp_path / "cache")
     with pytest.raises(SourceUnavailable):

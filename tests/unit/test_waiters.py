@@ -4,19 +4,23 @@ refused is answered at once and its build goes on; the defaults follow the threa
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pytest
 
 from nixery.config import Env, WaitLimits, local_settings, wait_limits
 from nixery.errors import ConfigError, TooManyWaiters
 from nixery.gcp.settings import registry_settings
+from nixery.limits import client_key
 from nixery.local.thread_queue import ThreadBuildQueue
+from nixery.logs import flush_tallies
 from nixery.request import Tag
 from nixery.service.images import Caller, ImageService
-from nixery.service.waiters import Waiters
+from nixery.service.waiters import LOG_REFUSALS, Waiters
 from tests.helpers.fakes import (
     REVISION,
     FakeBuilder,
+    FakeClock,
     MemoryBlobStore,
     MemoryState,
     StaticSource,
@@ -47,6 +51,25 @@ def test_each_bound_refuses_one_more_and_releases_on_exit() -> None:
     assert waiters._total == 0 and not waiters._clients and not waiters._builds
 
 
+def test_refusals_are_logged_as_one_line_per_address_and_bound(caplog) -> None:
+    """A flood's refusals, a line each, would cost more than refusing them: each address's
+    are counted, and written in one line LOG_REFUSALS seconds after the last lines, by the
+    next refusal or the server's maintenance (``flush_tallies``)."""
+    caplog.set_level(logging.WARNING, "nixery.service.waiters")
+    clock = FakeClock()
+    waiters = Waiters(WaitLimits(total=4, per_client=1, per_build=4), clock)
+    with waiters.waiting("a", "192.0.2.1"):
+        for _ in range(30):
+            assert refusal(waiters, "b", "192.0.2.1") == "NIXERY_CLIENT_WAITERS"
+        assert not caplog.records
+        clock.advance(LOG_REFUSALS)
+        flush_tallies()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"address 192.0.2.1, NIXERY_CLIENT_WAITERS: refused 30 requests waiting for builds in "
+        f"the last {LOG_REFUSALS:.0f} s"
+    ]
+
+
 def test_a_refused_request_is_answered_at_once_and_its_build_goes_on() -> None:
     state = MemoryState()
     builder = FakeBuilder(state, sample_manifests(), seconds=0)
@@ -67,6 +90,32 @@ def test_a_refused_request_is_answered_at_once_and_its_build_goes_on() -> None:
             service.manifest(job.request, Tag("latest"), [], Caller("1.2.3.4"))
         assert builder.started.wait(10) and builder.calls == [job]
         assert queue.running(job.key)
+    finally:
+        builder.release.set()
+        queue.shutdown()
+
+
+def test_an_ipv6_64_is_one_address_for_the_bounds() -> None:
+    """Two addresses of one IPv6 /64 are one client (``client_key``): with one waiter per
+    address, the second is refused at once, as another host of the same network would be."""
+    state = MemoryState()
+    builder = FakeBuilder(state, sample_manifests(), seconds=0)
+    builder.release.clear()
+    queue = ThreadBuildQueue(builder, state, workers=1)
+    service = ImageService(
+        source=StaticSource({"latest": REVISION}), images=state, blobs=MemoryBlobStore(),
+        builds=queue, wait=1, failure_ttl=300,
+        waiters=Waiters(WaitLimits(total=4, per_client=1, per_build=4)),
+    )  # fmt: skip
+    job = sample_job("one-network")
+    assert service.waiters is not None
+    try:
+        with (
+            service.waiters.waiting("another", client_key("2001:db8::1")),
+            pytest.raises(TooManyWaiters) as refused,
+        ):
+            service.manifest(job.request, Tag("latest"), [], Caller("2001:db8::2"))
+        assert refused.value.detail["limit"] == "NIXERY_CLIENT_WAITERS"
     finally:
         builder.release.set()
         queue.shutdown()

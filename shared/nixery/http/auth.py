@@ -28,8 +28,9 @@ design, which a stranger could spend for us at will, so:
   counted as failed against its address only (not its user name, which a flood could then
   lock), so that a flood soon meets the 429s, which check no password.
 - the 429s are logged as one line per address every LOG_REFUSALS seconds, with their count
-  (and not in the access log): a flood's thousands a second, a line each, would cost the
-  server more than refusing them.
+  (and not in the access log; ``logs.Tally``): a flood's thousands a second, a line each,
+  would cost the server more than refusing them. The line that says an address or user is
+  throttled names which.
 
 Tokens are checked with one HMAC, not a hash of the password. They are signed with
 NIXERY_AUTH_SECRET (one key for every instance) and expire; a token that does not verify, or
@@ -47,7 +48,6 @@ import os
 import threading
 import time
 import urllib.parse
-from collections import Counter
 from typing import Any
 
 from itsdangerous import BadData, URLSafeTimedSerializer
@@ -56,6 +56,7 @@ from nixery.caches import BoundedCache, Clock, KeyedLocks
 from nixery.config import PASSWORD_HASH, PASSWORD_HASH_RE, AuthSettings
 from nixery.errors import LoginsBusy, TooManyLogins
 from nixery.limits import SlidingWindows, client_key
+from nixery.logs import Tally
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,10 @@ class Auth:
         self._failures = SlidingWindows(settings.failures, FAILING, clock)
         self._checking = threading.BoundedSemaphore(settings.checks)
         self._clock = clock
-        self._refused: Counter[str] = Counter()  # refused unchecked since the last line
-        self._refused_since = clock()
-        self._refused_lock = threading.Lock()
+        self._refused = Tally(
+            log, "%s: refused %d logins unchecked in the last %.0f s: too many failed logins",
+            "throttled", LOG_REFUSALS, clock,
+        )  # fmt: skip
 
     def check_password(self, user: str, password: str, client: str) -> bool:
         """Whether ``password`` is ``user``'s, for a request from the address ``client``.
@@ -115,8 +117,9 @@ class Auth:
             keys: tuple[str, ...] = (f"address {address}",)
             if self._known.get(pair) != user:
                 keys += (f"user {user[:64]}",)
-            if wait := self._failures.admit(keys):
-                self._count_refusal(address)
+            if full := self._failures.admit(keys):
+                wait, which = full  # the address's count, or the user name's
+                self._refused.count(keys[0] if which == keys[0] else f"{keys[0]}, {which}")
                 raise TooManyLogins("too many failed logins: try again later", wait)
             self._warn_when_full(keys)
             if not self._checking.acquire(blocking=False):
@@ -150,21 +153,6 @@ class Auth:
                 log.warning("%s: %d failed logins; the next are refused unchecked for up to %g s",
                             key, count, self._failures.rate.window,
                             extra={"throttled": key})  # fmt: skip
-
-    def _count_refusal(self, address: str) -> None:
-        """Counts a login refused unchecked from ``address``; with the first refusal after
-        LOG_REFUSALS seconds, logs each address's count since the last line."""
-        with self._refused_lock:
-            self._refused[address] += 1
-            now = self._clock()
-            if now - self._refused_since < LOG_REFUSALS:
-                return
-            counts, self._refused = self._refused, Counter()
-            since, self._refused_since = self._refused_since, now
-        for key, count in counts.most_common():
-            log.warning("address %s: refused %d logins unchecked in the last %.0f s: too many "
-                        "failed logins", key, count, now - since,
-                        extra={"throttled": f"address {key}", "refused": count})  # fmt: skip
 
     def _verify(self, user: str, password: str) -> bool:
         stored = self._users.get(user)

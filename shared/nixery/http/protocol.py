@@ -41,7 +41,6 @@ from nixery.errors import (
     NixeryError,
     Throttled,
     TooManyLogins,
-    TooManyWaiters,
     Transient,
     UnknownBlob,
     UnknownEndpoint,
@@ -73,6 +72,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
+# Set in a request's WSGI environ when its login was refused for too many failures: the local
+# server then pauses the connection (``local.http_server.THROTTLED_PAUSE``), for this 429 only.
+LOGIN_THROTTLED = "nixery.login_throttled"
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -103,8 +105,6 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     # 404: containerd shows nothing of a 404 but "not found", and of other codes their
     # status line, which carries what failed and the build's page (``pages.explain``).
     BuildError: (422, "MANIFEST_UNKNOWN"),
-    # Beyond a bound on requests waiting for builds: at once, so that they leave threads free.
-    TooManyWaiters: (503, "UNAVAILABLE"),
     Transient: (503, "UNAVAILABLE"),
     Exception: (500, "UNKNOWN"),  # our own bugs
 }
@@ -195,6 +195,8 @@ def create_app(
     @app.errorhandler(NixeryError)
     def domain_error(e: NixeryError) -> Response:
         g.unlogged = isinstance(e, TooManyLogins)  # Auth counts them, a line per address
+        if g.unlogged:
+            request.environ[LOGIN_THROTTLED] = True
         return error_response(e)
 
     @app.errorhandler(HTTPException)

@@ -82,4 +82,6 @@ def serve(settings: LocalSettings) -> None:
         "serving on http://%s:%d (blobs and state in %s)",
         settings.host, settings.port, settings.storage_path,
     )  # fmt: skip
-    create_server(app, settings.host, settings.port, settings.connections).run()
+    create_server(
+        app, settings.host, settings.port, settings.connections, settings.serve.trusted_proxies
+    ).run()

@@ -10,7 +10,9 @@ closed as soon), an idle connection goes after ``idle_timeout``, one address may
 handshake is answered at once with a plain-HTTP error. At the connection limit, the
 connection that has waited longest for a request (silent ones first) is closed to let a new
 one in: a thousand silent connections from many addresses hold every connection for the
-timeouts' length otherwise, and a new client would wait as long.
+timeouts' length otherwise, and a new client would wait as long. A connection accepted less
+than ``ACCEPT_GRACE`` ago is never closed so: it is silent only because it has not been read
+yet, and closing it would turn away the very client the room was made for.
 
 A request that waits for a build holds a pool thread (how many may, ``service.waiters``); the
 server reads ahead on each connection, so that the request can see its client hang up
@@ -30,10 +32,17 @@ at most two requests read (waitress' lookahead), so the rest of a flood waits un
 logs a line for each request that waits for a thread (thousands a second in a flood, each
 costing the pool's lock and the GIL); here one line a second says how many waited.
 
-After a 429 a connection is not read for ``THROTTLED_PAUSE``: a client told to come back later
-that asks again at once on the same connection (a flood of wrong passwords on keep-alive
-connections, 2,000 a second) has its next request read a second later, without a thread held,
-rather than take the event loop's time (reading, answering) from everyone else.
+After a login refused for too many failures (a 429 the app marks, ``LOGIN_THROTTLED``) a
+connection is not read for ``THROTTLED_PAUSE``: a client told to come back later that asks
+again at once on the same connection (a flood of wrong passwords on keep-alive connections,
+2,000 a second) has its next request read a second later, without a thread held, rather than
+take the event loop's time (reading, answering) from everyone else. Other 429s (the new-build
+limit) do not pause: dockerd's next request on its pooled connection may be a cached pull.
+
+Behind trusted proxies (``NIXERY_TRUSTED_PROXIES``) every connection is a proxy's: a request
+takes the turn of the client the proxies name in X-Forwarded-For (ProxyFix's rule, as the app
+reads it), and no connection is paused, since a proxy's pooled connection carries the next
+request of anybody.
 """
 
 from __future__ import annotations
@@ -42,8 +51,9 @@ import errno
 import logging
 import os
 import resource
+import select
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any, cast
 
 from flask import Flask
@@ -52,9 +62,12 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
 from waitress.wasyncore import _DISCONNECTED  # type: ignore[attr-defined]  # not in the stubs
+from werkzeug.http import parse_list_header
 
 from nixery.config import ConnectionLimits
+from nixery.http.protocol import LOGIN_THROTTLED
 from nixery.limits import client_key
+from nixery.logs import flush_tallies
 
 log = logging.getLogger(__name__)
 
@@ -66,32 +79,38 @@ MAX_BODY_BYTES = 64 << 10
 # limits): such a file goes as waitress sends it, if none of it has gone yet.
 _REFUSED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EOVERFLOW}
 
-THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a 429
+THROTTLED_PAUSE = 1.0  # seconds a connection is not read after a login's 429
+ACCEPT_GRACE = 1.0  # seconds after its accept a connection is not closed to make room
+ROOM_INTERVAL = 0.1  # seconds between two looks for room to make at the connection limit
 
 
 class _Task(WSGITask):
     def build_response_header(self) -> bytes:
         # Before a byte is sent: the client's next request may come as soon as it is.
-        if self.status.startswith("429"):
-            cast(_Channel, self.channel).paused_until = time.monotonic() + THROTTLED_PAUSE
+        channel = cast(_Channel, self.channel)
+        if self.environ and self.environ.get(LOGIN_THROTTLED) and not channel.proxied:
+            channel.paused_until = time.monotonic() + THROTTLED_PAUSE
         return super().build_response_header()
 
 
 class _Channel(HTTPChannel):
     """A connection: refuses TLS at once, remembers when its current request began, and is
-    not read for a while after a 429."""
+    not read for a while after a login's 429."""
 
     task_class = _Task
     silent = True  # no byte received yet
     client = ""  # what its address's limits count by
-    paused_until = 0.0  # time.monotonic() until which it is not read (after a 429)
+    proxied = False  # a trusted proxy's: its requests are anybody's
+    paused_until = 0.0  # time.monotonic() until which it is not read (after a login's 429)
 
     def __init__(self, server: _Server, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
         # time.monotonic() of the unfinished request's first byte; the first request's
         # deadline counts from the accept, so that a silent connection is closed as soon.
-        self.began: float | None = time.monotonic()
+        self.accepted = time.monotonic()
+        self.began: float | None = self.accepted
         self.client = client_key(addr[0])
+        self.proxied = bool(server.task_dispatcher.trusted_proxies)
         held = sum(1 for c in server.channels() if c.client == self.client)
         if held > server.limits.per_client:  # itself included
             log.warning("refused a connection from %s: it holds %d already", addr[0], held - 1)
@@ -192,18 +211,18 @@ class FairQueue:
     """Waitress' task queue (a deque's ``append``, ``popleft`` and length, under the
     dispatcher's lock), served one address at a time in turn: a task waits behind at most one
     task of each other address that has some waiting. A task is a connection with a request
-    read, and a connection is queued once at a time."""
+    read, queued with its request's address, and a connection is queued once at a time."""
 
     def __init__(self) -> None:
         self._waiting: dict[str, deque[_Channel]] = {}  # by address, in arrival order
         self._turns: deque[str] = deque()  # addresses with tasks waiting, next first
         self._length = 0
 
-    def append(self, task: _Channel) -> None:
-        waiting = self._waiting.get(task.client)
+    def append(self, task: _Channel, client: str) -> None:
+        waiting = self._waiting.get(client)
         if waiting is None:
-            waiting = self._waiting[task.client] = deque()
-            self._turns.append(task.client)
+            waiting = self._waiting[client] = deque()
+            self._turns.append(client)
         waiting.append(task)
         self._length += 1
 
@@ -229,20 +248,34 @@ class _Dispatcher(ThreadedTaskDispatcher):
     # The stubs call its tasks Task; waitress' servers queue their channels.
     queue: FairQueue  # type: ignore[assignment]
 
-    def __init__(self) -> None:
+    def __init__(self, trusted_proxies: int) -> None:
         super().__init__()
+        self.trusted_proxies = trusted_proxies
         self.queue = FairQueue()
         self.waited = 0  # requests queued with no thread idle, since the last maintenance
         self.deepest = 0  # the most waiting at once since then
 
     def add_task(self, task: Task) -> None:
+        channel = cast(_Channel, task)
+        client = self._client_of(channel)
         with self.lock:
-            self.queue.append(cast(_Channel, task))
+            self.queue.append(channel, client)
             self.queue_cv.notify()
             waiting = len(self.queue) - (len(self.threads) - self.stop_count - self.active_count)
             if waiting > 0:
                 self.waited += 1
                 self.deepest = max(self.deepest, waiting)
+
+    def _client_of(self, channel: _Channel) -> str:
+        """The address whose turn the channel's next request takes: behind trusted proxies,
+        the client they name, as ProxyFix finds it (the N-th entry from the right), else the
+        proxy's own when they name none. The channel's caller holds its requests' lock."""
+        if not self.trusted_proxies:
+            return channel.client
+        forwarded = parse_list_header(channel.requests[0].headers.get("X_FORWARDED_FOR", ""))
+        if len(forwarded) < self.trusted_proxies:
+            return channel.client
+        return client_key(forwarded[-self.trusted_proxies])
 
     def waits(self) -> tuple[int, int]:
         """The requests that waited for a thread and the most at once, since the last call."""
@@ -255,33 +288,37 @@ class _Dispatcher(ThreadedTaskDispatcher):
 class _Server(TcpWSGIServer):
     limits: ConnectionLimits
     task_dispatcher: _Dispatcher
-    made_room = 0  # connections closed at the limit since the last maintenance
+    made_room: Counter[str]  # connections closed at the limit since the last maintenance
+    room_looked = 0.0  # time.monotonic() of the last look for room to make
+    pending: select.poll  # the listening socket, to ask whether a connection waits
 
     def channels(self) -> list[_Channel]:
         # The stubs call active_channels one channel; it is a dict of them by descriptor.
         return list(cast(dict[int, _Channel], self.active_channels).values())
 
     def maintenance(self, now: int) -> None:
-        """Also closes connections whose request has taken too long to arrive."""
+        """Also closes connections whose request has taken too long to arrive, and writes
+        the refusals counted (``logs.Tally``) that are due."""
         super().maintenance(now)
         cutoff = time.monotonic() - self.limits.header_timeout
-        silent = 0
+        silent: Counter[str] = Counter()
         for channel in self.channels():
             if channel.began is None or channel.began >= cutoff or channel.will_close:
                 continue
             channel.will_close = True
             if channel.silent:  # one line for all: they come by the thousand
-                silent += 1
+                silent[channel.client] += 1
             else:
                 log.warning("closed a connection from %s: its request came too slowly",
                             channel.addr[0])  # fmt: skip
         if silent:
-            log.warning("closed %d connections that sent nothing within %g s", silent,
-                        self.limits.header_timeout)  # fmt: skip
+            log.warning("closed %d connections that sent nothing within %g s (%s)",
+                        silent.total(), self.limits.header_timeout, _most(silent))  # fmt: skip
         if self.made_room:
-            log.warning("at the connection limit: closed %d idle connections to let others in",
-                        self.made_room)  # fmt: skip
-            self.made_room = 0
+            log.warning("at the connection limit: closed %d idle connections to let others in "
+                        "(%s)", self.made_room.total(), _most(self.made_room))  # fmt: skip
+            self.made_room = Counter()
+        flush_tallies()
         waited, deepest = self.task_dispatcher.waits()
         if waited:
             log.warning("%d requests waited for a thread, up to %d at once", waited, deepest)
@@ -290,31 +327,50 @@ class _Server(TcpWSGIServer):
         """At the connection limit, makes room for the connections waiting to be accepted,
         which waitress would leave waiting until one closes by itself."""
         accepting = super().readable()
-        if self.in_connection_overflow:
+        if self.in_connection_overflow and self._room_wanted():
             self._make_room()
         return accepting
 
+    def _room_wanted(self) -> bool:
+        """Whether a connection waits to be accepted, asked at most every ``ROOM_INTERVAL``:
+        the loop turns for every socket event, and a look sorts every connection. With none
+        waiting, the idle connections stay."""
+        now = time.monotonic()
+        if now - self.room_looked < ROOM_INTERVAL:
+            return False
+        self.room_looked = now
+        return bool(self.pending.poll(0))
+
     def _make_room(self) -> None:
-        """Closes the connections that have waited longest for a request, silent ones first:
-        none is being answered or has a request queued. Closing takes the loop's next turn, so
-        a batch goes at once. A client whose idle keep-alive connection goes connects again,
-        as it would after the idle timeout."""
+        """Closes the connections that have waited longest for a request, silent ones first
+        and those with a request half-received last: none is being answered, has a request
+        queued or was accepted within ``ACCEPT_GRACE`` (not read yet, not silent). Closing
+        takes the loop's next turn, so a batch goes at once. A client whose idle keep-alive
+        connection goes connects again, as it would after the idle timeout."""
+        settled = time.monotonic() - ACCEPT_GRACE
         idle = [c for c in self.channels() if not c.requests and not c.total_outbufs_len
-                and not c.will_close]  # fmt: skip
-        idle.sort(key=lambda c: (not c.silent, c.last_activity))
+                and not c.will_close and c.accepted < settled]  # fmt: skip
+        idle.sort(key=lambda c: (c.request is not None, not c.silent, c.last_activity))
         for channel in idle[: max(1, self.adj.connection_limit // 100)]:
             channel.will_close = True
-            self.made_room += 1
+            self.made_room[channel.client] += 1
 
 
-def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) -> _Server:
+def _most(counts: Counter[str]) -> str:
+    """The 5 addresses with the most, for a log line."""
+    return ", ".join(f"{client}: {n}" for client, n in counts.most_common(5))
+
+
+def create_server(
+    app: Flask, host: str, port: int, limits: ConnectionLimits, trusted_proxies: int = 0
+) -> _Server:
     # Each connection is a file descriptor: make room for the limit, within the hard limit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = limits.connections + limits.threads + 256
     if soft != resource.RLIM_INFINITY and soft < wanted:
         top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
-    dispatcher = _Dispatcher()
+    dispatcher = _Dispatcher(trusted_proxies)
     dispatcher.set_thread_count(limits.threads)
     server = _Server(
         app,
@@ -336,5 +392,9 @@ def create_server(app: Flask, host: str, port: int, limits: ConnectionLimits) ->
         asyncore_use_poll=True,
     )
     server.limits = limits
+    server.made_room = Counter()
+    server.pending = select.poll()
+    assert server.socket is not None, "a server listens once made"
+    server.pending.register(server.socket, select.POLLIN)
     server.channel_class = _Channel
     return server

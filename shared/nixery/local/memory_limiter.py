@@ -29,4 +29,5 @@ class MemoryLimiter:
         self._windows = SlidingWindows(rate, MAX_CLIENTS, clock)
 
     def admit(self, client: str) -> float | None:
-        return self._windows.admit((client,))
+        full = self._windows.admit((client,))
+        return None if full is None else full[0]

@@ -335,7 +335,7 @@ class ImageService:
     ) -> AbstractContextManager[TooManyWaiters | None]:
         if self.waiters is None:
             return nullcontext(None)
-        return self.waiters.waiting(job.key, caller.address)
+        return self.waiters.waiting(job.key, client_key(caller.address))
 
     def _admit(self, job: BuildJob, caller: Caller) -> None:
         """Charges a new build to the caller, unless one of the image runs already."""

@@ -5,30 +5,39 @@ concurrent requests (the function) for as long as it waits, up to NIXERY_BUILD_W
 a running build costs no new build, so the new-build limits do not bound it. Unbounded, a few
 addresses asking for slow new images would hold every thread, and cached pulls, which take
 milliseconds, would find none. Beyond a bound the request is answered at once instead
-(``TooManyWaiters``, a 503 with Retry-After), and its build goes on without it.
+(``TooManyWaiters``, a 503 with Retry-After), and its build goes on without it. Refusals are
+logged as one line per address and bound every ``LOG_REFUSALS`` seconds, with their count,
+as refused logins are: a flood's, a line each, would cost more than refusing them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from nixery.config import WaitLimits
 from nixery.errors import TooManyWaiters
+from nixery.logs import Tally
 
 log = logging.getLogger(__name__)
+LOG_REFUSALS = 10.0  # seconds between the lines that count the refusals
 
 
 class Waiters:
-    def __init__(self, limits: WaitLimits) -> None:
+    def __init__(self, limits: WaitLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self._lock = threading.Lock()
         self._total = 0
         self._clients: Counter[str] = Counter()
         self._builds: Counter[str] = Counter()
+        self._refused = Tally(
+            log, "%s: refused %d requests waiting for builds in the last %.0f s",
+            "client", LOG_REFUSALS, clock,
+        )  # fmt: skip
 
     @contextmanager
     def waiting(self, key: str, client: str) -> Iterator[TooManyWaiters | None]:
@@ -42,8 +51,7 @@ class Waiters:
                 self._clients[client] += 1
                 self._builds[key] += 1
         if refusal is not None:
-            log.warning("client %s: %s", client, refusal.message,
-                        extra={"client": client, "key": key})  # fmt: skip
+            self._refused.count(f"address {client}, {refusal.detail['limit']}")
             yield refusal
             return
         try:

@@ -11,8 +11,13 @@ the commit is fetched by itself first, for its date; then the trusted refs' hist
 day before that date, which for a year of nixpkgs is some tens of MB; then git answers whether
 any trusted ref contains the commit. Refusing is the safe side of every doubt: a commit whose
 date lies, or that only a ref newer than its last fetch reaches, is refused until a later
-check finds it. Answers are kept: a trusted commit stays trusted, and a refusal is asked again
-only once the source's revision cache has let it go.
+check finds it. Answers are kept: a trusted commit stays trusted, a commit the remote does not
+have is remembered as unknown for ``UNKNOWN_TTL``, and a refusal is asked again only once the
+source's revision cache has let it go.
+
+Checks take turns (one fetch at a time), each on a request's thread, so made-up commit tags
+could hold every thread in that queue: at most ``CHECKS_AT_ONCE`` run or wait, and one more
+is refused at once (``CommitChecksBusy``, a 503).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from typing import Literal
 
 from cachetools import LRUCache
 
-from nixery.errors import SourceUnavailable
+from nixery.caches import BoundedCache
+from nixery.errors import CommitChecksBusy, SourceUnavailable
 from nixery.sources.checkouts import materialise
 from nixery.sources.git_command import run_git
 
@@ -36,6 +42,8 @@ DATE_MARGIN = 86400
 _QUERY_TIMEOUT = 120.0
 _FETCH_TIMEOUT = 1800.0
 _TRUSTED = "refs/nixery-trusted/"
+CHECKS_AT_ONCE = 4  # commits checked or waiting for their turn, per repository
+UNKNOWN_TTL = 600.0  # seconds a commit the remote does not have is remembered as unknown
 
 
 class History:
@@ -52,24 +60,41 @@ class History:
         self._refspecs = [f"+{p}:{_TRUSTED}{p.removeprefix('refs/')}" for p in patterns]
         self._allowed = frozenset(c.lower() for c in allowed)
         self._trusted: LRUCache[str, str] = LRUCache(maxsize=4096)
+        self._unknown: BoundedCache[bool] = BoundedCache(ttl=UNKNOWN_TTL)
         self._lock = threading.Lock()  # one fetch at a time: they share shallow.lock
+        self._checks = threading.BoundedSemaphore(CHECKS_AT_ONCE)
 
     def check(self, commit: str) -> str | Literal[False] | None:
         """The commit (peeled, for an annotated tag's id) if trusted; False if it exists but
-        is not trusted; None if the repository has no such object."""
+        is not trusted; None if the repository has no such object. Raises ``CommitChecksBusy``
+        while ``CHECKS_AT_ONCE`` others are being checked."""
         commit = commit.lower()
         if commit in self._allowed:
             return commit
         if (known := self._trusted.get(commit)) is not None:
             return known
-        with self._lock:
-            peeled = self._fetch_commit(commit)
-            if peeled is None:
-                return None
-            if peeled in self._allowed or self._reachable(peeled):
-                self._trusted[commit] = peeled
-                return peeled
-            return False
+        if self._unknown.get(commit):
+            return None
+        if not self._checks.acquire(blocking=False):
+            raise CommitChecksBusy(
+                f"{CHECKS_AT_ONCE} commit tags are being checked against the package "
+                "repository's history, as many as may be at once; retry later"
+            )
+        try:
+            with self._lock:
+                return self._check(commit)
+        finally:
+            self._checks.release()
+
+    def _check(self, commit: str) -> str | Literal[False] | None:
+        peeled = self._fetch_commit(commit)
+        if peeled is None:
+            self._unknown.keep(commit, True)
+            return None
+        if peeled in self._allowed or self._reachable(peeled):
+            self._trusted[commit] = peeled
+            return peeled
+        return False
 
     def _git(self, *args: str, timeout: float = _QUERY_TIMEOUT) -> str:
         return run_git("-C", self._dir, *args, timeout=timeout)
