@@ -560,14 +560,16 @@ let
     # Fails at evaluation time.
     throwing = throw "throwing: this package refuses to evaluate";
 
-    # Builds for ten minutes, to trip build timeouts.
+    # Builds for ten minutes, to trip build timeouts, and then fails: a build a test left
+    # running (its registry killed, its Nix not) never puts it in the store, where it would
+    # stop being slow for every later test on the machine.
     slow = mkDrv {
       name = "slow-1.0";
-      meta.description = "build sleeps 600 s";
+      meta.description = "build sleeps 600 s, then fails";
       script = ''
         echo "slow: sleeping 600 seconds" >&2
         sleep 600
-        mkdir -p "$out"
+        exit 1
       '';
     };
   };
