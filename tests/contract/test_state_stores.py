@@ -38,7 +38,8 @@ from nixery.oci.manifests import (
     Manifest,
     artifact_manifest,
 )
-from nixery.pipeline.progress import DISK_FULL, Reporter
+from nixery.errors import DISK_FULL
+from nixery.pipeline.progress import Reporter
 from nixery.records import (
     MAX_LOG,
     MAX_MESSAGE,

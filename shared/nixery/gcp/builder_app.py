@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from nixery.errors import Transient
+from nixery.errors import Transient, interruption
 from nixery.gcp.clients import bucket, firestore_database
 from nixery.gcp.firestore_state import FirestoreBuildRecords
 from nixery.gcp.gcs_blob_store import GcsBlobStore
@@ -34,7 +34,6 @@ from nixery.logs import BuildLog
 from nixery.nix.popularity import load_popularity
 from nixery.nix.runner import check_nix_version, report_sandbox
 from nixery.pipeline.builder import Builder
-from nixery.records import MAX_MESSAGE
 from nixery.sources import open_source
 from nixery.sources.checkouts import CHECKOUTS
 
@@ -55,6 +54,7 @@ class BuildWorker:
         try:
             claim = self.records.claim(job, self.owner, self.lease)
         except Transient as e:
+            BuildLog(log, job.key).warning("not claimed, to be retried: %s", e.message)
             return 503, e.message
         if claim == "done":
             return 200, "already built"
@@ -67,11 +67,13 @@ class BuildWorker:
         try:
             self.builder.run(job, enqueued)
         except Transient as e:
+            # The log has the error; the record, which every waiting client is answered
+            # from, only its kind's phrase (the text may hold an upload URL, say).
             BuildLog(log, job.key).warning("%s; to be retried", e.message)
-            answer = (503, e.message[:MAX_MESSAGE])
-        except Exception:
+            answer = (503, interruption(e))
+        except Exception as e:
             BuildLog(log, job.key).exception("failed, to be retried")
-            answer = (500, "the build failed unexpectedly")
+            answer = (500, interruption(e))
         finally:
             stop.set()
             heartbeat.join()

@@ -9,7 +9,6 @@ every step, so a build under way shows where it is. Reports are stored as JSON i
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import threading
 import time
@@ -19,15 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Protocol
 
-from nixery.errors import (
-    BuildInterrupted,
-    DatabaseUnavailable,
-    ImageLost,
-    QueueUnavailable,
-    SourceUnavailable,
-    StorageUnavailable,
-    Transient,
-)
+from nixery.errors import interruption
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import BuildReports, PublishedImages
@@ -42,30 +33,6 @@ from nixery.records import (
 )
 
 log = logging.getLogger(__name__)
-
-# What an interrupted build's page says stopped it: one phrase per kind of fault.
-DISK_FULL = "the disk was full"
-INTERRUPTIONS: dict[type[Exception], str] = {
-    StorageUnavailable: "the blob storage was unavailable",
-    DatabaseUnavailable: "the database was unavailable",
-    SourceUnavailable: "the package source was unavailable",
-    QueueUnavailable: "the build queue was unavailable",
-    BuildInterrupted: "Nix was stopped from outside (a download, the disk or memory)",
-    ImageLost: "a blob of the image was lost",
-    Transient: "a passing fault of the registry",
-    Exception: "an internal error of the registry (its log has the details)",
-}
-
-
-def interruption(error: Exception) -> str:
-    """The phrase for what stopped a build: its kind's, or a full disk whatever the kind
-    (the operator's most common fix)."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DISK_FULL
-        cause = cause.__cause__ or cause.__context__
-    return next(INTERRUPTIONS[kind] for kind in type(error).__mro__ if kind in INTERRUPTIONS)
 
 
 class Progress(Protocol):
