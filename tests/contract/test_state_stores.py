@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from nixery.errors import (
+    DISK_FULL,
     BuildError,
     BuildFailed,
     BuildTimedOut,
@@ -38,7 +39,6 @@ from nixery.oci.manifests import (
     Manifest,
     artifact_manifest,
 )
-from nixery.errors import DISK_FULL
 from nixery.pipeline.progress import Reporter
 from nixery.records import (
     MAX_LOG,
