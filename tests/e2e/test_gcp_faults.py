@@ -162,9 +162,15 @@ def check_storage_outage(reg: GcpRegistry, own_emulators: Emulators, fault: str)
     # the host's gunicorn logs each answer (the image's does not).
     assert re.search(r"Cloud Storage [^\n]*; to be retried", builder), builder[-3000:]
     assert '"POST / HTTP/1.1" 503' in builder or isinstance(reg, ContainerBuilderRegistry)
-    deadline = time.monotonic() + 60
-    while (answer := reg.get(path, headers={"Accept": OCI}, timeout=60)).status_code != 200:
-        assert answer.status_code == 503, answer.text
+    # Storage is back: a 503 says an attempt was given back and no retry claimed it since;
+    # once a retry started, it is waited for.
+    deadline = time.monotonic() + 90
+    started = reg.builds_started()
+    while True:
+        retried = reg.builds_started() > started
+        if (answer := reg.get(path, headers={"Accept": OCI}, timeout=60)).status_code == 200:
+            break
+        assert answer.status_code == 503 and not retried, answer.text
         assert time.monotonic() < deadline, answer.text
         time.sleep(1)
     assert reg.log_path.read_text().count("enqueued, attempt") == 1

@@ -310,6 +310,7 @@ class MemoryState:
             if holder not in (None, owner) and expires > self.clock():
                 return "busy"
             self._leases[job.key] = (owner, self.clock() + ttl)
+            self._causes.pop(job.key, None)
         self._changed(job.key)
         return "taken"
 

@@ -654,9 +654,9 @@ def test_tasks_answer_a_build_given_back_for_a_passing_cause_at_once(
 ) -> None:
     """A builder that gave the build back (storage down, say) has the queue retry the task:
     the waiting request hears it from the listener and answers at once with the cause, and
-    neither it nor the next request enqueues the build again while the hold lasts (a retry
-    under way answers so too); after the hold passes unclaimed, a request enqueues it again
-    and waits for it."""
+    neither it nor the next request enqueues the build again while the hold lasts; a retry
+    that a builder claimed is waited for (storage may be back); after the hold passes
+    unclaimed, a request enqueues it again and waits for it."""
     clock.after(1, lambda: state.claim(JOB, "builder-a", 20))
     cause = "Cloud Storage did not answer within 2s"
     clock.after(3, lambda: state.release(JOB.key, "builder-a", cause, 30))
@@ -668,9 +668,10 @@ def test_tasks_answer_a_build_given_back_for_a_passing_cause_at_once(
         task_queue.build(JOB, 60)
     assert len(tasks.enqueued) == 1
     state.claim(JOB, "builder-b", 20)
+    assert task_queue.build(JOB, 1) is None, "the retry under way, waited for"
+    state.release(JOB.key, "builder-b", cause, 30)
     with pytest.raises(BuildRetrying):
         task_queue.build(JOB, 60)
-    state.release(JOB.key, "builder-b", cause, 30)
     clock.advance(31)
     assert task_queue.build(JOB, 1) is None, "a fresh attempt, waited for"
     assert tasks.attempts == [1, 2]

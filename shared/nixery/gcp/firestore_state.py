@@ -481,7 +481,8 @@ class FirestoreBuildRecords(_Part):
 
     @bounded
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Claim:
-        """A builder's claim on a job: run it ("taken"), or leave it to whoever has it."""
+        """A builder's claim on a job: run it ("taken"), or leave it to whoever has it. A
+        taken claim clears a released attempt's cause: the requests wait for this attempt."""
         ref = self.builds.document(job.key)
 
         @firestore.transactional
@@ -494,7 +495,12 @@ class FirestoreBuildRecords(_Part):
             live = record and record.lease_left(now) > 0
             if record and record.lease_owner not in (None, owner) and live:
                 return "busy"
-            lease = {"status": "building", "job": job.to_dict(), **_lease(owner, now, ttl)}
+            lease = {
+                "status": "building",
+                "job": job.to_dict(),
+                "cause": "",
+                **_lease(owner, now, ttl),
+            }
             transaction.set(ref, {**lease, "updated": self.clock()}, merge=True)
             return "taken"
 
@@ -519,14 +525,13 @@ class FirestoreBuildRecords(_Part):
 
     @bounded
     def release(self, key: str, owner: str, cause: str, hold: float) -> None:
-        """Gives the build back to the queue after a transient failure, saying why: until
-        the build is published or started afresh, the requests for it answer 503 with the
-        ``cause`` at once rather than wait for a retry that may fail the same way (a retry
-        may claim it before a listener hears the release, so clearing it when a builder
-        claims the build would hide it). For ``hold`` seconds no request enqueues the build
-        again, since the queue retries the task itself; any builder may claim it meanwhile,
-        and once ``hold`` passed unclaimed a request enqueues it again (as a task that waited
-        for a builder, no builder's death)."""
+        """Gives the build back to the queue after a transient failure, saying why: until a
+        builder claims the retry (which clears it) or the build is published or started
+        afresh, the requests for it answer 503 with the ``cause`` at once. For ``hold``
+        seconds no request enqueues the build again, since the queue retries the task
+        itself; any builder may claim it meanwhile, and once ``hold`` passed unclaimed a
+        request enqueues it again (as a task that waited for a builder, no builder's
+        death)."""
         ref = self.builds.document(key)
 
         @firestore.transactional
