@@ -64,6 +64,18 @@ resource "google_cloud_run_v2_service" "builder" {
         value = var.signing_kms_key
       }
       env {
+        name  = "NIXERY_TASKS_MIN_BACKOFF"
+        value = tostring(local.tasks_min_backoff)
+      }
+      env {
+        name  = "NIXERY_TASKS_MAX_BACKOFF"
+        value = tostring(local.tasks_max_backoff)
+      }
+      env {
+        name  = "NIXERY_TASKS_MAX_DOUBLINGS"
+        value = tostring(local.tasks_max_doublings)
+      }
+      env {
         name  = "NIXERY_PUBLIC_URL" # the images' build-page annotation
         value = var.public_url
       }

@@ -44,6 +44,7 @@ from nixery.records import (
     MAX_LOG,
     MAX_MESSAGE,
     MAX_PACKAGE_NAMES,
+    MAX_RELEASES,
     BuildReport,
     Environment,
     Failure,
@@ -54,6 +55,7 @@ from nixery.records import (
     Pending,
     Published,
     StepTime,
+    given_up,
 )
 from nixery.service.catalog import SILENT, Catalog
 from nixery.service.gc import collect
@@ -462,6 +464,25 @@ class TestFirestoreBuildRecords:
         assert attempt() == 2
         assert records.status(KEY).cause == ""
         assert records.builds.document(KEY).get().to_dict()["deaths"] == 0
+
+    def test_a_build_given_back_again_and_again_is_recorded_failed(self, records, clock) -> None:
+        """The ``MAX_RELEASES``th release in a row records a failure, kept for
+        NIXERY_FAILURE_TTL, not a hold; a pull starts it afresh after that, counting anew."""
+        job = sample_job()
+        records.start(job, PICKUP)
+        for n in range(MAX_RELEASES):
+            if n % 2:  # an unclaimed hold: a request enqueues it again
+                clock.advance(HOLD + 1)
+                assert records.start(job, PICKUP)
+            assert records.claim(job, f"builder-{n}", TTL) == "taken"
+            records.release(KEY, f"builder-{n}", "storage down", HOLD)
+        failure = records.status(KEY)
+        assert isinstance(failure, Failure), failure
+        assert failure.message == given_up(MAX_RELEASES, "storage down")
+        assert records.start(job, PICKUP) is not None
+        assert records.claim(job, "builder-x", TTL) == "taken"
+        records.release(KEY, "builder-x", "storage down", HOLD)
+        assert isinstance(records.status(KEY), Pending)
 
 
 @pytest.mark.parametrize("kind", [pytest.param("firestore", marks=pytest.mark.e2e), "memory"])

@@ -32,13 +32,16 @@ from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest, canonical_json, image_manifests
 from nixery.ports import StatePorts, never
 from nixery.records import (
+    MAX_RELEASES,
     BuildReport,
     Failure,
+    FailureKind,
     ImageStatus,
     Pending,
     Published,
     Revision,
     bounded_names,
+    given_up,
     with_answer,
 )
 from nixery.request import AMD64, ImageRequest
@@ -167,6 +170,7 @@ class MemoryState:
         self.clock = clock
         self.reads = 0
         self.attempts: Counter[str] = Counter()
+        self.releases: Counter[str] = Counter()  # since the build started afresh
         self._images: dict[str, Published | Failure] = {}
         self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
         self._causes: dict[str, str] = {}  # by ``release``
@@ -294,6 +298,8 @@ class MemoryState:
                 return None
             if self._leases.get(job.key, (None, 0.0))[1] > self.clock():
                 return None
+            if job.key in self._images:  # a failure: started afresh
+                self.releases.pop(job.key, None)
             self._images.pop(job.key, None)
             self._causes.pop(job.key, None)
             self._leases[job.key] = (None, self.clock() + pickup)
@@ -318,8 +324,14 @@ class MemoryState:
         with self._lock:
             if self._leases.get(key, (None, 0.0))[0] != owner:
                 return
-            self._leases[key] = (None, self.clock() + hold)
-            self._causes[key] = cause
+            self.releases[key] += 1
+            if self.releases[key] >= MAX_RELEASES:
+                message = given_up(self.releases[key], cause)
+                self._images[key] = Failure(FailureKind.BUILD_ERROR, message, {}, self.clock())
+                self._leases.pop(key, None)
+            else:
+                self._leases[key] = (None, self.clock() + hold)
+                self._causes[key] = cause
         self._changed(key)
 
 

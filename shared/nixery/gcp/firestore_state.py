@@ -41,6 +41,7 @@ from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import Listening, StatePorts
 from nixery.records import (
+    MAX_RELEASES,
     BuildReport,
     Failure,
     FailureKind,
@@ -50,6 +51,7 @@ from nixery.records import (
     Published,
     decode_names,
     encode_names,
+    given_up,
     with_answer,
 )
 
@@ -113,6 +115,7 @@ class _BuildRecord:
     lease_expires: datetime | None = None  # by the database's clock
     attempt: int = 0  # counts every start, so that each has a task name of its own
     deaths: int = 0  # builders that lost their lease since the build last started afresh
+    releases: int = 0  # attempts given back (``release``) since it last started afresh
     cause: str = ""  # why an attempt was given back to the queue (``release``)
     updated: float = 0.0
     used: float = 0.0  # the last pull by tag (`nixery gc`), recorded now and then
@@ -448,6 +451,7 @@ class FirestoreBuildRecords(_Part):
                 # A lapsed lease with an owner is a builder that died; without one, a task
                 # that waited for a builder (the queue was busy) or was given back.
                 started["deaths"] = record.deaths + (record.lease_owner is not None)
+                started["releases"] = record.releases
                 if started["deaths"] >= MAX_ATTEMPTS:
                     message = (
                         f"the build's builder stopped {started['deaths']} times before it "
@@ -531,15 +535,25 @@ class FirestoreBuildRecords(_Part):
         seconds no request enqueues the build again, since the queue retries the task
         itself; any builder may claim it meanwhile, and once ``hold`` passed unclaimed a
         request enqueues it again (as a task that waited for a builder, no builder's
-        death)."""
+        death). The ``MAX_RELEASES``th release since the build started afresh records a
+        failure instead (a fault that lasts, retried by a pull after NIXERY_FAILURE_TTL)."""
         ref = self.builds.document(key)
 
         @firestore.transactional
         def release(transaction: firestore.Transaction) -> None:
             snapshot = ref.get(transaction=transaction)
             record = _BuildRecord.read(snapshot.to_dict())
-            if record and record.status == "building" and record.lease_owner == owner:
-                transaction.update(ref, {**_lease(None, self._now(snapshot), hold), "cause": cause})
+            if not record or record.status != "building" or record.lease_owner != owner:
+                return
+            releases = record.releases + 1
+            if releases >= MAX_RELEASES:
+                failed = Failure(
+                    FailureKind.BUILD_ERROR, given_up(releases, cause), {}, self.clock()
+                )
+                transaction.set(ref, _failed(failed), merge=True)
+                return
+            lease = _lease(None, self._now(snapshot), hold)
+            transaction.update(ref, {**lease, "cause": cause, "releases": releases})
 
         release(self.client.transaction())
 
