@@ -99,7 +99,7 @@ class Reporter:
         self._spans: dict[str, tuple[float, float]] = {}
         self._version = 0  # of the report; the writer goes on while it is not written
         self._writing: Future[None] | None = None  # while a write is under way
-        self._failed: Exception | None = None  # by the last write, for ``close``
+        self._written = 0  # the latest version written
         if enqueued is not None:
             self._spans["queue"] = (min(enqueued, started), started)
         self.report = BuildReport(
@@ -128,32 +128,37 @@ class Reporter:
             self._writing = _WRITES.submit(self._write)
 
     def _write(self) -> None:
+        """Writes the latest version until none newer is due; a failed write does not end
+        it while a newer version waits (``close`` tries the latest once more)."""
         while True:
             with self._lock:
                 report, version = self.report, self._version
             try:
                 self.reports.record_report(report)
-            except Exception as e:  # kept until a later version is written, or raised
-                with self._lock:
-                    self._failed, self._writing = e, None
-                return
+                written = True
+            except Exception as e:
+                log.warning("build %s: its report could not be written: %r", report.key, e)
+                written = False
             with self._lock:
-                self._failed = None
+                if written:
+                    self._written = max(self._written, version)
                 if version == self._version:
                     self._writing = None
                     return
 
     def close(self) -> None:
-        """Waits for the writes; the last one's failure is raised (a Transient one), even
-        when it ended before this call."""
+        """Waits for the writes, then writes the latest report itself if it is not written
+        (its failure raised: a Transient one)."""
         with self._lock:
             writing = self._writing
         if writing is not None:
             writing.result()
         with self._lock:
-            failed, self._failed = self._failed, None
-        if failed is not None:
-            raise failed
+            report, version, written = self.report, self._version, self._written
+        if written < version:
+            self.reports.record_report(report)
+            with self._lock:
+                self._written = max(self._written, version)
 
     def add(self, step: str, began: float, ended: float) -> None:
         with self._lock:
@@ -197,7 +202,10 @@ class Reporter:
             finished=self.clock(),
             manifests={m.media_type: m.digest for m in manifests},
         )
-        self.close()
+        try:
+            self.close()
+        except Exception as e:  # the image is out: its page judges by the report's age
+            log.warning("build %s: its report could not be written: %r", self.report.key, e)
 
     def interrupted(self, error: Exception, images: PublishedImages) -> None:
         """The build stopped for a reason outside the image (``Transient``, or a bug):
