@@ -114,6 +114,8 @@ class Pending:
     # Why an attempt stopped short, for a passing cause, while the queue retries it; empty
     # if none did since the build started afresh.
     cause: str = ""
+    # A builder holds it: its heartbeat changes the record every third of the lease.
+    owned: bool = False
 
 
 ImageStatus = Published | Failure | Pending | None

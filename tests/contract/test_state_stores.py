@@ -586,10 +586,12 @@ def test_a_report_written_before_environments_reads_without_them() -> None:
 
 def test_a_report_gets_its_answer_step_which_outlives_its_rewrites(state: StateUnderTest):
     """The registry notes the answer apart from the report, which the builder may write
-    after it; an earlier build's answer is no step of a rebuild's report."""
+    after it; an earlier build's answer is no step of a rebuild's report. The first answer
+    of a build is kept (the request that started it, as docs/clients.md says)."""
     report = sample_report()
     state.record_report(report)
     state.record_answer(KEY, AT + 2)
+    state.record_answer(KEY, AT + 3)  # another instance's waiters
     state.record_report(replace(report, status="published"))
     answer = state.report(KEY).steps[-1]
     assert (answer.step, answer.ended) == ("answer", AT + 2)

@@ -177,16 +177,18 @@ def check_storage_outage(reg: GcpRegistry, own_emulators: Emulators, fault: str)
     assert reg.get(f"/v2/hello/blobs/{answer.json()['layers'][0]['digest']}").status_code == 307
 
 
-def test_a_database_that_stops_answering_mid_wait_holds_no_request_past_its_wait(
+def test_a_database_that_stops_answering_mid_wait_is_a_503_well_before_the_wait_ends(
     make, own_emulators
 ):
     """The request has started the build and waits on its record's listener when Firestore
-    hangs. Waiting needs no answer from the database, so the request waits on: it is answered
-    503 (still building) when its wait ends, not held past it by the hung listener."""
-    reg = make(NIXERY_BUILD_WAIT=str(3 * TIMEOUT))
+    hangs: the listener hears nothing and says nothing. Once the builder's heartbeat (a
+    third of the lease) plus SLOW_POLL is overdue the registry reads the record, which
+    fails within the backend timeout: 503 naming Firestore, long before NIXERY_BUILD_WAIT
+    (the deadline below is generous, for a busy machine; it is no measure)."""
+    reg = make(NIXERY_BUILD_WAIT="300", NIXERY_LEASE_TTL="9")
     answers: list = []
     thread = threading.Thread(
-        target=lambda: answers.append(reg.get("/v2/slow/manifests/latest", timeout=60))
+        target=lambda: answers.append(reg.get("/v2/slow/manifests/latest", timeout=300))
     )
     thread.start()
     deadline = time.monotonic() + 60
@@ -194,10 +196,11 @@ def test_a_database_that_stops_answering_mid_wait_holds_no_request_past_its_wait
         assert time.monotonic() < deadline
         time.sleep(0.2)
     with hung(own_emulators.firestore):
-        started = time.monotonic()
-        thread.join(60)
-        assert time.monotonic() - started < 3 * TIMEOUT + 2
+        thread.join(120)
+        assert not thread.is_alive(), "held as long as the build wait"
     assert answers[0].status_code == 503, answers[0].text
+    error = answers[0].json()["errors"][0]
+    assert error["code"] == "UNAVAILABLE" and "Firestore" in error["message"], error
 
 
 def test_an_image_whose_manifest_or_blob_vanished_is_built_again(make, own_emulators):

@@ -195,7 +195,10 @@ class MemoryState:
     def _status(self, key: str) -> ImageStatus:
         with self._lock:
             if key in self._leases:
-                return Pending(self._leases[key][1] - self.clock(), self._causes.get(key, ""))
+                owner, expires = self._leases[key]
+                left = expires - self.clock()
+                owned = owner is not None and left > 0
+                return Pending(left, self._causes.get(key, ""), owned=owned)
             return self._images.get(key)
 
     def listen(self, key: str, changed: Callable[[ImageStatus], None]) -> MemoryListener:
@@ -272,7 +275,9 @@ class MemoryState:
 
     def record_answer(self, key: str, at: float) -> None:
         with self._lock:
-            self._answers[key] = at
+            report = self._reports.get(key)
+            if key not in self._answers or (report and self._answers[key] < report.started):
+                self._answers[key] = at
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:

@@ -35,6 +35,7 @@ from nixery.oci.manifests import DOCKER_MANIFEST, OCI_MANIFEST, sha256_digest
 from nixery.ports import BuildQueue
 from nixery.records import Failure, Published, Revision
 from nixery.request import Digest, Tag
+from nixery.service import images as images_module
 from nixery.service.images import BlobLocation, Caller, ImageService
 from nixery.service.waiters import Waiters
 from tests.helpers.fakes import (
@@ -747,3 +748,48 @@ def test_a_client_that_hangs_up_frees_its_thread_at_once() -> None:
     finally:
         builder.release.set()
         queue.shutdown()
+
+
+def test_tasks_poll_a_held_build_whose_heartbeat_is_overdue_and_end_the_wait_if_down(
+    state, tasks, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener whose database hangs hears nothing and says nothing: once a builder's
+    heartbeat (a third of the lease) plus SLOW_POLL is overdue, the record is read; the
+    database down, the wait ends with its error at once and the listener is closed."""
+    queue = TaskBuildQueue(state, state, tasks, PICKUP, clock=clock, wait=fake_wait(clock), lease=9)
+    start = clock()
+    state.claim(JOB, "builder-a", 20)
+    clock.after(0.5, lambda: state.listeners[JOB.key][0].stall())
+
+    def down(key: str) -> None:
+        raise DatabaseUnavailable("Firestore did not answer within 2s")
+
+    clock.after(1, lambda: monkeypatch.setattr(state, "status", down))
+    with pytest.raises(DatabaseUnavailable):
+        queue.build(JOB, 60)
+    assert clock() - start == 9 / 3 + SLOW_POLL
+    deadline = time.monotonic() + 10
+    while state.listeners[JOB.key][0].is_active:  # closed on a thread of its own
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_herd_that_waited_for_one_build_notes_its_answer_once(
+    state, source, blobs, clock
+) -> None:
+    """One write per build and instance, not one per waiting request; the first kept."""
+    notes: list[float] = []
+
+    class Reports(MemoryState):
+        def record_answer(self, key: str, at: float) -> None:
+            notes.append(at)
+
+    images = ImageService(
+        source=source, images=state, blobs=blobs, builds=ScriptedQueue(*[PUBLISHED] * 3),
+        wait=WAIT, failure_ttl=FAILURE_TTL, clock=clock, reports=Reports(clock),
+    )  # fmt: skip
+    for _ in range(3):
+        assert images.image(JOB) == PUBLISHED
+        clock.advance(1)
+    images_module._NOTES.submit(lambda: None).result(10)  # the notes written
+    assert len(notes) == 1

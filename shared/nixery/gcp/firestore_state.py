@@ -146,7 +146,8 @@ class _BuildRecord:
             return Failure.decode(
                 self.failure_kind, self.failure_message, self.failure_detail, self.updated
             )
-        return Pending(self.lease_left(now), self.cause)
+        left = self.lease_left(now)
+        return Pending(left, self.cause, owned=self.lease_owner is not None and left > 0)
 
 
 class FirestoreDatabase:
@@ -346,8 +347,19 @@ class FirestoreBuildReports(_Part):
 
     @bounded
     def record_answer(self, key: str, at: float) -> None:
-        """The latest answer, where SQLite keeps the first: no read, one write."""
-        self.reports.document(key).set({"answered": at}, merge=True)
+        """The first answer of the report's build, as SQLite keeps it: an earlier build's is
+        replaced, a later one of this build's is not (one read and one write per instance
+        that answered the build, which notes it once)."""
+        ref = self.reports.document(key)
+
+        @firestore.transactional
+        def record(transaction: firestore.Transaction) -> None:
+            doc = ref.get(transaction=transaction).to_dict() or {}
+            answered, started = doc.get("answered"), doc.get("started", 0.0)
+            if answered is None or answered < started:
+                transaction.set(ref, {"answered": at}, merge=True)
+
+        record(self.client.transaction())
 
     @bounded
     def recent_reports(self, limit: int) -> list[BuildReport]:

@@ -57,6 +57,7 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             tasks,
             pickup=settings.pickup,
             max_building=settings.max_building,
+            lease=settings.gcp.lease,
         ),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,
