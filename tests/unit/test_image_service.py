@@ -546,6 +546,17 @@ def test_tasks_start_again_the_failure_they_find_and_answer_the_next(
     assert len(tasks.enqueued) == 1
 
 
+def test_tasks_answer_a_failure_recorded_since_the_service_looked(
+    task_queue, state, tasks, clock
+) -> None:
+    """A build that failed between the service's read and the listener's first snapshot is
+    an answer for NIXERY_FAILURE_TTL, not a failure to retry at once."""
+    failure = Failure.of(BuildFailed("just now"), clock())
+    state.record_failure(JOB.key, failure)
+    assert task_queue.build(JOB, 60) == failure
+    assert tasks.enqueued == []
+
+
 def test_tasks_return_none_at_the_deadline_without_a_read(state, tasks, clock) -> None:
     queue = task_queue_of(state, tasks, clock, pickup=600)
     start = clock()

@@ -58,6 +58,7 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             pickup=settings.pickup,
             max_building=settings.max_building,
             lease=settings.gcp.lease,
+            failure_ttl=settings.serve.failure_ttl,
         ),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,

@@ -34,7 +34,7 @@ from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
 from nixery.ports import BuildRecords, Enqueue, Listening, PublishedImages, never
-from nixery.records import Failure, ImageStatus, Pending, Published
+from nixery.records import Failure, ImageStatus, Pending, Published, remembered
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,18 @@ class _Watch:
     """What this instance knows of one build's record, from its listener or a poll, shared by
     the requests that wait for it. Each status learnt gets the next ``version``."""
 
-    def __init__(self, now: float, lease: float) -> None:
+    def __init__(self, now: float, lease: float, failure_ttl: float) -> None:
         self.changed = threading.Condition()
         self.lease = lease
+        self.failure_ttl = failure_ttl
         self.status: ImageStatus = None
         self.heard = now  # when the status was learnt, by the queue's clock
         self.version = 0
         # The version a start made stale: a change is due after it, and no start until then.
         self.restarted = 0
         # Failures up to this version answer nothing: the first one heard is the failure
-        # being retried.
+        # being retried, unless it is recent (NIXERY_FAILURE_TTL): a build that failed
+        # since the request looked.
         self.obsolete = 0
         self.starting = False  # a request of this instance is starting the build
         self.asked = now  # since when a change is due: the watch's start, or the last start
@@ -129,7 +131,7 @@ class _Watch:
             self.status, self.heard = status, now
             self.version += 1
             if self.version == 1 and isinstance(status, Failure):
-                self.obsolete = 1
+                self.obsolete = 0 if remembered(status, now, self.failure_ttl) else 1
             self.changed.notify_all()
 
     def answer(self) -> Published | Failure | None:
@@ -185,17 +187,20 @@ class TaskBuildQueue:
         wait: Callable[[threading.Condition, float], object] = threading.Condition.wait,
         max_building: int | None = None,
         lease: float = 60.0,
+        failure_ttl: float = 300.0,
     ) -> None:
         """``max_building``: new builds are refused while this many are under way
         (NIXERY_MAX_QUEUED_BUILDS: running or waiting for a builder). ``wait`` waits on a
         condition for at most the seconds given (a test's passes fake time). ``lease``:
-        NIXERY_LEASE_TTL, whose third is a builder's heartbeat."""
+        NIXERY_LEASE_TTL, whose third is a builder's heartbeat; ``failure_ttl``:
+        NIXERY_FAILURE_TTL, how long a failure answers."""
         self.images = images
         self.records = records
         self.tasks = tasks
         self.pickup = pickup
         self.max_building = max_building
         self.lease = lease
+        self.failure_ttl = failure_ttl
         self.clock = clock
         self.wait = wait
         self._watches: dict[str, _Watch] = {}
@@ -296,7 +301,7 @@ class TaskBuildQueue:
             watch = self._watches.get(key)
             first = watch is None
             if watch is None:
-                watch = self._watches[key] = _Watch(self.clock(), self.lease)
+                watch = self._watches[key] = _Watch(self.clock(), self.lease, self.failure_ttl)
             watch.waiters += 1
         try:
             if first:
