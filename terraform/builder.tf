@@ -37,6 +37,13 @@ resource "google_cloud_run_v2_service" "builder" {
           value = env.value
         }
       }
+      dynamic "env" { # the queue's backoff, which a build given back is held for
+        for_each = local.tasks_backoff_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
       env {
         name  = "NIXERY_CHANNEL"
         value = var.nixery_pkgs_repo == "" ? var.nixery_channel : ""
@@ -62,18 +69,6 @@ resource "google_cloud_run_v2_service" "builder" {
       env {
         name  = "NIXERY_SIGNING_KMS_KEY"
         value = var.signing_kms_key
-      }
-      env {
-        name  = "NIXERY_TASKS_MIN_BACKOFF"
-        value = tostring(local.tasks_min_backoff)
-      }
-      env {
-        name  = "NIXERY_TASKS_MAX_BACKOFF"
-        value = tostring(local.tasks_max_backoff)
-      }
-      env {
-        name  = "NIXERY_TASKS_MAX_DOUBLINGS"
-        value = tostring(local.tasks_max_doublings)
       }
       env {
         name  = "NIXERY_PUBLIC_URL" # the images' build-page annotation

@@ -7,6 +7,11 @@ locals {
   tasks_min_backoff   = 10
   tasks_max_backoff   = 300
   tasks_max_doublings = 4
+  tasks_backoff_env = {
+    NIXERY_TASKS_MIN_BACKOFF   = tostring(local.tasks_min_backoff)
+    NIXERY_TASKS_MAX_BACKOFF   = tostring(local.tasks_max_backoff)
+    NIXERY_TASKS_MAX_DOUBLINGS = tostring(local.tasks_max_doublings)
+  }
 }
 
 resource "google_cloud_tasks_queue" "builds" {
