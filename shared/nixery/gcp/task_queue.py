@@ -143,7 +143,8 @@ class _Watch:
 
     def retrying(self, now: float) -> str:
         """The cause a builder gave the build back for, while the queue holds it for its retry
-        (or a retry runs); once the hold lapsed unclaimed, a request starts it afresh."""
+        (a builder's claim of the retry clears it: that is waited for); once the hold lapsed
+        unclaimed, a request starts it afresh."""
         if isinstance(self.status, Pending) and now < self.lease_end():
             return self.status.cause
         return ""
