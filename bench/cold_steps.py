@@ -20,7 +20,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +79,17 @@ def cold_pull(reg: Registry, image: str) -> tuple[float, list[Row]]:
         raise RuntimeError(f"cold pull of {image}: {got.status_code} {got.text[:500]}")
     key = build_key(reg, image)
     deadline = time.monotonic() + 30  # the answer is noted off the request's path
-    while (report := reg.get(f"/api/v1/builds/{key}").json())["steps"][-1]["step"] != "answer":
+    while not _answered(report := reg.get(f"/api/v1/builds/{key}").json()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no answer step in {report['steps']}")
         time.sleep(0.5)
     return seconds, breakdown(report, asked, answered)
+
+
+def _answered(report: dict[str, Any]) -> bool:
+    """Whether the report has its answer step (its last; a report may have no steps yet)."""
+    steps = report.get("steps") or []
+    return bool(steps) and steps[-1]["step"] == "answer"
 
 
 @contextmanager
@@ -102,7 +108,9 @@ def empty_bucket(emulators: Emulators) -> None:
         requests.delete(f"{base}/{name}", timeout=30).raise_for_status()
 
 
-def gcp_registry(emulators: Emulators, root: Path) -> Callable[[], Any]:
+def gcp_registry(
+    emulators: Emulators, root: Path
+) -> Callable[[], AbstractContextManager[Registry]]:
     @contextmanager
     def start() -> Iterator[Registry]:
         empty_bucket(emulators)

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.lib.firestore_reads import LOG_VAR
-from bench.lib.gcp_services import cpu_seconds, descendants, role, rpc_log, start, stop
-from bench.lib.harness import ENV, command_parser
+from bench.lib.gcp_services import descendants, role, rpc_log, start, stop
+from bench.lib.harness import ENV, command_parser, cpu_seconds
 from tests.helpers.boundary import building_modules
 from tests.helpers.emulators import Emulators, GcpRegistry
 from tests.helpers.registries import OCI, REPO, big_set

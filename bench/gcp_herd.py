@@ -31,14 +31,13 @@ from bench.lib.gcp_services import (
     all_pull,
     builds_started,
     error_kinds,
-    percentile,
     publications,
     registry_cpu,
     role,
     rpc_log,
     services,
 )
-from bench.lib.harness import command_parser, parse_args
+from bench.lib.harness import command_parser, parse_args, percentile
 from tests.helpers.emulators import PROJECT, Emulators
 from tests.helpers.registries import demo_plus
 
@@ -114,8 +113,8 @@ def main() -> None:
             "registry_cpu_ms_per_client": round(cpu * 1000 / args.clients, 1),
             "listener_heard_publication_ms": round(listener, 1),
             "answer_after_publication_ms": {
-                "p50": round(percentile(lags, 50) * 1000, 1),
-                "p99": round(percentile(lags, 99) * 1000, 1),
+                "p50": round(percentile(lags, 0.5) * 1000, 1),
+                "p99": round(percentile(lags, 0.99) * 1000, 1),
                 "max": round(max(lags, default=math.nan) * 1000, 1),
             },
         }

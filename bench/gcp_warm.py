@@ -23,12 +23,11 @@ from bench.lib.gcp_services import (
     Pull,
     all_pull,
     error_kinds,
-    percentile,
     pull,
     registry_cpu,
     services,
 )
-from bench.lib.harness import command_parser, parse_args
+from bench.lib.harness import command_parser, parse_args, percentile
 
 IMAGES = ["shell/hello", "hello", "zlib", "shell/htop", "shell/git"]
 # Cloud Run, request-based billing, Tier 1 (docs/cost.md): the function's 1 vCPU and 512 MiB.
@@ -80,12 +79,12 @@ def main() -> None:
         "requests_per_pull": round(requests / args.pulls, 1),
         "seconds": round(seconds, 1),
         "pull_ms": {
-            "p50": round(percentile(durations, 50), 1),
-            "p99": round(percentile(durations, 99), 1),
+            "p50": round(percentile(durations, 0.5), 1),
+            "p99": round(percentile(durations, 0.99), 1),
         },
         "request_ms": {
-            "p50": round(percentile(per_request, 50), 2),
-            "p99": round(percentile(per_request, 99), 2),
+            "p50": round(percentile(per_request, 0.5), 2),
+            "p99": round(percentile(per_request, 0.99), 2),
         },
         "errors": errors,
         "error_kinds": error_kinds(pulls),

@@ -27,7 +27,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from bench.lib.harness import command_parser, parse_args
+from bench.lib.harness import command_parser, cpu_seconds, parse_args
 from bench.soak import Results
 from nixery.http.auth import hash_password
 from tests.helpers.protocol import basic
@@ -89,11 +89,6 @@ def new_logins(port: int, results: Results, stop: threading.Event) -> None:
         if stop.wait(5.0) or n >= USERS:
             return
         timed(results, "new login", port, "/v2/", login(f"user{n}", PASSWORD))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

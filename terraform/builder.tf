@@ -37,6 +37,13 @@ resource "google_cloud_run_v2_service" "builder" {
           value = env.value
         }
       }
+      dynamic "env" { # the queue's backoff, which a build given back is held for
+        for_each = local.tasks_backoff_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
       env {
         name  = "NIXERY_CHANNEL"
         value = var.nixery_pkgs_repo == "" ? var.nixery_channel : ""

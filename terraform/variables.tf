@@ -283,7 +283,7 @@ variable "tasks_dispatches_per_second" {
 
 variable "tasks_max_attempts" {
   type        = number
-  description = "Deliveries of one build task at most (a builder answers 5xx only for transient trouble; recorded failures are answered 2xx and never retried)."
+  description = "Deliveries of one build task (Cloud Tasks deletes a task once both this many and an hour of retries passed). A builder answers 5xx only for transient trouble; a build given back 5 times in a row is recorded as failed (for NIXERY_FAILURE_TTL), as are recorded failures, answered 2xx and never retried."
   default     = 5
   validation {
     condition     = var.tasks_max_attempts >= 1 && var.tasks_max_attempts <= 100

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 import requests
 
 from bench.lib.firestore_reads import LOG_VAR
+from bench.lib.harness import cpu_seconds
 from tests.helpers.emulators import Emulators, GcpRegistry
 from tests.helpers.registries import OCI
 
@@ -106,15 +106,6 @@ def descendants(root: int) -> set[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of a process (all its threads), 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class FunctionInstance(CountedRegistry):
     """One more instance of a running registry's function, as Cloud Run starts under load:
     the same Firestore collections, builder and counter log; no builder of its own."""
@@ -160,11 +151,6 @@ def registry_cpu(functions: list[GcpRegistry]) -> float:
         if f.registry
         for pid in descendants(f.registry.proc.pid)
     )
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else math.nan
 
 
 @dataclass

@@ -8,6 +8,7 @@ runs `nixery serve`), so that the benchmarks measure what the tests check.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -65,7 +66,21 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of the values, by nearest rank; NaN without values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else math.nan
+
+
 def percentile_ms(seconds: list[float], q: float) -> float:
     """The ``q`` quantile of durations in seconds, in milliseconds (nearest rank)."""
-    ordered = sorted(seconds)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+    return percentile(seconds, q) * 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process (all its threads), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

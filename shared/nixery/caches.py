@@ -25,6 +25,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -49,6 +51,11 @@ def period(length: float, clock: Clock = time.time) -> int:
     return int(clock() // length + _OFFSET)
 
 
+# Seconds a miss waits for another caller's read of its key: one service call's bound
+# (NIXERY_BACKEND_TIMEOUT's default), so a stuck read holds no herd much past it.
+SHARED_READ_WAIT = 10.0
+
+
 class BoundedCache(Generic[T]):
     def __init__(
         self,
@@ -56,13 +63,17 @@ class BoundedCache(Generic[T]):
         ttl: float | None = None,
         clock: Clock = time.monotonic,
         every: float | None = None,
+        patience: float = SHARED_READ_WAIT,
     ) -> None:
         """``ttl``: seconds by ``clock`` an entry is kept from when it was last kept, for
         answers that are true only for a while; ``every``: all entries go when ``period``
-        of that length moves, so that what a period found out was all read within it."""
+        of that length moves, so that what a period found out was all read within it.
+        ``patience``: seconds a miss waits for the read another caller is making of its key
+        before it reads for itself."""
         self._entries: Cache[str, T] = TTLCache(size, ttl, timer=clock) if ttl else LRUCache(size)
         self._lock = threading.Lock()
-        self._reading = KeyedLocks()
+        self._reads: dict[str, Future[T | None]] = {}
+        self._patience = patience
         self._clock, self._every = clock, every
         self._period = period(every, clock) if every else 0
 
@@ -72,16 +83,37 @@ class BoundedCache(Generic[T]):
             return self._entries.get(key)
 
     def fetch(self, key: str, read: Callable[[], T | None]) -> T | None:
-        """The kept value, else what ``read`` gives, kept unless None. Misses of one key wait
-        for the first one's read rather than each reading: the herd of requests that hears
-        an image published at once costs one read. A hit takes no lock others wait on."""
-        if (value := self.get(key)) is not None:
-            return value
-        with self._reading.hold(key):
-            if (value := self.get(key)) is not None:
+        """The kept value, else what ``read`` gives, kept unless None. Misses of one key share
+        the first one's read, its None or its exception included, rather than each reading:
+        the herd of requests that hears an image published at once costs one read, and a
+        read that fails fails them all at once. A hit only takes the cache's own brief lock,
+        never waits for a read."""
+        with self._lock:
+            self._expire()
+            if (value := self._entries.get(key)) is not None:
                 return value
+            shared = self._reads.get(key)
+            if shared is None:
+                mine: Future[T | None] = Future()
+                self._reads[key] = mine
+        if shared is not None:
+            try:
+                return shared.result(timeout=self._patience)
+            except FutureTimeout:  # a stuck read: this one makes its own
+                value = read()
+                return None if value is None else self.keep(key, value)
+        try:
             value = read()
-            return None if value is None else self.keep(key, value)
+            if value is not None:
+                self.keep(key, value)
+            mine.set_result(value)
+            return value
+        except BaseException as e:
+            mine.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                del self._reads[key]
 
     def keep(self, key: str, value: T) -> T:
         with self._lock:

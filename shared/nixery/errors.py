@@ -251,3 +251,30 @@ def os_cause(error: OSError) -> str:
     """Why the operating system refused, named for the client (``the disk is full``)."""
     # Never str(error): it may hold a path, which is the server's business.
     return _OS_CAUSES.get(error.errno or 0) or (error.strerror or "refused by the system").lower()
+
+
+# What stopped a build, in words for anyone who may see it (its page, the clients waiting for
+# it): one fixed phrase per kind of fault, never the error's own text, which may hold what is
+# the operator's alone (a path, a signed or resumable upload URL) and goes to the log.
+DISK_FULL = "the disk was full"
+INTERRUPTIONS: dict[type[Exception], str] = {
+    StorageUnavailable: "the blob storage was unavailable",
+    DatabaseUnavailable: "the database was unavailable",
+    SourceUnavailable: "the package source was unavailable",
+    QueueUnavailable: "the build queue was unavailable",
+    BuildInterrupted: "Nix was stopped from outside (a download, the disk or memory)",
+    ImageLost: "a blob of the image was lost",
+    Transient: "a passing fault of the registry",
+    Exception: "an internal error of the registry (its log has the details)",
+}
+
+
+def interruption(error: Exception) -> str:
+    """The phrase for what stopped a build: its kind's, or a full disk whatever the kind
+    (the operator's most common fix)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DISK_FULL
+        cause = cause.__cause__ or cause.__context__
+    return next(INTERRUPTIONS[kind] for kind in type(error).__mro__ if kind in INTERRUPTIONS)

@@ -24,6 +24,16 @@ MAX_LOG = 32 << 10
 # The attribute names of one revision kept for the search box: nixpkgs has about 120,000
 # with its nested sets, some 3 MB, over a Firestore document's 1 MiB; their start is kept.
 MAX_PACKAGE_NAMES = 900_000  # characters, joined by newlines
+# Attempts a builder may give back for a passing cause (``release``) since the build started
+# afresh before it is recorded as failed: the queue's backoff makes 5 about five minutes
+# (10 + 20 + 40 + 80 s between them), past which the fault is no passing one, and a failure
+# is retried by a pull after NIXERY_FAILURE_TTL rather than by the queue for an hour.
+MAX_RELEASES = 5
+
+
+def given_up(releases: int, cause: str) -> str:
+    """A build's failure message after its ``releases``th release for ``cause``."""
+    return f"the build was given back {releases} times in a row for a passing fault: {cause}"
 
 
 def _bounded(text: str, limit: int, keep_end: bool) -> str:
@@ -104,6 +114,8 @@ class Pending:
     # Why an attempt stopped short, for a passing cause, while the queue retries it; empty
     # if none did since the build started afresh.
     cause: str = ""
+    # A builder holds it: its heartbeat changes the record every third of the lease.
+    owned: bool = False
 
 
 ImageStatus = Published | Failure | Pending | None

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from nixery.errors import (
+    DISK_FULL,
     BuildError,
     BuildFailed,
     BuildTimedOut,
@@ -38,11 +39,12 @@ from nixery.oci.manifests import (
     Manifest,
     artifact_manifest,
 )
-from nixery.pipeline.progress import DISK_FULL, Reporter
+from nixery.pipeline.progress import Reporter
 from nixery.records import (
     MAX_LOG,
     MAX_MESSAGE,
     MAX_PACKAGE_NAMES,
+    MAX_RELEASES,
     BuildReport,
     Environment,
     Failure,
@@ -53,6 +55,7 @@ from nixery.records import (
     Pending,
     Published,
     StepTime,
+    given_up,
 )
 from nixery.service.catalog import SILENT, Catalog
 from nixery.service.gc import collect
@@ -473,9 +476,9 @@ class TestFirestoreBuildRecords:
     def test_release_hands_the_build_back_to_the_queue_with_its_cause(
         self, records, clock, attempt
     ) -> None:
-        """Released, a build says why until it starts afresh, is left to the queue's retry
-        for ``hold`` seconds (any builder may claim it), and is enqueued again by a request
-        after that, counting no builder's death."""
+        """Released, a build says why until a builder claims it or it starts afresh, is left
+        to the queue's retry for ``hold`` seconds (any builder may claim it), and is enqueued
+        again by a request after that, counting no builder's death."""
         job = sample_job()
         records.start(job, PICKUP)
         records.claim(job, "builder-a", TTL)
@@ -487,13 +490,32 @@ class TestFirestoreBuildRecords:
         assert status.cause == "storage down"
         assert records.start(job, PICKUP) is None, "the queue retries it"
         assert records.claim(job, "builder-b", TTL) == "taken"
-        assert records.status(KEY).cause == "storage down", "a retry may fail alike"
+        assert records.status(KEY).cause == "", "the retry under way is waited for"
         records.release(KEY, "builder-b", "storage down", HOLD)
         clock.advance(HOLD + 1)
         assert records.start(job, PICKUP) == 2
         assert attempt() == 2
         assert records.status(KEY).cause == ""
         assert records.builds.document(KEY).get().to_dict()["deaths"] == 0
+
+    def test_a_build_given_back_again_and_again_is_recorded_failed(self, records, clock) -> None:
+        """The ``MAX_RELEASES``th release in a row records a failure, kept for
+        NIXERY_FAILURE_TTL, not a hold; a pull starts it afresh after that, counting anew."""
+        job = sample_job()
+        records.start(job, PICKUP)
+        for n in range(MAX_RELEASES):
+            if n % 2:  # an unclaimed hold: a request enqueues it again
+                clock.advance(HOLD + 1)
+                assert records.start(job, PICKUP)
+            assert records.claim(job, f"builder-{n}", TTL) == "taken"
+            records.release(KEY, f"builder-{n}", "storage down", HOLD)
+        failure = records.status(KEY)
+        assert isinstance(failure, Failure), failure
+        assert failure.message == given_up(MAX_RELEASES, "storage down")
+        assert records.start(job, PICKUP) is not None
+        assert records.claim(job, "builder-x", TTL) == "taken"
+        records.release(KEY, "builder-x", "storage down", HOLD)
+        assert isinstance(records.status(KEY), Pending)
 
 
 @pytest.mark.parametrize("kind", [pytest.param("firestore", marks=pytest.mark.e2e), "memory"])
@@ -597,10 +619,12 @@ def test_a_report_written_before_environments_reads_without_them() -> None:
 
 def test_a_report_gets_its_answer_step_which_outlives_its_rewrites(state: StateUnderTest):
     """The registry notes the answer apart from the report, which the builder may write
-    after it; an earlier build's answer is no step of a rebuild's report."""
+    after it; an earlier build's answer is no step of a rebuild's report. The first answer
+    of a build is kept (the request that started it, as docs/clients.md says)."""
     report = sample_report()
     state.record_report(report)
     state.record_answer(KEY, AT + 2)
+    state.record_answer(KEY, AT + 3)  # another instance's waiters
     state.record_report(replace(report, status="published"))
     answer = state.report(KEY).steps[-1]
     assert (answer.step, answer.ended) == ("answer", AT + 2)

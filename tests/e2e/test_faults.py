@@ -26,10 +26,10 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from nixery.config import local_settings
+from nixery.errors import DISK_FULL
 from nixery.local import app as local_mode
 from nixery.local.file_blob_store import FileBlobStore
 from nixery.local.sqlite_state import SqliteDatabase
-from nixery.pipeline.progress import DISK_FULL
 from nixery.service.catalog import RESTARTED
 from tests.helpers import disk_faults
 from tests.helpers.protocol import DOCKER

@@ -32,13 +32,16 @@ from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest, canonical_json, image_manifests
 from nixery.ports import StatePorts, never
 from nixery.records import (
+    MAX_RELEASES,
     BuildReport,
     Failure,
+    FailureKind,
     ImageStatus,
     Pending,
     Published,
     Revision,
     bounded_names,
+    given_up,
     with_answer,
 )
 from nixery.request import AMD64, ImageRequest
@@ -167,6 +170,7 @@ class MemoryState:
         self.clock = clock
         self.reads = 0
         self.attempts: Counter[str] = Counter()
+        self.releases: Counter[str] = Counter()  # since the build started afresh
         self._images: dict[str, Published | Failure] = {}
         self._leases: dict[str, tuple[str | None, float]] = {}  # owner, expiry
         self._causes: dict[str, str] = {}  # by ``release``
@@ -191,7 +195,10 @@ class MemoryState:
     def _status(self, key: str) -> ImageStatus:
         with self._lock:
             if key in self._leases:
-                return Pending(self._leases[key][1] - self.clock(), self._causes.get(key, ""))
+                owner, expires = self._leases[key]
+                left = expires - self.clock()
+                owned = owner is not None and left > 0
+                return Pending(left, self._causes.get(key, ""), owned=owned)
             return self._images.get(key)
 
     def listen(self, key: str, changed: Callable[[ImageStatus], None]) -> MemoryListener:
@@ -268,7 +275,9 @@ class MemoryState:
 
     def record_answer(self, key: str, at: float) -> None:
         with self._lock:
-            self._answers[key] = at
+            report = self._reports.get(key)
+            if key not in self._answers or (report and self._answers[key] < report.started):
+                self._answers[key] = at
 
     def recent_reports(self, limit: int) -> list[BuildReport]:
         with self._lock:
@@ -294,6 +303,8 @@ class MemoryState:
                 return None
             if self._leases.get(job.key, (None, 0.0))[1] > self.clock():
                 return None
+            if job.key in self._images:  # a failure: started afresh
+                self.releases.pop(job.key, None)
             self._images.pop(job.key, None)
             self._causes.pop(job.key, None)
             self._leases[job.key] = (None, self.clock() + pickup)
@@ -310,6 +321,7 @@ class MemoryState:
             if holder not in (None, owner) and expires > self.clock():
                 return "busy"
             self._leases[job.key] = (owner, self.clock() + ttl)
+            self._causes.pop(job.key, None)
         self._changed(job.key)
         return "taken"
 
@@ -317,8 +329,14 @@ class MemoryState:
         with self._lock:
             if self._leases.get(key, (None, 0.0))[0] != owner:
                 return
-            self._leases[key] = (None, self.clock() + hold)
-            self._causes[key] = cause
+            self.releases[key] += 1
+            if self.releases[key] >= MAX_RELEASES:
+                message = given_up(self.releases[key], cause)
+                self._images[key] = Failure(FailureKind.BUILD_ERROR, message, {}, self.clock())
+                self._leases.pop(key, None)
+            else:
+                self._leases[key] = (None, self.clock() + hold)
+                self._causes[key] = cause
         self._changed(key)
 
 

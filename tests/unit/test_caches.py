@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -98,3 +99,66 @@ def test_a_bounded_cache_with_a_period_drops_everything_when_it_moves() -> None:
         clock.advance(60)
     assert cache.get("a") is None
     assert clock() <= 600.0, "within one period's length"
+
+
+@pytest.mark.parametrize("outcome", [None, ValueError("the database is down")])
+def test_misses_behind_a_read_get_its_none_or_its_exception_without_reading(
+    outcome: ValueError | None,
+) -> None:
+    """A failed or empty read is not made again by each waiter in turn (each after the last
+    one's full timeout): they all get what the first read gave."""
+    cache: BoundedCache[str] = BoundedCache()
+    reads: list[str] = []
+    started, finish = threading.Event(), threading.Event()
+
+    def first() -> str | None:
+        reads.append("first")
+        started.set()
+        assert finish.wait(10)
+        if outcome is not None:
+            raise outcome
+        return None
+
+    def later() -> str:
+        reads.append("later")
+        return "value"
+
+    answers: list[object] = []
+
+    def call(read: Callable[[], str | None]) -> None:
+        try:
+            answers.append(cache.fetch("key", read))
+        except ValueError as e:
+            answers.append(e)
+
+    threads = [threading.Thread(target=call, args=(first,))]
+    threads[0].start()
+    assert started.wait(10)
+    threads += [threading.Thread(target=call, args=(later,)) for _ in range(5)]
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)  # the others wait on the first read
+    finish.set()
+    for thread in threads:
+        thread.join(10)
+    assert reads == ["first"]
+    assert answers == [outcome] * 6
+
+
+def test_a_miss_reads_for_itself_once_the_shared_read_outlasts_its_patience() -> None:
+    cache: BoundedCache[str] = BoundedCache(patience=0.1)
+    started, finish = threading.Event(), threading.Event()
+
+    def stuck() -> str:
+        started.set()
+        assert finish.wait(10)
+        return "late"
+
+    thread = threading.Thread(target=cache.fetch, args=("key", stuck))
+    thread.start()
+    assert started.wait(10)
+    try:
+        assert cache.fetch("key", lambda: "own") == "own"
+    finally:
+        finish.set()
+        thread.join(10)

@@ -610,6 +610,17 @@ def test_tasks_start_again_the_failure_they_find_and_answer_the_next(
     assert len(tasks.enqueued) == 1
 
 
+def test_tasks_answer_a_failure_recorded_since_the_service_looked(
+    task_queue, state, tasks, clock
+) -> None:
+    """A build that failed between the service's read and the listener's first snapshot is
+    an answer for NIXERY_FAILURE_TTL, not a failure to retry at once."""
+    failure = Failure.of(BuildFailed("just now"), clock())
+    state.record_failure(JOB.key, failure)
+    assert task_queue.build(JOB, 60) == failure
+    assert tasks.enqueued == []
+
+
 def test_tasks_return_none_at_the_deadline_without_a_read(state, tasks, clock) -> None:
     queue = task_queue_of(state, tasks, clock, pickup=600)
     start = clock()
@@ -719,9 +730,9 @@ def test_tasks_answer_a_build_given_back_for_a_passing_cause_at_once(
 ) -> None:
     """A builder that gave the build back (storage down, say) has the queue retry the task:
     the waiting request hears it from the listener and answers at once with the cause, and
-    neither it nor the next request enqueues the build again while the hold lasts (a retry
-    under way answers so too); after the hold passes unclaimed, a request enqueues it again
-    and waits for it."""
+    neither it nor the next request enqueues the build again while the hold lasts; a retry
+    that a builder claimed is waited for (storage may be back); after the hold passes
+    unclaimed, a request enqueues it again and waits for it."""
     clock.after(1, lambda: state.claim(JOB, "builder-a", 20))
     cause = "Cloud Storage did not answer within 2s"
     clock.after(3, lambda: state.release(JOB.key, "builder-a", cause, 30))
@@ -733,9 +744,10 @@ def test_tasks_answer_a_build_given_back_for_a_passing_cause_at_once(
         task_queue.build(JOB, 60)
     assert len(tasks.enqueued) == 1
     state.claim(JOB, "builder-b", 20)
+    assert task_queue.build(JOB, 1) is None, "the retry under way, waited for"
+    state.release(JOB.key, "builder-b", cause, 30)
     with pytest.raises(BuildRetrying):
         task_queue.build(JOB, 60)
-    state.release(JOB.key, "builder-b", cause, 30)
     clock.advance(31)
     assert task_queue.build(JOB, 1) is None, "a fresh attempt, waited for"
     assert tasks.attempts == [1, 2]
@@ -811,3 +823,48 @@ def test_a_client_that_hangs_up_frees_its_thread_at_once() -> None:
     finally:
         builder.release.set()
         queue.shutdown()
+
+
+def test_tasks_poll_a_held_build_whose_heartbeat_is_overdue_and_end_the_wait_if_down(
+    state, tasks, clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener whose database hangs hears nothing and says nothing: once a builder's
+    heartbeat (a third of the lease) plus SLOW_POLL is overdue, the record is read; the
+    database down, the wait ends with its error at once and the listener is closed."""
+    queue = TaskBuildQueue(state, state, tasks, PICKUP, clock=clock, wait=fake_wait(clock), lease=9)
+    start = clock()
+    state.claim(JOB, "builder-a", 20)
+    clock.after(0.5, lambda: state.listeners[JOB.key][0].stall())
+
+    def down(key: str) -> None:
+        raise DatabaseUnavailable("Firestore did not answer within 2s")
+
+    clock.after(1, lambda: monkeypatch.setattr(state, "status", down))
+    with pytest.raises(DatabaseUnavailable):
+        queue.build(JOB, 60)
+    assert clock() - start == 9 / 3 + SLOW_POLL
+    deadline = time.monotonic() + 10
+    while state.listeners[JOB.key][0].is_active:  # closed on a thread of its own
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_herd_that_waited_for_one_build_notes_its_answer_once(
+    state, source, blobs, clock
+) -> None:
+    """One write per build and instance, not one per waiting request; the first kept."""
+    notes: list[float] = []
+
+    class Reports(MemoryState):
+        def record_answer(self, key: str, at: float) -> None:
+            notes.append(at)
+
+    images = ImageService(
+        source=source, images=state, blobs=blobs, builds=ScriptedQueue(*[PUBLISHED] * 3),
+        wait=WAIT, failure_ttl=FAILURE_TTL, clock=clock, reports=Reports(clock),
+    )  # fmt: skip
+    for _ in range(3):
+        assert images.image(JOB) == PUBLISHED
+        clock.advance(1)
+    images_module._NOTES.submit(lambda: None).result(10)  # the notes written
+    assert len(notes) == 1

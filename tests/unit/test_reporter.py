@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -52,3 +53,38 @@ def test_an_interruption_waits_for_the_writes_and_logs_their_failure(
     reporter = Reporter(reports, sample_job(), FakeClock())
     reporter.interrupted(DatabaseUnavailable("the database is down"), MemoryState())
     assert "could not be reported" in caplog.text
+
+
+def test_a_failed_write_goes_on_to_the_version_queued_behind_it() -> None:
+    """Write N-1 fails while N waits: N is still written by the writer, without ``close``."""
+    reports = _Reports()
+    entered, go_on = threading.Event(), threading.Event()
+    fail_once = reports.record_report
+
+    def record_report(report: BuildReport) -> None:
+        if not entered.is_set():
+            entered.set()
+            assert go_on.wait(10)
+            fail_once(report)  # down: fails
+        reports.down = False
+        fail_once(report)
+
+    reports.record_report = record_report  # type: ignore[method-assign]
+    reporter = Reporter(reports, sample_job(), FakeClock())
+    assert entered.wait(10)
+    reporter.update(step="build")  # queued behind the failing write
+    go_on.set()
+    for _ in range(100):
+        if reports.written:
+            break
+        time.sleep(0.05)
+    assert [r.step for r in reports.written] == ["build"]
+
+
+def test_a_published_image_whose_report_cannot_be_written_is_no_failed_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reports = _Reports()
+    reporter = Reporter(reports, sample_job(), FakeClock())
+    reporter.published([])
+    assert "could not be written" in caplog.text

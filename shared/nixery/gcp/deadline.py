@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -21,6 +22,8 @@ from google.api_core import exceptions
 from google.auth.exceptions import TransportError
 
 from nixery.errors import Transient
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -77,7 +80,10 @@ class Deadline:
         try:
             yield
         except UNAVAILABLE as e:
-            raise self.error(f"{self.service} is unavailable: {e}") from e
+            # The library's text goes to the log alone: it may hold a URL that grants access
+            # (a resumable upload's), and the message may reach clients.
+            log.warning("%s is unavailable: %s", self.service, e)
+            raise self.error(f"{self.service} is unavailable") from e
 
 
 class HasDeadline(Protocol):

@@ -41,6 +41,7 @@ from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import Listening, StatePorts
 from nixery.records import (
+    MAX_RELEASES,
     BuildReport,
     Failure,
     FailureKind,
@@ -50,6 +51,7 @@ from nixery.records import (
     Published,
     decode_names,
     encode_names,
+    given_up,
     with_answer,
 )
 
@@ -113,6 +115,7 @@ class _BuildRecord:
     lease_expires: datetime | None = None  # by the database's clock
     attempt: int = 0  # counts every start, so that each has a task name of its own
     deaths: int = 0  # builders that lost their lease since the build last started afresh
+    releases: int = 0  # attempts given back (``release``) since it last started afresh
     cause: str = ""  # why an attempt was given back to the queue (``release``)
     updated: float = 0.0
     used: float = 0.0  # the last pull by tag (`nixery gc`), recorded now and then
@@ -143,7 +146,8 @@ class _BuildRecord:
             return Failure.decode(
                 self.failure_kind, self.failure_message, self.failure_detail, self.updated
             )
-        return Pending(self.lease_left(now), self.cause)
+        left = self.lease_left(now)
+        return Pending(left, self.cause, owned=self.lease_owner is not None and left > 0)
 
 
 class FirestoreDatabase:
@@ -353,8 +357,19 @@ class FirestoreBuildReports(_Part):
 
     @bounded
     def record_answer(self, key: str, at: float) -> None:
-        """The latest answer, where SQLite keeps the first: no read, one write."""
-        self.reports.document(key).set({"answered": at}, merge=True)
+        """The first answer of the report's build, as SQLite keeps it: an earlier build's is
+        replaced, a later one of this build's is not (one read and one write per instance
+        that answered the build, which notes it once)."""
+        ref = self.reports.document(key)
+
+        @firestore.transactional
+        def record(transaction: firestore.Transaction) -> None:
+            doc = ref.get(transaction=transaction).to_dict() or {}
+            answered, started = doc.get("answered"), doc.get("started", 0.0)
+            if answered is None or answered < started:
+                transaction.set(ref, {"answered": at}, merge=True)
+
+        record(self.client.transaction())
 
     @bounded
     def recent_reports(self, limit: int) -> list[BuildReport]:
@@ -458,6 +473,7 @@ class FirestoreBuildRecords(_Part):
                 # A lapsed lease with an owner is a builder that died; without one, a task
                 # that waited for a builder (the queue was busy) or was given back.
                 started["deaths"] = record.deaths + (record.lease_owner is not None)
+                started["releases"] = record.releases
                 if started["deaths"] >= MAX_ATTEMPTS:
                     message = (
                         f"the build's builder stopped {started['deaths']} times before it "
@@ -491,7 +507,8 @@ class FirestoreBuildRecords(_Part):
 
     @bounded
     def claim(self, job: BuildJob, owner: str, ttl: float) -> Claim:
-        """A builder's claim on a job: run it ("taken"), or leave it to whoever has it."""
+        """A builder's claim on a job: run it ("taken"), or leave it to whoever has it. A
+        taken claim clears a released attempt's cause: the requests wait for this attempt."""
         ref = self.builds.document(job.key)
 
         @firestore.transactional
@@ -504,7 +521,12 @@ class FirestoreBuildRecords(_Part):
             live = record and record.lease_left(now) > 0
             if record and record.lease_owner not in (None, owner) and live:
                 return "busy"
-            lease = {"status": "building", "job": job.to_dict(), **_lease(owner, now, ttl)}
+            lease = {
+                "status": "building",
+                "job": job.to_dict(),
+                "cause": "",
+                **_lease(owner, now, ttl),
+            }
             transaction.set(ref, {**lease, "updated": self.clock()}, merge=True)
             return "taken"
 
@@ -529,22 +551,31 @@ class FirestoreBuildRecords(_Part):
 
     @bounded
     def release(self, key: str, owner: str, cause: str, hold: float) -> None:
-        """Gives the build back to the queue after a transient failure, saying why: until
-        the build is published or started afresh, the requests for it answer 503 with the
-        ``cause`` at once rather than wait for a retry that may fail the same way (a retry
-        may claim it before a listener hears the release, so clearing it when a builder
-        claims the build would hide it). For ``hold`` seconds no request enqueues the build
-        again, since the queue retries the task itself; any builder may claim it meanwhile,
-        and once ``hold`` passed unclaimed a request enqueues it again (as a task that waited
-        for a builder, no builder's death)."""
+        """Gives the build back to the queue after a transient failure, saying why: until a
+        builder claims the retry (which clears it) or the build is published or started
+        afresh, the requests for it answer 503 with the ``cause`` at once. For ``hold``
+        seconds no request enqueues the build again, since the queue retries the task
+        itself; any builder may claim it meanwhile, and once ``hold`` passed unclaimed a
+        request enqueues it again (as a task that waited for a builder, no builder's
+        death). The ``MAX_RELEASES``th release since the build started afresh records a
+        failure instead (a fault that lasts, retried by a pull after NIXERY_FAILURE_TTL)."""
         ref = self.builds.document(key)
 
         @firestore.transactional
         def release(transaction: firestore.Transaction) -> None:
             snapshot = ref.get(transaction=transaction)
             record = _BuildRecord.read(snapshot.to_dict())
-            if record and record.status == "building" and record.lease_owner == owner:
-                transaction.update(ref, {**_lease(None, self._now(snapshot), hold), "cause": cause})
+            if not record or record.status != "building" or record.lease_owner != owner:
+                return
+            releases = record.releases + 1
+            if releases >= MAX_RELEASES:
+                failed = Failure(
+                    FailureKind.BUILD_ERROR, given_up(releases, cause), {}, self.clock()
+                )
+                transaction.set(ref, _failed(failed), merge=True)
+                return
+            lease = _lease(None, self._now(snapshot), hold)
+            transaction.update(ref, {**lease, "cause": cause, "releases": releases})
 
         release(self.client.transaction())
 

@@ -183,14 +183,14 @@ class GcsBlobStore:
         return self._urls.url(blob_path(digest))
 
     def blobs(self) -> Iterator[StoredBlob]:
-        for blob in self.bucket.list_blobs(prefix="blobs/sha256/"):
+        for blob in self.bucket.list_blobs(prefix="blobs/sha256/", **self.calls):
             created = blob.time_created.timestamp() if blob.time_created else 0.0
             yield StoredBlob("sha256:" + blob.name.rsplit("/", 1)[1], blob.size or 0, created)
 
     def delete(self, digest: str) -> None:
         self._sizes.drop(digest)
         with contextlib.suppress(exceptions.NotFound):
-            self.bucket.delete_blob(blob_path(digest))
+            self.bucket.delete_blob(blob_path(digest), **self.calls)
 
     def open(self, digest: str) -> BinaryIO:
         blob = self.bucket.blob(blob_path(digest))

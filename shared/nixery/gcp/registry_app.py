@@ -57,6 +57,8 @@ def registry_app(env: Mapping[str, str] = os.environ) -> Flask:
             tasks,
             pickup=settings.pickup,
             max_building=settings.max_building,
+            lease=settings.gcp.lease,
+            failure_ttl=settings.serve.failure_ttl,
         ),
         wait=settings.serve.build_wait,
         failure_ttl=settings.serve.failure_ttl,

@@ -139,10 +139,33 @@ def registry_settings(environ: Mapping[str, str] = os.environ) -> RegistrySettin
 
 
 @dataclass(frozen=True)
+class Backoff:
+    """The Cloud Tasks queue's retry schedule (terraform/tasks.tf's retry_config): a build
+    given back is held until the queue's next retry is due, so that no pull enqueues it a
+    second time meanwhile."""
+
+    least: float = 10.0
+    most: float = 300.0
+    doublings: int = 4
+
+    def before_retry(self, retries: int) -> float:
+        """Seconds the queue waits after a delivery that had ``retries`` retries before it
+        (X-CloudTasks-TaskRetryCount): doubling ``doublings`` times from ``least``, then
+        growing by the last doubled step, never over ``most``."""
+        doubled = min(retries, self.doublings)
+        step = self.least * float(1 << doubled)
+        return min(self.most, step * (1 + max(0, retries - self.doublings)))
+
+
+QUEUE_BACKOFF = Backoff()  # terraform/tasks.tf's
+
+
+@dataclass(frozen=True)
 class BuilderSettings:
     source: SourceSettings
     build: BuildSettings
     gcp: GcpSettings
+    backoff: Backoff = QUEUE_BACKOFF
     kms_key: str | None = None  # the Cloud KMS key version manifests are signed with
     kms_endpoint: str = KMS_ENDPOINT
 
@@ -167,7 +190,19 @@ def builder_settings(environ: Mapping[str, str] = os.environ) -> BuilderSettings
         gcp=gcp,
         kms_key=kms_key[0] if kms_key else None,
         kms_endpoint=env.url("NIXERY_KMS_ENDPOINT", KMS_ENDPOINT),
+        backoff=backoff_settings(env),
     )
+
+
+def backoff_settings(env: Env) -> Backoff:
+    least = env.seconds("NIXERY_TASKS_MIN_BACKOFF", Backoff.least, low=0.0)
+    most = env.seconds("NIXERY_TASKS_MAX_BACKOFF", Backoff.most, low=0.0)
+    if most < least:
+        raise ConfigError(
+            f"NIXERY_TASKS_MAX_BACKOFF ({most:g} s) must be at least "
+            f"NIXERY_TASKS_MIN_BACKOFF ({least:g} s)"
+        )
+    return Backoff(least, most, env.integer("NIXERY_TASKS_MAX_DOUBLINGS", Backoff.doublings, 0, 16))
 
 
 @dataclass(frozen=True)

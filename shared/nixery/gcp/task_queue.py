@@ -9,7 +9,11 @@ A waiting request learns of its build's end from a Firestore listener on the rec
 than by polling it: the end is known within tens of milliseconds, and an instance pays one
 read per change of the record, however many of its requests wait (they share one listener
 per build, closed when the last one leaves). The record is read directly only when the
-listener is broken, or silent although a change is due, once per ``SLOW_POLL``.
+listener is broken, or silent although a change is due, once per ``SLOW_POLL``: after a
+start, or when a builder holds the build and a third of the lease plus ``SLOW_POLL`` passed
+without its heartbeat (a listener whose database hangs hears nothing, and says nothing). A
+poll that finds the database unavailable closes the listener and answers every request
+waiting on it with that error at once.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from collections.abc import Callable, Iterator
 from google.api_core import exceptions
 from google.cloud import tasks_v2
 
-from nixery.errors import BuildRetrying, QueueUnavailable
+from nixery.errors import BuildRetrying, DatabaseUnavailable, QueueUnavailable
 from nixery.gcp.deadline import BACKEND_TIMEOUT, Deadline, bounded
 from nixery.job import BuildJob
 from nixery.logs import BuildLog
 from nixery.ports import BuildRecords, Enqueue, Listening, PublishedImages, never
-from nixery.records import Failure, ImageStatus, Pending, Published
+from nixery.records import Failure, ImageStatus, Pending, Published, remembered
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +100,18 @@ class _Watch:
     """What this instance knows of one build's record, from its listener or a poll, shared by
     the requests that wait for it. Each status learnt gets the next ``version``."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, lease: float, failure_ttl: float) -> None:
         self.changed = threading.Condition()
+        self.lease = lease
+        self.failure_ttl = failure_ttl
         self.status: ImageStatus = None
         self.heard = now  # when the status was learnt, by the queue's clock
         self.version = 0
         # The version a start made stale: a change is due after it, and no start until then.
         self.restarted = 0
         # Failures up to this version answer nothing: the first one heard is the failure
-        # being retried.
+        # being retried, unless it is recent (NIXERY_FAILURE_TTL): a build that failed
+        # since the request looked.
         self.obsolete = 0
         self.starting = False  # a request of this instance is starting the build
         self.asked = now  # since when a change is due: the watch's start, or the last start
@@ -113,6 +120,7 @@ class _Watch:
         self.opening = True  # its first waiter opens its listener
         self.opened = now
         self.waiters = 0
+        self.error: DatabaseUnavailable | None = None  # a poll's, for every waiter
 
     def learn(self, status: ImageStatus, now: float, polled_at: int | None = None) -> None:
         """Takes a status in; a poll's (``polled_at``: the version when it began) only if
@@ -123,7 +131,7 @@ class _Watch:
             self.status, self.heard = status, now
             self.version += 1
             if self.version == 1 and isinstance(status, Failure):
-                self.obsolete = 1
+                self.obsolete = 0 if remembered(status, now, self.failure_ttl) else 1
             self.changed.notify_all()
 
     def answer(self) -> Published | Failure | None:
@@ -135,7 +143,8 @@ class _Watch:
 
     def retrying(self, now: float) -> str:
         """The cause a builder gave the build back for, while the queue holds it for its retry
-        (or a retry runs); once the hold lapsed unclaimed, a request starts it afresh."""
+        (a builder's claim of the retry clears it: that is waited for); once the hold lapsed
+        unclaimed, a request starts it afresh."""
         if isinstance(self.status, Pending) and now < self.lease_end():
             return self.status.cause
         return ""
@@ -155,11 +164,14 @@ class _Watch:
 
     def poll_at(self) -> float:
         """When to read the record directly: every SLOW_POLL while the listener is broken,
-        and SLOW_POLL after a change fell due that it has not brought."""
+        SLOW_POLL after a change fell due that it has not brought, and when a builder's
+        heartbeat is overdue."""
         if not self.alive():
             return self.polled + SLOW_POLL
         if self.due():
             return max(self.polled, self.asked) + SLOW_POLL
+        if isinstance(self.status, Pending) and self.status.owned:
+            return max(self.polled, self.heard) + self.lease / 3 + SLOW_POLL
         return math.inf
 
 
@@ -175,15 +187,21 @@ class TaskBuildQueue:
         clock: Callable[[], float] = time.time,
         wait: Callable[[threading.Condition, float], object] = threading.Condition.wait,
         max_building: int | None = None,
+        lease: float = 60.0,
+        failure_ttl: float = 300.0,
     ) -> None:
         """``max_building``: new builds are refused while this many are under way
         (NIXERY_MAX_QUEUED_BUILDS: running or waiting for a builder). ``wait`` waits on a
-        condition for at most the seconds given (a test's passes fake time)."""
+        condition for at most the seconds given (a test's passes fake time). ``lease``:
+        NIXERY_LEASE_TTL, whose third is a builder's heartbeat; ``failure_ttl``:
+        NIXERY_FAILURE_TTL, how long a failure answers."""
         self.images = images
         self.records = records
         self.tasks = tasks
         self.pickup = pickup
         self.max_building = max_building
+        self.lease = lease
+        self.failure_ttl = failure_ttl
         self.clock = clock
         self.wait = wait
         self._watches: dict[str, _Watch] = {}
@@ -213,6 +231,8 @@ class TaskBuildQueue:
         with self._watching(job.key) as watch:
             while True:
                 with watch.changed:
+                    if watch.error is not None:
+                        raise watch.error
                     if (answer := watch.answer()) is not None:
                         return answer
                     now = self.clock()
@@ -244,7 +264,21 @@ class TaskBuildQueue:
                 elif relisten:  # its first snapshot is the poll's read
                     self._listen(job.key, watch)
                 else:
-                    watch.learn(self.images.status(job.key), self.clock(), polled_at=version)
+                    self._poll(job.key, watch, version)
+
+    def _poll(self, key: str, watch: _Watch, version: int) -> None:
+        """Reads the record; an unavailable database ends every wait on the watch at once,
+        and its listener, which would spin reconnecting."""
+        try:
+            status = self.images.status(key)
+        except DatabaseUnavailable as e:
+            with watch.changed:
+                watch.error, listening, watch.listening = e, watch.listening, None
+                watch.changed.notify_all()
+            if listening is not None:
+                _close(listening)
+            raise
+        watch.learn(status, self.clock(), polled_at=version)
 
     def _restart(self, job: BuildJob, watch: _Watch, version: int) -> None:
         """Starts the build, which makes what was heard up to ``version`` stale. A start that
@@ -268,7 +302,7 @@ class TaskBuildQueue:
             watch = self._watches.get(key)
             first = watch is None
             if watch is None:
-                watch = self._watches[key] = _Watch(self.clock())
+                watch = self._watches[key] = _Watch(self.clock(), self.lease, self.failure_ttl)
             watch.waiters += 1
         try:
             if first:
@@ -281,14 +315,14 @@ class TaskBuildQueue:
                 if last:
                     del self._watches[key]
             if last and watch.listening is not None:
-                watch.listening.unsubscribe()
+                _close(watch.listening)
 
     def _listen(self, key: str, watch: _Watch) -> None:
         """Opens a listener in place of the watch's last one (closed, if it broke)."""
         with watch.changed:
             old, watch.listening = watch.listening, None
         if old is not None:
-            old.unsubscribe()
+            _close(old)
         listening = None
         try:
             listening = self.records.listen(key, lambda status: watch.learn(status, self.clock()))
@@ -300,3 +334,9 @@ class TaskBuildQueue:
         if attempt := self.records.start(job, self.pickup, self.max_building):
             BuildLog(log, job.key).info("enqueued, attempt %d", attempt, extra={"attempt": attempt})
             self.tasks.enqueue(job, attempt)
+
+
+def _close(listening: Listening) -> None:
+    """Closes a listener on a thread of its own: closing joins its stream's thread for up to
+    a second, which the request answered last would otherwise wait for."""
+    threading.Thread(target=listening.unsubscribe, name="close-listener", daemon=True).start()

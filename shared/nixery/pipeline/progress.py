@@ -9,7 +9,6 @@ every step, so a build under way shows where it is. Reports are stored as JSON i
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import threading
 import time
@@ -19,15 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any, Protocol
 
-from nixery.errors import (
-    BuildInterrupted,
-    DatabaseUnavailable,
-    ImageLost,
-    QueueUnavailable,
-    SourceUnavailable,
-    StorageUnavailable,
-    Transient,
-)
+from nixery.errors import interruption
 from nixery.job import BuildJob
 from nixery.oci.manifests import LayerBlob, Manifest
 from nixery.ports import BuildReports, PublishedImages
@@ -42,30 +33,6 @@ from nixery.records import (
 )
 
 log = logging.getLogger(__name__)
-
-# What an interrupted build's page says stopped it: one phrase per kind of fault.
-DISK_FULL = "the disk was full"
-INTERRUPTIONS: dict[type[Exception], str] = {
-    StorageUnavailable: "the blob storage was unavailable",
-    DatabaseUnavailable: "the database was unavailable",
-    SourceUnavailable: "the package source was unavailable",
-    QueueUnavailable: "the build queue was unavailable",
-    BuildInterrupted: "Nix was stopped from outside (a download, the disk or memory)",
-    ImageLost: "a blob of the image was lost",
-    Transient: "a passing fault of the registry",
-    Exception: "an internal error of the registry (its log has the details)",
-}
-
-
-def interruption(error: Exception) -> str:
-    """The phrase for what stopped a build: its kind's, or a full disk whatever the kind
-    (the operator's most common fix)."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DISK_FULL
-        cause = cause.__cause__ or cause.__context__
-    return next(INTERRUPTIONS[kind] for kind in type(error).__mro__ if kind in INTERRUPTIONS)
 
 
 class Progress(Protocol):
@@ -132,7 +99,7 @@ class Reporter:
         self._spans: dict[str, tuple[float, float]] = {}
         self._version = 0  # of the report; the writer goes on while it is not written
         self._writing: Future[None] | None = None  # while a write is under way
-        self._failed: Exception | None = None  # by the last write, for ``close``
+        self._written = 0  # the latest version written
         if enqueued is not None:
             self._spans["queue"] = (min(enqueued, started), started)
         self.report = BuildReport(
@@ -161,32 +128,37 @@ class Reporter:
             self._writing = _WRITES.submit(self._write)
 
     def _write(self) -> None:
+        """Writes the latest version until none newer is due; a failed write does not end
+        it while a newer version waits (``close`` tries the latest once more)."""
         while True:
             with self._lock:
                 report, version = self.report, self._version
             try:
                 self.reports.record_report(report)
-            except Exception as e:  # kept until a later version is written, or raised
-                with self._lock:
-                    self._failed, self._writing = e, None
-                return
+                written = True
+            except Exception as e:
+                log.warning("build %s: its report could not be written: %r", report.key, e)
+                written = False
             with self._lock:
-                self._failed = None
+                if written:
+                    self._written = max(self._written, version)
                 if version == self._version:
                     self._writing = None
                     return
 
     def close(self) -> None:
-        """Waits for the writes; the last one's failure is raised (a Transient one), even
-        when it ended before this call."""
+        """Waits for the writes, then writes the latest report itself if it is not written
+        (its failure raised: a Transient one)."""
         with self._lock:
             writing = self._writing
         if writing is not None:
             writing.result()
         with self._lock:
-            failed, self._failed = self._failed, None
-        if failed is not None:
-            raise failed
+            report, version, written = self.report, self._version, self._written
+        if written < version:
+            self.reports.record_report(report)
+            with self._lock:
+                self._written = max(self._written, version)
 
     def add(self, step: str, began: float, ended: float) -> None:
         with self._lock:
@@ -230,7 +202,10 @@ class Reporter:
             finished=self.clock(),
             manifests={m.media_type: m.digest for m in manifests},
         )
-        self.close()
+        try:
+            self.close()
+        except Exception as e:  # the image is out: its page judges by the report's age
+            log.warning("build %s: its report could not be written: %r", self.report.key, e)
 
     def interrupted(self, error: Exception, images: PublishedImages) -> None:
         """The build stopped for a reason outside the image (``Transient``, or a bug):

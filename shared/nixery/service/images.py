@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from nixery.caches import BoundedCache
 from nixery.errors import (
     BuildError,
     ClientGone,
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 
 # Writes when a build's first waiting request was answered (its report's ``answer`` step).
 _NOTES = ThreadPoolExecutor(1, thread_name_prefix="answers")
+# Seconds an instance remembers that it noted a build's answer: longer than any build wait,
+# so a herd is one write, and short enough that a rebuild's answer is noted too.
+ANSWERED_TTL = 3600.0
 # How often a pulled image's use is written down: `nixery gc` counts in days.
 TOUCH_EVERY = 3600.0
 TOUCH_RETRY = 60.0
@@ -123,6 +127,10 @@ class ImageService:
         # without a lock (see ``nixery.caches`` on single dict operations)
         self._touched: dict[str, float] = {}
         self._touch_lock = threading.Lock()
+        # The builds whose first answer this instance noted: a herd that waited for one
+        # build is one write, not one per request.
+        self._answered: BoundedCache[bool] = BoundedCache(ttl=ANSWERED_TTL)
+        self._answer_lock = threading.Lock()
         # A published image never changes: once found whole, its manifest is answered from
         # these until the state's generation moves (`nixery gc`, an image forgotten) or a blob
         # it names is found gone. Read without a lock (see ``nixery.caches`` on single dict
@@ -308,10 +316,18 @@ class ImageService:
             raise StillBuilding("the image is still being built; retry later")
         if isinstance(outcome, Failure):
             raise _of_build(outcome, job)
-        if status is None and self.reports is not None:
+        if status is None and self.reports is not None and self._first_answer(job.key):
             # Off the request's path: it costs a write, and a failed one costs nothing else.
             _NOTES.submit(self._note_answer, self.reports, job.key, self.clock())
         return outcome
+
+    def _first_answer(self, key: str) -> bool:
+        """Whether this is this instance's first answer of the build (only after a wait)."""
+        with self._answer_lock:
+            if self._answered.get(key):
+                return False
+            self._answered.keep(key, True)
+            return True
 
     @staticmethod
     def _note_answer(reports: BuildReports, key: str, at: float) -> None:
